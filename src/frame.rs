@@ -1,0 +1,912 @@
+//! # Layer −2: the physical frame allocator (a binary buddy system)
+//!
+//! **Takes from below:** the boot memory map (usable RAM ranges) and a list of
+//! ranges that must never be handed out (the first MiB, the kernel image, the
+//! boot structures, this allocator's own metadata).
+//!
+//! **Gives above:** 4 KiB frames and naturally aligned runs of `2^order`
+//! frames, `order` in `0..=MAX_ORDER` (4 KiB .. 4 MiB), as Linux does. Layer
+//! −1 (the VMM) takes its frames here through x86_64's [`FrameAllocator`] and
+//! [`FrameDeallocator`] traits.
+//!
+//! **Costs:** allocation and free are O(`MAX_ORDER`): a split walks down at
+//! most ten orders, a free merges up at most ten times, and each step is an
+//! O(1) unlink from a doubly linked free list. Nothing walks memory after
+//! construction, which is O(frames) once.
+//!
+//! ```text
+//!  order 10 ┌───────────────────────────────┐ 4 MiB block
+//!           │                               │
+//!  order  9 ├───────────────┬───────────────┤ buddy = pfn ^ (1 << order)
+//!           │   allocated   │     free      │
+//!  order  8 ├───────┬───────┼───────────────┤
+//! ```
+//!
+//! **Invariants** (checked by [`BuddyAllocator::check_invariants`]):
+//! - every frame belongs to exactly one block, reserved frame, or is the head
+//!   of a block; a free block of order `k` is aligned to `2^k` frames and sits
+//!   on free list `k`;
+//! - two free buddies of the same order never coexist (they would have
+//!   merged);
+//! - the per-order counts equal the lengths of the free lists.
+//!
+//! **Errors:** a free of a frame it never handed out, a double free, a free
+//! into the middle of a block, a free with the wrong order, a misaligned or
+//! out-of-range frame each get their own [`DeallocateError`] variant; nothing
+//! is changed when an error is returned.
+//!
+//! Per-frame bookkeeping lives in a caller-provided array of [`FrameMeta`]
+//! (12 bytes per frame, like a much smaller Linux `struct page`), so the
+//! allocator never reads or writes the frames it manages and its logic is
+//! testable on the host over synthetic memory maps.
+
+use core::fmt;
+use core::mem::MaybeUninit;
+
+use x86_64::PhysAddr;
+use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size4KiB};
+
+/// Size of one physical frame in bytes.
+pub const FRAME_SIZE: u64 = 4096;
+/// Largest order handed out: blocks of `2^MAX_ORDER` frames (4 MiB).
+pub const MAX_ORDER: usize = 10;
+/// Number of orders, `0..=MAX_ORDER`.
+pub const ORDERS: usize = MAX_ORDER + 1;
+
+const NIL: u32 = u32::MAX;
+/// One past the highest physical address x86_64 can name (52 bits).
+const PHYS_LIMIT: u64 = 1 << 52;
+
+/// What the firmware says a range of physical memory is (E820 types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// Ordinary RAM, free for the operating system (E820 type 1).
+    Usable,
+    /// Reserved by the firmware or a device (E820 type 2).
+    Reserved,
+    /// ACPI tables, reclaimable after they are parsed (E820 type 3).
+    AcpiReclaimable,
+    /// ACPI non-volatile storage (E820 type 4).
+    AcpiNvs,
+    /// Memory reported as defective (E820 type 5).
+    Bad,
+    /// Any other type code.
+    Other(u32),
+}
+
+impl MemoryKind {
+    /// Decodes an E820 type code, as found in a PVH `hvm_memmap_table_entry`.
+    pub const fn from_e820(code: u32) -> Self {
+        match code {
+            1 => Self::Usable,
+            2 => Self::Reserved,
+            3 => Self::AcpiReclaimable,
+            4 => Self::AcpiNvs,
+            5 => Self::Bad,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// One entry of the boot memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRegion {
+    /// First byte of the range.
+    pub start: PhysAddr,
+    /// Length in bytes.
+    pub len: u64,
+    /// What the range holds.
+    pub kind: MemoryKind,
+}
+
+/// A half-open range of physical addresses, `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhysRange {
+    /// First byte.
+    pub start: PhysAddr,
+    /// One past the last byte.
+    pub end: PhysAddr,
+}
+
+impl PhysRange {
+    /// The range `[start, start + len)`.
+    pub fn new(start: PhysAddr, len: u64) -> Self {
+        Self {
+            start,
+            end: start + len,
+        }
+    }
+
+    /// Whether `addr` lies inside the range.
+    pub fn contains(&self, addr: PhysAddr) -> bool {
+        self.start <= addr && addr < self.end
+    }
+}
+
+/// Per-frame bookkeeping kept by the buddy allocator (12 bytes per frame).
+#[derive(Clone, Copy, Debug)]
+pub struct FrameMeta {
+    next: u32,
+    prev: u32,
+    state: State,
+    order: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    /// Never handed out: a hole in the map, or a reserved range.
+    Reserved,
+    /// Inside a block whose head is elsewhere.
+    Tail,
+    /// First frame of a free block of `order` frames, on free list `order`.
+    Free,
+    /// First frame of an allocated block of `order` frames.
+    Allocated,
+}
+
+impl FrameMeta {
+    const RESERVED: Self = Self {
+        next: NIL,
+        prev: NIL,
+        state: State::Reserved,
+        order: 0,
+    };
+}
+
+/// Why a memory map could not be turned into a frame allocator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryMapError {
+    /// The map has no usable frame once reserved ranges are taken out.
+    NoUsableMemory,
+    /// An entry's end lies past the 52-bit physical address space.
+    EntryOverflows {
+        /// The offending entry.
+        region: MemoryRegion,
+    },
+    /// Two usable entries overlap, which no well-formed map does.
+    UsableOverlap {
+        /// The first entry.
+        a: MemoryRegion,
+        /// The entry overlapping it.
+        b: MemoryRegion,
+    },
+    /// The metadata array is too small for the frames spanned by the map.
+    MetadataTooSmall {
+        /// Entries needed, one per frame from the lowest to the highest usable frame.
+        needed: usize,
+        /// Entries provided.
+        provided: usize,
+    },
+    /// The map spans more frames than the 32-bit frame indices can name.
+    TooManyFrames {
+        /// Frames spanned.
+        frames: u64,
+    },
+}
+
+/// Why a block could not be allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocateError {
+    /// No free block of this order or larger.
+    OutOfMemory {
+        /// The order requested.
+        order: usize,
+    },
+    /// The order is above [`MAX_ORDER`].
+    InvalidOrder {
+        /// The order requested.
+        order: usize,
+    },
+}
+
+/// Why a block could not be freed. The allocator is unchanged when this is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeallocateError {
+    /// The order is above [`MAX_ORDER`].
+    InvalidOrder {
+        /// The order given.
+        order: usize,
+    },
+    /// The frame is not aligned to `2^order` frames.
+    Misaligned {
+        /// The frame given.
+        frame: PhysAddr,
+        /// The order given.
+        order: usize,
+    },
+    /// The block lies (partly) outside the memory this allocator manages.
+    OutOfRange {
+        /// The frame given.
+        frame: PhysAddr,
+    },
+    /// The frame was never handed out: a hole in the map or a reserved range.
+    NotOwned {
+        /// The frame given.
+        frame: PhysAddr,
+    },
+    /// The frame is already free.
+    DoubleFree {
+        /// The frame given.
+        frame: PhysAddr,
+    },
+    /// The frame is inside an allocated block, not at its start.
+    InsideBlock {
+        /// The frame given.
+        frame: PhysAddr,
+        /// The start of the allocated block that contains it.
+        block: PhysAddr,
+        /// That block's order.
+        order: usize,
+    },
+    /// The block was allocated with another order.
+    WrongOrder {
+        /// The frame given.
+        frame: PhysAddr,
+        /// The order it was allocated with.
+        allocated: usize,
+        /// The order given.
+        given: usize,
+    },
+}
+
+impl fmt::Display for DeallocateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::InvalidOrder { order } => write!(f, "order {order} is above {MAX_ORDER}"),
+            Self::Misaligned { frame, order } => {
+                write!(
+                    f,
+                    "frame {:#x} is not aligned for order {order}",
+                    frame.as_u64()
+                )
+            }
+            Self::OutOfRange { frame } => write!(f, "frame {:#x} is out of range", frame.as_u64()),
+            Self::NotOwned { frame } => {
+                write!(f, "frame {:#x} was never handed out", frame.as_u64())
+            }
+            Self::DoubleFree { frame } => write!(f, "double free of frame {:#x}", frame.as_u64()),
+            Self::InsideBlock {
+                frame,
+                block,
+                order,
+            } => write!(
+                f,
+                "frame {:#x} is inside the order-{order} block at {:#x}",
+                frame.as_u64(),
+                block.as_u64()
+            ),
+            Self::WrongOrder {
+                frame,
+                allocated,
+                given,
+            } => write!(
+                f,
+                "frame {:#x} was allocated with order {allocated}, freed with order {given}",
+                frame.as_u64()
+            ),
+        }
+    }
+}
+
+/// The binary buddy allocator over a boot memory map.
+pub struct BuddyAllocator<'m> {
+    meta: &'m mut [FrameMeta],
+    /// Frame number of `meta[0]`, aligned to `2^MAX_ORDER`.
+    base_pfn: u64,
+    free_heads: [u32; ORDERS],
+    free_blocks: [usize; ORDERS],
+    free_frames: usize,
+    managed_frames: usize,
+}
+
+impl fmt::Debug for BuddyAllocator<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuddyAllocator")
+            .field("base_pfn", &self.base_pfn)
+            .field("frames_spanned", &self.meta.len())
+            .field("managed_frames", &self.managed_frames)
+            .field("free_frames", &self.free_frames)
+            .field("free_blocks", &self.free_blocks)
+            .finish()
+    }
+}
+
+/// Usable frame numbers `[first, end)` of one map entry, rounded inwards.
+fn usable_pfns(region: &MemoryRegion) -> (u64, u64) {
+    let first = region.start.as_u64().div_ceil(FRAME_SIZE);
+    let end = (region.start.as_u64() + region.len) / FRAME_SIZE;
+    (first, end.max(first))
+}
+
+impl<'m> BuddyAllocator<'m> {
+    /// Number of [`FrameMeta`] entries needed for `map`: one per frame from the
+    /// lowest usable frame (rounded down to a 4 MiB boundary) to the highest.
+    pub fn metadata_len(map: &[MemoryRegion]) -> usize {
+        match Self::span(map) {
+            Some((base, end)) => (end - base) as usize,
+            None => 0,
+        }
+    }
+
+    fn span(map: &[MemoryRegion]) -> Option<(u64, u64)> {
+        let mut lo = u64::MAX;
+        let mut hi = 0;
+        for region in map.iter().filter(|r| r.kind == MemoryKind::Usable) {
+            let (first, end) = usable_pfns(region);
+            if first < end {
+                lo = lo.min(first);
+                hi = hi.max(end);
+            }
+        }
+        (lo < hi).then_some((lo & !((1 << MAX_ORDER) - 1), hi))
+    }
+
+    /// Builds the allocator from a boot memory map.
+    ///
+    /// Only [`MemoryKind::Usable`] entries are managed, rounded inwards to
+    /// whole frames; any frame overlapping a non-usable entry or one of
+    /// `reserved` is never handed out. `meta` must hold at least
+    /// [`metadata_len`](Self::metadata_len) entries and must not itself lie in
+    /// usable memory unless it is listed in `reserved`.
+    ///
+    /// # Safety
+    ///
+    /// The caller promises that every usable frame of `map` outside `reserved`
+    /// is RAM that nothing else uses, so that handing it out is sound (this is
+    /// the promise x86_64's [`FrameAllocator`] demands of its implementers).
+    pub unsafe fn new(
+        map: &[MemoryRegion],
+        reserved: &[PhysRange],
+        meta: &'m mut [MaybeUninit<FrameMeta>],
+    ) -> Result<Self, MemoryMapError> {
+        for (i, a) in map.iter().enumerate() {
+            if a.start
+                .as_u64()
+                .checked_add(a.len)
+                .is_none_or(|end| end > PHYS_LIMIT)
+            {
+                return Err(MemoryMapError::EntryOverflows { region: *a });
+            }
+            if a.kind != MemoryKind::Usable {
+                continue;
+            }
+            for b in map[i + 1..].iter().filter(|b| b.kind == MemoryKind::Usable) {
+                let (a_end, b_end) = (a.start + a.len, b.start.as_u64().saturating_add(b.len));
+                if a.len > 0 && b.len > 0 && a.start.as_u64() < b_end && b.start < a_end {
+                    return Err(MemoryMapError::UsableOverlap { a: *a, b: *b });
+                }
+            }
+        }
+        let (base_pfn, end_pfn) = Self::span(map).ok_or(MemoryMapError::NoUsableMemory)?;
+        let frames = end_pfn - base_pfn;
+        if frames >= u64::from(NIL) {
+            return Err(MemoryMapError::TooManyFrames { frames });
+        }
+        let needed = frames as usize;
+        if meta.len() < needed {
+            return Err(MemoryMapError::MetadataTooSmall {
+                needed,
+                provided: meta.len(),
+            });
+        }
+        let meta: &'m mut [FrameMeta] = {
+            let slots = &mut meta[..needed];
+            for slot in slots.iter_mut() {
+                slot.write(FrameMeta::RESERVED);
+            }
+            // SAFETY: every element of `slots` was initialised just above, and
+            // `MaybeUninit<T>` has the same layout as `T`.
+            unsafe { &mut *(slots as *mut [MaybeUninit<FrameMeta>] as *mut [FrameMeta]) }
+        };
+
+        let mut this = Self {
+            meta,
+            base_pfn,
+            free_heads: [NIL; ORDERS],
+            free_blocks: [0; ORDERS],
+            free_frames: 0,
+            managed_frames: 0,
+        };
+        // Mark usable frames, then take out every frame touched by a
+        // non-usable entry or a reserved range.
+        let clamp = |pfn: u64| pfn.clamp(base_pfn, end_pfn) - base_pfn;
+        for region in map.iter().filter(|r| r.kind == MemoryKind::Usable) {
+            let (first, end) = usable_pfns(region);
+            for m in &mut this.meta[clamp(first) as usize..clamp(end) as usize] {
+                m.state = State::Tail;
+            }
+        }
+        let unusable = map
+            .iter()
+            .filter(|r| r.kind != MemoryKind::Usable)
+            .map(|r| PhysRange::new(r.start, r.len));
+        for range in unusable.chain(reserved.iter().copied()) {
+            let first = range.start.as_u64() / FRAME_SIZE;
+            let end = range.end.as_u64().div_ceil(FRAME_SIZE).max(first);
+            for m in &mut this.meta[clamp(first) as usize..clamp(end) as usize] {
+                m.state = State::Reserved;
+            }
+        }
+        // Sweep the runs of usable frames into maximal aligned blocks.
+        let mut i = 0;
+        while i < needed {
+            if this.meta[i].state != State::Tail {
+                i += 1;
+                continue;
+            }
+            let mut run_end = i;
+            while run_end < needed && this.meta[run_end].state == State::Tail {
+                run_end += 1;
+            }
+            while i < run_end {
+                let mut order = MAX_ORDER;
+                while (i & ((1 << order) - 1)) != 0 || i + (1 << order) > run_end {
+                    order -= 1;
+                }
+                this.push_free(i as u32, order);
+                this.managed_frames += 1 << order;
+                i += 1 << order;
+            }
+        }
+        if this.managed_frames == 0 {
+            return Err(MemoryMapError::NoUsableMemory);
+        }
+        Ok(this)
+    }
+
+    fn frame_of(&self, index: u32) -> PhysFrame {
+        PhysFrame::containing_address(PhysAddr::new(
+            (self.base_pfn + u64::from(index)) * FRAME_SIZE,
+        ))
+    }
+
+    fn push_free(&mut self, index: u32, order: usize) {
+        let head = self.free_heads[order];
+        let m = &mut self.meta[index as usize];
+        *m = FrameMeta {
+            next: head,
+            prev: NIL,
+            state: State::Free,
+            order: order as u8,
+        };
+        if head != NIL {
+            self.meta[head as usize].prev = index;
+        }
+        self.free_heads[order] = index;
+        self.free_blocks[order] += 1;
+        self.free_frames += 1 << order;
+    }
+
+    fn unlink_free(&mut self, index: u32) {
+        let FrameMeta {
+            next, prev, order, ..
+        } = self.meta[index as usize];
+        let order = usize::from(order);
+        match prev {
+            NIL => self.free_heads[order] = next,
+            p => self.meta[p as usize].next = next,
+        }
+        if next != NIL {
+            self.meta[next as usize].prev = prev;
+        }
+        self.meta[index as usize].state = State::Tail;
+        self.free_blocks[order] -= 1;
+        self.free_frames -= 1 << order;
+    }
+
+    /// Allocates a naturally aligned block of `2^order` frames.
+    pub fn allocate(&mut self, order: usize) -> Result<PhysFrame, AllocateError> {
+        if order > MAX_ORDER {
+            return Err(AllocateError::InvalidOrder { order });
+        }
+        let found = (order..ORDERS)
+            .find(|&k| self.free_heads[k] != NIL)
+            .ok_or(AllocateError::OutOfMemory { order })?;
+        let index = self.free_heads[found];
+        self.unlink_free(index);
+        // Split down, giving the upper halves back to the free lists.
+        for k in (order..found).rev() {
+            self.push_free(index + (1 << k), k);
+        }
+        self.meta[index as usize].state = State::Allocated;
+        self.meta[index as usize].order = order as u8;
+        Ok(self.frame_of(index))
+    }
+
+    /// Frees a block of `2^order` frames previously returned by
+    /// [`allocate`](Self::allocate) with the same order, merging it with its
+    /// free buddies.
+    pub fn deallocate(&mut self, frame: PhysFrame, order: usize) -> Result<(), DeallocateError> {
+        let mut index = self.check_deallocate(frame, order)?;
+        let mut order = order;
+        self.meta[index as usize].state = State::Tail;
+        while order < MAX_ORDER {
+            let buddy = index ^ (1 << order);
+            match self.meta.get(buddy as usize) {
+                Some(m) if m.state == State::Free && usize::from(m.order) == order => {
+                    self.unlink_free(buddy);
+                    index = index.min(buddy);
+                    order += 1;
+                }
+                _ => break,
+            }
+        }
+        self.push_free(index, order);
+        Ok(())
+    }
+
+    /// Validates a free without changing anything, returning the frame's index.
+    fn check_deallocate(&self, frame: PhysFrame, order: usize) -> Result<u32, DeallocateError> {
+        let addr = frame.start_address();
+        if order > MAX_ORDER {
+            return Err(DeallocateError::InvalidOrder { order });
+        }
+        let pfn = addr.as_u64() / FRAME_SIZE;
+        if pfn & ((1 << order) - 1) != 0 {
+            return Err(DeallocateError::Misaligned { frame: addr, order });
+        }
+        let len = self.meta.len() as u64;
+        if pfn < self.base_pfn || pfn - self.base_pfn + (1 << order) > len {
+            return Err(DeallocateError::OutOfRange { frame: addr });
+        }
+        let index = (pfn - self.base_pfn) as u32;
+        let m = self.meta[index as usize];
+        match m.state {
+            State::Allocated if usize::from(m.order) == order => Ok(index),
+            State::Allocated => Err(DeallocateError::WrongOrder {
+                frame: addr,
+                allocated: usize::from(m.order),
+                given: order,
+            }),
+            State::Free => Err(DeallocateError::DoubleFree { frame: addr }),
+            State::Reserved => Err(DeallocateError::NotOwned { frame: addr }),
+            State::Tail => match self.enclosing_head(index) {
+                Some((head, State::Allocated, k)) => Err(DeallocateError::InsideBlock {
+                    frame: addr,
+                    block: self.frame_of(head).start_address(),
+                    order: k,
+                }),
+                Some((_, State::Free, _)) => Err(DeallocateError::DoubleFree { frame: addr }),
+                _ => Err(DeallocateError::NotOwned { frame: addr }),
+            },
+        }
+    }
+
+    /// The head of the block containing frame `index`: O(`MAX_ORDER`).
+    fn enclosing_head(&self, index: u32) -> Option<(u32, State, usize)> {
+        (0..ORDERS).find_map(|o| {
+            let head = index & !((1u32 << o) - 1);
+            let m = self.meta[head as usize];
+            let k = usize::from(m.order);
+            let is_head = matches!(m.state, State::Free | State::Allocated);
+            (is_head && index < head + (1 << k)).then_some((head, m.state, k))
+        })
+    }
+
+    /// Free blocks of each order, like a line of Linux's `/proc/buddyinfo`.
+    pub fn free_blocks(&self) -> [usize; ORDERS] {
+        self.free_blocks
+    }
+
+    /// Frames currently free.
+    pub fn free_frames(&self) -> usize {
+        self.free_frames
+    }
+
+    /// Frames this allocator manages (usable and not reserved).
+    pub fn managed_frames(&self) -> usize {
+        self.managed_frames
+    }
+
+    /// Frames currently allocated.
+    pub fn used_frames(&self) -> usize {
+        self.managed_frames - self.free_frames
+    }
+
+    /// Whether `frame` lies in a block currently handed out.
+    pub fn is_allocated(&self, frame: PhysFrame) -> bool {
+        let pfn = frame.start_address().as_u64() / FRAME_SIZE;
+        if pfn < self.base_pfn || pfn - self.base_pfn >= self.meta.len() as u64 {
+            return false;
+        }
+        let index = (pfn - self.base_pfn) as u32;
+        matches!(self.enclosing_head(index), Some((_, State::Allocated, _)))
+    }
+
+    /// Walks every free list and the metadata, panicking on a broken invariant.
+    /// O(frames): for tests and debug builds.
+    pub fn check_invariants(&self) {
+        let mut frames = 0;
+        for order in 0..ORDERS {
+            let mut count = 0;
+            let mut prev = NIL;
+            let mut at = self.free_heads[order];
+            while at != NIL {
+                let m = self.meta[at as usize];
+                assert_eq!(m.state, State::Free, "non-free block on free list {order}");
+                assert_eq!(usize::from(m.order), order, "block on the wrong free list");
+                assert_eq!(m.prev, prev, "free list {order} back link broken");
+                assert_eq!(
+                    (self.base_pfn + u64::from(at)) % (1 << order),
+                    0,
+                    "misaligned block"
+                );
+                if order < MAX_ORDER {
+                    let buddy = self.meta.get((at ^ (1 << order)) as usize);
+                    assert!(
+                        !buddy.is_some_and(
+                            |b| b.state == State::Free && usize::from(b.order) == order
+                        ),
+                        "free buddies at order {order} did not merge"
+                    );
+                }
+                for tail in &self.meta[at as usize + 1..at as usize + (1 << order)] {
+                    assert_eq!(
+                        tail.state,
+                        State::Tail,
+                        "frame inside a free block is a head"
+                    );
+                }
+                count += 1;
+                prev = at;
+                at = m.next;
+            }
+            assert_eq!(
+                count, self.free_blocks[order],
+                "free count of order {order}"
+            );
+            frames += count << order;
+        }
+        assert_eq!(frames, self.free_frames, "free frame total");
+    }
+}
+
+impl fmt::Display for BuddyAllocator<'_> {
+    /// Renders the free blocks per order in the style of `/proc/buddyinfo`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "buddyinfo (free blocks per order 0..={MAX_ORDER}):")?;
+        for n in self.free_blocks {
+            write!(f, " {n:>5}")?;
+        }
+        write!(
+            f,
+            "\nframes: {} managed, {} free, {} used",
+            self.managed_frames,
+            self.free_frames,
+            self.used_frames()
+        )
+    }
+}
+
+// SAFETY: `allocate` hands out each frame at most once until it is freed, and
+// only frames that the constructor's caller promised are unused RAM.
+unsafe impl FrameAllocator<Size4KiB> for BuddyAllocator<'_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        self.allocate(0).ok()
+    }
+}
+
+impl FrameDeallocator<Size4KiB> for BuddyAllocator<'_> {
+    /// # Safety
+    ///
+    /// `frame` must have come from [`allocate_frame`](FrameAllocator::allocate_frame)
+    /// and be unused. A frame this allocator did not hand out panics with the
+    /// [`DeallocateError`] rather than corrupt the free lists.
+    unsafe fn deallocate_frame(&mut self, frame: PhysFrame<Size4KiB>) {
+        if let Err(e) = self.deallocate(frame, 0) {
+            panic!("frame allocator: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    const MIB: u64 = 1 << 20;
+
+    fn region(start: u64, len: u64) -> MemoryRegion {
+        MemoryRegion {
+            start: PhysAddr::new(start),
+            len,
+            kind: MemoryKind::Usable,
+        }
+    }
+
+    fn build<'m>(
+        map: &[MemoryRegion],
+        reserved: &[PhysRange],
+        meta: &'m mut Vec<MaybeUninit<FrameMeta>>,
+    ) -> BuddyAllocator<'m> {
+        meta.resize(BuddyAllocator::metadata_len(map), MaybeUninit::uninit());
+        // SAFETY: the frames are synthetic; nothing ever touches them.
+        let buddy = unsafe { BuddyAllocator::new(map, reserved, meta) }.expect("valid map");
+        buddy.check_invariants();
+        buddy
+    }
+
+    #[test]
+    fn exhaustion_and_refill_merge_back_to_top_order() {
+        let map = [region(0, 16 * MIB)];
+        let mut meta = Vec::new();
+        let mut buddy = build(&map, &[], &mut meta);
+        assert_eq!(buddy.free_blocks()[MAX_ORDER], 4);
+        let mut frames = Vec::new();
+        while let Ok(f) = buddy.allocate(0) {
+            frames.push(f);
+        }
+        assert_eq!(frames.len(), 4096);
+        assert_eq!(
+            buddy.allocate(0),
+            Err(AllocateError::OutOfMemory { order: 0 })
+        );
+        let mut sorted: Vec<u64> = frames.iter().map(|f| f.start_address().as_u64()).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4096, "a frame was handed out twice");
+        // Free in an interleaved order so merges happen late.
+        for f in frames
+            .iter()
+            .step_by(2)
+            .chain(frames.iter().skip(1).step_by(2))
+        {
+            buddy.deallocate(*f, 0).unwrap();
+        }
+        buddy.check_invariants();
+        assert_eq!(buddy.free_blocks(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4]);
+    }
+
+    #[test]
+    fn holes_reserved_and_unaligned_edges_are_never_handed_out() {
+        let map = [
+            region(0x1800, MIB - 0x1800 + 0x123), // unaligned both ends
+            MemoryRegion {
+                start: PhysAddr::new(MIB),
+                len: MIB,
+                kind: MemoryKind::Reserved,
+            },
+            region(2 * MIB, 6 * MIB),
+        ];
+        let kernel = PhysRange::new(PhysAddr::new(3 * MIB + 0x800), 0x3000);
+        let mut meta = Vec::new();
+        let mut buddy = build(&map, &[kernel], &mut meta);
+        let expected = (MIB - 0x2000) / FRAME_SIZE + (6 * MIB) / FRAME_SIZE - 4;
+        assert_eq!(buddy.managed_frames() as u64, expected);
+        let mut seen = Vec::new();
+        while let Ok(f) = buddy.allocate(0) {
+            let a = f.start_address().as_u64();
+            assert!(a >= 0x2000, "frame below the usable start");
+            assert!(!(MIB..2 * MIB).contains(&a), "frame in the reserved entry");
+            assert!(
+                !(3 * MIB..3 * MIB + 0x4000).contains(&a),
+                "frame in the kernel image"
+            );
+            seen.push(a);
+        }
+        assert_eq!(seen.len() as u64, expected);
+    }
+
+    #[test]
+    fn every_deallocate_error_is_typed_and_changes_nothing() {
+        let map = [region(0, 8 * MIB), region(12 * MIB, 4 * MIB)];
+        let mut meta = Vec::new();
+        let mut buddy = build(&map, &[PhysRange::new(PhysAddr::new(0), MIB)], &mut meta);
+        let block = buddy.allocate(3).unwrap();
+        let base = block.start_address();
+        let free_before = buddy.free_frames();
+        let frame = |a: u64| PhysFrame::containing_address(PhysAddr::new(a));
+        assert_eq!(
+            buddy.deallocate(block, 11),
+            Err(DeallocateError::InvalidOrder { order: 11 })
+        );
+        assert_eq!(
+            buddy.deallocate(frame(base.as_u64() + FRAME_SIZE), 3),
+            Err(DeallocateError::Misaligned {
+                frame: base + FRAME_SIZE,
+                order: 3
+            })
+        );
+        assert_eq!(
+            buddy.deallocate(frame(base.as_u64() + FRAME_SIZE), 0),
+            Err(DeallocateError::InsideBlock {
+                frame: base + FRAME_SIZE,
+                block: base,
+                order: 3
+            })
+        );
+        assert_eq!(
+            buddy.deallocate(block, 2),
+            Err(DeallocateError::WrongOrder {
+                frame: base,
+                allocated: 3,
+                given: 2
+            })
+        );
+        assert_eq!(
+            buddy.deallocate(frame(0x5000), 0),
+            Err(DeallocateError::NotOwned {
+                frame: PhysAddr::new(0x5000)
+            })
+        );
+        assert_eq!(
+            buddy.deallocate(frame(9 * MIB), 0),
+            Err(DeallocateError::NotOwned {
+                frame: PhysAddr::new(9 * MIB)
+            })
+        );
+        assert_eq!(
+            buddy.deallocate(frame(64 * MIB), 0),
+            Err(DeallocateError::OutOfRange {
+                frame: PhysAddr::new(64 * MIB)
+            })
+        );
+        // A frame inside a free block, and a freed block freed again.
+        assert_eq!(
+            buddy.deallocate(frame(14 * MIB + 3 * FRAME_SIZE), 0),
+            Err(DeallocateError::DoubleFree {
+                frame: PhysAddr::new(14 * MIB + 3 * FRAME_SIZE)
+            })
+        );
+        assert_eq!(
+            buddy.free_frames(),
+            free_before,
+            "an error changed the allocator"
+        );
+        buddy.check_invariants();
+        buddy.deallocate(block, 3).unwrap();
+        assert_eq!(
+            buddy.deallocate(block, 3),
+            Err(DeallocateError::DoubleFree { frame: base })
+        );
+        buddy.check_invariants();
+    }
+
+    #[test]
+    fn corrupt_maps_are_rejected() {
+        let mut meta = Vec::new();
+        meta.resize(4096, MaybeUninit::uninit());
+        let overlap = [region(0, 2 * MIB), region(MIB, 2 * MIB)];
+        // SAFETY: synthetic frames, never touched.
+        let err = unsafe { BuddyAllocator::new(&overlap, &[], &mut meta) }.unwrap_err();
+        assert!(matches!(err, MemoryMapError::UsableOverlap { .. }));
+        let overflow = [region(1 << 40, u64::MAX - 100)];
+        // SAFETY: as above.
+        let err = unsafe { BuddyAllocator::new(&overflow, &[], &mut meta) }.unwrap_err();
+        assert!(matches!(err, MemoryMapError::EntryOverflows { .. }));
+        let tiny = [region(0x10, 0x100)];
+        // SAFETY: as above.
+        let err = unsafe { BuddyAllocator::new(&tiny, &[], &mut meta) }.unwrap_err();
+        assert_eq!(err, MemoryMapError::NoUsableMemory);
+        let big = [region(0, 64 * MIB)];
+        // SAFETY: as above.
+        let err = unsafe { BuddyAllocator::new(&big, &[], &mut meta) }.unwrap_err();
+        assert_eq!(
+            err,
+            MemoryMapError::MetadataTooSmall {
+                needed: 16384,
+                provided: 4096
+            }
+        );
+    }
+
+    #[test]
+    fn higher_orders_are_naturally_aligned_and_split_lazily() {
+        let map = [region(MIB, 7 * MIB)]; // 1 MiB..8 MiB: not 4 MiB aligned at the start
+        let mut meta = Vec::new();
+        let mut buddy = build(&map, &[], &mut meta);
+        for order in 0..=MAX_ORDER {
+            if let Ok(f) = buddy.allocate(order) {
+                let pfn = f.start_address().as_u64() / FRAME_SIZE;
+                assert_eq!(pfn % (1 << order), 0, "order {order} block misaligned");
+                buddy.check_invariants();
+            }
+        }
+        assert_eq!(
+            buddy.allocate(MAX_ORDER + 1),
+            Err(AllocateError::InvalidOrder { order: 11 })
+        );
+    }
+}
