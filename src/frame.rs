@@ -123,6 +123,40 @@ impl PhysRange {
     }
 }
 
+/// Finds `size` bytes aligned to `align` inside one usable entry of `map`,
+/// overlapping none of `reserved`: where a kernel puts the frame metadata
+/// before the frame allocator exists. O(entries × reserved).
+pub fn find_free_range(
+    map: &[MemoryRegion],
+    reserved: &[PhysRange],
+    size: u64,
+    align: u64,
+) -> Option<PhysAddr> {
+    let candidates = map
+        .iter()
+        .filter(|r| r.kind == MemoryKind::Usable)
+        .map(|r| r.start)
+        .chain(reserved.iter().map(|r| r.end));
+    candidates
+        .filter_map(|c| c.as_u64().checked_next_multiple_of(align))
+        .filter_map(|start| Some((start, start.checked_add(size)?)))
+        .find(|&(start, end)| {
+            let inside = map.iter().any(|r| {
+                r.kind == MemoryKind::Usable
+                    && r.start.as_u64() <= start
+                    && end <= r.start.as_u64() + r.len
+            });
+            let blocked = map
+                .iter()
+                .filter(|r| r.kind != MemoryKind::Usable)
+                .map(|r| (r.start.as_u64(), r.start.as_u64() + r.len))
+                .chain(reserved.iter().map(|r| (r.start.as_u64(), r.end.as_u64())))
+                .any(|(lo, hi)| lo < end && start < hi);
+            inside && !blocked
+        })
+        .map(|(start, _)| PhysAddr::new(start))
+}
+
 /// Per-frame bookkeeping kept by the buddy allocator (12 bytes per frame).
 #[derive(Clone, Copy, Debug)]
 pub struct FrameMeta {
@@ -890,6 +924,27 @@ mod tests {
                 provided: 4096
             }
         );
+    }
+
+    #[test]
+    fn find_free_range_avoids_reserved_and_unusable_memory() {
+        let map = [
+            region(0, 2 * MIB),
+            MemoryRegion {
+                start: PhysAddr::new(2 * MIB),
+                len: MIB,
+                kind: MemoryKind::Reserved,
+            },
+            region(3 * MIB, 4 * MIB),
+        ];
+        let reserved = [
+            PhysRange::new(PhysAddr::new(0), MIB),
+            PhysRange::new(PhysAddr::new(3 * MIB), 0x5000),
+        ];
+        let at = |size| find_free_range(&map, &reserved, size, FRAME_SIZE).map(|a| a.as_u64());
+        assert_eq!(at(MIB), Some(MIB));
+        assert_eq!(at(MIB + 1), Some(3 * MIB + 0x5000));
+        assert_eq!(at(4 * MIB), None);
     }
 
     #[test]

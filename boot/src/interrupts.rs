@@ -1,0 +1,314 @@
+//! CPU exceptions: GDT with a TSS (an IST stack for double faults), an IDT
+//! whose entries are naked-function trampolines (stable Rust, no
+//! `abi_x86_interrupt`), and one dispatcher that reports faults.
+//!
+//! A breakpoint is counted, reported and resumed. Any other exception prints
+//! a report — vector, name, error code, instruction pointer, and for a page
+//! fault the address from CR2 and what the VMM knows of it (guard page of
+//! which region, unmapped page, unreserved) — then hands over to the test
+//! framework (which may expect it) or exits QEMU with failure. With
+//! `-no-reboot`, even a triple fault ends the run instead of looping.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use spin::LazyLock as Lazy;
+use strata::vmm::AddressInfo;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::idt::InterruptDescriptorTable;
+use x86_64::structures::tss::TaskStateSegment;
+
+/// IST slot used by the double-fault handler.
+pub const DOUBLE_FAULT_IST: u16 = 0;
+const DF_STACK_SIZE: usize = 16 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; DF_STACK_SIZE]);
+
+static mut DOUBLE_FAULT_STACK: Stack = Stack([0; DF_STACK_SIZE]);
+
+static TSS: Lazy<TaskStateSegment> = Lazy::new(|| {
+    let mut tss = TaskStateSegment::new();
+    let bottom = VirtAddr::from_ptr(&raw const DOUBLE_FAULT_STACK);
+    tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = bottom + DF_STACK_SIZE as u64;
+    tss
+});
+
+struct Gdt {
+    table: GlobalDescriptorTable,
+    code: SegmentSelector,
+    data: SegmentSelector,
+    tss: SegmentSelector,
+}
+
+static GDT: Lazy<Gdt> = Lazy::new(|| {
+    let mut table = GlobalDescriptorTable::new();
+    // Null, code 0x08, data 0x10, then the TSS: `iretq` reloads SS, so the
+    // data selector must stay at 0x10, never on the TSS descriptor.
+    let code = table.append(Descriptor::kernel_code_segment());
+    let data = table.append(Descriptor::kernel_data_segment());
+    let tss = table.append(Descriptor::tss_segment(&TSS));
+    Gdt {
+        table,
+        code,
+        data,
+        tss,
+    }
+});
+
+/// Registers pushed by the trampolines, then the CPU's interrupt frame.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    r11: u64,
+    r10: u64,
+    r9: u64,
+    r8: u64,
+    rdi: u64,
+    rsi: u64,
+    rdx: u64,
+    rcx: u64,
+    rax: u64,
+    /// Exception vector.
+    pub vector: u64,
+    /// Error code (0 for exceptions that push none).
+    pub error_code: u64,
+    /// Instruction pointer.
+    pub rip: u64,
+    cs: u64,
+    rflags: u64,
+    /// Stack pointer at the time of the exception.
+    pub rsp: u64,
+    ss: u64,
+}
+
+/// What the fault handler knows of an exception it could not resolve.
+#[derive(Clone, Copy, Debug)]
+pub struct Fault {
+    /// Exception vector.
+    pub vector: u64,
+    /// Error code pushed by the CPU, or 0.
+    pub error_code: u64,
+    /// Faulting instruction.
+    pub rip: u64,
+    /// CR2, for page faults and double faults.
+    pub address: Option<VirtAddr>,
+    /// What the VMM knows of `address`, when it could be asked.
+    pub info: Option<AddressInfo>,
+}
+
+/// Breakpoints handled so far.
+pub static BREAKPOINTS: AtomicUsize = AtomicUsize::new(0);
+
+macro_rules! trampoline {
+    ($name:ident, $vector:literal) => {
+        #[unsafe(naked)]
+        extern "C" fn $name() {
+            core::arch::naked_asm!(
+                "push 0",
+                concat!("push ", $vector),
+                "jmp {common}",
+                common = sym trap_common,
+            );
+        }
+    };
+    ($name:ident, $vector:literal, error_code) => {
+        #[unsafe(naked)]
+        extern "C" fn $name() {
+            core::arch::naked_asm!(
+                concat!("push ", $vector),
+                "jmp {common}",
+                common = sym trap_common,
+            );
+        }
+    };
+}
+
+/// Saves the scratch registers, calls [`trap_dispatch`] with RSP 16-byte
+/// aligned, restores and returns with `iretq`.
+#[unsafe(naked)]
+extern "C" fn trap_common() {
+    core::arch::naked_asm!(
+        "push rax",
+        "push rcx",
+        "push rdx",
+        "push rsi",
+        "push rdi",
+        "push r8",
+        "push r9",
+        "push r10",
+        "push r11",
+        "mov rdi, rsp",
+        "cld",
+        "call {dispatch}",
+        "pop r11",
+        "pop r10",
+        "pop r9",
+        "pop r8",
+        "pop rdi",
+        "pop rsi",
+        "pop rdx",
+        "pop rcx",
+        "pop rax",
+        "add rsp, 16",
+        "iretq",
+        dispatch = sym trap_dispatch,
+    );
+}
+
+trampoline!(divide_error, 0);
+trampoline!(debug, 1);
+trampoline!(nmi, 2);
+trampoline!(breakpoint, 3);
+trampoline!(overflow, 4);
+trampoline!(bound_range, 5);
+trampoline!(invalid_opcode, 6);
+trampoline!(device_not_available, 7);
+trampoline!(double_fault, 8, error_code);
+trampoline!(invalid_tss, 10, error_code);
+trampoline!(segment_not_present, 11, error_code);
+trampoline!(stack_segment, 12, error_code);
+trampoline!(general_protection, 13, error_code);
+trampoline!(page_fault, 14, error_code);
+trampoline!(x87_floating_point, 16);
+trampoline!(alignment_check, 17, error_code);
+trampoline!(machine_check, 18);
+trampoline!(simd_floating_point, 19);
+
+static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
+    let mut idt = InterruptDescriptorTable::new();
+    let addr = |f: extern "C" fn()| VirtAddr::new(f as usize as u64);
+    // SAFETY: each address is a trampoline that saves what it clobbers,
+    // matches its vector's error-code convention and ends in `iretq`; the
+    // double-fault IST slot is set in the TSS loaded by `init`.
+    unsafe {
+        idt.divide_error.set_handler_addr(addr(divide_error));
+        idt.debug.set_handler_addr(addr(debug));
+        idt.non_maskable_interrupt.set_handler_addr(addr(nmi));
+        idt.breakpoint.set_handler_addr(addr(breakpoint));
+        idt.overflow.set_handler_addr(addr(overflow));
+        idt.bound_range_exceeded.set_handler_addr(addr(bound_range));
+        idt.invalid_opcode.set_handler_addr(addr(invalid_opcode));
+        idt.device_not_available
+            .set_handler_addr(addr(device_not_available));
+        idt.double_fault
+            .set_handler_addr(addr(double_fault))
+            .set_stack_index(DOUBLE_FAULT_IST);
+        idt.invalid_tss.set_handler_addr(addr(invalid_tss));
+        idt.segment_not_present
+            .set_handler_addr(addr(segment_not_present));
+        idt.stack_segment_fault
+            .set_handler_addr(addr(stack_segment));
+        idt.general_protection_fault
+            .set_handler_addr(addr(general_protection));
+        idt.page_fault.set_handler_addr(addr(page_fault));
+        idt.x87_floating_point
+            .set_handler_addr(addr(x87_floating_point));
+        idt.alignment_check.set_handler_addr(addr(alignment_check));
+        idt.machine_check.set_handler_addr(addr(machine_check));
+        idt.simd_floating_point
+            .set_handler_addr(addr(simd_floating_point));
+    }
+    idt
+});
+
+/// Loads the GDT, the TSS and the IDT.
+pub fn init() {
+    GDT.table.load();
+    // SAFETY: the selectors index the GDT loaded just above, whose code and
+    // data descriptors are the flat 64-bit kernel segments.
+    unsafe {
+        CS::set_reg(GDT.code);
+        SS::set_reg(GDT.data);
+        DS::set_reg(GDT.data);
+        ES::set_reg(GDT.data);
+        load_tss(GDT.tss);
+    }
+    IDT.load();
+}
+
+/// Name of an exception vector.
+pub fn vector_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "divide error",
+        1 => "debug",
+        2 => "non-maskable interrupt",
+        3 => "breakpoint",
+        4 => "overflow",
+        5 => "bound range exceeded",
+        6 => "invalid opcode",
+        7 => "device not available",
+        8 => "double fault",
+        10 => "invalid TSS",
+        11 => "segment not present",
+        12 => "stack-segment fault",
+        13 => "general protection fault",
+        14 => "page fault",
+        16 => "x87 floating-point",
+        17 => "alignment check",
+        18 => "machine check",
+        19 => "SIMD floating-point",
+        _ => "unknown",
+    }
+}
+
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if frame.vector == 3 {
+        BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+        crate::println!("#BP breakpoint at rip={:#x}, resuming", frame.rip);
+        return;
+    }
+    let address = matches!(frame.vector, 8 | 14)
+        .then(|| Cr2::read_raw())
+        .map(VirtAddr::new_truncate);
+    let info = address.and_then(crate::memory::lookup);
+    let fault = Fault {
+        vector: frame.vector,
+        error_code: frame.error_code,
+        rip: frame.rip,
+        address,
+        info,
+    };
+    crate::serial::force_unlock();
+    report(&fault);
+    crate::test::on_fault(&fault)
+}
+
+/// Prints the report of an unresolved exception.
+pub fn report(fault: &Fault) {
+    crate::println!(
+        "\n!!! EXCEPTION: {} (vector {}), error code {:#x}, rip={:#x}",
+        vector_name(fault.vector),
+        fault.vector,
+        fault.error_code,
+        fault.rip
+    );
+    if fault.vector == 14 {
+        let e = fault.error_code;
+        crate::println!(
+            "    {} access, {}{}",
+            if e & 0x10 != 0 {
+                "instruction fetch"
+            } else if e & 2 != 0 {
+                "write"
+            } else {
+                "read"
+            },
+            if e & 1 != 0 {
+                "protection violation"
+            } else {
+                "page not present"
+            },
+            if e & 8 != 0 { ", reserved bit set" } else { "" }
+        );
+    }
+    if let Some(addr) = fault.address {
+        match fault.info {
+            Some(info) => crate::println!("    address {:#x}: {info}", addr.as_u64()),
+            None => crate::println!("    address {:#x} (VMM unavailable)", addr.as_u64()),
+        }
+    }
+}

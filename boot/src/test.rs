@@ -1,0 +1,230 @@
+//! The in-kernel test framework (stable Rust: a `linkme` distributed slice).
+//!
+//! Test suites are `harness = false` integration tests of this crate; each
+//! suite boots once and [`main`] runs its cases in name order, printing
+//! `test NAME ... ok` or `... FAILED` with the reason. A case may expect a
+//! panic or a page fault (with the exact address and what the VMM must say
+//! of it). A panic or an unexpected fault fails the case and the runner
+//! carries on with the next one on a fresh stack. The run ends with
+//! `N passed, M failed` and exits QEMU with success only when M is 0; a hung
+//! kernel is killed by the runner script's timeout.
+
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use linkme::distributed_slice;
+use spin::{Mutex, Once};
+use strata::vmm::AddressInfo;
+use x86_64::VirtAddr;
+
+use crate::interrupts::Fault;
+use crate::{BootInfo, println};
+
+/// What a test case expects to happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// It returns normally.
+    Pass,
+    /// It panics.
+    Panic,
+    /// It takes the page fault announced with [`expect_page_fault`].
+    PageFault,
+}
+
+/// One kernel test case, registered with [`kernel_test!`](crate::kernel_test).
+#[derive(Debug)]
+pub struct KernelTest {
+    /// The case's name.
+    pub name: &'static str,
+    /// What it expects.
+    pub expect: Expect,
+    /// The case itself.
+    pub run: fn(),
+}
+
+/// Every test case linked into the binary.
+#[distributed_slice]
+pub static KERNEL_TESTS: [KernelTest];
+
+const MAX_TESTS: usize = 256;
+static ORDER: Once<([u16; MAX_TESTS], usize)> = Once::new();
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+static PASSED: AtomicUsize = AtomicUsize::new(0);
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+static RUNNING: AtomicBool = AtomicBool::new(false);
+static CURRENT: Mutex<Option<&'static KernelTest>> = Mutex::new(None);
+static EXPECTED_FAULT: Mutex<Option<(VirtAddr, AddressInfo)>> = Mutex::new(None);
+
+/// Registers a kernel test case.
+///
+/// ```ignore
+/// kernel_test! { fn maps_a_page() { ... } }
+/// kernel_test! { #[should_panic] fn rejects_bad_input() { ... } }
+/// kernel_test! { #[should_fault] fn guard_page_faults() { expect_page_fault(..); touch(); } }
+/// ```
+#[macro_export]
+macro_rules! kernel_test {
+    (fn $name:ident() $body:block) => {
+        $crate::kernel_test!(@case $name, $crate::test::Expect::Pass, $body);
+    };
+    (#[should_panic] fn $name:ident() $body:block) => {
+        $crate::kernel_test!(@case $name, $crate::test::Expect::Panic, $body);
+    };
+    (#[should_fault] fn $name:ident() $body:block) => {
+        $crate::kernel_test!(@case $name, $crate::test::Expect::PageFault, $body);
+    };
+    (@case $name:ident, $expect:expr, $body:block) => {
+        fn $name() $body
+        const _: () = {
+            #[$crate::linkme::distributed_slice($crate::test::KERNEL_TESTS)]
+            #[linkme(crate = $crate::linkme)]
+            static CASE: $crate::test::KernelTest = $crate::test::KernelTest {
+                name: stringify!($name),
+                expect: $expect,
+                run: $name,
+            };
+        };
+    };
+}
+
+/// Announces the page fault the current case expects: at `addr`, which the
+/// VMM must describe as `info`. Any other fault fails the case.
+pub fn expect_page_fault(addr: VirtAddr, info: AddressInfo) {
+    *EXPECTED_FAULT.lock() = Some((addr, info));
+}
+
+/// The entry of every test suite: `entry_point!(strata_boot::test::main)`.
+///
+/// The kernel command line, when not empty, filters the cases by substring.
+pub fn main(boot: &'static BootInfo) -> ! {
+    let filter = boot
+        .cmdline
+        .split_whitespace()
+        .find(|a| !a.starts_with('-'));
+    ORDER.call_once(|| {
+        let mut order = [0u16; MAX_TESTS];
+        let mut n = 0;
+        for (i, t) in KERNEL_TESTS.iter().enumerate() {
+            if filter.is_none_or(|f| t.name.contains(f)) {
+                assert!(n < MAX_TESTS, "more than {MAX_TESTS} kernel tests");
+                order[n] = i as u16;
+                n += 1;
+            }
+        }
+        order[..n].sort_unstable_by_key(|&i| KERNEL_TESTS[usize::from(i)].name);
+        (order, n)
+    });
+    RUNNING.store(true, Ordering::SeqCst);
+    println!("\nrunning {} kernel tests", ORDER.get().map_or(0, |o| o.1));
+    run_remaining()
+}
+
+/// Runs the cases not yet started, then prints the summary and exits QEMU.
+extern "C" fn run_remaining() -> ! {
+    let (order, n) = ORDER.get().expect("test::main has run");
+    loop {
+        let i = NEXT.fetch_add(1, Ordering::SeqCst);
+        if i >= *n {
+            break;
+        }
+        let test = &KERNEL_TESTS[usize::from(order[i])];
+        crate::print!("test {} ... ", test.name);
+        *EXPECTED_FAULT.lock() = None;
+        *CURRENT.lock() = Some(test);
+        (test.run)();
+        *CURRENT.lock() = None;
+        match test.expect {
+            Expect::Pass => pass(),
+            Expect::Panic => fail(format_args!("returned, but it should have panicked")),
+            Expect::PageFault => fail(format_args!("returned, but it should have faulted")),
+        }
+    }
+    let (passed, failed) = (PASSED.load(Ordering::SeqCst), FAILED.load(Ordering::SeqCst));
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        crate::exit_success()
+    } else {
+        crate::exit_failure()
+    }
+}
+
+fn pass() {
+    PASSED.fetch_add(1, Ordering::SeqCst);
+    println!("ok");
+}
+
+fn fail(why: core::fmt::Arguments<'_>) {
+    FAILED.fetch_add(1, Ordering::SeqCst);
+    println!("FAILED\n    {why}");
+}
+
+/// The case that was running, taken out so it is judged once.
+fn take_current() -> Option<&'static KernelTest> {
+    if !RUNNING.load(Ordering::SeqCst) {
+        return None;
+    }
+    if CURRENT.is_locked() {
+        // SAFETY: the holder was interrupted and never resumes.
+        unsafe { CURRENT.force_unlock() };
+    }
+    CURRENT.lock().take()
+}
+
+/// Abandons the current case and continues with the next on a fresh stack.
+fn resume() -> ! {
+    if crate::memory::force_unlock() {
+        println!("    (the case left the memory locks held; they were released)");
+    }
+    let top = crate::memory::boot_info().kernel_stack_top();
+    // SAFETY: nothing on the kernel stack is used again: the abandoned case
+    // never resumes, and `run_remaining` starts from its own state.
+    unsafe { crate::switch_stack(top, run_remaining) }
+}
+
+/// Called by the panic handler.
+pub(crate) fn on_panic(info: &core::panic::PanicInfo<'_>) {
+    let Some(test) = take_current() else { return };
+    match test.expect {
+        Expect::Panic => {
+            println!("(panicked as expected: {})", info.message());
+            pass();
+        }
+        _ => fail(format_args!("panicked: {info}")),
+    }
+    resume()
+}
+
+/// Called by the exception dispatcher after it printed the report.
+pub(crate) fn on_fault(fault: &Fault) -> ! {
+    let Some(test) = take_current() else {
+        crate::exit_failure()
+    };
+    if EXPECTED_FAULT.is_locked() {
+        // SAFETY: the holder was interrupted and never resumes.
+        unsafe { EXPECTED_FAULT.force_unlock() };
+    }
+    let expected = EXPECTED_FAULT.lock().take();
+    match (test.expect, expected) {
+        (Expect::PageFault, Some((addr, info)))
+            if fault.vector == 14 && fault.address == Some(addr) && fault.info == Some(info) =>
+        {
+            crate::print!("(faulted as expected) ");
+            pass();
+        }
+        (Expect::PageFault, Some((addr, info))) => fail(format_args!(
+            "expected a page fault at {:#x} in {info}, got vector {} at {:?} in {:?}",
+            addr.as_u64(),
+            fault.vector,
+            fault.address,
+            fault.info
+        )),
+        _ => fail(format_args!(
+            "unexpected exception, vector {}",
+            fault.vector
+        )),
+    }
+    resume()
+}
