@@ -262,7 +262,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         return;
     }
     let address = matches!(frame.vector, 8 | 14)
-        .then(|| Cr2::read_raw())
+        .then(Cr2::read_raw)
         .map(VirtAddr::new_truncate);
     let info = address.and_then(crate::memory::lookup);
     let fault = Fault {

@@ -26,7 +26,7 @@ pub const HEAP_START: u64 = 0xffff_9000_0000_0000;
 /// Size of the kernel heap range: 1 TiB of address space.
 pub const HEAP_SIZE: u64 = 1 << 40;
 /// Pages of the kernel stack that `main` and the tests run on.
-pub const KERNEL_STACK_PAGES: u64 = 32;
+pub const KERNEL_STACK_PAGES: u64 = 64;
 /// Memory above this is ignored: the boot stub identity-maps only 4 GiB.
 pub const IDENTITY_LIMIT: u64 = 4 << 30;
 /// Capacity of the VMM's region table.
@@ -138,12 +138,8 @@ impl fmt::Display for BootError {
 /// Call once, at boot, with the pointer the PVH loader passed, while the boot
 /// identity map is live.
 pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
-    static mut MAP: [MemoryRegion; MAX_MAP_ENTRIES] = [MemoryRegion {
-        start: PhysAddr::zero(),
-        len: 0,
-        kind: MemoryKind::Reserved,
-    }; MAX_MAP_ENTRIES];
-    static mut CMDLINE: [u8; CMDLINE_MAX] = [0; CMDLINE_MAX];
+    static MAP: Once<([MemoryRegion; MAX_MAP_ENTRIES], usize)> = Once::new();
+    static CMDLINE: Once<([u8; CMDLINE_MAX], usize)> = Once::new();
 
     // SAFETY: the loader passed the physical address of `hvm_start_info`,
     // which the identity map makes readable.
@@ -160,36 +156,46 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
     if entries > MAX_MAP_ENTRIES {
         return Err(BootError::TooManyEntries(si.memmap_entries));
     }
-    // SAFETY: `init` runs once, before anything else reads these statics.
-    let (map, cmdline_buf) = unsafe { (&mut *(&raw mut MAP), &mut *(&raw mut CMDLINE)) };
-    let mut kept = 0;
-    for i in 0..entries {
-        // SAFETY: the loader promises `memmap_entries` entries at `memmap_paddr`.
-        let e = unsafe { &*((si.memmap_paddr as usize as *const HvmMemmapEntry).add(i)) };
-        let start = e.addr.min(IDENTITY_LIMIT);
-        let end = e.addr.saturating_add(e.size).min(IDENTITY_LIMIT);
-        if end > start {
-            let kind = MemoryKind::from_e820(e.kind);
-            map[kept] = MemoryRegion {
-                start: PhysAddr::new(start),
-                len: end - start,
-                kind,
-            };
-            kept += 1;
+    let (map, kept) = MAP.call_once(|| {
+        let empty = MemoryRegion {
+            start: PhysAddr::zero(),
+            len: 0,
+            kind: MemoryKind::Reserved,
+        };
+        let mut map = [empty; MAX_MAP_ENTRIES];
+        let mut kept = 0;
+        for i in 0..entries {
+            // SAFETY: the loader promises `memmap_entries` entries at `memmap_paddr`.
+            let e = unsafe { &*((si.memmap_paddr as usize as *const HvmMemmapEntry).add(i)) };
+            let start = e.addr.min(IDENTITY_LIMIT);
+            let end = e.addr.saturating_add(e.size).min(IDENTITY_LIMIT);
+            if end > start {
+                let kind = MemoryKind::from_e820(e.kind);
+                map[kept] = MemoryRegion {
+                    start: PhysAddr::new(start),
+                    len: end - start,
+                    kind,
+                };
+                kept += 1;
+            }
         }
-    }
-    let map: &'static [MemoryRegion] = &map[..kept];
-    let mut cmd_len = 0;
-    if si.cmdline_paddr != 0 {
+        (map, kept)
+    });
+    let map: &'static [MemoryRegion] = &map[..*kept];
+    let (cmdline_buf, cmd_len) = CMDLINE.call_once(|| {
+        let mut buf = [0; CMDLINE_MAX];
+        let mut len = 0;
         let src = si.cmdline_paddr as usize as *const u8;
-        // SAFETY: a NUL-terminated string at `cmdline_paddr`, read no further
-        // than our buffer.
-        while cmd_len < CMDLINE_MAX && unsafe { *src.add(cmd_len) } != 0 {
+        // SAFETY: a NUL-terminated string at `cmdline_paddr` (when not 0),
+        // read no further than our buffer.
+        while si.cmdline_paddr != 0 && len < CMDLINE_MAX && unsafe { *src.add(len) } != 0 {
             // SAFETY: as above.
-            cmdline_buf[cmd_len] = unsafe { *src.add(cmd_len) };
-            cmd_len += 1;
+            buf[len] = unsafe { *src.add(len) };
+            len += 1;
         }
-    }
+        (buf, len)
+    });
+    let cmd_len = *cmd_len;
     let cmdline = core::str::from_utf8(&cmdline_buf[..cmd_len]).unwrap_or("");
 
     let kernel = PhysRange {
@@ -240,7 +246,7 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
     let heap = Page::range(start, start + HEAP_SIZE / 4096);
     let nxe = Efer::read().contains(EferFlags::NO_EXECUTE_ENABLE);
     // SAFETY: nothing else maps or uses the heap range.
-    let mut vmm = unsafe { Vmm::new(mapper, heap, |a| x86_64::instructions::tlb::flush(a), nxe) };
+    let mut vmm = unsafe { Vmm::new(mapper, heap, x86_64::instructions::tlb::flush, nxe) };
     let kernel_stack = vmm
         .allocate(KERNEL_STACK_PAGES, 4096, PageFlags::WRITABLE, &mut frames)
         .map_err(BootError::KernelStack)?;

@@ -1,0 +1,46 @@
+# strata — the two commands are `make run` and `make test`; `make help` lists all.
+CARGO ?= cargo
+KERNEL_TARGET := x86_64-unknown-none
+FIRMWARE_TARGET := thumbv7em-none-eabihf
+
+.PHONY: help deps run test test-host test-kernel check fmt clippy build doc clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+deps: ## Install what is missing: Rust targets/components, QEMU (apt-get)
+	@bash scripts/install-deps.sh
+
+run: deps ## Boot the kernel in QEMU: boot report of every layer, then exit
+	$(CARGO) krun
+
+test: deps test-host test-kernel ## Every test: host unit/integration tests, then the QEMU suites
+	@echo "make test: all suites passed"
+
+test-host: ## Host tests (plain `cargo test` at the root)
+	$(CARGO) test
+
+test-kernel: ## Kernel test suites in QEMU, one boot per suite
+	$(CARGO) ktest
+
+check: deps fmt clippy build doc ## fmt, clippy and builds for every target
+
+fmt: ## rustfmt check
+	$(CARGO) fmt --all -- --check
+
+clippy: ## clippy on the host, kernel and firmware targets, warnings denied
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy -p strata-boot --target $(KERNEL_TARGET) --bins --tests -- -D warnings
+	$(CARGO) clippy --lib --no-default-features --target $(FIRMWARE_TARGET) -- -D warnings
+
+build: ## Build the library for host, kernel and firmware targets, and the kernel
+	$(CARGO) build --lib
+	$(CARGO) build --lib --target $(KERNEL_TARGET)
+	$(CARGO) build --lib --no-default-features --target $(FIRMWARE_TARGET)
+	$(CARGO) kbuild
+
+doc: ## API docs (the README is the crate docs), warnings denied
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
+
+clean: ## Remove build output
+	$(CARGO) clean

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what strata's builds and tests need, only where it is missing:
+#   - the Rust targets and components listed in rust-toolchain.toml (rustup
+#     installs the toolchain from that file, but not always its targets);
+#   - QEMU for x86_64 and Arm from Debian's packages (apt-get).
+# Safe to run repeatedly; prints one line per thing it installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+targets=$(sed -n 's/^targets *= *\[\(.*\)\]/\1/p' rust-toolchain.toml | tr -d '"' | tr ',' ' ')
+installed=$(rustup target list --installed)
+for t in $targets; do
+    if ! grep -qx "$t" <<<"$installed"; then
+        echo "install-deps: rustup target add $t"
+        rustup target add "$t"
+    fi
+done
+components=$(rustup component list --installed)
+for c in clippy rustfmt; do
+    if ! grep -q "^$c" <<<"$components"; then
+        echo "install-deps: rustup component add $c"
+        rustup component add "$c"
+    fi
+done
+
+missing=()
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "install-deps: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    if ! $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+        # A newer qemu-utils (e.g. from backports) can block Debian's QEMU 7.2
+        # system emulators; align it with the release's version and retry.
+        echo "install-deps: retrying with qemu-utils from the Debian release"
+        release=$(. /etc/os-release && echo "$VERSION_CODENAME")
+        $sudo apt-get install -y -qq --no-install-recommends --allow-downgrades \
+            "${missing[@]}" "qemu-utils/$release"
+    fi
+fi
