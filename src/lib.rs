@@ -8,3 +8,13 @@
 pub mod frame;
 #[cfg(all(feature = "paging", target_arch = "x86_64"))]
 pub mod vmm;
+
+pub mod cache;
+pub mod front;
+pub mod object;
+pub mod segment;
+pub mod source;
+
+pub use cache::ObjectCache;
+pub use front::{Heap, LockedHeap};
+pub use source::{PageSource, RegionSource};

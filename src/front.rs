@@ -1,0 +1,420 @@
+//! # Layer +1: the front door (CPython's raw allocator, `PyMem`)
+//!
+//! **Takes from below:** layer +2 ([`ObjectAllocator`]) for small requests,
+//! layer 0 ([`SegmentAllocator`]) for everything else, and the page source
+//! both draw on.
+//!
+//! **Gives above:** `allocate` / `deallocate` / `reallocate` /
+//! `allocate_zeroed` on [`Heap`], with typed errors, and
+//! [`GlobalAlloc`] on [`LockedHeap`], where errors become null and are
+//! counted.
+//!
+//! **Routing.** A request of at most 512 bytes aligned to at most 16 goes to
+//! layer +2; if +2 cannot get an arena it falls back to layer 0 (counted).
+//! Everything else goes to layer 0. A free is routed by *ownership*, never by
+//! the layout: +2 owns exactly the blocks in its arenas (an O(1) bitmap test),
+//! layer 0 checks its segments and large mappings, and a pointer neither owns
+//! is refused with [`DeallocateError::NotOwned`] — no layer is ever handed a
+//! block it does not own.
+//!
+//! **Realloc in place.** A +2 block is kept when the new size still fits its
+//! size class and uses more than half of it (mimalloc's rule; CPython keeps
+//! 75 %); a large mapping is kept while its page count does not change; a
+//! segment block while its reserved size does not change. Otherwise the block
+//! moves.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::fmt;
+use core::mem::MaybeUninit;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator, SMALL_REQUEST_THRESHOLD};
+use crate::segment::{self, Config, SegmentAllocator};
+use crate::source::{PageSource, RegionSource};
+
+/// Why an allocation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocError {
+    /// Layer 0 could not serve the request (after layer +2, for small ones).
+    Segment(segment::AllocateError),
+    /// The requested size overflows a [`Layout`].
+    InvalidLayout {
+        /// The size asked for.
+        size: usize,
+        /// The alignment asked for.
+        align: usize,
+    },
+}
+
+impl fmt::Display for AllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Segment(e) => write!(f, "out of memory: {e:?}"),
+            Self::InvalidLayout { size, align } => {
+                write!(f, "invalid layout: {size} bytes aligned to {align}")
+            }
+        }
+    }
+}
+
+/// Why a free was refused. Nothing was changed.
+pub type DeallocateError = segment::DeallocateError;
+
+/// Counters of the front door.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontStats {
+    /// Allocations that failed (null returned by `GlobalAlloc`).
+    pub failed_allocations: usize,
+    /// Frees refused because no layer owns the pointer.
+    pub refused_frees: usize,
+    /// Small requests served by layer 0 because layer +2 had no arena.
+    pub small_fallbacks: usize,
+    /// Reallocations done in place.
+    pub realloc_in_place: usize,
+    /// Reallocations that moved the block.
+    pub realloc_moved: usize,
+}
+
+/// A snapshot of the whole heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Front-door counters.
+    pub front: FrontStats,
+    /// Layer +2 arena counters.
+    pub arenas: object::ArenaCounters,
+    /// Layer +2 geometry.
+    pub geometry: Geometry,
+    /// Layer 0 counters.
+    pub segments: segment::SegmentStats,
+}
+
+/// The allocator stack over one page source: layers 0, +1 and +2.
+///
+/// Works through `&mut self`; [`LockedHeap`] adds the lock and `GlobalAlloc`.
+pub struct Heap<S> {
+    object: ObjectAllocator,
+    segment: SegmentAllocator,
+    source: S,
+    stats: FrontStats,
+}
+
+impl<S> fmt::Debug for Heap<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Heap")
+            .field("object", &self.object)
+            .field("segment", &self.segment)
+            .field("front", &self.stats)
+            .finish()
+    }
+}
+
+#[inline]
+fn is_small(layout: Layout) -> bool {
+    layout.size() <= SMALL_REQUEST_THRESHOLD && layout.align() <= ALIGNMENT
+}
+
+impl Heap<RegionSource> {
+    /// A heap with no memory: every allocation fails until it is replaced.
+    pub const fn empty() -> Self {
+        Self {
+            object: ObjectAllocator::new(Geometry::for_window(0), (0, 0)),
+            segment: SegmentAllocator::new(Config::for_window(0)),
+            source: RegionSource::empty(),
+            stats: FrontStats {
+                failed_allocations: 0,
+                refused_frees: 0,
+                small_fallbacks: 0,
+                realloc_in_place: 0,
+                realloc_moved: 0,
+            },
+        }
+    }
+}
+
+impl<S: PageSource> Heap<S> {
+    /// A heap over `source`, with arena, pool and segment sizes chosen for
+    /// the size of its window.
+    pub fn new(source: S) -> Self {
+        let window = source.window();
+        Self::with_geometry(
+            source,
+            Geometry::for_window(window.1),
+            Config::for_window(window.1),
+        )
+    }
+
+    /// A heap over `source` with explicit layer +2 geometry and layer 0 tunables.
+    pub fn with_geometry(source: S, geometry: Geometry, config: Config) -> Self {
+        Self {
+            object: ObjectAllocator::new(geometry, source.window()),
+            segment: SegmentAllocator::new(config),
+            source,
+            stats: FrontStats::default(),
+        }
+    }
+
+    /// The page source.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Allocates a block for `layout`.
+    #[inline]
+    pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        if is_small(layout) {
+            match self.object.allocate(layout.size(), &mut self.source) {
+                Ok(p) => return Ok(p),
+                Err(_) => self.stats.small_fallbacks += 1,
+            }
+        }
+        self.segment
+            .allocate(layout, &mut self.source)
+            .map_err(AllocError::Segment)
+    }
+
+    /// Allocates a zeroed block for `layout`.
+    pub fn allocate_zeroed(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let p = self.allocate(layout)?;
+        // SAFETY: the block is ours and at least `layout.size()` bytes long.
+        unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
+        Ok(p)
+    }
+
+    /// Frees a block, routed by which layer owns it.
+    ///
+    /// # Safety
+    ///
+    /// If any layer owns `ptr`, it must be a live block allocated by this
+    /// heap with `layout`. Pointers that no layer owns are refused safely.
+    #[inline]
+    pub unsafe fn deallocate(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> Result<(), DeallocateError> {
+        if self.object.owns(ptr.as_ptr()) {
+            // SAFETY: the block lies in a +2 arena and the caller promises it
+            // is live.
+            unsafe { self.object.deallocate(ptr, &mut self.source) };
+            return Ok(());
+        }
+        // SAFETY: forwarded contract; layer 0 refuses what it does not own.
+        unsafe { self.segment.deallocate(ptr, layout, &mut self.source) }
+    }
+
+    /// Resizes a block to `new_size` bytes (same alignment), in place when it
+    /// still fits, keeping the first `min(old, new)` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block allocated by this heap with `layout`.
+    pub unsafe fn reallocate(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let new_layout = Layout::from_size_align(new_size, layout.align()).map_err(|_| {
+            AllocError::InvalidLayout {
+                size: new_size,
+                align: layout.align(),
+            }
+        })?;
+        let in_place = if self.object.owns(ptr.as_ptr()) {
+            // SAFETY: a live +2 block (caller contract).
+            let block = unsafe { self.object.block_size(ptr) };
+            new_size <= block && (new_size > block / 2 || block == ALIGNMENT)
+        } else {
+            self.segment.fits_in_place(ptr.as_ptr(), layout, new_layout)
+        };
+        if in_place {
+            self.stats.realloc_in_place += 1;
+            return Ok(ptr);
+        }
+        let new = self.allocate(new_layout)?;
+        // SAFETY: both blocks are live, distinct, and at least this long.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
+            self.deallocate(ptr, layout)
+                .expect("the caller passed a live block of this heap");
+        }
+        self.stats.realloc_moved += 1;
+        Ok(new)
+    }
+
+    /// Gives the spares back to the page source: the wholly free arena and
+    /// the empty segment each layer keeps against thrashing (like
+    /// `malloc_trim`). Returns how many arenas and segments went back.
+    pub fn trim(&mut self) -> (usize, usize) {
+        (
+            self.object.trim(&mut self.source),
+            self.segment.trim(&mut self.source),
+        )
+    }
+
+    /// Counters of every layer.
+    pub fn stats(&self) -> HeapStats {
+        HeapStats {
+            front: self.stats,
+            arenas: self.object.counters(),
+            geometry: self.object.geometry(),
+            segments: self.segment.stats(),
+        }
+    }
+
+    /// Per-size-class counts of layer +2.
+    pub fn class_stats(&self) -> [object::ClassStats; object::NUM_CLASSES] {
+        self.object.class_stats()
+    }
+
+    /// Checks every layer's invariants, panicking on a broken one.
+    pub fn check_invariants(&self) {
+        self.object.check_invariants();
+        self.segment.check_invariants();
+    }
+
+    fn record_failure(&mut self) {
+        self.stats.failed_allocations += 1;
+    }
+}
+
+/// strata's allocator stack over a caller's region, behind a spin lock: a
+/// drop-in replacement for `linked_list_allocator::LockedHeap`.
+///
+/// ```
+/// use core::alloc::{GlobalAlloc, Layout};
+/// use core::mem::MaybeUninit;
+///
+/// static HEAP: strata::LockedHeap = strata::LockedHeap::empty();
+/// static mut MEMORY: [MaybeUninit<u8>; 256 * 1024] = [MaybeUninit::uninit(); 256 * 1024];
+///
+/// // SAFETY: MEMORY is used for nothing else.
+/// HEAP.init_from_slice(unsafe { &mut *(&raw mut MEMORY) });
+/// let layout = Layout::new::<[u64; 4]>();
+/// let p = unsafe { HEAP.alloc(layout) };
+/// assert!(!p.is_null());
+/// unsafe { HEAP.dealloc(p, layout) };
+/// ```
+pub struct LockedHeap {
+    heap: spin::Mutex<Heap<RegionSource>>,
+    initialized: AtomicBool,
+}
+
+impl fmt::Debug for LockedHeap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockedHeap")
+            .field("initialized", &self.initialized)
+            .finish()
+    }
+}
+
+impl Default for LockedHeap {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl LockedHeap {
+    /// A heap with no memory; call [`init`](Self::init) or
+    /// [`init_from_slice`](Self::init_from_slice) once before use.
+    pub const fn empty() -> Self {
+        Self {
+            heap: spin::Mutex::new(Heap::empty()),
+            initialized: AtomicBool::new(false),
+        }
+    }
+
+    /// Gives the heap the region `[heap_bottom, heap_bottom + heap_size)`.
+    ///
+    /// # Panics
+    ///
+    /// On a second call: re-initialising a heap in use would corrupt it.
+    ///
+    /// # Safety
+    ///
+    /// The region must be valid for reads and writes and used by nothing else
+    /// for the rest of the program (`'static`).
+    pub unsafe fn init(&self, heap_bottom: *mut u8, heap_size: usize) {
+        if self.initialized.swap(true, Ordering::AcqRel) {
+            panic!("strata::LockedHeap::init called twice");
+        }
+        // SAFETY: forwarded from the caller.
+        let source = unsafe { RegionSource::new(heap_bottom, heap_size) };
+        *self.heap.lock() = Heap::new(source);
+    }
+
+    /// Gives the heap a static region: the safe form of [`init`](Self::init).
+    ///
+    /// # Panics
+    ///
+    /// On a second call.
+    pub fn init_from_slice(&self, mem: &'static mut [MaybeUninit<u8>]) {
+        // SAFETY: a `'static mut` slice is valid and ours alone forever.
+        unsafe { self.init(mem.as_mut_ptr().cast(), mem.len()) }
+    }
+
+    /// Runs `f` with the heap locked.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Heap<RegionSource>) -> R) -> R {
+        f(&mut self.heap.lock())
+    }
+
+    /// Counters of every layer.
+    pub fn stats(&self) -> HeapStats {
+        self.heap.lock().stats()
+    }
+}
+
+// SAFETY: every method takes the lock, and `Heap` upholds the `GlobalAlloc`
+// contract: blocks are aligned to `layout.align()`, at least `layout.size()`
+// long, and disjoint while live; failures return null.
+unsafe impl GlobalAlloc for LockedHeap {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut heap = self.heap.lock();
+        match heap.allocate(layout) {
+            Ok(p) => p.as_ptr(),
+            Err(_) => {
+                heap.record_failure();
+                ptr::null_mut()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let Some(p) = NonNull::new(ptr) else { return };
+        let mut heap = self.heap.lock();
+        // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
+        // with `layout`.
+        if unsafe { heap.deallocate(p, layout) }.is_err() {
+            heap.stats.refused_frees += 1;
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let mut heap = self.heap.lock();
+        match heap.allocate_zeroed(layout) {
+            Ok(p) => p.as_ptr(),
+            Err(_) => {
+                heap.record_failure();
+                ptr::null_mut()
+            }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Some(p) = NonNull::new(ptr) else {
+            return ptr::null_mut();
+        };
+        let mut heap = self.heap.lock();
+        // SAFETY: `GlobalAlloc`'s contract: a live block of ours with `layout`.
+        match unsafe { heap.reallocate(p, layout, new_size) } {
+            Ok(p) => p.as_ptr(),
+            Err(_) => {
+                heap.record_failure();
+                ptr::null_mut()
+            }
+        }
+    }
+}

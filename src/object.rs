@@ -1,0 +1,872 @@
+//! # Layer +2: the object allocator (pymalloc)
+//!
+//! **Takes from below:** arenas — runs of pages aligned to their own size —
+//! from a [`PageSource`].
+//!
+//! **Gives above:** blocks of up to [`SMALL_REQUEST_THRESHOLD`] bytes, aligned
+//! to [`ALIGNMENT`], in O(1) for the common case, as CPython's
+//! `Objects/obmalloc.c` does:
+//!
+//! ```text
+//!  arena (size-aligned)                                       pool (one size class)
+//!  ┌────────┬────────┬────────┬───────────┬─────────────┐     ┌──────┬─────┬─────┬────┄
+//!  │ pool 0 │ pool 1 │ pool 2 │  …carved  │  uncarved   │     │header│block│block│…   │
+//!  │+arena  │        │        │   lazily  │             │     └──────┴─────┴─────┴────┄
+//!  └────────┴────────┴────────┴───────────┴─────────────┘       free list threaded
+//!    ▲ pool_address: next pool to carve                          through free blocks
+//! ```
+//!
+//! - Size class `c` serves `16·(c+1)` bytes: 32 classes up to 512 bytes.
+//! - A block's pool is `addr & !(POOL_SIZE-1)` and its arena `addr &
+//!   !(ARENA_SIZE-1)`; no lookup, no walk. The arena header sits in pool 0,
+//!   after that pool's header.
+//! - `used[c]` lists the pools of class `c` with a free block; allocation
+//!   pops the first pool's free list, or carves the next block (pools are
+//!   carved lazily, blocks are touched only when first handed out).
+//! - A pool that fills leaves `used[c]`; one that empties goes on its arena's
+//!   free-pool list and keeps its class, so reuse for the same class skips
+//!   initialisation.
+//! - `usable_arenas` holds the arenas with free pools, sorted by free-pool
+//!   count, most used first, so allocation comes from the fullest arenas and
+//!   nearly empty ones drain. `nfp2lasta[n]` points at the last arena with `n`
+//!   free pools, keeping the re-sort O(1) (CPython bpo-37029).
+//! - A wholly free arena goes back to the page source unless it is the last
+//!   in `usable_arenas`: one spare is kept against thrashing (bpo-37257).
+//! - Ownership: one bit per arena-sized slot of the page source's window says
+//!   whether an arena lives there, so [`ObjectAllocator::owns`] is O(1) and
+//!   reads no memory that might not be mapped.
+//!
+//! **Geometry.** CPython uses 1 MiB arenas of 16 KiB pools. Those fit a
+//! kernel or a large region, but a 64 KiB firmware heap would be swallowed
+//! by one arena, so [`Geometry::for_window`] scales them with the window:
+//! 1 MiB / 16 KiB from 16 MiB up, down to 8 KiB arenas of 2 KiB pools for a
+//! 64 KiB heap (pools stay large enough for two 512-byte blocks, arenas hold
+//! 4 to 64 pools).
+
+use core::fmt;
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+
+use crate::source::{PAGE_SIZE, PageSource, PagesError};
+
+/// Alignment of every block, and the size-class granularity.
+pub const ALIGNMENT: usize = 16;
+const ALIGNMENT_SHIFT: u32 = ALIGNMENT.trailing_zeros();
+/// Largest request served by this layer; larger ones go to layer 0.
+pub const SMALL_REQUEST_THRESHOLD: usize = 512;
+/// Number of size classes.
+pub const NUM_CLASSES: usize = SMALL_REQUEST_THRESHOLD / ALIGNMENT;
+/// Most pools in one arena.
+pub const MAX_POOLS_PER_ARENA: usize = 64;
+/// Arena slots tracked in the ownership bitmap (window / arena size at most).
+pub const ARENA_SLOTS: usize = 4096;
+const UNUSED_CLASS: u32 = u32::MAX;
+
+const _: () = assert!(NUM_CLASSES == 32 && SMALL_REQUEST_THRESHOLD % ALIGNMENT == 0);
+const _: () = assert!(POOL_HEADER % ALIGNMENT == 0 && ARENA_HEADER % ALIGNMENT == 0);
+// The smallest pool still holds two of the largest blocks after both headers,
+// so a pool on a `used` list always has a free or carvable block after a pop.
+const _: () =
+    assert!((1 << MIN_POOL_SHIFT) >= POOL_HEADER + ARENA_HEADER + 2 * SMALL_REQUEST_THRESHOLD);
+
+/// The size class serving `size` bytes (`size` in `1..=512`; 0 is served as 1).
+#[inline]
+pub const fn size_class(size: usize) -> usize {
+    size.saturating_sub(1) >> ALIGNMENT_SHIFT
+}
+
+/// Block size of size class `class`.
+#[inline]
+pub const fn class_size(class: usize) -> usize {
+    (class + 1) << ALIGNMENT_SHIFT
+}
+
+const MIN_POOL_SHIFT: u32 = 11;
+
+/// Arena and pool sizes, fixed when the allocator is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// log2 of the arena size.
+    pub arena_shift: u32,
+    /// log2 of the pool size.
+    pub pool_shift: u32,
+}
+
+impl Geometry {
+    /// CPython's geometry: 1 MiB arenas of 16 KiB pools.
+    pub const CPYTHON: Self = Self {
+        arena_shift: 20,
+        pool_shift: 14,
+    };
+
+    /// The geometry for a page source whose window is `len` bytes: arenas of
+    /// about 1/8 of the window (at most 1 MiB unless the window needs bigger
+    /// arenas to fit [`ARENA_SLOTS`]), pools of 16 KiB, 4 KiB or 2 KiB.
+    pub const fn for_window(len: usize) -> Self {
+        let log = if len == 0 {
+            0
+        } else {
+            usize::BITS - 1 - len.leading_zeros()
+        };
+        let mut pool_shift = if log >= 24 {
+            14
+        } else if log >= 20 {
+            12
+        } else {
+            MIN_POOL_SHIFT
+        };
+        let mut arena_shift = log.saturating_sub(3);
+        if arena_shift > 20 {
+            arena_shift = 20;
+        }
+        if arena_shift < pool_shift + 2 {
+            arena_shift = pool_shift + 2;
+        }
+        if arena_shift > pool_shift + 6 {
+            arena_shift = pool_shift + 6;
+        }
+        // The ownership bitmap covers the window with ARENA_SLOTS slots.
+        let slots_shift = ARENA_SLOTS.trailing_zeros();
+        if log > arena_shift + slots_shift {
+            arena_shift = log - slots_shift;
+        }
+        if arena_shift > pool_shift + 6 {
+            pool_shift = arena_shift - 6;
+        }
+        // Arenas come from the page source in whole, aligned pages.
+        if arena_shift < PAGE_SIZE.trailing_zeros() {
+            arena_shift = PAGE_SIZE.trailing_zeros();
+        }
+        Self {
+            arena_shift,
+            pool_shift,
+        }
+    }
+
+    /// Bytes per arena.
+    pub const fn arena_size(&self) -> usize {
+        1 << self.arena_shift
+    }
+
+    /// Bytes per pool.
+    pub const fn pool_size(&self) -> usize {
+        1 << self.pool_shift
+    }
+
+    /// Pools per arena.
+    pub const fn pools_per_arena(&self) -> usize {
+        1 << (self.arena_shift - self.pool_shift)
+    }
+}
+
+/// Header at the start of every pool.
+#[repr(C)]
+struct Pool {
+    /// First free block, or null when the pool is full.
+    freeblock: *mut u8,
+    /// Next pool in `used[class]` or in the arena's free-pool list.
+    next: *mut Pool,
+    /// Previous pool in `used[class]`.
+    prev: *mut Pool,
+    /// Blocks handed out.
+    ref_count: u32,
+    /// Offset of the next never-used block.
+    next_offset: u32,
+    /// Last offset at which a whole block still fits.
+    max_next_offset: u32,
+    /// Size class, or `UNUSED_CLASS` for a pool never initialised.
+    class: u32,
+}
+
+/// Header of an arena, in pool 0 right after that pool's header.
+#[repr(C)]
+struct Arena {
+    /// Empty pools that were carved before.
+    freepools: *mut Pool,
+    /// Neighbours in `usable_arenas`.
+    next: *mut Arena,
+    prev: *mut Arena,
+    /// Next pool to carve.
+    pool_address: usize,
+    /// Free pools, carved or not.
+    nfreepools: u32,
+    /// Pools in the arena.
+    ntotalpools: u32,
+}
+
+const POOL_HEADER: usize = size_of::<Pool>().next_multiple_of(ALIGNMENT);
+const ARENA_HEADER: usize = size_of::<Arena>().next_multiple_of(ALIGNMENT);
+
+/// Why layer +2 could not allocate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocateError {
+    /// No pool has room and no new arena could be had from the page source.
+    NoArena(PagesError),
+    /// The page source handed out an arena outside its own window.
+    ArenaOutsideWindow {
+        /// The arena's address.
+        addr: usize,
+    },
+}
+
+/// Arena counters, as `sys._debugmallocstats()` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaCounters {
+    /// Arenas ever taken from the page source.
+    pub allocated_total: usize,
+    /// Arenas given back to the page source.
+    pub reclaimed: usize,
+    /// Most arenas held at once.
+    pub high_water: usize,
+    /// Arenas held now.
+    pub current: usize,
+}
+
+/// Per-size-class counts from a walk of every arena.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Pools currently assigned to the class (with at least one block in use).
+    pub pools: usize,
+    /// Blocks in use.
+    pub blocks_in_use: usize,
+    /// Free blocks in those pools, carved or not.
+    pub blocks_free: usize,
+}
+
+/// Layer +2: arenas → pools → size-classed blocks.
+pub struct ObjectAllocator {
+    used: [*mut Pool; NUM_CLASSES],
+    usable_arenas: *mut Arena,
+    nfp2lasta: [*mut Arena; MAX_POOLS_PER_ARENA + 1],
+    pool_mask: usize,
+    arena_mask: usize,
+    geometry: Geometry,
+    window_start: usize,
+    window_slots: usize,
+    arena_map: [u64; ARENA_SLOTS / 64],
+    counters: ArenaCounters,
+}
+
+// SAFETY: the allocator owns the arenas its pointers point into; it moves
+// between threads only as a whole, behind the front door's lock.
+unsafe impl Send for ObjectAllocator {}
+
+impl fmt::Debug for ObjectAllocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectAllocator")
+            .field("geometry", &self.geometry)
+            .field("arenas", &self.counters)
+            .finish()
+    }
+}
+
+impl ObjectAllocator {
+    /// An allocator for pages from a source whose window is `(start, len)`.
+    pub const fn new(geometry: Geometry, window: (usize, usize)) -> Self {
+        // Slots are counted from the arena boundary at or below the window.
+        let start = window.0 & !(geometry.arena_size() - 1);
+        let end = window.0.saturating_add(window.1);
+        let slots = (end - start).div_ceil(geometry.arena_size());
+        Self {
+            used: [ptr::null_mut(); NUM_CLASSES],
+            usable_arenas: ptr::null_mut(),
+            nfp2lasta: [ptr::null_mut(); MAX_POOLS_PER_ARENA + 1],
+            pool_mask: !(geometry.pool_size() - 1),
+            arena_mask: !(geometry.arena_size() - 1),
+            geometry,
+            window_start: start,
+            window_slots: if slots > ARENA_SLOTS {
+                ARENA_SLOTS
+            } else {
+                slots
+            },
+            arena_map: [0; ARENA_SLOTS / 64],
+            counters: ArenaCounters {
+                allocated_total: 0,
+                reclaimed: 0,
+                high_water: 0,
+                current: 0,
+            },
+        }
+    }
+
+    /// The arena and pool sizes.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Arena counters.
+    pub fn counters(&self) -> ArenaCounters {
+        self.counters
+    }
+
+    /// Whether `ptr` lies in one of this allocator's arenas. O(1), reads no
+    /// arena memory.
+    #[inline]
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        let slot = (ptr as usize).wrapping_sub(self.window_start) >> self.geometry.arena_shift;
+        slot < self.window_slots && self.arena_map[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
+    fn set_slot(&mut self, base: usize, present: bool) {
+        let slot = (base - self.window_start) >> self.geometry.arena_shift;
+        if present {
+            self.arena_map[slot / 64] |= 1 << (slot % 64);
+        } else {
+            self.arena_map[slot / 64] &= !(1 << (slot % 64));
+        }
+    }
+
+    /// Allocates a block of `size` bytes (`size <= SMALL_REQUEST_THRESHOLD`).
+    #[inline]
+    pub fn allocate(
+        &mut self,
+        size: usize,
+        source: &mut impl PageSource,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        debug_assert!(size <= SMALL_REQUEST_THRESHOLD);
+        let class = size_class(size);
+        let pool = self.used[class];
+        if !pool.is_null() {
+            // SAFETY: pools on `used[class]` are live pools of class `class`
+            // with a free or carvable block.
+            return Ok(unsafe { self.pop(pool, class) });
+        }
+        self.allocate_from_new_pool(class, source)
+    }
+
+    /// Takes a block from `pool`, the head of `used[class]`.
+    ///
+    /// # Safety
+    ///
+    /// `pool` must be the head of `used[class]` (or about to become it, with
+    /// `freeblock` non-null).
+    #[inline]
+    unsafe fn pop(&mut self, pool: *mut Pool, class: usize) -> NonNull<u8> {
+        // SAFETY: the caller passes a live pool header.
+        let p = unsafe { &mut *pool };
+        let block = p.freeblock;
+        p.ref_count += 1;
+        // SAFETY: `block` is a free block of this pool: its first word is the
+        // free-list link.
+        let next = unsafe { *block.cast::<*mut u8>() };
+        if !next.is_null() {
+            p.freeblock = next;
+        } else if p.next_offset <= p.max_next_offset {
+            // The free list ran dry: carve the next never-used block.
+            // SAFETY: `next_offset <= max_next_offset` keeps the block inside
+            // the pool.
+            let fresh = unsafe { pool.cast::<u8>().add(p.next_offset as usize) };
+            p.next_offset += class_size(class) as u32;
+            // SAFETY: `fresh` is a block of this pool that nobody uses.
+            unsafe { *fresh.cast::<*mut u8>() = ptr::null_mut() };
+            p.freeblock = fresh;
+        } else {
+            // Full: the pool leaves `used[class]`.
+            p.freeblock = ptr::null_mut();
+            self.used[class] = p.next;
+            if !p.next.is_null() {
+                // SAFETY: pools on `used` lists are live.
+                unsafe { (*p.next).prev = ptr::null_mut() };
+            }
+            p.next = ptr::null_mut();
+        }
+        // SAFETY: `block` came from the pool's free list, never null.
+        unsafe { NonNull::new_unchecked(block) }
+    }
+
+    #[cold]
+    fn allocate_from_new_pool(
+        &mut self,
+        class: usize,
+        source: &mut impl PageSource,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        if self.usable_arenas.is_null() {
+            let arena = self.new_arena(source)?;
+            self.usable_arenas = arena;
+            // SAFETY: `new_arena` returns an initialised arena header.
+            let nf = unsafe { (*arena).nfreepools } as usize;
+            self.nfp2lasta[nf] = arena;
+        }
+        let ao = self.usable_arenas;
+        // SAFETY: arenas on `usable_arenas` are live, initialised headers, and
+        // their pools lie inside them.
+        unsafe {
+            let a = &mut *ao;
+            let nf = a.nfreepools as usize;
+            // Taking a pool moves the arena from count `nf` to `nf - 1`; it is
+            // the first arena of the list, so it becomes the last with `nf - 1`.
+            if self.nfp2lasta[nf] == ao {
+                self.nfp2lasta[nf] = ptr::null_mut();
+            }
+            if nf > 1 {
+                self.nfp2lasta[nf - 1] = ao;
+            }
+            let pool = if !a.freepools.is_null() {
+                let pool = a.freepools;
+                a.freepools = (*pool).next;
+                pool
+            } else {
+                let pool = a.pool_address as *mut Pool;
+                a.pool_address += self.geometry.pool_size();
+                (*pool).class = UNUSED_CLASS;
+                pool
+            };
+            a.nfreepools -= 1;
+            if a.nfreepools == 0 {
+                // Wholly allocated: it leaves `usable_arenas`.
+                self.usable_arenas = a.next;
+                if !a.next.is_null() {
+                    (*a.next).prev = ptr::null_mut();
+                }
+                a.next = ptr::null_mut();
+                a.prev = ptr::null_mut();
+            }
+            let p = &mut *pool;
+            if p.class != class as u32 {
+                // Fresh, or last used for another class: lay out its first block.
+                let first = if pool as usize & self.arena_mask == pool as usize {
+                    POOL_HEADER + ARENA_HEADER
+                } else {
+                    POOL_HEADER
+                };
+                let size = class_size(class);
+                let block = pool.cast::<u8>().add(first);
+                *block.cast::<*mut u8>() = ptr::null_mut();
+                p.class = class as u32;
+                p.ref_count = 0;
+                p.freeblock = block;
+                p.next_offset = (first + size) as u32;
+                p.max_next_offset = (self.geometry.pool_size() - size) as u32;
+            }
+            // (A pool reused for its old class keeps its free list: all its
+            // carved blocks are on it.)
+            p.next = self.used[class];
+            p.prev = ptr::null_mut();
+            if !p.next.is_null() {
+                (*p.next).prev = pool;
+            }
+            self.used[class] = pool;
+            Ok(self.pop(pool, class))
+        }
+    }
+
+    fn new_arena(&mut self, source: &mut impl PageSource) -> Result<*mut Arena, AllocateError> {
+        let size = self.geometry.arena_size();
+        let base = source
+            .allocate_pages(size, size)
+            .map_err(AllocateError::NoArena)?;
+        let addr = base.as_ptr() as usize;
+        let slot = addr.wrapping_sub(self.window_start) >> self.geometry.arena_shift;
+        if slot >= self.window_slots {
+            // SAFETY: the pages were just allocated from `source` with this size.
+            unsafe { source.deallocate_pages(base, size) };
+            return Err(AllocateError::ArenaOutsideWindow { addr });
+        }
+        self.set_slot(addr, true);
+        let arena = (addr + POOL_HEADER) as *mut Arena;
+        let pools = self.geometry.pools_per_arena() as u32;
+        // SAFETY: the arena's pages are ours; the header fits in pool 0 after
+        // that pool's header.
+        unsafe {
+            arena.write(Arena {
+                freepools: ptr::null_mut(),
+                next: ptr::null_mut(),
+                prev: ptr::null_mut(),
+                pool_address: addr,
+                nfreepools: pools,
+                ntotalpools: pools,
+            })
+        };
+        let c = &mut self.counters;
+        c.allocated_total += 1;
+        c.current += 1;
+        c.high_water = c.high_water.max(c.current);
+        Ok(arena)
+    }
+
+    /// Size of the block that holds `ptr` (a block of this allocator).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block of this allocator.
+    #[inline]
+    pub unsafe fn block_size(&self, ptr: NonNull<u8>) -> usize {
+        let pool = (ptr.as_ptr() as usize & self.pool_mask) as *const Pool;
+        // SAFETY: a live block's pool header is initialised.
+        class_size(unsafe { (*pool).class } as usize)
+    }
+
+    /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block returned by [`allocate`](Self::allocate) of
+    /// this allocator (check with [`owns`](Self::owns) first).
+    #[inline]
+    pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, source: &mut impl PageSource) {
+        let block = ptr.as_ptr();
+        let pool = (block as usize & self.pool_mask) as *mut Pool;
+        // SAFETY: a live block lies in an initialised pool of a live arena.
+        let p = unsafe { &mut *pool };
+        let last = p.freeblock;
+        // SAFETY: the block is ours again; its first word becomes the link.
+        unsafe { *block.cast::<*mut u8>() = last };
+        p.freeblock = block;
+        p.ref_count -= 1;
+        if !last.is_null() && p.ref_count != 0 {
+            return;
+        }
+        // SAFETY: `pool` is live, and its list membership is as its state says.
+        unsafe { self.pool_changed_state(pool, last.is_null(), source) };
+    }
+
+    /// A pool was full (`was_full`) or has just become empty.
+    #[cold]
+    unsafe fn pool_changed_state(
+        &mut self,
+        pool: *mut Pool,
+        was_full: bool,
+        source: &mut impl PageSource,
+    ) {
+        // SAFETY: the caller passes a live pool.
+        let p = unsafe { &mut *pool };
+        let class = p.class as usize;
+        if p.ref_count != 0 {
+            // Was full, has a free block again: back to the front of `used`.
+            p.next = self.used[class];
+            p.prev = ptr::null_mut();
+            if !p.next.is_null() {
+                // SAFETY: pools on `used` lists are live.
+                unsafe { (*p.next).prev = pool };
+            }
+            self.used[class] = pool;
+            return;
+        }
+        if !was_full {
+            // Empty: leave `used[class]`.
+            if p.prev.is_null() {
+                self.used[class] = p.next;
+            } else {
+                // SAFETY: as above.
+                unsafe { (*p.prev).next = p.next };
+            }
+            if !p.next.is_null() {
+                // SAFETY: as above.
+                unsafe { (*p.next).prev = p.prev };
+            }
+        }
+        // SAFETY: the pool is live and empty.
+        unsafe { self.insert_to_freepool(pool, source) };
+    }
+
+    /// Puts an empty pool on its arena's free list and re-sorts the arena,
+    /// freeing the arena when it is wholly free and not the spare.
+    unsafe fn insert_to_freepool(&mut self, pool: *mut Pool, source: &mut impl PageSource) {
+        let base = pool as usize & self.arena_mask;
+        let ao = (base + POOL_HEADER) as *mut Arena;
+        // SAFETY: the arena of a live pool is live, and every arena reached
+        // through its links is live too.
+        unsafe {
+            let a = &mut *ao;
+            (*pool).next = a.freepools;
+            a.freepools = pool;
+            let mut nf = a.nfreepools as usize;
+            let lastnf = self.nfp2lasta[nf];
+            if lastnf == ao {
+                let prev = a.prev;
+                self.nfp2lasta[nf] = if !prev.is_null() && (*prev).nfreepools as usize == nf {
+                    prev
+                } else {
+                    ptr::null_mut()
+                };
+            }
+            nf += 1;
+            a.nfreepools = nf as u32;
+
+            if nf == a.ntotalpools as usize && !a.next.is_null() {
+                // Wholly free, and not the last arena: give it back.
+                if a.prev.is_null() {
+                    self.usable_arenas = a.next;
+                } else {
+                    (*a.prev).next = a.next;
+                }
+                (*a.next).prev = a.prev;
+                self.free_arena(base, source);
+                return;
+            }
+            if nf == 1 {
+                // Was wholly allocated: it rejoins `usable_arenas` at the front.
+                a.next = self.usable_arenas;
+                a.prev = ptr::null_mut();
+                if !a.next.is_null() {
+                    (*a.next).prev = ao;
+                }
+                self.usable_arenas = ao;
+                if self.nfp2lasta[1].is_null() {
+                    self.nfp2lasta[1] = ao;
+                }
+                return;
+            }
+            if self.nfp2lasta[nf].is_null() {
+                self.nfp2lasta[nf] = ao;
+            }
+            if ao == lastnf {
+                // Still in order: it was the last with `nf - 1` free pools.
+                return;
+            }
+            // Move it right after `lastnf`, the last arena with `nf - 1`.
+            if a.prev.is_null() {
+                self.usable_arenas = a.next;
+            } else {
+                (*a.prev).next = a.next;
+            }
+            (*a.next).prev = a.prev;
+            a.prev = lastnf;
+            a.next = (*lastnf).next;
+            if !a.next.is_null() {
+                (*a.next).prev = ao;
+            }
+            (*lastnf).next = ao;
+        }
+    }
+
+    fn free_arena(&mut self, base: usize, source: &mut impl PageSource) {
+        self.set_slot(base, false);
+        self.counters.current -= 1;
+        self.counters.reclaimed += 1;
+        let size = self.geometry.arena_size();
+        // SAFETY: the arena came from `source` with this size, and none of
+        // its blocks is live.
+        unsafe { source.deallocate_pages(NonNull::new_unchecked(base as *mut u8), size) };
+    }
+
+    /// Gives back the spare: a wholly free arena kept against thrashing.
+    /// Returns how many arenas went back.
+    pub fn trim(&mut self, source: &mut impl PageSource) -> usize {
+        let mut freed = 0;
+        let mut ao = self.usable_arenas;
+        while !ao.is_null() {
+            // SAFETY: arenas on the list are live.
+            let a = unsafe { &mut *ao };
+            let next = a.next;
+            if a.nfreepools == a.ntotalpools {
+                let nf = a.nfreepools as usize;
+                if self.nfp2lasta[nf] == ao {
+                    let prev = a.prev;
+                    // SAFETY: as above.
+                    let same = !prev.is_null() && unsafe { (*prev).nfreepools } as usize == nf;
+                    self.nfp2lasta[nf] = if same { prev } else { ptr::null_mut() };
+                }
+                if a.prev.is_null() {
+                    self.usable_arenas = next;
+                } else {
+                    // SAFETY: as above.
+                    unsafe { (*a.prev).next = next };
+                }
+                if !next.is_null() {
+                    // SAFETY: as above.
+                    unsafe { (*next).prev = a.prev };
+                }
+                self.free_arena(ao as usize & self.arena_mask, source);
+                freed += 1;
+            }
+            ao = next;
+        }
+        freed
+    }
+
+    /// Base addresses of the live arenas, from the ownership bitmap.
+    fn arenas(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.window_slots)
+            .filter(|&s| self.arena_map[s / 64] & (1 << (s % 64)) != 0)
+            .map(|s| self.window_start + (s << self.geometry.arena_shift))
+    }
+
+    /// Walks every carved pool of every arena.
+    fn for_each_pool(&self, mut f: impl FnMut(usize, &Pool, &Arena)) {
+        for base in self.arenas() {
+            // SAFETY: live arenas have initialised headers, and pools below
+            // `pool_address` have initialised headers.
+            unsafe {
+                let a = &*((base + POOL_HEADER) as *const Arena);
+                let mut pool = base;
+                while pool < a.pool_address {
+                    f(pool, &*(pool as *const Pool), a);
+                    pool += self.geometry.pool_size();
+                }
+            }
+        }
+    }
+
+    fn first_offset(&self, pool: usize) -> usize {
+        if pool & self.arena_mask == pool {
+            POOL_HEADER + ARENA_HEADER
+        } else {
+            POOL_HEADER
+        }
+    }
+
+    /// Pools, blocks in use and free blocks per size class (a walk of every
+    /// arena, O(pools)).
+    pub fn class_stats(&self) -> [ClassStats; NUM_CLASSES] {
+        let mut out = [ClassStats::default(); NUM_CLASSES];
+        let pool_size = self.geometry.pool_size();
+        self.for_each_pool(|addr, p, _| {
+            if p.ref_count == 0 {
+                return;
+            }
+            let class = p.class as usize;
+            let capacity = (pool_size - self.first_offset(addr)) / class_size(class);
+            let s = &mut out[class];
+            s.pools += 1;
+            s.blocks_in_use += p.ref_count as usize;
+            s.blocks_free += capacity - p.ref_count as usize;
+        });
+        out
+    }
+
+    /// Checks every list, count and free list, panicking on a broken
+    /// invariant. O(blocks): for tests and debug builds.
+    pub fn check_invariants(&self) {
+        let pool_size = self.geometry.pool_size();
+        // `used` lists: live pools of the right class, with a free block.
+        let mut in_used = 0;
+        for (class, &head) in self.used.iter().enumerate() {
+            let mut prev: *mut Pool = ptr::null_mut();
+            let mut pool = head;
+            while !pool.is_null() {
+                assert!(
+                    self.owns(pool as *const u8),
+                    "used pool outside every arena"
+                );
+                // SAFETY: checked to lie in a live arena.
+                let p = unsafe { &*pool };
+                assert_eq!(p.class as usize, class, "pool on the wrong used list");
+                assert!(p.ref_count > 0, "empty pool on a used list");
+                assert!(!p.freeblock.is_null(), "full pool on a used list");
+                assert_eq!(p.prev, prev, "used list back link");
+                in_used += 1;
+                prev = pool;
+                pool = p.next;
+            }
+        }
+        // Every carved pool: its free list is consistent with its counts.
+        let mut partial = 0;
+        let mut arenas = 0;
+
+        self.for_each_pool(|addr, p, _| {
+            if p.class == UNUSED_CLASS {
+                return;
+            }
+            let size = class_size(p.class as usize);
+            let first = self.first_offset(addr);
+            let carved = (p.next_offset as usize - first) / size;
+            let mut free = 0;
+            let mut block = p.freeblock;
+            while !block.is_null() {
+                let off = block as usize - addr;
+                assert!(
+                    off >= first && off < p.next_offset as usize,
+                    "free block outside its pool"
+                );
+                assert_eq!((off - first) % size, 0, "free block misaligned in its pool");
+                free += 1;
+                assert!(
+                    free <= carved,
+                    "free list longer than the carved blocks (a cycle?)"
+                );
+                // SAFETY: free blocks hold the link in their first word.
+                block = unsafe { *block.cast::<*mut u8>() };
+            }
+            assert_eq!(
+                free + p.ref_count as usize,
+                carved,
+                "free list and ref count disagree"
+            );
+            let capacity = (pool_size - first) / size;
+            assert!(
+                p.ref_count as usize <= capacity,
+                "more blocks in use than fit"
+            );
+            // A pool in use with a free block must be on its `used` list.
+            if p.ref_count > 0 && !p.freeblock.is_null() {
+                partial += 1;
+            }
+        });
+        assert_eq!(
+            in_used, partial,
+            "pools on used lists vs pools in use with a free block"
+        );
+        // `usable_arenas`: sorted by free pools, `nfp2lasta` marks each run's end.
+        let mut prev: *mut Arena = ptr::null_mut();
+        let mut ao = self.usable_arenas;
+        let mut last_nf = 0;
+        let mut runs: u128 = 0;
+        while !ao.is_null() {
+            // SAFETY: arenas on the list are live.
+            let a = unsafe { &*ao };
+            let nf = a.nfreepools as usize;
+            assert!(nf > 0, "full arena on usable_arenas");
+            assert!(nf >= last_nf, "usable_arenas out of order");
+            assert_eq!(a.prev, prev, "usable_arenas back link");
+            let next_nf = if a.next.is_null() {
+                usize::MAX
+            } else {
+                // SAFETY: as above.
+                unsafe { (*a.next).nfreepools as usize }
+            };
+            if next_nf != nf {
+                assert_eq!(
+                    self.nfp2lasta[nf], ao,
+                    "nfp2lasta[{nf}] is not the run's last arena"
+                );
+            }
+            runs |= 1 << nf;
+            last_nf = nf;
+            prev = ao;
+            ao = a.next;
+            arenas += 1;
+        }
+        for n in 0..=MAX_POOLS_PER_ARENA {
+            if runs & (1 << n) == 0 {
+                assert!(
+                    self.nfp2lasta[n].is_null(),
+                    "nfp2lasta[{n}] set with no such arena"
+                );
+            }
+        }
+        let _ = arenas;
+        // Free-pool counts and the ownership bitmap.
+        let mut live = 0;
+        for base in self.arenas() {
+            live += 1;
+            // SAFETY: live arena.
+            let a = unsafe { &*((base + POOL_HEADER) as *const Arena) };
+            let uncarved = (base + self.geometry.arena_size() - a.pool_address) / pool_size;
+            let mut free = 0;
+            let mut pool = a.freepools;
+            while !pool.is_null() {
+                // SAFETY: pools on an arena's free list are carved pools of it.
+                let p = unsafe { &*pool };
+                assert_eq!(p.ref_count, 0, "non-empty pool on a free-pool list");
+                assert_eq!(
+                    pool as usize & self.arena_mask,
+                    base,
+                    "free pool of another arena"
+                );
+                free += 1;
+                pool = p.next;
+            }
+            assert_eq!(
+                free + uncarved,
+                a.nfreepools as usize,
+                "arena free-pool count"
+            );
+        }
+        assert_eq!(
+            live, self.counters.current,
+            "arena count and bitmap disagree"
+        );
+    }
+}

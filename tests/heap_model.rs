@@ -1,0 +1,259 @@
+//! Property tests: long random programs of allocate / free / reallocate /
+//! allocate_zeroed, sizes 1 B to 1 MiB, alignments 1 to 4096, replayed on a
+//! `Heap` and checked against a shadow model after every step.
+
+mod common;
+
+use std::alloc::Layout;
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+use common::Region;
+use proptest::prelude::*;
+use strata::Heap;
+use strata::source::PageSource;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc {
+        size: usize,
+        align_shift: u32,
+        zeroed: bool,
+    },
+    Free {
+        which: usize,
+    },
+    Realloc {
+        which: usize,
+        size: usize,
+    },
+}
+
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        8 => 1usize..=512,
+        3 => 513usize..=16 << 10,
+        1 => (16usize << 10)..=(1 << 20),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (size(), prop_oneof![3 => Just(0u32), 2 => 0u32..=12], any::<bool>())
+            .prop_map(|(size, align_shift, zeroed)| Op::Alloc { size, align_shift, zeroed }),
+        3 => any::<usize>().prop_map(|which| Op::Free { which }),
+        2 => (any::<usize>(), size()).prop_map(|(which, size)| Op::Realloc { which, size }),
+    ]
+}
+
+struct Live {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    seed: u8,
+}
+
+/// The byte the model expects at offset `i` of a block with `seed`; only the
+/// first and last 256 bytes are written and checked, so large blocks stay cheap.
+fn pattern(seed: u8, i: usize) -> u8 {
+    seed.wrapping_add((i as u8).wrapping_mul(31))
+}
+
+fn checked_offsets(len: usize) -> impl Iterator<Item = usize> {
+    (0..len.min(256)).chain(len.saturating_sub(256).max(256.min(len))..len)
+}
+
+fn fill(b: &Live) {
+    for i in checked_offsets(b.layout.size()) {
+        // SAFETY: the block is live and `layout.size()` long.
+        unsafe { b.ptr.as_ptr().add(i).write(pattern(b.seed, i)) };
+    }
+}
+
+fn verify(b: &Live, len: usize) {
+    for i in checked_offsets(len) {
+        // SAFETY: as above.
+        let v = unsafe { b.ptr.as_ptr().add(i).read() };
+        assert_eq!(
+            v,
+            pattern(b.seed, i),
+            "block {:p} lost its contents at offset {i}",
+            b.ptr
+        );
+    }
+}
+
+struct Model {
+    live: Vec<Live>,
+    ranges: BTreeMap<usize, usize>,
+    seed: u8,
+}
+
+impl Model {
+    fn insert(&mut self, region: &Region, ptr: NonNull<u8>, layout: Layout) -> Live {
+        let start = ptr.as_ptr() as usize;
+        assert_eq!(
+            start % layout.align(),
+            0,
+            "{layout:?} misaligned at {start:#x}"
+        );
+        assert!(
+            region.contains(ptr.as_ptr(), layout.size()),
+            "block outside the region"
+        );
+        let end = start + layout.size().max(1);
+        if let Some((&s, &e)) = self.ranges.range(..end).next_back() {
+            assert!(
+                e <= start || s >= end,
+                "[{start:#x},{end:#x}) overlaps [{s:#x},{e:#x})"
+            );
+        }
+        self.ranges.insert(start, end);
+        self.seed = self.seed.wrapping_add(37);
+        Live {
+            ptr,
+            layout,
+            seed: self.seed,
+        }
+    }
+
+    fn remove(&mut self, b: &Live) {
+        self.ranges
+            .remove(&(b.ptr.as_ptr() as usize))
+            .expect("model knows the block");
+    }
+}
+
+fn replay(region_size: usize, ops: &[Op]) {
+    let region = Region::new(region_size);
+    let mut heap = Heap::new(region.source());
+    let mut m = Model {
+        live: Vec::new(),
+        ranges: BTreeMap::new(),
+        seed: 0,
+    };
+    for op in ops {
+        match *op {
+            Op::Alloc {
+                size,
+                align_shift,
+                zeroed,
+            } => {
+                let layout = Layout::from_size_align(size, 1 << align_shift).unwrap();
+                let result = if zeroed {
+                    heap.allocate_zeroed(layout)
+                } else {
+                    heap.allocate(layout)
+                };
+                if let Ok(ptr) = result {
+                    if zeroed {
+                        // SAFETY: a live block of `size` bytes.
+                        let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), size) };
+                        assert!(
+                            bytes.iter().all(|&b| b == 0),
+                            "allocate_zeroed returned dirty memory"
+                        );
+                    }
+                    let b = m.insert(&region, ptr, layout);
+                    fill(&b);
+                    m.live.push(b);
+                }
+            }
+            Op::Free { which } if !m.live.is_empty() => {
+                let b = m.live.swap_remove(which % m.live.len());
+                verify(&b, b.layout.size());
+                m.remove(&b);
+                // SAFETY: a live block of this heap with this layout.
+                unsafe { heap.deallocate(b.ptr, b.layout) }.expect("free of a live block");
+            }
+            Op::Realloc { which, size } if !m.live.is_empty() => {
+                let i = which % m.live.len();
+                let old = &m.live[i];
+                // SAFETY: a live block of this heap with this layout.
+                match unsafe { heap.reallocate(old.ptr, old.layout, size) } {
+                    Ok(ptr) => {
+                        let old = m.live.swap_remove(i);
+                        m.remove(&old);
+                        let layout = Layout::from_size_align(size, old.layout.align()).unwrap();
+                        let mut b = m.insert(&region, ptr, layout);
+                        b.seed = old.seed;
+                        // The kept prefix must have survived the move.
+                        verify(&b, old.layout.size().min(size).min(256));
+                        fill(&b);
+                        m.live.push(b);
+                    }
+                    Err(_) => verify(old, old.layout.size()),
+                }
+            }
+            _ => {}
+        }
+        heap.check_invariants();
+    }
+    for b in m.live.drain(..) {
+        verify(&b, b.layout.size());
+        // SAFETY: live blocks of this heap.
+        unsafe { heap.deallocate(b.ptr, b.layout) }.unwrap();
+    }
+    heap.check_invariants();
+    let stats = heap.stats();
+    assert!(
+        stats.arenas.current <= 1,
+        "more than the spare arena kept: {stats:?}"
+    );
+    assert!(
+        stats.segments.segments <= 1,
+        "more than the spare segment kept: {stats:?}"
+    );
+    assert_eq!(stats.segments.large, 0, "large mappings leaked");
+    heap.trim();
+    assert_eq!(
+        heap.source().bytes_out(),
+        0,
+        "pages not returned to the source: {:?}",
+        heap.stats()
+    );
+    assert_eq!(heap.source().window().1 / 4096, region_size / 4096);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_programs_on_a_64_mib_region(ops in prop::collection::vec(op(), 1..600)) {
+        replay(64 << 20, &ops);
+    }
+
+    #[test]
+    fn random_programs_on_a_64_kib_region(ops in prop::collection::vec(op(), 1..400)) {
+        replay(64 << 10, &ops);
+    }
+}
+
+#[test]
+fn a_long_seeded_program_churns_every_layer() {
+    let mut rng = common::Rng(0x5eed);
+    let ops: Vec<Op> = (0..20_000)
+        .map(|_| match rng.below(10) {
+            0..=4 => Op::Alloc {
+                size: match rng.below(12) {
+                    0..=8 => 1 + rng.below(512) as usize,
+                    9 | 10 => 513 + rng.below(16 << 10) as usize,
+                    _ => 1 + rng.below(1 << 20) as usize,
+                },
+                align_shift: if rng.below(4) == 0 {
+                    rng.below(13) as u32
+                } else {
+                    0
+                },
+                zeroed: rng.below(8) == 0,
+            },
+            5..=7 => Op::Free {
+                which: rng.next() as usize,
+            },
+            _ => Op::Realloc {
+                which: rng.next() as usize,
+                size: 1 + rng.below(4096) as usize,
+            },
+        })
+        .collect();
+    replay(256 << 20, &ops);
+}
