@@ -58,6 +58,15 @@ impl fmt::Display for AllocError {
     }
 }
 
+/// The layer that owns a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// Layer +2, the object allocator.
+    Object,
+    /// Layer 0, the segment allocator.
+    Segment,
+}
+
 /// Why a free was refused. Nothing was changed.
 pub type DeallocateError = segment::DeallocateError;
 
@@ -157,6 +166,17 @@ impl<S: PageSource> Heap<S> {
     /// The page source.
     pub fn source(&self) -> &S {
         &self.source
+    }
+
+    /// Which layer owns `ptr`, if any: the routing a free would take.
+    pub fn owner(&self, ptr: *const u8) -> Option<Layer> {
+        if self.object.owns(ptr) {
+            Some(Layer::Object)
+        } else if self.segment.owns(ptr) {
+            Some(Layer::Segment)
+        } else {
+            None
+        }
     }
 
     /// Allocates a block for `layout`.

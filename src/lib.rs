@@ -16,5 +16,5 @@ pub mod segment;
 pub mod source;
 
 pub use cache::ObjectCache;
-pub use front::{Heap, LockedHeap};
+pub use front::{Heap, Layer, LockedHeap};
 pub use source::{PageSource, RegionSource};
