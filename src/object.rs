@@ -62,8 +62,8 @@ pub const MAX_POOLS_PER_ARENA: usize = 64;
 pub const ARENA_SLOTS: usize = 4096;
 const UNUSED_CLASS: u32 = u32::MAX;
 
-const _: () = assert!(NUM_CLASSES == 32 && SMALL_REQUEST_THRESHOLD % ALIGNMENT == 0);
-const _: () = assert!(POOL_HEADER % ALIGNMENT == 0 && ARENA_HEADER % ALIGNMENT == 0);
+const _: () = assert!(NUM_CLASSES == 32 && SMALL_REQUEST_THRESHOLD.is_multiple_of(ALIGNMENT));
+const _: () = assert!(POOL_HEADER.is_multiple_of(ALIGNMENT) && ARENA_HEADER.is_multiple_of(ALIGNMENT));
 // The smallest pool still holds two of the largest blocks after both headers,
 // so a pool on a `used` list always has a free or carvable block after a pop.
 const _: () =

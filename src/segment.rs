@@ -220,11 +220,10 @@ impl SegmentAllocator {
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
         if layout.size() >= self.config.large_threshold && self.nlarge < MAX_LARGE {
-            match self.allocate_large(layout, source) {
-                Ok(p) => return Ok(p),
-                // Fall back to segments: a fragmented source may still have
-                // room inside them.
-                Err(_) => {}
+            // On failure, fall back to segments: a fragmented source may
+            // still have room inside them.
+            if let Ok(p) = self.allocate_large(layout, source) {
+                return Ok(p);
             }
         }
         if let Some(p) = self.allocate_in_segments(layout) {

@@ -92,7 +92,7 @@ pub unsafe trait PageSource {
 
 fn check_request(size: usize, align: usize) -> Result<Layout, PagesError> {
     let invalid = PagesError::InvalidRequest { size, align };
-    if size == 0 || size % PAGE_SIZE != 0 || !align.is_power_of_two() || align < PAGE_SIZE {
+    if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() || align < PAGE_SIZE {
         return Err(invalid);
     }
     Layout::from_size_align(size, align).map_err(|_| invalid)
@@ -218,7 +218,7 @@ mod tests {
         let mut src = unsafe { RegionSource::new(buf.as_mut_ptr().wrapping_add(3), buf.len() - 3) };
         let (start, len) = src.window();
         assert_eq!(start % PAGE_SIZE, 0);
-        assert!(len >= 63 * PAGE_SIZE && len <= 64 * PAGE_SIZE);
+        assert!((63 * PAGE_SIZE..=64 * PAGE_SIZE).contains(&len));
         let a = src.allocate_pages(PAGE_SIZE, PAGE_SIZE).unwrap();
         let b = src.allocate_pages(8 * PAGE_SIZE, 8 * PAGE_SIZE).unwrap();
         assert_eq!(
