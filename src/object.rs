@@ -63,7 +63,8 @@ pub const ARENA_SLOTS: usize = 4096;
 const UNUSED_CLASS: u32 = u32::MAX;
 
 const _: () = assert!(NUM_CLASSES == 32 && SMALL_REQUEST_THRESHOLD.is_multiple_of(ALIGNMENT));
-const _: () = assert!(POOL_HEADER.is_multiple_of(ALIGNMENT) && ARENA_HEADER.is_multiple_of(ALIGNMENT));
+const _: () =
+    assert!(POOL_HEADER.is_multiple_of(ALIGNMENT) && ARENA_HEADER.is_multiple_of(ALIGNMENT));
 // The smallest pool still holds two of the largest blocks after both headers,
 // so a pool on a `used` list always has a free or carvable block after a pop.
 const _: () =

@@ -92,7 +92,8 @@ pub unsafe trait PageSource {
 
 fn check_request(size: usize, align: usize) -> Result<Layout, PagesError> {
     let invalid = PagesError::InvalidRequest { size, align };
-    if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() || align < PAGE_SIZE {
+    if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() || align < PAGE_SIZE
+    {
         return Err(invalid);
     }
     Layout::from_size_align(size, align).map_err(|_| invalid)
