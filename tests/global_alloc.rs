@@ -18,7 +18,9 @@ static mut MEMORY: [MaybeUninit<u8>; REGION] = [MaybeUninit::uninit(); REGION];
 /// allocation), so the global allocator has memory from the start.
 extern "C" fn init_heap() {
     // SAFETY: MEMORY is handed out once, here, before anything runs.
-    HEAP.init_from_slice(unsafe { &mut *(&raw mut MEMORY) });
+    HEAP.init_from_slice(unsafe {
+        std::slice::from_raw_parts_mut((&raw mut MEMORY).cast(), REGION)
+    });
 }
 
 #[used]

@@ -395,9 +395,8 @@ fn small_requests_fall_back_to_layer_0_when_no_arena_fits() {
 #[should_panic(expected = "init called twice")]
 fn a_second_init_panics() {
     static HEAP: LockedHeap = LockedHeap::empty();
-    static mut A: [std::mem::MaybeUninit<u8>; 65536] = [std::mem::MaybeUninit::uninit(); 65536];
-    static mut B: [std::mem::MaybeUninit<u8>; 65536] = [std::mem::MaybeUninit::uninit(); 65536];
-    // SAFETY: each static is handed out once.
-    HEAP.init_from_slice(unsafe { &mut *(&raw mut A) });
-    HEAP.init_from_slice(unsafe { &mut *(&raw mut B) });
+    let a = Box::leak(vec![std::mem::MaybeUninit::uninit(); 65536].into_boxed_slice());
+    let b = Box::leak(vec![std::mem::MaybeUninit::uninit(); 65536].into_boxed_slice());
+    HEAP.init_from_slice(a);
+    HEAP.init_from_slice(b);
 }
