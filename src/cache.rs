@@ -87,16 +87,9 @@ impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
     /// The layout of every block the cache keeps: `T`'s, grown to hold the
     /// free-list link.
     pub const BLOCK: Layout = {
-        let size = if size_of::<T>() > size_of::<*mut u8>() {
-            size_of::<T>()
-        } else {
-            size_of::<*mut u8>()
-        };
-        let align = if align_of::<T>() > align_of::<*mut u8>() {
-            align_of::<T>()
-        } else {
-            align_of::<*mut u8>()
-        };
+        let size = if size_of::<T>() > size_of::<*mut u8>() { size_of::<T>() } else { size_of::<*mut u8>() };
+        let align =
+            if align_of::<T>() > align_of::<*mut u8>() { align_of::<T>() } else { align_of::<*mut u8>() };
         match Layout::from_size_align(size, align) {
             Ok(l) => l,
             Err(_) => panic!("invalid block layout"),
@@ -107,10 +100,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
     pub const fn new(heap: &'h A) -> Self {
         Self {
             heap,
-            free: spin::Mutex::new(FreeList {
-                head: ptr::null_mut(),
-                len: 0,
-            }),
+            free: spin::Mutex::new(FreeList { head: ptr::null_mut(), len: 0 }),
             constructor: None,
             hits: AtomicUsize::new(0),
             misses: AtomicUsize::new(0),
@@ -141,9 +131,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
         self.misses.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `BLOCK` has a non-zero size.
         let p = unsafe { self.heap.alloc(Self::BLOCK) };
-        NonNull::new(p)
-            .map(NonNull::cast)
-            .ok_or(CacheError::OutOfMemory)
+        NonNull::new(p).map(NonNull::cast).ok_or(CacheError::OutOfMemory)
     }
 
     /// Gives a block back: onto the free list, or to the heap when the list
@@ -175,10 +163,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
         let block = self.allocate()?;
         // SAFETY: the block is ours, aligned and large enough for a `T`.
         unsafe { block.as_ptr().write(MaybeUninit::new(value)) };
-        Ok(CachedBox {
-            ptr: block.cast(),
-            cache: self,
-        })
+        Ok(CachedBox { ptr: block.cast(), cache: self })
     }
 
     /// Builds a value with the cache's constructor, in a block of the cache.
@@ -230,22 +215,15 @@ unsafe impl<T, A: GlobalAlloc, const N: usize> allocator_api2::alloc::Allocator
 {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
         let (p, len) = if ObjectCache::<T, A, N>::fits(layout) {
-            let block =
-                ObjectCache::allocate(*self).map_err(|_| allocator_api2::alloc::AllocError)?;
+            let block = ObjectCache::allocate(*self).map_err(|_| allocator_api2::alloc::AllocError)?;
             (block.cast::<u8>(), ObjectCache::<T, A, N>::BLOCK.size())
         } else if layout.size() == 0 {
             // A dangling, aligned pointer serves zero-sized requests.
-            (
-                NonNull::new(layout.align() as *mut u8).expect("alignment is non-zero"),
-                0,
-            )
+            (NonNull::new(layout.align() as *mut u8).expect("alignment is non-zero"), 0)
         } else {
             // SAFETY: the layout has a non-zero size.
             let p = unsafe { self.heap.alloc(layout) };
-            (
-                NonNull::new(p).ok_or(allocator_api2::alloc::AllocError)?,
-                layout.size(),
-            )
+            (NonNull::new(p).ok_or(allocator_api2::alloc::AllocError)?, layout.size())
         };
         Ok(NonNull::slice_from_raw_parts(p, len))
     }

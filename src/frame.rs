@@ -111,10 +111,7 @@ pub struct PhysRange {
 impl PhysRange {
     /// The range `[start, start + len)`.
     pub fn new(start: PhysAddr, len: u64) -> Self {
-        Self {
-            start,
-            end: start + len,
-        }
+        Self { start, end: start + len }
     }
 
     /// Whether `addr` lies inside the range.
@@ -142,9 +139,7 @@ pub fn find_free_range(
         .filter_map(|start| Some((start, start.checked_add(size)?)))
         .find(|&(start, end)| {
             let inside = map.iter().any(|r| {
-                r.kind == MemoryKind::Usable
-                    && r.start.as_u64() <= start
-                    && end <= r.start.as_u64() + r.len
+                r.kind == MemoryKind::Usable && r.start.as_u64() <= start && end <= r.start.as_u64() + r.len
             });
             let blocked = map
                 .iter()
@@ -180,12 +175,7 @@ enum State {
 }
 
 impl FrameMeta {
-    const RESERVED: Self = Self {
-        next: NIL,
-        prev: NIL,
-        state: State::Reserved,
-        order: 0,
-    };
+    const RESERVED: Self = Self { next: NIL, prev: NIL, state: State::Reserved, order: 0 };
 }
 
 /// Why a memory map could not be turned into a frame allocator.
@@ -289,32 +279,20 @@ impl fmt::Display for DeallocateError {
         match *self {
             Self::InvalidOrder { order } => write!(f, "order {order} is above {MAX_ORDER}"),
             Self::Misaligned { frame, order } => {
-                write!(
-                    f,
-                    "frame {:#x} is not aligned for order {order}",
-                    frame.as_u64()
-                )
+                write!(f, "frame {:#x} is not aligned for order {order}", frame.as_u64())
             }
             Self::OutOfRange { frame } => write!(f, "frame {:#x} is out of range", frame.as_u64()),
             Self::NotOwned { frame } => {
                 write!(f, "frame {:#x} was never handed out", frame.as_u64())
             }
             Self::DoubleFree { frame } => write!(f, "double free of frame {:#x}", frame.as_u64()),
-            Self::InsideBlock {
-                frame,
-                block,
-                order,
-            } => write!(
+            Self::InsideBlock { frame, block, order } => write!(
                 f,
                 "frame {:#x} is inside the order-{order} block at {:#x}",
                 frame.as_u64(),
                 block.as_u64()
             ),
-            Self::WrongOrder {
-                frame,
-                allocated,
-                given,
-            } => write!(
+            Self::WrongOrder { frame, allocated, given } => write!(
                 f,
                 "frame {:#x} was allocated with order {allocated}, freed with order {given}",
                 frame.as_u64()
@@ -395,11 +373,7 @@ impl<'m> BuddyAllocator<'m> {
         meta: &'m mut [MaybeUninit<FrameMeta>],
     ) -> Result<Self, MemoryMapError> {
         for (i, a) in map.iter().enumerate() {
-            if a.start
-                .as_u64()
-                .checked_add(a.len)
-                .is_none_or(|end| end > PHYS_LIMIT)
-            {
+            if a.start.as_u64().checked_add(a.len).is_none_or(|end| end > PHYS_LIMIT) {
                 return Err(MemoryMapError::EntryOverflows { region: *a });
             }
             if a.kind != MemoryKind::Usable {
@@ -419,10 +393,7 @@ impl<'m> BuddyAllocator<'m> {
         }
         let needed = frames as usize;
         if meta.len() < needed {
-            return Err(MemoryMapError::MetadataTooSmall {
-                needed,
-                provided: meta.len(),
-            });
+            return Err(MemoryMapError::MetadataTooSmall { needed, provided: meta.len() });
         }
         let meta: &'m mut [FrameMeta] = {
             let slots = &mut meta[..needed];
@@ -451,10 +422,8 @@ impl<'m> BuddyAllocator<'m> {
                 m.state = State::Tail;
             }
         }
-        let unusable = map
-            .iter()
-            .filter(|r| r.kind != MemoryKind::Usable)
-            .map(|r| PhysRange::new(r.start, r.len));
+        let unusable =
+            map.iter().filter(|r| r.kind != MemoryKind::Usable).map(|r| PhysRange::new(r.start, r.len));
         for range in unusable.chain(reserved.iter().copied()) {
             let first = range.start.as_u64() / FRAME_SIZE;
             let end = range.end.as_u64().div_ceil(FRAME_SIZE).max(first);
@@ -490,20 +459,13 @@ impl<'m> BuddyAllocator<'m> {
     }
 
     fn frame_of(&self, index: u32) -> PhysFrame {
-        PhysFrame::containing_address(PhysAddr::new(
-            (self.base_pfn + u64::from(index)) * FRAME_SIZE,
-        ))
+        PhysFrame::containing_address(PhysAddr::new((self.base_pfn + u64::from(index)) * FRAME_SIZE))
     }
 
     fn push_free(&mut self, index: u32, order: usize) {
         let head = self.free_heads[order];
         let m = &mut self.meta[index as usize];
-        *m = FrameMeta {
-            next: head,
-            prev: NIL,
-            state: State::Free,
-            order: order as u8,
-        };
+        *m = FrameMeta { next: head, prev: NIL, state: State::Free, order: order as u8 };
         if head != NIL {
             self.meta[head as usize].prev = index;
         }
@@ -513,9 +475,7 @@ impl<'m> BuddyAllocator<'m> {
     }
 
     fn unlink_free(&mut self, index: u32) {
-        let FrameMeta {
-            next, prev, order, ..
-        } = self.meta[index as usize];
+        let FrameMeta { next, prev, order, .. } = self.meta[index as usize];
         let order = usize::from(order);
         match prev {
             NIL => self.free_heads[order] = next,
@@ -661,35 +621,22 @@ impl<'m> BuddyAllocator<'m> {
                 assert_eq!(m.state, State::Free, "non-free block on free list {order}");
                 assert_eq!(usize::from(m.order), order, "block on the wrong free list");
                 assert_eq!(m.prev, prev, "free list {order} back link broken");
-                assert_eq!(
-                    (self.base_pfn + u64::from(at)) % (1 << order),
-                    0,
-                    "misaligned block"
-                );
+                assert_eq!((self.base_pfn + u64::from(at)) % (1 << order), 0, "misaligned block");
                 if order < MAX_ORDER {
                     let buddy = self.meta.get((at ^ (1 << order)) as usize);
                     assert!(
-                        !buddy.is_some_and(
-                            |b| b.state == State::Free && usize::from(b.order) == order
-                        ),
+                        !buddy.is_some_and(|b| b.state == State::Free && usize::from(b.order) == order),
                         "free buddies at order {order} did not merge"
                     );
                 }
                 for tail in &self.meta[at as usize + 1..at as usize + (1 << order)] {
-                    assert_eq!(
-                        tail.state,
-                        State::Tail,
-                        "frame inside a free block is a head"
-                    );
+                    assert_eq!(tail.state, State::Tail, "frame inside a free block is a head");
                 }
                 count += 1;
                 prev = at;
                 at = m.next;
             }
-            assert_eq!(
-                count, self.free_blocks[order],
-                "free count of order {order}"
-            );
+            assert_eq!(count, self.free_blocks[order], "free count of order {order}");
             frames += count << order;
         }
         assert_eq!(frames, self.free_frames, "free frame total");
@@ -743,11 +690,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn region(start: u64, len: u64) -> MemoryRegion {
-        MemoryRegion {
-            start: PhysAddr::new(start),
-            len,
-            kind: MemoryKind::Usable,
-        }
+        MemoryRegion { start: PhysAddr::new(start), len, kind: MemoryKind::Usable }
     }
 
     fn build<'m>(
@@ -773,20 +716,13 @@ mod tests {
             frames.push(f);
         }
         assert_eq!(frames.len(), 4096);
-        assert_eq!(
-            buddy.allocate(0),
-            Err(AllocateError::OutOfMemory { order: 0 })
-        );
+        assert_eq!(buddy.allocate(0), Err(AllocateError::OutOfMemory { order: 0 }));
         let mut sorted: Vec<u64> = frames.iter().map(|f| f.start_address().as_u64()).collect();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), 4096, "a frame was handed out twice");
         // Free in an interleaved order so merges happen late.
-        for f in frames
-            .iter()
-            .step_by(2)
-            .chain(frames.iter().skip(1).step_by(2))
-        {
+        for f in frames.iter().step_by(2).chain(frames.iter().skip(1).step_by(2)) {
             buddy.deallocate(*f, 0).unwrap();
         }
         buddy.check_invariants();
@@ -797,11 +733,7 @@ mod tests {
     fn holes_reserved_and_unaligned_edges_are_never_handed_out() {
         let map = [
             region(0x1800, MIB - 0x1800 + 0x123), // unaligned both ends
-            MemoryRegion {
-                start: PhysAddr::new(MIB),
-                len: MIB,
-                kind: MemoryKind::Reserved,
-            },
+            MemoryRegion { start: PhysAddr::new(MIB), len: MIB, kind: MemoryKind::Reserved },
             region(2 * MIB, 6 * MIB),
         ];
         let kernel = PhysRange::new(PhysAddr::new(3 * MIB + 0x800), 0x3000);
@@ -814,10 +746,7 @@ mod tests {
             let a = f.start_address().as_u64();
             assert!(a >= 0x2000, "frame below the usable start");
             assert!(!(MIB..2 * MIB).contains(&a), "frame in the reserved entry");
-            assert!(
-                !(3 * MIB..3 * MIB + 0x4000).contains(&a),
-                "frame in the kernel image"
-            );
+            assert!(!(3 * MIB..3 * MIB + 0x4000).contains(&a), "frame in the kernel image");
             seen.push(a);
         }
         assert_eq!(seen.len() as u64, expected);
@@ -832,69 +761,40 @@ mod tests {
         let base = block.start_address();
         let free_before = buddy.free_frames();
         let frame = |a: u64| PhysFrame::containing_address(PhysAddr::new(a));
-        assert_eq!(
-            buddy.deallocate(block, 11),
-            Err(DeallocateError::InvalidOrder { order: 11 })
-        );
+        assert_eq!(buddy.deallocate(block, 11), Err(DeallocateError::InvalidOrder { order: 11 }));
         assert_eq!(
             buddy.deallocate(frame(base.as_u64() + FRAME_SIZE), 3),
-            Err(DeallocateError::Misaligned {
-                frame: base + FRAME_SIZE,
-                order: 3
-            })
+            Err(DeallocateError::Misaligned { frame: base + FRAME_SIZE, order: 3 })
         );
         assert_eq!(
             buddy.deallocate(frame(base.as_u64() + FRAME_SIZE), 0),
-            Err(DeallocateError::InsideBlock {
-                frame: base + FRAME_SIZE,
-                block: base,
-                order: 3
-            })
+            Err(DeallocateError::InsideBlock { frame: base + FRAME_SIZE, block: base, order: 3 })
         );
         assert_eq!(
             buddy.deallocate(block, 2),
-            Err(DeallocateError::WrongOrder {
-                frame: base,
-                allocated: 3,
-                given: 2
-            })
+            Err(DeallocateError::WrongOrder { frame: base, allocated: 3, given: 2 })
         );
         assert_eq!(
             buddy.deallocate(frame(0x5000), 0),
-            Err(DeallocateError::NotOwned {
-                frame: PhysAddr::new(0x5000)
-            })
+            Err(DeallocateError::NotOwned { frame: PhysAddr::new(0x5000) })
         );
         assert_eq!(
             buddy.deallocate(frame(9 * MIB), 0),
-            Err(DeallocateError::NotOwned {
-                frame: PhysAddr::new(9 * MIB)
-            })
+            Err(DeallocateError::NotOwned { frame: PhysAddr::new(9 * MIB) })
         );
         assert_eq!(
             buddy.deallocate(frame(64 * MIB), 0),
-            Err(DeallocateError::OutOfRange {
-                frame: PhysAddr::new(64 * MIB)
-            })
+            Err(DeallocateError::OutOfRange { frame: PhysAddr::new(64 * MIB) })
         );
         // A frame inside a free block, and a freed block freed again.
         assert_eq!(
             buddy.deallocate(frame(14 * MIB + 3 * FRAME_SIZE), 0),
-            Err(DeallocateError::DoubleFree {
-                frame: PhysAddr::new(14 * MIB + 3 * FRAME_SIZE)
-            })
+            Err(DeallocateError::DoubleFree { frame: PhysAddr::new(14 * MIB + 3 * FRAME_SIZE) })
         );
-        assert_eq!(
-            buddy.free_frames(),
-            free_before,
-            "an error changed the allocator"
-        );
+        assert_eq!(buddy.free_frames(), free_before, "an error changed the allocator");
         buddy.check_invariants();
         buddy.deallocate(block, 3).unwrap();
-        assert_eq!(
-            buddy.deallocate(block, 3),
-            Err(DeallocateError::DoubleFree { frame: base })
-        );
+        assert_eq!(buddy.deallocate(block, 3), Err(DeallocateError::DoubleFree { frame: base }));
         buddy.check_invariants();
     }
 
@@ -917,30 +817,18 @@ mod tests {
         let big = [region(0, 64 * MIB)];
         // SAFETY: as above.
         let err = unsafe { BuddyAllocator::new(&big, &[], &mut meta) }.unwrap_err();
-        assert_eq!(
-            err,
-            MemoryMapError::MetadataTooSmall {
-                needed: 16384,
-                provided: 4096
-            }
-        );
+        assert_eq!(err, MemoryMapError::MetadataTooSmall { needed: 16384, provided: 4096 });
     }
 
     #[test]
     fn find_free_range_avoids_reserved_and_unusable_memory() {
         let map = [
             region(0, 2 * MIB),
-            MemoryRegion {
-                start: PhysAddr::new(2 * MIB),
-                len: MIB,
-                kind: MemoryKind::Reserved,
-            },
+            MemoryRegion { start: PhysAddr::new(2 * MIB), len: MIB, kind: MemoryKind::Reserved },
             region(3 * MIB, 4 * MIB),
         ];
-        let reserved = [
-            PhysRange::new(PhysAddr::new(0), MIB),
-            PhysRange::new(PhysAddr::new(3 * MIB), 0x5000),
-        ];
+        let reserved =
+            [PhysRange::new(PhysAddr::new(0), MIB), PhysRange::new(PhysAddr::new(3 * MIB), 0x5000)];
         let at = |size| find_free_range(&map, &reserved, size, FRAME_SIZE).map(|a| a.as_u64());
         assert_eq!(at(MIB), Some(MIB));
         assert_eq!(at(MIB + 1), Some(3 * MIB + 0x5000));
@@ -959,9 +847,6 @@ mod tests {
                 buddy.check_invariants();
             }
         }
-        assert_eq!(
-            buddy.allocate(MAX_ORDER + 1),
-            Err(AllocateError::InvalidOrder { order: 11 })
-        );
+        assert_eq!(buddy.allocate(MAX_ORDER + 1), Err(AllocateError::InvalidOrder { order: 11 }));
     }
 }

@@ -9,6 +9,12 @@
 //! [`GlobalAlloc`] on [`LockedHeap`], where errors become null and are
 //! counted.
 //!
+//! **Out of memory.** When layer 0 cannot get pages, the front door gives
+//! layer +2's spare arena back to the page source and retries once.
+//!
+//! **Out of memory.** When layer 0 cannot get pages, the front door gives
+//! layer +2's spare arena back to the page source and retries once.
+//!
 //! **Routing.** A request of at most 512 bytes aligned to at most 16 goes to
 //! layer +2; if +2 cannot get an arena it falls back to layer 0 (counted).
 //! Everything else goes to layer 0. A free is routed by *ownership*, never by
@@ -146,11 +152,7 @@ impl<S: PageSource> Heap<S> {
     /// the size of its window.
     pub fn new(source: S) -> Self {
         let window = source.window();
-        Self::with_geometry(
-            source,
-            Geometry::for_window(window.1),
-            Config::for_window(window.1),
-        )
+        Self::with_geometry(source, Geometry::for_window(window.1), Config::for_window(window.1))
     }
 
     /// A heap over `source` with explicit layer +2 geometry and layer 0 tunables.
@@ -183,14 +185,25 @@ impl<S: PageSource> Heap<S> {
     #[inline]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         if is_small(layout) {
-            match self.object.allocate(layout.size(), &mut self.source) {
+            match self.object.allocate(layout.size(), layout.align(), &mut self.source) {
                 Ok(p) => return Ok(p),
                 Err(_) => self.stats.small_fallbacks += 1,
             }
         }
-        self.segment
-            .allocate(layout, &mut self.source)
-            .map_err(AllocError::Segment)
+        match self.segment.allocate(layout, &mut self.source) {
+            Ok(p) => Ok(p),
+            // Out of pages: the spare arena is worth more to layer 0 now.
+            Err(_) if self.object.trim(&mut self.source) > 0 => {
+                self.segment.allocate(layout, &mut self.source).map_err(AllocError::Segment)
+            }
+            Err(e) => Err(AllocError::Segment(e)),
+        }
+    }
+
+    /// Flushes the caches of the layers (layer 0's bins) back into their
+    /// heaps. Returns how many blocks went back.
+    pub fn flush_caches(&mut self) -> usize {
+        self.segment.flush_bins(&mut self.source)
     }
 
     /// Allocates a zeroed block for `layout`.
@@ -208,11 +221,7 @@ impl<S: PageSource> Heap<S> {
     /// If any layer owns `ptr`, it must be a live block allocated by this
     /// heap with `layout`. Pointers that no layer owns are refused safely.
     #[inline]
-    pub unsafe fn deallocate(
-        &mut self,
-        ptr: NonNull<u8>,
-        layout: Layout,
-    ) -> Result<(), DeallocateError> {
+    pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), DeallocateError> {
         if self.object.owns(ptr.as_ptr()) {
             // SAFETY: the block lies in a +2 arena and the caller promises it
             // is live.
@@ -235,16 +244,12 @@ impl<S: PageSource> Heap<S> {
         layout: Layout,
         new_size: usize,
     ) -> Result<NonNull<u8>, AllocError> {
-        let new_layout = Layout::from_size_align(new_size, layout.align()).map_err(|_| {
-            AllocError::InvalidLayout {
-                size: new_size,
-                align: layout.align(),
-            }
-        })?;
+        let new_layout = Layout::from_size_align(new_size, layout.align())
+            .map_err(|_| AllocError::InvalidLayout { size: new_size, align: layout.align() })?;
         let in_place = if self.object.owns(ptr.as_ptr()) {
             // SAFETY: a live +2 block (caller contract).
             let block = unsafe { self.object.block_size(ptr) };
-            new_size <= block && (new_size > block / 2 || block == ALIGNMENT)
+            new_size <= block && (new_size > block / 2 || block <= ALIGNMENT)
         } else {
             self.segment.fits_in_place(ptr.as_ptr(), layout, new_layout)
         };
@@ -256,8 +261,7 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: both blocks are live, distinct, and at least this long.
         unsafe {
             ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
-            self.deallocate(ptr, layout)
-                .expect("the caller passed a live block of this heap");
+            self.deallocate(ptr, layout).expect("the caller passed a live block of this heap");
         }
         self.stats.realloc_moved += 1;
         Ok(new)
@@ -267,10 +271,7 @@ impl<S: PageSource> Heap<S> {
     /// the empty segment each layer keeps against thrashing (like
     /// `malloc_trim`). Returns how many arenas and segments went back.
     pub fn trim(&mut self) -> (usize, usize) {
-        (
-            self.object.trim(&mut self.source),
-            self.segment.trim(&mut self.source),
-        )
+        (self.object.trim(&mut self.source), self.segment.trim(&mut self.source))
     }
 
     /// Counters of every layer.
@@ -299,6 +300,13 @@ impl<S: PageSource> Heap<S> {
     }
 }
 
+/// How a waiter for the heap lock passes time: yielding to the OS with the
+/// `std` feature, spinning otherwise.
+#[cfg(feature = "std")]
+type Relax = spin::Yield;
+#[cfg(not(feature = "std"))]
+type Relax = spin::Spin;
+
 /// strata's allocator stack over a caller's region, behind a spin lock: a
 /// drop-in replacement for `linked_list_allocator::LockedHeap`.
 ///
@@ -317,15 +325,13 @@ impl<S: PageSource> Heap<S> {
 /// unsafe { HEAP.dealloc(p, layout) };
 /// ```
 pub struct LockedHeap {
-    heap: spin::Mutex<Heap<RegionSource>>,
+    heap: spin::mutex::SpinMutex<Heap<RegionSource>, Relax>,
     initialized: AtomicBool,
 }
 
 impl fmt::Debug for LockedHeap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockedHeap")
-            .field("initialized", &self.initialized)
-            .finish()
+        f.debug_struct("LockedHeap").field("initialized", &self.initialized).finish()
     }
 }
 
@@ -339,10 +345,7 @@ impl LockedHeap {
     /// A heap with no memory; call [`init`](Self::init) or
     /// [`init_from_slice`](Self::init_from_slice) once before use.
     pub const fn empty() -> Self {
-        Self {
-            heap: spin::Mutex::new(Heap::empty()),
-            initialized: AtomicBool::new(false),
-        }
+        Self { heap: spin::mutex::SpinMutex::new(Heap::empty()), initialized: AtomicBool::new(false) }
     }
 
     /// Gives the heap the region `[heap_bottom, heap_bottom + heap_size)`.

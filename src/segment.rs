@@ -21,6 +21,15 @@
 //! against thrashing. Requests of at least [`Config::large_threshold`] bytes
 //! (malloc's mmap threshold) get pages of their own, given back on free.
 //!
+//! **Bins.** In front of the first-fit heaps sit bounded LIFO bins for
+//! blocks of up to [`BIN_MAX`] bytes aligned to at most 8, in steps of
+//! [`BIN_GRANULE`] (glibc's tcache does the same in front of its bins): such a
+//! request is rounded up to its bin's size, a freed block goes onto its bin
+//! (at most [`BIN_DEPTH`] deep, and at most [`Config::bin_budget`] bytes in
+//! all bins) and is reused in O(1). When the heaps and the
+//! page source are exhausted, the bins are flushed back and the request
+//! retried, so binned blocks never cause a failure.
+//!
 //! **Invariants:** segments are disjoint and sorted; each segment's heap
 //! covers exactly its pages; at most one segment is empty; every large
 //! mapping is in the large table. A pointer that is in no segment and no
@@ -45,6 +54,38 @@ pub const MAX_SEGMENTS: usize = 32;
 /// from segments.
 pub const MAX_LARGE: usize = 64;
 
+/// Largest request kept in a bin.
+pub const BIN_MAX: usize = 4096;
+/// Size step between bins.
+pub const BIN_GRANULE: usize = 16;
+/// Number of bins.
+pub const BINS: usize = BIN_MAX / BIN_GRANULE;
+/// Most blocks kept in one bin.
+pub const BIN_DEPTH: u32 = 16;
+
+/// The bin serving `layout`, if it is binned.
+#[inline]
+fn bin_of(layout: Layout) -> Option<usize> {
+    (layout.size() <= BIN_MAX && layout.align() <= 8).then(|| layout.size().saturating_sub(1) / BIN_GRANULE)
+}
+
+/// The layout actually asked of a segment heap for `layout`: binned requests
+/// are rounded up to their bin, so every block of a bin is interchangeable.
+#[inline]
+fn effective(layout: Layout) -> Layout {
+    match bin_of(layout) {
+        // SAFETY: a multiple of 16 up to BIN_MAX with alignment 8 is valid.
+        Some(bin) => unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 8) },
+        None => layout,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Bin {
+    head: *mut u8,
+    len: u32,
+}
+
 /// Tunables of layer 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -52,6 +93,8 @@ pub struct Config {
     pub segment_min: usize,
     /// Requests this large or larger get pages of their own.
     pub large_threshold: usize,
+    /// Most bytes kept in bins.
+    pub bin_budget: usize,
 }
 
 impl Config {
@@ -74,10 +117,15 @@ impl Config {
         if large_threshold < PAGE_SIZE {
             large_threshold = PAGE_SIZE;
         }
-        Self {
-            segment_min,
-            large_threshold,
+        // Bins may hold 1/64 of the window, between 1 KiB and 2 MiB.
+        let mut bin_budget = window_len / 64;
+        if bin_budget < 1024 {
+            bin_budget = 1024;
         }
+        if bin_budget > 2 << 20 {
+            bin_budget = 2 << 20;
+        }
+        Self { segment_min, large_threshold, bin_budget }
     }
 }
 
@@ -155,10 +203,15 @@ pub struct SegmentStats {
     pub segments_released: usize,
     /// Segments grown in place by a following run of pages.
     pub segments_extended: usize,
+    /// Blocks waiting in bins.
+    pub binned_blocks: usize,
+    /// Allocations served from a bin.
+    pub bin_hits: usize,
 }
 
 /// Layer 0: segments of first-fit heaps plus large mappings.
 pub struct SegmentAllocator {
+    bins: [Bin; BINS],
     segments: [Segment; MAX_SEGMENTS],
     nsegments: usize,
     large: [Large; MAX_LARGE],
@@ -167,6 +220,8 @@ pub struct SegmentAllocator {
     config: Config,
     released: usize,
     extended: usize,
+    bin_hits: usize,
+    binned_bytes: usize,
 }
 
 // SAFETY: the allocator owns the memory its raw pointers point to; it is
@@ -182,11 +237,7 @@ impl fmt::Debug for SegmentAllocator {
     }
 }
 
-const EMPTY_SEGMENT: Segment = Segment {
-    start: 0,
-    size: 0,
-    heap: Heap::empty(),
-};
+const EMPTY_SEGMENT: Segment = Segment { start: 0, size: 0, heap: Heap::empty() };
 const EMPTY_LARGE: Large = Large { start: 0, size: 0 };
 
 fn pages_for(bytes: usize) -> Option<usize> {
@@ -197,6 +248,7 @@ impl SegmentAllocator {
     /// An allocator with no segments yet.
     pub const fn new(config: Config) -> Self {
         Self {
+            bins: [Bin { head: core::ptr::null_mut(), len: 0 }; BINS],
             segments: [EMPTY_SEGMENT; MAX_SEGMENTS],
             nsegments: 0,
             large: [EMPTY_LARGE; MAX_LARGE],
@@ -205,6 +257,8 @@ impl SegmentAllocator {
             config,
             released: 0,
             extended: 0,
+            bin_hits: 0,
+            binned_bytes: 0,
         }
     }
 
@@ -214,7 +268,30 @@ impl SegmentAllocator {
     }
 
     /// Allocates a block for `layout`, growing from `source` when needed.
+    #[inline]
     pub fn allocate(
+        &mut self,
+        layout: Layout,
+        source: &mut impl PageSource,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        if let Some(bin) = bin_of(layout) {
+            let b = &mut self.bins[bin];
+            if let Some(block) = NonNull::new(b.head) {
+                // SAFETY: binned blocks hold the next link in their first word.
+                b.head = unsafe { *block.as_ptr().cast::<*mut u8>() };
+                b.len -= 1;
+                self.bin_hits += 1;
+                self.binned_bytes -= (bin + 1) * BIN_GRANULE;
+                return Ok(block);
+            }
+        }
+        match self.allocate_slow(effective(layout), source) {
+            Err(_) if self.flush_bins(source) > 0 => self.allocate_slow(effective(layout), source),
+            result => result,
+        }
+    }
+
+    fn allocate_slow(
         &mut self,
         layout: Layout,
         source: &mut impl PageSource,
@@ -231,15 +308,10 @@ impl SegmentAllocator {
         }
         self.grow(layout, source)?;
         let seg = &mut self.segments[self.current];
-        seg.heap
-            .allocate_first_fit(layout)
-            .map_err(|()| AllocateError::OutOfMemory {
-                layout,
-                source: PagesError::Exhausted {
-                    size: layout.size(),
-                    align: layout.align(),
-                },
-            })
+        seg.heap.allocate_first_fit(layout).map_err(|()| AllocateError::OutOfMemory {
+            layout,
+            source: PagesError::Exhausted { size: layout.size(), align: layout.align() },
+        })
     }
 
     fn allocate_in_segments(&mut self, layout: Layout) -> Option<NonNull<u8>> {
@@ -266,10 +338,7 @@ impl SegmentAllocator {
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, PagesError> {
-        let invalid = PagesError::InvalidRequest {
-            size: layout.size(),
-            align: layout.align(),
-        };
+        let invalid = PagesError::InvalidRequest { size: layout.size(), align: layout.align() };
         let size = pages_for(layout.size()).ok_or(invalid)?;
         let ptr = source.allocate_pages(size, layout.align().max(PAGE_SIZE))?;
         let start = ptr.as_ptr() as usize;
@@ -284,22 +353,14 @@ impl SegmentAllocator {
     fn grow(&mut self, layout: Layout, source: &mut impl PageSource) -> Result<(), AllocateError> {
         // Room for the block, its worst-case alignment padding, and the
         // first-fit list's minimum hole on each side.
-        let need = layout
-            .size()
-            .saturating_add(layout.align())
-            .saturating_add(64);
+        let need = layout.size().saturating_add(layout.align()).saturating_add(64);
         let exhausted = |source| AllocateError::OutOfMemory { layout, source };
-        let need = pages_for(need).ok_or(exhausted(PagesError::Exhausted {
-            size: need,
-            align: PAGE_SIZE,
-        }))?;
+        let need =
+            pages_for(need).ok_or(exhausted(PagesError::Exhausted { size: need, align: PAGE_SIZE }))?;
         let want = need.max(self.config.segment_min);
         let (ptr, size) = match source.allocate_pages(want, PAGE_SIZE) {
             Ok(p) => (p, want),
-            Err(_) if want > need => (
-                source.allocate_pages(need, PAGE_SIZE).map_err(exhausted)?,
-                need,
-            ),
+            Err(_) if want > need => (source.allocate_pages(need, PAGE_SIZE).map_err(exhausted)?, need),
             Err(e) => return Err(exhausted(e)),
         };
         let start = ptr.as_ptr() as usize;
@@ -361,7 +422,30 @@ impl SegmentAllocator {
         if self.large_of(ptr as usize).is_some() {
             return pages_for(old.size()) == pages_for(new.size());
         }
-        lla_size(old) == lla_size(new)
+        bin_of(old).is_some() == bin_of(new).is_some() && lla_size(effective(old)) == lla_size(effective(new))
+    }
+
+    /// Gives every binned block back to its segment heap. Returns how many.
+    pub fn flush_bins(&mut self, source: &mut impl PageSource) -> usize {
+        let mut flushed = 0;
+        for bin in 0..BINS {
+            // SAFETY: every block of a bin is 16·(bin+1) bytes, aligned to 8.
+            let layout = unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 8) };
+            while let Some(block) = NonNull::new(self.bins[bin].head) {
+                // SAFETY: binned blocks hold the link in their first word.
+                self.bins[bin].head = unsafe { *block.as_ptr().cast::<*mut u8>() };
+                self.bins[bin].len -= 1;
+                self.binned_bytes -= layout.size();
+                let i = self.segment_of(block.as_ptr() as usize).expect("binned blocks lie in segments");
+                // SAFETY: the block is a free block of segment `i` with this layout.
+                unsafe { self.segments[i].heap.deallocate(block, layout) };
+                flushed += 1;
+                if self.segments[i].heap.used() == 0 {
+                    self.release_if_spare(i, source);
+                }
+            }
+        }
+        flushed
     }
 
     /// Frees a block returned by [`allocate`](Self::allocate) with `layout`.
@@ -378,9 +462,21 @@ impl SegmentAllocator {
     ) -> Result<(), DeallocateError> {
         let addr = ptr.as_ptr() as usize;
         if let Some(i) = self.segment_of(addr) {
+            if let Some(bin) = bin_of(layout) {
+                let b = &mut self.bins[bin];
+                let size = (bin + 1) * BIN_GRANULE;
+                if b.len < BIN_DEPTH && self.binned_bytes + size <= self.config.bin_budget {
+                    // SAFETY: the block is ours again and at least 16 bytes.
+                    unsafe { *ptr.as_ptr().cast::<*mut u8>() = b.head };
+                    b.head = ptr.as_ptr();
+                    b.len += 1;
+                    self.binned_bytes += size;
+                    return Ok(());
+                }
+            }
             // SAFETY: the block lies in segment `i`, and the caller promises it
-            // is live and was allocated with `layout`.
-            unsafe { self.segments[i].heap.deallocate(ptr, layout) };
+            // is live and was allocated with `layout` (so with `effective`).
+            unsafe { self.segments[i].heap.deallocate(ptr, effective(layout)) };
             if self.segments[i].heap.used() == 0 {
                 self.release_if_spare(i, source);
             }
@@ -389,11 +485,7 @@ impl SegmentAllocator {
         if let Some(i) = self.large_of(addr) {
             let Large { start, size } = self.large[i];
             if pages_for(layout.size()) != Some(size) {
-                return Err(DeallocateError::SizeMismatch {
-                    ptr: addr,
-                    mapped: size,
-                    given: layout.size(),
-                });
+                return Err(DeallocateError::SizeMismatch { ptr: addr, mapped: size, given: layout.size() });
             }
             self.large.copy_within(i + 1..self.nlarge, i);
             self.nlarge -= 1;
@@ -435,6 +527,7 @@ impl SegmentAllocator {
 
     /// Gives every empty segment back, the spare included. Returns how many.
     pub fn trim(&mut self, source: &mut impl PageSource) -> usize {
+        self.flush_bins(source);
         let mut freed = 0;
         let mut i = 0;
         while i < self.nsegments {
@@ -460,6 +553,8 @@ impl SegmentAllocator {
             large_bytes: large.iter().map(|l| l.size).sum(),
             segments_released: self.released,
             segments_extended: self.extended,
+            binned_blocks: self.bins.iter().map(|b| b.len as usize).sum(),
+            bin_hits: self.bin_hits,
         }
     }
 
@@ -467,27 +562,33 @@ impl SegmentAllocator {
     pub fn check_invariants(&self) {
         let segs = &self.segments[..self.nsegments];
         for w in segs.windows(2) {
-            assert!(
-                w[0].start + w[0].size <= w[1].start,
-                "segments overlap or are unsorted"
-            );
+            assert!(w[0].start + w[0].size <= w[1].start, "segments overlap or are unsorted");
         }
         for s in segs {
-            assert_eq!(
-                s.heap.size(),
-                s.size,
-                "segment heap does not cover its pages"
-            );
+            assert_eq!(s.heap.size(), s.size, "segment heap does not cover its pages");
             assert_eq!(s.heap.bottom() as usize, s.start, "segment heap moved");
         }
         let empty = segs.iter().filter(|s| s.heap.used() == 0).count();
         assert!(empty <= 1, "{empty} empty segments kept");
+        for (bin, b) in self.bins.iter().enumerate() {
+            let mut n = 0;
+            let mut p = b.head;
+            while !p.is_null() {
+                assert!(
+                    self.segment_of(p as usize).is_some(),
+                    "bin {bin} holds a block outside every segment"
+                );
+                assert_eq!(p as usize % 8, 0, "binned block misaligned");
+                n += 1;
+                assert!(n <= b.len, "bin {bin} longer than its count (a cycle?)");
+                // SAFETY: binned blocks hold the link in their first word.
+                p = unsafe { *p.cast::<*mut u8>() };
+            }
+            assert_eq!(n, b.len, "bin {bin} count");
+        }
         let large = &self.large[..self.nlarge];
         for w in large.windows(2) {
-            assert!(
-                w[0].start + w[0].size <= w[1].start,
-                "large mappings overlap"
-            );
+            assert!(w[0].start + w[0].size <= w[1].start, "large mappings overlap");
         }
         assert!(self.nsegments == 0 || self.current < self.nsegments);
     }

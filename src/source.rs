@@ -92,8 +92,7 @@ pub unsafe trait PageSource {
 
 fn check_request(size: usize, align: usize) -> Result<Layout, PagesError> {
     let invalid = PagesError::InvalidRequest { size, align };
-    if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() || align < PAGE_SIZE
-    {
+    if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() || align < PAGE_SIZE {
         return Err(invalid);
     }
     Layout::from_size_align(size, align).map_err(|_| invalid)
@@ -119,10 +118,7 @@ unsafe impl Send for RegionSource {}
 impl fmt::Debug for RegionSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegionSource")
-            .field(
-                "window",
-                &format_args!("{:#x}+{:#x}", self.window.0, self.window.1),
-            )
+            .field("window", &format_args!("{:#x}+{:#x}", self.window.0, self.window.1))
             .field("pages_out", &(self.mapped / PAGE_SIZE))
             .finish()
     }
@@ -131,12 +127,7 @@ impl fmt::Debug for RegionSource {
 impl RegionSource {
     /// A source with no memory: every request fails.
     pub const fn empty() -> Self {
-        Self {
-            pages: linked_list_allocator::Heap::empty(),
-            window: (0, 0),
-            mapped: 0,
-            high_water: 0,
-        }
+        Self { pages: linked_list_allocator::Heap::empty(), window: (0, 0), mapped: 0, high_water: 0 }
     }
 
     /// A source over `[start, start + size)`, trimmed inwards to whole pages.
@@ -153,15 +144,9 @@ impl RegionSource {
             return Self::empty();
         }
         // SAFETY: the caller gives us the region; `first..end` lies inside it.
-        let pages = unsafe {
-            linked_list_allocator::Heap::new(start.wrapping_add(first - addr), end - first)
-        };
-        Self {
-            pages,
-            window: (first, end - first),
-            mapped: 0,
-            high_water: 0,
-        }
+        let pages =
+            unsafe { linked_list_allocator::Heap::new(start.wrapping_add(first - addr), end - first) };
+        Self { pages, window: (first, end - first), mapped: 0, high_water: 0 }
     }
 
     /// Bytes currently handed out.
@@ -184,10 +169,8 @@ unsafe impl PageSource for RegionSource {
 
     fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError> {
         let layout = check_request(size, align)?;
-        let ptr = self
-            .pages
-            .allocate_first_fit(layout)
-            .map_err(|()| PagesError::Exhausted { size, align })?;
+        let ptr =
+            self.pages.allocate_first_fit(layout).map_err(|()| PagesError::Exhausted { size, align })?;
         self.mapped += size;
         self.high_water = self.high_water.max(self.mapped);
         Ok(ptr)
@@ -222,19 +205,9 @@ mod tests {
         assert!((63 * PAGE_SIZE..=64 * PAGE_SIZE).contains(&len));
         let a = src.allocate_pages(PAGE_SIZE, PAGE_SIZE).unwrap();
         let b = src.allocate_pages(8 * PAGE_SIZE, 8 * PAGE_SIZE).unwrap();
-        assert_eq!(
-            b.as_ptr() as usize % (8 * PAGE_SIZE),
-            0,
-            "alignment ignored"
-        );
-        assert!(matches!(
-            src.allocate_pages(100, PAGE_SIZE),
-            Err(PagesError::InvalidRequest { .. })
-        ));
-        assert!(matches!(
-            src.allocate_pages(128 * PAGE_SIZE, PAGE_SIZE),
-            Err(PagesError::Exhausted { .. })
-        ));
+        assert_eq!(b.as_ptr() as usize % (8 * PAGE_SIZE), 0, "alignment ignored");
+        assert!(matches!(src.allocate_pages(100, PAGE_SIZE), Err(PagesError::InvalidRequest { .. })));
+        assert!(matches!(src.allocate_pages(128 * PAGE_SIZE, PAGE_SIZE), Err(PagesError::Exhausted { .. })));
         assert_eq!(src.bytes_out(), 9 * PAGE_SIZE);
         // SAFETY: both came from this source with these sizes.
         unsafe {

@@ -41,8 +41,7 @@ use x86_64::structures::paging::mapper::{
 };
 use x86_64::structures::paging::page::PageRange;
 use x86_64::structures::paging::{
-    FrameAllocator, FrameDeallocator, OffsetPageTable, Page, PageTableFlags, PhysFrame, Size4KiB,
-    Translate,
+    FrameAllocator, FrameDeallocator, OffsetPageTable, Page, PageTableFlags, PhysFrame, Size4KiB, Translate,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -134,16 +133,10 @@ impl fmt::Display for AddressInfo {
             Self::Outside => write!(f, "outside the kernel heap range"),
             Self::Unreserved => write!(f, "an unreserved page of the kernel heap range"),
             Self::Guard { after: Some(r), .. } => write!(f, "the guard page after region {r}"),
-            Self::Guard {
-                after: None,
-                before: Some(r),
-            } => {
+            Self::Guard { after: None, before: Some(r) } => {
                 write!(f, "the guard page before region {r}")
             }
-            Self::Guard {
-                after: None,
-                before: None,
-            } => write!(f, "a guard page"),
+            Self::Guard { after: None, before: None } => write!(f, "a guard page"),
             Self::Unmapped { region } => write!(f, "an unmapped page of region {region}"),
             Self::Mapped { region, writable } => write!(
                 f,
@@ -204,17 +197,11 @@ pub enum PageError {
 impl fmt::Display for PageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotReserved { start, pages } => write!(
-                f,
-                "{pages} pages at {:#x} are not inside one region",
-                start.start_address().as_u64()
-            ),
+            Self::NotReserved { start, pages } => {
+                write!(f, "{pages} pages at {:#x} are not inside one region", start.start_address().as_u64())
+            }
             Self::AlreadyMapped { page } => {
-                write!(
-                    f,
-                    "page {:#x} is already mapped",
-                    page.start_address().as_u64()
-                )
+                write!(f, "page {:#x} is already mapped", page.start_address().as_u64())
             }
             Self::NotMapped { page } => {
                 write!(f, "page {:#x} is not mapped", page.start_address().as_u64())
@@ -274,10 +261,7 @@ pub struct Vmm<'pt, const N: usize = 512> {
 
 impl<const N: usize> fmt::Debug for Vmm<'_, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Vmm")
-            .field("heap", &self.heap)
-            .field("stats", &self.stats)
-            .finish()
+        f.debug_struct("Vmm").field("heap", &self.heap).field("stats", &self.stats).finish()
     }
 }
 
@@ -300,19 +284,8 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         flush: fn(VirtAddr),
         no_execute: bool,
     ) -> Self {
-        let empty = Region {
-            start: heap.start,
-            pages: 0,
-        };
-        Self {
-            mapper,
-            heap,
-            flush,
-            no_execute,
-            regions: [empty; N],
-            len: 0,
-            stats: VmmStats::default(),
-        }
+        let empty = Region { start: heap.start, pages: 0 };
+        Self { mapper, heap, flush, no_execute, regions: [empty; N], len: 0, stats: VmmStats::default() }
     }
 
     /// The heap range this VMM manages.
@@ -340,9 +313,7 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         if self.len == N {
             return Err(ReserveError::TooManyRegions { capacity: N });
         }
-        let size = pages
-            .checked_mul(PAGE_SIZE)
-            .ok_or(ReserveError::AddressSpaceExhausted { pages })?;
+        let size = pages.checked_mul(PAGE_SIZE).ok_or(ReserveError::AddressSpaceExhausted { pages })?;
         let heap_start = self.heap.start.start_address().as_u64();
         let heap_end = self.heap.end.start_address().as_u64();
         let mut low = heap_start; // end of the previous region (or the range start)
@@ -355,14 +326,9 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
             let Some(start) = (low + PAGE_SIZE).checked_next_multiple_of(align) else {
                 break;
             };
-            let fits = start
-                .checked_add(size)
-                .and_then(|e| e.checked_add(PAGE_SIZE));
+            let fits = start.checked_add(size).and_then(|e| e.checked_add(PAGE_SIZE));
             if fits.is_some_and(|end| end <= high) {
-                let region = Region {
-                    start: Page::containing_address(VirtAddr::new(start)),
-                    pages,
-                };
+                let region = Region { start: Page::containing_address(VirtAddr::new(start)), pages };
                 self.regions.copy_within(slot..self.len, slot + 1);
                 self.regions[slot] = region;
                 self.len += 1;
@@ -445,12 +411,7 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         Ok(())
     }
 
-    fn map_one<F>(
-        &mut self,
-        page: Page,
-        flags: PageTableFlags,
-        frames: &mut F,
-    ) -> Result<(), PageError>
+    fn map_one<F>(&mut self, page: Page, flags: PageTableFlags, frames: &mut F) -> Result<(), PageError>
     where
         F: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>,
     {
@@ -459,11 +420,7 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         // SAFETY: the frame was just handed to us by layer −2, so it is unused
         // RAM, and it is reachable at the mapper's physical-memory offset.
         unsafe { core::ptr::write_bytes(phys.as_mut_ptr::<u8>(), 0, PAGE_SIZE as usize) };
-        let mut counting = Counting {
-            inner: frames,
-            allocated: 0,
-            freed: 0,
-        };
+        let mut counting = Counting { inner: frames, allocated: 0, freed: 0 };
         // SAFETY: the page lies in a region of the heap range, which nothing
         // else uses (constructor contract), and it is not mapped yet; the frame
         // is fresh, so no other page aliases it.
@@ -510,10 +467,7 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         for i in 0..pages {
             let page = start + i;
             let Ok((frame, flush)) = self.mapper.unmap(page) else {
-                unreachable!(
-                    "page {:#x} was checked to be mapped",
-                    page.start_address().as_u64()
-                );
+                unreachable!("page {:#x} was checked to be mapped", page.start_address().as_u64());
             };
             self.flushed(flush, page);
             self.stats.mapped_pages -= 1;
@@ -522,19 +476,13 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
             unsafe { frames.deallocate_frame(frame) };
         }
         if pages > 0 {
-            let mut counting = Counting {
-                inner: frames,
-                allocated: 0,
-                freed: 0,
-            };
+            let mut counting = Counting { inner: frames, allocated: 0, freed: 0 };
             // SAFETY: only tables under the heap range are considered, which
             // this VMM alone populated; the mapper frees only tables whose
             // every entry is unused.
             unsafe {
-                self.mapper.clean_up_addr_range(
-                    Page::range_inclusive(start, start + (pages - 1)),
-                    &mut counting,
-                )
+                self.mapper
+                    .clean_up_addr_range(Page::range_inclusive(start, start + (pages - 1)), &mut counting)
             };
             self.stats.table_frames -= counting.freed;
         }
@@ -567,10 +515,7 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
     {
         let i = self.region_index(region.start, region.pages)?;
         if self.regions[i] != region {
-            return Err(PageError::NotReserved {
-                start: region.start,
-                pages: region.pages,
-            });
+            return Err(PageError::NotReserved { start: region.start, pages: region.pages });
         }
         for page in region.range() {
             if self.is_mapped(page) {
@@ -598,8 +543,7 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
     {
         let region = self.reserve(pages, align).map_err(AllocateError::Reserve)?;
         if let Err(e) = self.map(region.start, pages, flags, frames) {
-            self.release(region, frames)
-                .expect("the region was just reserved");
+            self.release(region, frames).expect("the region was just reserved");
             return Err(AllocateError::Map(e));
         }
         Ok(region)
@@ -621,24 +565,16 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
             let region = self.regions[i];
             let page = Page::<Size4KiB>::containing_address(addr);
             return match self.mapper.translate(page.start_address()) {
-                TranslateResult::Mapped {
-                    flags,
-                    frame: MappedFrame::Size4KiB(_),
-                    ..
-                } => AddressInfo::Mapped {
-                    region,
-                    writable: flags.contains(PageTableFlags::WRITABLE),
-                },
+                TranslateResult::Mapped { flags, frame: MappedFrame::Size4KiB(_), .. } => {
+                    AddressInfo::Mapped { region, writable: flags.contains(PageTableFlags::WRITABLE) }
+                }
                 _ => AddressInfo::Unmapped { region },
             };
         }
         let page = Page::<Size4KiB>::containing_address(addr).start_address();
         let regions = self.regions();
         let after = regions.iter().copied().find(|r| r.end() == page);
-        let before = regions
-            .iter()
-            .copied()
-            .find(|r| r.start.start_address() == page + PAGE_SIZE);
+        let before = regions.iter().copied().find(|r| r.start.start_address() == page + PAGE_SIZE);
         if after.is_some() || before.is_some() || page == start {
             AddressInfo::Guard { after, before }
         } else {
@@ -652,17 +588,11 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         let mut pages = 0;
         for r in self.regions() {
             assert!(r.pages > 0, "empty region");
-            assert!(
-                r.start.start_address() > low,
-                "regions overlap or lack a guard page"
-            );
+            assert!(r.start.start_address() > low, "regions overlap or lack a guard page");
             low = r.end();
             pages += r.pages;
         }
-        assert!(
-            low < self.heap.end.start_address(),
-            "region past the heap range"
-        );
+        assert!(low < self.heap.end.start_address(), "region past the heap range");
         assert_eq!(pages, self.stats.reserved_pages, "reserved page count");
         assert_eq!(self.len, self.stats.regions, "region count");
     }

@@ -7,9 +7,7 @@ use strata::{LockedHeap, ObjectCache};
 
 fn heap() -> &'static LockedHeap {
     let heap = Box::leak(Box::new(LockedHeap::empty()));
-    heap.init_from_slice(Box::leak(
-        vec![MaybeUninit::uninit(); 4 << 20].into_boxed_slice(),
-    ));
+    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 4 << 20].into_boxed_slice()));
     heap
 }
 
@@ -28,47 +26,22 @@ fn blocks_in_use(heap: &LockedHeap) -> usize {
 fn freed_objects_are_reused_up_to_the_bound() {
     let heap = heap();
     let cache: ObjectCache<'_, Task, LockedHeap, 4> = ObjectCache::new(heap);
-    let boxes: Vec<_> = (0..6)
-        .map(|i| {
-            cache
-                .boxed(Task {
-                    id: i,
-                    ..Task::default()
-                })
-                .unwrap()
-        })
-        .collect();
+    let boxes: Vec<_> = (0..6).map(|i| cache.boxed(Task { id: i, ..Task::default() }).unwrap()).collect();
     assert_eq!(cache.stats().misses, 6);
     let addrs: Vec<*const Task> = boxes.iter().map(|b| &**b as *const Task).collect();
     assert_eq!(blocks_in_use(heap), 6);
     drop(boxes);
     let s = cache.stats();
     assert_eq!(s.cached, 4, "the free list must stop at its bound");
-    assert_eq!(
-        blocks_in_use(heap),
-        4,
-        "blocks past the bound go back to the heap"
-    );
-    let again = cache
-        .boxed(Task {
-            id: 99,
-            ..Task::default()
-        })
-        .unwrap();
+    assert_eq!(blocks_in_use(heap), 4, "blocks past the bound go back to the heap");
+    let again = cache.boxed(Task { id: 99, ..Task::default() }).unwrap();
     assert_eq!(cache.stats().hits, 1);
-    assert!(
-        addrs.contains(&(&*again as *const Task)),
-        "a hit must reuse a cached block"
-    );
+    assert!(addrs.contains(&(&*again as *const Task)), "a hit must reuse a cached block");
     assert_eq!(again.id, 99);
     drop(again);
     cache.clear();
     assert_eq!(cache.stats().cached, 0);
-    assert_eq!(
-        blocks_in_use(heap),
-        0,
-        "clear must return every block to the heap"
-    );
+    assert_eq!(blocks_in_use(heap), 0, "clear must return every block to the heap");
 }
 
 #[test]
@@ -88,18 +61,11 @@ fn the_constructor_builds_values_and_drop_runs() {
     drop(a);
     assert_eq!(DROPS.load(Ordering::SeqCst), 1);
     let plain = ObjectCache::<Counted, _>::new(heap);
-    assert_eq!(
-        plain.make().err(),
-        Some(strata::cache::CacheError::NoConstructor)
-    );
+    assert_eq!(plain.make().err(), Some(strata::cache::CacheError::NoConstructor));
     let b = cache.boxed(Counted(3)).unwrap();
     let inner = strata::cache::CachedBox::into_inner(b);
     assert_eq!(inner.0, 3);
-    assert_eq!(
-        DROPS.load(Ordering::SeqCst),
-        1,
-        "into_inner must not drop the value"
-    );
+    assert_eq!(DROPS.load(Ordering::SeqCst), 1, "into_inner must not drop the value");
 }
 
 #[test]
@@ -108,43 +74,22 @@ fn the_cache_backs_allocator_api2_box_and_vec() {
     use allocator_api2::vec::Vec as AVec;
     let heap = heap();
     let cache: ObjectCache<'_, Task, LockedHeap, 16> = ObjectCache::new(heap);
-    let first = ABox::new_in(
-        Task {
-            id: 1,
-            ..Task::default()
-        },
-        &cache,
-    );
+    let first = ABox::new_in(Task { id: 1, ..Task::default() }, &cache);
     let p = &*first as *const Task;
     drop(first);
-    let second = ABox::new_in(
-        Task {
-            id: 2,
-            ..Task::default()
-        },
-        &cache,
-    );
-    assert_eq!(
-        &*second as *const Task, p,
-        "Box through the cache must reuse the freed block"
-    );
+    let second = ABox::new_in(Task { id: 2, ..Task::default() }, &cache);
+    assert_eq!(&*second as *const Task, p, "Box through the cache must reuse the freed block");
     assert_eq!(cache.stats().hits, 1);
     // A Vec's buffers larger than one Task pass through to the heap.
     let mut v: AVec<Task, _> = AVec::new_in(&cache);
     for i in 0..100 {
-        v.push(Task {
-            id: i,
-            ..Task::default()
-        });
+        v.push(Task { id: i, ..Task::default() });
     }
     assert_eq!(v.iter().map(|t| t.id).sum::<u64>(), 4950);
     drop(v);
     drop(second);
     assert_eq!(cache.stats().cached, 1);
-    assert_eq!(
-        Layout::new::<Task>().size(),
-        ObjectCache::<Task, LockedHeap>::BLOCK.size()
-    );
+    assert_eq!(Layout::new::<Task>().size(), ObjectCache::<Task, LockedHeap>::BLOCK.size());
 }
 
 #[test]
@@ -153,10 +98,7 @@ fn zero_sized_and_tiny_types_get_link_sized_blocks() {
     let unit = ObjectCache::<(), _>::new(heap);
     let a = unit.boxed(()).unwrap();
     let b = unit.boxed(()).unwrap();
-    assert_ne!(
-        &*a as *const (), &*b as *const (),
-        "two live blocks must differ"
-    );
+    assert_ne!(&*a as *const (), &*b as *const (), "two live blocks must differ");
     let bytes = ObjectCache::<u8, LockedHeap>::BLOCK;
     assert!(bytes.size() >= std::mem::size_of::<usize>());
 }

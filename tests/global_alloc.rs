@@ -18,9 +18,7 @@ static mut MEMORY: [MaybeUninit<u8>; REGION] = [MaybeUninit::uninit(); REGION];
 /// allocation), so the global allocator has memory from the start.
 extern "C" fn init_heap() {
     // SAFETY: MEMORY is handed out once, here, before anything runs.
-    HEAP.init_from_slice(unsafe {
-        std::slice::from_raw_parts_mut((&raw mut MEMORY).cast(), REGION)
-    });
+    HEAP.init_from_slice(unsafe { std::slice::from_raw_parts_mut((&raw mut MEMORY).cast(), REGION) });
 }
 
 #[used]
@@ -28,8 +26,7 @@ extern "C" fn init_heap() {
 static INIT: extern "C" fn() = init_heap;
 
 fn lcg(x: u64) -> u64 {
-    x.wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
+    x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
 }
 
 /// A workload of maps, vectors and strings; returns a checksum.
@@ -41,10 +38,7 @@ fn workload(seed: u64, n: usize) -> u64 {
         map.entry(x % 1024).or_default().push(i as u64);
         if i % 7 == 0 {
             let s = format!("{x:x}-{i}");
-            assert_eq!(
-                u64::from_str_radix(s.split('-').next().unwrap(), 16).unwrap(),
-                x
-            );
+            assert_eq!(u64::from_str_radix(s.split('-').next().unwrap(), 16).unwrap(), x);
         }
     }
     map.values().map(|v| v.iter().sum::<u64>()).sum::<u64>() + map.len() as u64
@@ -67,11 +61,7 @@ fn four_threads_compute_the_right_results_through_strata() {
     let before = HEAP.stats();
     let handles: Vec<_> = (0..4u64)
         .map(|t| {
-            thread::spawn(move || {
-                (0..20)
-                    .map(|round| workload(t * 1000 + round, 20_000))
-                    .collect::<Vec<_>>()
-            })
+            thread::spawn(move || (0..20).map(|round| workload(t * 1000 + round, 20_000)).collect::<Vec<_>>())
         })
         .collect();
     for (t, h) in handles.into_iter().enumerate() {
@@ -97,9 +87,7 @@ fn large_vectors_and_strings_grow_through_realloc() {
         v.push(i);
     }
     assert_eq!(v.iter().sum::<u64>(), (1u64 << 20) * ((1 << 20) - 1) / 2);
-    let s: String = (0..100_000)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect();
+    let s: String = (0..100_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     assert_eq!(s.len(), 100_000);
     assert!(HEAP.stats().front.realloc_moved > 0);
 }

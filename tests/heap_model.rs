@@ -15,18 +15,9 @@ use strata::source::PageSource;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc {
-        size: usize,
-        align_shift: u32,
-        zeroed: bool,
-    },
-    Free {
-        which: usize,
-    },
-    Realloc {
-        which: usize,
-        size: usize,
-    },
+    Alloc { size: usize, align_shift: u32, zeroed: bool },
+    Free { which: usize },
+    Realloc { which: usize, size: usize },
 }
 
 fn size() -> impl Strategy<Value = usize> {
@@ -73,12 +64,7 @@ fn verify(b: &Live, len: usize) {
     for i in checked_offsets(len) {
         // SAFETY: as above.
         let v = unsafe { b.ptr.as_ptr().add(i).read() };
-        assert_eq!(
-            v,
-            pattern(b.seed, i),
-            "block {:p} lost its contents at offset {i}",
-            b.ptr
-        );
+        assert_eq!(v, pattern(b.seed, i), "block {:p} lost its contents at offset {i}", b.ptr);
     }
 }
 
@@ -91,67 +77,36 @@ struct Model {
 impl Model {
     fn insert(&mut self, region: &Region, ptr: NonNull<u8>, layout: Layout) -> Live {
         let start = ptr.as_ptr() as usize;
-        assert_eq!(
-            start % layout.align(),
-            0,
-            "{layout:?} misaligned at {start:#x}"
-        );
-        assert!(
-            region.contains(ptr.as_ptr(), layout.size()),
-            "block outside the region"
-        );
+        assert_eq!(start % layout.align(), 0, "{layout:?} misaligned at {start:#x}");
+        assert!(region.contains(ptr.as_ptr(), layout.size()), "block outside the region");
         let end = start + layout.size().max(1);
         if let Some((&s, &e)) = self.ranges.range(..end).next_back() {
-            assert!(
-                e <= start || s >= end,
-                "[{start:#x},{end:#x}) overlaps [{s:#x},{e:#x})"
-            );
+            assert!(e <= start || s >= end, "[{start:#x},{end:#x}) overlaps [{s:#x},{e:#x})");
         }
         self.ranges.insert(start, end);
         self.seed = self.seed.wrapping_add(37);
-        Live {
-            ptr,
-            layout,
-            seed: self.seed,
-        }
+        Live { ptr, layout, seed: self.seed }
     }
 
     fn remove(&mut self, b: &Live) {
-        self.ranges
-            .remove(&(b.ptr.as_ptr() as usize))
-            .expect("model knows the block");
+        self.ranges.remove(&(b.ptr.as_ptr() as usize)).expect("model knows the block");
     }
 }
 
 fn replay(region_size: usize, ops: &[Op]) {
     let region = Region::new(region_size);
     let mut heap = Heap::new(region.source());
-    let mut m = Model {
-        live: Vec::new(),
-        ranges: BTreeMap::new(),
-        seed: 0,
-    };
+    let mut m = Model { live: Vec::new(), ranges: BTreeMap::new(), seed: 0 };
     for op in ops {
         match *op {
-            Op::Alloc {
-                size,
-                align_shift,
-                zeroed,
-            } => {
+            Op::Alloc { size, align_shift, zeroed } => {
                 let layout = Layout::from_size_align(size, 1 << align_shift).unwrap();
-                let result = if zeroed {
-                    heap.allocate_zeroed(layout)
-                } else {
-                    heap.allocate(layout)
-                };
+                let result = if zeroed { heap.allocate_zeroed(layout) } else { heap.allocate(layout) };
                 if let Ok(ptr) = result {
                     if zeroed {
                         // SAFETY: a live block of `size` bytes.
                         let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), size) };
-                        assert!(
-                            bytes.iter().all(|&b| b == 0),
-                            "allocate_zeroed returned dirty memory"
-                        );
+                        assert!(bytes.iter().all(|&b| b == 0), "allocate_zeroed returned dirty memory");
                     }
                     let b = m.insert(&region, ptr, layout);
                     fill(&b);
@@ -194,23 +149,15 @@ fn replay(region_size: usize, ops: &[Op]) {
         unsafe { heap.deallocate(b.ptr, b.layout) }.unwrap();
     }
     heap.check_invariants();
+    heap.flush_caches();
+    heap.check_invariants();
     let stats = heap.stats();
-    assert!(
-        stats.arenas.current <= 1,
-        "more than the spare arena kept: {stats:?}"
-    );
-    assert!(
-        stats.segments.segments <= 1,
-        "more than the spare segment kept: {stats:?}"
-    );
+    assert_eq!(stats.segments.binned_blocks, 0);
+    assert!(stats.arenas.current <= 1, "more than the spare arena kept: {stats:?}");
+    assert!(stats.segments.segments <= 1, "more than the spare segment kept: {stats:?}");
     assert_eq!(stats.segments.large, 0, "large mappings leaked");
     heap.trim();
-    assert_eq!(
-        heap.source().bytes_out(),
-        0,
-        "pages not returned to the source: {:?}",
-        heap.stats()
-    );
+    assert_eq!(heap.source().bytes_out(), 0, "pages not returned to the source: {:?}", heap.stats());
     assert_eq!(heap.source().window().1 / 4096, region_size / 4096);
 }
 
@@ -239,20 +186,11 @@ fn a_long_seeded_program_churns_every_layer() {
                     9 | 10 => 513 + rng.below(16 << 10) as usize,
                     _ => 1 + rng.below(1 << 20) as usize,
                 },
-                align_shift: if rng.below(4) == 0 {
-                    rng.below(13) as u32
-                } else {
-                    0
-                },
+                align_shift: if rng.below(4) == 0 { rng.below(13) as u32 } else { 0 },
                 zeroed: rng.below(8) == 0,
             },
-            5..=7 => Op::Free {
-                which: rng.next() as usize,
-            },
-            _ => Op::Realloc {
-                which: rng.next() as usize,
-                size: 1 + rng.below(4096) as usize,
-            },
+            5..=7 => Op::Free { which: rng.next() as usize },
+            _ => Op::Realloc { which: rng.next() as usize, size: 1 + rng.below(4096) as usize },
         })
         .collect();
     replay(256 << 20, &ops);

@@ -21,13 +21,16 @@ fn layout(size: usize, align: usize) -> Layout {
 #[test]
 fn geometry_scales_with_the_window() {
     let g = Geometry::for_window(64 << 10);
-    assert!(
-        g.arena_size() <= 8 << 10,
-        "a 64 KiB heap swallowed by one arena: {g:?}"
-    );
+    assert!(g.arena_size() <= 8 << 10, "a 64 KiB heap swallowed by one arena: {g:?}");
     assert!(g.pools_per_arena() >= 4);
     assert!(g.pool_size() >= 2048, "pools must hold two 512-byte blocks");
-    assert_eq!(Geometry::for_window(512 << 20), Geometry::CPYTHON);
+    let big = Geometry::for_window(512 << 20);
+    assert_eq!(
+        (big.arena_shift, big.pool_shift),
+        (Geometry::CPYTHON.arena_shift, Geometry::CPYTHON.pool_shift)
+    );
+    assert_eq!(big.class_shift, 3, "large heaps use 8-byte classes");
+    assert_eq!(g.class_shift, 4, "small heaps keep 32 classes of 16 bytes");
     let huge = Geometry::for_window(64 << 30);
     assert!((64usize << 30) >> huge.arena_shift <= strata::object::ARENA_SLOTS);
     assert!(huge.pools_per_arena() <= strata::object::MAX_POOLS_PER_ARENA);
@@ -38,50 +41,44 @@ fn blocks_are_carved_lazily_and_each_pool_serves_one_class() {
     let region = Region::new(1 << 20);
     let mut src = region.source();
     let mut obj = ObjectAllocator::new(Geometry::for_window(1 << 20), src.window());
-    let a = obj.allocate(16, &mut src).unwrap();
-    let b = obj.allocate(10, &mut src).unwrap();
-    let c = obj.allocate(17, &mut src).unwrap();
-    assert_eq!(
-        b.as_ptr() as usize - a.as_ptr() as usize,
-        16,
-        "same class: next block of the pool"
-    );
+    let a = obj.allocate(16, 16, &mut src).unwrap();
+    let b = obj.allocate(10, 16, &mut src).unwrap();
+    let c = obj.allocate(17, 16, &mut src).unwrap();
+    assert_eq!(b.as_ptr() as usize - a.as_ptr() as usize, 16, "same class: next block of the pool");
+    // 8-byte granularity for requests aligned to at most 8, 16-aligned blocks
+    // for requests that ask for 16.
+    let d = obj.allocate(24, 8, &mut src).unwrap();
+    let e = obj.allocate(24, 8, &mut src).unwrap();
+    assert_eq!(e.as_ptr() as usize - d.as_ptr() as usize, 24, "a 24-byte class packs 24-byte blocks");
+    for _ in 0..50 {
+        let f = obj.allocate(24, 16, &mut src).unwrap();
+        assert_eq!(f.as_ptr() as usize % 16, 0, "a 16-aligned request got an 8-aligned block");
+    }
     let pool = obj.geometry().pool_size();
-    assert_ne!(
-        a.as_ptr() as usize / pool,
-        c.as_ptr() as usize / pool,
-        "two classes share a pool"
-    );
+    assert_ne!(a.as_ptr() as usize / pool, c.as_ptr() as usize / pool, "two classes share a pool");
     // A freed block is the next one handed out (LIFO free list, O(1)).
     // SAFETY: live blocks of `obj`.
     unsafe { obj.deallocate(a, &mut src) };
-    assert_eq!(obj.allocate(1, &mut src).unwrap(), a);
+    assert_eq!(obj.allocate(1, 16, &mut src).unwrap(), a);
     let stats = obj.class_stats();
-    assert_eq!(stats[0].blocks_in_use, 2);
-    assert_eq!(stats[1].blocks_in_use, 1);
-    assert_eq!(stats[0].pools, 1);
+    // Classes are 8 bytes apart: 16 bytes is class 1, 32 bytes class 3.
+    assert_eq!((stats[1].block_size, stats[1].blocks_in_use), (16, 2));
+    assert_eq!((stats[3].block_size, stats[3].blocks_in_use), (32, 51));
+    assert_eq!((stats[2].block_size, stats[2].blocks_in_use), (24, 2));
+    assert_eq!(stats[1].pools, 1);
     obj.check_invariants();
 }
 
 #[test]
 fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
     // 16 KiB arenas of four 4 KiB pools; 512-byte blocks: 7 per pool, 28 per arena.
-    let g = Geometry {
-        arena_shift: 14,
-        pool_shift: 12,
-    };
+    let g = Geometry { arena_shift: 14, pool_shift: 12, class_shift: 4 };
     let region = Region::new(1 << 20);
     let mut src = region.source();
     let mut obj = ObjectAllocator::new(g, src.window());
-    let blocks: Vec<NonNull<u8>> = (0..84)
-        .map(|_| obj.allocate(512, &mut src).unwrap())
-        .collect();
+    let blocks: Vec<NonNull<u8>> = (0..84).map(|_| obj.allocate(512, 8, &mut src).unwrap()).collect();
     let arena_of = |p: NonNull<u8>| p.as_ptr() as usize >> 14;
-    let (a, b, c) = (
-        arena_of(blocks[0]),
-        arena_of(blocks[28]),
-        arena_of(blocks[56]),
-    );
+    let (a, b, c) = (arena_of(blocks[0]), arena_of(blocks[28]), arena_of(blocks[56]));
     assert!(a != b && b != c && a != c);
     assert_eq!(obj.counters().current, 3);
     // Empty three pools of arena A (pool 0 stays full) and one pool of arena
@@ -92,13 +89,8 @@ fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
     }
     obj.check_invariants();
     // A new pool must come from C (one free pool), not A (three free pools).
-    let fresh: Vec<NonNull<u8>> = (0..7)
-        .map(|_| obj.allocate(512, &mut src).unwrap())
-        .collect();
-    assert!(
-        fresh.iter().all(|&p| arena_of(p) == c),
-        "allocation did not use the fullest arena"
-    );
+    let fresh: Vec<NonNull<u8>> = (0..7).map(|_| obj.allocate(512, 8, &mut src).unwrap()).collect();
+    assert!(fresh.iter().all(|&p| arena_of(p) == c), "allocation did not use the fullest arena");
     // Drain: B empties completely while A is still usable, so B goes back;
     // then A empties and stays as the one spare.
     for &p in &blocks[28..56] {
@@ -113,14 +105,8 @@ fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
     let counters = obj.counters();
     assert_eq!(counters.reclaimed, 1, "{counters:?}");
     assert_eq!(counters.current, 2, "C in use plus one spare: {counters:?}");
-    assert!(
-        obj.owns(blocks[0].as_ptr()),
-        "A, emptied last, should be the spare"
-    );
-    assert!(
-        !obj.owns(blocks[28].as_ptr()),
-        "B, emptied while A was usable, should be gone"
-    );
+    assert!(obj.owns(blocks[0].as_ptr()), "A, emptied last, should be the spare");
+    assert!(!obj.owns(blocks[28].as_ptr()), "B, emptied while A was usable, should be gone");
     for &p in blocks[56..77].iter().chain(&fresh) {
         // SAFETY: live blocks.
         unsafe { obj.deallocate(p, &mut src) };
@@ -141,15 +127,9 @@ fn large_requests_get_their_own_pages_and_give_them_back() {
     let threshold = seg.config().large_threshold;
     let big = seg.allocate(layout(threshold, 8), &mut src).unwrap();
     assert_eq!(seg.stats().large, 1);
-    assert_eq!(
-        seg.stats().segments,
-        0,
-        "a large request went into a segment"
-    );
+    assert_eq!(seg.stats().segments, 0, "a large request went into a segment");
     assert_eq!(src.bytes_out(), threshold.next_multiple_of(4096));
-    let aligned = seg
-        .allocate(layout(threshold + 1, 1 << 16), &mut src)
-        .unwrap();
+    let aligned = seg.allocate(layout(threshold + 1, 1 << 16), &mut src).unwrap();
     assert_eq!(aligned.as_ptr() as usize % (1 << 16), 0);
     assert_eq!(
         // SAFETY: a live mapping, freed with the wrong size: refused.
@@ -163,8 +143,7 @@ fn large_requests_get_their_own_pages_and_give_them_back() {
     // SAFETY: live blocks with their layouts.
     unsafe {
         seg.deallocate(big, layout(threshold, 8), &mut src).unwrap();
-        seg.deallocate(aligned, layout(threshold + 1, 1 << 16), &mut src)
-            .unwrap();
+        seg.deallocate(aligned, layout(threshold + 1, 1 << 16), &mut src).unwrap();
     }
     assert_eq!(src.bytes_out(), 0, "large mappings not given back");
     seg.check_invariants();
@@ -174,45 +153,25 @@ fn large_requests_get_their_own_pages_and_give_them_back() {
 fn segments_grow_on_demand_and_empty_ones_go_back_but_one() {
     let region = Region::new(16 << 20);
     let mut src = region.source();
-    let config = Config {
-        segment_min: 64 << 10,
-        large_threshold: 1 << 20,
-    };
+    let config = Config { segment_min: 64 << 10, large_threshold: 1 << 20, bin_budget: 64 << 10 };
     let mut seg = SegmentAllocator::new(config);
-    assert_eq!(
-        seg.stats().segments,
-        0,
-        "no memory taken before the first request"
-    );
-    let blocks: Vec<NonNull<u8>> = (0..40)
-        .map(|_| seg.allocate(layout(30_000, 8), &mut src).unwrap())
-        .collect();
+    assert_eq!(seg.stats().segments, 0, "no memory taken before the first request");
+    let blocks: Vec<NonNull<u8>> =
+        (0..40).map(|_| seg.allocate(layout(30_000, 8), &mut src).unwrap()).collect();
     let stats = seg.stats();
     assert!(stats.segment_bytes >= 40 * 30_000, "{stats:?}");
-    assert!(
-        stats.segments_extended > 0,
-        "adjacent runs should extend a segment: {stats:?}"
-    );
+    assert!(stats.segments_extended > 0, "adjacent runs should extend a segment: {stats:?}");
     // Fragment the region so new segments cannot be adjacent.
     let pin = src.allocate_pages(4096, 4096).unwrap();
-    let more: Vec<NonNull<u8>> = (0..4)
-        .map(|_| seg.allocate(layout(60_000, 8), &mut src).unwrap())
-        .collect();
+    let more: Vec<NonNull<u8>> = (0..4).map(|_| seg.allocate(layout(60_000, 8), &mut src).unwrap()).collect();
     assert!(seg.stats().segments >= 2, "{:?}", seg.stats());
-    for (p, size) in blocks
-        .iter()
-        .map(|&p| (p, 30_000))
-        .chain(more.iter().map(|&p| (p, 60_000)))
-    {
+    for (p, size) in blocks.iter().map(|&p| (p, 30_000)).chain(more.iter().map(|&p| (p, 60_000))) {
         // SAFETY: live blocks.
         unsafe { seg.deallocate(p, layout(size, 8), &mut src).unwrap() };
         seg.check_invariants();
     }
     let stats = seg.stats();
-    assert_eq!(
-        stats.segments, 1,
-        "exactly one spare segment kept: {stats:?}"
-    );
+    assert_eq!(stats.segments, 1, "exactly one spare segment kept: {stats:?}");
     assert!(stats.segments_released >= 1);
     assert_eq!(seg.trim(&mut src), 1);
     // SAFETY: allocated above.
@@ -230,17 +189,9 @@ fn layer_0_refuses_pointers_it_does_not_own() {
     let foreign = NonNull::from(&mut local).cast::<u8>();
     // SAFETY: a pointer the allocator does not own is refused, not used.
     let r = unsafe { seg.deallocate(foreign, layout(8, 8), &mut src) };
-    assert_eq!(
-        r,
-        Err(DeallocateError::NotOwned {
-            ptr: foreign.as_ptr() as usize
-        })
-    );
-    assert_eq!(
-        seg.stats().segment_used,
-        1000usize.next_multiple_of(8),
-        "a refused free changed the heap"
-    );
+    assert_eq!(r, Err(DeallocateError::NotOwned { ptr: foreign.as_ptr() as usize }));
+    // 1000 bytes are binned: rounded up to the 1008-byte bin.
+    assert_eq!(seg.stats().segment_used, 1008, "a refused free changed the heap");
     // SAFETY: live block.
     unsafe { seg.deallocate(p, layout(1000, 8), &mut src).unwrap() };
 }
@@ -252,9 +203,7 @@ fn the_front_door_routes_by_size_alignment_and_ownership() {
     let region = Region::new(16 << 20);
     let mut heap = Heap::new(region.source());
     let small = heap.allocate(layout(SMALL_REQUEST_THRESHOLD, 16)).unwrap();
-    let over = heap
-        .allocate(layout(SMALL_REQUEST_THRESHOLD + 1, 16))
-        .unwrap();
+    let over = heap.allocate(layout(SMALL_REQUEST_THRESHOLD + 1, 16)).unwrap();
     let aligned = heap.allocate(layout(64, 64)).unwrap();
     let zero = heap.allocate(layout(0, 1)).unwrap();
     assert_eq!(heap.owner(small.as_ptr()), Some(Layer::Object));
@@ -270,10 +219,8 @@ fn the_front_door_routes_by_size_alignment_and_ownership() {
     // Routing on free follows ownership even if the layout would say otherwise.
     // SAFETY: live blocks.
     unsafe {
-        heap.deallocate(small, layout(SMALL_REQUEST_THRESHOLD, 16))
-            .unwrap();
-        heap.deallocate(over, layout(SMALL_REQUEST_THRESHOLD + 1, 16))
-            .unwrap();
+        heap.deallocate(small, layout(SMALL_REQUEST_THRESHOLD, 16)).unwrap();
+        heap.deallocate(over, layout(SMALL_REQUEST_THRESHOLD + 1, 16)).unwrap();
         heap.deallocate(aligned, layout(64, 64)).unwrap();
         heap.deallocate(zero, layout(0, 1)).unwrap();
     }
@@ -284,30 +231,17 @@ fn the_front_door_routes_by_size_alignment_and_ownership() {
 fn realloc_stays_in_place_only_when_the_block_still_fits() {
     let region = Region::new(16 << 20);
     let mut heap = Heap::new(region.source());
-    let p = heap.allocate(layout(100, 8)).unwrap(); // class of 112 bytes
+    let p = heap.allocate(layout(100, 8)).unwrap(); // class of 104 bytes
     // SAFETY: live block; each call passes the current layout.
     unsafe {
         p.as_ptr().write_bytes(0xab, 100);
-        assert_eq!(
-            heap.reallocate(p, layout(100, 8), 112).unwrap(),
-            p,
-            "fits its class"
-        );
-        assert_eq!(
-            heap.reallocate(p, layout(112, 8), 60).unwrap(),
-            p,
-            "more than half of it"
-        );
+        assert_eq!(heap.reallocate(p, layout(100, 8), 104).unwrap(), p, "fits its class");
+        assert_eq!(heap.reallocate(p, layout(104, 8), 60).unwrap(), p, "more than half of it");
         let q = heap.reallocate(p, layout(60, 8), 40).unwrap();
         assert_ne!(q, p, "under half the class: should move to a smaller class");
         let r = heap.reallocate(q, layout(40, 8), 5000).unwrap();
         assert_eq!(heap.owner(r.as_ptr()), Some(Layer::Segment));
-        assert!(
-            std::slice::from_raw_parts(r.as_ptr(), 40)
-                .iter()
-                .all(|&b| b == 0xab),
-            "contents lost"
-        );
+        assert!(std::slice::from_raw_parts(r.as_ptr(), 40).iter().all(|&b| b == 0xab), "contents lost");
         heap.deallocate(r, layout(5000, 8)).unwrap();
     }
     assert_eq!(heap.stats().front.realloc_in_place, 2);
@@ -324,10 +258,7 @@ fn out_of_memory_is_a_counted_null_and_the_heap_recovers() {
     unsafe { HEAP.init(start as *mut u8, len) };
     // SAFETY: GlobalAlloc calls with valid layouts.
     unsafe {
-        assert!(
-            HEAP.alloc(layout(2 << 20, 8)).is_null(),
-            "larger than the region"
-        );
+        assert!(HEAP.alloc(layout(2 << 20, 8)).is_null(), "larger than the region");
         let mut held = Vec::new();
         loop {
             let p = HEAP.alloc(layout(200, 8));
@@ -336,10 +267,7 @@ fn out_of_memory_is_a_counted_null_and_the_heap_recovers() {
             }
             held.push(p);
         }
-        assert!(
-            held.len() > 3000,
-            "a 1 MiB region should hold thousands of 200-byte blocks"
-        );
+        assert!(held.len() > 3000, "a 1 MiB region should hold thousands of 200-byte blocks");
         let stats = HEAP.stats();
         assert_eq!(stats.front.failed_allocations, 2);
         for p in held.drain(..) {
@@ -350,11 +278,7 @@ fn out_of_memory_is_a_counted_null_and_the_heap_recovers() {
         HEAP.dealloc(p, layout(300_000, 8));
         let mut local = 0u8;
         HEAP.dealloc(&mut local, layout(1, 1));
-        assert_eq!(
-            HEAP.stats().front.refused_frees,
-            1,
-            "a foreign free was not counted"
-        );
+        assert_eq!(HEAP.stats().front.refused_frees, 1, "a foreign free was not counted");
     }
     HEAP.with(|h| h.check_invariants());
 }

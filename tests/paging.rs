@@ -29,11 +29,7 @@ impl PhysMem {
     }
     fn byte(&self, frame: PhysFrame, offset: usize) -> u8 {
         // SAFETY: every frame the buddy hands out lies inside the buffer.
-        unsafe {
-            *self
-                .base
-                .add(frame.start_address().as_u64() as usize + offset)
-        }
+        unsafe { *self.base.add(frame.start_address().as_u64() as usize + offset) }
     }
 }
 
@@ -48,32 +44,19 @@ fn no_flush(_: VirtAddr) {}
 
 fn with_stack(test: impl FnOnce(&PhysMem, &mut BuddyAllocator<'_>, &mut Vmm<'_, 64>)) {
     let mem = PhysMem::new();
-    let map = [MemoryRegion {
-        start: PhysAddr::new(0),
-        len: PHYS as u64,
-        kind: MemoryKind::Usable,
-    }];
+    let map = [MemoryRegion { start: PhysAddr::new(0), len: PHYS as u64, kind: MemoryKind::Usable }];
     let mut meta = vec![MaybeUninit::uninit(); BuddyAllocator::metadata_len(&map)];
     let first_page = [PhysRange::new(PhysAddr::new(0), 4096)];
     // SAFETY: the buffer is ours and unused.
     let mut frames = unsafe { BuddyAllocator::new(&map, &first_page, &mut meta) }.unwrap();
     let l4_frame = frames.allocate(0).unwrap();
     // SAFETY: the frame lies in the zeroed buffer and is used for nothing else.
-    let l4 = unsafe {
-        &mut *(mem.base.add(l4_frame.start_address().as_u64() as usize) as *mut PageTable)
-    };
+    let l4 = unsafe { &mut *(mem.base.add(l4_frame.start_address().as_u64() as usize) as *mut PageTable) };
     // SAFETY: the tables live in `mem`, reachable at this offset.
     let mapper = unsafe { OffsetPageTable::new(l4, VirtAddr::from_ptr(mem.base)) };
     let start = Page::containing_address(VirtAddr::new(HEAP_START));
     // SAFETY: nothing else uses this address range; the tables are never loaded.
-    let mut vmm = unsafe {
-        Vmm::<64>::new(
-            mapper,
-            Page::range(start, start + HEAP_PAGES),
-            no_flush,
-            true,
-        )
-    };
+    let mut vmm = unsafe { Vmm::<64>::new(mapper, Page::range(start, start + HEAP_PAGES), no_flush, true) };
     test(&mem, &mut frames, &mut vmm);
     vmm.check_invariants();
     frames.check_invariants();
@@ -84,23 +67,12 @@ fn map_unmap_returns_every_frame_including_page_tables() {
     with_stack(|mem, frames, vmm| {
         let free_before = frames.free_frames();
         let region = vmm.reserve(300, 2 << 20).unwrap();
-        assert_eq!(
-            region.start.start_address().as_u64() % (2 << 20),
-            0,
-            "alignment ignored"
-        );
-        vmm.map(region.start, 300, PageFlags::WRITABLE, frames)
-            .unwrap();
+        assert_eq!(region.start.start_address().as_u64() % (2 << 20), 0, "alignment ignored");
+        vmm.map(region.start, 300, PageFlags::WRITABLE, frames).unwrap();
         let stats = vmm.stats();
         assert_eq!(stats.mapped_pages, 300);
-        assert!(
-            stats.table_frames >= 3,
-            "an L3, an L2 and at least one L1 were needed"
-        );
-        assert_eq!(
-            frames.free_frames(),
-            free_before - 300 - stats.table_frames as usize
-        );
+        assert!(stats.table_frames >= 3, "an L3, an L2 and at least one L1 were needed");
+        assert_eq!(frames.free_frames(), free_before - 300 - stats.table_frames as usize);
         // Each page is mapped to a distinct, zeroed frame.
         let mut seen = std::collections::HashSet::new();
         for page in region.range() {
@@ -112,11 +84,7 @@ fn map_unmap_returns_every_frame_including_page_tables() {
         }
         vmm.unmap(region.start, 300, frames).unwrap();
         assert_eq!(vmm.stats().mapped_pages, 0);
-        assert_eq!(
-            vmm.stats().table_frames,
-            0,
-            "emptied page tables were not freed"
-        );
+        assert_eq!(vmm.stats().table_frames, 0, "emptied page tables were not freed");
         assert_eq!(frames.free_frames(), free_before, "frames leaked");
         vmm.release(region, frames).unwrap();
         assert_eq!(vmm.stats().regions, 0);
@@ -136,62 +104,27 @@ fn guard_pages_separate_regions_and_lookup_names_them() {
     with_stack(|_, frames, vmm| {
         let a = vmm.reserve(3, PAGE_SIZE).unwrap();
         let b = vmm.reserve(5, PAGE_SIZE).unwrap();
-        assert_eq!(
-            a.start.start_address().as_u64(),
-            HEAP_START + PAGE_SIZE,
-            "no leading guard"
-        );
-        assert!(
-            b.start.start_address() >= a.end() + PAGE_SIZE,
-            "no guard between regions"
-        );
+        assert_eq!(a.start.start_address().as_u64(), HEAP_START + PAGE_SIZE, "no leading guard");
+        assert!(b.start.start_address() >= a.end() + PAGE_SIZE, "no guard between regions");
         vmm.map(a.start, 3, PageFlags::WRITABLE, frames).unwrap();
-        assert_eq!(
-            vmm.lookup(a.end()),
-            AddressInfo::Guard {
-                after: Some(a),
-                before: Some(b)
-            }
-        );
+        assert_eq!(vmm.lookup(a.end()), AddressInfo::Guard { after: Some(a), before: Some(b) });
         assert_eq!(
             vmm.lookup(VirtAddr::new(HEAP_START)),
-            AddressInfo::Guard {
-                after: None,
-                before: Some(a)
-            }
+            AddressInfo::Guard { after: None, before: Some(a) }
         );
         assert_eq!(
             vmm.lookup(a.start.start_address() + 5u64),
-            AddressInfo::Mapped {
-                region: a,
-                writable: true
-            }
+            AddressInfo::Mapped { region: a, writable: true }
         );
-        assert_eq!(
-            vmm.lookup(b.start.start_address()),
-            AddressInfo::Unmapped { region: b }
-        );
-        assert_eq!(
-            vmm.lookup(b.end() + 10 * PAGE_SIZE),
-            AddressInfo::Unreserved
-        );
+        assert_eq!(vmm.lookup(b.start.start_address()), AddressInfo::Unmapped { region: b });
+        assert_eq!(vmm.lookup(b.end() + 10 * PAGE_SIZE), AddressInfo::Unreserved);
         assert_eq!(vmm.lookup(VirtAddr::new(0x1000)), AddressInfo::Outside);
         vmm.protect(a.start, 3, PageFlags::empty()).unwrap();
-        assert_eq!(
-            vmm.lookup(a.start.start_address()),
-            AddressInfo::Mapped {
-                region: a,
-                writable: false
-            }
-        );
+        assert_eq!(vmm.lookup(a.start.start_address()), AddressInfo::Mapped { region: a, writable: false });
         // Releasing a region unmaps what is left and frees its address space for reuse.
         let free = frames.free_frames();
         vmm.release(a, frames).unwrap();
-        assert_eq!(
-            frames.free_frames(),
-            free + 3 + 3,
-            "3 data frames and 3 tables back"
-        );
+        assert_eq!(frames.free_frames(), free + 3 + 3, "3 data frames and 3 tables back");
         let c = vmm.reserve(2, PAGE_SIZE).unwrap();
         assert_eq!(c.start, a.start, "first fit should reuse the released gap");
     });
@@ -201,14 +134,8 @@ fn guard_pages_separate_regions_and_lookup_names_them() {
 fn page_errors_are_typed_and_change_nothing() {
     with_stack(|_, frames, vmm| {
         let r = vmm.reserve(4, PAGE_SIZE).unwrap();
-        assert!(matches!(
-            vmm.reserve(0, PAGE_SIZE),
-            Err(ReserveError::InvalidRequest { .. })
-        ));
-        assert!(matches!(
-            vmm.reserve(1, 3000),
-            Err(ReserveError::InvalidRequest { .. })
-        ));
+        assert!(matches!(vmm.reserve(0, PAGE_SIZE), Err(ReserveError::InvalidRequest { .. })));
+        assert!(matches!(vmm.reserve(1, 3000), Err(ReserveError::InvalidRequest { .. })));
         assert!(matches!(
             vmm.reserve(HEAP_PAGES, PAGE_SIZE),
             Err(ReserveError::AddressSpaceExhausted { .. })
@@ -219,23 +146,13 @@ fn page_errors_are_typed_and_change_nothing() {
             vmm.map(r.start + 1, 2, PageFlags::WRITABLE, frames),
             Err(PageError::AlreadyMapped { page: r.start + 1 })
         );
-        assert_eq!(
-            vmm.unmap(r.start, 3, frames),
-            Err(PageError::NotMapped { page: r.start + 2 })
-        );
+        assert_eq!(vmm.unmap(r.start, 3, frames), Err(PageError::NotMapped { page: r.start + 2 }));
         assert!(matches!(
             vmm.map(r.start + 3, 2, PageFlags::WRITABLE, frames),
             Err(PageError::NotReserved { .. })
         ));
-        assert!(matches!(
-            vmm.protect(r.start + 2, 1, PageFlags::WRITABLE),
-            Err(PageError::NotMapped { .. })
-        ));
-        assert_eq!(
-            frames.free_frames(),
-            free,
-            "a failed call changed the frames"
-        );
+        assert!(matches!(vmm.protect(r.start + 2, 1, PageFlags::WRITABLE), Err(PageError::NotMapped { .. })));
+        assert_eq!(frames.free_frames(), free, "a failed call changed the frames");
         assert_eq!(vmm.stats().mapped_pages, 2);
     });
 }
@@ -246,20 +163,12 @@ fn running_out_of_frames_rolls_back_the_whole_map() {
         let pages = frames.free_frames() as u64 + 10;
         let free = frames.free_frames();
         let r = vmm.reserve(pages, PAGE_SIZE).unwrap();
-        assert_eq!(
-            vmm.map(r.start, pages, PageFlags::WRITABLE, frames),
-            Err(PageError::OutOfFrames)
-        );
+        assert_eq!(vmm.map(r.start, pages, PageFlags::WRITABLE, frames), Err(PageError::OutOfFrames));
         assert_eq!(frames.free_frames(), free, "frames lost in a failed map");
         assert_eq!(vmm.stats().mapped_pages, 0);
         assert_eq!(vmm.stats().table_frames, 0);
-        let err = vmm
-            .allocate(pages, PAGE_SIZE, PageFlags::WRITABLE, frames)
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            strata::vmm::AllocateError::Map(PageError::OutOfFrames)
-        ));
+        let err = vmm.allocate(pages, PAGE_SIZE, PageFlags::WRITABLE, frames).unwrap_err();
+        assert!(matches!(err, strata::vmm::AllocateError::Map(PageError::OutOfFrames)));
         assert_eq!(vmm.stats().regions, 1, "allocate left a region behind");
     });
 }
@@ -270,9 +179,6 @@ fn region_table_capacity_is_a_typed_error() {
         for _ in 0..64 {
             vmm.reserve(1, PAGE_SIZE).unwrap();
         }
-        assert_eq!(
-            vmm.reserve(1, PAGE_SIZE),
-            Err(ReserveError::TooManyRegions { capacity: 64 })
-        );
+        assert_eq!(vmm.reserve(1, PAGE_SIZE), Err(ReserveError::TooManyRegions { capacity: 64 }));
     });
 }

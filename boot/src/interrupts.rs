@@ -51,12 +51,7 @@ static GDT: Lazy<Gdt> = Lazy::new(|| {
     let code = table.append(Descriptor::kernel_code_segment());
     let data = table.append(Descriptor::kernel_data_segment());
     let tss = table.append(Descriptor::tss_segment(&TSS));
-    Gdt {
-        table,
-        code,
-        data,
-        tss,
-    }
+    Gdt { table, code, data, tss }
 });
 
 /// Registers pushed by the trampolines, then the CPU's interrupt frame.
@@ -192,25 +187,17 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
         idt.overflow.set_handler_addr(addr(overflow));
         idt.bound_range_exceeded.set_handler_addr(addr(bound_range));
         idt.invalid_opcode.set_handler_addr(addr(invalid_opcode));
-        idt.device_not_available
-            .set_handler_addr(addr(device_not_available));
-        idt.double_fault
-            .set_handler_addr(addr(double_fault))
-            .set_stack_index(DOUBLE_FAULT_IST);
+        idt.device_not_available.set_handler_addr(addr(device_not_available));
+        idt.double_fault.set_handler_addr(addr(double_fault)).set_stack_index(DOUBLE_FAULT_IST);
         idt.invalid_tss.set_handler_addr(addr(invalid_tss));
-        idt.segment_not_present
-            .set_handler_addr(addr(segment_not_present));
-        idt.stack_segment_fault
-            .set_handler_addr(addr(stack_segment));
-        idt.general_protection_fault
-            .set_handler_addr(addr(general_protection));
+        idt.segment_not_present.set_handler_addr(addr(segment_not_present));
+        idt.stack_segment_fault.set_handler_addr(addr(stack_segment));
+        idt.general_protection_fault.set_handler_addr(addr(general_protection));
         idt.page_fault.set_handler_addr(addr(page_fault));
-        idt.x87_floating_point
-            .set_handler_addr(addr(x87_floating_point));
+        idt.x87_floating_point.set_handler_addr(addr(x87_floating_point));
         idt.alignment_check.set_handler_addr(addr(alignment_check));
         idt.machine_check.set_handler_addr(addr(machine_check));
-        idt.simd_floating_point
-            .set_handler_addr(addr(simd_floating_point));
+        idt.simd_floating_point.set_handler_addr(addr(simd_floating_point));
     }
     idt
 });
@@ -261,17 +248,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         crate::println!("#BP breakpoint at rip={:#x}, resuming", frame.rip);
         return;
     }
-    let address = matches!(frame.vector, 8 | 14)
-        .then(Cr2::read_raw)
-        .map(VirtAddr::new_truncate);
+    let address = matches!(frame.vector, 8 | 14).then(Cr2::read_raw).map(VirtAddr::new_truncate);
     let info = address.and_then(crate::memory::lookup);
-    let fault = Fault {
-        vector: frame.vector,
-        error_code: frame.error_code,
-        rip: frame.rip,
-        address,
-        info,
-    };
+    let fault = Fault { vector: frame.vector, error_code: frame.error_code, rip: frame.rip, address, info };
     crate::serial::force_unlock();
     report(&fault);
     crate::test::on_fault(&fault)
@@ -297,11 +276,7 @@ pub fn report(fault: &Fault) {
             } else {
                 "read"
             },
-            if e & 1 != 0 {
-                "protection violation"
-            } else {
-                "page not present"
-            },
+            if e & 1 != 0 { "protection violation" } else { "page not present" },
             if e & 8 != 0 { ", reserved bit set" } else { "" }
         );
     }

@@ -10,10 +10,7 @@ use strata_boot::{BootInfo, entry_point, println};
 entry_point!(main);
 
 fn main(boot: &'static BootInfo) -> ! {
-    println!(
-        "strata kernel booted through PVH; command line {:?}",
-        boot.cmdline
-    );
+    println!("strata kernel booted through PVH; command line {:?}", boot.cmdline);
     println!("\nboot memory map ({} entries):", boot.memory_map.len());
     for r in boot.memory_map {
         let kind = match r.kind {
@@ -32,20 +29,10 @@ fn main(boot: &'static BootInfo) -> ! {
         );
     }
     println!("kept from the frame allocator:");
-    let names = [
-        "first MiB",
-        "kernel image",
-        "PVH start info",
-        "PVH memory map",
-        "command line",
-        "frame metadata",
-    ];
+    let names =
+        ["first MiB", "kernel image", "PVH start info", "PVH memory map", "command line", "frame metadata"];
     for (name, r) in names.iter().zip(boot.reserved.iter()) {
-        println!(
-            "  [{:#012x}..{:#012x}) {name}",
-            r.start.as_u64(),
-            r.end.as_u64()
-        );
+        println!("  [{:#012x}..{:#012x}) {name}", r.start.as_u64(), r.end.as_u64());
     }
 
     println!("\nlayer -2, frames (buddy allocator):");
@@ -73,42 +60,23 @@ fn main(boot: &'static BootInfo) -> ! {
     for (i, w) in mem.iter_mut().enumerate() {
         *w = i as u64 * 0x9e37_79b9;
     }
-    let sum = mem
-        .iter()
-        .enumerate()
-        .all(|(i, w)| *w == i as u64 * 0x9e37_79b9);
+    let sum = mem.iter().enumerate().all(|(i, w)| *w == i as u64 * 0x9e37_79b9);
     println!(
         "\nmapped region {region}: wrote and read back {words} words: {}",
         if sum { "ok" } else { "MISMATCH" }
     );
     with_memory(|vmm, frames| {
-        println!(
-            "  while mapped: {:?}; frames used {}",
-            vmm.stats(),
-            frames.used_frames()
-        );
+        println!("  while mapped: {:?}; frames used {}", vmm.stats(), frames.used_frames());
         vmm.release(region, frames).expect("release the region");
-        println!(
-            "  after release: {:?}; frames used {}",
-            vmm.stats(),
-            frames.used_frames()
-        );
+        println!("  after release: {:?}; frames used {}", vmm.stats(), frames.used_frames());
     });
     let free_after = with_frames(|f| f.free_frames());
     println!(
         "  free frames before {free_before}, after {free_after}: {}",
-        if free_before == free_after {
-            "all returned"
-        } else {
-            "LEAK"
-        }
+        if free_before == free_after { "all returned" } else { "LEAK" }
     );
 
     x86_64::instructions::interrupts::int3();
     println!("\nboot report done; exiting QEMU");
-    if sum && free_before == free_after {
-        strata_boot::exit_success()
-    } else {
-        strata_boot::exit_failure()
-    }
+    if sum && free_before == free_after { strata_boot::exit_success() } else { strata_boot::exit_failure() }
 }

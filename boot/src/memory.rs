@@ -11,9 +11,7 @@ use core::fmt;
 use core::mem::size_of;
 
 use spin::{Mutex, Once};
-use strata::frame::{
-    BuddyAllocator, FrameMeta, MemoryKind, MemoryMapError, MemoryRegion, PhysRange,
-};
+use strata::frame::{BuddyAllocator, FrameMeta, MemoryKind, MemoryMapError, MemoryRegion, PhysRange};
 use strata::vmm::{AddressInfo, PageFlags, Region, Vmm};
 use x86_64::registers::control::Cr3;
 use x86_64::registers::model_specific::{Efer, EferFlags};
@@ -148,20 +146,14 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
         return Err(BootError::BadMagic(si.magic));
     }
     if si.version < 1 || si.memmap_paddr == 0 {
-        return Err(BootError::NoMemoryMap {
-            version: si.version,
-        });
+        return Err(BootError::NoMemoryMap { version: si.version });
     }
     let entries = si.memmap_entries as usize;
     if entries > MAX_MAP_ENTRIES {
         return Err(BootError::TooManyEntries(si.memmap_entries));
     }
     let (map, kept) = MAP.call_once(|| {
-        let empty = MemoryRegion {
-            start: PhysAddr::zero(),
-            len: 0,
-            kind: MemoryKind::Reserved,
-        };
+        let empty = MemoryRegion { start: PhysAddr::zero(), len: 0, kind: MemoryKind::Reserved };
         let mut map = [empty; MAX_MAP_ENTRIES];
         let mut kept = 0;
         for i in 0..entries {
@@ -171,11 +163,7 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
             let end = e.addr.saturating_add(e.size).min(IDENTITY_LIMIT);
             if end > start {
                 let kind = MemoryKind::from_e820(e.kind);
-                map[kept] = MemoryRegion {
-                    start: PhysAddr::new(start),
-                    len: end - start,
-                    kind,
-                };
+                map[kept] = MemoryRegion { start: PhysAddr::new(start), len: end - start, kind };
                 kept += 1;
             }
         }
@@ -205,14 +193,8 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
     let mut reserved = [
         PhysRange::new(PhysAddr::zero(), 1 << 20),
         kernel,
-        PhysRange::new(
-            PhysAddr::new(u64::from(start_info)),
-            size_of::<HvmStartInfo>() as u64,
-        ),
-        PhysRange::new(
-            PhysAddr::new(si.memmap_paddr),
-            (entries * size_of::<HvmMemmapEntry>()) as u64,
-        ),
+        PhysRange::new(PhysAddr::new(u64::from(start_info)), size_of::<HvmStartInfo>() as u64),
+        PhysRange::new(PhysAddr::new(si.memmap_paddr), (entries * size_of::<HvmMemmapEntry>()) as u64),
         PhysRange::new(PhysAddr::new(si.cmdline_paddr), cmd_len as u64 + 1),
         PhysRange::new(PhysAddr::zero(), 0),
     ];
@@ -232,8 +214,7 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
     };
     // SAFETY: usable frames outside `reserved` are RAM nothing uses: the
     // kernel image, boot structures and metadata are all in `reserved`.
-    let mut frames =
-        unsafe { BuddyAllocator::new(map, &reserved, meta) }.map_err(BootError::MemoryMap)?;
+    let mut frames = unsafe { BuddyAllocator::new(map, &reserved, meta) }.map_err(BootError::MemoryMap)?;
 
     let (l4_frame, _) = Cr3::read();
     // SAFETY: the active L4 table, reachable through the identity map; the
@@ -272,10 +253,7 @@ pub fn with_memory<R>(
 ) -> R {
     let mut vmm = VMM.lock();
     let mut frames = FRAMES.lock();
-    f(
-        vmm.as_mut().expect("memory initialised"),
-        frames.as_mut().expect("memory initialised"),
-    )
+    f(vmm.as_mut().expect("memory initialised"), frames.as_mut().expect("memory initialised"))
 }
 
 /// Runs `f` with the frame allocator locked.

@@ -96,10 +96,7 @@ pub fn expect_page_fault(addr: VirtAddr, info: AddressInfo) {
 ///
 /// The kernel command line, when not empty, filters the cases by substring.
 pub fn main(boot: &'static BootInfo) -> ! {
-    let filter = boot
-        .cmdline
-        .split_whitespace()
-        .find(|a| !a.starts_with('-'));
+    let filter = boot.cmdline.split_whitespace().find(|a| !a.starts_with('-'));
     ORDER.call_once(|| {
         let mut order = [0u16; MAX_TESTS];
         let mut n = 0;
@@ -144,11 +141,7 @@ extern "C" fn run_remaining() -> ! {
         if failed == 0 { "ok" } else { "FAILED" }
     );
     println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        crate::exit_success()
-    } else {
-        crate::exit_failure()
-    }
+    if failed == 0 { crate::exit_success() } else { crate::exit_failure() }
 }
 
 fn pass() {
@@ -199,9 +192,7 @@ pub(crate) fn on_panic(info: &core::panic::PanicInfo<'_>) {
 
 /// Called by the exception dispatcher after it printed the report.
 pub(crate) fn on_fault(fault: &Fault) -> ! {
-    let Some(test) = take_current() else {
-        crate::exit_failure()
-    };
+    let Some(test) = take_current() else { crate::exit_failure() };
     if EXPECTED_FAULT.is_locked() {
         // SAFETY: the holder was interrupted and never resumes.
         unsafe { EXPECTED_FAULT.force_unlock() };
@@ -221,10 +212,7 @@ pub(crate) fn on_fault(fault: &Fault) -> ! {
             fault.address,
             fault.info
         )),
-        _ => fail(format_args!(
-            "unexpected exception, vector {}",
-            fault.vector
-        )),
+        _ => fail(format_args!("unexpected exception, vector {}", fault.vector)),
     }
     resume()
 }

@@ -12,9 +12,7 @@ entry_point!(strata_boot::test::main);
 
 fn in_usable_ram(addr: PhysAddr, len: u64) -> bool {
     boot_info().memory_map.iter().any(|r| {
-        r.kind == MemoryKind::Usable
-            && r.start <= addr
-            && addr.as_u64() + len <= r.start.as_u64() + r.len
+        r.kind == MemoryKind::Usable && r.start <= addr && addr.as_u64() + len <= r.start.as_u64() + r.len
     })
 }
 

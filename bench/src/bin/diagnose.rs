@@ -1,0 +1,79 @@
+//! Where does the memory go at the first failure? Fills a `strata::Heap`
+//! with the CPython-like workload and breaks the region down by layer.
+
+use std::alloc::Layout;
+
+use strata::Heap;
+use strata::source::PageSource;
+use strata_bench::{Region, Rng, cpython_size};
+
+fn main() {
+    let region = Region::new(32 << 20);
+    // SAFETY: the region outlives the heap.
+    let mut heap = Heap::new(unsafe { strata::RegionSource::new(region.ptr(), region.size()) });
+    let mut rng = Rng(0x5eed_1234_abcd);
+    let mut live: Vec<(std::ptr::NonNull<u8>, Layout)> = Vec::new();
+    let mut live_bytes = 0usize;
+    let mut small_req = 0usize;
+    loop {
+        if rng.next() % 10 == 0 && !live.is_empty() {
+            let (p, l) = live.swap_remove(rng.range(0, live.len()));
+            live_bytes -= l.size();
+            if l.size() <= 512 {
+                small_req -= l.size();
+            }
+            // SAFETY: live block.
+            unsafe { heap.deallocate(p, l).unwrap() };
+            continue;
+        }
+        let layout = Layout::from_size_align(cpython_size(&mut rng), 8).unwrap();
+        match heap.allocate(layout) {
+            Ok(p) => {
+                live_bytes += layout.size();
+                if layout.size() <= 512 {
+                    small_req += layout.size();
+                }
+                live.push((p, layout));
+            }
+            Err(e) => {
+                println!("first failure: {layout:?}: {e:?}");
+                break;
+            }
+        }
+    }
+    let s = heap.stats();
+    let total = region.size() as f64;
+    let pct = |x: usize| 100.0 * x as f64 / total;
+    println!("live requested: {:.2} %", pct(live_bytes));
+    let classes = heap.class_stats();
+    let in_use: usize = classes.iter().map(|s| s.blocks_in_use * s.block_size).sum();
+    let free_in_pools: usize = classes.iter().map(|s| s.blocks_free * s.block_size).sum();
+    let pools: usize = classes.iter().map(|s| s.pools).sum();
+    let arena_bytes = s.arenas.current * s.geometry.arena_size();
+    println!(
+        "arenas: {} × {} KiB = {:.2} %",
+        s.arenas.current,
+        s.geometry.arena_size() >> 10,
+        pct(arena_bytes)
+    );
+    println!(
+        "  small requested {:.2} %, blocks in use {:.2} % (quantization {:.2} %)",
+        pct(small_req),
+        pct(in_use),
+        pct(in_use - small_req)
+    );
+    println!(
+        "  free blocks in used pools {:.2} %, pools in use {pools}, empty pool bytes {:.2} %",
+        pct(free_in_pools),
+        pct(arena_bytes - pools * s.geometry.pool_size())
+    );
+    println!("segments: {:?}", s.segments);
+    println!(
+        "  segment bytes {:.2} %, used {:.2} %, free in segments {:.2} %",
+        pct(s.segments.segment_bytes),
+        pct(s.segments.segment_used),
+        pct(s.segments.segment_bytes - s.segments.segment_used)
+    );
+    println!("source free: {:.2} %", pct(heap.source().window().1 - heap.source().bytes_out()));
+    println!("front: {:?}", s.front);
+}
