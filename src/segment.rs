@@ -22,7 +22,7 @@
 //! (malloc's mmap threshold) get pages of their own, given back on free.
 //!
 //! **Bins.** In front of the first-fit heaps sit bounded LIFO bins for
-//! blocks of up to [`BIN_MAX`] bytes aligned to at most 8, in steps of
+//! blocks of up to [`BIN_MAX`] bytes aligned to at most 16, in steps of
 //! [`BIN_GRANULE`] (glibc's tcache does the same in front of its bins): such a
 //! request is rounded up to its bin's size, a freed block goes onto its bin
 //! (at most [`BIN_DEPTH`] deep, and at most [`Config::bin_budget`] bytes in
@@ -66,7 +66,7 @@ pub const BIN_DEPTH: u32 = 16;
 /// The bin serving `layout`, if it is binned.
 #[inline]
 fn bin_of(layout: Layout) -> Option<usize> {
-    (layout.size() <= BIN_MAX && layout.align() <= 8).then(|| layout.size().saturating_sub(1) / BIN_GRANULE)
+    (layout.size() <= BIN_MAX && layout.align() <= 16).then(|| layout.size().saturating_sub(1) / BIN_GRANULE)
 }
 
 /// The layout actually asked of a segment heap for `layout`: binned requests
@@ -74,8 +74,8 @@ fn bin_of(layout: Layout) -> Option<usize> {
 #[inline]
 fn effective(layout: Layout) -> Layout {
     match bin_of(layout) {
-        // SAFETY: a multiple of 16 up to BIN_MAX with alignment 8 is valid.
-        Some(bin) => unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 8) },
+        // SAFETY: a multiple of 16 up to BIN_MAX with alignment 16 is valid.
+        Some(bin) => unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 16) },
         None => layout,
     }
 }
@@ -429,8 +429,8 @@ impl SegmentAllocator {
     pub fn flush_bins(&mut self, source: &mut impl PageSource) -> usize {
         let mut flushed = 0;
         for bin in 0..BINS {
-            // SAFETY: every block of a bin is 16·(bin+1) bytes, aligned to 8.
-            let layout = unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 8) };
+            // SAFETY: every block of a bin is 16·(bin+1) bytes, aligned to 16.
+            let layout = unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 16) };
             while let Some(block) = NonNull::new(self.bins[bin].head) {
                 // SAFETY: binned blocks hold the link in their first word.
                 self.bins[bin].head = unsafe { *block.as_ptr().cast::<*mut u8>() };
@@ -578,7 +578,7 @@ impl SegmentAllocator {
                     self.segment_of(p as usize).is_some(),
                     "bin {bin} holds a block outside every segment"
                 );
-                assert_eq!(p as usize % 8, 0, "binned block misaligned");
+                assert_eq!(p as usize % 16, 0, "binned block misaligned");
                 n += 1;
                 assert!(n <= b.len, "bin {bin} longer than its count (a cycle?)");
                 // SAFETY: binned blocks hold the link in their first word.

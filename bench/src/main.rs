@@ -52,6 +52,14 @@ fn main() {
         println!("{name} {} {:?}", args[3], out);
         return;
     }
+    if args.len() == 4 && args[1] == "--time" {
+        let (_, w) = workloads().into_iter().find(|(n, _)| *n == args[2]).expect("known workload");
+        let ops: usize = args[3].parse().expect("op count");
+        for &p in PEERS.iter().filter(|p| **p != "linked_list_allocator") {
+            println!("{p}: {:.1} ns/op", time_ns_per_op(p, w, ops, 5));
+        }
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let (ops, runs) = if quick { (200_000, 3) } else { (1_000_000, 5) };
     println!(
