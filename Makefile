@@ -3,7 +3,7 @@ CARGO ?= cargo
 KERNEL_TARGET := x86_64-unknown-none
 FIRMWARE_TARGET := thumbv7em-none-eabihf
 
-.PHONY: help deps run test test-host test-kernel check fmt clippy build doc clean
+.PHONY: help deps run test test-host test-kernel check fmt clippy build doc bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,7 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy -p strata-boot --target $(KERNEL_TARGET) --bins --tests -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --target $(FIRMWARE_TARGET) -- -D warnings
+	$(CARGO) clippy -p strata-bench --all-targets -- -D warnings
 
 build: ## Build the library for host, kernel and firmware targets, and the kernel
 	$(CARGO) build --lib
@@ -41,6 +42,11 @@ build: ## Build the library for host, kernel and firmware targets, and the kerne
 
 doc: ## API docs (the README is the crate docs), warnings denied
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
+
+bench: ## Benchmarks against the peers (release build; wall time and heap efficiency)
+	$(CARGO) run --release -p strata-bench --bin strata-bench
+	$(CARGO) run --release -p strata-bench --bin threads-system
+	$(CARGO) run --release -p strata-bench --bin threads-strata
 
 clean: ## Remove build output
 	$(CARGO) clean

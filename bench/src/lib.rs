@@ -172,7 +172,7 @@ pub struct Rng(pub u64);
 impl Rng {
     /// Next value.
     #[inline]
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -181,7 +181,7 @@ impl Rng {
     /// Uniform in `[lo, hi)`.
     #[inline]
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
+        lo + (self.next_u64() % (hi - lo) as u64) as usize
     }
 }
 
@@ -221,11 +221,11 @@ pub fn random_actions(peer: &Peer, seed: u64, ops: usize, max: usize, realloc: b
     let mut live: Vec<Block> = Vec::with_capacity(4096);
     let mut out = Outcome::default();
     while out.ops < ops {
-        let action = rng.next() % 7;
+        let action = rng.next_u64() % 7;
         if action < 3 || live.len() < 300 {
             let hi = rng.range(16, max);
             let size = rng.range(4, hi);
-            let align = 8 << ((rng.next() as u16).trailing_zeros() / 2);
+            let align = 8 << ((rng.next_u64() as u16).trailing_zeros() / 2);
             let layout = Layout::from_size_align(size, align).unwrap();
             let p = peer.alloc(layout);
             if p.is_null() {
@@ -262,7 +262,7 @@ pub fn random_actions(peer: &Peer, seed: u64, ops: usize, max: usize, realloc: b
 /// floats, tuples, short strings, dicts), a tail of larger buffers.
 #[inline]
 pub fn cpython_size(rng: &mut Rng) -> usize {
-    match rng.next() % 100 {
+    match rng.next_u64() % 100 {
         0..=39 => rng.range(16, 65),
         40..=74 => rng.range(65, 257),
         75..=94 => rng.range(257, 513),
@@ -280,7 +280,7 @@ pub fn cpython_churn(peer: &Peer, seed: u64, ops: usize) -> Outcome {
     let mut out = Outcome::default();
     while out.ops < ops {
         let layout =
-            Layout::from_size_align(cpython_size(&mut rng), if rng.next() & 1 == 0 { 8 } else { 16 })
+            Layout::from_size_align(cpython_size(&mut rng), if rng.next_u64() & 1 == 0 { 8 } else { 16 })
                 .unwrap();
         let p = peer.alloc(layout);
         out.ops += 1;
@@ -289,7 +289,7 @@ pub fn cpython_churn(peer: &Peer, seed: u64, ops: usize) -> Outcome {
             continue;
         }
         let b = Block { ptr: p, layout };
-        if rng.next() % 5 == 0 {
+        if rng.next_u64().is_multiple_of(5) {
             if long.len() < 20_000 {
                 long.push(b);
                 continue;
@@ -324,7 +324,7 @@ pub fn cpython_fill(peer: &Peer, seed: u64) -> Outcome {
     let mut out = Outcome::default();
     let mut live_bytes = 0;
     loop {
-        if rng.next() % 10 == 0 && !live.is_empty() {
+        if rng.next_u64().is_multiple_of(10) && !live.is_empty() {
             let b = live.swap_remove(rng.range(0, live.len()));
             live_bytes -= b.layout.size();
             // SAFETY: a live block.
@@ -354,12 +354,12 @@ pub fn talc_fill(peer: &Peer, seed: u64) -> Outcome {
     let mut live: Vec<Block> = Vec::new();
     let mut out = Outcome::default();
     loop {
-        let action = rng.next() % 10;
+        let action = rng.next_u64() % 10;
         out.ops += 1;
         if action < 5 || live.is_empty() {
             let hi = rng.range(16, 10_000);
             let size = rng.range(4, hi);
-            let align = 8 << ((rng.next() as u16).trailing_zeros() / 2);
+            let align = 8 << ((rng.next_u64() as u16).trailing_zeros() / 2);
             let layout = Layout::from_size_align(size, align).unwrap();
             let p = peer.alloc(layout);
             if p.is_null() {

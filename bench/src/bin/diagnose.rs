@@ -16,7 +16,7 @@ fn main() {
     let mut live_bytes = 0usize;
     let mut small_req = 0usize;
     loop {
-        if rng.next() % 10 == 0 && !live.is_empty() {
+        if rng.next_u64().is_multiple_of(10) && !live.is_empty() {
             let (p, l) = live.swap_remove(rng.range(0, live.len()));
             live_bytes -= l.size();
             if l.size() <= 512 {
