@@ -132,18 +132,7 @@ fn is_small(layout: Layout) -> bool {
 impl Heap<RegionSource> {
     /// A heap with no memory: every allocation fails until it is replaced.
     pub const fn empty() -> Self {
-        Self {
-            object: ObjectAllocator::new(Geometry::for_window(0), (0, 0)),
-            segment: SegmentAllocator::new(Config::for_window(0)),
-            source: RegionSource::empty(),
-            stats: FrontStats {
-                failed_allocations: 0,
-                refused_frees: 0,
-                small_fallbacks: 0,
-                realloc_in_place: 0,
-                realloc_moved: 0,
-            },
-        }
+        Self::new_in_window(RegionSource::empty(), (0, 0))
     }
 }
 
@@ -152,7 +141,24 @@ impl<S: PageSource> Heap<S> {
     /// the size of its window.
     pub fn new(source: S) -> Self {
         let window = source.window();
-        Self::with_geometry(source, Geometry::for_window(window.1), Config::for_window(window.1))
+        Self::new_in_window(source, window)
+    }
+
+    /// [`new`](Self::new) for a source whose window is known in advance
+    /// (`const`, for statics).
+    pub const fn new_in_window(source: S, window: (usize, usize)) -> Self {
+        Self {
+            object: ObjectAllocator::new(Geometry::for_window(window.1), window),
+            segment: SegmentAllocator::new(Config::for_window(window.1)),
+            source,
+            stats: FrontStats {
+                failed_allocations: 0,
+                refused_frees: 0,
+                small_fallbacks: 0,
+                realloc_in_place: 0,
+                realloc_moved: 0,
+            },
+        }
     }
 
     /// A heap over `source` with explicit layer +2 geometry and layer 0 tunables.
@@ -268,8 +274,9 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// Gives the spares back to the page source: the wholly free arena and
-    /// the empty segment each layer keeps against thrashing (like
-    /// `malloc_trim`). Returns how many arenas and segments went back.
+    /// the empty segment each layer keeps against thrashing, after flushing
+    /// layer 0's bins (like `malloc_trim`). Returns how many arenas and
+    /// segments went back.
     pub fn trim(&mut self) -> (usize, usize) {
         (self.object.trim(&mut self.source), self.segment.trim(&mut self.source))
     }
@@ -307,8 +314,17 @@ type Relax = spin::Yield;
 #[cfg(not(feature = "std"))]
 type Relax = spin::Spin;
 
-/// strata's allocator stack over a caller's region, behind a spin lock: a
-/// drop-in replacement for `linked_list_allocator::LockedHeap`.
+/// The lock [`LockedHeap`] uses unless told otherwise: a spin lock (which
+/// yields to the OS scheduler with the `std` feature).
+pub type DefaultLock = spin::mutex::SpinMutex<(), Relax>;
+
+/// strata's allocator stack behind a lock: a drop-in replacement for
+/// `linked_list_allocator::LockedHeap`.
+///
+/// `S` is the page source (a [`RegionSource`] over a caller's region by
+/// default; the kernel uses its VMM) and `L` the lock, any
+/// [`lock_api::RawMutex`]: a spin lock by default, an interrupt-masking lock
+/// in the kernel, a critical section on single-core microcontrollers.
 ///
 /// ```
 /// use core::alloc::{GlobalAlloc, Layout};
@@ -324,28 +340,28 @@ type Relax = spin::Spin;
 /// assert!(!p.is_null());
 /// unsafe { HEAP.dealloc(p, layout) };
 /// ```
-pub struct LockedHeap {
-    heap: spin::mutex::SpinMutex<Heap<RegionSource>, Relax>,
+pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
+    heap: lock_api::Mutex<L, Heap<S>>,
     initialized: AtomicBool,
 }
 
-impl fmt::Debug for LockedHeap {
+impl<S, L: lock_api::RawMutex> fmt::Debug for LockedHeap<S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockedHeap").field("initialized", &self.initialized).finish()
     }
 }
 
-impl Default for LockedHeap {
+impl<L: lock_api::RawMutex> Default for LockedHeap<RegionSource, L> {
     fn default() -> Self {
         Self::empty()
     }
 }
 
-impl LockedHeap {
+impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
     /// A heap with no memory; call [`init`](Self::init) or
     /// [`init_from_slice`](Self::init_from_slice) once before use.
     pub const fn empty() -> Self {
-        Self { heap: spin::mutex::SpinMutex::new(Heap::empty()), initialized: AtomicBool::new(false) }
+        Self { heap: lock_api::Mutex::new(Heap::empty()), initialized: AtomicBool::new(false) }
     }
 
     /// Gives the heap the region `[heap_bottom, heap_bottom + heap_size)`.
@@ -376,9 +392,20 @@ impl LockedHeap {
         // SAFETY: a `'static mut` slice is valid and ours alone forever.
         unsafe { self.init(mem.as_mut_ptr().cast(), mem.len()) }
     }
+}
+
+impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
+    /// A heap over `source`, whose window is `window` (as
+    /// [`PageSource::window`] will report it), usable at once.
+    pub const fn new(source: S, window: (usize, usize)) -> Self {
+        Self {
+            heap: lock_api::Mutex::new(Heap::new_in_window(source, window)),
+            initialized: AtomicBool::new(true),
+        }
+    }
 
     /// Runs `f` with the heap locked.
-    pub fn with<R>(&self, f: impl FnOnce(&mut Heap<RegionSource>) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(&mut Heap<S>) -> R) -> R {
         f(&mut self.heap.lock())
     }
 
@@ -386,12 +413,18 @@ impl LockedHeap {
     pub fn stats(&self) -> HeapStats {
         self.heap.lock().stats()
     }
+
+    /// Gives the spares and cached blocks back to the page source (see
+    /// [`Heap::trim`]).
+    pub fn trim(&self) -> (usize, usize) {
+        self.heap.lock().trim()
+    }
 }
 
 // SAFETY: every method takes the lock, and `Heap` upholds the `GlobalAlloc`
 // contract: blocks are aligned to `layout.align()`, at least `layout.size()`
 // long, and disjoint while live; failures return null.
-unsafe impl GlobalAlloc for LockedHeap {
+unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, L> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut heap = self.heap.lock();

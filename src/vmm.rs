@@ -307,6 +307,19 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
     /// `align` bytes (a power of two, at least [`PAGE_SIZE`]), with an
     /// unmapped guard page on both sides. Nothing is mapped yet.
     pub fn reserve(&mut self, pages: u64, align: u64) -> Result<Region, ReserveError> {
+        self.reserve_in(pages, align, self.heap.start.start_address(), self.heap.end.start_address())
+    }
+
+    /// [`reserve`](Self::reserve), with the region lying inside
+    /// `[low, high)` (clipped to the heap range): how a page source with a
+    /// window of its own takes its pages.
+    pub fn reserve_in(
+        &mut self,
+        pages: u64,
+        align: u64,
+        low: VirtAddr,
+        high: VirtAddr,
+    ) -> Result<Region, ReserveError> {
         if pages == 0 || !align.is_power_of_two() || align < PAGE_SIZE {
             return Err(ReserveError::InvalidRequest { pages, align });
         }
@@ -314,14 +327,22 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
             return Err(ReserveError::TooManyRegions { capacity: N });
         }
         let size = pages.checked_mul(PAGE_SIZE).ok_or(ReserveError::AddressSpaceExhausted { pages })?;
-        let heap_start = self.heap.start.start_address().as_u64();
-        let heap_end = self.heap.end.start_address().as_u64();
-        let mut low = heap_start; // end of the previous region (or the range start)
+        let heap_start = self.heap.start.start_address().as_u64().max(low.as_u64());
+        let heap_end = self.heap.end.start_address().as_u64().min(high.as_u64());
+        if heap_end <= heap_start {
+            return Err(ReserveError::AddressSpaceExhausted { pages });
+        }
+        let mut low = heap_start; // end of the previous region (or the window start)
         for slot in 0..=self.len {
             let high = match self.regions.get(slot).filter(|_| slot < self.len) {
-                Some(r) => r.start.start_address().as_u64(),
+                Some(r) => r.start.start_address().as_u64().min(heap_end),
                 None => heap_end,
             };
+            if high <= heap_start {
+                // Regions below the window: skip to the first one inside it.
+                low = self.regions[slot].end().as_u64().max(heap_start);
+                continue;
+            }
             // One guard page after the previous region and one before the next.
             let Some(start) = (low + PAGE_SIZE).checked_next_multiple_of(align) else {
                 break;
@@ -337,7 +358,10 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
                 return Ok(region);
             }
             if slot < self.len {
-                low = self.regions[slot].end().as_u64();
+                low = self.regions[slot].end().as_u64().max(low);
+            }
+            if low >= heap_end {
+                break;
             }
         }
         Err(ReserveError::AddressSpaceExhausted { pages })
@@ -541,7 +565,28 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
     where
         F: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>,
     {
-        let region = self.reserve(pages, align).map_err(AllocateError::Reserve)?;
+        let heap = (self.heap.start.start_address(), self.heap.end.start_address());
+        self.allocate_in(pages, align, flags, frames, heap)
+    }
+
+    /// The physical address `addr` is mapped to, if it is.
+    pub fn translate(&self, addr: VirtAddr) -> Option<PhysAddr> {
+        self.mapper.translate_addr(addr)
+    }
+
+    /// [`allocate`](Self::allocate) inside `[low, high)`.
+    pub fn allocate_in<F>(
+        &mut self,
+        pages: u64,
+        align: u64,
+        flags: PageFlags,
+        frames: &mut F,
+        (low, high): (VirtAddr, VirtAddr),
+    ) -> Result<Region, AllocateError>
+    where
+        F: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>,
+    {
+        let region = self.reserve_in(pages, align, low, high).map_err(AllocateError::Reserve)?;
         if let Err(e) = self.map(region.start, pages, flags, frames) {
             self.release(region, frames).expect("the region was just reserved");
             return Err(AllocateError::Map(e));
@@ -549,9 +594,10 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         Ok(region)
     }
 
-    /// The physical address `addr` is mapped to, if it is.
-    pub fn translate(&self, addr: VirtAddr) -> Option<PhysAddr> {
-        self.mapper.translate_addr(addr)
+    /// The region that starts at `addr`, if any.
+    pub fn region_at(&self, addr: VirtAddr) -> Option<Region> {
+        let i = self.find(addr)?;
+        (self.regions[i].start.start_address() == addr).then_some(self.regions[i])
     }
 
     /// What `addr` is: mapped, unmapped, a guard page, or not in a region.

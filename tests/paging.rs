@@ -182,3 +182,32 @@ fn region_table_capacity_is_a_typed_error() {
         assert_eq!(vmm.reserve(1, PAGE_SIZE), Err(ReserveError::TooManyRegions { capacity: 64 }));
     });
 }
+
+#[test]
+fn reserve_in_keeps_regions_inside_their_window() {
+    with_stack(|_, frames, vmm| {
+        let low = VirtAddr::new(HEAP_START + (1 << 30));
+        let high = low + (64u64 << 20);
+        let outside = vmm.reserve(4, PAGE_SIZE).unwrap();
+        let a = vmm.allocate_in(256, 1 << 20, PageFlags::WRITABLE, frames, (low, high)).unwrap();
+        let b = vmm.allocate_in(256, 1 << 20, PageFlags::WRITABLE, frames, (low, high)).unwrap();
+        for r in [a, b] {
+            assert!(r.start.start_address() >= low && r.end() <= high, "{r} outside the window");
+            assert_eq!(r.start.start_address().as_u64() % (1 << 20), 0);
+        }
+        assert!(b.start.start_address() >= a.end() + PAGE_SIZE, "no guard page between a and b");
+        assert_eq!(vmm.region_at(a.start.start_address()), Some(a));
+        assert_eq!(vmm.region_at(a.start.start_address() + PAGE_SIZE), None);
+        // 64 MiB, 1 MiB regions aligned to 1 MiB, a guard page on each side:
+        // every other MiB, and not the last one (its guard would fall outside).
+        let mut n = 2;
+        while vmm.reserve_in(256, 1 << 20, low, high).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 31);
+        assert!(vmm.reserve_in(1, PAGE_SIZE, high, low).is_err(), "an empty window must fail");
+        vmm.release(outside, frames).unwrap();
+        vmm.release(a, frames).unwrap();
+        vmm.release(b, frames).unwrap();
+    });
+}
