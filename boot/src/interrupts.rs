@@ -172,6 +172,7 @@ trampoline!(x87_floating_point, 16);
 trampoline!(alignment_check, 17, error_code);
 trampoline!(machine_check, 18);
 trampoline!(simd_floating_point, 19);
+trampoline!(timer_irq, 32);
 
 static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     let mut idt = InterruptDescriptorTable::new();
@@ -198,6 +199,7 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
         idt.alignment_check.set_handler_addr(addr(alignment_check));
         idt.machine_check.set_handler_addr(addr(machine_check));
         idt.simd_floating_point.set_handler_addr(addr(simd_floating_point));
+        idt[crate::timer::TIMER_VECTOR].set_handler_addr(addr(timer_irq));
     }
     idt
 });
@@ -243,6 +245,10 @@ pub fn vector_name(vector: u64) -> &'static str {
 }
 
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if frame.vector == u64::from(crate::timer::TIMER_VECTOR) {
+        crate::timer::on_tick();
+        return;
+    }
     if frame.vector == 3 {
         BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
         crate::println!("#BP breakpoint at rip={:#x}, resuming", frame.rip);

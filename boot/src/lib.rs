@@ -14,11 +14,17 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+extern crate alloc;
+
 pub mod entry;
+pub mod heap;
 pub mod interrupts;
 pub mod memory;
+pub mod report;
 pub mod serial;
+pub mod sync;
 pub mod test;
+pub mod timer;
 
 #[doc(hidden)]
 pub use linkme;

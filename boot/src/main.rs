@@ -2,10 +2,20 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
 use strata::frame::MemoryKind;
 use strata::vmm::{PAGE_SIZE, PageFlags};
+use strata_boot::heap::{HEAP, TASKS, Task, TaskState};
 use strata_boot::memory::{with_frames, with_memory};
-use strata_boot::{BootInfo, entry_point, println};
+use strata_boot::{BootInfo, entry_point, println, report, timer};
 
 entry_point!(main);
 
@@ -49,7 +59,7 @@ fn main(boot: &'static BootInfo) -> ! {
         println!("  {:?}", vmm.stats());
     });
 
-    // Layers -2 and -1 at work: map 1 MiB aligned to 2 MiB, use it, give it back.
+    // Layers -2 and -1 alone: map 1 MiB aligned to 2 MiB, use it, give it back.
     let free_before = with_frames(|f| f.free_frames());
     let region = with_memory(|vmm, frames| vmm.allocate(256, 2 << 20, PageFlags::WRITABLE, frames))
         .expect("1 MiB of heap pages");
@@ -65,18 +75,95 @@ fn main(boot: &'static BootInfo) -> ! {
         "\nmapped region {region}: wrote and read back {words} words: {}",
         if sum { "ok" } else { "MISMATCH" }
     );
-    with_memory(|vmm, frames| {
-        println!("  while mapped: {:?}; frames used {}", vmm.stats(), frames.used_frames());
-        vmm.release(region, frames).expect("release the region");
-        println!("  after release: {:?}; frames used {}", vmm.stats(), frames.used_frames());
-    });
+    with_memory(|vmm, frames| vmm.release(region, frames)).expect("release the region");
     let free_after = with_frames(|f| f.free_frames());
+    println!("  free frames before {free_before}, after release {free_after}");
+
+    // The whole stack, -2 to +3: Box, Vec, String, BTreeMap and Task churn.
+    let before = report::snapshot();
+    report::print("heap: before the workload", &before);
+    let checksum = workload();
+    let after = report::snapshot();
+    report::print("heap: after the burst is freed", &after);
+    TASKS.clear();
+    HEAP.trim();
+    let trimmed = report::snapshot();
+    report::print("heap: after trim (task cache and spares given back)", &trimmed);
     println!(
-        "  free frames before {free_before}, after {free_after}: {}",
-        if free_before == free_after { "all returned" } else { "LEAK" }
+        "\nframes in use: {} before, {} after the burst, {} after trim: {}",
+        before.frames_used,
+        after.frames_used,
+        trimmed.frames_used,
+        if trimmed.frames_used == before.frames_used { "every frame came back" } else { "FRAMES LOST" }
     );
+
+    // Allocation from the timer interrupt while the main code allocates.
+    let ticks = timer::with_allocating_timer(1000, || {
+        let start = timer::TICKS.load(Ordering::SeqCst);
+        let mut v: Vec<String> = Vec::new();
+        while timer::TICKS.load(Ordering::SeqCst) < start + 20 {
+            v.push(format!("{}", v.len()));
+            if v.len() > 100 {
+                v.clear();
+            }
+        }
+        timer::TICKS.load(Ordering::SeqCst) - start
+    });
+    println!(
+        "timer: {ticks} ticks, {} allocations in the interrupt handler ({} failed) while main code allocated",
+        timer::HANDLER_ALLOCATIONS.load(Ordering::SeqCst),
+        timer::HANDLER_FAILURES.load(Ordering::SeqCst)
+    );
+    let ok = sum && free_before == free_after && trimmed.frames_used == before.frames_used && checksum != 0;
 
     x86_64::instructions::interrupts::int3();
     println!("\nboot report done; exiting QEMU");
-    if sum && free_before == free_after { strata_boot::exit_success() } else { strata_boot::exit_failure() }
+    if ok { strata_boot::exit_success() } else { strata_boot::exit_failure() }
+}
+
+/// A burst through every layer, printed at its peak, then freed.
+fn workload() -> u64 {
+    let mut map: BTreeMap<u64, String> = BTreeMap::new();
+    let mut boxes: Vec<Box<[u8]>> = Vec::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..20_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        map.insert(x % 50_000, format!("object {i} of size {}", x % 300));
+        if i % 10 == 0 {
+            let size = 16 + (x % 6000) as usize;
+            boxes.push(alloc::vec![(i % 251) as u8; size].into_boxed_slice());
+        }
+    }
+    // A few large buffers: pages of their own from the VMM.
+    let large: Vec<Vec<u64>> = (0..4).map(|i| alloc::vec![i; 64 * 1024]).collect();
+    // Realloc growth of one vector to 1 MiB.
+    let mut grown: Vec<u8> = Vec::new();
+    for i in 0..(1 << 20) {
+        grown.push(i as u8);
+    }
+    // Task churn through the typed cache.
+    let mut spawned = 0u64;
+    for round in 0..10u64 {
+        let tasks: Vec<_> = (0..50)
+            .map(|i| TASKS.boxed(Task { id: round * 50 + i, state: TaskState::Ready, ..Task::default() }))
+            .collect::<Result<_, _>>()
+            .expect("tasks");
+        spawned += tasks.len() as u64;
+    }
+    let peak = report::snapshot();
+    report::print("heap: at the peak of the burst", &peak);
+    let checksum = map.values().map(|s| s.len() as u64).sum::<u64>()
+        + boxes.iter().map(|b| b.len() as u64).sum::<u64>()
+        + large.iter().map(|v| v.len() as u64).sum::<u64>()
+        + grown.len() as u64
+        + spawned;
+    println!(
+        "burst: {} map entries, {} boxes, {} large buffers, 1 MiB grown vector, {spawned} tasks",
+        map.len(),
+        boxes.len(),
+        large.len()
+    );
+    checksum
 }

@@ -10,7 +10,9 @@
 use core::fmt;
 use core::mem::size_of;
 
-use spin::{Mutex, Once};
+use spin::Once;
+
+use crate::sync::IrqMutex;
 use strata::frame::{BuddyAllocator, FrameMeta, MemoryKind, MemoryMapError, MemoryRegion, PhysRange};
 use strata::vmm::{AddressInfo, PageFlags, Region, Vmm};
 use x86_64::registers::control::Cr3;
@@ -23,6 +25,10 @@ use x86_64::{PhysAddr, VirtAddr};
 pub const HEAP_START: u64 = 0xffff_9000_0000_0000;
 /// Size of the kernel heap range: 1 TiB of address space.
 pub const HEAP_SIZE: u64 = 1 << 40;
+/// The window of the heap range where the allocator stack (layers 0 and +2)
+/// takes its pages: 4 GiB from 4 GiB in, so that layer +2's ownership bitmap
+/// covers it with 1 MiB arenas.
+pub const ALLOC_WINDOW: (u64, u64) = (HEAP_START + (4 << 30), 4 << 30);
 /// Pages of the kernel stack that `main` and the tests run on.
 pub const KERNEL_STACK_PAGES: u64 = 64;
 /// Memory above this is ignored: the boot stub identity-maps only 4 GiB.
@@ -34,9 +40,9 @@ const CMDLINE_MAX: usize = 256;
 const PVH_MAGIC: u32 = 0x336e_c578;
 
 /// The kernel's frame allocator (layer −2).
-pub static FRAMES: Mutex<Option<BuddyAllocator<'static>>> = Mutex::new(None);
+pub static FRAMES: IrqMutex<Option<BuddyAllocator<'static>>> = IrqMutex::new(None);
 /// The kernel's VMM (layer −1).
-pub static VMM: Mutex<Option<Vmm<'static, MAX_REGIONS>>> = Mutex::new(None);
+pub static VMM: IrqMutex<Option<Vmm<'static, MAX_REGIONS>>> = IrqMutex::new(None);
 static BOOT_INFO: Once<BootInfo> = Once::new();
 
 unsafe extern "C" {
