@@ -36,7 +36,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator, SMALL_REQUEST_THRESHOLD};
-use crate::segment::{self, Config, SegmentAllocator};
+use crate::segment::{self, Config, MAX_LARGE, MAX_SEGMENTS, SegmentAllocator};
 use crate::source::{PageSource, RegionSource};
 
 /// Why an allocation failed.
@@ -107,14 +107,15 @@ pub struct HeapStats {
 /// The allocator stack over one page source: layers 0, +1 and +2.
 ///
 /// Works through `&mut self`; [`LockedHeap`] adds the lock and `GlobalAlloc`.
-pub struct Heap<S> {
+/// `SEGMENTS` and `LARGE` size layer 0's tables (see [`SegmentAllocator`]).
+pub struct Heap<S, const SEGMENTS: usize = MAX_SEGMENTS, const LARGE: usize = MAX_LARGE> {
     object: ObjectAllocator,
-    segment: SegmentAllocator,
+    segment: SegmentAllocator<SEGMENTS, LARGE>,
     source: S,
     stats: FrontStats,
 }
 
-impl<S> fmt::Debug for Heap<S> {
+impl<S, const SEGMENTS: usize, const LARGE: usize> fmt::Debug for Heap<S, SEGMENTS, LARGE> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Heap")
             .field("object", &self.object)
@@ -138,27 +139,10 @@ impl Heap<RegionSource> {
 
 impl<S: PageSource> Heap<S> {
     /// A heap over `source`, with arena, pool and segment sizes chosen for
-    /// the size of its window.
+    /// the size of its window, and layer 0's tables of the default sizes.
     pub fn new(source: S) -> Self {
         let window = source.window();
         Self::new_in_window(source, window)
-    }
-
-    /// [`new`](Self::new) for a source whose window is known in advance
-    /// (`const`, for statics).
-    pub const fn new_in_window(source: S, window: (usize, usize)) -> Self {
-        Self {
-            object: ObjectAllocator::new(Geometry::for_window(window.1), window),
-            segment: SegmentAllocator::new(Config::for_window(window.1)),
-            source,
-            stats: FrontStats {
-                failed_allocations: 0,
-                refused_frees: 0,
-                small_fallbacks: 0,
-                realloc_in_place: 0,
-                realloc_moved: 0,
-            },
-        }
     }
 
     /// A heap over `source` with explicit layer +2 geometry and layer 0 tunables.
@@ -168,6 +152,25 @@ impl<S: PageSource> Heap<S> {
             segment: SegmentAllocator::new(config),
             source,
             stats: FrontStats::default(),
+        }
+    }
+}
+
+impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS, LARGE> {
+    /// [`Heap::new`] with layer 0's tables sized `SEGMENTS` and `LARGE`, for
+    /// a source whose window is known in advance (`const`, for statics).
+    pub const fn new_in_window(source: S, window: (usize, usize)) -> Self {
+        Self {
+            object: ObjectAllocator::new(Geometry::for_window(window.1), window),
+            segment: SegmentAllocator::with_tables(Config::for_window(window.1)),
+            source,
+            stats: FrontStats {
+                failed_allocations: 0,
+                refused_frees: 0,
+                small_fallbacks: 0,
+                realloc_in_place: 0,
+                realloc_moved: 0,
+            },
         }
     }
 
@@ -340,12 +343,19 @@ pub type DefaultLock = spin::mutex::SpinMutex<(), Relax>;
 /// assert!(!p.is_null());
 /// unsafe { HEAP.dealloc(p, layout) };
 /// ```
-pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
-    heap: lock_api::Mutex<L, Heap<S>>,
+pub struct LockedHeap<
+    S = RegionSource,
+    L: lock_api::RawMutex = DefaultLock,
+    const SEGMENTS: usize = MAX_SEGMENTS,
+    const LARGE: usize = MAX_LARGE,
+> {
+    heap: lock_api::Mutex<L, Heap<S, SEGMENTS, LARGE>>,
     initialized: AtomicBool,
 }
 
-impl<S, L: lock_api::RawMutex> fmt::Debug for LockedHeap<S, L> {
+impl<S, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: usize> fmt::Debug
+    for LockedHeap<S, L, SEGMENTS, LARGE>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockedHeap").field("initialized", &self.initialized).finish()
     }
@@ -353,14 +363,21 @@ impl<S, L: lock_api::RawMutex> fmt::Debug for LockedHeap<S, L> {
 
 impl<L: lock_api::RawMutex> Default for LockedHeap<RegionSource, L> {
     fn default() -> Self {
-        Self::empty()
+        Self::empty_with_lock()
+    }
+}
+
+impl LockedHeap {
+    /// A heap with no memory; call [`init`](Self::init) or
+    /// [`init_from_slice`](Self::init_from_slice) once before use.
+    pub const fn empty() -> Self {
+        Self::empty_with_lock()
     }
 }
 
 impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
-    /// A heap with no memory; call [`init`](Self::init) or
-    /// [`init_from_slice`](Self::init_from_slice) once before use.
-    pub const fn empty() -> Self {
+    /// [`empty`](LockedHeap::empty) with another lock `L`.
+    pub const fn empty_with_lock() -> Self {
         Self { heap: lock_api::Mutex::new(Heap::empty()), initialized: AtomicBool::new(false) }
     }
 
@@ -394,7 +411,9 @@ impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
     }
 }
 
-impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
+impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: usize>
+    LockedHeap<S, L, SEGMENTS, LARGE>
+{
     /// A heap over `source`, whose window is `window` (as
     /// [`PageSource::window`] will report it), usable at once.
     pub const fn new(source: S, window: (usize, usize)) -> Self {
@@ -405,7 +424,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     }
 
     /// Runs `f` with the heap locked.
-    pub fn with<R>(&self, f: impl FnOnce(&mut Heap<S>) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(&mut Heap<S, SEGMENTS, LARGE>) -> R) -> R {
         f(&mut self.heap.lock())
     }
 
@@ -424,7 +443,9 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
 // SAFETY: every method takes the lock, and `Heap` upholds the `GlobalAlloc`
 // contract: blocks are aligned to `layout.align()`, at least `layout.size()`
 // long, and disjoint while live; failures return null.
-unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, L> {
+unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: usize> GlobalAlloc
+    for LockedHeap<S, L, SEGMENTS, LARGE>
+{
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut heap = self.heap.lock();

@@ -37,7 +37,7 @@
 //! never hands `linked_list_allocator` a block it does not own.
 //!
 //! **Costs:** allocation tries the segment that served last, then the others
-//! (at most [`MAX_SEGMENTS`]), each a first-fit walk of its holes; free finds
+//! (at most `SEGMENTS`), each a first-fit walk of its holes; free finds
 //! its segment by binary search, then walks that segment's hole list.
 
 use core::alloc::Layout;
@@ -48,10 +48,11 @@ use linked_list_allocator::Heap;
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError};
 
-/// Most segments the allocator keeps at once.
+/// Default for the most segments the allocator keeps at once (the
+/// `SEGMENTS` parameter).
 pub const MAX_SEGMENTS: usize = 32;
-/// Most large mappings tracked at once; past that, large requests are served
-/// from segments.
+/// Default for the most large mappings tracked at once (the `LARGE`
+/// parameter); past that, large requests are served from segments.
 pub const MAX_LARGE: usize = 64;
 
 /// Largest request kept in a bin.
@@ -210,11 +211,16 @@ pub struct SegmentStats {
 }
 
 /// Layer 0: segments of first-fit heaps plus large mappings.
-pub struct SegmentAllocator {
+///
+/// `SEGMENTS` and `LARGE` size its two tables (kept inline, as this layer
+/// sits below the heap): the defaults suit firmware and host regions, where
+/// adjacent runs coalesce; a kernel over a VMM, whose runs never coalesce,
+/// wants more of both.
+pub struct SegmentAllocator<const SEGMENTS: usize = MAX_SEGMENTS, const LARGE: usize = MAX_LARGE> {
     bins: [Bin; BINS],
-    segments: [Segment; MAX_SEGMENTS],
+    segments: [Segment; SEGMENTS],
     nsegments: usize,
-    large: [Large; MAX_LARGE],
+    large: [Large; LARGE],
     nlarge: usize,
     current: usize,
     config: Config,
@@ -226,9 +232,9 @@ pub struct SegmentAllocator {
 
 // SAFETY: the allocator owns the memory its raw pointers point to; it is
 // moved between threads only as a whole (behind the front door's lock).
-unsafe impl Send for SegmentAllocator {}
+unsafe impl<const SEGMENTS: usize, const LARGE: usize> Send for SegmentAllocator<SEGMENTS, LARGE> {}
 
-impl fmt::Debug for SegmentAllocator {
+impl<const SEGMENTS: usize, const LARGE: usize> fmt::Debug for SegmentAllocator<SEGMENTS, LARGE> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SegmentAllocator")
             .field("config", &self.config)
@@ -245,13 +251,21 @@ fn pages_for(bytes: usize) -> Option<usize> {
 }
 
 impl SegmentAllocator {
-    /// An allocator with no segments yet.
+    /// An allocator with no segments yet and the default table sizes.
     pub const fn new(config: Config) -> Self {
+        Self::with_tables(config)
+    }
+}
+
+impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE> {
+    /// An allocator with no segments yet, with room for `SEGMENTS` segments
+    /// and `LARGE` large mappings.
+    pub const fn with_tables(config: Config) -> Self {
         Self {
             bins: [Bin { head: core::ptr::null_mut(), len: 0 }; BINS],
-            segments: [EMPTY_SEGMENT; MAX_SEGMENTS],
+            segments: [EMPTY_SEGMENT; SEGMENTS],
             nsegments: 0,
-            large: [EMPTY_LARGE; MAX_LARGE],
+            large: [EMPTY_LARGE; LARGE],
             nlarge: 0,
             current: 0,
             config,
@@ -296,7 +310,7 @@ impl SegmentAllocator {
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
-        if layout.size() >= self.config.large_threshold && self.nlarge < MAX_LARGE {
+        if layout.size() >= self.config.large_threshold && self.nlarge < LARGE {
             // On failure, fall back to segments: a fragmented source may
             // still have room inside them.
             if let Ok(p) = self.allocate_large(layout, source) {
@@ -380,7 +394,7 @@ impl SegmentAllocator {
             self.extended += 1;
             return Ok(());
         }
-        if self.nsegments == MAX_SEGMENTS {
+        if self.nsegments == SEGMENTS {
             // SAFETY: the pages were just allocated from `source` with this size.
             unsafe { source.deallocate_pages(ptr, size) };
             return Err(AllocateError::TooManySegments);

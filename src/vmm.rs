@@ -427,8 +427,10 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         let table_flags = self.table_flags(flags);
         for i in 0..pages {
             if let Err(e) = self.map_one(start + i, table_flags, frames) {
-                // Roll back: the pages before `i` were all mapped here.
+                // Roll back: the pages before `i` were all mapped here, and the
+                // failed page may have left new, empty page tables behind.
                 self.unmap_unchecked(start, i, frames);
+                self.clean_up(start, pages, frames);
                 return Err(e);
             }
         }
@@ -499,17 +501,22 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
             // and the page that used it is no longer mapped.
             unsafe { frames.deallocate_frame(frame) };
         }
-        if pages > 0 {
-            let mut counting = Counting { inner: frames, allocated: 0, freed: 0 };
-            // SAFETY: only tables under the heap range are considered, which
-            // this VMM alone populated; the mapper frees only tables whose
-            // every entry is unused.
-            unsafe {
-                self.mapper
-                    .clean_up_addr_range(Page::range_inclusive(start, start + (pages - 1)), &mut counting)
-            };
-            self.stats.table_frames -= counting.freed;
+        self.clean_up(start, pages, frames);
+    }
+
+    /// Frees the page tables left empty under `pages` pages from `start`.
+    fn clean_up<F: FrameDeallocator<Size4KiB>>(&mut self, start: Page, pages: u64, frames: &mut F) {
+        if pages == 0 {
+            return;
         }
+        let mut counting = Counting { inner: frames, allocated: 0, freed: 0 };
+        // SAFETY: only tables under the heap range are considered, which this
+        // VMM alone populated; the mapper frees only tables whose every entry
+        // is unused.
+        unsafe {
+            self.mapper.clean_up_addr_range(Page::range_inclusive(start, start + (pages - 1)), &mut counting)
+        };
+        self.stats.table_frames -= counting.freed;
     }
 
     /// Changes the access rights of `pages` mapped pages from `start`.

@@ -211,3 +211,24 @@ fn reserve_in_keeps_regions_inside_their_window() {
         vmm.release(b, frames).unwrap();
     });
 }
+
+#[test]
+fn a_map_that_fails_on_a_page_table_frees_the_tables_it_built() {
+    with_stack(|_, frames, vmm| {
+        // Nothing is mapped yet: the page needs a fresh L3, L2 and L1.
+        let r = vmm.reserve(1, 1 << 30).unwrap();
+        let free = frames.free_frames();
+        // Leave exactly two frames: the data frame and the L3 succeed, the L2 fails.
+        let mut hoard = Vec::new();
+        while frames.free_frames() > 2 {
+            hoard.push(frames.allocate(0).unwrap());
+        }
+        assert_eq!(vmm.map(r.start, 1, PageFlags::WRITABLE, frames), Err(PageError::OutOfFrames));
+        assert_eq!(vmm.stats().table_frames, 0, "tables built by the failed map were kept");
+        assert_eq!(frames.free_frames(), 2, "frames lost in the failed map");
+        for f in hoard {
+            frames.deallocate(f, 0).unwrap();
+        }
+        assert_eq!(frames.free_frames(), free);
+    });
+}

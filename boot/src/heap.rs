@@ -61,9 +61,16 @@ unsafe impl PageSource for KernelPages {
     }
 }
 
+/// Segments layer 0 may hold in the kernel: VMM regions never coalesce, so
+/// each growth is a segment of its own.
+pub const KERNEL_SEGMENTS: usize = 256;
+/// Large mappings layer 0 may track in the kernel (2048 × 128 KiB = 256 MiB,
+/// all of the machine's RAM).
+pub const KERNEL_LARGE: usize = 2048;
+
 /// The kernel heap: strata's front door over the VMM, behind an
 /// interrupt-masking lock.
-pub type KernelHeap = LockedHeap<KernelPages, IrqSpinLock>;
+pub type KernelHeap = LockedHeap<KernelPages, IrqSpinLock, KERNEL_SEGMENTS, KERNEL_LARGE>;
 
 /// The kernel's global allocator.
 #[global_allocator]

@@ -55,6 +55,7 @@ pub fn exit_failure() -> ! {
 pub fn start(start_info: u32, main: fn(&'static BootInfo) -> !) -> ! {
     serial::init();
     interrupts::init();
+    timer::init();
     // SAFETY: called once, at boot, with the loader's pointer, on the boot
     // identity map.
     let boot = match unsafe { memory::init(start_info) } {

@@ -28,17 +28,26 @@ pub static HANDLER_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 /// Allocations by the tick handler that returned null.
 pub static HANDLER_FAILURES: AtomicU64 = AtomicU64::new(0);
 
+/// Remaps the PICs to vectors 32..48 and masks every line. Called at boot:
+/// left at the BIOS mapping, IRQ 0 would arrive as vector 8, a "double fault".
+pub fn init() {
+    let mut pics = PICS.lock();
+    // SAFETY: the PICs are at their standard ports; with every line masked,
+    // no IRQ reaches the CPU until `start`.
+    unsafe {
+        pics.initialize();
+        pics.write_masks(0xff, 0xff);
+    }
+}
+
 /// Starts the PIT at `hz` ticks per second and enables interrupts.
 pub fn start(hz: u32) {
     let divisor = (PIT_HZ / hz).clamp(1, 65535) as u16;
     {
         let mut pics = PICS.lock();
-        // SAFETY: the PICs are at their standard ports; only IRQ 0 is unmasked,
-        // and vector 32 has a handler (see `interrupts`).
-        unsafe {
-            pics.initialize();
-            pics.write_masks(0xfe, 0xff);
-        }
+        // SAFETY: only IRQ 0 is unmasked, and vector 32 has a handler (see
+        // `interrupts`).
+        unsafe { pics.write_masks(0xfe, 0xff) };
         // SAFETY: PIT command and channel-0 data ports; mode 2 (rate
         // generator), low byte then high byte of the divisor.
         unsafe {

@@ -1,0 +1,201 @@
+//! QEMU suite: the whole stack, −2 to +3, as the kernel's global allocator.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::sync::atomic::Ordering;
+
+use strata::vmm::{AddressInfo, PAGE_SIZE};
+use strata_boot::heap::{HEAP, TASKS, Task};
+use strata_boot::memory::{lookup, with_frames, with_memory};
+use strata_boot::test::expect_page_fault;
+use strata_boot::{entry_point, kernel_test, timer};
+use x86_64::VirtAddr;
+
+entry_point!(strata_boot::test::main);
+
+fn free_frames() -> usize {
+    with_frames(|f| f.free_frames())
+}
+
+/// Empties the caches and spares so frame counts can be compared exactly.
+fn settle() {
+    TASKS.clear();
+    HEAP.trim();
+}
+
+fn churn(rounds: u64) -> u64 {
+    let mut map: BTreeMap<u64, String> = BTreeMap::new();
+    let mut boxes: Vec<Box<[u64]>> = Vec::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut check = 0;
+    for i in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        map.insert(x % 4096, format!("{i}:{x:x}"));
+        boxes.push(alloc::vec![i; 1 + (x % 2000) as usize].into_boxed_slice());
+        if boxes.len() > 64 {
+            let b = boxes.swap_remove((x % 64) as usize);
+            assert!(b.iter().all(|&v| v == b[0]), "a box lost its contents");
+            check += b.len() as u64;
+        }
+    }
+    for (k, v) in &map {
+        let (_, hex) = v.split_once(':').expect("formatted entry");
+        assert_eq!(u64::from_str_radix(hex, 16).unwrap() % 4096, *k, "a map entry lost its contents");
+    }
+    check + map.len() as u64
+}
+
+kernel_test! {
+    fn churn_through_every_layer_keeps_contents_and_invariants() {
+        let before = HEAP.stats();
+        assert!(churn(20_000) > 0);
+        let after = HEAP.stats();
+        assert!(after.arenas.allocated_total > before.arenas.allocated_total, "layer +2 never used");
+        assert!(after.segments.bin_hits > before.segments.bin_hits || after.segments.segments > 0, "layer 0 never used");
+        assert_eq!(after.front.failed_allocations, before.front.failed_allocations);
+        HEAP.with(|h| h.check_invariants());
+        with_memory(|vmm, frames| {
+            vmm.check_invariants();
+            frames.check_invariants();
+        });
+    }
+}
+
+kernel_test! {
+    fn frames_return_to_their_starting_count_after_a_large_workload() {
+        settle();
+        let start = free_frames();
+        {
+            let big: Vec<Vec<u8>> = (0..8).map(|i| alloc::vec![i; 3 << 20]).collect();
+            assert!(churn(5_000) > 0);
+            assert!(free_frames() < start - 8 * 768, "the workload did not take frames");
+            drop(big);
+        }
+        // Without trimming, only the documented spares may stay: one arena
+        // (256 frames), one segment (at most 1 MiB, 256 frames) once the bins
+        // are flushed, and their page tables.
+        HEAP.with(|h| h.flush_caches());
+        let kept = start - free_frames();
+        assert!(kept <= 2 * 256 + 16, "{kept} frames kept beyond the documented spares");
+        settle();
+        assert_eq!(free_frames(), start, "frames lost after trim");
+    }
+}
+
+kernel_test! {
+    fn out_of_memory_is_null_and_the_kernel_recovers() {
+        settle();
+        let start = free_frames();
+        let failed_before = HEAP.stats().front.failed_allocations;
+        let layout = Layout::from_size_align(1 << 20, 8).unwrap();
+        let mut held: Vec<*mut u8> = Vec::with_capacity(1024);
+        loop {
+            // SAFETY: a valid, non-zero layout.
+            let p = unsafe { alloc::alloc::alloc(layout) };
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: a fresh 1 MiB block.
+            unsafe { p.write_bytes(0xab, 4096) };
+            held.push(p);
+            assert!(held.len() < 1024, "never ran out of memory");
+        }
+        assert!(held.len() > 150, "only {} MiB before running out of 256", held.len());
+        assert!(HEAP.stats().front.failed_allocations > failed_before, "the failure was not counted");
+        // Still running: small allocations may fail or not, but nothing breaks.
+        for p in held.drain(..) {
+            // SAFETY: allocated above with `layout`.
+            unsafe { alloc::alloc::dealloc(p, layout) };
+        }
+        drop(held);
+        // Recovered: the memory is usable again.
+        let again: Vec<Vec<u8>> = (0..100).map(|i| alloc::vec![i as u8; 1 << 20]).collect();
+        assert!(again.iter().enumerate().all(|(i, v)| v[12345] == i as u8));
+        drop(again);
+        settle();
+        assert_eq!(free_frames(), start, "frames lost after the out-of-memory episode");
+    }
+}
+
+kernel_test! {
+    fn the_timer_handler_allocates_while_main_code_allocates() {
+        let made_before = timer::HANDLER_ALLOCATIONS.load(Ordering::SeqCst);
+        let ticks = timer::with_allocating_timer(1000, || {
+            let start = timer::TICKS.load(Ordering::SeqCst);
+            let mut rounds = 0u64;
+            while timer::TICKS.load(Ordering::SeqCst) < start + 100 {
+                rounds += churn(50);
+            }
+            assert!(rounds > 0);
+            timer::TICKS.load(Ordering::SeqCst) - start
+        });
+        let made = timer::HANDLER_ALLOCATIONS.load(Ordering::SeqCst) - made_before;
+        assert!(ticks >= 100);
+        assert!(made >= 3 * 100, "the handler made only {made} allocations in {ticks} ticks");
+        assert_eq!(timer::HANDLER_FAILURES.load(Ordering::SeqCst), 0);
+        assert!(!x86_64::instructions::interrupts::are_enabled(), "the timer left interrupts on");
+        HEAP.with(|h| h.check_invariants());
+    }
+}
+
+kernel_test! {
+    fn the_heap_lock_masks_interrupts_and_restores_them() {
+        use x86_64::instructions::interrupts;
+        interrupts::enable();
+        let inside = HEAP.with(|_| interrupts::are_enabled());
+        assert!(interrupts::are_enabled(), "the lock did not restore interrupts");
+        let nested = HEAP.with(|_| with_frames(|_| interrupts::are_enabled()));
+        interrupts::disable();
+        assert!(!inside && !nested, "interrupts stayed enabled under the heap lock");
+        HEAP.with(|_| ());
+        assert!(!interrupts::are_enabled(), "the lock enabled interrupts it found disabled");
+    }
+}
+
+kernel_test! {
+    fn the_kernel_task_cache_reuses_records() {
+        settle();
+        let first = TASKS.boxed(Task { id: 1, ..Task::default() }).unwrap();
+        let addr = &*first as *const Task;
+        drop(first);
+        let hits = TASKS.stats().hits;
+        let second = TASKS.boxed(Task { id: 2, ..Task::default() }).unwrap();
+        assert_eq!(&*second as *const Task, addr, "the freed record was not reused");
+        assert_eq!(TASKS.stats().hits, hits + 1);
+        assert_eq!(second.id, 2);
+    }
+}
+
+fn write_byte(addr: VirtAddr) {
+    // SAFETY: the caller expects this write to fault; the handler never returns here.
+    unsafe { core::arch::asm!("mov byte ptr [{a}], 0x42", a = in(reg) addr.as_u64()) };
+}
+
+kernel_test! {
+    #[should_fault]
+    fn writing_past_a_large_allocation_hits_its_guard_page() {
+        let v: Vec<u8> = alloc::vec![7; 256 * 1024];
+        let start = VirtAddr::from_ptr(v.as_ptr());
+        let Some(AddressInfo::Mapped { region, .. }) = lookup(start) else {
+            panic!("a large allocation is not a mapped VMM region");
+        };
+        assert_eq!(region.start.start_address(), start, "large allocations start their region");
+        assert_eq!(region.pages * PAGE_SIZE, 256 * 1024);
+        let end = region.end();
+        let before = with_memory(|vmm, _| vmm.region_at(end + PAGE_SIZE));
+        expect_page_fault(end, AddressInfo::Guard { after: Some(region), before });
+        write_byte(end - 1u64); // the last byte is the vector's own
+        write_byte(end);
+        core::mem::forget(v);
+    }
+}
