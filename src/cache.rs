@@ -30,6 +30,8 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::front::DefaultLock;
+
 /// Why a cache could not provide a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheError {
@@ -57,10 +59,13 @@ struct FreeList {
     len: usize,
 }
 
-/// A bounded free list of blocks for values of type `T`, over the heap `A`.
-pub struct ObjectCache<'h, T, A: GlobalAlloc, const N: usize = 64> {
+/// A bounded free list of blocks for values of type `T`, over the heap `A`,
+/// keeping up to `N` blocks, behind a lock `L` (the same kind as the heap's:
+/// an interrupt-masking lock in a kernel whose interrupt handlers use the
+/// cache).
+pub struct ObjectCache<'h, T, A: GlobalAlloc, const N: usize = 64, L: lock_api::RawMutex = DefaultLock> {
     heap: &'h A,
-    free: spin::Mutex<FreeList>,
+    free: lock_api::Mutex<L, FreeList>,
     constructor: Option<fn() -> T>,
     hits: AtomicUsize,
     misses: AtomicUsize,
@@ -70,11 +75,17 @@ pub struct ObjectCache<'h, T, A: GlobalAlloc, const N: usize = 64> {
 // SAFETY: the free list's blocks belong to the cache and are only touched
 // under its lock; values of `T` cross threads only inside `CachedBox`, which
 // requires `T: Send` for that.
-unsafe impl<T, A: GlobalAlloc + Sync, const N: usize> Sync for ObjectCache<'_, T, A, N> {}
+unsafe impl<T, A: GlobalAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Sync
+    for ObjectCache<'_, T, A, N, L>
+{
+}
 // SAFETY: as above.
-unsafe impl<T, A: GlobalAlloc + Sync, const N: usize> Send for ObjectCache<'_, T, A, N> {}
+unsafe impl<T, A: GlobalAlloc + Sync, const N: usize, L: lock_api::RawMutex + Send> Send
+    for ObjectCache<'_, T, A, N, L>
+{
+}
 
-impl<T, A: GlobalAlloc, const N: usize> fmt::Debug for ObjectCache<'_, T, A, N> {
+impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> fmt::Debug for ObjectCache<'_, T, A, N, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObjectCache")
             .field("type", &core::any::type_name::<T>())
@@ -83,7 +94,7 @@ impl<T, A: GlobalAlloc, const N: usize> fmt::Debug for ObjectCache<'_, T, A, N> 
     }
 }
 
-impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
+impl<'h, T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'h, T, A, N, L> {
     /// The layout of every block the cache keeps: `T`'s, grown to hold the
     /// free-list link.
     pub const BLOCK: Layout = {
@@ -100,7 +111,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
     pub const fn new(heap: &'h A) -> Self {
         Self {
             heap,
-            free: spin::Mutex::new(FreeList { head: ptr::null_mut(), len: 0 }),
+            free: lock_api::Mutex::new(FreeList { head: ptr::null_mut(), len: 0 }),
             constructor: None,
             hits: AtomicUsize::new(0),
             misses: AtomicUsize::new(0),
@@ -159,7 +170,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
     }
 
     /// Moves `value` into a block of the cache.
-    pub fn boxed(&self, value: T) -> Result<CachedBox<'_, 'h, T, A, N>, CacheError> {
+    pub fn boxed(&self, value: T) -> Result<CachedBox<'_, 'h, T, A, N, L>, CacheError> {
         let block = self.allocate()?;
         // SAFETY: the block is ours, aligned and large enough for a `T`.
         unsafe { block.as_ptr().write(MaybeUninit::new(value)) };
@@ -167,7 +178,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
     }
 
     /// Builds a value with the cache's constructor, in a block of the cache.
-    pub fn make(&self) -> Result<CachedBox<'_, 'h, T, A, N>, CacheError> {
+    pub fn make(&self) -> Result<CachedBox<'_, 'h, T, A, N, L>, CacheError> {
         let constructor = self.constructor.ok_or(CacheError::NoConstructor)?;
         self.boxed(constructor())
     }
@@ -201,7 +212,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize> ObjectCache<'h, T, A, N> {
     }
 }
 
-impl<T, A: GlobalAlloc, const N: usize> Drop for ObjectCache<'_, T, A, N> {
+impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Drop for ObjectCache<'_, T, A, N, L> {
     fn drop(&mut self) {
         self.clear();
     }
@@ -210,13 +221,13 @@ impl<T, A: GlobalAlloc, const N: usize> Drop for ObjectCache<'_, T, A, N> {
 // SAFETY: blocks are `BLOCK`-sized and aligned, so they satisfy every layout
 // that `fits`; other layouts are served by the heap's own `GlobalAlloc`
 // contract. A block is only reused after `deallocate` gave it back.
-unsafe impl<T, A: GlobalAlloc, const N: usize> allocator_api2::alloc::Allocator
-    for &ObjectCache<'_, T, A, N>
+unsafe impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> allocator_api2::alloc::Allocator
+    for &ObjectCache<'_, T, A, N, L>
 {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
-        let (p, len) = if ObjectCache::<T, A, N>::fits(layout) {
+        let (p, len) = if ObjectCache::<T, A, N, L>::fits(layout) {
             let block = ObjectCache::allocate(*self).map_err(|_| allocator_api2::alloc::AllocError)?;
-            (block.cast::<u8>(), ObjectCache::<T, A, N>::BLOCK.size())
+            (block.cast::<u8>(), ObjectCache::<T, A, N, L>::BLOCK.size())
         } else if layout.size() == 0 {
             // A dangling, aligned pointer serves zero-sized requests.
             (NonNull::new(layout.align() as *mut u8).expect("alignment is non-zero"), 0)
@@ -229,7 +240,7 @@ unsafe impl<T, A: GlobalAlloc, const N: usize> allocator_api2::alloc::Allocator
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if ObjectCache::<T, A, N>::fits(layout) {
+        if ObjectCache::<T, A, N, L>::fits(layout) {
             // SAFETY: a fitting layout was served by `ObjectCache::allocate`.
             unsafe { ObjectCache::deallocate(*self, ptr.cast()) };
         } else if layout.size() != 0 {
@@ -241,12 +252,12 @@ unsafe impl<T, A: GlobalAlloc, const N: usize> allocator_api2::alloc::Allocator
 
 /// A `T` in a block of an [`ObjectCache`]; dropping it drops the value and
 /// gives the block back to the cache.
-pub struct CachedBox<'c, 'h, T, A: GlobalAlloc, const N: usize> {
+pub struct CachedBox<'c, 'h, T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex = DefaultLock> {
     ptr: NonNull<T>,
-    cache: &'c ObjectCache<'h, T, A, N>,
+    cache: &'c ObjectCache<'h, T, A, N, L>,
 }
 
-impl<T, A: GlobalAlloc, const N: usize> CachedBox<'_, '_, T, A, N> {
+impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> CachedBox<'_, '_, T, A, N, L> {
     /// Moves the value out, giving the block back.
     pub fn into_inner(this: Self) -> T {
         let this = ManuallyDrop::new(this);
@@ -260,7 +271,7 @@ impl<T, A: GlobalAlloc, const N: usize> CachedBox<'_, '_, T, A, N> {
     }
 }
 
-impl<T, A: GlobalAlloc, const N: usize> Deref for CachedBox<'_, '_, T, A, N> {
+impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Deref for CachedBox<'_, '_, T, A, N, L> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the box owns an initialised `T`.
@@ -268,20 +279,22 @@ impl<T, A: GlobalAlloc, const N: usize> Deref for CachedBox<'_, '_, T, A, N> {
     }
 }
 
-impl<T, A: GlobalAlloc, const N: usize> DerefMut for CachedBox<'_, '_, T, A, N> {
+impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> DerefMut for CachedBox<'_, '_, T, A, N, L> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the box owns an initialised `T`, uniquely.
         unsafe { self.ptr.as_mut() }
     }
 }
 
-impl<T: fmt::Debug, A: GlobalAlloc, const N: usize> fmt::Debug for CachedBox<'_, '_, T, A, N> {
+impl<T: fmt::Debug, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> fmt::Debug
+    for CachedBox<'_, '_, T, A, N, L>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
     }
 }
 
-impl<T, A: GlobalAlloc, const N: usize> Drop for CachedBox<'_, '_, T, A, N> {
+impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Drop for CachedBox<'_, '_, T, A, N, L> {
     fn drop(&mut self) {
         // SAFETY: the value is initialised and dropped once; the block came
         // from the cache.
@@ -293,6 +306,12 @@ impl<T, A: GlobalAlloc, const N: usize> Drop for CachedBox<'_, '_, T, A, N> {
 }
 
 // SAFETY: the box owns its `T` uniquely, like `Box<T>`.
-unsafe impl<T: Send, A: GlobalAlloc + Sync, const N: usize> Send for CachedBox<'_, '_, T, A, N> {}
+unsafe impl<T: Send, A: GlobalAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Send
+    for CachedBox<'_, '_, T, A, N, L>
+{
+}
 // SAFETY: shared access only hands out `&T`.
-unsafe impl<T: Sync, A: GlobalAlloc + Sync, const N: usize> Sync for CachedBox<'_, '_, T, A, N> {}
+unsafe impl<T: Sync, A: GlobalAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Sync
+    for CachedBox<'_, '_, T, A, N, L>
+{
+}

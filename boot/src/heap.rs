@@ -103,5 +103,6 @@ pub enum TaskState {
     Exited,
 }
 
-/// The typed cache of [`Task`] records: up to 64 freed records are kept.
-pub static TASKS: ObjectCache<'static, Task, KernelHeap, 64> = ObjectCache::new(&HEAP);
+/// The typed cache of [`Task`] records: up to 64 freed records are kept,
+/// behind an interrupt-masking lock (the timer handler uses the cache).
+pub static TASKS: ObjectCache<'static, Task, KernelHeap, 64, IrqSpinLock> = ObjectCache::new(&HEAP);
