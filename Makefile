@@ -2,8 +2,9 @@
 CARGO ?= cargo
 KERNEL_TARGET := x86_64-unknown-none
 FIRMWARE_TARGET := thumbv7em-none-eabihf
+FIRMWARE_V6_TARGET := thumbv6m-none-eabi
 
-.PHONY: help deps run test test-host test-kernel check fmt clippy build doc bench clean
+.PHONY: help deps run test test-host test-kernel test-firmware check fmt clippy build doc bench firmware-size clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -14,7 +15,7 @@ deps: ## Install what is missing: Rust targets/components, QEMU (apt-get)
 run: deps ## Boot the kernel in QEMU: boot report of every layer, then exit
 	$(CARGO) krun
 
-test: deps test-host test-kernel ## Every test: host unit/integration tests, then the QEMU suites
+test: deps test-host test-kernel test-firmware ## Every test: host tests, the kernel suites in QEMU, the firmware in QEMU
 	@echo "make test: all suites passed"
 
 test-host: ## Host tests (plain `cargo test` at the root)
@@ -22,6 +23,9 @@ test-host: ## Host tests (plain `cargo test` at the root)
 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest
+
+test-firmware: ## The Cortex-M4F firmware on qemu-system-arm (mps2-an386); fails if any check fails
+	$(CARGO) fwrun
 
 check: deps fmt clippy build doc ## fmt, clippy and builds for every target
 
@@ -32,12 +36,17 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy -p strata-boot --target $(KERNEL_TARGET) --bins --tests -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --target $(FIRMWARE_TARGET) -- -D warnings
+	$(CARGO) clippy --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET) -- -D warnings
+	$(CARGO) clippy -p strata-firmware --target $(FIRMWARE_TARGET) --bins -- -D warnings
 	$(CARGO) clippy -p strata-bench --all-targets -- -D warnings
 
 build: ## Build the library for host, kernel and firmware targets, and the kernel
 	$(CARGO) build --lib
 	$(CARGO) build --lib --target $(KERNEL_TARGET)
 	$(CARGO) build --lib --no-default-features --target $(FIRMWARE_TARGET)
+	$(CARGO) build --lib --no-default-features --features critical-section --target $(FIRMWARE_TARGET)
+	$(CARGO) build --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET)
+	$(CARGO) build -p strata-firmware --target $(FIRMWARE_TARGET) --bins
 	$(CARGO) kbuild
 
 doc: ## API docs (the README is the crate docs), warnings denied
@@ -47,6 +56,9 @@ bench: ## Benchmarks against the peers (release build; wall time and heap effici
 	$(CARGO) run --release -p strata-bench --bin strata-bench
 	$(CARGO) run --release -p strata-bench --bin threads-system
 	$(CARGO) run --release -p strata-bench --bin threads-strata
+
+firmware-size: ## .text of a minimal firmware with strata, linked_list_allocator, embedded-alloc
+	@bash scripts/firmware-size.sh
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -28,9 +28,10 @@ use core::marker::PhantomData;
 use core::mem::{ManuallyDrop, MaybeUninit, align_of, size_of};
 use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
 use crate::front::DefaultLock;
+use crate::sync::AtomicUsize;
 
 /// Why a cache could not provide a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

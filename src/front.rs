@@ -15,8 +15,8 @@
 //! **Out of memory.** When layer 0 cannot get pages, the front door gives
 //! layer +2's spare arena back to the page source and retries once.
 //!
-//! **Routing.** A request of at most 512 bytes aligned to at most 16 goes to
-//! layer +2; if +2 cannot get an arena it falls back to layer 0 (counted).
+//! **Routing.** A request of at most 512 bytes (less on heaps under 1 MiB,
+//! see [`Geometry::for_window`]) aligned to at most 16 goes to layer +2; if +2 cannot get an arena it falls back to layer 0 (counted).
 //! Everything else goes to layer 0. A free is routed by *ownership*, never by
 //! the layout: +2 owns exactly the blocks in its arenas (an O(1) bitmap test),
 //! layer 0 checks its segments and large mappings, and a pointer neither owns
@@ -33,11 +33,13 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::Ordering;
 
-use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator, SMALL_REQUEST_THRESHOLD};
+use crate::sync::AtomicBool;
+
+use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator};
 use crate::segment::{self, Config, MAX_LARGE, MAX_SEGMENTS, SegmentAllocator};
-use crate::source::{PageSource, RegionSource};
+use crate::source::{PageSource, PagesError, RegionSource};
 
 /// Why an allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,9 +127,42 @@ impl<S, const SEGMENTS: usize, const LARGE: usize> fmt::Debug for Heap<S, SEGMEN
     }
 }
 
-#[inline]
-fn is_small(layout: Layout) -> bool {
-    layout.size() <= SMALL_REQUEST_THRESHOLD && layout.align() <= ALIGNMENT
+/// Where layer +2 takes its arenas: the page source, or (on small heaps,
+/// [`Config::arenas_in_segments`]) layer 0.
+struct ArenaPages<'a, S, const SEGMENTS: usize, const LARGE: usize> {
+    segment: &'a mut SegmentAllocator<SEGMENTS, LARGE>,
+    source: &'a mut S,
+}
+
+// SAFETY: either the page source's own promise, or blocks of layer 0, which
+// lie in segments of that same source's window, are aligned as asked (the
+// layout carries the alignment), and are ours until given back.
+unsafe impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> PageSource
+    for ArenaPages<'_, S, SEGMENTS, LARGE>
+{
+    fn window(&self) -> (usize, usize) {
+        self.source.window()
+    }
+
+    fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError> {
+        if !self.segment.config().arenas_in_segments {
+            return self.source.allocate_pages(size, align);
+        }
+        let layout =
+            Layout::from_size_align(size, align).map_err(|_| PagesError::InvalidRequest { size, align })?;
+        self.segment.allocate(layout, self.source).map_err(|_| PagesError::Exhausted { size, align })
+    }
+
+    unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
+        if !self.segment.config().arenas_in_segments {
+            // SAFETY: forwarded contract.
+            return unsafe { self.source.deallocate_pages(ptr, size) };
+        }
+        // Arenas are aligned to their size; layer 0 needs only the size back.
+        let layout = Layout::from_size_align(size, size).expect("arena layout");
+        // SAFETY: the arena came from `allocate` with this layout.
+        unsafe { self.segment.deallocate(ptr, layout, self.source) }.expect("arena block of layer 0");
+    }
 }
 
 impl Heap<RegionSource> {
@@ -193,8 +228,10 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
     /// Allocates a block for `layout`.
     #[inline]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        if is_small(layout) {
-            match self.object.allocate(layout.size(), layout.align(), &mut self.source) {
+        // `size - 1 < threshold`: sizes 1..=threshold; 0 and an off layer (0) skip it.
+        if layout.size().wrapping_sub(1) < self.object.threshold() && layout.align() <= ALIGNMENT {
+            let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+            match self.object.allocate(layout.size(), layout.align(), &mut pages) {
                 Ok(p) => return Ok(p),
                 Err(_) => self.stats.small_fallbacks += 1,
             }
@@ -202,7 +239,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         match self.segment.allocate(layout, &mut self.source) {
             Ok(p) => Ok(p),
             // Out of pages: the spare arena is worth more to layer 0 now.
-            Err(_) if self.object.trim(&mut self.source) > 0 => {
+            Err(_) if self.trim_arenas() > 0 => {
                 self.segment.allocate(layout, &mut self.source).map_err(AllocError::Segment)
             }
             Err(e) => Err(AllocError::Segment(e)),
@@ -232,9 +269,10 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
     #[inline]
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), DeallocateError> {
         if self.object.owns(ptr.as_ptr()) {
+            let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
             // SAFETY: the block lies in a +2 arena and the caller promises it
             // is live.
-            unsafe { self.object.deallocate(ptr, &mut self.source) };
+            unsafe { self.object.deallocate(ptr, &mut pages) };
             return Ok(());
         }
         // SAFETY: forwarded contract; layer 0 refuses what it does not own.
@@ -281,7 +319,13 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
     /// layer 0's bins (like `malloc_trim`). Returns how many arenas and
     /// segments went back.
     pub fn trim(&mut self) -> (usize, usize) {
-        (self.object.trim(&mut self.source), self.segment.trim(&mut self.source))
+        let arenas = self.trim_arenas();
+        (arenas, self.segment.trim(&mut self.source))
+    }
+
+    fn trim_arenas(&mut self) -> usize {
+        let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+        self.object.trim(&mut pages)
     }
 
     /// Counters of every layer.
@@ -312,14 +356,19 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
 
 /// How a waiter for the heap lock passes time: yielding to the OS with the
 /// `std` feature, spinning otherwise.
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(feature = "critical-section")))]
 type Relax = spin::Yield;
-#[cfg(not(feature = "std"))]
+#[cfg(all(not(feature = "std"), not(feature = "critical-section")))]
 type Relax = spin::Spin;
 
 /// The lock [`LockedHeap`] uses unless told otherwise: a spin lock (which
 /// yields to the OS scheduler with the `std` feature).
+#[cfg(not(feature = "critical-section"))]
 pub type DefaultLock = spin::mutex::SpinMutex<(), Relax>;
+/// The lock [`LockedHeap`] uses unless told otherwise: with the
+/// `critical-section` feature, a critical section.
+#[cfg(feature = "critical-section")]
+pub type DefaultLock = crate::sync::CriticalSectionLock;
 
 /// strata's allocator stack behind a lock: a drop-in replacement for
 /// `linked_list_allocator::LockedHeap`.

@@ -14,6 +14,7 @@ pub mod front;
 pub mod object;
 pub mod segment;
 pub mod source;
+pub mod sync;
 
 pub use cache::ObjectCache;
 pub use front::{Heap, Layer, LockedHeap};

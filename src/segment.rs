@@ -64,23 +64,6 @@ pub const BINS: usize = BIN_MAX / BIN_GRANULE;
 /// Most blocks kept in one bin.
 pub const BIN_DEPTH: u32 = 16;
 
-/// The bin serving `layout`, if it is binned.
-#[inline]
-fn bin_of(layout: Layout) -> Option<usize> {
-    (layout.size() <= BIN_MAX && layout.align() <= 16).then(|| layout.size().saturating_sub(1) / BIN_GRANULE)
-}
-
-/// The layout actually asked of a segment heap for `layout`: binned requests
-/// are rounded up to their bin, so every block of a bin is interchangeable.
-#[inline]
-fn effective(layout: Layout) -> Layout {
-    match bin_of(layout) {
-        // SAFETY: a multiple of 16 up to BIN_MAX with alignment 16 is valid.
-        Some(bin) => unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 16) },
-        None => layout,
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Bin {
     head: *mut u8,
@@ -96,14 +79,31 @@ pub struct Config {
     pub large_threshold: usize,
     /// Most bytes kept in bins.
     pub bin_budget: usize,
+    /// Whether layer +2 takes its arenas from this layer instead of from the
+    /// page source (on small heaps, so no page is split between the two).
+    pub arenas_in_segments: bool,
 }
 
 impl Config {
-    /// Tunables for a page source whose window is `window_len` bytes: segments
-    /// of 1/16 of the window (4 KiB to 1 MiB), and a large threshold of
-    /// 128 KiB (glibc's default mmap threshold) or 1/8 of the window on small
-    /// heaps.
+    /// Tunables for a page source whose window is `window_len` bytes.
+    ///
+    /// From 1 MiB up: segments of 1/16 of the window (at most 1 MiB), a large
+    /// threshold of 128 KiB (glibc's default mmap threshold), bins of 1/64 of
+    /// the window (at most 2 MiB), arenas straight from the page source.
+    ///
+    /// Under 1 MiB (firmware heaps), pages are too coarse to share out: the
+    /// first segment takes the whole window, there are no large mappings, and
+    /// layer +2 takes its arenas from this layer, like CPython taking arenas
+    /// from `malloc` where it has no `mmap`.
     pub const fn for_window(window_len: usize) -> Self {
+        if window_len < 1 << 20 {
+            return Self {
+                segment_min: window_len,
+                large_threshold: usize::MAX,
+                bin_budget: 0,
+                arenas_in_segments: true,
+            };
+        }
         let mut segment_min = (window_len / 16) & !(PAGE_SIZE - 1);
         if segment_min < PAGE_SIZE {
             segment_min = PAGE_SIZE;
@@ -126,7 +126,7 @@ impl Config {
         if bin_budget > 2 << 20 {
             bin_budget = 2 << 20;
         }
-        Self { segment_min, large_threshold, bin_budget }
+        Self { segment_min, large_threshold, bin_budget, arenas_in_segments: false }
     }
 }
 
@@ -281,6 +281,26 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         self.config
     }
 
+    /// The bin serving `layout`, if it is binned (never when the bin budget
+    /// is 0).
+    #[inline]
+    fn bin_of(&self, layout: Layout) -> Option<usize> {
+        (layout.size() <= BIN_MAX && layout.align() <= 16 && self.config.bin_budget > 0)
+            .then(|| layout.size().saturating_sub(1) / BIN_GRANULE)
+    }
+
+    /// The layout actually asked of a segment heap for `layout`: binned
+    /// requests are rounded up to their bin, so every block of a bin is
+    /// interchangeable.
+    #[inline]
+    fn effective(&self, layout: Layout) -> Layout {
+        match self.bin_of(layout) {
+            // SAFETY: a multiple of 16 up to BIN_MAX with alignment 16 is valid.
+            Some(bin) => unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 16) },
+            None => layout,
+        }
+    }
+
     /// Allocates a block for `layout`, growing from `source` when needed.
     #[inline]
     pub fn allocate(
@@ -288,7 +308,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
-        if let Some(bin) = bin_of(layout) {
+        if let Some(bin) = self.bin_of(layout) {
             let b = &mut self.bins[bin];
             if let Some(block) = NonNull::new(b.head) {
                 // SAFETY: binned blocks hold the next link in their first word.
@@ -299,8 +319,8 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
                 return Ok(block);
             }
         }
-        match self.allocate_slow(effective(layout), source) {
-            Err(_) if self.flush_bins(source) > 0 => self.allocate_slow(effective(layout), source),
+        match self.allocate_slow(self.effective(layout), source) {
+            Err(_) if self.flush_bins(source) > 0 => self.allocate_slow(self.effective(layout), source),
             result => result,
         }
     }
@@ -369,12 +389,14 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         // first-fit list's minimum hole on each side.
         let need = layout.size().saturating_add(layout.align()).saturating_add(64);
         let exhausted = |source| AllocateError::OutOfMemory { layout, source };
-        let need =
-            pages_for(need).ok_or(exhausted(PagesError::Exhausted { size: need, align: PAGE_SIZE }))?;
-        let want = need.max(self.config.segment_min);
-        let (ptr, size) = match source.allocate_pages(want, PAGE_SIZE) {
+        let granule = source.granularity();
+        let need = need
+            .checked_next_multiple_of(granule)
+            .ok_or(exhausted(PagesError::Exhausted { size: need, align: granule }))?;
+        let want = need.max(self.config.segment_min & !(granule - 1));
+        let (ptr, size) = match source.allocate_pages(want, granule) {
             Ok(p) => (p, want),
-            Err(_) if want > need => (source.allocate_pages(need, PAGE_SIZE).map_err(exhausted)?, need),
+            Err(_) if want > need => (source.allocate_pages(need, granule).map_err(exhausted)?, need),
             Err(e) => return Err(exhausted(e)),
         };
         let start = ptr.as_ptr() as usize;
@@ -436,7 +458,8 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         if self.large_of(ptr as usize).is_some() {
             return pages_for(old.size()) == pages_for(new.size());
         }
-        bin_of(old).is_some() == bin_of(new).is_some() && lla_size(effective(old)) == lla_size(effective(new))
+        self.bin_of(old).is_some() == self.bin_of(new).is_some()
+            && lla_size(self.effective(old)) == lla_size(self.effective(new))
     }
 
     /// Gives every binned block back to its segment heap. Returns how many.
@@ -476,7 +499,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
     ) -> Result<(), DeallocateError> {
         let addr = ptr.as_ptr() as usize;
         if let Some(i) = self.segment_of(addr) {
-            if let Some(bin) = bin_of(layout) {
+            if let Some(bin) = self.bin_of(layout) {
                 let b = &mut self.bins[bin];
                 let size = (bin + 1) * BIN_GRANULE;
                 if b.len < BIN_DEPTH && self.binned_bytes + size <= self.config.bin_budget {
@@ -490,7 +513,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
             }
             // SAFETY: the block lies in segment `i`, and the caller promises it
             // is live and was allocated with `layout` (so with `effective`).
-            unsafe { self.segments[i].heap.deallocate(ptr, effective(layout)) };
+            unsafe { self.segments[i].heap.deallocate(ptr, self.effective(layout)) };
             if self.segments[i].heap.used() == 0 {
                 self.release_if_spare(i, source);
             }

@@ -19,8 +19,13 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
-/// Size of the pages every source hands out.
+/// Size of a page: the granularity of the VMM, and the default granularity
+/// of every page source.
 pub const PAGE_SIZE: usize = 4096;
+/// The granularity of a [`RegionSource`]: a region has no page tables, so it
+/// hands out any multiple of 16 bytes, and a small firmware heap loses
+/// nothing to page rounding.
+pub const REGION_GRANULE: usize = 16;
 
 /// Why a page source could not provide pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +74,15 @@ pub unsafe trait PageSource {
     /// The address range `[start, start + len)` all pages of this source lie in.
     fn window(&self) -> (usize, usize);
 
-    /// Reserves and maps `size` bytes (a multiple of [`PAGE_SIZE`]) aligned to
-    /// `align` (a power of two, at least [`PAGE_SIZE`]).
+    /// The source's granularity: a power of two, at least 16. Requests are
+    /// multiples of it and aligned to at least it. [`PAGE_SIZE`] by default.
+    fn granularity(&self) -> usize {
+        PAGE_SIZE
+    }
+
+    /// Reserves and maps `size` bytes (a multiple of the
+    /// [`granularity`](Self::granularity)) aligned to `align` (a power of
+    /// two, at least the granularity).
     fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError>;
 
     /// Gives pages back to the source.
@@ -90,9 +102,9 @@ pub unsafe trait PageSource {
     }
 }
 
-fn check_request(size: usize, align: usize) -> Result<Layout, PagesError> {
+fn check_request(size: usize, align: usize, granule: usize) -> Result<Layout, PagesError> {
     let invalid = PagesError::InvalidRequest { size, align };
-    if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() || align < PAGE_SIZE {
+    if size == 0 || !size.is_multiple_of(granule) || !align.is_power_of_two() || align < granule {
         return Err(invalid);
     }
     Layout::from_size_align(size, align).map_err(|_| invalid)
@@ -100,10 +112,11 @@ fn check_request(size: usize, align: usize) -> Result<Layout, PagesError> {
 
 /// A page source over one caller-provided region of memory.
 ///
-/// Free page runs are kept sorted and coalesced in a first-fit list stored in
-/// the free pages themselves (`linked_list_allocator::Heap`), so the source
-/// needs no memory of its own; allocation and free are O(free runs), which is
-/// fine for the rare, coarse requests of segments and arenas.
+/// Free runs are kept sorted and coalesced in a first-fit list stored in the
+/// free memory itself (`linked_list_allocator::Heap`), so the source needs no
+/// memory of its own; allocation and free are O(free runs), which is fine for
+/// the rare, coarse requests of segments and arenas. Its granularity is
+/// [`REGION_GRANULE`], not a page: the region is used to its last 16 bytes.
 pub struct RegionSource {
     pages: linked_list_allocator::Heap,
     window: (usize, usize),
@@ -119,7 +132,7 @@ impl fmt::Debug for RegionSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegionSource")
             .field("window", &format_args!("{:#x}+{:#x}", self.window.0, self.window.1))
-            .field("pages_out", &(self.mapped / PAGE_SIZE))
+            .field("bytes_out", &self.mapped)
             .finish()
     }
 }
@@ -130,7 +143,8 @@ impl RegionSource {
         Self { pages: linked_list_allocator::Heap::empty(), window: (0, 0), mapped: 0, high_water: 0 }
     }
 
-    /// A source over `[start, start + size)`, trimmed inwards to whole pages.
+    /// A source over `[start, start + size)`, trimmed inwards to 16-byte
+    /// boundaries.
     ///
     /// # Safety
     ///
@@ -138,9 +152,9 @@ impl RegionSource {
     /// else for as long as the source or any page taken from it lives.
     pub unsafe fn new(start: *mut u8, size: usize) -> Self {
         let addr = start as usize;
-        let first = addr.next_multiple_of(PAGE_SIZE);
-        let end = addr.saturating_add(size) & !(PAGE_SIZE - 1);
-        if end <= first {
+        let first = addr.next_multiple_of(REGION_GRANULE);
+        let end = addr.saturating_add(size) & !(REGION_GRANULE - 1);
+        if end <= first + REGION_GRANULE {
             return Self::empty();
         }
         // SAFETY: the caller gives us the region; `first..end` lies inside it.
@@ -167,8 +181,12 @@ unsafe impl PageSource for RegionSource {
         self.window
     }
 
+    fn granularity(&self) -> usize {
+        REGION_GRANULE
+    }
+
     fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError> {
-        let layout = check_request(size, align)?;
+        let layout = check_request(size, align, REGION_GRANULE)?;
         let ptr =
             self.pages.allocate_first_fit(layout).map_err(|()| PagesError::Exhausted { size, align })?;
         self.mapped += size;
@@ -181,9 +199,9 @@ unsafe impl PageSource for RegionSource {
     }
 
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
-        let layout = Layout::from_size_align(size, PAGE_SIZE).expect("a whole number of pages");
-        // SAFETY: the caller returns pages from one earlier allocation of this
-        // size; the page list needs only the size, not the alignment.
+        let layout = Layout::from_size_align(size, REGION_GRANULE).expect("a whole number of granules");
+        // SAFETY: the caller returns memory from one earlier allocation of
+        // this size; the free list needs only the size, not the alignment.
         unsafe { self.pages.deallocate(ptr, layout) };
         self.mapped -= size;
     }
@@ -201,8 +219,8 @@ mod tests {
         // SAFETY: the buffer outlives the source and is used by nothing else.
         let mut src = unsafe { RegionSource::new(buf.as_mut_ptr().wrapping_add(3), buf.len() - 3) };
         let (start, len) = src.window();
-        assert_eq!(start % PAGE_SIZE, 0);
-        assert!((63 * PAGE_SIZE..=64 * PAGE_SIZE).contains(&len));
+        assert_eq!(start % REGION_GRANULE, 0);
+        assert!(len >= 64 * PAGE_SIZE + 100 - 3 - 2 * REGION_GRANULE, "more than the edges trimmed: {len}");
         let a = src.allocate_pages(PAGE_SIZE, PAGE_SIZE).unwrap();
         let b = src.allocate_pages(8 * PAGE_SIZE, 8 * PAGE_SIZE).unwrap();
         assert_eq!(b.as_ptr() as usize % (8 * PAGE_SIZE), 0, "alignment ignored");
@@ -216,7 +234,7 @@ mod tests {
         }
         assert_eq!(src.bytes_out(), 0);
         // Everything coalesced: the whole window is one run again.
-        let all = src.allocate_pages(len, PAGE_SIZE).unwrap();
+        let all = src.allocate_pages(len, REGION_GRANULE).unwrap();
         assert_eq!(all.as_ptr() as usize, start);
     }
 }

@@ -21,9 +21,12 @@ fn layout(size: usize, align: usize) -> Layout {
 #[test]
 fn geometry_scales_with_the_window() {
     let g = Geometry::for_window(64 << 10);
-    assert!(g.arena_size() <= 8 << 10, "a 64 KiB heap swallowed by one arena: {g:?}");
+    assert_eq!(g.threshold, 0, "under 256 KiB layer +2 is off: first fit serves everything");
+    let g = Geometry::for_window(512 << 10);
+    assert!(g.arena_size() <= 8 << 10, "a 512 KiB heap swallowed by one arena: {g:?}");
     assert!(g.pools_per_arena() >= 4);
-    assert!(g.pool_size() >= 2048, "pools must hold two 512-byte blocks");
+    assert!(g.pool_size() >= 96 + 2 * g.threshold, "pools must hold two of their largest blocks");
+    assert_eq!(g.threshold, 256, "a small heap serves only small requests from pools");
     let big = Geometry::for_window(512 << 20);
     assert_eq!(
         (big.arena_shift, big.pool_shift),
@@ -72,7 +75,7 @@ fn blocks_are_carved_lazily_and_each_pool_serves_one_class() {
 #[test]
 fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
     // 16 KiB arenas of four 4 KiB pools; 512-byte blocks: 7 per pool, 28 per arena.
-    let g = Geometry { arena_shift: 14, pool_shift: 12, class_shift: 4 };
+    let g = Geometry { arena_shift: 14, pool_shift: 12, class_shift: 4, threshold: 512 };
     let region = Region::new(1 << 20);
     let mut src = region.source();
     let mut obj = ObjectAllocator::new(g, src.window());
@@ -153,7 +156,12 @@ fn large_requests_get_their_own_pages_and_give_them_back() {
 fn segments_grow_on_demand_and_empty_ones_go_back_but_one() {
     let region = Region::new(16 << 20);
     let mut src = region.source();
-    let config = Config { segment_min: 64 << 10, large_threshold: 1 << 20, bin_budget: 64 << 10 };
+    let config = Config {
+        segment_min: 64 << 10,
+        large_threshold: 1 << 20,
+        bin_budget: 64 << 10,
+        arenas_in_segments: false,
+    };
     let mut seg = SegmentAllocator::new(config);
     assert_eq!(seg.stats().segments, 0, "no memory taken before the first request");
     let blocks: Vec<NonNull<u8>> =
@@ -207,7 +215,7 @@ fn the_front_door_routes_by_size_alignment_and_ownership() {
     let aligned = heap.allocate(layout(64, 64)).unwrap();
     let zero = heap.allocate(layout(0, 1)).unwrap();
     assert_eq!(heap.owner(small.as_ptr()), Some(Layer::Object));
-    assert_eq!(heap.owner(zero.as_ptr()), Some(Layer::Object));
+    assert_eq!(heap.owner(zero.as_ptr()), Some(Layer::Segment), "zero-byte requests go to layer 0");
     assert_eq!(heap.owner(over.as_ptr()), Some(Layer::Segment));
     assert_eq!(heap.owner(aligned.as_ptr()), Some(Layer::Segment));
     assert_eq!(aligned.as_ptr() as usize % 64, 0);
@@ -286,7 +294,15 @@ fn out_of_memory_is_a_counted_null_and_the_heap_recovers() {
 #[test]
 fn small_requests_fall_back_to_layer_0_when_no_arena_fits() {
     let region = Region::new(64 << 10);
-    let mut heap = Heap::new(region.source());
+    // Arenas from the page source (as on large heaps), segments page by page.
+    let geometry = Geometry { arena_shift: 13, pool_shift: 11, class_shift: 4, threshold: 256 };
+    let config = Config {
+        segment_min: 4096,
+        large_threshold: usize::MAX,
+        bin_budget: 1024,
+        arenas_in_segments: false,
+    };
+    let mut heap = Heap::with_geometry(region.source(), geometry, config);
     // Take most pages with segment blocks, so no 8 KiB arena fits any more.
     let mut big = Vec::new();
     while let Ok(p) = heap.allocate(layout(3000, 8)) {

@@ -1,0 +1,73 @@
+//! Locks and atomics shared by the layers.
+//!
+//! The default heap lock is a spin lock; with the `critical-section` feature
+//! it is `CriticalSectionLock`, and atomics come from `portable-atomic`, so
+//! that the crate builds for cores without compare-and-swap (thumbv6m).
+
+#[cfg(not(feature = "critical-section"))]
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicUsize};
+#[cfg(feature = "critical-section")]
+pub(crate) use portable_atomic::{AtomicBool, AtomicUsize};
+
+/// A lock held inside a critical section: for single-core microcontrollers,
+/// where masking interrupts is what keeps an interrupt handler that allocates
+/// from deadlocking against the code it interrupted.
+///
+/// Taking the lock enters a critical section (`critical_section::acquire`),
+/// releasing it leaves it, restoring the interrupt state found on entry.
+/// Re-entering the lock from inside (an allocation from within the
+/// allocator) would be a bug, and panics.
+#[cfg(feature = "critical-section")]
+#[derive(Debug)]
+pub struct CriticalSectionLock {
+    locked: core::cell::Cell<bool>,
+    restore: core::cell::Cell<critical_section::RestoreState>,
+}
+
+// SAFETY: both cells are only touched while the critical section is held,
+// which excludes every other context.
+#[cfg(feature = "critical-section")]
+unsafe impl Sync for CriticalSectionLock {}
+
+// SAFETY: `lock` returns inside a critical section with `locked` set; no other
+// context can run until `unlock` leaves it, so there is one holder at a time.
+#[cfg(feature = "critical-section")]
+unsafe impl lock_api::RawMutex for CriticalSectionLock {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = Self {
+        locked: core::cell::Cell::new(false),
+        restore: core::cell::Cell::new(critical_section::RestoreState::invalid()),
+    };
+
+    // The critical section belongs to the context that entered it.
+    type GuardMarker = lock_api::GuardNoSend;
+
+    fn lock(&self) {
+        assert!(self.try_lock(), "strata: heap lock re-entered from inside the allocator");
+    }
+
+    fn try_lock(&self) -> bool {
+        // SAFETY: released in `unlock`, or right below when the lock is taken.
+        let restore = unsafe { critical_section::acquire() };
+        if self.locked.get() {
+            // SAFETY: `restore` came from the `acquire` just above.
+            unsafe { critical_section::release(restore) };
+            return false;
+        }
+        self.locked.set(true);
+        self.restore.set(restore);
+        true
+    }
+
+    unsafe fn unlock(&self) {
+        let restore = self.restore.get();
+        self.locked.set(false);
+        // SAFETY: the holder's `acquire` produced `restore`; critical sections
+        // nest, so releasing restores the state found when the lock was taken.
+        unsafe { critical_section::release(restore) };
+    }
+
+    fn is_locked(&self) -> bool {
+        critical_section::with(|_| self.locked.get())
+    }
+}
