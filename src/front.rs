@@ -150,7 +150,7 @@ unsafe impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> PageSource
         }
         let layout =
             Layout::from_size_align(size, align).map_err(|_| PagesError::InvalidRequest { size, align })?;
-        self.segment.allocate(layout, self.source).map_err(|_| PagesError::Exhausted { size, align })
+        self.segment.allocate_exact(layout, self.source).map_err(|_| PagesError::Exhausted { size, align })
     }
 
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
@@ -160,8 +160,8 @@ unsafe impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> PageSource
         }
         // Arenas are aligned to their size; layer 0 needs only the size back.
         let layout = Layout::from_size_align(size, size).expect("arena layout");
-        // SAFETY: the arena came from `allocate` with this layout.
-        unsafe { self.segment.deallocate(ptr, layout, self.source) }.expect("arena block of layer 0");
+        // SAFETY: the arena came from `allocate_exact` with this layout.
+        unsafe { self.segment.deallocate_exact(ptr, layout, self.source) }.expect("arena block of layer 0");
     }
 }
 

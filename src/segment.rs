@@ -23,7 +23,8 @@
 //!
 //! **Bins.** In front of the first-fit heaps sit bounded LIFO bins for
 //! blocks of up to [`BIN_MAX`] bytes aligned to at most 16, in steps of
-//! [`BIN_GRANULE`] (glibc's tcache does the same in front of its bins): such a
+//! [`BIN_GRANULE`] up to 4 KiB, 256 bytes up to 32 KiB and 2 KiB up to the
+//! large threshold (glibc's tcache does the same in front of its bins): such a
 //! request is rounded up to its bin's size, a freed block goes onto its bin
 //! (at most [`BIN_DEPTH`] deep, and at most [`Config::bin_budget`] bytes in
 //! all bins) and is reused in O(1). When the heaps and the
@@ -56,11 +57,46 @@ pub const MAX_SEGMENTS: usize = 32;
 pub const MAX_LARGE: usize = 64;
 
 /// Largest request kept in a bin.
-pub const BIN_MAX: usize = 4096;
+pub const BIN_MAX: usize = 128 << 10;
 /// Size step between bins.
 pub const BIN_GRANULE: usize = 16;
 /// Number of bins.
-pub const BINS: usize = BIN_MAX / BIN_GRANULE;
+pub const BINS: usize = 256 + 112 + 48;
+
+/// The bin of a `size`-byte request (`1..=BIN_MAX`): 16-byte steps to 4 KiB,
+/// 256-byte steps to 32 KiB, 2 KiB steps to 128 KiB (rounding costs at most
+/// 1/16 of a block, 1/64 on average).
+#[inline]
+const fn bin_index(size: usize) -> usize {
+    if size <= 4096 {
+        (size.saturating_sub(1)) / 16
+    } else if size <= 32 << 10 {
+        256 + (size - 4097) / 256
+    } else {
+        368 + (size - (32 << 10) - 1) / 2048
+    }
+}
+
+/// The block size of bin `bin`.
+#[inline]
+const fn bin_size(bin: usize) -> usize {
+    if bin < 256 {
+        (bin + 1) * 16
+    } else if bin < 368 {
+        4096 + (bin - 255) * 256
+    } else {
+        (32 << 10) + (bin - 367) * 2048
+    }
+}
+
+const _: () = {
+    let mut size = 1;
+    while size <= BIN_MAX {
+        let bin = bin_index(size);
+        assert!(bin < BINS && bin_size(bin) >= size && (bin == 0 || bin_size(bin - 1) < size));
+        size += 7;
+    }
+};
 /// Most blocks kept in one bin.
 pub const BIN_DEPTH: u32 = 16;
 
@@ -89,7 +125,7 @@ impl Config {
     ///
     /// From 1 MiB up: segments of 1/16 of the window (at most 1 MiB), a large
     /// threshold of 128 KiB (glibc's default mmap threshold), bins of 1/64 of
-    /// the window (at most 2 MiB), arenas straight from the page source.
+    /// the window (at most 8 MiB), arenas straight from the page source.
     ///
     /// Under 1 MiB (firmware heaps), pages are too coarse to share out: the
     /// first segment takes the whole window, there are no large mappings, and
@@ -118,13 +154,13 @@ impl Config {
         if large_threshold < PAGE_SIZE {
             large_threshold = PAGE_SIZE;
         }
-        // Bins may hold 1/64 of the window, between 1 KiB and 2 MiB.
-        let mut bin_budget = window_len / 64;
+        // Bins may hold 1/16 of the window, between 1 KiB and 8 MiB.
+        let mut bin_budget = window_len / 16;
         if bin_budget < 1024 {
             bin_budget = 1024;
         }
-        if bin_budget > 2 << 20 {
-            bin_budget = 2 << 20;
+        if bin_budget > 8 << 20 {
+            bin_budget = 8 << 20;
         }
         Self { segment_min, large_threshold, bin_budget, arenas_in_segments: false }
     }
@@ -285,25 +321,77 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
     /// is 0).
     #[inline]
     fn bin_of(&self, layout: Layout) -> Option<usize> {
-        (layout.size() <= BIN_MAX && layout.align() <= 16 && self.config.bin_budget > 0)
-            .then(|| layout.size().saturating_sub(1) / BIN_GRANULE)
+        // A bin's blocks must stay below the large threshold, or they would
+        // become large mappings.
+        if layout.size() > BIN_MAX || layout.align() > 16 || self.config.bin_budget == 0 {
+            return None;
+        }
+        let bin = bin_index(layout.size());
+        (bin_size(bin) < self.config.large_threshold).then_some(bin)
     }
 
     /// The layout actually asked of a segment heap for `layout`: binned
     /// requests are rounded up to their bin, so every block of a bin is
-    /// interchangeable.
+    /// interchangeable; every other request aligned to at most 16 is rounded
+    /// to a multiple of 16 and aligned to 16.
+    ///
+    /// Keeping every block of the first-fit heaps 16-granular matters:
+    /// `linked_list_allocator` rounds sizes to 8, and a 16-aligned request
+    /// after an 8-aligned end leaves a 24-byte hole too small to use, one
+    /// more for every such block, so its walks grow without bound.
     #[inline]
     fn effective(&self, layout: Layout) -> Layout {
         match self.bin_of(layout) {
-            // SAFETY: a multiple of 16 up to BIN_MAX with alignment 16 is valid.
-            Some(bin) => unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 16) },
+            // SAFETY: bin sizes are multiples of 16 up to BIN_MAX; alignment 16 is valid.
+            Some(bin) => unsafe { Layout::from_size_align_unchecked(bin_size(bin), 16) },
+            None if layout.align() <= 16 => {
+                Layout::from_size_align(layout.size().max(1).next_multiple_of(16), 16).unwrap_or(layout)
+            }
             None => layout,
         }
+    }
+
+    /// The layout asked of the heaps for an over-aligned request (aligned
+    /// above 16, below the large threshold): `size + align` bytes aligned to
+    /// 16, the aligned block placed inside with the origin in the word just
+    /// below it, as `aligned_alloc` is built on `malloc`. First fit never sees
+    /// an alignment, so it never leaves unusable padding holes behind (4096
+    /// requests of `Layout(1, 4096)` otherwise leave 4096 holes to walk).
+    #[inline]
+    fn padded(&self, layout: Layout) -> Option<Layout> {
+        if layout.align() <= 16 || layout.size() >= self.config.large_threshold {
+            return None;
+        }
+        let size = layout.size().checked_add(layout.align())?.checked_next_multiple_of(16)?;
+        // The inner block must stay in a segment (its free reads the origin
+        // word there), so it must stay below the large threshold too.
+        if size >= self.config.large_threshold {
+            return None;
+        }
+        Layout::from_size_align(size, 16).ok()
     }
 
     /// Allocates a block for `layout`, growing from `source` when needed.
     #[inline]
     pub fn allocate(
+        &mut self,
+        layout: Layout,
+        source: &mut impl PageSource,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        let Some(inner) = self.padded(layout) else { return self.allocate_exact(layout, source) };
+        let origin = self.allocate_exact(inner, source)?.as_ptr();
+        let aligned = (origin as usize + 8).next_multiple_of(layout.align());
+        // SAFETY: `origin` is 16-aligned, so `aligned - origin` is in
+        // `16..=align` and `[aligned - 8, aligned + size)` lies in the
+        // `size + align` bytes of the inner block.
+        unsafe { (aligned as *mut usize).sub(1).write(origin as usize) };
+        Ok(NonNull::new(aligned as *mut u8).expect("inside a live block"))
+    }
+
+    /// Allocates exactly `layout` from the heaps (no over-allocation for
+    /// alignment): how layer +2 takes its size-aligned arenas on small heaps.
+    #[inline]
+    pub fn allocate_exact(
         &mut self,
         layout: Layout,
         source: &mut impl PageSource,
@@ -315,7 +403,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
                 b.head = unsafe { *block.as_ptr().cast::<*mut u8>() };
                 b.len -= 1;
                 self.bin_hits += 1;
-                self.binned_bytes -= (bin + 1) * BIN_GRANULE;
+                self.binned_bytes -= bin_size(bin);
                 return Ok(block);
             }
         }
@@ -458,6 +546,11 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         if self.large_of(ptr as usize).is_some() {
             return pages_for(old.size()) == pages_for(new.size());
         }
+        match (self.padded(old), self.padded(new)) {
+            (Some(a), Some(b)) => return lla_size(self.effective(a)) == lla_size(self.effective(b)),
+            (None, None) => {}
+            _ => return false,
+        }
         self.bin_of(old).is_some() == self.bin_of(new).is_some()
             && lla_size(self.effective(old)) == lla_size(self.effective(new))
     }
@@ -466,8 +559,8 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
     pub fn flush_bins(&mut self, source: &mut impl PageSource) -> usize {
         let mut flushed = 0;
         for bin in 0..BINS {
-            // SAFETY: every block of a bin is 16·(bin+1) bytes, aligned to 16.
-            let layout = unsafe { Layout::from_size_align_unchecked((bin + 1) * BIN_GRANULE, 16) };
+            // SAFETY: every block of a bin is `bin_size(bin)` bytes, aligned to 16.
+            let layout = unsafe { Layout::from_size_align_unchecked(bin_size(bin), 16) };
             while let Some(block) = NonNull::new(self.bins[bin].head) {
                 // SAFETY: binned blocks hold the link in their first word.
                 self.bins[bin].head = unsafe { *block.as_ptr().cast::<*mut u8>() };
@@ -497,11 +590,40 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<(), DeallocateError> {
+        let Some(inner) = self.padded(layout) else {
+            // SAFETY: forwarded contract.
+            return unsafe { self.deallocate_exact(ptr, layout, source) };
+        };
+        let addr = ptr.as_ptr() as usize;
+        let refused = DeallocateError::NotOwned { ptr: addr };
+        let i = self.segment_of(addr).ok_or(refused)?;
+        // SAFETY: a block of segment `i` allocated over-aligned has its origin
+        // in the word below it, inside the same inner block.
+        let origin = unsafe { (addr as *const usize).sub(1).read() };
+        let (start, end) = (self.segments[i].start, self.segments[i].start + self.segments[i].size);
+        if origin < start || origin >= end || origin >= addr || addr - origin > layout.align() {
+            return Err(refused);
+        }
+        // SAFETY: `origin` is the inner block allocated with `inner`.
+        unsafe { self.deallocate_exact(NonNull::new_unchecked(origin as *mut u8), inner, source) }
+    }
+
+    /// Frees a block returned by [`allocate_exact`](Self::allocate_exact).
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate), with `allocate_exact`.
+    pub unsafe fn deallocate_exact(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        source: &mut impl PageSource,
+    ) -> Result<(), DeallocateError> {
         let addr = ptr.as_ptr() as usize;
         if let Some(i) = self.segment_of(addr) {
             if let Some(bin) = self.bin_of(layout) {
                 let b = &mut self.bins[bin];
-                let size = (bin + 1) * BIN_GRANULE;
+                let size = bin_size(bin);
                 if b.len < BIN_DEPTH && self.binned_bytes + size <= self.config.bin_budget {
                     // SAFETY: the block is ours again and at least 16 bytes.
                     unsafe { *ptr.as_ptr().cast::<*mut u8>() = b.head };

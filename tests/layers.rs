@@ -178,6 +178,8 @@ fn segments_grow_on_demand_and_empty_ones_go_back_but_one() {
         unsafe { seg.deallocate(p, layout(size, 8), &mut src).unwrap() };
         seg.check_invariants();
     }
+    // Binned blocks are a cache: flushed, they leave the spare rule to check.
+    seg.flush_bins(&mut src);
     let stats = seg.stats();
     assert_eq!(stats.segments, 1, "exactly one spare segment kept: {stats:?}");
     assert!(stats.segments_released >= 1);
@@ -339,4 +341,31 @@ fn a_second_init_panics() {
     let b = Box::leak(vec![std::mem::MaybeUninit::uninit(); 65536].into_boxed_slice());
     HEAP.init_from_slice(a);
     HEAP.init_from_slice(b);
+}
+
+#[test]
+fn over_aligned_requests_neither_leave_holes_nor_escape_their_segment() {
+    let region = Region::new(64 << 20);
+    let mut heap = Heap::new(region.source());
+    // 4096 × Layout(1, 4096): each block aligned, all freed cleanly, and no
+    // trail of unusable padding holes (the heap stays within ~2 pages each).
+    let l = layout(1, 4096);
+    let blocks: Vec<_> = (0..4096).map(|_| heap.allocate(l).unwrap()).collect();
+    assert!(blocks.iter().all(|p| (p.as_ptr() as usize).is_multiple_of(4096)));
+    assert!(heap.stats().segments.segment_bytes <= 4096 * 8192 + (1 << 20), "{:?}", heap.stats());
+    for p in blocks {
+        // SAFETY: live blocks with their layout.
+        unsafe { heap.deallocate(p, l) }.unwrap();
+    }
+    // Requests just under the large threshold with a large alignment: the
+    // padded block would cross the threshold, so it must not be padded.
+    let threshold = 128 << 10;
+    for (size, align) in [(threshold - 100, 4096), (threshold - 5000, 8192), (threshold - 16, 32)] {
+        let l = layout(size, align);
+        let p = heap.allocate(l).unwrap();
+        assert_eq!(p.as_ptr() as usize % align, 0);
+        // SAFETY: a live block with its layout.
+        unsafe { heap.deallocate(p, l) }.unwrap();
+    }
+    heap.check_invariants();
 }

@@ -73,6 +73,27 @@ pub struct Peer {
 pub const PEERS: [&str; 6] =
     ["strata", "talc", "rlsf", "buddy_system_allocator", "linked_list_allocator", "system"];
 
+/// The floor of any locked design: a bump allocator behind the same lock
+/// and `dyn` call, whose `dealloc` does nothing. Instructions per operation
+/// minus the floor's is what an allocator itself costs.
+pub struct LockedBump(spin::Mutex<(usize, usize)>);
+
+// SAFETY: hands out disjoint, aligned ranges of the region and never reuses them.
+unsafe impl GlobalAlloc for LockedBump {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut g = self.0.lock();
+        let start = g.0.next_multiple_of(layout.align());
+        match start.checked_add(layout.size()) {
+            Some(end) if end <= g.1 => {
+                g.0 = end;
+                start as *mut u8
+            }
+            _ => std::ptr::null_mut(),
+        }
+    }
+    unsafe fn dealloc(&self, _: *mut u8, _: Layout) {}
+}
+
 /// Builds the peer `name` over `region`.
 pub fn make_peer(name: &'static str, region: &Region) -> Peer {
     let (ptr, size) = (region.ptr(), region.size());
@@ -110,6 +131,7 @@ pub fn make_peer(name: &'static str, region: &Region) -> Peer {
             Box::new(unsafe { linked_list_allocator::LockedHeap::new(ptr, size) })
         }
         "system" => Box::new(System),
+        "bump" => Box::new(LockedBump(spin::Mutex::new((ptr as usize, ptr as usize + size)))),
         other => panic!("unknown peer {other}"),
     };
     let region = (name != "system").then_some((ptr as usize, size));
@@ -386,5 +408,112 @@ pub fn talc_fill(peer: &Peer, seed: u64) -> Outcome {
     }
     out.live_bytes = live.iter().map(|b| b.layout.size()).sum();
     free_all(peer, &mut live);
+    out
+}
+
+/// Pathological: 4096 × `Layout(1, 4096)`, allocated then freed (the case
+/// that costs first-fit allocators over 10 000 instructions per operation).
+pub fn page_aligned(peer: &Peer, _seed: u64, ops: usize) -> Outcome {
+    let layout = Layout::from_size_align(1, 4096).unwrap();
+    let mut out = Outcome::default();
+    let mut live = Vec::with_capacity(4096);
+    while out.ops < ops {
+        for _ in 0..4096 {
+            let p = peer.alloc(layout);
+            out.ops += 1;
+            if p.is_null() {
+                out.failures += 1;
+            } else {
+                live.push(Block { ptr: p, layout });
+            }
+        }
+        out.ops += live.len();
+        free_all(peer, &mut live);
+    }
+    out
+}
+
+/// Pathological: one size class fragmented — 10 000 blocks of 48 bytes, every
+/// other one freed, then 5 000 free/alloc pairs at random among the rest.
+pub fn fragmented_class(peer: &Peer, seed: u64, ops: usize) -> Outcome {
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    let mut rng = Rng(seed);
+    let mut out = Outcome::default();
+    while out.ops < ops {
+        let mut live: Vec<Block> = (0..10_000).map(|_| Block { ptr: peer.alloc(layout), layout }).collect();
+        out.ops += 10_000;
+        let mut kept = Vec::with_capacity(5_000);
+        for (i, b) in live.drain(..).enumerate() {
+            if i % 2 == 0 {
+                kept.push(b);
+            } else {
+                // SAFETY: a live block.
+                unsafe { peer.dealloc(b.ptr, b.layout) };
+                out.ops += 1;
+            }
+        }
+        for _ in 0..5_000 {
+            let j = rng.range(0, kept.len());
+            // SAFETY: a live block.
+            unsafe { peer.dealloc(kept[j].ptr, layout) };
+            let p = peer.alloc(layout);
+            if p.is_null() {
+                out.failures += 1;
+            }
+            kept[j] = Block { ptr: p, layout };
+            out.ops += 2;
+        }
+        out.ops += kept.len();
+        free_all(peer, &mut kept);
+    }
+    out
+}
+
+/// Pathological: the largest block that still fits in a fresh heap of
+/// `region` bytes, found by bisection; reported as `live_bytes`.
+pub fn largest_block(peer: &Peer, region: usize) -> Outcome {
+    let (mut lo, mut hi) = (0usize, region);
+    let mut out = Outcome::default();
+    while lo + 4096 < hi {
+        let mid = lo + (hi - lo) / 2;
+        let layout = Layout::from_size_align(mid, 8).unwrap();
+        let p = peer.alloc(layout);
+        out.ops += 1;
+        if p.is_null() {
+            hi = mid;
+        } else {
+            lo = mid;
+            // SAFETY: just allocated.
+            unsafe { peer.dealloc(p, layout) };
+            out.ops += 1;
+        }
+    }
+    out.live_bytes = lo;
+    out
+}
+
+/// Realloc growth of a `Vec` to 1 MiB: the capacity doubles through
+/// `realloc` from 8 bytes, as `Vec` grows; repeated.
+pub fn realloc_growth(peer: &Peer, _seed: u64, ops: usize) -> Outcome {
+    let mut out = Outcome::default();
+    while out.ops < ops {
+        let mut layout = Layout::from_size_align(8, 8).unwrap();
+        let mut p = peer.alloc(layout);
+        out.ops += 1;
+        while layout.size() < 1 << 20 {
+            let new = layout.size() * 2;
+            // SAFETY: a live block with `layout`.
+            let q = unsafe { peer.realloc(p, layout, new) };
+            out.ops += 1;
+            assert!(!q.is_null(), "{}: realloc growth failed", peer.name);
+            // SAFETY: the block is at least `new` bytes.
+            unsafe { q.add(new - 1).write(1) };
+            p = q;
+            layout = Layout::from_size_align(new, 8).unwrap();
+        }
+        // SAFETY: the live block.
+        unsafe { peer.dealloc(p, layout) };
+        out.ops += 1;
+    }
     out
 }

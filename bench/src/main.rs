@@ -1,39 +1,70 @@
-//! `make bench`: the workloads of `strata_bench` on every peer, same seeds,
-//! same region size, in one run; wall time per operation (median of several
-//! runs) and each peer's ratio to strata, plus heap efficiency.
+//! `make bench`: every workload on every peer, same seeds, same region size,
+//! in one run. Wall time per operation (median of several runs) with each
+//! peer's ratio to strata; instructions per operation under
+//! `valgrind --tool=callgrind` (deterministic on noisy machines); heap
+//! efficiency; threads; the goals of the benchmark issue checked. Writes
+//! `bench/RESULTS.md` and `bench/results.png`.
 //!
-//! `strata-bench --only PEER WORKLOAD OPS` runs one workload once, for
-//! `valgrind --tool=callgrind` instruction counts.
+//! `strata-bench --only PEER WORKLOAD OPS` runs one workload once (what the
+//! callgrind runs execute); `--quick` runs fewer operations and no callgrind.
 
+use std::fmt::Write as _;
+use std::process::Command;
 use std::time::Instant;
 
-use strata_bench::{PEERS, Peer, Region, cpython_churn, cpython_fill, make_peer, random_actions, talc_fill};
+use strata_bench::{
+    Outcome, PEERS, Peer, Region, cpython_churn, cpython_fill, fragmented_class, largest_block, make_peer,
+    page_aligned, random_actions, realloc_growth, talc_fill,
+};
 
 const REGION: usize = 128 << 20;
+const FILL_REGION: usize = 32 << 20;
 const SEED: u64 = 0x5eed_1234_abcd;
 
-type Workload = fn(&Peer, usize) -> strata_bench::Outcome;
+type Workload = fn(&Peer, usize) -> Outcome;
+type Fill = fn(&Peer, u64) -> Outcome;
 
-fn workloads() -> Vec<(&'static str, Workload)> {
+struct Spec {
+    name: &'static str,
+    run: Workload,
+    ops: usize,
+    pathological: bool,
+    callgrind: bool,
+}
+
+fn workloads() -> Vec<Spec> {
+    let w =
+        |name, run: Workload, ops, pathological, callgrind| Spec { name, run, ops, pathological, callgrind };
     vec![
-        ("cpython-churn", |p, n| cpython_churn(p, SEED, n)),
-        ("random-200", |p, n| random_actions(p, SEED, n, 200, false)),
-        ("random-200-realloc", |p, n| random_actions(p, SEED, n, 200, true)),
-        ("random-1000", |p, n| random_actions(p, SEED, n, 1000, false)),
-        ("random-10000", |p, n| random_actions(p, SEED, n, 10_000, false)),
-        ("random-30000-realloc", |p, n| random_actions(p, SEED, n, 30_000, true)),
+        w("cpython-churn", |p, n| cpython_churn(p, SEED, n), 1_000_000, false, true),
+        w("random-200", |p, n| random_actions(p, SEED, n, 200, false), 1_000_000, false, true),
+        w("random-200-realloc", |p, n| random_actions(p, SEED, n, 200, true), 1_000_000, false, true),
+        w("random-1000", |p, n| random_actions(p, SEED, n, 1000, false), 1_000_000, false, true),
+        w("random-1000-realloc", |p, n| random_actions(p, SEED, n, 1000, true), 1_000_000, false, false),
+        w("random-10000", |p, n| random_actions(p, SEED, n, 10_000, false), 300_000, false, false),
+        w("random-10000-realloc", |p, n| random_actions(p, SEED, n, 10_000, true), 300_000, false, false),
+        w("random-30000", |p, n| random_actions(p, SEED, n, 30_000, false), 300_000, false, false),
+        w("random-30000-realloc", |p, n| random_actions(p, SEED, n, 30_000, true), 300_000, false, false),
+        w("page-aligned 4096×(1,4096)", |p, n| page_aligned(p, SEED, n), 81_920, true, true),
+        w("fragmented-class", |p, n| fragmented_class(p, SEED, n), 300_000, true, true),
+        w("realloc-growth to 1 MiB", |p, n| realloc_growth(p, SEED, n), 18_000, true, false),
     ]
 }
 
-fn time_ns_per_op(peer_name: &'static str, w: Workload, ops: usize, runs: usize) -> f64 {
+/// linked_list_allocator is O(holes): run it on a tenth of the operations.
+fn ops_for(peer: &str, ops: usize) -> usize {
+    if peer == "linked_list_allocator" { (ops / 10).max(1) } else { ops }
+}
+
+fn time_ns_per_op(peer: &'static str, w: Workload, ops: usize, runs: usize) -> f64 {
     let mut samples: Vec<f64> = (0..runs)
         .map(|_| {
             let region = Region::new(REGION);
-            let peer = make_peer(peer_name, &region);
+            let p = make_peer(peer, &region);
             let start = Instant::now();
-            let out = w(&peer, ops);
+            let out = w(&p, ops);
             let ns = start.elapsed().as_nanos() as f64;
-            assert_eq!(out.failures, 0, "{peer_name} failed allocations");
+            assert_eq!(out.failures, 0, "{peer}: failed allocations");
             ns / out.ops as f64
         })
         .collect();
@@ -41,68 +72,297 @@ fn time_ns_per_op(peer_name: &'static str, w: Workload, ops: usize, runs: usize)
     samples[samples.len() / 2]
 }
 
+/// Instructions per operation: two callgrind runs of N and 2N operations,
+/// whose difference cancels the set-up.
+fn callgrind_per_op(peer: &str, workload: &str, n: usize) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let run = |ops: usize| -> Option<(f64, f64)> {
+        let out = Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(&exe)
+            .args(["--only", peer, workload, &ops.to_string()])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        let ir = text.split("Collected : ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+        let done = text.split("ops: ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+        Some((ir, done))
+    };
+    let (i1, o1) = run(n)?;
+    let (i2, o2) = run(2 * n)?;
+    Some((i2 - i1) / (o2 - o1))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cmd = |c: &str, a: &[&str]| {
+        Command::new(c)
+            .args(a)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{cpu}, {cores} cores; {}; {}",
+        cmd("rustc", &["-V"]),
+        cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    )
+}
+
+/// Runs a threads binary (a sibling of this executable) and returns its
+/// seconds for 1, 2 and 4 threads.
+fn threads(bin: &str) -> Option<Vec<(u32, f64)>> {
+    let exe = std::env::current_exe().ok()?.with_file_name(bin);
+    let out = Command::new(exe).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(
+        text.lines()
+            .filter_map(|l| {
+                let t = l.split("threads=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+                let s = l.split("seconds=").nth(1)?.trim().parse().ok()?;
+                Some((t, s))
+            })
+            .collect(),
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 5 && args[1] == "--only" {
-        let name = PEERS.iter().copied().find(|p| *p == args[2]).expect("known peer");
-        let (_, w) = workloads().into_iter().find(|(n, _)| *n == args[3]).expect("known workload");
+        let name = PEERS.iter().chain(&["bump"]).copied().find(|p| *p == args[2]).expect("known peer");
+        let spec = workloads().into_iter().find(|s| s.name == args[3]).expect("known workload");
         let region = Region::new(REGION);
         let peer = make_peer(name, &region);
-        let out = w(&peer, args[4].parse().expect("op count"));
+        let out = (spec.run)(&peer, args[4].parse().expect("op count"));
         println!("{name} {} {:?}", args[3], out);
         return;
     }
-    if args.len() == 4 && args[1] == "--time" {
-        let (_, w) = workloads().into_iter().find(|(n, _)| *n == args[2]).expect("known workload");
-        let ops: usize = args[3].parse().expect("op count");
-        for &p in PEERS.iter().filter(|p| **p != "linked_list_allocator") {
-            println!("{p}: {:.1} ns/op", time_ns_per_op(p, w, ops, 5));
-        }
-        return;
-    }
     let quick = args.iter().any(|a| a == "--quick");
-    let (ops, runs) = if quick { (200_000, 3) } else { (1_000_000, 5) };
-    println!(
-        "## Wall time, ns per operation (median of {runs} runs, {ops} ops, {} MiB region)\n",
+    let (scale, runs) = if quick { (5, 3) } else { (1, 5) };
+    let mut md = String::new();
+    let m = machine();
+    writeln!(md, "# strata benchmarks\n\nMachine: {m}.\n").unwrap();
+    writeln!(
+        md,
+        "Every peer sits behind the same locked `dyn GlobalAlloc` call over a fresh {} MiB region and replays the same seeded workload; every returned pointer is checked for alignment and for lying in the region. Ratios are peer ÷ strata from this run; under 1 means the peer is faster. linked_list_allocator runs a tenth of the operations (it is O(holes)).\n",
         REGION >> 20
-    );
-    print!("| workload |");
+    )
+    .unwrap();
+
+    // Wall time.
+    writeln!(md, "## Wall time, ns per operation (median of {runs} runs)\n").unwrap();
+    write!(md, "| workload |").unwrap();
     for p in PEERS {
-        print!(" {p} |");
+        write!(md, " {p} |").unwrap();
     }
-    println!();
-    println!("|---|{}", "---|".repeat(PEERS.len()));
-    for (wname, w) in workloads() {
-        let slow_peer_ops =
-            if wname.starts_with("random-1") || wname.starts_with("random-3") { ops / 10 } else { ops };
-        let times: Vec<f64> = PEERS
-            .iter()
-            .map(|&p| {
-                let n = if p == "linked_list_allocator" { slow_peer_ops / 4 } else { slow_peer_ops };
-                time_ns_per_op(p, w, n, runs)
-            })
-            .collect();
-        print!("| {wname} |");
+    writeln!(md, "\n|---|{}", "---|".repeat(PEERS.len())).unwrap();
+    let mut wall: Vec<(&'static str, bool, Vec<f64>)> = Vec::new();
+    for spec in workloads() {
+        let ops = spec.ops / scale;
+        let times: Vec<f64> =
+            PEERS.iter().map(|&p| time_ns_per_op(p, spec.run, ops_for(p, ops), runs)).collect();
+        write!(md, "| {} |", spec.name).unwrap();
         for t in &times {
-            print!(" {:.1} ({:.2}×) |", t, t / times[0]);
+            write!(md, " {t:.1} ({:.2}×) |", t / times[0]).unwrap();
         }
-        println!();
+        writeln!(md).unwrap();
+        eprintln!("wall: {} done", spec.name);
+        wall.push((spec.name, spec.pathological, times));
     }
-    println!("\n## Heap efficiency: live bytes at the first failure ÷ region ({} MiB region)\n", 32);
-    print!("| workload |");
-    for p in PEERS.iter().filter(|p| **p != "system") {
-        print!(" {p} |");
-    }
-    println!();
-    println!("|---|{}", "---|".repeat(PEERS.len() - 1));
-    for (wname, f) in [("cpython-fill", cpython_fill as fn(&Peer, u64) -> _), ("talc-fill", talc_fill)] {
-        print!("| {wname} |");
-        for &p in PEERS.iter().filter(|p| **p != "system") {
-            let region = Region::new(32 << 20);
-            let peer = make_peer(p, &region);
-            let out = f(&peer, SEED);
-            print!(" {:.1} % |", 100.0 * out.live_bytes as f64 / region.size() as f64);
+
+    // Instructions.
+    let mut instr: Vec<(&'static str, Vec<Option<f64>>)> = Vec::new();
+    let have_valgrind = Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !quick && have_valgrind {
+        let peers: Vec<&'static str> = PEERS.iter().copied().chain(["bump"]).collect();
+        writeln!(md, "\n## Instructions per operation (callgrind; deterministic)\n").unwrap();
+        writeln!(md, "Includes the workload's own bookkeeping; `bump` (a locked bump allocator that never frees, behind the same call) is the floor of any locked design.\n").unwrap();
+        write!(md, "| workload |").unwrap();
+        for p in &peers {
+            write!(md, " {p} |").unwrap();
         }
-        println!();
+        writeln!(md, "\n|---|{}", "---|".repeat(peers.len())).unwrap();
+        for spec in workloads().into_iter().filter(|s| s.callgrind) {
+            let n = 100_000.min(spec.ops);
+            let counts: Vec<Option<f64>> =
+                peers.iter().map(|&p| callgrind_per_op(p, spec.name, ops_for(p, n))).collect();
+            write!(md, "| {} |", spec.name).unwrap();
+            for c in &counts {
+                match (c, counts[0]) {
+                    (Some(c), Some(s)) => write!(md, " {c:.0} ({:.2}×) |", c / s).unwrap(),
+                    (Some(c), None) => write!(md, " {c:.0} |").unwrap(),
+                    (None, _) => write!(md, " — |").unwrap(),
+                }
+            }
+            writeln!(md).unwrap();
+            eprintln!("callgrind: {} done", spec.name);
+            instr.push((spec.name, counts));
+        }
+    }
+
+    // Heap efficiency and the largest block.
+    writeln!(md, "\n## Heap efficiency ({} MiB region)\n", FILL_REGION >> 20).unwrap();
+    let fill_peers: Vec<&'static str> = PEERS.iter().copied().filter(|p| *p != "system").collect();
+    write!(md, "| measure |").unwrap();
+    for p in &fill_peers {
+        write!(md, " {p} |").unwrap();
+    }
+    writeln!(md, "\n|---|{}", "---|".repeat(fill_peers.len())).unwrap();
+    let mut talc_fill_strata = 0.0;
+    let fills: [(&str, Fill); 2] = [("cpython-fill", cpython_fill), ("talc-fill", talc_fill)];
+    for (name, f) in fills {
+        write!(md, "| {name}: live bytes at the first failure ÷ region |").unwrap();
+        for &p in &fill_peers {
+            let region = Region::new(FILL_REGION);
+            let out = f(&make_peer(p, &region), SEED);
+            let pct = 100.0 * out.live_bytes as f64 / FILL_REGION as f64;
+            if name == "talc-fill" && p == "strata" {
+                talc_fill_strata = pct;
+            }
+            write!(md, " {pct:.1} % |").unwrap();
+        }
+        writeln!(md).unwrap();
+    }
+    write!(md, "| largest block in a fresh heap ÷ region |").unwrap();
+    for &p in &fill_peers {
+        let region = Region::new(FILL_REGION);
+        let out = largest_block(&make_peer(p, &region), FILL_REGION);
+        write!(md, " {:.1} % |", 100.0 * out.live_bytes as f64 / FILL_REGION as f64).unwrap();
+    }
+    writeln!(md).unwrap();
+
+    // Threads.
+    let t_strata = threads("threads-strata");
+    let t_system = threads("threads-system");
+    if let (Some(s), Some(y)) = (&t_strata, &t_system) {
+        writeln!(md, "\n## Threads: the same std workload (fixed total work split over the threads), `LockedHeap` as the global allocator\n").unwrap();
+        writeln!(md, "| threads | strata (s) | system (s) | system ÷ strata |\n|---|---|---|---|").unwrap();
+        for ((n, a), (_, b)) in s.iter().zip(y) {
+            writeln!(md, "| {n} | {a:.3} | {b:.3} | {:.2}× |", b / a).unwrap();
+        }
+    }
+
+    // Goals.
+    writeln!(md, "\n## Goals\n").unwrap();
+    let mark = |ok: bool| if ok { "met" } else { "**not met**" };
+    let find = |name: &str| instr.iter().find(|(n, _)| *n == name).map(|(_, c)| c.clone());
+    let idx = |p: &str| PEERS.iter().position(|x| *x == p).unwrap();
+    for w in ["cpython-churn", "random-200"] {
+        if let Some(c) = find(w)
+            && let (Some(s), Some(t), Some(l)) = (c[0], c[idx("talc")], c[idx("linked_list_allocator")])
+        {
+            writeln!(md, "- {w}: fewer instructions per op than talc ({s:.0} vs {t:.0}): {}; ≥ 10× fewer than linked_list_allocator ({:.1}×): {}", mark(s < t), l / s, mark(l >= 10.0 * s)).unwrap();
+        }
+    }
+    writeln!(
+        md,
+        "- heap efficiency ≥ 97 % on the talc-style workload ({talc_fill_strata:.1} %): {}",
+        mark(talc_fill_strata >= 97.0)
+    )
+    .unwrap();
+    let mut strata_times: Vec<f64> = wall.iter().map(|(_, _, t)| t[0]).collect();
+    strata_times.sort_by(f64::total_cmp);
+    let median = strata_times[strata_times.len() / 2];
+    for (name, patho, t) in &wall {
+        if *patho {
+            writeln!(
+                md,
+                "- pathological `{name}` within 3× strata's median ({:.1} vs {median:.1} ns/op): {}",
+                t[0],
+                mark(t[0] <= 3.0 * median)
+            )
+            .unwrap();
+        }
+    }
+    if let Some(s) = &t_strata
+        && let (Some((_, one)), Some((_, four))) = (s.first(), s.iter().find(|(n, _)| *n == 4))
+    {
+        writeln!(
+            md,
+            "- 4 threads no slower in total than 1 thread ({four:.3} s vs {one:.3} s): {}",
+            mark(four <= one)
+        )
+        .unwrap();
+    }
+
+    print!("{md}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(dir.join("RESULTS.md"), &md).expect("write RESULTS.md");
+    match chart::draw(&dir.join("results.png"), &wall) {
+        Ok(()) => eprintln!("wrote bench/RESULTS.md and bench/results.png"),
+        Err(e) => eprintln!("wrote bench/RESULTS.md; no chart: {e}"),
+    }
+}
+
+mod chart {
+    use plotters::prelude::*;
+    use plotters::style::{FontStyle, register_font};
+    use strata_bench::PEERS;
+
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+    /// Grouped bars: each workload's wall time per operation for every peer,
+    /// as a ratio to strata on a log scale.
+    pub fn draw(
+        path: &std::path::Path,
+        wall: &[(&'static str, bool, Vec<f64>)],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let font =
+            std::fs::read(FONT).map_err(|e| format!("{FONT}: {e} (apt-get install fonts-dejavu-core)"))?;
+        register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
+            .map_err(|_| "font not usable")?;
+        let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let groups = wall.len() as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "wall time per operation, ratio to strata (log scale; lower is faster)",
+                ("sans-serif", 22),
+            )
+            .margin(15)
+            .x_label_area_size(150)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..groups, (0.05f64..400f64).log_scale())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(wall.len() * 2)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 0.01 && i < wall.len() {
+                    wall[i].0.to_string()
+                } else {
+                    String::new()
+                }
+            })
+            .x_label_style(("sans-serif", 13).into_text_style(&root).transform(FontTransform::Rotate90))
+            .y_desc("peer ÷ strata")
+            .draw()?;
+        let width = 0.8 / PEERS.len() as f64;
+        for (j, peer) in PEERS.iter().enumerate() {
+            let color = Palette99::pick(j).to_rgba();
+            chart
+                .draw_series(wall.iter().enumerate().map(|(i, (_, _, t))| {
+                    let x0 = i as f64 + 0.1 + j as f64 * width;
+                    Rectangle::new(
+                        [(x0, 0.05), (x0 + width * 0.9, (t[j] / t[0]).clamp(0.05, 400.0))],
+                        color.filled(),
+                    )
+                }))?
+                .label(*peer)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, 1.0), (groups, 1.0)], BLACK)))?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        root.present()?;
+        Ok(())
     }
 }

@@ -25,11 +25,13 @@ fn workload(seed: u64, n: usize) -> u64 {
     map.values().map(|v| v.iter().sum::<u64>()).sum::<u64>() + map.len() as u64 + text as u64
 }
 
-/// Runs the workload on `threads` threads; prints the checksum and seconds.
+/// Runs 16 rounds of the workload split over `threads` threads (the same
+/// total work for every thread count); prints the checksum and seconds.
 pub fn run(label: &str, threads: u64) {
     let start = Instant::now();
+    let per = 16 / threads;
     let handles: Vec<_> = (0..threads)
-        .map(|t| std::thread::spawn(move || (0..8).map(|r| workload(t * 100 + r, 100_000)).sum::<u64>()))
+        .map(|t| std::thread::spawn(move || (0..per).map(|r| workload(t * per + r, 100_000)).sum::<u64>()))
         .collect();
     let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
     println!("{label}: threads={threads} checksum={sum:#x} seconds={:.3}", start.elapsed().as_secs_f64());
