@@ -4,7 +4,7 @@ KERNEL_TARGET := x86_64-unknown-none
 FIRMWARE_TARGET := thumbv7em-none-eabihf
 FIRMWARE_V6_TARGET := thumbv6m-none-eabi
 
-.PHONY: help deps run test test-host test-kernel test-firmware check fmt clippy build doc bench firmware-size clean
+.PHONY: help deps run test test-host test-kernel test-firmware check fmt clippy build doc bench bench-kernel firmware-size clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench: ## Benchmarks against the peers (release build; wall time and heap effici
 	$(CARGO) run --release -p strata-bench --bin strata-bench
 	$(CARGO) run --release -p strata-bench --bin threads-system
 	$(CARGO) run --release -p strata-bench --bin threads-strata
+
+bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator, rdtsc under QEMU -icount
+	STRATA_QEMU_ARGS="-icount shift=0,sleep=off" $(CARGO) run --release -p strata-boot --bin strata-bench-kernel --target x86_64-unknown-none
 
 firmware-size: ## .text of a minimal firmware with strata, linked_list_allocator, embedded-alloc
 	@bash scripts/firmware-size.sh

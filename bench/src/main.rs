@@ -90,7 +90,8 @@ fn callgrind_per_op(peer: &str, workload: &str, n: usize) -> Option<f64> {
     };
     let (i1, o1) = run(n)?;
     let (i2, o2) = run(2 * n)?;
-    Some((i2 - i1) / (o2 - o1))
+    // A workload made of whole rounds may run the same count twice.
+    (o2 > o1).then(|| (i2 - i1) / (o2 - o1))
 }
 
 fn machine() -> String {
@@ -143,6 +144,28 @@ fn main() {
         let peer = make_peer(name, &region);
         let out = (spec.run)(&peer, args[4].parse().expect("op count"));
         println!("{name} {} {:?}", args[3], out);
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if args.len() == 2 && args[1] == "--redraw" {
+        // Redraw the chart from the wall-time table of bench/RESULTS.md.
+        let md = std::fs::read_to_string(dir.join("RESULTS.md")).expect("bench/RESULTS.md");
+        let table =
+            md.split("## Wall time").nth(1).expect("wall-time table").split("\n## ").next().unwrap_or("");
+        let wall: Vec<(&'static str, bool, Vec<f64>)> = table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| workload"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+                let name: &'static str = Box::leak(cells[0].to_string().into_boxed_str());
+                let times = cells[1..]
+                    .iter()
+                    .map(|c| c.split_whitespace().next().unwrap_or("0").parse().unwrap_or(0.0))
+                    .collect();
+                (name, false, times)
+            })
+            .collect();
+        chart::draw(&dir.join("results.png"), &wall).expect("draw the chart");
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -294,7 +317,6 @@ fn main() {
     }
 
     print!("{md}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::write(dir.join("RESULTS.md"), &md).expect("write RESULTS.md");
     match chart::draw(&dir.join("results.png"), &wall) {
         Ok(()) => eprintln!("wrote bench/RESULTS.md and bench/results.png"),
@@ -334,16 +356,16 @@ mod chart {
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(wall.len() * 2)
+            .x_labels(wall.len() + 1)
             .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 0.01 && i < wall.len() {
+                let i = x.round() as usize;
+                if (x - x.round()).abs() < 0.01 && i < wall.len() {
                     wall[i].0.to_string()
                 } else {
                     String::new()
                 }
             })
-            .x_label_style(("sans-serif", 13).into_text_style(&root).transform(FontTransform::Rotate90))
+            .x_label_style(("sans-serif", 13).into_text_style(&root).transform(FontTransform::Rotate270))
             .y_desc("peer ÷ strata")
             .draw()?;
         let width = 0.8 / PEERS.len() as f64;
@@ -351,7 +373,7 @@ mod chart {
             let color = Palette99::pick(j).to_rgba();
             chart
                 .draw_series(wall.iter().enumerate().map(|(i, (_, _, t))| {
-                    let x0 = i as f64 + 0.1 + j as f64 * width;
+                    let x0 = i as f64 + 0.05 + j as f64 * width;
                     Rectangle::new(
                         [(x0, 0.05), (x0 + width * 0.9, (t[j] / t[0]).clamp(0.05, 400.0))],
                         color.filled(),
