@@ -70,8 +70,28 @@ pub struct Peer {
 }
 
 /// The peers, in table order.
-pub const PEERS: [&str; 6] =
-    ["strata", "talc", "rlsf", "buddy_system_allocator", "linked_list_allocator", "system"];
+pub const PEERS: [&str; 7] =
+    ["strata", "strata-layer0", "talc", "rlsf", "buddy_system_allocator", "linked_list_allocator", "system"];
+
+/// strata's layer 0 alone (bins, segments of `linked_list_allocator` heaps,
+/// large mappings) over a region, behind the same kind of lock: the stack
+/// without its object allocator and front door.
+pub struct LockedLayer0(spin::Mutex<(strata::segment::SegmentAllocator, strata::RegionSource)>);
+
+// SAFETY: forwards to layer 0, which honours layouts, under a lock.
+unsafe impl GlobalAlloc for LockedLayer0 {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut g = self.0.lock();
+        let (seg, src) = &mut *g;
+        seg.allocate(layout, src).map_or(std::ptr::null_mut(), NonNull::as_ptr)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let mut g = self.0.lock();
+        let (seg, src) = &mut *g;
+        // SAFETY: `ptr` came from this layer with `layout`.
+        let _ = unsafe { seg.deallocate(NonNull::new_unchecked(ptr), layout, src) };
+    }
+}
 
 /// The floor of any locked design: a bump allocator behind the same lock
 /// and `dyn` call, whose `dealloc` does nothing. Instructions per operation
@@ -132,6 +152,12 @@ pub fn make_peer(name: &'static str, region: &Region) -> Peer {
         }
         "system" => Box::new(System),
         "bump" => Box::new(LockedBump(spin::Mutex::new((ptr as usize, ptr as usize + size)))),
+        "strata-layer0" => {
+            // SAFETY: the region outlives the peer and serves only it.
+            let src = unsafe { strata::RegionSource::new(ptr, size) };
+            let config = strata::segment::Config::for_window(size);
+            Box::new(LockedLayer0(spin::Mutex::new((strata::segment::SegmentAllocator::new(config), src))))
+        }
         other => panic!("unknown peer {other}"),
     };
     let region = (name != "system").then_some((ptr as usize, size));
