@@ -349,8 +349,17 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         self.segment.check_invariants();
     }
 
-    fn record_failure(&mut self) {
-        self.stats.failed_allocations += 1;
+    /// The `GlobalAlloc` view of a result: the pointer, or null with the
+    /// failure counted.
+    #[inline]
+    fn or_null(&mut self, result: Result<NonNull<u8>, AllocError>) -> *mut u8 {
+        match result {
+            Ok(p) => p.as_ptr(),
+            Err(_) => {
+                self.stats.failed_allocations += 1;
+                ptr::null_mut()
+            }
+        }
     }
 }
 
@@ -498,13 +507,8 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const L
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut heap = self.heap.lock();
-        match heap.allocate(layout) {
-            Ok(p) => p.as_ptr(),
-            Err(_) => {
-                heap.record_failure();
-                ptr::null_mut()
-            }
-        }
+        let result = heap.allocate(layout);
+        heap.or_null(result)
     }
 
     #[inline]
@@ -520,13 +524,8 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const L
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let mut heap = self.heap.lock();
-        match heap.allocate_zeroed(layout) {
-            Ok(p) => p.as_ptr(),
-            Err(_) => {
-                heap.record_failure();
-                ptr::null_mut()
-            }
-        }
+        let result = heap.allocate_zeroed(layout);
+        heap.or_null(result)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -535,12 +534,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const L
         };
         let mut heap = self.heap.lock();
         // SAFETY: `GlobalAlloc`'s contract: a live block of ours with `layout`.
-        match unsafe { heap.reallocate(p, layout, new_size) } {
-            Ok(p) => p.as_ptr(),
-            Err(_) => {
-                heap.record_failure();
-                ptr::null_mut()
-            }
-        }
+        let result = unsafe { heap.reallocate(p, layout, new_size) };
+        heap.or_null(result)
     }
 }
