@@ -106,6 +106,85 @@ pub struct HeapStats {
     pub segments: segment::SegmentStats,
 }
 
+/// A snapshot of every layer; see [`Heap::report`].
+#[derive(Clone, Copy, Debug)]
+pub struct Report {
+    /// Counters of every layer.
+    pub stats: HeapStats,
+    /// Layer +2 per size class.
+    pub classes: [object::ClassStats; object::NUM_CLASSES],
+    /// Where the arenas' bytes go.
+    pub usage: object::ArenaUsage,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = self.stats.geometry;
+        if g.threshold == 0 {
+            writeln!(f, "Layer +2 is off on this heap size: every request is served by layer 0.")?;
+        } else {
+            writeln!(
+                f,
+                "Small block threshold = {}, in {} size classes ({} byte arenas of {} byte pools).",
+                g.threshold,
+                g.classes(),
+                g.arena_size(),
+                g.pool_size()
+            )?;
+        }
+        writeln!(f, "class   size   num pools   blocks in use  avail blocks")?;
+        writeln!(f, "-----   ----   ---------   -------------  ------------")?;
+        for (i, c) in self.classes.iter().enumerate().filter(|(_, c)| c.pools > 0) {
+            writeln!(
+                f,
+                "{i:>5}  {:>5}  {:>10}  {:>14}  {:>12}",
+                c.block_size, c.pools, c.blocks_in_use, c.blocks_free
+            )?;
+        }
+        let a = &self.stats.arenas;
+        writeln!(f, "\n# arenas allocated total           = {:>14}", a.allocated_total)?;
+        writeln!(f, "# arenas reclaimed                 = {:>14}", a.reclaimed)?;
+        writeln!(f, "# arenas highwater mark            = {:>14}", a.high_water)?;
+        writeln!(f, "# arenas allocated current         = {:>14}", a.current)?;
+        let u = &self.usage;
+        writeln!(
+            f,
+            "{} arenas * {} bytes/arena          = {:>14}",
+            a.current,
+            g.arena_size(),
+            u.arena_bytes
+        )?;
+        writeln!(f, "\n# bytes in allocated blocks        = {:>14}", u.allocated)?;
+        writeln!(f, "# bytes in available blocks        = {:>14}", u.available)?;
+        writeln!(f, "# bytes in unused pools            = {:>14}", u.unused_pools)?;
+        writeln!(f, "# bytes lost to pool headers       = {:>14}", u.pool_headers)?;
+        writeln!(f, "# bytes lost to arena headers      = {:>14}", u.arena_headers)?;
+        writeln!(f, "# bytes lost to quantization       = {:>14}", u.quantization)?;
+        writeln!(
+            f,
+            "Total                              = {:>14}{}",
+            u.arena_bytes,
+            if u.balances() { "" } else { "  (DOES NOT BALANCE)" }
+        )?;
+        let s = &self.stats.segments;
+        writeln!(
+            f,
+            "\nlayer 0: {} segments, {} bytes, {} used; {} large mappings, {} bytes; {} blocks in bins, {} bin hits",
+            s.segments, s.segment_bytes, s.segment_used, s.large, s.large_bytes, s.binned_blocks, s.bin_hits
+        )?;
+        let fr = &self.stats.front;
+        write!(
+            f,
+            "front door: {} failed allocations, {} refused frees, {} small fallbacks, realloc {} in place / {} moved",
+            fr.failed_allocations,
+            fr.refused_frees,
+            fr.small_fallbacks,
+            fr.realloc_in_place,
+            fr.realloc_moved
+        )
+    }
+}
+
 /// The allocator stack over one page source: layers 0, +1 and +2.
 ///
 /// Works through `&mut self`; [`LockedHeap`] adds the lock and `GlobalAlloc`.
@@ -341,6 +420,13 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
     /// Per-size-class counts of layer +2.
     pub fn class_stats(&self) -> [object::ClassStats; object::NUM_CLASSES] {
         self.object.class_stats()
+    }
+
+    /// A snapshot of every layer, whose `Display` is a report in the style
+    /// of CPython's `sys._debugmallocstats()` (write it to a serial port,
+    /// semihosting or a buffer through `core::fmt::Write`).
+    pub fn report(&self) -> Report {
+        Report { stats: self.stats(), classes: self.class_stats(), usage: self.object.usage() }
     }
 
     /// Checks every layer's invariants, panicking on a broken one.

@@ -260,6 +260,41 @@ pub struct ArenaCounters {
     pub current: usize,
 }
 
+/// Where every byte of the arenas goes, as `sys._debugmallocstats()` shows
+/// it. The identity `allocated + available + unused_pools + pool_headers +
+/// arena_headers + quantization == arena_bytes` always holds (checked by
+/// [`ObjectAllocator::check_invariants`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaUsage {
+    /// Bytes in blocks handed out (block sizes, not requested sizes).
+    pub allocated: usize,
+    /// Bytes in free blocks of pools in use, carved or not.
+    pub available: usize,
+    /// Bytes in pools holding no block (free or never carved).
+    pub unused_pools: usize,
+    /// Bytes in the headers of pools in use.
+    pub pool_headers: usize,
+    /// Bytes in arena headers (CPython counts its arena alignment loss here).
+    pub arena_headers: usize,
+    /// Bytes at the end of pools in use too small for another block.
+    pub quantization: usize,
+    /// Arenas × arena size.
+    pub arena_bytes: usize,
+}
+
+impl ArenaUsage {
+    /// Whether the accounting identity holds.
+    pub fn balances(&self) -> bool {
+        self.allocated
+            + self.available
+            + self.unused_pools
+            + self.pool_headers
+            + self.arena_headers
+            + self.quantization
+            == self.arena_bytes
+    }
+}
+
 /// Per-size-class counts from a walk of every arena.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassStats {
@@ -733,6 +768,39 @@ impl ObjectAllocator {
         if pool & self.arena_mask == pool { POOL_HEADER + ARENA_HEADER } else { POOL_HEADER }
     }
 
+    /// Where the arenas' bytes go (a walk of every arena, O(pools)).
+    pub fn usage(&self) -> ArenaUsage {
+        let pool_size = self.geometry.pool_size();
+        let mut u = ArenaUsage::default();
+        for base in self.arenas() {
+            u.arena_bytes += self.geometry.arena_size();
+            u.arena_headers += ARENA_HEADER;
+            // Uncarved pools (pool 0's share net of the arena header).
+            // SAFETY: live arenas have initialised headers.
+            let a = unsafe { &*((base + POOL_HEADER) as *const Arena) };
+            let uncarved = (base + self.geometry.arena_size() - a.pool_address) / pool_size;
+            u.unused_pools += uncarved * pool_size;
+            if a.pool_address == base {
+                u.unused_pools -= ARENA_HEADER;
+            }
+        }
+        self.for_each_pool(|addr, p, _| {
+            let first = self.first_offset(addr);
+            let arena_header = first - POOL_HEADER;
+            if p.ref_count == 0 {
+                u.unused_pools += pool_size - arena_header;
+                return;
+            }
+            let bs = p.block_size as usize;
+            let capacity = (pool_size - first) / bs;
+            u.pool_headers += POOL_HEADER;
+            u.allocated += p.ref_count as usize * bs;
+            u.available += (capacity - p.ref_count as usize) * bs;
+            u.quantization += pool_size - first - capacity * bs;
+        });
+        u
+    }
+
     /// Pools, blocks in use and free blocks per size class (a walk of every
     /// arena, O(pools)).
     pub fn class_stats(&self) -> [ClassStats; NUM_CLASSES] {
@@ -860,5 +928,8 @@ impl ObjectAllocator {
             assert_eq!(free + uncarved, a.nfreepools as usize, "arena free-pool count");
         }
         assert_eq!(live, self.counters.current, "arena count and bitmap disagree");
+        let usage = self.usage();
+        assert!(usage.balances(), "arena accounting identity broken: {usage:?}");
+        assert_eq!(usage.arena_bytes, live * self.geometry.arena_size());
     }
 }

@@ -238,6 +238,32 @@ fn the_front_door_routes_by_size_alignment_and_ownership() {
 }
 
 #[test]
+fn the_report_balances_and_names_every_layer() {
+    let region = Region::new(16 << 20);
+    let mut heap = Heap::new(region.source());
+    let blocks: Vec<_> = (1..=300).map(|i| heap.allocate(layout(i, 8)).unwrap()).collect();
+    let big = heap.allocate(layout(200_000, 8)).unwrap();
+    let report = heap.report();
+    assert!(report.usage.balances(), "{:?}", report.usage);
+    assert_eq!(
+        report.usage.allocated,
+        report.classes.iter().map(|c| c.blocks_in_use * c.block_size).sum::<usize>()
+    );
+    let text = format!("{report}");
+    assert!(text.contains("# bytes lost to quantization"), "{text}");
+    assert!(text.contains("1 large mappings"), "{text}");
+    assert!(!text.contains("DOES NOT BALANCE"), "{text}");
+    // SAFETY: live blocks with their layouts.
+    unsafe {
+        for (i, p) in blocks.into_iter().enumerate() {
+            heap.deallocate(p, layout(i + 1, 8)).unwrap();
+        }
+        heap.deallocate(big, layout(200_000, 8)).unwrap();
+    }
+    assert_eq!(heap.report().usage.allocated, 0);
+}
+
+#[test]
 fn realloc_stays_in_place_only_when_the_block_still_fits() {
     let region = Region::new(16 << 20);
     let mut heap = Heap::new(region.source());

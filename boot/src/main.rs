@@ -154,6 +154,7 @@ fn workload() -> u64 {
     }
     let peak = report::snapshot();
     report::print("heap: at the peak of the burst", &peak);
+    println!("\n--- strata's sys._debugmallocstats() at the peak ---\n{}", HEAP.with(|h| h.report()));
     let checksum = map.values().map(|s| s.len() as u64).sum::<u64>()
         + boxes.iter().map(|b| b.len() as u64).sum::<u64>()
         + large.iter().map(|v| v.len() as u64).sum::<u64>()

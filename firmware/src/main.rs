@@ -111,18 +111,7 @@ fn main() -> ! {
     check("strata serves at least as long as linked_list_allocator", strata_ops >= lla_ops);
 
     let stats = HEAP.stats();
-    hprintln!("statistics: {:?}", stats.front);
-    hprintln!("  arenas {:?}", stats.arenas);
-    hprintln!("  segments {:?}", stats.segments);
-    for c in HEAP.with(|h| h.class_stats()).iter().filter(|c| c.pools > 0) {
-        hprintln!(
-            "  class {:>3} B: {} pools, {} in use, {} free",
-            c.block_size,
-            c.pools,
-            c.blocks_in_use,
-            c.blocks_free
-        );
-    }
+    hprintln!("statistics:\n{}", HEAP.with(|h| h.report()));
     check("no failed allocation on the global heap", stats.front.failed_allocations == 0);
     HEAP.with(|h| h.check_invariants());
 
