@@ -76,4 +76,5 @@ fn main() {
     );
     println!("source free: {:.2} %", pct(heap.source().window().1 - heap.source().bytes_out()));
     println!("front: {:?}", s.front);
+    println!("{}", heap.report());
 }
