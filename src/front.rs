@@ -261,12 +261,8 @@ impl<S: PageSource> Heap<S> {
 
     /// A heap over `source` with explicit layer +2 geometry and layer 0 tunables.
     pub fn with_geometry(source: S, geometry: Geometry, config: Config) -> Self {
-        Self {
-            object: ObjectAllocator::new(geometry, source.window()),
-            segment: SegmentAllocator::new(config),
-            source,
-            stats: FrontStats::default(),
-        }
+        let window = source.window();
+        Self::from_parts(source, window, geometry, config)
     }
 }
 
@@ -274,9 +270,15 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
     /// [`Heap::new`] with layer 0's tables sized `SEGMENTS` and `LARGE`, for
     /// a source whose window is known in advance (`const`, for statics).
     pub const fn new_in_window(source: S, window: (usize, usize)) -> Self {
+        Self::from_parts(source, window, Geometry::for_window(window.1), Config::for_window(window.1))
+    }
+
+    /// The one constructor: a heap over `source` (whose window is `window`)
+    /// with the given layer +2 geometry and layer 0 tunables.
+    const fn from_parts(source: S, window: (usize, usize), geometry: Geometry, config: Config) -> Self {
         Self {
-            object: ObjectAllocator::new(Geometry::for_window(window.1), window),
-            segment: SegmentAllocator::with_tables(Config::for_window(window.1)),
+            object: ObjectAllocator::new(geometry, window),
+            segment: SegmentAllocator::with_tables(config),
             source,
             stats: FrontStats {
                 failed_allocations: 0,
