@@ -18,8 +18,9 @@ run: deps ## Boot the kernel in QEMU: boot report of every layer, then exit
 test: deps test-host test-kernel test-firmware ## Every test: host tests, the kernel suites in QEMU, the firmware in QEMU
 	@echo "make test: all suites passed"
 
-test-host: ## Host tests (plain `cargo test` at the root)
+test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing ones in debug mode
 	$(CARGO) test
+	$(CARGO) test --features debug --test debug --test global_alloc --test cache
 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest
@@ -34,6 +35,7 @@ fmt: ## rustfmt check
 
 clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features debug -- -D warnings
 	$(CARGO) clippy -p strata-boot --target $(KERNEL_TARGET) --bins --tests -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --target $(FIRMWARE_TARGET) -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET) -- -D warnings

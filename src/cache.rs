@@ -1,8 +1,10 @@
 //! # Layer +3: object-specific allocators (typed caches)
 //!
-//! **Takes from below:** blocks from any [`GlobalAlloc`] — in practice the
+//! **Takes from below:** blocks from a [`DomainAlloc`] — in practice the
 //! front door ([`LockedHeap`](crate::LockedHeap) or the kernel's heap), which
-//! serves blocks this small from layer +2.
+//! serves blocks this small from layer +2 — through [`Domain::CACHE`], so
+//! debug mode catches a cache block freed through `GlobalAlloc` (any other
+//! allocator fits through [`Untagged`](crate::front::Untagged)).
 //!
 //! **Gives above:** blocks for one type `T`, from a bounded LIFO free list,
 //! like CPython's float, list and dict free lists: a freed object's block is
@@ -22,7 +24,7 @@
 //!   [`clear`](ObjectCache::clear) flushes the list (CPython does it on GC),
 //!   and dropping the cache flushes it too.
 
-use core::alloc::{GlobalAlloc, Layout};
+use core::alloc::Layout;
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::{ManuallyDrop, MaybeUninit, align_of, size_of};
@@ -30,7 +32,7 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
-use crate::front::DefaultLock;
+use crate::front::{DefaultLock, Domain, DomainAlloc};
 use crate::sync::AtomicUsize;
 
 /// Why a cache could not provide a block.
@@ -64,7 +66,7 @@ struct FreeList {
 /// keeping up to `N` blocks, behind a lock `L` (the same kind as the heap's:
 /// an interrupt-masking lock in a kernel whose interrupt handlers use the
 /// cache).
-pub struct ObjectCache<'h, T, A: GlobalAlloc, const N: usize = 64, L: lock_api::RawMutex = DefaultLock> {
+pub struct ObjectCache<'h, T, A: DomainAlloc, const N: usize = 64, L: lock_api::RawMutex = DefaultLock> {
     heap: &'h A,
     free: lock_api::Mutex<L, FreeList>,
     constructor: Option<fn() -> T>,
@@ -76,17 +78,17 @@ pub struct ObjectCache<'h, T, A: GlobalAlloc, const N: usize = 64, L: lock_api::
 // SAFETY: the free list's blocks belong to the cache and are only touched
 // under its lock; values of `T` cross threads only inside `CachedBox`, which
 // requires `T: Send` for that.
-unsafe impl<T, A: GlobalAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Sync
+unsafe impl<T, A: DomainAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Sync
     for ObjectCache<'_, T, A, N, L>
 {
 }
 // SAFETY: as above.
-unsafe impl<T, A: GlobalAlloc + Sync, const N: usize, L: lock_api::RawMutex + Send> Send
+unsafe impl<T, A: DomainAlloc + Sync, const N: usize, L: lock_api::RawMutex + Send> Send
     for ObjectCache<'_, T, A, N, L>
 {
 }
 
-impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> fmt::Debug for ObjectCache<'_, T, A, N, L> {
+impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> fmt::Debug for ObjectCache<'_, T, A, N, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObjectCache")
             .field("type", &core::any::type_name::<T>())
@@ -95,7 +97,7 @@ impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> fmt::Debug for Ob
     }
 }
 
-impl<'h, T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'h, T, A, N, L> {
+impl<'h, T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'h, T, A, N, L> {
     /// The layout of every block the cache keeps: `T`'s, grown to hold the
     /// free-list link.
     pub const BLOCK: Layout = {
@@ -142,7 +144,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `BLOCK` has a non-zero size.
-        let p = unsafe { self.heap.alloc(Self::BLOCK) };
+        let p = unsafe { self.heap.alloc_in(Self::BLOCK, Domain::CACHE) };
         NonNull::new(p).map(NonNull::cast).ok_or(CacheError::OutOfMemory)
     }
 
@@ -167,7 +169,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'
             }
         }
         // SAFETY: the block came from `self.heap` with `BLOCK`.
-        unsafe { self.heap.dealloc(block, Self::BLOCK) };
+        unsafe { self.heap.dealloc_in(block, Self::BLOCK, Domain::CACHE) };
     }
 
     /// Moves `value` into a block of the cache.
@@ -192,7 +194,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'
             // with `BLOCK`.
             unsafe {
                 free.head = *block.as_ptr().cast::<*mut u8>();
-                self.heap.dealloc(block.as_ptr(), Self::BLOCK);
+                self.heap.dealloc_in(block.as_ptr(), Self::BLOCK, Domain::CACHE);
             }
             free.len -= 1;
         }
@@ -213,7 +215,7 @@ impl<'h, T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'
     }
 }
 
-impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Drop for ObjectCache<'_, T, A, N, L> {
+impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> Drop for ObjectCache<'_, T, A, N, L> {
     fn drop(&mut self) {
         self.clear();
     }
@@ -222,7 +224,7 @@ impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Drop for ObjectCa
 // SAFETY: blocks are `BLOCK`-sized and aligned, so they satisfy every layout
 // that `fits`; other layouts are served by the heap's own `GlobalAlloc`
 // contract. A block is only reused after `deallocate` gave it back.
-unsafe impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> allocator_api2::alloc::Allocator
+unsafe impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> allocator_api2::alloc::Allocator
     for &ObjectCache<'_, T, A, N, L>
 {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
@@ -253,12 +255,12 @@ unsafe impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> allocator_
 
 /// A `T` in a block of an [`ObjectCache`]; dropping it drops the value and
 /// gives the block back to the cache.
-pub struct CachedBox<'c, 'h, T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex = DefaultLock> {
+pub struct CachedBox<'c, 'h, T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex = DefaultLock> {
     ptr: NonNull<T>,
     cache: &'c ObjectCache<'h, T, A, N, L>,
 }
 
-impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> CachedBox<'_, '_, T, A, N, L> {
+impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> CachedBox<'_, '_, T, A, N, L> {
     /// Moves the value out, giving the block back.
     pub fn into_inner(this: Self) -> T {
         let this = ManuallyDrop::new(this);
@@ -272,7 +274,7 @@ impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> CachedBox<'_, '_,
     }
 }
 
-impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Deref for CachedBox<'_, '_, T, A, N, L> {
+impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> Deref for CachedBox<'_, '_, T, A, N, L> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the box owns an initialised `T`.
@@ -280,14 +282,14 @@ impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Deref for CachedB
     }
 }
 
-impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> DerefMut for CachedBox<'_, '_, T, A, N, L> {
+impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> DerefMut for CachedBox<'_, '_, T, A, N, L> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the box owns an initialised `T`, uniquely.
         unsafe { self.ptr.as_mut() }
     }
 }
 
-impl<T: fmt::Debug, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> fmt::Debug
+impl<T: fmt::Debug, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> fmt::Debug
     for CachedBox<'_, '_, T, A, N, L>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -295,7 +297,7 @@ impl<T: fmt::Debug, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> fmt::
     }
 }
 
-impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Drop for CachedBox<'_, '_, T, A, N, L> {
+impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> Drop for CachedBox<'_, '_, T, A, N, L> {
     fn drop(&mut self) {
         // SAFETY: the value is initialised and dropped once; the block came
         // from the cache.
@@ -307,12 +309,12 @@ impl<T, A: GlobalAlloc, const N: usize, L: lock_api::RawMutex> Drop for CachedBo
 }
 
 // SAFETY: the box owns its `T` uniquely, like `Box<T>`.
-unsafe impl<T: Send, A: GlobalAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Send
+unsafe impl<T: Send, A: DomainAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Send
     for CachedBox<'_, '_, T, A, N, L>
 {
 }
 // SAFETY: shared access only hands out `&T`.
-unsafe impl<T: Sync, A: GlobalAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Sync
+unsafe impl<T: Sync, A: DomainAlloc + Sync, const N: usize, L: lock_api::RawMutex + Sync> Sync
     for CachedBox<'_, '_, T, A, N, L>
 {
 }

@@ -12,9 +12,6 @@
 //! **Out of memory.** When layer 0 cannot get pages, the front door gives
 //! layer +2's spare arena back to the page source and retries once.
 //!
-//! **Out of memory.** When layer 0 cannot get pages, the front door gives
-//! layer +2's spare arena back to the page source and retries once.
-//!
 //! **Routing.** A request of at most 512 bytes (less on heaps under 1 MiB,
 //! see [`Geometry::for_window`]) aligned to at most 16 goes to layer +2; if +2 cannot get an arena it falls back to layer 0 (counted).
 //! Everything else goes to layer 0. A free is routed by *ownership*, never by
@@ -28,6 +25,16 @@
 //! 75 %); a large mapping is kept while its page count does not change; a
 //! segment block while its reserved size does not change. Otherwise the block
 //! moves.
+//!
+//! **Domains and debug hooks.** [`LockedHeap`]'s entry points take the
+//! [`Domain`] a block is allocated through ([`DomainAlloc`]): `GlobalAlloc`
+//! is [`Domain::HEAP`], typed caches use [`Domain::CACHE`]. With the `debug`
+//! feature, the hooks of [`debug`] wrap those entry points as CPython's
+//! `PYTHONMALLOC=debug` wraps its domains: headers, guards, fills, checks on
+//! every free, and a [`debug::Policy`] for what they catch.
+
+#[cfg(feature = "debug")]
+pub mod debug;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
@@ -53,6 +60,18 @@ pub enum AllocError {
         /// The alignment asked for.
         align: usize,
     },
+    /// Debug mode: a block came back misaligned and was not handed out.
+    Misaligned {
+        /// The pointer the layers returned.
+        ptr: usize,
+        /// The alignment asked for.
+        align: usize,
+    },
+    /// Debug mode: the block given to realloc failed its checks.
+    Misuse {
+        /// The pointer given.
+        ptr: usize,
+    },
 }
 
 impl fmt::Display for AllocError {
@@ -62,6 +81,8 @@ impl fmt::Display for AllocError {
             Self::InvalidLayout { size, align } => {
                 write!(f, "invalid layout: {size} bytes aligned to {align}")
             }
+            Self::Misaligned { ptr, align } => write!(f, "{ptr:#x} is not aligned to {align}"),
+            Self::Misuse { ptr } => write!(f, "{ptr:#x} failed the debug checks"),
         }
     }
 }
@@ -77,6 +98,79 @@ pub enum Layer {
 
 /// Why a free was refused. Nothing was changed.
 pub type DeallocateError = segment::DeallocateError;
+
+/// The API a block was allocated through, recorded in its header in debug
+/// mode (CPython's API id: `'r'`, `'m'`, `'o'`). A block must be freed through
+/// the domain that allocated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Domain(pub u8);
+
+impl Domain {
+    /// The front door: `GlobalAlloc`, `Box`, `Vec` (layer +1).
+    pub const HEAP: Self = Self(b'h');
+    /// Typed object caches (layer +3).
+    pub const CACHE: Self = Self(b'c');
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_ascii_graphic() { write!(f, "{}", self.0 as char) } else { write!(f, "{:#04x}", self.0) }
+    }
+}
+
+/// A [`GlobalAlloc`] that knows which [`Domain`] each block is allocated and
+/// freed through. [`LockedHeap`] records it in debug mode and catches a block
+/// freed through the wrong one; [`Untagged`] adapts any other allocator.
+///
+/// # Safety
+///
+/// As [`GlobalAlloc`]: `alloc_in` returns null or a block fit for `layout`,
+/// and `dealloc_in` accepts what `alloc_in` returned with that layout and
+/// domain.
+pub unsafe trait DomainAlloc: GlobalAlloc {
+    /// Allocates a block for `layout` through `domain`.
+    ///
+    /// # Safety
+    ///
+    /// As [`GlobalAlloc::alloc`].
+    unsafe fn alloc_in(&self, layout: Layout, domain: Domain) -> *mut u8;
+
+    /// Frees a block allocated through `domain`.
+    ///
+    /// # Safety
+    ///
+    /// As [`GlobalAlloc::dealloc`], with the same domain as the allocation.
+    unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, domain: Domain);
+}
+
+/// Any [`GlobalAlloc`] as a [`DomainAlloc`] that ignores domains, so a typed
+/// cache can sit on an allocator other than strata's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Untagged<A>(pub A);
+
+// SAFETY: forwards to `A`'s own `GlobalAlloc`.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Untagged<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
+
+// SAFETY: forwards to `A`'s own `GlobalAlloc`; domains are not needed for it.
+unsafe impl<A: GlobalAlloc> DomainAlloc for Untagged<A> {
+    unsafe fn alloc_in(&self, layout: Layout, _: Domain) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.alloc(layout) }
+    }
+    unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, _: Domain) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
 
 /// Counters of the front door.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -194,6 +288,8 @@ pub struct Heap<S, const SEGMENTS: usize = MAX_SEGMENTS, const LARGE: usize = MA
     segment: SegmentAllocator<SEGMENTS, LARGE>,
     source: S,
     stats: FrontStats,
+    #[cfg(feature = "debug")]
+    debug: debug::DebugState,
 }
 
 impl<S, const SEGMENTS: usize, const LARGE: usize> fmt::Debug for Heap<S, SEGMENTS, LARGE> {
@@ -287,6 +383,8 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
                 realloc_in_place: 0,
                 realloc_moved: 0,
             },
+            #[cfg(feature = "debug")]
+            debug: debug::DebugState::new(),
         }
     }
 
@@ -306,8 +404,20 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         }
     }
 
+    /// Which layer's memory holds `ptr`, if any: an arena of layer +2, or a
+    /// segment or anywhere in a large mapping of layer 0 (where
+    /// [`owner`](Self::owner) knows large mappings by their start only).
+    pub fn memory_of(&self, ptr: *const u8) -> Option<Layer> {
+        if self.object.owns(ptr) {
+            Some(Layer::Object)
+        } else if self.segment.contains(ptr) {
+            Some(Layer::Segment)
+        } else {
+            None
+        }
+    }
+
     /// Allocates a block for `layout`.
-    #[inline]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         // `size - 1 < threshold`: sizes 1..=threshold; 0 and an off layer (0) skip it.
         if layout.size().wrapping_sub(1) < self.object.threshold() && layout.align() <= ALIGNMENT {
@@ -588,32 +698,32 @@ impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: u
 
 // SAFETY: every method takes the lock, and `Heap` upholds the `GlobalAlloc`
 // contract: blocks are aligned to `layout.align()`, at least `layout.size()`
-// long, and disjoint while live; failures return null.
+// long, and disjoint while live; failures return null. In debug mode the
+// block handed out is the data part of a larger block of the same heap.
 unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: usize> GlobalAlloc
     for LockedHeap<S, L, SEGMENTS, LARGE>
 {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let mut heap = self.heap.lock();
-        let result = heap.allocate(layout);
-        heap.or_null(result)
+        // SAFETY: forwarded contract.
+        unsafe { self.alloc_in(layout, Domain::HEAP) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some(p) = NonNull::new(ptr) else { return };
-        let mut heap = self.heap.lock();
-        // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
-        // with `layout`.
-        if unsafe { heap.deallocate(p, layout) }.is_err() {
-            heap.stats.refused_frees += 1;
-        }
+        // SAFETY: forwarded contract.
+        unsafe { self.dealloc_in(ptr, layout, Domain::HEAP) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let mut heap = self.heap.lock();
+        #[cfg(feature = "debug")]
+        let result = heap.debug_allocate(layout, Domain::HEAP, true);
+        #[cfg(not(feature = "debug"))]
         let result = heap.allocate_zeroed(layout);
-        heap.or_null(result)
+        let p = heap.or_null(result);
+        Self::settle(heap);
+        p
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -622,7 +732,80 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const L
         };
         let mut heap = self.heap.lock();
         // SAFETY: `GlobalAlloc`'s contract: a live block of ours with `layout`.
+        #[cfg(feature = "debug")]
+        let result = unsafe { heap.debug_reallocate(p, layout, new_size, Domain::HEAP) };
+        // SAFETY: as above.
+        #[cfg(not(feature = "debug"))]
         let result = unsafe { heap.reallocate(p, layout, new_size) };
-        heap.or_null(result)
+        let p = heap.or_null(result);
+        Self::settle(heap);
+        p
+    }
+}
+
+// SAFETY: as the `GlobalAlloc` impl, of which this is the general form.
+unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: usize> DomainAlloc
+    for LockedHeap<S, L, SEGMENTS, LARGE>
+{
+    #[inline]
+    unsafe fn alloc_in(&self, layout: Layout, domain: Domain) -> *mut u8 {
+        let mut heap = self.heap.lock();
+        #[cfg(feature = "debug")]
+        let result = heap.debug_allocate(layout, domain, false);
+        #[cfg(not(feature = "debug"))]
+        let result = {
+            let _ = domain;
+            heap.allocate(layout)
+        };
+        let p = heap.or_null(result);
+        Self::settle(heap);
+        p
+    }
+
+    #[inline]
+    unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, domain: Domain) {
+        let Some(p) = NonNull::new(ptr) else { return };
+        let mut heap = self.heap.lock();
+        // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
+        // with `layout` (through `domain`, which debug mode checks).
+        #[cfg(feature = "debug")]
+        let result = unsafe { heap.debug_deallocate(p, layout, domain) };
+        // SAFETY: as above.
+        #[cfg(not(feature = "debug"))]
+        let result = {
+            let _ = domain;
+            unsafe { heap.deallocate(p, layout) }
+        };
+        if result.is_err() {
+            heap.stats.refused_frees += 1;
+        }
+        Self::settle(heap);
+    }
+}
+
+impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: usize>
+    LockedHeap<S, L, SEGMENTS, LARGE>
+{
+    /// Acts on a violation the debug checks found, once the lock is released
+    /// (a panicking policy must not leave the heap locked).
+    #[inline(always)]
+    fn settle(heap: lock_api::MutexGuard<'_, L, Heap<S, SEGMENTS, LARGE>>) {
+        #[cfg(feature = "debug")]
+        {
+            let mut heap = heap;
+            if let Some((violation, policy)) = heap.take_violation() {
+                drop(heap);
+                policy.apply(&violation);
+            }
+        }
+        #[cfg(not(feature = "debug"))]
+        drop(heap);
+    }
+
+    /// Debug mode: sets what the heap does with a violation (a panic by
+    /// default).
+    #[cfg(feature = "debug")]
+    pub fn set_debug_policy(&self, policy: debug::Policy) {
+        self.heap.lock().set_debug_policy(policy);
     }
 }

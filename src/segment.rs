@@ -539,6 +539,14 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         self.segment_of(addr).is_some() || self.large_of(addr).is_some()
     }
 
+    /// Whether `ptr` lies anywhere in memory layer 0 holds: a segment or a
+    /// large mapping (from its first byte to its last).
+    pub fn contains(&self, ptr: *const u8) -> bool {
+        let addr = ptr as usize;
+        let i = self.large[..self.nlarge].partition_point(|l| l.start <= addr);
+        self.segment_of(addr).is_some() || (i > 0 && addr < self.large[i - 1].start + self.large[i - 1].size)
+    }
+
     /// Whether the block at `ptr`, allocated with `old`, can be used as is
     /// for `new` (same alignment): a large mapping whose page count does not
     /// change, or a segment block whose reserved size does not change.
