@@ -770,10 +770,10 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const L
         // with `layout` (through `domain`, which debug mode checks).
         #[cfg(feature = "debug")]
         let result = unsafe { heap.debug_deallocate(p, layout, domain) };
-        // SAFETY: as above.
         #[cfg(not(feature = "debug"))]
         let result = {
             let _ = domain;
+            // SAFETY: as above.
             unsafe { heap.deallocate(p, layout) }
         };
         if result.is_err() {
