@@ -117,6 +117,13 @@ fn main(boot: &'static BootInfo) -> ! {
     let ok = sum && free_before == free_after && trimmed.frames_used == before.frames_used && checksum != 0;
 
     x86_64::instructions::interrupts::int3();
+    #[cfg(feature = "debug")]
+    println!(
+        "\ndebug hooks: on (guards, fills and checks on every block); {} violations caught, {} allocations made",
+        HEAP.with(|h| h.debug_violations()),
+        HEAP.with(|h| h.debug_serial())
+    );
+    println!("\n--- strata's sys._debugmallocstats() at the end ---\n{}", HEAP.with(|h| h.report()));
     println!("\nboot report done; exiting QEMU");
     if ok { strata_boot::exit_success() } else { strata_boot::exit_failure() }
 }

@@ -53,6 +53,52 @@ static FAILED: AtomicUsize = AtomicUsize::new(0);
 static RUNNING: AtomicBool = AtomicBool::new(false);
 static CURRENT: Mutex<Option<&'static KernelTest>> = Mutex::new(None);
 static EXPECTED_FAULT: Mutex<Option<(VirtAddr, AddressInfo)>> = Mutex::new(None);
+static EXPECTED_PANIC: Mutex<&'static [&'static str]> = Mutex::new(&[]);
+static PANIC_TEXT: Mutex<TextBuffer<4096>> = Mutex::new(TextBuffer::new());
+
+/// Text written through `core::fmt::Write` into a fixed buffer (no
+/// allocation: usable in a panic, or to render an allocator report while the
+/// allocator is the thing under test). Writes past the end are dropped.
+#[derive(Debug)]
+pub struct TextBuffer<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> TextBuffer<N> {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        Self { bytes: [0; N], len: 0 }
+    }
+
+    /// The text written so far (up to the last whole character that fit).
+    pub fn as_str(&self) -> &str {
+        match core::str::from_utf8(&self.bytes[..self.len]) {
+            Ok(s) => s,
+            Err(e) => core::str::from_utf8(&self.bytes[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+
+    /// Empties the buffer.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl<const N: usize> Default for TextBuffer<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> core::fmt::Write for TextBuffer<N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(N - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
 
 /// Registers a kernel test case.
 ///
@@ -92,6 +138,12 @@ pub fn expect_page_fault(addr: VirtAddr, info: AddressInfo) {
     *EXPECTED_FAULT.lock() = Some((addr, info));
 }
 
+/// Announces that the current `#[should_panic]` case passes only if its
+/// panic message contains every one of `parts`.
+pub fn expect_panic_containing(parts: &'static [&'static str]) {
+    *EXPECTED_PANIC.lock() = parts;
+}
+
 /// The entry of every test suite: `entry_point!(strata_boot::test::main)`.
 ///
 /// The kernel command line, when not empty, filters the cases by substring.
@@ -126,6 +178,7 @@ extern "C" fn run_remaining() -> ! {
         let test = &KERNEL_TESTS[usize::from(order[i])];
         crate::print!("test {} ... ", test.name);
         *EXPECTED_FAULT.lock() = None;
+        *EXPECTED_PANIC.lock() = &[];
         *CURRENT.lock() = Some(test);
         (test.run)();
         *CURRENT.lock() = None;
@@ -182,8 +235,22 @@ pub(crate) fn on_panic(info: &core::panic::PanicInfo<'_>) {
     let Some(test) = take_current() else { return };
     match test.expect {
         Expect::Panic => {
-            println!("(panicked as expected: {})", info.message());
-            pass();
+            for lock in [EXPECTED_PANIC.is_locked(), PANIC_TEXT.is_locked()] {
+                if lock {
+                    println!("    (a test lock was held at the panic)");
+                }
+            }
+            let mut text = PANIC_TEXT.lock();
+            text.clear();
+            let _ = core::fmt::Write::write_fmt(&mut *text, format_args!("{}", info.message()));
+            let missing = EXPECTED_PANIC.lock().iter().find(|part| !text.as_str().contains(*part)).copied();
+            match missing {
+                None => {
+                    println!("(panicked as expected: {})", text.as_str());
+                    pass();
+                }
+                Some(part) => fail(format_args!("the panic message lacks {part:?}:\n{}", text.as_str())),
+            }
         }
         _ => fail(format_args!("panicked: {info}")),
     }

@@ -481,6 +481,12 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         self.debug.policy = policy;
     }
 
+    /// The serial number of the last debug allocation (the next one gets
+    /// this plus one).
+    pub fn debug_serial(&self) -> u64 {
+        self.debug.serial
+    }
+
     /// Violations caught so far.
     pub fn debug_violations(&self) -> usize {
         self.debug.violations
