@@ -2,7 +2,8 @@
 //! VMM (layer −1) and the frame allocator (layer −2).
 //!
 //! ```text
-//!  Box::new ─► GlobalAlloc (HEAP, interrupt-masking lock)          +1
+//!  Box::new ─► KernelAllocator: 1 in N small ─► sampling pool       +1
+//!               └─► GlobalAlloc (HEAP, interrupt-masking lock)     +1
 //!               ├─ ≤ 512 B ─► arenas / pools / blocks              +2
 //!               └─ other   ─► bins, segments, large mappings        0
 //!                               │ allocate_pages / deallocate_pages
@@ -16,6 +17,7 @@
 //! Pages given back by layers 0 and +2 are unmapped at once and their frames,
 //! with the page tables emptied by the unmap, go back to the frame allocator.
 
+use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 
 use strata::source::{PAGE_SIZE, PageSource, PagesError};
@@ -24,6 +26,7 @@ use strata::{LockedHeap, ObjectCache};
 use x86_64::VirtAddr;
 
 use crate::memory::{ALLOC_WINDOW, with_memory};
+use crate::sampling;
 use crate::sync::IrqSpinLock;
 
 /// The VMM as the page source of layers 0 and +2.
@@ -72,10 +75,77 @@ pub const KERNEL_LARGE: usize = 2048;
 /// interrupt-masking lock.
 pub type KernelHeap = LockedHeap<KernelPages, IrqSpinLock, KERNEL_SEGMENTS, KERNEL_LARGE>;
 
-/// The kernel's global allocator.
-#[global_allocator]
+/// The kernel heap (layers +1 to −2). `Box` and `Vec` reach it through
+/// [`KernelAllocator`].
 pub static HEAP: KernelHeap =
     LockedHeap::new(KernelPages, (ALLOC_WINDOW.0 as usize, ALLOC_WINDOW.1 as usize));
+
+/// The kernel's global allocator: the guarded-sampling hook
+/// ([`sampling`](crate::sampling), off unless turned on), then [`HEAP`].
+#[derive(Debug)]
+pub struct KernelAllocator;
+
+#[global_allocator]
+static GLOBAL: KernelAllocator = KernelAllocator;
+
+// SAFETY: each block comes from the sampling pool or from HEAP, and is
+// freed by the one that owns it (the pool's address range tells them apart);
+// both uphold the `GlobalAlloc` contract.
+unsafe impl GlobalAlloc for KernelAllocator {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if sampling::should_sample(layout)
+            && let Some(p) = sampling::allocate(layout)
+        {
+            return p.as_ptr();
+        }
+        // SAFETY: forwarded contract.
+        unsafe { HEAP.alloc(layout) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if sampling::contains(ptr) {
+            // SAFETY: forwarded contract; the pointer lies in the pool.
+            unsafe { sampling::deallocate(ptr, layout) }
+        } else {
+            // SAFETY: forwarded contract.
+            unsafe { HEAP.dealloc(ptr, layout) }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if sampling::should_sample(layout)
+            && let Some(p) = sampling::allocate(layout)
+        {
+            // Slot pages are mapped to zeroed frames; only the canaries
+            // before the object are written.
+            return p.as_ptr();
+        }
+        // SAFETY: forwarded contract.
+        unsafe { HEAP.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !sampling::contains(ptr) {
+            // SAFETY: forwarded contract.
+            return unsafe { HEAP.realloc(ptr, layout, new_size) };
+        }
+        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+            return core::ptr::null_mut();
+        };
+        // SAFETY: a sampled block moves like any other: a new block, the
+        // data copied, the old one freed (and unmapped).
+        unsafe {
+            let new = self.alloc(new_layout);
+            if !new.is_null() {
+                core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                sampling::deallocate(ptr, layout);
+            }
+            new
+        }
+    }
+}
 
 /// A kernel task record: the object type the kernel keeps in a typed cache
 /// (layer +3), as CPython keeps floats and lists.

@@ -93,6 +93,8 @@ pub struct Fault {
     pub address: Option<VirtAddr>,
     /// What the VMM knows of `address`, when it could be asked.
     pub info: Option<AddressInfo>,
+    /// Which sampled allocation `address` hit, if it lies in the sampling pool.
+    pub sample: Option<crate::sampling::Hit>,
 }
 
 /// Breakpoints handled so far.
@@ -256,7 +258,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     }
     let address = matches!(frame.vector, 8 | 14).then(Cr2::read_raw).map(VirtAddr::new_truncate);
     let info = address.and_then(crate::memory::lookup);
-    let fault = Fault { vector: frame.vector, error_code: frame.error_code, rip: frame.rip, address, info };
+    let sample = address.and_then(|a| crate::sampling::describe(a.as_u64()));
+    let fault =
+        Fault { vector: frame.vector, error_code: frame.error_code, rip: frame.rip, address, info, sample };
     crate::serial::force_unlock();
     report(&fault);
     crate::test::on_fault(&fault)
@@ -291,5 +295,8 @@ pub fn report(fault: &Fault) {
             Some(info) => crate::println!("    address {:#x}: {info}", addr.as_u64()),
             None => crate::println!("    address {:#x} (VMM unavailable)", addr.as_u64()),
         }
+    }
+    if let Some(hit) = fault.sample {
+        crate::println!("    sampling: {hit}");
     }
 }

@@ -21,6 +21,7 @@ pub mod heap;
 pub mod interrupts;
 pub mod memory;
 pub mod report;
+pub mod sampling;
 pub mod serial;
 pub mod sync;
 pub mod test;

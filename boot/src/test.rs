@@ -53,6 +53,7 @@ static FAILED: AtomicUsize = AtomicUsize::new(0);
 static RUNNING: AtomicBool = AtomicBool::new(false);
 static CURRENT: Mutex<Option<&'static KernelTest>> = Mutex::new(None);
 static EXPECTED_FAULT: Mutex<Option<(VirtAddr, AddressInfo)>> = Mutex::new(None);
+static EXPECTED_SAMPLE: Mutex<Option<crate::sampling::Hit>> = Mutex::new(None);
 static EXPECTED_PANIC: Mutex<&'static [&'static str]> = Mutex::new(&[]);
 static PANIC_TEXT: Mutex<TextBuffer<4096>> = Mutex::new(TextBuffer::new());
 
@@ -138,6 +139,13 @@ pub fn expect_page_fault(addr: VirtAddr, info: AddressInfo) {
     *EXPECTED_FAULT.lock() = Some((addr, info));
 }
 
+/// Announces the page fault the current case expects in the sampling pool:
+/// at `addr`, which the VMM must describe as `info` and the pool as `hit`.
+pub fn expect_sampled_fault(addr: VirtAddr, info: AddressInfo, hit: crate::sampling::Hit) {
+    *EXPECTED_SAMPLE.lock() = Some(hit);
+    expect_page_fault(addr, info);
+}
+
 /// Announces that the current `#[should_panic]` case passes only if its
 /// panic message contains every one of `parts`.
 pub fn expect_panic_containing(parts: &'static [&'static str]) {
@@ -179,6 +187,7 @@ extern "C" fn run_remaining() -> ! {
         crate::print!("test {} ... ", test.name);
         *EXPECTED_FAULT.lock() = None;
         *EXPECTED_PANIC.lock() = &[];
+        *EXPECTED_SAMPLE.lock() = None;
         *CURRENT.lock() = Some(test);
         (test.run)();
         *CURRENT.lock() = None;
@@ -264,8 +273,18 @@ pub(crate) fn on_fault(fault: &Fault) -> ! {
         // SAFETY: the holder was interrupted and never resumes.
         unsafe { EXPECTED_FAULT.force_unlock() };
     }
+    if EXPECTED_SAMPLE.is_locked() {
+        // SAFETY: as above.
+        unsafe { EXPECTED_SAMPLE.force_unlock() };
+    }
     let expected = EXPECTED_FAULT.lock().take();
+    let sample = EXPECTED_SAMPLE.lock().take();
     match (test.expect, expected) {
+        (Expect::PageFault, Some(_)) if sample.is_some() && fault.sample != sample => fail(format_args!(
+            "expected the sampling pool to report {}, got {:?}",
+            sample.expect("checked"),
+            fault.sample
+        )),
         (Expect::PageFault, Some((addr, info)))
             if fault.vector == 14 && fault.address == Some(addr) && fault.info == Some(info) =>
         {
