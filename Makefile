@@ -25,8 +25,9 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest
 
-test-firmware: ## The Cortex-M4F firmware on qemu-system-arm (mps2-an386); fails if any check fails
+test-firmware: ## The Cortex-M4F firmware on qemu-system-arm (mps2-an386), plain and in debug mode; fails if any check fails
 	$(CARGO) fwrun
+	$(CARGO) fwrun --features debug
 
 check: deps fmt clippy build doc ## fmt, clippy and builds for every target
 
@@ -40,6 +41,7 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --lib --no-default-features --target $(FIRMWARE_TARGET) -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET) -- -D warnings
 	$(CARGO) clippy -p strata-firmware --target $(FIRMWARE_TARGET) --bins -- -D warnings
+	$(CARGO) clippy -p strata-firmware --features debug --target $(FIRMWARE_TARGET) --bins -- -D warnings
 	$(CARGO) clippy -p strata-bench --all-targets -- -D warnings
 
 build: ## Build the library for host, kernel and firmware targets, and the kernel

@@ -8,6 +8,11 @@
 //! the same mixed workload on 64 KiB before their first failure, prints what
 //! it did and the allocator's statistics, and exits with status 0 only if
 //! every check passed.
+//!
+//! Built with the `debug` feature (`make test-firmware` runs both builds),
+//! the heap runs strata's debug hooks with a reporting policy (a callback
+//! that prints the report over semihosting), and one more check overflows a
+//! buffer and expects the overflow to be caught and reported on free.
 #![no_std]
 #![no_main]
 
@@ -108,7 +113,15 @@ fn main() -> ! {
     hprintln!(
         "  mixed workload on 64 KiB until the first failure: strata {strata_ops} allocations ({strata_live} B live), linked_list_allocator {lla_ops} ({lla_live} B live)"
     );
-    check("strata serves at least as long as linked_list_allocator", strata_ops >= lla_ops);
+    if cfg!(feature = "debug") {
+        // 64 bytes of header and guards per block cost capacity by design.
+        hprintln!("  (capacity not compared in the debug build)");
+    } else {
+        check("strata serves at least as long as linked_list_allocator", strata_ops >= lla_ops);
+    }
+
+    #[cfg(feature = "debug")]
+    check("debug: a buffer overflow is caught and reported on free", debug_mode::overflow_is_caught());
 
     let stats = HEAP.stats();
     hprintln!("statistics:\n{}", HEAP.with(|h| h.report()));
@@ -223,6 +236,46 @@ fn spin_lla(mem: &'static mut [MaybeUninit<u8>]) -> core::cell::RefCell<linked_l
     let mut heap = linked_list_allocator::Heap::empty();
     heap.init_from_slice(mem);
     core::cell::RefCell::new(heap)
+}
+
+/// The debug build's policy and its overflow check.
+#[cfg(feature = "debug")]
+mod debug_mode {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::cell::Cell;
+
+    use cortex_m::interrupt::{self, Mutex};
+    use cortex_m_semihosting::hprintln;
+    use strata::front::debug::{BadByte, Policy, Violation, ViolationKind};
+
+    use super::HEAP;
+
+    static CAUGHT: Mutex<Cell<Option<Violation>>> = Mutex::new(Cell::new(None));
+
+    /// The firmware's policy: print the report, keep the violation, go on.
+    fn on_violation(v: &Violation) {
+        hprintln!("{}", v);
+        interrupt::free(|cs| CAUGHT.borrow(cs).set(Some(*v)));
+    }
+
+    /// Writes one byte past a 20-byte buffer and frees it.
+    pub fn overflow_is_caught() -> bool {
+        HEAP.set_debug_policy(Policy::Report(on_violation));
+        let layout = Layout::from_size_align(20, 4).expect("layout");
+        // SAFETY: the 21st byte lands in the block's trailing guard: the
+        // overflow under test, caught on free.
+        unsafe {
+            let p = HEAP.alloc(layout);
+            p.write_bytes(0x5A, 21);
+            HEAP.dealloc(p, layout);
+        }
+        let caught = interrupt::free(|cs| CAUGHT.borrow(cs).take());
+        caught.is_some_and(|v| {
+            v.kind == ViolationKind::TrailingGuard
+                && v.requested_size == Some(20)
+                && v.bad_bytes() == [BadByte { offset: 20, value: 0x5A }]
+        })
+    }
 }
 
 #[panic_handler]
