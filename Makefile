@@ -60,6 +60,7 @@ bench: ## Benchmarks against the peers (release build; wall time and heap effici
 	$(CARGO) run --release -p strata-bench --bin strata-bench
 	$(CARGO) run --release -p strata-bench --bin threads-system
 	$(CARGO) run --release -p strata-bench --bin threads-strata
+	bash scripts/bench-cost.sh
 
 bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator, rdtsc under QEMU -icount
 	STRATA_QEMU_ARGS="-icount shift=0,sleep=off" $(CARGO) run --release -p strata-boot --no-default-features --bin strata-bench-kernel --target x86_64-unknown-none

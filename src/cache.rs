@@ -33,7 +33,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
 use crate::front::{DefaultLock, Domain, DomainAlloc};
-use crate::sync::AtomicUsize;
+use crate::sync::{AtomicUsize, stat};
 
 /// Why a cache could not provide a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,9 +47,9 @@ pub enum CacheError {
 /// Counters of one cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Blocks served from the free list.
+    /// Blocks served from the free list (0 without the `stats` feature).
     pub hits: usize,
-    /// Blocks that had to come from the heap.
+    /// Blocks that had to come from the heap (0 without the `stats` feature).
     pub misses: usize,
     /// Blocks on the free list now.
     pub cached: usize,
@@ -138,11 +138,11 @@ impl<'h, T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'
                 // SAFETY: blocks on the list hold the next link in their first word.
                 free.head = unsafe { *block.as_ptr().cast::<*mut u8>() };
                 free.len -= 1;
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                stat!(self.hits.fetch_add(1, Ordering::Relaxed));
                 return Ok(block.cast());
             }
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        stat!(self.misses.fetch_add(1, Ordering::Relaxed));
         // SAFETY: `BLOCK` has a non-zero size.
         let p = unsafe { self.heap.alloc_in(Self::BLOCK, Domain::CACHE) };
         NonNull::new(p).map(NonNull::cast).ok_or(CacheError::OutOfMemory)

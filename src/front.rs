@@ -42,7 +42,7 @@ use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
-use crate::sync::AtomicBool;
+use crate::sync::{AtomicBool, stat};
 
 use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator};
 use crate::segment::{self, Config, MAX_LARGE, MAX_SEGMENTS, SegmentAllocator};
@@ -181,9 +181,10 @@ pub struct FrontStats {
     pub refused_frees: usize,
     /// Small requests served by layer 0 because layer +2 had no arena.
     pub small_fallbacks: usize,
-    /// Reallocations done in place.
+    /// Reallocations done in place (an event counter: 0 without the `stats`
+    /// feature).
     pub realloc_in_place: usize,
-    /// Reallocations that moved the block.
+    /// Reallocations that moved the block (an event counter).
     pub realloc_moved: usize,
 }
 
@@ -267,6 +268,9 @@ impl fmt::Display for Report {
             s.segments, s.segment_bytes, s.segment_used, s.large, s.large_bytes, s.binned_blocks, s.bin_hits
         )?;
         let fr = &self.stats.front;
+        if !cfg!(feature = "stats") {
+            writeln!(f, "(event counters — bin hits, reallocs, cache hits — are off: feature `stats`)")?;
+        }
         write!(
             f,
             "front door: {} failed allocations, {} refused frees, {} small fallbacks, realloc {} in place / {} moved",
@@ -492,7 +496,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
             self.segment.fits_in_place(ptr.as_ptr(), layout, new_layout)
         };
         if in_place {
-            self.stats.realloc_in_place += 1;
+            stat!(self.stats.realloc_in_place += 1);
             return Ok(ptr);
         }
         let new = self.allocate(new_layout)?;
@@ -501,7 +505,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
             ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
             self.deallocate(ptr, layout).expect("the caller passed a live block of this heap");
         }
-        self.stats.realloc_moved += 1;
+        stat!(self.stats.realloc_moved += 1);
         Ok(new)
     }
 
@@ -807,5 +811,38 @@ impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: u
     #[cfg(feature = "debug")]
     pub fn set_debug_policy(&self, policy: debug::Policy) {
         self.heap.lock().set_debug_policy(policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec;
+
+    /// The event counters count with the `stats` feature and cost nothing
+    /// (read 0) without it; `make test` runs this both ways.
+    #[test]
+    fn event_counters_follow_the_stats_feature() {
+        let mut buf = vec![0u8; 8 << 20];
+        // SAFETY: the buffer outlives the heap and is used by nothing else.
+        let source = unsafe { RegionSource::new(buf.as_mut_ptr(), buf.len()) };
+        let mut heap = Heap::new(source);
+        let layout = Layout::from_size_align(100, 8).unwrap();
+        let p = heap.allocate(layout).unwrap();
+        // SAFETY: a live block of this heap with `layout`.
+        let p = unsafe { heap.reallocate(p, layout, 104) }.unwrap();
+        let layout = Layout::from_size_align(104, 8).unwrap();
+        // SAFETY: as above.
+        let q = unsafe { heap.reallocate(p, layout, 2000) }.unwrap();
+        // SAFETY: as above, with the new size.
+        unsafe { heap.deallocate(q, Layout::from_size_align(2000, 8).unwrap()) }.unwrap();
+        let r = heap.allocate(Layout::from_size_align(2000, 8).unwrap()).unwrap();
+        let s = heap.stats();
+        let expected = if cfg!(feature = "stats") { (1, 1, 1) } else { (0, 0, 0) };
+        assert_eq!((s.front.realloc_in_place, s.front.realloc_moved, s.segments.bin_hits), expected);
+        assert_eq!(s.front.failed_allocations, 0, "failure counts are always kept");
+        // SAFETY: live, with its layout.
+        unsafe { heap.deallocate(r, Layout::from_size_align(2000, 8).unwrap()) }.unwrap();
     }
 }

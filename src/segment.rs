@@ -48,6 +48,7 @@ use core::ptr::NonNull;
 use linked_list_allocator::Heap;
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError};
+use crate::sync::stat;
 
 /// Default for the most segments the allocator keeps at once (the
 /// `SEGMENTS` parameter).
@@ -242,7 +243,8 @@ pub struct SegmentStats {
     pub segments_extended: usize,
     /// Blocks waiting in bins.
     pub binned_blocks: usize,
-    /// Allocations served from a bin.
+    /// Allocations served from a bin (an event counter: 0 without the
+    /// `stats` feature).
     pub bin_hits: usize,
 }
 
@@ -402,7 +404,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
                 // SAFETY: binned blocks hold the next link in their first word.
                 b.head = unsafe { *block.as_ptr().cast::<*mut u8>() };
                 b.len -= 1;
-                self.bin_hits += 1;
+                stat!(self.bin_hits += 1);
                 self.binned_bytes -= bin_size(bin);
                 return Ok(block);
             }

@@ -4,6 +4,19 @@
 //! it is `CriticalSectionLock`, and atomics come from `portable-atomic`, so
 //! that the crate builds for cores without compare-and-swap (thumbv6m).
 
+/// A statistics update (an event counter bump) that exists only with the
+/// `stats` feature: without it the fast paths do no counting at all, and the
+/// event counters read 0.
+macro_rules! stat {
+    ($($update:tt)*) => {
+        #[cfg(feature = "stats")]
+        {
+            $($update)*
+        }
+    };
+}
+pub(crate) use stat;
+
 #[cfg(not(feature = "critical-section"))]
 pub(crate) use core::sync::atomic::{AtomicBool, AtomicUsize};
 #[cfg(feature = "critical-section")]

@@ -75,11 +75,15 @@ fn time_ns_per_op(peer: &'static str, w: Workload, ops: usize, runs: usize) -> f
 /// Instructions per operation: two callgrind runs of N and 2N operations,
 /// whose difference cancels the set-up.
 fn callgrind_per_op(peer: &str, workload: &str, n: usize) -> Option<f64> {
-    let exe = std::env::current_exe().ok()?;
+    callgrind_per_op_of(&std::env::current_exe().ok()?, peer, workload, n)
+}
+
+/// [`callgrind_per_op`] of another build of this benchmark.
+fn callgrind_per_op_of(exe: &std::path::Path, peer: &str, workload: &str, n: usize) -> Option<f64> {
     let run = |ops: usize| -> Option<(f64, f64)> {
         let out = Command::new("valgrind")
             .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
-            .arg(&exe)
+            .arg(exe)
             .args(["--only", peer, workload, &ops.to_string()])
             .output()
             .ok()?;
@@ -135,6 +139,54 @@ fn threads(bin: &str) -> Option<Vec<(u32, f64)>> {
     )
 }
 
+/// The cost of strata's features: the same workloads on three builds of
+/// this benchmark (strata without event counters, with them — the default —
+/// and with the debug hooks), written into `bench/RESULTS.md`.
+fn cost(dir: &std::path::Path, exes: &[String]) {
+    let builds = ["no features", "stats (default)", "debug + stats"];
+    let mut md = String::from(
+        "## Cost of the statistics and debug features\n\n`scripts/bench-cost.sh` builds this benchmark three times — strata with no features (`--no-default-features`), with `stats` (the default: event counters on the fast paths) and with `debug` — and runs strata's workloads on each: instructions per operation under callgrind (exact), wall time (noisy) and the ratio to the featureless build.\n\n| workload | build | instructions/op | × | wall ns/op | × |\n|---|---|---|---|---|---|\n",
+    );
+    for w in ["cpython-churn", "random-200-realloc", "random-1000"] {
+        let mut base = None;
+        for (build, exe) in builds.iter().zip(exes) {
+            let exe = std::path::Path::new(exe);
+            let ir = callgrind_per_op_of(exe, "strata", w, 100_000);
+            let wall =
+                Command::new(exe).args(["--time", "strata", w, "300000"]).output().ok().and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout).split("ns/op: ").nth(1)?.trim().parse::<f64>().ok()
+                });
+            let (b_ir, b_wall) = *base.get_or_insert((ir, wall));
+            let ratio = |x: Option<f64>, b: Option<f64>| match (x, b) {
+                (Some(x), Some(b)) if b > 0.0 => format!("{:.2}", x / b),
+                _ => "–".into(),
+            };
+            let show = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.1}"));
+            writeln!(
+                md,
+                "| {w} | {build} | {} | {} | {} | {} |",
+                show(ir),
+                ratio(ir, b_ir),
+                show(wall),
+                ratio(wall, b_wall)
+            )
+            .unwrap();
+            println!("cost: {w} {build}: {} instructions/op, {} ns/op", show(ir), show(wall));
+        }
+    }
+    let path = dir.join("RESULTS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let kept = match old.find("## Cost of the statistics and debug features") {
+        Some(i) => {
+            let rest = &old[i + 3..];
+            let end = rest.find("\n## ").map_or(old.len(), |j| i + 3 + j + 1);
+            format!("{}{}", &old[..i], &old[end..])
+        }
+        None => old,
+    };
+    std::fs::write(&path, format!("{}\n\n{md}", kept.trim_end())).expect("write bench/RESULTS.md");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 5 && args[1] == "--only" {
@@ -146,7 +198,17 @@ fn main() {
         println!("{name} {} {:?}", args[3], out);
         return;
     }
+    if args.len() == 5 && args[1] == "--time" {
+        let name = PEERS.iter().copied().find(|p| *p == args[2]).expect("known peer");
+        let spec = workloads().into_iter().find(|s| s.name == args[3]).expect("known workload");
+        println!("ns/op: {:.2}", time_ns_per_op(name, spec.run, args[4].parse().expect("op count"), 5));
+        return;
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if args.len() == 5 && args[1] == "--cost" {
+        cost(dir, &args[2..]);
+        return;
+    }
     if args.len() == 2 && args[1] == "--redraw" {
         // Redraw the chart from the wall-time table of bench/RESULTS.md.
         let md = std::fs::read_to_string(dir.join("RESULTS.md")).expect("bench/RESULTS.md");

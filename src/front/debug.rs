@@ -39,6 +39,7 @@ use core::ptr::{self, NonNull};
 
 use super::{AllocError, DeallocateError, Domain, Heap, Layer};
 use crate::source::PageSource;
+use crate::sync::stat;
 
 /// Guard byte before and after every block (CPython's `FORBIDDENBYTE`).
 pub const FORBIDDEN: u8 = 0xFD;
@@ -354,7 +355,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
             ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
             self.release(ptr, layout);
         }
-        self.stats.realloc_moved += 1;
+        stat!(self.stats.realloc_moved += 1);
         Ok(new)
     }
 
