@@ -21,6 +21,7 @@ test: deps test-host test-kernel test-firmware ## Every test: host tests, the ke
 test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing ones in debug mode
 	$(CARGO) test
 	$(CARGO) test --features debug --test debug --test global_alloc --test cache
+	$(CARGO) test --lib --no-default-features
 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest
@@ -37,6 +38,7 @@ fmt: ## rustfmt check
 clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features debug -- -D warnings
+	$(CARGO) clippy --lib --tests --no-default-features -- -D warnings
 	$(CARGO) clippy -p strata-boot --target $(KERNEL_TARGET) --bins --tests -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --target $(FIRMWARE_TARGET) -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET) -- -D warnings
@@ -54,7 +56,7 @@ build: ## Build the library for host, kernel and firmware targets, and the kerne
 	$(CARGO) kbuild
 
 doc: ## API docs (the README is the crate docs), warnings denied
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug
 
 bench: ## Benchmarks against the peers (release build; wall time and heap efficiency)
 	$(CARGO) run --release -p strata-bench --bin strata-bench
