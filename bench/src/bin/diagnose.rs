@@ -1,5 +1,7 @@
 //! Where does the memory go at the first failure? Fills a `strata::Heap`
 //! with the CPython-like workload and breaks the region down by layer.
+//! `GEOMETRY=ARENA_SHIFT,POOL_SHIFT` tries another layer +2 geometry (e.g.
+//! `22,16`: 4 MiB arenas of 64 KiB pools).
 
 use std::alloc::Layout;
 
@@ -10,7 +12,20 @@ use strata_bench::{Region, Rng, cpython_size};
 fn main() {
     let region = Region::new(32 << 20);
     // SAFETY: the region outlives the heap.
-    let mut heap = Heap::new(unsafe { strata::RegionSource::new(region.ptr(), region.size()) });
+    let source = unsafe { strata::RegionSource::new(region.ptr(), region.size()) };
+    let mut heap = match std::env::var("GEOMETRY") {
+        Ok(g) => {
+            let v: Vec<u32> = g.split(',').map(|x| x.parse().unwrap()).collect();
+            let geometry = strata::object::Geometry {
+                arena_shift: v[0],
+                pool_shift: v[1],
+                class_shift: 3,
+                threshold: 512,
+            };
+            Heap::with_geometry(source, geometry, strata::segment::Config::for_window(region.size()))
+        }
+        Err(_) => Heap::new(source),
+    };
     let mut rng = Rng(0x5eed_1234_abcd);
     let mut live: Vec<(std::ptr::NonNull<u8>, Layout)> = Vec::new();
     let mut live_bytes = 0usize;
@@ -73,6 +88,17 @@ fn main() {
         pct(s.segments.segment_bytes),
         pct(s.segments.segment_used),
         pct(s.segments.segment_bytes - s.segments.segment_used)
+    );
+    let seg: Vec<_> =
+        live.iter().filter(|(p, _)| heap.owner(p.as_ptr()) == Some(strata::Layer::Segment)).collect();
+    let seg_req: usize = seg.iter().map(|(_, l)| l.size()).sum();
+    let seg_16: usize = seg.iter().map(|(_, l)| l.size().next_multiple_of(16)).sum();
+    println!(
+        "  layer 0 holds {} live blocks: requested {:.2} %, rounded to 16 {:.2} %, so {:.1} B per block beyond the request",
+        seg.len(),
+        pct(seg_req),
+        pct(seg_16),
+        (s.segments.segment_used - seg_req) as f64 / seg.len().max(1) as f64
     );
     println!("source free: {:.2} %", pct(heap.source().window().1 - heap.source().bytes_out()));
     println!("front: {:?}", s.front);
