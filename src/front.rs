@@ -186,6 +186,8 @@ pub struct FrontStats {
     pub realloc_in_place: usize,
     /// Reallocations that moved the block (an event counter).
     pub realloc_moved: usize,
+    /// Misuses caught by the debug hooks (always 0 without `debug`).
+    pub debug_violations: usize,
 }
 
 /// A snapshot of the whole heap.
@@ -279,7 +281,11 @@ impl fmt::Display for Report {
             fr.small_fallbacks,
             fr.realloc_in_place,
             fr.realloc_moved
-        )
+        )?;
+        if cfg!(feature = "debug") {
+            write!(f, "\ndebug hooks: {} misuses caught", fr.debug_violations)?;
+        }
+        Ok(())
     }
 }
 
@@ -386,6 +392,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
                 small_fallbacks: 0,
                 realloc_in_place: 0,
                 realloc_moved: 0,
+                debug_violations: 0,
             },
             #[cfg(feature = "debug")]
             debug: debug::DebugState::new(),

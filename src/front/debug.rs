@@ -239,13 +239,11 @@ pub(crate) struct DebugState {
     pub(crate) policy: Policy,
     /// A violation found under the lock, acted on after it is released.
     pub(crate) pending: Option<Violation>,
-    /// Violations found so far.
-    pub(crate) violations: usize,
 }
 
 impl DebugState {
     pub(crate) const fn new() -> Self {
-        Self { serial: 0, policy: Policy::Panic, pending: None, violations: 0 }
+        Self { serial: 0, policy: Policy::Panic, pending: None }
     }
 }
 
@@ -278,7 +276,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         if !(p.as_ptr() as usize).is_multiple_of(layout.align()) {
             let mut v = self.blank_violation(ViolationKind::Misaligned, p, layout, domain);
             v.owner = self.memory_of(p.as_ptr());
-            self.debug.violations += 1;
+            self.stats.debug_violations += 1;
             self.debug.pending = Some(v);
             // SAFETY: the block was just allocated with `inner`.
             unsafe { self.deallocate(base, inner) }.expect("a block just allocated");
@@ -322,7 +320,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
                 Ok(())
             }
             Some(v) => {
-                self.debug.violations += 1;
+                self.stats.debug_violations += 1;
                 self.debug.pending = Some(v);
                 Ok(())
             }
@@ -345,7 +343,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         let new_layout = Layout::from_size_align(new_size, layout.align())
             .map_err(|_| AllocError::InvalidLayout { size: new_size, align: layout.align() })?;
         if let Some(v) = self.check(ptr, layout, domain) {
-            self.debug.violations += 1;
+            self.stats.debug_violations += 1;
             self.debug.pending = Some(v);
             return Err(AllocError::Misuse { ptr: ptr.as_ptr() as usize });
         }
@@ -490,7 +488,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
 
     /// Violations caught so far.
     pub fn debug_violations(&self) -> usize {
-        self.debug.violations
+        self.stats.debug_violations
     }
 
     /// The violation found by the last call, if its policy has not taken it
