@@ -22,9 +22,10 @@
 //!
 //! **Realloc in place.** A +2 block is kept when the new size still fits its
 //! size class and uses more than half of it (mimalloc's rule; CPython keeps
-//! 75 %); a large mapping is kept while its page count does not change; a
-//! segment block while its reserved size does not change. Otherwise the block
-//! moves.
+//! 75 %); a large mapping is kept while its page count does not change, and
+//! grows in place when the page source has the pages after it free (a
+//! [`RegionSource`] does; like `mremap`); a segment block is kept while its
+//! reserved size does not change. Otherwise the block moves.
 //!
 //! **Domains and debug hooks.** [`LockedHeap`]'s entry points take the
 //! [`Domain`] a block is allocated through ([`DomainAlloc`]): `GlobalAlloc`
@@ -501,6 +502,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
             new_size <= block && (new_size > block / 2 || block <= ALIGNMENT)
         } else {
             self.segment.fits_in_place(ptr.as_ptr(), layout, new_layout)
+                || self.segment.grow_in_place(ptr.as_ptr(), new_layout, &mut self.source)
         };
         if in_place {
             stat!(self.stats.realloc_in_place += 1);

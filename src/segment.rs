@@ -565,6 +565,22 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
             && lla_size(self.effective(old)) == lla_size(self.effective(new))
     }
 
+    /// Grows the large mapping at `ptr` in place for `new` (same alignment,
+    /// more pages) when the page source has the pages right after it free
+    /// ([`PageSource::grow_pages`]): returns whether it did.
+    pub fn grow_in_place(&mut self, ptr: *const u8, new: Layout, source: &mut impl PageSource) -> bool {
+        let Some(i) = self.large_of(ptr as usize) else { return false };
+        let have = self.large[i].size;
+        let Some(want) = pages_for(new.size()).filter(|&w| w > have) else { return false };
+        // SAFETY: a live mapping of ours from `source`, `have` bytes long.
+        if unsafe { source.grow_pages(NonNull::new_unchecked(ptr as *mut u8), have, want) } {
+            self.large[i].size = want;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Gives every binned block back to its segment heap. Returns how many.
     pub fn flush_bins(&mut self, source: &mut impl PageSource) -> usize {
         let mut flushed = 0;

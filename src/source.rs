@@ -94,6 +94,20 @@ pub unsafe trait PageSource {
     /// used.
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize);
 
+    /// Grows the allocation at `ptr` from `old` to `new` bytes (multiples of
+    /// the granularity, `new > old`) in place, if the pages right after it
+    /// are free: returns whether it did. Layer 0 uses it to grow a large
+    /// mapping on realloc without copying. `false` (never) by default.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` and `old` must be those of a live allocation of this source; on
+    /// `true` it is `new` bytes long from then on.
+    unsafe fn grow_pages(&mut self, ptr: NonNull<u8>, old: usize, new: usize) -> bool {
+        let _ = (ptr, old, new);
+        false
+    }
+
     /// Whether pages of adjacent allocations may be given back in one
     /// [`deallocate_pages`](Self::deallocate_pages) call (so that layer 0 may
     /// merge a new segment into the one it follows). `false` by default.
@@ -112,17 +126,31 @@ fn check_request(size: usize, align: usize, granule: usize) -> Result<Layout, Pa
 
 /// A page source over one caller-provided region of memory.
 ///
-/// Free runs are kept sorted and coalesced in a first-fit list stored in the
-/// free memory itself (`linked_list_allocator::Heap`), so the source needs no
-/// memory of its own; allocation and free are O(free runs), which is fine for
-/// the rare, coarse requests of segments and arenas. Its granularity is
-/// [`REGION_GRANULE`], not a page: the region is used to its last 16 bytes.
+/// Free runs are kept in an address-ordered, coalesced list threaded through
+/// the free memory itself (each run starts with its size and the next run),
+/// so the source needs no memory of its own; allocation is first fit and
+/// every operation is O(free runs), which is fine for the rare, coarse
+/// requests of segments and arenas. Its granularity is [`REGION_GRANULE`],
+/// not a page: the region is used to its last 16 bytes. Unlike a general
+/// first-fit heap it can grow an allocation into the run right after it
+/// ([`PageSource::grow_pages`]), which is how a large block grows by realloc
+/// without a copy.
 pub struct RegionSource {
-    pages: linked_list_allocator::Heap,
+    /// The first free run, or null.
+    runs: *mut Run,
     window: (usize, usize),
     mapped: usize,
     high_water: usize,
 }
+
+/// The header of a free run, in its first bytes.
+#[repr(C)]
+struct Run {
+    size: usize,
+    next: *mut Run,
+}
+
+const _: () = assert!(core::mem::size_of::<Run>() <= REGION_GRANULE);
 
 // SAFETY: the source owns its region exclusively; moving it to another thread
 // moves that ownership with it.
@@ -140,7 +168,7 @@ impl fmt::Debug for RegionSource {
 impl RegionSource {
     /// A source with no memory: every request fails.
     pub const fn empty() -> Self {
-        Self { pages: linked_list_allocator::Heap::empty(), window: (0, 0), mapped: 0, high_water: 0 }
+        Self { runs: core::ptr::null_mut(), window: (0, 0), mapped: 0, high_water: 0 }
     }
 
     /// A source over `[start, start + size)`, trimmed inwards to 16-byte
@@ -157,10 +185,54 @@ impl RegionSource {
         if end <= first + REGION_GRANULE {
             return Self::empty();
         }
-        // SAFETY: the caller gives us the region; `first..end` lies inside it.
-        let pages =
-            unsafe { linked_list_allocator::Heap::new(start.wrapping_add(first - addr), end - first) };
-        Self { pages, window: (first, end - first), mapped: 0, high_water: 0 }
+        let run = start.wrapping_add(first - addr).cast::<Run>();
+        // SAFETY: the caller gives us the region; `first` lies inside it,
+        // aligned to 16, with at least 16 bytes after it.
+        unsafe { run.write(Run { size: end - first, next: core::ptr::null_mut() }) };
+        Self { runs: run, window: (first, end - first), mapped: 0, high_water: 0 }
+    }
+
+    /// Writes a run header at `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `[addr, addr + size)` must be free memory of the region, 16-aligned.
+    unsafe fn put_run(addr: usize, size: usize, next: *mut Run) -> *mut Run {
+        let run = addr as *mut Run;
+        // SAFETY: the caller's promise.
+        unsafe { run.write(Run { size, next }) };
+        run
+    }
+
+    /// Points the link that leads to `old` (the list head when `prev` is
+    /// null) at `new`.
+    ///
+    /// # Safety
+    ///
+    /// `prev` must be null or a run of the list.
+    unsafe fn relink(&mut self, prev: *mut Run, new: *mut Run) {
+        if prev.is_null() {
+            self.runs = new;
+        } else {
+            // SAFETY: the caller's promise.
+            unsafe { (*prev).next = new };
+        }
+    }
+
+    /// The free runs as `(start, size)` pairs, in address order (for tests
+    /// and reports).
+    pub fn free_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut cur = self.runs;
+        core::iter::from_fn(move || {
+            if cur.is_null() {
+                return None;
+            }
+            // SAFETY: every run of the list lies in our free memory.
+            let run = unsafe { &*cur };
+            let item = (cur as usize, run.size);
+            cur = run.next;
+            Some(item)
+        })
     }
 
     /// Bytes currently handed out.
@@ -186,12 +258,33 @@ unsafe impl PageSource for RegionSource {
     }
 
     fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError> {
-        let layout = check_request(size, align, REGION_GRANULE)?;
-        let ptr =
-            self.pages.allocate_first_fit(layout).map_err(|()| PagesError::Exhausted { size, align })?;
-        self.mapped += size;
-        self.high_water = self.high_water.max(self.mapped);
-        Ok(ptr)
+        check_request(size, align, REGION_GRANULE)?;
+        let (mut prev, mut cur) = (core::ptr::null_mut::<Run>(), self.runs);
+        while !cur.is_null() {
+            // SAFETY: every run of the list lies in our free memory.
+            let Run { size: len, next } = unsafe { cur.read() };
+            let (start, end) = (cur as usize, cur as usize + len);
+            let at = start.next_multiple_of(align);
+            if at.checked_add(size).is_some_and(|e| e <= end) {
+                // SAFETY: the front part `[start, at)` and the back part
+                // `[at + size, end)` are free memory of this run, 16-aligned.
+                unsafe {
+                    let back =
+                        if at + size < end { Self::put_run(at + size, end - at - size, next) } else { next };
+                    if at > start {
+                        (*cur).size = at - start;
+                        (*cur).next = back;
+                    } else {
+                        self.relink(prev, back);
+                    }
+                }
+                self.mapped += size;
+                self.high_water = self.high_water.max(self.mapped);
+                return Ok(NonNull::new(at as *mut u8).expect("region addresses are not null"));
+            }
+            (prev, cur) = (cur, next);
+        }
+        Err(PagesError::Exhausted { size, align })
     }
 
     fn coalesces(&self) -> bool {
@@ -199,11 +292,57 @@ unsafe impl PageSource for RegionSource {
     }
 
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
-        let layout = Layout::from_size_align(size, REGION_GRANULE).expect("a whole number of granules");
-        // SAFETY: the caller returns memory from one earlier allocation of
-        // this size; the free list needs only the size, not the alignment.
-        unsafe { self.pages.deallocate(ptr, layout) };
+        let addr = ptr.as_ptr() as usize;
+        let (mut prev, mut cur) = (core::ptr::null_mut::<Run>(), self.runs);
+        while !cur.is_null() && (cur as usize) < addr {
+            // SAFETY: a run of the list.
+            (prev, cur) = (cur, unsafe { (*cur).next });
+        }
+        // SAFETY: `[addr, addr + size)` is ours again (the caller's promise)
+        // and lies between `prev` and `cur`; merging with a neighbour that
+        // touches it only grows that run over free memory.
+        unsafe {
+            let (mut start, mut len, mut next) = (addr, size, cur);
+            if !cur.is_null() && addr + size == cur as usize {
+                len += (*cur).size;
+                next = (*cur).next;
+            }
+            if !prev.is_null() && prev as usize + (*prev).size == addr {
+                (*prev).size += len;
+                (*prev).next = next;
+            } else {
+                start = Self::put_run(start, len, next) as usize;
+                self.relink(prev, start as *mut Run);
+            }
+        }
         self.mapped -= size;
+    }
+
+    unsafe fn grow_pages(&mut self, ptr: NonNull<u8>, old: usize, new: usize) -> bool {
+        let end = ptr.as_ptr() as usize + old;
+        let extra = new - old;
+        let (mut prev, mut cur) = (core::ptr::null_mut::<Run>(), self.runs);
+        while !cur.is_null() && (cur as usize) < end {
+            // SAFETY: a run of the list.
+            (prev, cur) = (cur, unsafe { (*cur).next });
+        }
+        if cur as usize != end {
+            return false;
+        }
+        // SAFETY: `cur` is the free run right after the allocation; its
+        // first `extra` bytes become part of the allocation and the rest, if
+        // any, stays a run.
+        unsafe {
+            let Run { size: len, next } = cur.read();
+            if len < extra {
+                return false;
+            }
+            let rest = if len > extra { Self::put_run(end + extra, len - extra, next) } else { next };
+            self.relink(prev, rest);
+        }
+        self.mapped += extra;
+        self.high_water = self.high_water.max(self.mapped);
+        true
     }
 }
 
@@ -212,6 +351,7 @@ mod tests {
     extern crate std;
     use super::*;
     use std::vec;
+    use std::vec::Vec;
 
     #[test]
     fn region_source_trims_aligns_and_reuses() {
@@ -233,6 +373,28 @@ mod tests {
             src.deallocate_pages(b, 8 * PAGE_SIZE);
         }
         assert_eq!(src.bytes_out(), 0);
+        // Growth in place: only into the free run right after, as far as it goes.
+        let a = src.allocate_pages(PAGE_SIZE, PAGE_SIZE).unwrap();
+        let b = src.allocate_pages(PAGE_SIZE, PAGE_SIZE).unwrap();
+        assert_eq!(b.as_ptr() as usize, a.as_ptr() as usize + PAGE_SIZE);
+        // SAFETY: live allocations of this source with these sizes.
+        unsafe {
+            assert!(!src.grow_pages(a, PAGE_SIZE, 2 * PAGE_SIZE), "grew over a live allocation");
+            src.deallocate_pages(b, PAGE_SIZE);
+            assert!(src.grow_pages(a, PAGE_SIZE, 3 * PAGE_SIZE));
+            assert_eq!(src.bytes_out(), 3 * PAGE_SIZE);
+            assert!(!src.grow_pages(a, 3 * PAGE_SIZE, len + PAGE_SIZE), "grew past the region");
+            let grown = a.as_ptr() as usize..a.as_ptr() as usize + 3 * PAGE_SIZE;
+            for (run, size) in src.free_runs() {
+                assert!(
+                    run + size <= grown.start || run >= grown.end,
+                    "a free run overlaps the grown allocation"
+                );
+            }
+            src.deallocate_pages(a, 3 * PAGE_SIZE);
+        }
+        assert_eq!(src.bytes_out(), 0);
+        assert_eq!(src.free_runs().collect::<Vec<_>>(), [(start, len)]);
         // Everything coalesced: the whole window is one run again.
         let all = src.allocate_pages(len, REGION_GRANULE).unwrap();
         assert_eq!(all.as_ptr() as usize, start);

@@ -285,6 +285,41 @@ fn realloc_stays_in_place_only_when_the_block_still_fits() {
 }
 
 #[test]
+fn a_large_block_grows_in_place_while_the_pages_after_it_are_free() {
+    let region = Region::new(16 << 20);
+    let mut heap = Heap::new(region.source());
+    let big = heap.allocate(layout(200 << 10, 16)).unwrap();
+    assert_eq!(heap.owner(big.as_ptr()), Some(Layer::Segment));
+    // SAFETY: live blocks, each call with the current layout.
+    unsafe {
+        big.as_ptr().write_bytes(0x5c, 200 << 10);
+        let grown = heap.reallocate(big, layout(200 << 10, 16), 1 << 20).unwrap();
+        assert_eq!(grown, big, "the pages after the mapping were free: no copy");
+        grown.as_ptr().add((1 << 20) - 1).write(1);
+        let before = heap.stats().segments.large_bytes;
+        assert_eq!(before, 1 << 20, "the mapping now spans the new size");
+        // Something right after it: the next growth must move, keeping the data.
+        let fence = heap.allocate(layout(300 << 10, 16)).unwrap();
+        let moved = if fence.as_ptr() as usize == big.as_ptr() as usize + (1 << 20) {
+            let m = heap.reallocate(grown, layout(1 << 20, 16), 2 << 20).unwrap();
+            assert_ne!(m, big, "the pages after it are taken: it must move");
+            m
+        } else {
+            heap.reallocate(grown, layout(1 << 20, 16), 2 << 20).unwrap()
+        };
+        assert!(
+            std::slice::from_raw_parts(moved.as_ptr(), 200 << 10).iter().all(|&b| b == 0x5c),
+            "contents lost"
+        );
+        heap.deallocate(moved, layout(2 << 20, 16)).unwrap();
+        heap.deallocate(fence, layout(300 << 10, 16)).unwrap();
+    }
+    heap.trim();
+    assert_eq!(heap.source().bytes_out(), 0, "every page back after growth in place");
+    assert_eq!(heap.source().free_runs().count(), 1, "the region coalesced into one run again");
+}
+
+#[test]
 fn out_of_memory_is_a_counted_null_and_the_heap_recovers() {
     static HEAP: LockedHeap = LockedHeap::empty();
     let region = Box::leak(Box::new(Region::new(1 << 20)));
