@@ -25,7 +25,9 @@
 //! 75 %); a large mapping is kept while its page count does not change, and
 //! grows in place when the page source has the pages after it free (a
 //! [`RegionSource`] does; like `mremap`); a segment block is kept while its
-//! reserved size does not change. Otherwise the block moves.
+//! reserved size does not change. Otherwise the block moves — and a block
+//! growing past [`GROWING_THRESHOLD`] moves to a mapping of its own where the
+//! source can grow mappings, so a doubling buffer is copied only while small.
 //!
 //! **Domains and debug hooks.** [`LockedHeap`]'s entry points take the
 //! [`Domain`] a block is allocated through ([`DomainAlloc`]): `GlobalAlloc`
@@ -48,6 +50,11 @@ use crate::sync::{AtomicBool, stat};
 use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator};
 use crate::segment::{self, Config, MAX_LARGE, MAX_SEGMENTS, SegmentAllocator};
 use crate::source::{PageSource, PagesError, RegionSource};
+
+/// A block that grows by realloc to at least this many bytes gets a mapping
+/// of its own when the page source can grow mappings in place (see
+/// [`SegmentAllocator::allocate_growable`]).
+pub const GROWING_THRESHOLD: usize = 4096;
 
 /// Why an allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -508,7 +515,14 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
             stat!(self.stats.realloc_in_place += 1);
             return Ok(ptr);
         }
-        let new = self.allocate(new_layout)?;
+        // A block growing past GROWING_THRESHOLD is probably a buffer being
+        // doubled: give it a mapping of its own, which later growths extend
+        // in place (where the page source can).
+        let new = if new_size >= GROWING_THRESHOLD && new_size > layout.size() {
+            self.segment.allocate_growable(new_layout, &mut self.source).map_err(AllocError::Segment)?
+        } else {
+            self.allocate(new_layout)?
+        };
         // SAFETY: both blocks are live, distinct, and at least this long.
         unsafe {
             ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));

@@ -266,6 +266,9 @@ pub struct SegmentAllocator<const SEGMENTS: usize = MAX_SEGMENTS, const LARGE: u
     extended: usize,
     bin_hits: usize,
     binned_bytes: usize,
+    /// The page source's granularity, to which large mappings are sized
+    /// (known from the first large mapping on).
+    granule: usize,
 }
 
 // SAFETY: the allocator owns the memory its raw pointers point to; it is
@@ -283,10 +286,6 @@ impl<const SEGMENTS: usize, const LARGE: usize> fmt::Debug for SegmentAllocator<
 
 const EMPTY_SEGMENT: Segment = Segment { start: 0, size: 0, heap: Heap::empty() };
 const EMPTY_LARGE: Large = Large { start: 0, size: 0 };
-
-fn pages_for(bytes: usize) -> Option<usize> {
-    bytes.checked_next_multiple_of(PAGE_SIZE)
-}
 
 impl SegmentAllocator {
     /// An allocator with no segments yet and the default table sizes.
@@ -311,6 +310,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
             extended: 0,
             bin_hits: 0,
             binned_bytes: 0,
+            granule: PAGE_SIZE,
         }
     }
 
@@ -371,6 +371,35 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
             return None;
         }
         Layout::from_size_align(size, 16).ok()
+    }
+
+    /// The size of a large mapping for `bytes`: whole granules of the page
+    /// source (pages in the kernel, 16 bytes over a region).
+    fn mapped_size(&self, bytes: usize) -> Option<usize> {
+        bytes.checked_next_multiple_of(self.granule)
+    }
+
+    /// Allocates a block for `layout` that is expected to keep growing by
+    /// realloc (a buffer being doubled): as a mapping of its own when the
+    /// page source can grow allocations in place
+    /// ([`PageSource::allocate_growable_pages`]: where it has the most room
+    /// after it), so the next growths need no copy;
+    /// otherwise, or when the large-mapping table is full, as
+    /// [`allocate`](Self::allocate) would.
+    pub fn allocate_growable(
+        &mut self,
+        layout: Layout,
+        source: &mut impl PageSource,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        self.granule = source.granularity();
+        if self.nlarge < LARGE
+            && let Some(size) = self.mapped_size(layout.size())
+            && let Some(ptr) = source.allocate_growable_pages(size, layout.align().max(self.granule))
+        {
+            self.insert_large(ptr, size);
+            return Ok(ptr);
+        }
+        self.allocate(layout, source)
     }
 
     /// Allocates a block for `layout`, growing from `source` when needed.
@@ -463,14 +492,20 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, PagesError> {
         let invalid = PagesError::InvalidRequest { size: layout.size(), align: layout.align() };
-        let size = pages_for(layout.size()).ok_or(invalid)?;
-        let ptr = source.allocate_pages(size, layout.align().max(PAGE_SIZE))?;
+        self.granule = source.granularity();
+        let size = self.mapped_size(layout.size()).ok_or(invalid)?;
+        let ptr = source.allocate_pages(size, layout.align().max(self.granule))?;
+        self.insert_large(ptr, size);
+        Ok(ptr)
+    }
+
+    /// Records a new large mapping (the table has room).
+    fn insert_large(&mut self, ptr: NonNull<u8>, size: usize) {
         let start = ptr.as_ptr() as usize;
         let i = self.large[..self.nlarge].partition_point(|l| l.start < start);
         self.large.copy_within(i..self.nlarge, i + 1);
         self.large[i] = Large { start, size };
         self.nlarge += 1;
-        Ok(ptr)
     }
 
     /// Takes a new segment large enough for `layout` and makes it current.
@@ -554,7 +589,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
     /// change, or a segment block whose reserved size does not change.
     pub fn fits_in_place(&self, ptr: *const u8, old: Layout, new: Layout) -> bool {
         if self.large_of(ptr as usize).is_some() {
-            return pages_for(old.size()) == pages_for(new.size());
+            return self.mapped_size(old.size()) == self.mapped_size(new.size());
         }
         match (self.padded(old), self.padded(new)) {
             (Some(a), Some(b)) => return lla_size(self.effective(a)) == lla_size(self.effective(b)),
@@ -571,7 +606,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
     pub fn grow_in_place(&mut self, ptr: *const u8, new: Layout, source: &mut impl PageSource) -> bool {
         let Some(i) = self.large_of(ptr as usize) else { return false };
         let have = self.large[i].size;
-        let Some(want) = pages_for(new.size()).filter(|&w| w > have) else { return false };
+        let Some(want) = self.mapped_size(new.size()).filter(|&w| w > have) else { return false };
         // SAFETY: a live mapping of ours from `source`, `have` bytes long.
         if unsafe { source.grow_pages(NonNull::new_unchecked(ptr as *mut u8), have, want) } {
             self.large[i].size = want;
@@ -622,7 +657,12 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         };
         let addr = ptr.as_ptr() as usize;
         let refused = DeallocateError::NotOwned { ptr: addr };
-        let i = self.segment_of(addr).ok_or(refused)?;
+        let Some(i) = self.segment_of(addr) else {
+            // Not in a segment: a mapping of its own (a growing block that
+            // moved there, see `allocate_growable`), or nothing of ours.
+            // SAFETY: forwarded contract.
+            return unsafe { self.deallocate_exact(ptr, layout, source) };
+        };
         // SAFETY: a block of segment `i` allocated over-aligned has its origin
         // in the word below it, inside the same inner block.
         let origin = unsafe { (addr as *const usize).sub(1).read() };
@@ -669,7 +709,7 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         }
         if let Some(i) = self.large_of(addr) {
             let Large { start, size } = self.large[i];
-            if pages_for(layout.size()) != Some(size) {
+            if self.mapped_size(layout.size()) != Some(size) {
                 return Err(DeallocateError::SizeMismatch { ptr: addr, mapped: size, given: layout.size() });
             }
             self.large.copy_within(i + 1..self.nlarge, i);

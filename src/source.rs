@@ -108,6 +108,15 @@ pub unsafe trait PageSource {
         false
     }
 
+    /// Like [`allocate_pages`](Self::allocate_pages), for an allocation
+    /// that will grow with [`grow_pages`](Self::grow_pages): placed where it
+    /// has the most room after it. `None` when the source cannot grow
+    /// allocations (the default) or has no room.
+    fn allocate_growable_pages(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let _ = (size, align);
+        None
+    }
+
     /// Whether pages of adjacent allocations may be given back in one
     /// [`deallocate_pages`](Self::deallocate_pages) call (so that layer 0 may
     /// merge a new segment into the one it follows). `false` by default.
@@ -219,6 +228,37 @@ impl RegionSource {
         }
     }
 
+    /// Takes `size` bytes aligned to `align` from the start of run `cur`
+    /// (whose predecessor is `prev`), if they fit, splitting off what is
+    /// left before and after.
+    ///
+    /// # Safety
+    ///
+    /// `cur` must be a run of the list and `prev` null or the run before it.
+    unsafe fn take(&mut self, prev: *mut Run, cur: *mut Run, size: usize, align: usize) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promise.
+        let Run { size: len, next } = unsafe { cur.read() };
+        let (start, end) = (cur as usize, cur as usize + len);
+        let at = start.next_multiple_of(align);
+        if at.checked_add(size).is_none_or(|e| e > end) {
+            return None;
+        }
+        // SAFETY: the front part `[start, at)` and the back part
+        // `[at + size, end)` are free memory of this run, 16-aligned.
+        unsafe {
+            let back = if at + size < end { Self::put_run(at + size, end - at - size, next) } else { next };
+            if at > start {
+                (*cur).size = at - start;
+                (*cur).next = back;
+            } else {
+                self.relink(prev, back);
+            }
+        }
+        self.mapped += size;
+        self.high_water = self.high_water.max(self.mapped);
+        NonNull::new(at as *mut u8)
+    }
+
     /// The free runs as `(start, size)` pairs, in address order (for tests
     /// and reports).
     pub fn free_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
@@ -261,32 +301,32 @@ unsafe impl PageSource for RegionSource {
         check_request(size, align, REGION_GRANULE)?;
         let (mut prev, mut cur) = (core::ptr::null_mut::<Run>(), self.runs);
         while !cur.is_null() {
-            // SAFETY: every run of the list lies in our free memory.
-            let Run { size: len, next } = unsafe { cur.read() };
-            let (start, end) = (cur as usize, cur as usize + len);
-            let at = start.next_multiple_of(align);
-            if at.checked_add(size).is_some_and(|e| e <= end) {
-                // SAFETY: the front part `[start, at)` and the back part
-                // `[at + size, end)` are free memory of this run, 16-aligned.
-                unsafe {
-                    let back =
-                        if at + size < end { Self::put_run(at + size, end - at - size, next) } else { next };
-                    if at > start {
-                        (*cur).size = at - start;
-                        (*cur).next = back;
-                    } else {
-                        self.relink(prev, back);
-                    }
-                }
-                self.mapped += size;
-                self.high_water = self.high_water.max(self.mapped);
-                return Ok(NonNull::new(at as *mut u8).expect("region addresses are not null"));
+            // SAFETY: `prev` is null or the run before `cur`, a run of the list.
+            if let Some(p) = unsafe { self.take(prev, cur, size, align) } {
+                return Ok(p);
             }
-            (prev, cur) = (cur, next);
+            // SAFETY: a run of the list.
+            (prev, cur) = (cur, unsafe { (*cur).next });
         }
         Err(PagesError::Exhausted { size, align })
     }
 
+    fn allocate_growable_pages(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        check_request(size, align, REGION_GRANULE).ok()?;
+        // The largest run: the most room to grow into.
+        let (mut best, mut best_prev, mut best_len) = (core::ptr::null_mut::<Run>(), core::ptr::null_mut(), 0);
+        let (mut prev, mut cur) = (core::ptr::null_mut::<Run>(), self.runs);
+        while !cur.is_null() {
+            // SAFETY: a run of the list.
+            let Run { size: len, next } = unsafe { cur.read() };
+            if len > best_len {
+                (best, best_prev, best_len) = (cur, prev, len);
+            }
+            (prev, cur) = (cur, next);
+        }
+        // SAFETY: `best_prev` is null or the run before `best`.
+        (!best.is_null()).then(|| unsafe { self.take(best_prev, best, size, align) }).flatten()
+    }
     fn coalesces(&self) -> bool {
         true
     }

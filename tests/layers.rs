@@ -320,6 +320,45 @@ fn a_large_block_grows_in_place_while_the_pages_after_it_are_free() {
 }
 
 #[test]
+fn a_doubling_buffer_is_copied_only_while_small() {
+    let region = Region::new(16 << 20);
+    let mut heap = Heap::new(region.source());
+    for align in [8, 64] {
+        let mut l = layout(16, align);
+        let mut p = heap.allocate(l).unwrap();
+        let mut moves = 0;
+        // SAFETY: live block, each call with the current layout.
+        unsafe {
+            p.as_ptr().write_bytes(0x77, 16);
+            while l.size() < 2 << 20 {
+                let q = heap.reallocate(p, l, l.size() * 2).unwrap();
+                if q != p {
+                    moves += 1;
+                    assert!(
+                        l.size() * 2 <= strata::front::GROWING_THRESHOLD,
+                        "moved at {} bytes",
+                        l.size() * 2
+                    );
+                }
+                assert_eq!(q.as_ptr() as usize % align, 0);
+                assert!(
+                    std::slice::from_raw_parts(q.as_ptr(), 16).iter().all(|&b| b == 0x77),
+                    "contents lost"
+                );
+                p = q;
+                l = layout(l.size() * 2, align);
+            }
+            assert!(moves <= 9, "{moves} moves");
+            // An over-aligned block that moved to its own mapping is freed as such.
+            heap.deallocate(p, l).unwrap();
+        }
+        heap.check_invariants();
+    }
+    heap.trim();
+    assert_eq!(heap.source().bytes_out(), 0);
+}
+
+#[test]
 fn out_of_memory_is_a_counted_null_and_the_heap_recovers() {
     static HEAP: LockedHeap = LockedHeap::empty();
     let region = Box::leak(Box::new(Region::new(1 << 20)));
