@@ -235,7 +235,13 @@ impl RegionSource {
     /// # Safety
     ///
     /// `cur` must be a run of the list and `prev` null or the run before it.
-    unsafe fn take(&mut self, prev: *mut Run, cur: *mut Run, size: usize, align: usize) -> Option<NonNull<u8>> {
+    unsafe fn take(
+        &mut self,
+        prev: *mut Run,
+        cur: *mut Run,
+        size: usize,
+        align: usize,
+    ) -> Option<NonNull<u8>> {
         // SAFETY: the caller's promise.
         let Run { size: len, next } = unsafe { cur.read() };
         let (start, end) = (cur as usize, cur as usize + len);
@@ -314,7 +320,8 @@ unsafe impl PageSource for RegionSource {
     fn allocate_growable_pages(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         check_request(size, align, REGION_GRANULE).ok()?;
         // The largest run: the most room to grow into.
-        let (mut best, mut best_prev, mut best_len) = (core::ptr::null_mut::<Run>(), core::ptr::null_mut(), 0);
+        let (mut best, mut best_prev, mut best_len) =
+            (core::ptr::null_mut::<Run>(), core::ptr::null_mut(), 0);
         let (mut prev, mut cur) = (core::ptr::null_mut::<Run>(), self.runs);
         while !cur.is_null() {
             // SAFETY: a run of the list.
