@@ -15,9 +15,24 @@ use strata::source::PageSource;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { size: usize, align_shift: u32, zeroed: bool },
-    Free { which: usize },
-    Realloc { which: usize, size: usize },
+    Alloc {
+        size: usize,
+        align_shift: u32,
+        zeroed: bool,
+    },
+    Free {
+        which: usize,
+    },
+    Realloc {
+        which: usize,
+        size: usize,
+    },
+    /// Doubles one block `times` times in a row (at least to 4 KiB): a
+    /// growing `Vec`, which layer 0 moves to a mapping of its own.
+    Grow {
+        which: usize,
+        times: u32,
+    },
 }
 
 fn size() -> impl Strategy<Value = usize> {
@@ -34,6 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(size, align_shift, zeroed)| Op::Alloc { size, align_shift, zeroed }),
         3 => any::<usize>().prop_map(|which| Op::Free { which }),
         2 => (any::<usize>(), size()).prop_map(|(which, size)| Op::Realloc { which, size }),
+        1 => (any::<usize>(), 1u32..6).prop_map(|(which, times)| Op::Grow { which, times }),
     ]
 }
 
@@ -93,6 +109,37 @@ impl Model {
     }
 }
 
+/// Reallocates live block `i` to `size` bytes and checks the kept prefix;
+/// returns the block's index afterwards.
+fn realloc<S: PageSource>(
+    heap: &mut Heap<S>,
+    m: &mut Model,
+    region: &Region,
+    i: usize,
+    size: usize,
+) -> usize {
+    let old = &m.live[i];
+    // SAFETY: a live block of this heap with this layout.
+    match unsafe { heap.reallocate(old.ptr, old.layout, size) } {
+        Ok(ptr) => {
+            let old = m.live.swap_remove(i);
+            m.remove(&old);
+            let layout = Layout::from_size_align(size, old.layout.align()).unwrap();
+            let mut b = m.insert(region, ptr, layout);
+            b.seed = old.seed;
+            // The kept prefix must have survived the move.
+            verify(&b, old.layout.size().min(size).min(256));
+            fill(&b);
+            m.live.push(b);
+            m.live.len() - 1
+        }
+        Err(_) => {
+            verify(old, old.layout.size());
+            i
+        }
+    }
+}
+
 fn replay(region_size: usize, ops: &[Op]) {
     let region = Region::new(region_size);
     let mut heap = Heap::new(region.source());
@@ -122,21 +169,14 @@ fn replay(region_size: usize, ops: &[Op]) {
             }
             Op::Realloc { which, size } if !m.live.is_empty() => {
                 let i = which % m.live.len();
-                let old = &m.live[i];
-                // SAFETY: a live block of this heap with this layout.
-                match unsafe { heap.reallocate(old.ptr, old.layout, size) } {
-                    Ok(ptr) => {
-                        let old = m.live.swap_remove(i);
-                        m.remove(&old);
-                        let layout = Layout::from_size_align(size, old.layout.align()).unwrap();
-                        let mut b = m.insert(&region, ptr, layout);
-                        b.seed = old.seed;
-                        // The kept prefix must have survived the move.
-                        verify(&b, old.layout.size().min(size).min(256));
-                        fill(&b);
-                        m.live.push(b);
-                    }
-                    Err(_) => verify(old, old.layout.size()),
+                realloc(&mut heap, &mut m, &region, i, size);
+            }
+            Op::Grow { which, times } if !m.live.is_empty() => {
+                let mut i = which % m.live.len();
+                for _ in 0..times {
+                    let size = (m.live[i].layout.size() * 2).clamp(4096, 8 << 20);
+                    i = realloc(&mut heap, &mut m, &region, i, size);
+                    heap.check_invariants();
                 }
             }
             _ => {}

@@ -334,11 +334,9 @@ fn a_doubling_buffer_is_copied_only_while_small() {
                 let q = heap.reallocate(p, l, l.size() * 2).unwrap();
                 if q != p {
                     moves += 1;
-                    assert!(
-                        l.size() * 2 <= strata::front::GROWING_THRESHOLD,
-                        "moved at {} bytes",
-                        l.size() * 2
-                    );
+                    // Copied until the third doubling past the threshold.
+                    let last_copy = strata::front::GROWING_THRESHOLD << (strata::front::PROMOTING_STREAK - 1);
+                    assert!(l.size() * 2 <= last_copy, "moved at {} bytes", l.size() * 2);
                 }
                 assert_eq!(q.as_ptr() as usize % align, 0);
                 assert!(
@@ -348,7 +346,7 @@ fn a_doubling_buffer_is_copied_only_while_small() {
                 p = q;
                 l = layout(l.size() * 2, align);
             }
-            assert!(moves <= 9, "{moves} moves");
+            assert!(moves <= 11, "{moves} moves");
             // An over-aligned block that moved to its own mapping is freed as such.
             heap.deallocate(p, l).unwrap();
         }

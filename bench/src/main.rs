@@ -6,7 +6,9 @@
 //! `bench/RESULTS.md` and `bench/results.png`.
 //!
 //! `strata-bench --only PEER WORKLOAD OPS` runs one workload once (what the
-//! callgrind runs execute); `--quick` runs fewer operations and no callgrind.
+//! callgrind runs execute), `--time PEER WORKLOAD OPS` times it, `--fill PEER
+//! cpython-fill|talc-fill` runs one fill; `--quick` runs fewer operations and
+//! no callgrind.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -202,6 +204,14 @@ fn main() {
         let name = PEERS.iter().copied().find(|p| *p == args[2]).expect("known peer");
         let spec = workloads().into_iter().find(|s| s.name == args[3]).expect("known workload");
         println!("ns/op: {:.2}", time_ns_per_op(name, spec.run, args[4].parse().expect("op count"), 5));
+        return;
+    }
+    if args.len() == 4 && args[1] == "--fill" {
+        let name = PEERS.iter().copied().find(|p| *p == args[2]).expect("known peer");
+        let fill: Fill = if args[3] == "talc-fill" { talc_fill } else { cpython_fill };
+        let region = Region::new(FILL_REGION);
+        let out = fill(&make_peer(name, &region), SEED);
+        println!("{name} {}: {:.1} %", args[3], 100.0 * out.live_bytes as f64 / FILL_REGION as f64);
         return;
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
