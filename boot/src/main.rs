@@ -15,7 +15,7 @@ use strata::frame::MemoryKind;
 use strata::vmm::{PAGE_SIZE, PageFlags};
 use strata_boot::heap::{HEAP, TASKS, Task, TaskState};
 use strata_boot::memory::{with_frames, with_memory};
-use strata_boot::{BootInfo, entry_point, println, report, timer};
+use strata_boot::{BootInfo, entry_point, println, report, sampling, timer};
 
 entry_point!(main);
 
@@ -114,7 +114,31 @@ fn main(boot: &'static BootInfo) -> ! {
         timer::HANDLER_ALLOCATIONS.load(Ordering::SeqCst),
         timer::HANDLER_FAILURES.load(Ordering::SeqCst)
     );
-    let ok = sum && free_before == free_after && trimmed.frames_used == before.frames_used && checksum != 0;
+    // Guarded sampling (KFENCE-like): one small allocation in 8 gets a page
+    // between guard pages; freeing unmaps it.
+    HEAP.trim();
+    let frames_before = with_frames(|f| f.free_frames());
+    sampling::set_interval(8);
+    let words: Vec<String> = (0..400).map(|i| format!("sampled word {i}")).collect();
+    let (sampled, live) = sampling::stats();
+    let sum_words = words.iter().map(String::len).sum::<usize>();
+    drop(words);
+    sampling::set_interval(0);
+    let (_, live_after) = sampling::stats();
+    HEAP.trim();
+    let frames_after = with_frames(|f| f.free_frames());
+    println!(
+        "sampling 1 in 8: {sampled} allocations served between guard pages ({live} live at once, {live_after} after the free); {} frames back",
+        if frames_after >= frames_before { "every slot page's" } else { "NOT all slot pages'" }
+    );
+    let ok = sum
+        && free_before == free_after
+        && trimmed.frames_used == before.frames_used
+        && checksum != 0
+        && sum_words > 0
+        && live > 0
+        && live_after == 0
+        && frames_after >= frames_before;
 
     x86_64::instructions::interrupts::int3();
     #[cfg(feature = "debug")]
