@@ -22,6 +22,7 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 	$(CARGO) test
 	$(CARGO) test --features debug --test debug --test global_alloc --test cache
 	$(CARGO) test --lib --no-default-features
+	$(CARGO) test --features std --test thread_cache --test global_alloc
 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest
@@ -39,6 +40,7 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features debug -- -D warnings
 	$(CARGO) clippy --lib --tests --no-default-features -- -D warnings
+	$(CARGO) clippy --all-targets --features std -- -D warnings
 	$(CARGO) clippy -p strata-boot --target $(KERNEL_TARGET) --bins --tests -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --target $(FIRMWARE_TARGET) -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET) -- -D warnings
@@ -56,7 +58,7 @@ build: ## Build the library for host, kernel and firmware targets, and the kerne
 	$(CARGO) kbuild
 
 doc: ## API docs (the README is the crate docs), warnings denied
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug,std
 
 bench: ## Benchmarks against the peers (release build; wall time and heap efficiency)
 	$(CARGO) run --release -p strata-bench --bin strata-bench

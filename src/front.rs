@@ -39,6 +39,8 @@
 
 #[cfg(feature = "debug")]
 pub mod debug;
+#[cfg(feature = "std")]
+pub mod thread_cache;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
@@ -659,6 +661,13 @@ pub struct LockedHeap<
 > {
     heap: lock_api::Mutex<L, Heap<S, SEGMENTS, LARGE>>,
     initialized: AtomicBool,
+    /// Whether threads may cache this heap's small blocks (`std`).
+    #[cfg(feature = "std")]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    thread_caches: AtomicBool,
+    /// Reallocs done in place by threads without the lock.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    cached_in_place: crate::sync::AtomicUsize,
 }
 
 impl<S, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: usize> fmt::Debug
@@ -686,7 +695,14 @@ impl LockedHeap {
 impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
     /// [`empty`](LockedHeap::empty) with another lock `L`.
     pub const fn empty_with_lock() -> Self {
-        Self { heap: lock_api::Mutex::new(Heap::empty()), initialized: AtomicBool::new(false) }
+        Self {
+            heap: lock_api::Mutex::new(Heap::empty()),
+            initialized: AtomicBool::new(false),
+            #[cfg(feature = "std")]
+            thread_caches: AtomicBool::new(false),
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            cached_in_place: crate::sync::AtomicUsize::new(0),
+        }
     }
 
     /// Gives the heap the region `[heap_bottom, heap_bottom + heap_size)`.
@@ -728,6 +744,10 @@ impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: u
         Self {
             heap: lock_api::Mutex::new(Heap::new_in_window(source, window)),
             initialized: AtomicBool::new(true),
+            #[cfg(feature = "std")]
+            thread_caches: AtomicBool::new(false),
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            cached_in_place: crate::sync::AtomicUsize::new(0),
         }
     }
 
@@ -736,14 +756,24 @@ impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: u
         f(&mut self.heap.lock())
     }
 
-    /// Counters of every layer.
+    /// Counters of every layer (with thread caches, including the reallocs
+    /// they did in place).
     pub fn stats(&self) -> HeapStats {
-        self.heap.lock().stats()
+        #[allow(unused_mut)]
+        let mut stats = self.heap.lock().stats();
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        {
+            stats.front.realloc_in_place += self.cached_in_place.load(Ordering::Relaxed);
+        }
+        stats
     }
 
     /// Gives the spares and cached blocks back to the page source (see
-    /// [`Heap::trim`]).
+    /// [`Heap::trim`]), after the calling thread's cached blocks (with
+    /// thread caches).
     pub fn trim(&self) -> (usize, usize) {
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        thread_cache::flush(self as *const Self as usize);
         self.heap.lock().trim()
     }
 }
@@ -782,6 +812,13 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const L
         let Some(p) = NonNull::new(ptr) else {
             return ptr::null_mut();
         };
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        if self.thread_caches.load(Ordering::Relaxed)
+            // SAFETY: forwarded contract.
+            && let Some(q) = unsafe { self.realloc_cached(p, layout, new_size) }
+        {
+            return q.as_ptr();
+        }
         let mut heap = self.heap.lock();
         // SAFETY: `GlobalAlloc`'s contract: a live block of ours with `layout`.
         #[cfg(feature = "debug")]
@@ -801,6 +838,13 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const L
 {
     #[inline]
     unsafe fn alloc_in(&self, layout: Layout, domain: Domain) -> *mut u8 {
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        if domain == Domain::HEAP
+            && self.thread_caches.load(Ordering::Relaxed)
+            && let Some(p) = thread_cache::take(self as *const Self as usize, layout)
+        {
+            return p.as_ptr();
+        }
         let mut heap = self.heap.lock();
         #[cfg(feature = "debug")]
         let result = heap.debug_allocate(layout, domain, false);
@@ -817,6 +861,15 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const L
     #[inline]
     unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, domain: Domain) {
         let Some(p) = NonNull::new(ptr) else { return };
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        if domain == Domain::HEAP
+            && self.thread_caches.load(Ordering::Relaxed)
+            // SAFETY: `GlobalAlloc`'s contract: a live block of this heap
+            // with `layout`, not used after this call.
+            && unsafe { thread_cache::put(self as *const Self as usize, p, layout, || self.cache_owner()) }
+        {
+            return;
+        }
         let mut heap = self.heap.lock();
         // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
         // with `layout` (through `domain`, which debug mode checks).
@@ -852,6 +905,86 @@ impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: u
         }
         #[cfg(not(feature = "debug"))]
         drop(heap);
+    }
+
+    /// Lets threads keep up to [`thread_cache::DEPTH`] freed small blocks
+    /// per size class and reuse them without taking the lock (glibc's
+    /// tcache); see [`thread_cache`]. Needs a `'static` heap, such as a
+    /// `#[global_allocator]`. With the `debug` feature it does nothing:
+    /// every block must pass through the debug hooks.
+    #[cfg(feature = "std")]
+    pub fn enable_thread_caches(&'static self) {
+        self.thread_caches.store(true, Ordering::Relaxed);
+    }
+
+    /// Realloc between small blocks without the lock: in place within a
+    /// size class, else into a block of this thread's cache (the old block
+    /// going into the cache). `None` when the lock is needed.
+    ///
+    /// # Safety
+    ///
+    /// As [`GlobalAlloc::realloc`].
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[inline]
+    unsafe fn realloc_cached(
+        &self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let me = self as *const Self as usize;
+        let new_layout = Layout::from_size_align(new_size, layout.align()).ok()?;
+        let old_class = thread_cache::class_of(me, layout)?;
+        if thread_cache::class_of(me, new_layout)? == old_class {
+            stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
+            return Some(ptr);
+        }
+        let new = thread_cache::take(me, new_layout)?;
+        // SAFETY: both blocks are live, distinct and at least this long; the
+        // old one is given back once.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
+            if !thread_cache::put(me, ptr, layout, || self.cache_owner()) {
+                let mut heap = self.heap.lock();
+                if heap.deallocate(ptr, layout).is_err() {
+                    heap.stats.refused_frees += 1;
+                }
+            }
+        }
+        Some(new)
+    }
+
+    /// What a thread cache needs to know of this heap.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    fn cache_owner(&self) -> thread_cache::Owner {
+        /// Frees a cached block through the lock.
+        ///
+        /// # Safety
+        ///
+        /// `heap` must be the address of a live `LockedHeap` of this type
+        /// and `ptr` a live block of it that fits `layout`'s class.
+        unsafe fn release<S: PageSource, L: lock_api::RawMutex, const SEG: usize, const LARGE: usize>(
+            heap: usize,
+            ptr: NonNull<u8>,
+            layout: Layout,
+        ) {
+            // SAFETY: the caller's promise; heaps with thread caches are
+            // `'static`.
+            let heap = unsafe { &*(heap as *const LockedHeap<S, L, SEG, LARGE>) };
+            let mut h = heap.heap.lock();
+            // SAFETY: a live block of this heap, whose class `layout` is.
+            if unsafe { h.deallocate(ptr, layout) }.is_err() {
+                h.stats.refused_frees += 1;
+            }
+        }
+        let heap = self.heap.lock();
+        let g = heap.object.geometry();
+        thread_cache::Owner {
+            heap: self as *const Self as usize,
+            threshold: g.threshold,
+            class_shift: g.class_shift,
+            release: release::<S, L, SEGMENTS, LARGE>,
+        }
     }
 
     /// Debug mode: sets what the heap does with a violation (a panic by

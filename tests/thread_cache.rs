@@ -1,0 +1,135 @@
+//! Per-thread caches (feature `std`): freed small blocks are reused by the
+//! same thread without the lock, go back on thread exit and on `trim`, and
+//! blocks freed on another thread are fine.
+#![cfg(all(feature = "std", not(feature = "debug")))]
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::mem::MaybeUninit;
+use std::thread;
+
+use strata::LockedHeap;
+use strata::front::thread_cache::DEPTH;
+
+fn heap() -> &'static LockedHeap {
+    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 16 << 20].into_boxed_slice()));
+    heap.enable_thread_caches();
+    heap
+}
+
+fn in_use(heap: &LockedHeap) -> usize {
+    heap.with(|h| h.class_stats().iter().map(|c| c.blocks_in_use).sum())
+}
+
+#[test]
+fn a_thread_reuses_its_freed_blocks_and_gives_them_back_on_trim() {
+    let heap = heap();
+    let layout = Layout::from_size_align(40, 8).unwrap();
+    // SAFETY: blocks of this heap with their layouts, each freed once.
+    unsafe {
+        let a = heap.alloc(layout);
+        heap.dealloc(a, layout);
+        assert_eq!(in_use(heap), 1, "the freed block stays with the thread");
+        // Same class (33..=40 bytes, align ≤ 8): the cached block comes back.
+        let b = heap.alloc(Layout::from_size_align(35, 4).unwrap());
+        assert_eq!(a, b);
+        heap.dealloc(b, Layout::from_size_align(35, 4).unwrap());
+        // Another class does not take it.
+        let c = heap.alloc(Layout::from_size_align(48, 8).unwrap());
+        assert_ne!(a, c);
+        heap.dealloc(c, Layout::from_size_align(48, 8).unwrap());
+        // 16-aligned requests only get blocks of their own classes.
+        let d = heap.alloc(Layout::from_size_align(40, 16).unwrap());
+        assert_eq!(d as usize % 16, 0);
+        heap.dealloc(d, Layout::from_size_align(40, 16).unwrap());
+    }
+    heap.trim();
+    assert_eq!(in_use(heap), 0, "trim flushes the calling thread's cache");
+    heap.with(|h| h.check_invariants());
+}
+
+#[test]
+fn a_bin_holds_at_most_depth_blocks_and_an_exiting_thread_gives_its_blocks_back() {
+    let heap = heap();
+    thread::spawn(move || {
+        let layout = Layout::from_size_align(100, 8).unwrap();
+        // SAFETY: blocks of this heap with their layout, each freed once.
+        let blocks: Vec<usize> = (0..100).map(|_| unsafe { heap.alloc(layout) } as usize).collect();
+        for &b in &blocks {
+            // SAFETY: as above.
+            unsafe { heap.dealloc(b as *mut u8, layout) };
+        }
+        assert_eq!(in_use(heap), usize::from(DEPTH), "the bin must stop at its depth");
+    })
+    .join()
+    .unwrap();
+    assert_eq!(in_use(heap), 0, "the thread's cache went back when it exited");
+    heap.with(|h| h.check_invariants());
+}
+
+#[test]
+fn blocks_freed_on_other_threads_and_large_ones_take_the_locked_path() {
+    let heap = heap();
+    let small = Layout::from_size_align(24, 8).unwrap();
+    let large = Layout::from_size_align(4000, 8).unwrap();
+    // SAFETY: blocks of this heap, each freed once, on another thread.
+    let blocks: Vec<(usize, Layout)> = (0..200)
+        .map(|i| if i % 10 == 0 { large } else { small })
+        .map(|l| (unsafe { heap.alloc(l) } as usize, l))
+        .collect();
+    thread::spawn(move || {
+        for (p, l) in blocks {
+            // SAFETY: as above.
+            unsafe { heap.dealloc(p as *mut u8, l) };
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(in_use(heap), 0);
+    let s = heap.stats();
+    assert_eq!((s.front.refused_frees, s.front.failed_allocations), (0, 0));
+}
+
+#[test]
+fn four_threads_churn_through_their_caches() {
+    let heap = heap();
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut live: Vec<(usize, Layout, u8)> = Vec::new();
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t;
+                for i in 0..20_000u32 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if live.len() > 64 || (x.is_multiple_of(3) && !live.is_empty()) {
+                        let (p, l, tag) = live.swap_remove((x % live.len() as u64) as usize);
+                        // SAFETY: a live block of this heap with its layout.
+                        unsafe {
+                            assert!((0..l.size()).all(|k| *(p as *const u8).add(k) == tag), "contents lost");
+                            heap.dealloc(p as *mut u8, l);
+                        }
+                    } else {
+                        let l = Layout::from_size_align(1 + (x % 600) as usize, 1 << (x % 5)).unwrap();
+                        // SAFETY: a non-zero layout.
+                        let p = unsafe { heap.alloc(l) };
+                        assert!(!p.is_null() && (p as usize).is_multiple_of(l.align()));
+                        let tag = i as u8;
+                        // SAFETY: the block is `l.size()` bytes.
+                        unsafe { p.write_bytes(tag, l.size()) };
+                        live.push((p as usize, l, tag));
+                    }
+                }
+                for (p, l, _) in live {
+                    // SAFETY: live blocks with their layouts.
+                    unsafe { heap.dealloc(p as *mut u8, l) };
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(in_use(heap), 0, "every thread's cache went back");
+    heap.with(|h| h.check_invariants());
+}
