@@ -49,6 +49,34 @@ fn a_thread_reuses_its_freed_blocks_and_gives_them_back_on_trim() {
 }
 
 #[test]
+fn a_block_shrunk_in_place_never_serves_a_16_aligned_request_misaligned() {
+    let heap = heap();
+    let (big, small, aligned) = (
+        Layout::from_size_align(100, 8).unwrap(),
+        Layout::from_size_align(60, 8).unwrap(),
+        Layout::from_size_align(60, 16).unwrap(),
+    );
+    // SAFETY: blocks of this heap, each with its current layout, freed once.
+    unsafe {
+        // 104-byte blocks alternate between 16- and 8-aligned addresses;
+        // shrunk to 60 bytes they stay where they are, and 60 bytes aligned
+        // to 8 share a class with 60 bytes aligned to 16.
+        let blocks: Vec<*mut u8> = (0..8).map(|_| heap.alloc(big)).collect();
+        let shrunk: Vec<*mut u8> = blocks.iter().map(|&p| heap.realloc(p, big, 60)).collect();
+        assert_eq!(shrunk, blocks, "the shrink was expected in place");
+        assert!(shrunk.iter().any(|&p| !(p as usize).is_multiple_of(16)));
+        for &p in &shrunk {
+            heap.dealloc(p, small);
+        }
+        let taken: Vec<*mut u8> = (0..8).map(|_| heap.alloc(aligned)).collect();
+        for &p in &taken {
+            assert!((p as usize).is_multiple_of(16), "{p:p} is not 16-aligned");
+            heap.dealloc(p, aligned);
+        }
+    }
+}
+
+#[test]
 fn a_bin_holds_at_most_depth_blocks_and_an_exiting_thread_gives_its_blocks_back() {
     let heap = heap();
     thread::spawn(move || {

@@ -14,11 +14,14 @@
 //! which needs a `'static` heap: the cache may outlive any borrow); other
 //! heaps take the locked path.
 //!
-//! Every block of a class can serve every request of that class: +2's blocks
-//! are the class size (16-aligned for the classes 16-aligned requests map
-//! to), and layer 0's fallback blocks are 16-granular and 16-aligned, so the
-//! same class's requests round to the same block size there too; on flush
-//! each block is freed with its class's layout, which both layers accept.
+//! Every block cached in a class can serve every request of that class: a
+//! +2 block is at least the class size (realloc may have shrunk its layout
+//! in place inside a larger block), and layer 0's fallback blocks are
+//! 16-granular and 16-aligned, so the same class's requests round to the
+//! same block size there too. The classes 16-aligned requests map to take
+//! only 16-aligned blocks. On flush each block is freed with its class's
+//! layout, which both layers accept (+2 frees by ownership; layer 0 rounds
+//! both layouts to the same 16-byte multiple).
 
 #![cfg_attr(feature = "debug", allow(dead_code))]
 
@@ -155,8 +158,15 @@ pub(crate) unsafe fn put(
             if cache.owner.is_none() {
                 cache.owner = Some(attach());
             }
-            let Some((bin, _)) = cache.bin(heap, layout) else { return false };
-            if bin.len >= DEPTH {
+            let Some((bin, owner)) = cache.bin(heap, layout) else { return false };
+            // The classes 16-aligned requests map to (odd ones, with 8-byte
+            // classes) hand out 16-aligned blocks only: a block that
+            // realloc shrank in place inside a larger, 8-aligned block of
+            // an even class must not land there.
+            let odd = size_class(layout.size(), layout.align(), owner.class_shift) % 2 == 1;
+            if bin.len >= DEPTH
+                || (owner.class_shift == 3 && odd && !(ptr.as_ptr() as usize).is_multiple_of(16))
+            {
                 return false;
             }
             // SAFETY: the block is ours again and at least 8 bytes long and
