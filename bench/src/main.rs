@@ -338,7 +338,7 @@ fn main() {
     let t_strata = threads("threads-strata");
     let t_system = threads("threads-system");
     if let (Some(s), Some(y)) = (&t_strata, &t_system) {
-        writeln!(md, "\n## Threads: the same std workload (fixed total work split over the threads), `LockedHeap` as the global allocator\n").unwrap();
+        writeln!(md, "\n## Threads: the same std workload (fixed total work split over the threads), `LockedHeap` with thread caches as the global allocator\n").unwrap();
         writeln!(md, "| threads | strata (s) | system (s) | system ÷ strata |\n|---|---|---|---|").unwrap();
         for ((n, a), (_, b)) in s.iter().zip(y) {
             writeln!(md, "| {n} | {a:.3} | {b:.3} | {:.2}× |", b / a).unwrap();
