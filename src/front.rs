@@ -36,6 +36,10 @@
 //! feature, the hooks of [`debug`] wrap those entry points as CPython's
 //! `PYTHONMALLOC=debug` wraps its domains: headers, guards, fills, checks on
 //! every free, and a [`debug::Policy`] for what they catch.
+//!
+//! **Thread caches.** With the `std` feature, [`LockedHeap::enable_thread_caches`]
+//! puts a per-thread cache of small freed blocks in front of the lock
+//! ([`thread_cache`], glibc's tcache).
 
 #[cfg(feature = "debug")]
 pub mod debug;
