@@ -133,6 +133,34 @@ macro_rules! kernel_test {
     };
 }
 
+/// Reads the byte at `addr` with an instruction the compiler cannot reason
+/// about (a plain read of an address that faults would be undefined
+/// behaviour): how a case provokes the page fault it expects.
+///
+/// # Safety
+///
+/// `addr` must be readable, or its fault must be the one the current case
+/// announced (the handler then abandons the case and never returns here).
+pub unsafe fn read_byte(addr: VirtAddr) -> u8 {
+    let value: u8;
+    // SAFETY: the caller's promise.
+    unsafe {
+        core::arch::asm!("mov {v}, byte ptr [{a}]", a = in(reg) addr.as_u64(), v = out(reg_byte) value)
+    };
+    value
+}
+
+/// Writes 0x42 to `addr`, as [`read_byte`] reads.
+///
+/// # Safety
+///
+/// `addr` must be writable memory the caller owns, or its fault must be the
+/// one the current case announced.
+pub unsafe fn write_byte(addr: VirtAddr) {
+    // SAFETY: the caller's promise.
+    unsafe { core::arch::asm!("mov byte ptr [{a}], 0x42", a = in(reg) addr.as_u64()) };
+}
+
 /// Announces the page fault the current case expects: at `addr`, which the
 /// VMM must describe as `info`. Any other fault fails the case.
 pub fn expect_page_fault(addr: VirtAddr, info: AddressInfo) {

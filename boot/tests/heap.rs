@@ -15,7 +15,7 @@ use core::sync::atomic::Ordering;
 use strata::vmm::{AddressInfo, PAGE_SIZE};
 use strata_boot::heap::{HEAP, TASKS, Task};
 use strata_boot::memory::{lookup, with_frames, with_memory};
-use strata_boot::test::expect_page_fault;
+use strata_boot::test::{expect_page_fault, write_byte};
 use strata_boot::{entry_point, kernel_test, timer};
 use x86_64::VirtAddr;
 
@@ -176,11 +176,6 @@ kernel_test! {
     }
 }
 
-fn write_byte(addr: VirtAddr) {
-    // SAFETY: the caller expects this write to fault; the handler never returns here.
-    unsafe { core::arch::asm!("mov byte ptr [{a}], 0x42", a = in(reg) addr.as_u64()) };
-}
-
 kernel_test! {
     #[should_fault]
     fn writing_past_a_large_allocation_hits_its_guard_page() {
@@ -200,8 +195,11 @@ kernel_test! {
         }
         let before = with_memory(|vmm, _| vmm.region_at(end + PAGE_SIZE));
         expect_page_fault(end, AddressInfo::Guard { after: Some(region), before });
-        write_byte(end - 1u64); // the last byte is the vector's own
-        write_byte(end);
+        // SAFETY: the mapping's last byte is ours; the next is the announced fault.
+        unsafe {
+            write_byte(end - 1u64);
+            write_byte(end);
+        }
         core::mem::forget(v);
     }
 }

@@ -13,26 +13,11 @@ use alloc::vec::Vec;
 
 use strata_boot::memory::{lookup, with_frames};
 use strata_boot::sampling::{self, Access, Hit, Sample, SlotState};
-use strata_boot::test::{expect_panic_containing, expect_sampled_fault};
+use strata_boot::test::{expect_panic_containing, expect_sampled_fault, read_byte, write_byte};
 use strata_boot::{entry_point, kernel_test};
 use x86_64::VirtAddr;
 
 entry_point!(strata_boot::test::main);
-
-fn read_byte(addr: VirtAddr) -> u8 {
-    let value: u8;
-    // SAFETY: the caller expects this access to fault; the fault handler
-    // never returns here.
-    unsafe {
-        core::arch::asm!("mov {v}, byte ptr [{a}]", a = in(reg) addr.as_u64(), v = out(reg_byte) value)
-    };
-    value
-}
-
-fn write_byte(addr: VirtAddr) {
-    // SAFETY: as for `read_byte`.
-    unsafe { core::arch::asm!("mov byte ptr [{a}], 0x42", a = in(reg) addr.as_u64()) };
-}
 
 /// A 24-byte allocation made with every allocation sampled.
 fn sampled_box() -> (Box<[u8; 24]>, Sample) {
@@ -57,7 +42,8 @@ kernel_test! {
             info,
             Hit { access: Access::UseAfterFree, sample: Some(Sample { state: SlotState::Freed, ..sample }) },
         );
-        read_byte(addr + 5u64);
+        // SAFETY: the announced fault.
+        unsafe { read_byte(addr + 5u64) };
     }
 }
 
@@ -69,8 +55,11 @@ kernel_test! {
         assert!(end.is_aligned(4096u64), "a sampled object ends at its page's end");
         let info = lookup(end).expect("the VMM knows the pool");
         expect_sampled_fault(end, info, Hit { access: Access::OutOfBoundsRight { distance: 1 }, sample: Some(sample) });
-        write_byte(end - 1u64); // its own last byte
-        write_byte(end);
+        // SAFETY: the object's own last byte, then the announced fault.
+        unsafe {
+            write_byte(end - 1u64);
+            write_byte(end);
+        }
         core::mem::forget(b);
     }
 }
