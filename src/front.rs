@@ -938,8 +938,8 @@ impl<S: PageSource, L: lock_api::RawMutex, const SEGMENTS: usize, const LARGE: u
     ) -> Option<NonNull<u8>> {
         let me = self as *const Self as usize;
         let new_layout = Layout::from_size_align(new_size, layout.align()).ok()?;
-        let old_class = thread_cache::class_of(me, layout)?;
-        if thread_cache::class_of(me, new_layout)? == old_class {
+        let (old_class, new_class) = thread_cache::classes(me, layout, new_layout)?;
+        if new_class == old_class {
             stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
             return Some(ptr);
         }

@@ -66,14 +66,14 @@ struct ThreadCache {
 impl ThreadCache {
     const EMPTY: Self = Self { owner: None, bins: [Bin { head: ptr::null_mut(), len: 0 }; NUM_CLASSES] };
 
-    /// The bin for `layout` if this cache serves `heap` and the layout is small.
-    fn bin(&mut self, heap: usize, layout: Layout) -> Option<(&mut Bin, Owner)> {
+    /// The size class of `layout` if this cache serves `heap` and the
+    /// layout is small.
+    fn class(&self, heap: usize, layout: Layout) -> Option<(usize, Owner)> {
         let owner = self.owner.filter(|o| o.heap == heap)?;
         if layout.size().wrapping_sub(1) >= owner.threshold || layout.align() > 16 {
             return None;
         }
-        let class = size_class(layout.size(), layout.align(), owner.class_shift);
-        Some((&mut self.bins[class], owner))
+        Some((size_class(layout.size(), layout.align(), owner.class_shift), owner))
     }
 
     /// Gives every cached block back to the owner.
@@ -111,7 +111,8 @@ pub(crate) fn take(heap: usize, layout: Layout) -> Option<NonNull<u8>> {
     CACHE
         .try_with(|cache| {
             let mut cache = cache.try_borrow_mut().ok()?;
-            let (bin, _) = cache.bin(heap, layout)?;
+            let (class, _) = cache.class(heap, layout)?;
+            let bin = &mut cache.bins[class];
             let block = NonNull::new(bin.head)?;
             // SAFETY: cached blocks hold the next link in their first word.
             bin.head = unsafe { block.as_ptr().cast::<*mut u8>().read() };
@@ -122,15 +123,14 @@ pub(crate) fn take(heap: usize, layout: Layout) -> Option<NonNull<u8>> {
         .flatten()
 }
 
-/// The size class of `layout` if this thread caches small blocks of heap
-/// `heap` and `layout` is one.
+/// The size classes of `old` and `new` if this thread caches small blocks
+/// of heap `heap` and both layouts are small.
 #[inline]
-pub(crate) fn class_of(heap: usize, layout: Layout) -> Option<usize> {
+pub(crate) fn classes(heap: usize, old: Layout, new: Layout) -> Option<(usize, usize)> {
     CACHE
         .try_with(|cache| {
-            let owner = cache.try_borrow().ok()?.owner.filter(|o| o.heap == heap)?;
-            let small = layout.size().wrapping_sub(1) < owner.threshold && layout.align() <= 16;
-            small.then(|| size_class(layout.size(), layout.align(), owner.class_shift))
+            let cache = cache.try_borrow().ok()?;
+            Some((cache.class(heap, old)?.0, cache.class(heap, new)?.0))
         })
         .ok()
         .flatten()
@@ -158,12 +158,13 @@ pub(crate) unsafe fn put(
             if cache.owner.is_none() {
                 cache.owner = Some(attach());
             }
-            let Some((bin, owner)) = cache.bin(heap, layout) else { return false };
+            let Some((class, owner)) = cache.class(heap, layout) else { return false };
+            let bin = &mut cache.bins[class];
             // The classes 16-aligned requests map to (odd ones, with 8-byte
             // classes) hand out 16-aligned blocks only: a block that
             // realloc shrank in place inside a larger, 8-aligned block of
             // an even class must not land there.
-            let odd = size_class(layout.size(), layout.align(), owner.class_shift) % 2 == 1;
+            let odd = class % 2 == 1;
             if bin.len >= DEPTH
                 || (owner.class_shift == 3 && odd && !(ptr.as_ptr() as usize).is_multiple_of(16))
             {
