@@ -181,9 +181,10 @@ pub fn should_sample(layout: Layout) -> bool {
 /// Whether `ptr` lies in the pool (so its free belongs here).
 #[inline]
 pub fn contains(ptr: *const u8) -> bool {
-    let addr = ptr as u64;
-    addr.wrapping_sub(POOL_START.load(Ordering::Relaxed))
-        < POOL_END.load(Ordering::Relaxed) - POOL_START.load(Ordering::Relaxed)
+    // `set_interval` publishes the end before the start: a start seen here
+    // comes with its end.
+    let start = POOL_START.load(Ordering::Acquire);
+    start != 0 && (ptr as u64).wrapping_sub(start) < POOL_END.load(Ordering::Relaxed) - start
 }
 
 /// Serves `layout` from a free slot, or `None` when every slot is live or
