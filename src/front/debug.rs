@@ -274,7 +274,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         // SAFETY: the block is `header + size + TRAILING_GUARD` bytes long.
         let p = unsafe { base.add(header) };
         if !(p.as_ptr() as usize).is_multiple_of(layout.align()) {
-            let mut v = self.blank_violation(ViolationKind::Misaligned, p, layout, domain);
+            let mut v = Violation::blank(ViolationKind::Misaligned, p, layout, domain);
             v.owner = self.memory_of(p.as_ptr());
             self.stats.debug_violations += 1;
             self.debug.pending = Some(v);
@@ -375,34 +375,10 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         }
     }
 
-    fn blank_violation(
-        &self,
-        kind: ViolationKind,
-        p: NonNull<u8>,
-        layout: Layout,
-        domain: Domain,
-    ) -> Violation {
-        Violation {
-            kind,
-            address: p.as_ptr() as usize,
-            layout,
-            freed_by: domain,
-            allocated_by: None,
-            requested_size: None,
-            serial: None,
-            owner: None,
-            bad: [BadByte::default(); MAX_BAD_BYTES],
-            bad_count: 0,
-            first: [0; DUMP],
-            last: [0; DUMP],
-            data_len: 0,
-        }
-    }
-
     /// Runs the checks on a block about to be freed or reallocated: the
     /// violation found, if any.
     fn check(&self, ptr: NonNull<u8>, layout: Layout, domain: Domain) -> Option<Violation> {
-        let mut v = self.blank_violation(ViolationKind::NotOwned, ptr, layout, domain);
+        let mut v = Violation::blank(ViolationKind::NotOwned, ptr, layout, domain);
         let p = ptr.as_ptr() as usize;
         let header = header_len(layout.align());
         v.owner = self.memory_of(ptr.as_ptr());
@@ -499,6 +475,25 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
 }
 
 impl Violation {
+    /// A violation of `kind` at `p`, nothing read from the block yet.
+    fn blank(kind: ViolationKind, p: NonNull<u8>, layout: Layout, domain: Domain) -> Self {
+        Self {
+            kind,
+            address: p.as_ptr() as usize,
+            layout,
+            freed_by: domain,
+            allocated_by: None,
+            requested_size: None,
+            serial: None,
+            owner: None,
+            bad: [BadByte::default(); MAX_BAD_BYTES],
+            bad_count: 0,
+            first: [0; DUMP],
+            last: [0; DUMP],
+            data_len: 0,
+        }
+    }
+
     fn note_bad(&mut self, offset: isize, value: u8) {
         if self.bad_count < MAX_BAD_BYTES {
             self.bad[self.bad_count] = BadByte { offset, value };
