@@ -9,16 +9,21 @@
 //! [`GlobalAlloc`] on [`LockedHeap`], where errors become null and are
 //! counted.
 //!
-//! **Out of memory.** When layer 0 cannot get pages, the front door gives
-//! layer +2's spare arena back to the page source and retries once.
-//!
 //! **Routing.** A request of at most 512 bytes (less on heaps under 1 MiB,
-//! see [`Geometry::for_window`]) aligned to at most 16 goes to layer +2; if +2 cannot get an arena it falls back to layer 0 (counted).
+//! see [`Geometry::for_window`]) aligned to at most 16 goes to layer +2.
 //! Everything else goes to layer 0. A free is routed by *ownership*, never by
 //! the layout: +2 owns exactly the blocks in its arenas (an O(1) bitmap test),
 //! layer 0 checks its segments and large mappings, and a pointer neither owns
 //! is refused with [`DeallocateError::NotOwned`] — no layer is ever handed a
 //! block it does not own.
+//!
+//! **Out of memory.** A null means no layer had room, never that free
+//! memory sat in the wrong place. When +2 has no free block of a small
+//! request's class and no arena for a new pool, the request takes, in this
+//! order: a free block of a larger class at most 1/8 bigger
+//! ([`ObjectAllocator::borrow`]); layer 0 (a counted *small fallback*); once
+//! layer 0 cannot get pages either, +2's spare arena goes back to the page
+//! source and layer 0 retries; last, a free block of any larger class.
 //!
 //! **Realloc in place.** A +2 block is kept when the new size still fits its
 //! size class and uses more than half of it (mimalloc's rule; CPython keeps
@@ -198,7 +203,8 @@ pub struct FrontStats {
     pub failed_allocations: usize,
     /// Frees refused because no layer owns the pointer.
     pub refused_frees: usize,
-    /// Small requests served by layer 0 because layer +2 had no arena.
+    /// Small requests served by layer 0 because layer +2 had no arena (nor a
+    /// close fit to borrow).
     pub small_fallbacks: usize,
     /// Reallocations done in place (an event counter: 0 without the `stats`
     /// feature).
@@ -262,6 +268,7 @@ impl fmt::Display for Report {
         writeln!(f, "# arenas reclaimed                 = {:>14}", a.reclaimed)?;
         writeln!(f, "# arenas highwater mark            = {:>14}", a.high_water)?;
         writeln!(f, "# arenas allocated current         = {:>14}", a.current)?;
+        writeln!(f, "# blocks borrowed from larger class = {:>13}", a.borrowed)?;
         let u = &self.usage;
         writeln!(
             f,
@@ -461,17 +468,56 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
             let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
             match self.object.allocate(layout.size(), layout.align(), &mut pages) {
                 Ok(p) => return Ok(p),
-                Err(_) => self.stats.small_fallbacks += 1,
+                Err(_) => {
+                    if let Some(p) = self.borrow_close_fit(layout) {
+                        return Ok(p);
+                    }
+                    self.stats.small_fallbacks += 1;
+                }
             }
         }
         match self.segment.allocate(layout, &mut self.source) {
             Ok(p) => Ok(p),
-            // Out of pages: the spare arena is worth more to layer 0 now.
-            Err(_) if self.trim_arenas() > 0 => {
-                self.segment.allocate(layout, &mut self.source).map_err(AllocError::Segment)
-            }
-            Err(e) => Err(AllocError::Segment(e)),
+            Err(e) => self.allocate_when_exhausted(layout, e),
         }
+    }
+
+    /// Layer +2 had no free block in the class and no arena for a new pool
+    /// (the page source has no aligned run of an arena's size left, which
+    /// on a fragmented source comes long before it runs out of pages): a
+    /// free block of a larger class that wastes at most 1/8 of the request
+    /// (the spacing tcmalloc allows its classes) beats taking fresh memory
+    /// from layer 0; a worse fit waits for the last resort.
+    #[cold]
+    fn borrow_close_fit(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.object.borrow(layout.size(), layout.align(), layout.size() + layout.size() / 8)
+    }
+
+    /// Layer 0 failed with `err`: the last resorts (see *Out of memory* in
+    /// the module docs).
+    #[cold]
+    fn allocate_when_exhausted(
+        &mut self,
+        layout: Layout,
+        err: segment::AllocateError,
+    ) -> Result<NonNull<u8>, AllocError> {
+        // Out of pages: the spare arena is worth more to layer 0 now.
+        let err = if self.trim_arenas() > 0 {
+            match self.segment.allocate(layout, &mut self.source) {
+                Ok(p) => return Ok(p),
+                Err(e) => e,
+            }
+        } else {
+            err
+        };
+        self.borrow_any(layout).ok_or(AllocError::Segment(err))
+    }
+
+    /// The last resort for a small request: a free block of any larger +2
+    /// class, rather than a failure while such blocks sit free.
+    fn borrow_any(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let small = layout.size().wrapping_sub(1) < self.object.threshold() && layout.align() <= ALIGNMENT;
+        small.then(|| self.object.borrow(layout.size(), layout.align(), usize::MAX)).flatten()
     }
 
     /// Flushes the caches of the layers (layer 0's bins) back into their

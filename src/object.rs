@@ -33,6 +33,9 @@
 //!   count, most used first, so allocation comes from the fullest arenas and
 //!   nearly empty ones drain. `nfp2lasta[n]` points at the last arena with `n`
 //!   free pools, keeping the re-sort O(1) (CPython bpo-37029).
+//! - Out of arenas, [`ObjectAllocator::borrow`] serves a request from the
+//!   smallest larger class with a free block (the front door decides when:
+//!   a close fit before falling back to layer 0, any fit as a last resort).
 //! - A wholly free arena goes back to the page source unless it is the last
 //!   in `usable_arenas`: one spare is kept against thrashing (bpo-37257).
 //! - Ownership: one bit per arena-sized slot of the page source's window says
@@ -258,6 +261,10 @@ pub struct ArenaCounters {
     pub high_water: usize,
     /// Arenas held now.
     pub current: usize,
+    /// Blocks served from a larger size class because their own class had
+    /// no free block and no arena could be had
+    /// ([`ObjectAllocator::borrow`]).
+    pub borrowed: usize,
 }
 
 /// Where every byte of the arenas goes, as `sys._debugmallocstats()` shows
@@ -352,7 +359,13 @@ impl ObjectAllocator {
             window_start: start,
             window_slots: if slots > ARENA_SLOTS { ARENA_SLOTS } else { slots },
             arena_map: [0; ARENA_SLOTS / 64],
-            counters: ArenaCounters { allocated_total: 0, reclaimed: 0, high_water: 0, current: 0 },
+            counters: ArenaCounters {
+                allocated_total: 0,
+                reclaimed: 0,
+                high_water: 0,
+                current: 0,
+                borrowed: 0,
+            },
         }
     }
 
@@ -524,6 +537,30 @@ impl ObjectAllocator {
             self.used[class] = pool;
             Ok(self.pop(pool, class))
         }
+    }
+
+    /// For a request of `size` bytes aligned to `align` when
+    /// [`allocate`](Self::allocate) fails: a free block of the smallest
+    /// larger class that has one, of at most `max_block` bytes (a class of
+    /// 16-byte multiples for a 16-aligned request), rather than a failure
+    /// while free blocks sit in other classes' pools. `None` if there is
+    /// none. The block frees like any other (its pool knows its class), and
+    /// the front door's realloc and the thread caches already treat a block
+    /// larger than its layout's class. O(classes): for the out-of-memory
+    /// path only. Counted in [`ArenaCounters::borrowed`].
+    #[cold]
+    pub fn borrow(&mut self, size: usize, align: usize, max_block: usize) -> Option<NonNull<u8>> {
+        debug_assert!(size <= self.geometry.threshold && align <= ALIGNMENT);
+        let class = size_class(size, align, self.geometry.class_shift);
+        // With 8-byte classes, the odd ones are the 16-byte multiples.
+        let step = if self.geometry.class_shift == 3 && align == ALIGNMENT { 2 } else { 1 };
+        // The largest class whose blocks are at most `max_block` bytes.
+        let last = (max_block.min(self.geometry.threshold) >> self.geometry.class_shift).saturating_sub(1);
+        let larger = (class + step..=last).step_by(step);
+        let (c, pool) = larger.map(|c| (c, self.used[c])).find(|(_, pool)| !pool.is_null())?;
+        self.counters.borrowed += 1;
+        // SAFETY: `pool` heads `used[c]`, so it has a free or carvable block.
+        Some(unsafe { self.pop(pool, c) })
     }
 
     fn new_arena(&mut self, source: &mut impl PageSource) -> Result<*mut Arena, AllocateError> {

@@ -53,6 +53,16 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Mostly small allocations, few frees: fills a small heap.
+fn small_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (1usize..=256, 0u32..=4).prop_map(|(size, align_shift)| Op::Alloc { size, align_shift, zeroed: false }),
+        1 => ((4usize << 10)..=(64 << 10)).prop_map(|size| Op::Alloc { size, align_shift: 3, zeroed: false }),
+        2 => any::<usize>().prop_map(|which| Op::Free { which }),
+        1 => (any::<usize>(), 1usize..=256).prop_map(|(which, size)| Op::Realloc { which, size }),
+    ]
+}
+
 struct Live {
     ptr: NonNull<u8>,
     layout: Layout,
@@ -212,6 +222,14 @@ proptest! {
     #[test]
     fn random_programs_on_a_64_kib_region(ops in prop::collection::vec(op(), 1..400)) {
         replay(64 << 10, &ops);
+    }
+
+    /// Mostly small blocks on a heap small enough that arenas run out: small
+    /// requests borrow larger classes' blocks, fall back to layer 0, and
+    /// fail.
+    #[test]
+    fn small_blocks_exhaust_a_256_kib_region(ops in prop::collection::vec(small_op(), 1..3000)) {
+        replay(256 << 10, &ops);
     }
 }
 

@@ -73,6 +73,60 @@ fn blocks_are_carved_lazily_and_each_pool_serves_one_class() {
 }
 
 #[test]
+fn out_of_arenas_a_request_can_borrow_the_smallest_larger_free_block() {
+    let region = Region::new(64 << 10);
+    let mut src = region.source();
+    let geometry = Geometry { arena_shift: 14, pool_shift: 11, class_shift: 3, threshold: 256 };
+    let mut obj = ObjectAllocator::new(geometry, src.window());
+    // One pool each for 56-byte (8-aligned) and 64-byte (16-aligned) blocks,
+    // 24-byte blocks in every other pool, then no page left for an arena.
+    let x = obj.allocate(56, 8, &mut src).unwrap();
+    let y = obj.allocate(64, 8, &mut src).unwrap();
+    while src.allocate_pages(4096, 4096).is_ok() {}
+    let mut small = Vec::new();
+    let err = loop {
+        match obj.allocate(24, 8, &mut src) {
+            Ok(p) => small.push(p),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, strata::object::AllocateError::NoArena(_)), "{err:?}");
+    assert_eq!(obj.class_stats()[2].pools, geometry.pools_per_arena() - 2, "setup: 24-byte pools");
+    assert_eq!(obj.counters().borrowed, 0, "allocate itself never borrows");
+    assert_eq!(obj.borrow(24, 8, 48), None, "borrowed past the size limit");
+    // SAFETY: live blocks of `obj`.
+    unsafe {
+        let borrowed = obj.borrow(24, 8, usize::MAX).unwrap();
+        assert_eq!(obj.block_size(borrowed), 56, "not the smallest larger class");
+        // A 16-aligned request skips the 8-aligned 56-byte class.
+        let aligned = obj.borrow(24, 16, usize::MAX).unwrap();
+        assert_eq!((obj.block_size(aligned), aligned.as_ptr() as usize % 16), (64, 0));
+        assert_eq!(obj.counters().borrowed, 2);
+        // Borrowed blocks go back to their own pools.
+        obj.deallocate(borrowed, &mut src);
+        obj.deallocate(aligned, &mut src);
+    }
+    let stats = obj.class_stats();
+    assert_eq!((stats[6].blocks_in_use, stats[7].blocks_in_use), (1, 1));
+    obj.check_invariants();
+    // Every free block can be borrowed, then none.
+    let free: usize = stats.iter().map(|c| c.blocks_free).sum();
+    assert!(stats[6].blocks_free > 0 && stats[7].blocks_free > 0);
+    while let Some(p) = obj.borrow(16, 8, usize::MAX) {
+        small.push(p);
+    }
+    assert_eq!(obj.counters().borrowed, 2 + free);
+    assert!(obj.class_stats().iter().all(|c| c.blocks_free == 0));
+    // SAFETY: live blocks of `obj`.
+    unsafe {
+        for p in small.into_iter().chain([x, y]) {
+            obj.deallocate(p, &mut src);
+        }
+    }
+    obj.check_invariants();
+}
+
+#[test]
 fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
     // 16 KiB arenas of four 4 KiB pools; 512-byte blocks: 7 per pool, 28 per arena.
     let g = Geometry { arena_shift: 14, pool_shift: 12, class_shift: 4, threshold: 512 };
@@ -427,6 +481,53 @@ fn small_requests_fall_back_to_layer_0_when_no_arena_fits() {
     for p in big {
         // SAFETY: live blocks.
         unsafe { heap.deallocate(p, layout(3000, 8)).unwrap() };
+    }
+    heap.check_invariants();
+}
+
+#[test]
+fn without_arenas_small_requests_borrow_a_close_fit_then_use_layer_0_then_borrow_any() {
+    let region = Region::new(64 << 10);
+    let geometry = Geometry { arena_shift: 13, pool_shift: 11, class_shift: 3, threshold: 256 };
+    let config =
+        Config { segment_min: 4096, large_threshold: usize::MAX, bin_budget: 0, arenas_in_segments: false };
+    let mut heap = Heap::with_geometry(region.source(), geometry, config);
+    // One arena, its four pools taken by four classes: 72 bytes and three
+    // large ones.
+    let mut blocks = vec![(heap.allocate(layout(72, 8)).unwrap(), layout(72, 8))];
+    for size in [200, 208, 216] {
+        blocks.push((heap.allocate(layout(size, 8)).unwrap(), layout(size, 8)));
+    }
+    assert_eq!(heap.stats().arenas.current, 1);
+    // Layer 0 takes the pages until no arena fits.
+    while heap.source().bytes_out() < heap.source().window().1 - 4096 {
+        blocks.push((heap.allocate(layout(3000, 8)).unwrap(), layout(3000, 8)));
+    }
+    let borrowed = |heap: &Heap<_>| heap.stats().arenas.borrowed;
+    // 64 bytes fit a free 72-byte block closely (1/8 over): borrowed.
+    let p = heap.allocate(layout(64, 8)).unwrap();
+    blocks.push((p, layout(64, 8)));
+    assert_eq!((heap.owner(p.as_ptr()), borrowed(&heap)), (Some(Layer::Object), 1));
+    // 24 bytes in a 72-byte block would waste too much while layer 0 has room.
+    let p = heap.allocate(layout(24, 8)).unwrap();
+    blocks.push((p, layout(24, 8)));
+    assert_eq!((heap.owner(p.as_ptr()), borrowed(&heap)), (Some(Layer::Segment), 1));
+    assert_eq!(heap.stats().front.small_fallbacks, 1);
+    // Once layer 0 is full too, any larger free block serves, until none is left.
+    let mut last_resort = 0;
+    while let Ok(p) = heap.allocate(layout(24, 8)) {
+        blocks.push((p, layout(24, 8)));
+        if heap.owner(p.as_ptr()) == Some(Layer::Object) {
+            last_resort += 1;
+        }
+    }
+    assert!(last_resort > 0, "failed while +2 had free blocks");
+    assert_eq!(borrowed(&heap), 1 + last_resort);
+    assert!(heap.class_stats().iter().all(|c| c.blocks_free == 0), "failed while blocks were free");
+    assert_eq!(heap.stats().front.failed_allocations, 0, "Heap::allocate is not the counting door");
+    for (p, l) in blocks {
+        // SAFETY: live blocks with their layouts.
+        unsafe { heap.deallocate(p, l).unwrap() };
     }
     heap.check_invariants();
 }
