@@ -4,7 +4,7 @@ KERNEL_TARGET := x86_64-unknown-none
 FIRMWARE_TARGET := thumbv7em-none-eabihf
 FIRMWARE_V6_TARGET := thumbv6m-none-eabi
 
-.PHONY: help deps run test test-host test-kernel test-firmware check fmt clippy build doc bench bench-kernel firmware-size clean
+.PHONY: help deps run test test-host test-kernel test-firmware check fmt clippy build doc bench bench-kernel firmware-size miri clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,10 @@ bench: ## Benchmarks against the peers (release build; wall time and heap effici
 
 bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator, rdtsc under QEMU -icount
 	STRATA_QEMU_ARGS="-icount shift=0,sleep=off" $(CARGO) run --release -p strata-boot --no-default-features --bin strata-bench-kernel --target x86_64-unknown-none
+
+miri: ## The library's unit tests and the layer tests under Miri (nightly; not part of `make test`: ~5 min)
+	rustup toolchain install nightly --profile minimal --component miri,rust-src
+	MIRIFLAGS="-Zmiri-permissive-provenance -Zmiri-ignore-leaks" $(CARGO) +nightly miri test --lib --test layers
 
 firmware-size: ## .text of a minimal firmware with strata, linked_list_allocator, embedded-alloc
 	@bash scripts/firmware-size.sh
