@@ -17,10 +17,9 @@
 //! is refused with [`DeallocateError::NotOwned`] — no layer is ever handed a
 //! block it does not own.
 //!
-//! **Out of memory.** A null means no layer had room, never that free
-//! memory sat in the wrong place. When +2 has no free block of a small
-//! request's class and no arena for a new pool, the request takes, in this
-//! order: a free block of a larger class at most 1/8 bigger
+//! **Out of memory.** A small request never fails while a larger size
+//! class has a free block. When +2 has no free block of a small request's
+//! class and no arena for a new pool, the request takes, in this order: a free block of a larger class at most 1/8 bigger
 //! ([`ObjectAllocator::borrow`]); layer 0 (a counted *small fallback*); once
 //! layer 0 cannot get pages either, +2's spare arena goes back to the page
 //! source and layer 0 retries; last, a free block of any larger class.
