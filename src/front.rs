@@ -462,8 +462,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
     /// Allocates a block for `layout`.
     #[inline]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        // `size - 1 < threshold`: sizes 1..=threshold; 0 and an off layer (0) skip it.
-        if layout.size().wrapping_sub(1) < self.object.threshold() && layout.align() <= ALIGNMENT {
+        if self.is_small(layout) {
             let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
             match self.object.allocate(layout.size(), layout.align(), &mut pages) {
                 Ok(p) => return Ok(p),
@@ -515,8 +514,14 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
     /// The last resort for a small request: a free block of any larger +2
     /// class, rather than a failure while such blocks sit free.
     fn borrow_any(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        let small = layout.size().wrapping_sub(1) < self.object.threshold() && layout.align() <= ALIGNMENT;
-        small.then(|| self.object.borrow(layout.size(), layout.align(), usize::MAX)).flatten()
+        self.is_small(layout).then(|| self.object.borrow(layout.size(), layout.align(), usize::MAX)).flatten()
+    }
+
+    /// Whether layer +2 serves `layout`.
+    #[inline]
+    fn is_small(&self, layout: Layout) -> bool {
+        // `size - 1 < threshold`: sizes 1..=threshold; 0 and an off layer (0) skip it.
+        layout.size().wrapping_sub(1) < self.object.threshold() && layout.align() <= ALIGNMENT
     }
 
     /// Flushes the caches of the layers (layer 0's bins) back into their
