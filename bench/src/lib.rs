@@ -364,32 +364,40 @@ pub fn cpython_churn(peer: &Peer, seed: u64, ops: usize) -> Outcome {
     out
 }
 
-/// Fill with CPython-like objects until the first failure (one free per
-/// nine allocations, at random); reports the live bytes at that point.
-pub fn cpython_fill(peer: &Peer, seed: u64) -> Outcome {
+/// The CPython-like fill over any allocator: CPython-like objects aligned
+/// to 8, with a random live block freed instead on about one step in ten,
+/// until `alloc` returns null (the first failure). Returns the blocks live
+/// at that point and the allocations asked for, the failed one included.
+pub fn cpython_fill_program(
+    seed: u64,
+    mut alloc: impl FnMut(Layout) -> *mut u8,
+    mut free: impl FnMut(Block),
+) -> (Vec<Block>, usize) {
     let mut rng = Rng(seed);
     let mut live: Vec<Block> = Vec::new();
-    let mut out = Outcome::default();
-    let mut live_bytes = 0;
+    let mut allocations = 0;
     loop {
         if rng.next_u64().is_multiple_of(10) && !live.is_empty() {
-            let b = live.swap_remove(rng.range(0, live.len()));
-            live_bytes -= b.layout.size();
-            // SAFETY: a live block.
-            unsafe { peer.dealloc(b.ptr, b.layout) };
+            free(live.swap_remove(rng.range(0, live.len())));
             continue;
         }
         let layout = Layout::from_size_align(cpython_size(&mut rng), 8).unwrap();
-        let p = peer.alloc(layout);
-        out.ops += 1;
+        let p = alloc(layout);
+        allocations += 1;
         if p.is_null() {
-            out.failures = 1;
-            break;
+            return (live, allocations);
         }
-        live_bytes += layout.size();
         live.push(Block { ptr: p, layout });
     }
-    out.live_bytes = live_bytes;
+}
+
+/// Fill with CPython-like objects until the first failure
+/// ([`cpython_fill_program`]); reports the live bytes at that point.
+pub fn cpython_fill(peer: &Peer, seed: u64) -> Outcome {
+    // SAFETY: the program frees only blocks it holds live.
+    let (mut live, ops) =
+        cpython_fill_program(seed, |l| peer.alloc(l), |b| unsafe { peer.dealloc(b.ptr, b.layout) });
+    let out = Outcome { ops, failures: 1, live_bytes: live.iter().map(|b| b.layout.size()).sum() };
     free_all(peer, &mut live);
     out
 }

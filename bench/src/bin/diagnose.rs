@@ -3,17 +3,21 @@
 //! `GEOMETRY=ARENA_SHIFT,POOL_SHIFT` tries another layer +2 geometry (e.g.
 //! `22,16`: 4 MiB arenas of 64 KiB pools).
 
-use std::alloc::Layout;
+use std::cell::RefCell;
+use std::ptr::{self, NonNull};
 
 use strata::Heap;
 use strata::source::PageSource;
-use strata_bench::{Region, Rng, cpython_size};
+use strata_bench::{Region, cpython_fill_program};
+
+/// The benchmark's seed.
+const SEED: u64 = 0x5eed_1234_abcd;
 
 fn main() {
     let region = Region::new(32 << 20);
     // SAFETY: the region outlives the heap.
     let source = unsafe { strata::RegionSource::new(region.ptr(), region.size()) };
-    let mut heap = match std::env::var("GEOMETRY") {
+    let heap = match std::env::var("GEOMETRY") {
         Ok(g) => {
             let v: Vec<u32> = g.split(',').map(|x| x.parse().unwrap()).collect();
             let geometry = strata::object::Geometry {
@@ -26,36 +30,24 @@ fn main() {
         }
         Err(_) => Heap::new(source),
     };
-    let mut rng = Rng(0x5eed_1234_abcd);
-    let mut live: Vec<(std::ptr::NonNull<u8>, Layout)> = Vec::new();
-    let mut live_bytes = 0usize;
-    let mut small_req = 0usize;
-    loop {
-        if rng.next_u64().is_multiple_of(10) && !live.is_empty() {
-            let (p, l) = live.swap_remove(rng.range(0, live.len()));
-            live_bytes -= l.size();
-            if l.size() <= 512 {
-                small_req -= l.size();
-            }
-            // SAFETY: live block.
-            unsafe { heap.deallocate(p, l).unwrap() };
-            continue;
-        }
-        let layout = Layout::from_size_align(cpython_size(&mut rng), 8).unwrap();
-        match heap.allocate(layout) {
-            Ok(p) => {
-                live_bytes += layout.size();
-                if layout.size() <= 512 {
-                    small_req += layout.size();
-                }
-                live.push((p, layout));
-            }
+    let heap = RefCell::new(heap);
+    let mut failure = None;
+    let (live, _) = cpython_fill_program(
+        SEED,
+        |layout| match heap.borrow_mut().allocate(layout) {
+            Ok(p) => p.as_ptr(),
             Err(e) => {
-                println!("first failure: {layout:?}: {e:?}");
-                break;
+                failure = Some(format!("{layout:?}: {e:?}"));
+                ptr::null_mut()
             }
-        }
-    }
+        },
+        // SAFETY: the program frees only blocks it holds live.
+        |b| unsafe { heap.borrow_mut().deallocate(NonNull::new(b.ptr).unwrap(), b.layout).unwrap() },
+    );
+    let heap = heap.into_inner();
+    println!("first failure: {}", failure.unwrap());
+    let live_bytes: usize = live.iter().map(|b| b.layout.size()).sum();
+    let small_req: usize = live.iter().map(|b| b.layout.size()).filter(|&size| size <= 512).sum();
     let s = heap.stats();
     let total = region.size() as f64;
     let pct = |x: usize| 100.0 * x as f64 / total;
@@ -89,10 +81,9 @@ fn main() {
         pct(s.segments.segment_used),
         pct(s.segments.segment_bytes - s.segments.segment_used)
     );
-    let seg: Vec<_> =
-        live.iter().filter(|(p, _)| heap.owner(p.as_ptr()) == Some(strata::Layer::Segment)).collect();
-    let seg_req: usize = seg.iter().map(|(_, l)| l.size()).sum();
-    let seg_16: usize = seg.iter().map(|(_, l)| l.size().next_multiple_of(16)).sum();
+    let seg: Vec<_> = live.iter().filter(|b| heap.owner(b.ptr) == Some(strata::Layer::Segment)).collect();
+    let seg_req: usize = seg.iter().map(|b| b.layout.size()).sum();
+    let seg_16: usize = seg.iter().map(|b| b.layout.size().next_multiple_of(16)).sum();
     println!(
         "  layer 0 holds {} live blocks: requested {:.2} %, rounded to 16 {:.2} %, so {:.1} B per block beyond the request",
         seg.len(),
@@ -109,9 +100,9 @@ fn main() {
     let u = report.usage;
     let rounding: usize = live
         .iter()
-        .map(|(_, l)| {
-            let granule = if l.size() <= 512 { 8 } else { 16 };
-            l.size().next_multiple_of(granule) - l.size()
+        .map(|b| {
+            let granule = if b.layout.size() <= 512 { 8 } else { 16 };
+            b.layout.size().next_multiple_of(granule) - b.layout.size()
         })
         .sum();
     println!(
@@ -133,25 +124,17 @@ fn main() {
 fn linked_list_allocator_breakdown() {
     let region = Region::new(32 << 20);
     // SAFETY: the region outlives the heap and serves only it.
-    let mut heap = unsafe { linked_list_allocator::Heap::new(region.ptr(), region.size()) };
-    let mut rng = Rng(0x5eed_1234_abcd);
-    let mut live: Vec<(std::ptr::NonNull<u8>, Layout)> = Vec::new();
-    loop {
-        if rng.next_u64().is_multiple_of(10) && !live.is_empty() {
-            let (p, l) = live.swap_remove(rng.range(0, live.len()));
-            // SAFETY: a live block of this heap with its layout.
-            unsafe { heap.deallocate(p, l) };
-            continue;
-        }
-        let layout = Layout::from_size_align(cpython_size(&mut rng), 8).unwrap();
-        match heap.allocate_first_fit(layout) {
-            Ok(p) => live.push((p, layout)),
-            Err(()) => break,
-        }
-    }
+    let heap = unsafe { linked_list_allocator::Heap::new(region.ptr(), region.size()) };
+    let heap = RefCell::new(heap);
+    let (live, _) = cpython_fill_program(
+        SEED,
+        |layout| heap.borrow_mut().allocate_first_fit(layout).map_or(ptr::null_mut(), NonNull::as_ptr),
+        // SAFETY: the program frees only blocks it holds live.
+        |b| unsafe { heap.borrow_mut().deallocate(NonNull::new(b.ptr).unwrap(), b.layout) },
+    );
     let pct = |x: usize| 100.0 * x as f64 / region.size() as f64;
-    let requested: usize = live.iter().map(|(_, l)| l.size()).sum();
-    let rounded: usize = live.iter().map(|(_, l)| l.size().next_multiple_of(8).max(16)).sum();
+    let requested: usize = live.iter().map(|b| b.layout.size()).sum();
+    let rounded: usize = live.iter().map(|b| b.layout.size().next_multiple_of(8).max(16)).sum();
     println!(
         "linked_list_allocator: live requested {:.2} %, rounding {:.2} %, holes {:.2} %",
         pct(requested),
