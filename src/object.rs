@@ -79,9 +79,17 @@ pub const MAX_POOLS_PER_ARENA: usize = 64;
 /// Arena slots tracked in the ownership bitmap (window / arena size at most).
 pub const ARENA_SLOTS: usize = 4096;
 const UNUSED_CLASS: u32 = u32::MAX;
+/// Bytes at the end of every arena that this layer leaves unused. Where
+/// arenas are blocks of layer 0 (on a committed page source), layer 0 keeps
+/// the boundary tag of the chunk after an arena there, so arenas can sit
+/// side by side; the last pool of an arena stops short of it.
+pub const ARENA_TAIL: usize = 2 * size_of::<usize>();
 
 const _: () = assert!(NUM_CLASSES == 64 && SMALL_REQUEST_THRESHOLD.is_multiple_of(ALIGNMENT));
 const _: () = assert!(POOL_HEADER.is_multiple_of(ALIGNMENT) && ARENA_HEADER.is_multiple_of(ALIGNMENT));
+// The last pool loses the tail where pool 0 loses the arena header: the
+// two-blocks-per-pool check below covers both.
+const _: () = assert!(ARENA_TAIL <= ARENA_HEADER);
 // Every geometry's pools hold two of their largest blocks after both headers,
 // so a pool on a `used` list always has a free or carvable block after a pop.
 const _: () = {
@@ -162,10 +170,14 @@ impl Geometry {
         if arena_shift > pool_shift + 6 {
             arena_shift = pool_shift + 6;
         }
-        // The ownership bitmap covers the window with ARENA_SLOTS slots.
+        // The ownership bitmap covers the whole window with ARENA_SLOTS
+        // slots (log2 rounded up: a 6 GiB window needs 2 MiB arenas). A
+        // window not aligned to arenas spans one slot more, a partial one,
+        // that no arena fits in.
+        let log_ceil = if len.is_power_of_two() { log } else { log + 1 };
         let slots_shift = ARENA_SLOTS.trailing_zeros();
-        if log > arena_shift + slots_shift {
-            arena_shift = log - slots_shift;
+        if log_ceil > arena_shift + slots_shift {
+            arena_shift = log_ceil - slots_shift;
         }
         if arena_shift > pool_shift + 6 {
             pool_shift = arena_shift - 6;
@@ -525,7 +537,7 @@ impl ObjectAllocator {
                 p.ref_count = 0;
                 p.freeblock = block;
                 p.next_offset = (first + size) as u32;
-                p.max_next_offset = (self.geometry.pool_size() - size) as u32;
+                p.max_next_offset = (self.pool_end(pool as usize) - size) as u32;
             }
             // (A pool reused for its old class keeps its free list: all its
             // carved blocks are on it.)
@@ -593,6 +605,13 @@ impl ObjectAllocator {
         c.current += 1;
         c.high_water = c.high_water.max(c.current);
         Ok(arena)
+    }
+
+    /// `layout` (a small one) rounded up to the block size of its class.
+    pub fn class_layout(&self, layout: core::alloc::Layout) -> core::alloc::Layout {
+        let shift = self.geometry.class_shift;
+        let size = class_size(size_class(layout.size(), layout.align(), shift), shift);
+        core::alloc::Layout::from_size_align(size, layout.align()).unwrap_or(layout)
     }
 
     /// Size of the block that holds `ptr` (a block of this allocator).
@@ -805,6 +824,13 @@ impl ObjectAllocator {
         if pool & self.arena_mask == pool { POOL_HEADER + ARENA_HEADER } else { POOL_HEADER }
     }
 
+    /// Where the blocks of the pool at `pool` must end: the pool's end, or
+    /// for an arena's last pool, [`ARENA_TAIL`] bytes before it.
+    fn pool_end(&self, pool: usize) -> usize {
+        let size = self.geometry.pool_size();
+        if (pool + size) & !self.arena_mask == 0 { size - ARENA_TAIL } else { size }
+    }
+
     /// Where the arenas' bytes go (a walk of every arena, O(pools)).
     pub fn usage(&self) -> ArenaUsage {
         let pool_size = self.geometry.pool_size();
@@ -829,7 +855,7 @@ impl ObjectAllocator {
                 return;
             }
             let bs = p.block_size as usize;
-            let capacity = (pool_size - first) / bs;
+            let capacity = (self.pool_end(addr) - first) / bs;
             u.pool_headers += POOL_HEADER;
             u.allocated += p.ref_count as usize * bs;
             u.available += (capacity - p.ref_count as usize) * bs;
@@ -842,13 +868,12 @@ impl ObjectAllocator {
     /// arena, O(pools)).
     pub fn class_stats(&self) -> [ClassStats; NUM_CLASSES] {
         let mut out = [ClassStats::default(); NUM_CLASSES];
-        let pool_size = self.geometry.pool_size();
         self.for_each_pool(|addr, p, _| {
             if p.ref_count == 0 {
                 return;
             }
             let class = p.class as usize;
-            let capacity = (pool_size - self.first_offset(addr)) / p.block_size as usize;
+            let capacity = (self.pool_end(addr) - self.first_offset(addr)) / p.block_size as usize;
             let s = &mut out[class];
             s.block_size = p.block_size as usize;
             s.pools += 1;
@@ -904,7 +929,7 @@ impl ObjectAllocator {
                 block = unsafe { *block.cast::<*mut u8>() };
             }
             assert_eq!(free + p.ref_count as usize, carved, "free list and ref count disagree");
-            let capacity = (pool_size - first) / size;
+            let capacity = (self.pool_end(addr) - first) / size;
             assert!(p.ref_count as usize <= capacity, "more blocks in use than fit");
             // A pool in use with a free block must be on its `used` list.
             if p.ref_count > 0 && !p.freeblock.is_null() {

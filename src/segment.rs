@@ -1,200 +1,169 @@
 //! # Layer 0: the segment allocator (the "malloc" of the stack)
 //!
-//! **Takes from below:** whole pages from a [`PageSource`].
+//! **Takes from below:** *spans* — runs of pages — from a [`PageSource`].
 //!
 //! **Gives above:** blocks of any size and alignment, for the requests layer
-//! +2 does not serve (larger than 512 bytes, aligned above 16, or when it has
-//! no arena to offer).
+//! +2 does not serve (larger than its threshold, aligned above 16, or when it
+//! has no arena to offer), and layer +2's arenas themselves where the page
+//! source is a region of memory that is already there.
 //!
 //! ```text
-//!   segments (sorted)                           large mappings (sorted)
-//!   ┌──────────────┐ ┌────────┐ ┌──────┐       ┌─────────────────────┐
-//!   │ LLA heap     │ │LLA heap│ │ LLA  │  …    │ own pages, ≥ 128 KiB│ …
-//!   └──────────────┘ └────────┘ └──────┘       └─────────────────────┘
+//!   committed source (a region):        page-mapping source (the VMM):
+//!   ┌──────────────────────────────┐    ┌────────┐ G ┌──────────────┐ G …
+//!   │ one span: the whole window   │    │ span   │   │ span         │
+//!   │ ┌─────┬──────┬──────┬──────┐ │    └────────┘   └──────────────┘
+//!   │ │chunk│arena │chunk │ free │ │     spans taken in whole slots,
+//!   │ └─────┴──────┴──────┴──────┘ │     given back once wholly free
+//!   └──────────────────────────────┘
 //! ```
 //!
-//! Ordinary requests are served first-fit by a `linked_list_allocator::Heap`
-//! per *segment*. When no segment can serve one, the allocator asks the page
-//! source for a new segment (at least [`Config::segment_min`] bytes); a new
-//! segment that lands right after an existing one extends it instead. A
-//! segment left empty is given back to the source, except one spare kept
-//! against thrashing. Requests of at least [`Config::large_threshold`] bytes
-//! (malloc's mmap threshold) get pages of their own, given back on free.
+//! Inside the spans, one TLSF engine (`segment/tlsf.rs`) serves every block: chunks
+//! with one header word, free chunks in segregated lists found through a
+//! bitmap in O(1), immediate coalescing, resizing in place when the next
+//! chunk is free. Nothing here has a fixed number of entries: a span is only
+//! the unit in which pages are taken and given back.
 //!
-//! **Bins.** In front of the first-fit heaps sit bounded LIFO bins for
-//! blocks of up to [`BIN_MAX`] bytes aligned to at most 16, in steps of
-//! [`BIN_GRANULE`] up to 4 KiB, 256 bytes up to 32 KiB and 2 KiB up to the
-//! large threshold (glibc's tcache does the same in front of its bins): such a
-//! request is rounded up to its bin's size, a freed block goes onto its bin
-//! (at most [`BIN_DEPTH`] deep, and at most [`Config::bin_budget`] bytes in
-//! all bins) and is reused in O(1). When the heaps and the
-//! page source are exhausted, the bins are flushed back and the request
-//! retried, so binned blocks never cause a failure.
+//! **Two kinds of page source.** A source whose memory is already there
+//! ([`PageSource::committed`], e.g. a [`RegionSource`](crate::RegionSource)
+//! over a static region) is taken whole, as one span, the first time
+//! memory is needed: free space never splits between two allocators, and
+//! layer +2 takes its arenas from this layer as aligned blocks. A source that
+//! maps pages on demand (the kernel's VMM) is asked for spans of whole
+//! *slots* (1/4096 of its window, at least [`Config::span_min`]); a span
+//! that becomes wholly free goes back, except one spare kept against
+//! thrashing, which an allocation that would otherwise fail gives back too
+//! before asking again.
 //!
-//! **Invariants:** segments are disjoint and sorted; each segment's heap
-//! covers exactly its pages; at most one segment is empty; every large
-//! mapping is in the large table. A pointer that is in no segment and no
-//! large mapping is refused with [`DeallocateError::NotOwned`] — this layer
-//! never hands `linked_list_allocator` a block it does not own.
+//! **Small heaps.** Under [`FIRST_FIT_LIMIT`] (firmware heaps) the engine is
+//! `linked_list_allocator`'s first fit over the whole window instead: it
+//! keeps no header at all, so on heaps this small it fills best, and its
+//! walks stay short.
 //!
-//! **Costs:** allocation tries the segment that served last, then the others
-//! (at most `SEGMENTS`), each a first-fit walk of its holes; free finds
-//! its segment by binary search, then walks that segment's hole list.
+//! **Ownership.** One bit per slot of the window says whether a span covers
+//! it, so [`SegmentAllocator::owns`] is O(1) and reads no memory. A free is
+//! refused with a typed [`DeallocateError`] when no span holds the pointer,
+//! when the block is not in use (a double free whose memory has not been
+//! reused), or when its size does not fit the layout given; in the TLSF
+//! engine those checks are O(1) reads of the block's header and its
+//! neighbour's. Blocks of the first-fit engine carry no header to check.
+//!
+//! **Invariants:** spans are disjoint, each covering whole slots (the
+//! window's span excepted) and marked in the map exactly; at most one span is
+//! wholly free in the page-mapping case; every chunk invariant of the TLSF engine
+//! holds in every span.
+
+mod tlsf;
 
 use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
-use linked_list_allocator::Heap;
-
 use crate::source::{PAGE_SIZE, PageSource, PagesError};
-use crate::sync::stat;
+use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
 
-/// Default for the most segments the allocator keeps at once (the
-/// `SEGMENTS` parameter).
-pub const MAX_SEGMENTS: usize = 32;
-/// Default for the most large mappings tracked at once (the `LARGE`
-/// parameter); past that, large requests are served from segments.
-pub const MAX_LARGE: usize = 64;
+/// Windows smaller than this are served by first fit over the whole window.
+pub const FIRST_FIT_LIMIT: usize = 256 << 10;
 
-/// Largest request kept in a bin.
-pub const BIN_MAX: usize = 128 << 10;
-/// Size step between bins.
-pub const BIN_GRANULE: usize = 16;
-/// Number of bins.
-pub const BINS: usize = 256 + 112 + 48;
+/// The default [`Config::large_threshold`]: glibc's default mmap threshold.
+pub const LARGE_THRESHOLD: usize = 128 << 10;
 
-/// The bin of a `size`-byte request (`1..=BIN_MAX`): 16-byte steps to 4 KiB,
-/// 256-byte steps to 32 KiB, 2 KiB steps to 128 KiB (rounding costs at most
-/// 1/16 of a block, 1/64 on average).
-#[inline]
-const fn bin_index(size: usize) -> usize {
-    if size <= 4096 {
-        (size.saturating_sub(1)) / 16
-    } else if size <= 32 << 10 {
-        256 + (size - 4097) / 256
-    } else {
-        368 + (size - (32 << 10) - 1) / 2048
-    }
-}
+/// What layer 0 keeps of every arena it gives layer +2: the last
+/// `ARENA_TAIL` bytes hold the boundary tag of the chunk after it, so that
+/// arenas can sit next to each other. Layer +2 never uses them.
+pub const ARENA_TAIL: usize = GRANULE;
 
-/// The block size of bin `bin`.
-#[inline]
-const fn bin_size(bin: usize) -> usize {
-    if bin < 256 {
-        (bin + 1) * 16
-    } else if bin < 368 {
-        4096 + (bin - 255) * 256
-    } else {
-        (32 << 10) + (bin - 367) * 2048
-    }
-}
-
-const _: () = {
-    let mut size = 1;
-    while size <= BIN_MAX {
-        let bin = bin_index(size);
-        assert!(bin < BINS && bin_size(bin) >= size && (bin == 0 || bin_size(bin - 1) < size));
-        size += 7;
-    }
-};
-/// Most blocks kept in one bin.
-pub const BIN_DEPTH: u32 = 16;
-
-#[derive(Clone, Copy)]
-struct Bin {
-    head: *mut u8,
-    len: u32,
-}
+/// Slots in the ownership map.
+const SLOTS: usize = 4096;
 
 /// Tunables of layer 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Smallest segment asked from the page source.
-    pub segment_min: usize,
-    /// Requests this large or larger get pages of their own.
+    /// Serve every block by first fit over the whole window
+    /// (`linked_list_allocator`) instead of TLSF.
+    pub first_fit: bool,
+    /// Smallest span asked of a page source that is not
+    /// [committed](PageSource::committed).
+    pub span_min: usize,
+    /// From a page source that is not committed, requests of this many
+    /// bytes or more (aligned to at most 16) get a span of their own, given
+    /// back as soon as they are freed (malloc's mmap threshold; in the
+    /// kernel, an overflow past one hits the guard page after it).
     pub large_threshold: usize,
-    /// Most bytes kept in bins.
-    pub bin_budget: usize,
-    /// Whether layer +2 takes its arenas from this layer instead of from the
-    /// page source (on small heaps, so no page is split between the two).
-    pub arenas_in_segments: bool,
 }
 
 impl Config {
-    /// Tunables for a page source whose window is `window_len` bytes.
-    ///
-    /// From 1 MiB up: segments of 1/16 of the window (at most 1 MiB), a large
-    /// threshold of 128 KiB (glibc's default mmap threshold), bins of 1/64 of
-    /// the window (at most 8 MiB), arenas straight from the page source.
-    ///
-    /// Under 1 MiB (firmware heaps), pages are too coarse to share out: the
-    /// first segment takes the whole window, there are no large mappings, and
-    /// layer +2 takes its arenas from this layer, like CPython taking arenas
-    /// from `malloc` where it has no `mmap`.
+    /// Tunables for a page source whose window is `window_len` bytes: first
+    /// fit under [`FIRST_FIT_LIMIT`], spans of at least 1/16 of the window
+    /// (between a page and 1 MiB), spans of their own from
+    /// [`LARGE_THRESHOLD`].
     pub const fn for_window(window_len: usize) -> Self {
-        if window_len < 1 << 20 {
-            return Self {
-                segment_min: window_len,
-                large_threshold: usize::MAX,
-                bin_budget: 0,
-                arenas_in_segments: true,
-            };
+        let mut span_min = (window_len / 16) & !(PAGE_SIZE - 1);
+        if span_min < PAGE_SIZE {
+            span_min = PAGE_SIZE;
         }
-        let mut segment_min = (window_len / 16) & !(PAGE_SIZE - 1);
-        if segment_min < PAGE_SIZE {
-            segment_min = PAGE_SIZE;
+        if span_min > 1 << 20 {
+            span_min = 1 << 20;
         }
-        if segment_min > 1 << 20 {
-            segment_min = 1 << 20;
-        }
-        let mut large_threshold = window_len / 8;
-        if large_threshold > 128 << 10 {
-            large_threshold = 128 << 10;
-        }
-        if large_threshold < PAGE_SIZE {
-            large_threshold = PAGE_SIZE;
-        }
-        // Bins may hold 1/16 of the window, between 1 KiB and 8 MiB.
-        let mut bin_budget = window_len / 16;
-        if bin_budget < 1024 {
-            bin_budget = 1024;
-        }
-        if bin_budget > 8 << 20 {
-            bin_budget = 8 << 20;
-        }
-        Self { segment_min, large_threshold, bin_budget, arenas_in_segments: false }
+        Self { first_fit: window_len < FIRST_FIT_LIMIT, span_min, large_threshold: LARGE_THRESHOLD }
     }
 }
 
 /// Why layer 0 could not allocate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllocateError {
-    /// No segment has room and the page source has no more pages.
+    /// No free chunk holds the request and the page source has no span for
+    /// it.
     OutOfMemory {
         /// The request.
         layout: Layout,
-        /// What the page source said.
+        /// What the page source said (or `Exhausted` when it was not asked:
+        /// a committed source is held whole already).
         source: PagesError,
     },
-    /// The segment table is full and no segment has room.
-    TooManySegments,
 }
 
-/// Why layer 0 refused a free.
+impl fmt::Display for AllocateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfMemory { layout, source } => write!(
+                f,
+                "layer 0 has no room for {} bytes aligned to {}: {source}",
+                layout.size(),
+                layout.align()
+            ),
+        }
+    }
+}
+
+impl core::error::Error for AllocateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::OutOfMemory { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Why layer 0 refused a free. Nothing was changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeallocateError {
-    /// The pointer lies in no segment and no large mapping of this allocator.
+    /// The pointer lies in no span of this allocator (nor in an arena of
+    /// layer +2, when the front door says so).
     NotOwned {
         /// The pointer.
         ptr: usize,
     },
-    /// A large mapping was freed with a size that does not match it.
+    /// The pointer lies in a span but is not a block in use: freed already
+    /// (a double free), or not the start of a block.
+    NotAllocated {
+        /// The pointer.
+        ptr: usize,
+    },
+    /// The block is in use, but its size does not fit the layout given.
     SizeMismatch {
         /// The pointer.
         ptr: usize,
-        /// The mapping's size.
-        mapped: usize,
+        /// Bytes the block holds.
+        block: usize,
         /// The size given.
         given: usize,
     },
@@ -203,79 +172,177 @@ pub enum DeallocateError {
 impl fmt::Display for DeallocateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotOwned { ptr } => write!(f, "{ptr:#x} was not allocated by layer 0"),
-            Self::SizeMismatch { ptr, mapped, given } => {
-                write!(f, "{ptr:#x} maps {mapped} bytes but was freed as {given}")
+            Self::NotOwned { ptr } => write!(f, "{ptr:#x} was not allocated by this heap"),
+            Self::NotAllocated { ptr } => {
+                write!(f, "{ptr:#x} is not a block in use (freed twice, or not a block's start)")
+            }
+            Self::SizeMismatch { ptr, block, given } => {
+                write!(f, "{ptr:#x} holds {block} bytes but was freed as {given}")
             }
         }
     }
 }
 
-/// One run of pages served by its own first-fit heap.
-struct Segment {
-    start: usize,
-    size: usize,
-    heap: Heap,
-}
-
-#[derive(Clone, Copy)]
-struct Large {
-    start: usize,
-    size: usize,
-}
+impl core::error::Error for DeallocateError {}
 
 /// Counters of layer 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentStats {
-    /// Segments held.
-    pub segments: usize,
-    /// Bytes of pages held in segments.
-    pub segment_bytes: usize,
-    /// Bytes allocated from segments (as `linked_list_allocator` counts them).
-    pub segment_used: usize,
-    /// Large mappings held.
-    pub large: usize,
-    /// Bytes of pages held by large mappings.
-    pub large_bytes: usize,
-    /// Segments given back to the page source so far.
-    pub segments_released: usize,
-    /// Segments grown in place by a following run of pages.
-    pub segments_extended: usize,
-    /// Blocks waiting in bins.
-    pub binned_blocks: usize,
-    /// Allocations served from a bin (an event counter: 0 without the
-    /// `stats` feature).
-    pub bin_hits: usize,
+    /// Whether the first-fit engine serves this heap (else TLSF).
+    pub first_fit: bool,
+    /// Spans held.
+    pub spans: usize,
+    /// Bytes of spans held.
+    pub span_bytes: usize,
+    /// Bytes in blocks in use (chunk sizes, headers included; arenas lent to
+    /// layer +2 included).
+    pub allocated_bytes: usize,
+    /// Bytes in free chunks.
+    pub free_bytes: usize,
+    /// Free chunks (TLSF) or holes (first fit).
+    pub free_chunks: usize,
+    /// Spans given back to the page source so far.
+    pub spans_released: usize,
 }
 
-/// Layer 0: segments of first-fit heaps plus large mappings.
-///
-/// `SEGMENTS` and `LARGE` size its two tables (kept inline, as this layer
-/// sits below the heap): the defaults suit firmware and host regions, where
-/// adjacent runs coalesce; a kernel over a VMM, whose runs never coalesce,
-/// wants more of both.
-pub struct SegmentAllocator<const SEGMENTS: usize = MAX_SEGMENTS, const LARGE: usize = MAX_LARGE> {
-    bins: [Bin; BINS],
-    segments: [Segment; SEGMENTS],
-    nsegments: usize,
-    large: [Large; LARGE],
-    nlarge: usize,
-    current: usize,
+/// Which engine serves the spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    /// Not decided yet: no memory has been taken.
+    Unset,
+    /// `linked_list_allocator` over the whole window.
+    FirstFit,
+    /// TLSF over spans.
+    Tlsf,
+}
+
+/// Where the spans of a page-mapping source lie: one bit per slot of the
+/// window for the slots a span covers whole, one for the slots a span
+/// starts in. Spans start on slot boundaries, so a slot holds at most one
+/// span's start and at most one span's partial end; the span's length, in
+/// its first word, settles the partial end.
+struct SpanMap {
+    /// The window.
+    lo: usize,
+    len: usize,
+    /// The window's start rounded down to a slot.
+    base: usize,
+    shift: u32,
+    full: [u64; SLOTS / 64],
+    start: [u64; SLOTS / 64],
+}
+
+impl SpanMap {
+    const fn new(window: (usize, usize)) -> Self {
+        let (lo, len) = window;
+        let end = lo.saturating_add(len);
+        let mut shift = GRANULE.trailing_zeros();
+        while shift < usize::BITS - 1 && ((end - (lo & !((1 << shift) - 1))) >> shift) >= SLOTS {
+            shift += 1;
+        }
+        let base = lo & !((1 << shift) - 1);
+        Self { lo, len: end - lo, base, shift, full: [0; SLOTS / 64], start: [0; SLOTS / 64] }
+    }
+
+    fn slot_size(&self) -> usize {
+        1 << self.shift
+    }
+
+    fn bit(map: &[u64; SLOTS / 64], slot: usize) -> bool {
+        map[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
+    fn put(map: &mut [u64; SLOTS / 64], slot: usize, on: bool) {
+        if on {
+            map[slot / 64] |= 1 << (slot % 64);
+        } else {
+            map[slot / 64] &= !(1 << (slot % 64));
+        }
+    }
+
+    /// Whether a span holds `addr` (in the window). O(1) for the slots a
+    /// span covers whole; for the rest, a scan of the start bits below
+    /// (at most `SLOTS / 64` words) and one read of that span's length.
+    #[inline]
+    fn owns(&self, addr: usize) -> bool {
+        let slot = (addr - self.base) >> self.shift;
+        Self::bit(&self.full, slot) || self.owns_partial(addr, slot)
+    }
+
+    #[cold]
+    fn owns_partial(&self, addr: usize, slot: usize) -> bool {
+        // The nearest span start at or below `slot`.
+        let mut w = slot / 64;
+        let mut bits = self.start[w] & (u64::MAX >> (63 - slot % 64));
+        while bits == 0 {
+            if w == 0 {
+                return false;
+            }
+            w -= 1;
+            bits = self.start[w];
+        }
+        let first = w * 64 + 63 - bits.leading_zeros() as usize;
+        let start = self.slot_start(first);
+        let span = core::ptr::with_exposed_provenance::<u8>(start);
+        // SAFETY: a start bit marks a live span, whose first word holds its
+        // length (`Tlsf::add_span`); its address was exposed when it was
+        // taken.
+        let len = unsafe { Tlsf::span_len(NonNull::new_unchecked(span.cast_mut())) };
+        addr - start < len
+    }
+
+    /// The first address of slot `slot` in the window.
+    fn slot_start(&self, slot: usize) -> usize {
+        (self.base + (slot << self.shift)).max(self.lo)
+    }
+
+    /// Marks (or clears) the span `[start, start + len)`.
+    fn set(&mut self, start: usize, len: usize, present: bool) {
+        let end = start + len;
+        let first = (start - self.base) >> self.shift;
+        let last = (end - 1 - self.base) >> self.shift;
+        for slot in first..=last {
+            let slot_end = (self.base + ((slot + 1) << self.shift)).min(self.lo + self.len);
+            let whole = self.slot_start(slot) >= start && slot_end <= end;
+            Self::put(&mut self.full, slot, present && whole);
+        }
+        Self::put(&mut self.start, first, present);
+    }
+
+    /// The start addresses of the spans, in address order.
+    fn span_starts(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..SLOTS).filter(|&s| Self::bit(&self.start, s)).map(|s| self.slot_start(s))
+    }
+}
+
+/// Layer 0: one allocator over every span it holds.
+pub struct SegmentAllocator {
+    tlsf: Tlsf,
+    first_fit: linked_list_allocator::Heap,
+    engine: Engine,
+    /// The source is committed: the whole window is (or will be) one span,
+    /// and layer +2's arenas come from here.
+    whole: bool,
+    map: SpanMap,
     config: Config,
+    /// Pointer provenance for the whole window's span, and its length, while
+    /// it is held.
+    window_span: Option<(NonNull<u8>, usize)>,
+    /// A wholly free span kept against thrashing (page-mapping sources).
+    spare: Option<NonNull<u8>>,
+    /// Requests from this size get a span of their own: the configured
+    /// threshold for a page-mapping source, never for a committed one.
+    large: usize,
+    spans: usize,
+    span_bytes: usize,
     released: usize,
-    extended: usize,
-    bin_hits: usize,
-    binned_bytes: usize,
-    /// The page source's granularity, to which large mappings are sized
-    /// (known from the first large mapping on).
-    granule: usize,
 }
 
 // SAFETY: the allocator owns the memory its raw pointers point to; it is
 // moved between threads only as a whole (behind the front door's lock).
-unsafe impl<const SEGMENTS: usize, const LARGE: usize> Send for SegmentAllocator<SEGMENTS, LARGE> {}
+unsafe impl Send for SegmentAllocator {}
 
-impl<const SEGMENTS: usize, const LARGE: usize> fmt::Debug for SegmentAllocator<SEGMENTS, LARGE> {
+impl fmt::Debug for SegmentAllocator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SegmentAllocator")
             .field("config", &self.config)
@@ -284,33 +351,23 @@ impl<const SEGMENTS: usize, const LARGE: usize> fmt::Debug for SegmentAllocator<
     }
 }
 
-const EMPTY_SEGMENT: Segment = Segment { start: 0, size: 0, heap: Heap::empty() };
-const EMPTY_LARGE: Large = Large { start: 0, size: 0 };
-
 impl SegmentAllocator {
-    /// An allocator with no segments yet and the default table sizes.
-    pub const fn new(config: Config) -> Self {
-        Self::with_tables(config)
-    }
-}
-
-impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE> {
-    /// An allocator with no segments yet, with room for `SEGMENTS` segments
-    /// and `LARGE` large mappings.
-    pub const fn with_tables(config: Config) -> Self {
+    /// An allocator with no span yet, for a page source whose window is
+    /// `window` (as [`PageSource::window`] reports it).
+    pub const fn new(config: Config, window: (usize, usize)) -> Self {
         Self {
-            bins: [Bin { head: core::ptr::null_mut(), len: 0 }; BINS],
-            segments: [EMPTY_SEGMENT; SEGMENTS],
-            nsegments: 0,
-            large: [EMPTY_LARGE; LARGE],
-            nlarge: 0,
-            current: 0,
+            tlsf: Tlsf::new(),
+            first_fit: linked_list_allocator::Heap::empty(),
+            engine: Engine::Unset,
+            whole: false,
+            map: SpanMap::new(window),
             config,
+            window_span: None,
+            spare: None,
+            large: usize::MAX,
+            spans: 0,
+            span_bytes: 0,
             released: 0,
-            extended: 0,
-            bin_hits: 0,
-            binned_bytes: 0,
-            granule: PAGE_SIZE,
         }
     }
 
@@ -319,507 +376,484 @@ impl<const SEGMENTS: usize, const LARGE: usize> SegmentAllocator<SEGMENTS, LARGE
         self.config
     }
 
-    /// The bin serving `layout`, if it is binned (never when the bin budget
-    /// is 0).
-    #[inline]
-    fn bin_of(&self, layout: Layout) -> Option<usize> {
-        // A bin's blocks must stay below the large threshold, or they would
-        // become large mappings.
-        if layout.size() > BIN_MAX || layout.align() > 16 || self.config.bin_budget == 0 {
-            return None;
+    /// Decides, on first use, how the source is managed: whole or by spans,
+    /// first fit or TLSF. Takes the whole window of a committed source.
+    fn prepare(&mut self, source: &mut impl PageSource) {
+        if self.engine != Engine::Unset {
+            return;
         }
-        let bin = bin_index(layout.size());
-        (bin_size(bin) < self.config.large_threshold).then_some(bin)
+        self.engine = if self.config.first_fit { Engine::FirstFit } else { Engine::Tlsf };
+        self.whole = source.committed();
+        if self.whole && self.take_window(source) {
+            return;
+        }
+        // A source that maps pages on demand, or a committed one that gave
+        // part of its window away before the heap took it: spans, by TLSF.
+        self.engine = Engine::Tlsf;
+        self.whole = false;
+        self.large = self.config.large_threshold;
     }
 
-    /// The layout actually asked of a segment heap for `layout`: binned
-    /// requests are rounded up to their bin, so every block of a bin is
-    /// interchangeable; every other request aligned to at most 16 is rounded
-    /// to a multiple of 16 and aligned to 16.
-    ///
-    /// Keeping every block of the first-fit heaps 16-granular matters:
-    /// `linked_list_allocator` rounds sizes to 8, and a 16-aligned request
-    /// after an 8-aligned end leaves a 24-byte hole too small to use, one
-    /// more for every such block, so its walks grow without bound.
-    #[inline]
-    fn effective(&self, layout: Layout) -> Layout {
-        match self.bin_of(layout) {
-            // SAFETY: bin sizes are multiples of 16 up to BIN_MAX; alignment 16 is valid.
-            Some(bin) => unsafe { Layout::from_size_align_unchecked(bin_size(bin), 16) },
-            None if layout.align() <= 16 => {
-                Layout::from_size_align(layout.size().max(1).next_multiple_of(16), 16).unwrap_or(layout)
-            }
-            None => layout,
+    /// Takes the whole window of a committed source as one span.
+    fn take_window(&mut self, source: &mut impl PageSource) -> bool {
+        let granule = source.granularity().max(GRANULE);
+        let len = self.map.len & !(granule - 1);
+        if len < MIN_SPAN || !self.map.lo.is_multiple_of(granule) {
+            return false;
         }
+        let Ok(start) = source.allocate_pages(len, granule) else { return false };
+        if start.as_ptr() as usize != self.map.lo {
+            // SAFETY: just allocated from `source` with this size.
+            unsafe { source.deallocate_pages(start, len) };
+            return false;
+        }
+        self.window_span = Some((start, len));
+        self.spans += 1;
+        self.span_bytes += len;
+        if self.engine == Engine::Tlsf {
+            // SAFETY: the span is ours, aligned, and at least MIN_SPAN long.
+            unsafe { self.tlsf.add_span(start, len) };
+        } else if self.engine == Engine::FirstFit {
+            // SAFETY: as above.
+            unsafe { self.first_fit.init(start.as_ptr(), len) };
+        }
+        true
     }
 
-    /// The layout asked of the heaps for an over-aligned request (aligned
-    /// above 16, below the large threshold): `size + align` bytes aligned to
-    /// 16, the aligned block placed inside with the origin in the word just
-    /// below it, as `aligned_alloc` is built on `malloc`. First fit never sees
-    /// an alignment, so it never leaves unusable padding holes behind (4096
-    /// requests of `Layout(1, 4096)` otherwise leave 4096 holes to walk).
-    #[inline]
-    fn padded(&self, layout: Layout) -> Option<Layout> {
-        if layout.align() <= 16 || layout.size() >= self.config.large_threshold {
-            return None;
-        }
-        let size = layout.size().checked_add(layout.align())?.checked_next_multiple_of(16)?;
-        // The inner block must stay in a segment (its free reads the origin
-        // word there), so it must stay below the large threshold too.
-        if size >= self.config.large_threshold {
-            return None;
-        }
-        Layout::from_size_align(size, 16).ok()
+    /// Whether layer +2 takes its arenas from this layer (a committed
+    /// source, held whole) rather than from the page source. Fixed on first
+    /// use.
+    pub fn serves_arenas(&mut self, source: &mut impl PageSource) -> bool {
+        self.prepare(source);
+        self.whole
     }
 
-    /// The size of a large mapping for `bytes`: whole granules of the page
-    /// source (pages in the kernel, 16 bytes over a region).
-    fn mapped_size(&self, bytes: usize) -> Option<usize> {
-        bytes.checked_next_multiple_of(self.granule)
-    }
-
-    /// Allocates a block for `layout` that is expected to keep growing by
-    /// realloc (a buffer being doubled): as a mapping of its own when the
-    /// page source can grow allocations in place
-    /// ([`PageSource::allocate_growable_pages`]: where it has the most room
-    /// after it), so the next growths need no copy;
-    /// otherwise, or when the large-mapping table is full, as
-    /// [`allocate`](Self::allocate) would.
-    pub fn allocate_growable(
-        &mut self,
-        layout: Layout,
-        source: &mut impl PageSource,
-    ) -> Result<NonNull<u8>, AllocateError> {
-        self.granule = source.granularity();
-        if self.nlarge < LARGE
-            && let Some(size) = self.mapped_size(layout.size())
-            && let Some(ptr) = source.allocate_growable_pages(size, layout.align().max(self.granule))
-        {
-            self.insert_large(ptr, size);
-            return Ok(ptr);
-        }
-        self.allocate(layout, source)
-    }
-
-    /// Allocates a block for `layout`, growing from `source` when needed.
+    /// Allocates a block for `layout`, taking a span from `source` when
+    /// needed.
     #[inline]
     pub fn allocate(
         &mut self,
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
-        let Some(inner) = self.padded(layout) else { return self.allocate_exact(layout, source) };
-        let origin = self.allocate_exact(inner, source)?.as_ptr();
-        let aligned = (origin as usize + 8).next_multiple_of(layout.align());
-        // SAFETY: `origin` is 16-aligned, so `aligned - origin` is in
-        // `16..=align` and `[aligned - 8, aligned + size)` lies in the
-        // `size + align` bytes of the inner block.
-        unsafe { (aligned as *mut usize).sub(1).write(origin as usize) };
-        Ok(NonNull::new(aligned as *mut u8).expect("inside a live block"))
+        if self.engine == Engine::Tlsf
+            && layout.size() < self.large
+            && let Some(p) = self.tlsf.allocate(layout.size(), layout.align())
+        {
+            return Ok(p);
+        }
+        self.allocate_slow(layout, source)
     }
 
-    /// Allocates exactly `layout` from the heaps (no over-allocation for
-    /// alignment): how layer +2 takes its size-aligned arenas on small heaps.
-    #[inline]
-    pub fn allocate_exact(
-        &mut self,
-        layout: Layout,
-        source: &mut impl PageSource,
-    ) -> Result<NonNull<u8>, AllocateError> {
-        if let Some(bin) = self.bin_of(layout) {
-            let b = &mut self.bins[bin];
-            if let Some(block) = NonNull::new(b.head) {
-                // SAFETY: binned blocks hold the next link in their first word.
-                b.head = unsafe { *block.as_ptr().cast::<*mut u8>() };
-                b.len -= 1;
-                stat!(self.bin_hits += 1);
-                self.binned_bytes -= bin_size(bin);
-                return Ok(block);
-            }
-        }
-        match self.allocate_slow(self.effective(layout), source) {
-            Err(_) if self.flush_bins(source) > 0 => self.allocate_slow(self.effective(layout), source),
-            result => result,
-        }
-    }
-
+    #[cold]
     fn allocate_slow(
         &mut self,
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
-        if layout.size() >= self.config.large_threshold && self.nlarge < LARGE {
-            // On failure, fall back to segments: a fragmented source may
-            // still have room inside them.
-            if let Ok(p) = self.allocate_large(layout, source) {
-                return Ok(p);
+        self.prepare(source);
+        let oom = |source| AllocateError::OutOfMemory { layout, source };
+        let exhausted = oom(PagesError::Exhausted { size: layout.size(), align: layout.align() });
+        match self.engine {
+            Engine::FirstFit => {
+                if self.window_span.is_none() && !self.take_window(source) {
+                    return Err(exhausted);
+                }
+                self.first_fit.allocate_first_fit(layout).map_err(|()| exhausted)
+            }
+            _ => {
+                if layout.size() >= self.large && layout.align() <= GRANULE {
+                    let span = self.take_span(layout, 0, source).map_err(oom)?;
+                    // SAFETY: a fresh span, one free chunk big enough.
+                    return Ok(unsafe { self.tlsf.allocate_whole_span(span) });
+                }
+                if let Some(p) = self.tlsf.allocate(layout.size(), layout.align()) {
+                    return Ok(p);
+                }
+                if self.whole {
+                    if self.window_span.is_some() || !self.take_window(source) {
+                        return Err(exhausted);
+                    }
+                } else {
+                    self.take_span(layout, self.config.span_min, source).map_err(oom)?;
+                }
+                self.tlsf.allocate(layout.size(), layout.align()).ok_or(exhausted)
             }
         }
-        if let Some(p) = self.allocate_in_segments(layout) {
-            return Ok(p);
-        }
-        self.grow(layout, source)?;
-        let seg = &mut self.segments[self.current];
-        seg.heap.allocate_first_fit(layout).map_err(|()| AllocateError::OutOfMemory {
-            layout,
-            source: PagesError::Exhausted { size: layout.size(), align: layout.align() },
-        })
     }
 
-    fn allocate_in_segments(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if self.nsegments == 0 {
-            return None;
-        }
-        if let Ok(p) = self.segments[self.current].heap.allocate_first_fit(layout) {
-            return Some(p);
-        }
-        for i in 0..self.nsegments {
-            if i == self.current || self.segments[i].heap.free() < layout.size() {
-                continue;
-            }
-            if let Ok(p) = self.segments[i].heap.allocate_first_fit(layout) {
-                self.current = i;
-                return Some(p);
-            }
-        }
-        None
-    }
-
-    fn allocate_large(
+    /// Takes a span from a page-mapping source big enough for `layout`, and
+    /// of at least `min` bytes if the source has them: whole granules of the
+    /// source, starting on a slot boundary.
+    fn take_span(
         &mut self,
         layout: Layout,
+        min: usize,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, PagesError> {
+        let granule = source.granularity().max(GRANULE);
+        let align = self.map.slot_size().max(granule);
         let invalid = PagesError::InvalidRequest { size: layout.size(), align: layout.align() };
-        self.granule = source.granularity();
-        let size = self.mapped_size(layout.size()).ok_or(invalid)?;
-        let ptr = source.allocate_pages(size, layout.align().max(self.granule))?;
-        self.insert_large(ptr, size);
-        Ok(ptr)
-    }
-
-    /// Records a new large mapping (the table has room).
-    fn insert_large(&mut self, ptr: NonNull<u8>, size: usize) {
-        let start = ptr.as_ptr() as usize;
-        let i = self.large[..self.nlarge].partition_point(|l| l.start < start);
-        self.large.copy_within(i..self.nlarge, i + 1);
-        self.large[i] = Large { start, size };
-        self.nlarge += 1;
-    }
-
-    /// Takes a new segment large enough for `layout` and makes it current.
-    fn grow(&mut self, layout: Layout, source: &mut impl PageSource) -> Result<(), AllocateError> {
-        // Room for the block, its worst-case alignment padding, and the
-        // first-fit list's minimum hole on each side.
-        let need = layout.size().saturating_add(layout.align()).saturating_add(64);
-        let exhausted = |source| AllocateError::OutOfMemory { layout, source };
-        let granule = source.granularity();
-        let need = need
-            .checked_next_multiple_of(granule)
-            .ok_or(exhausted(PagesError::Exhausted { size: need, align: granule }))?;
-        let want = need.max(self.config.segment_min & !(granule - 1));
-        let (ptr, size) = match source.allocate_pages(want, granule) {
-            Ok(p) => (p, want),
-            Err(_) if want > need => (source.allocate_pages(need, granule).map_err(exhausted)?, need),
-            Err(e) => return Err(exhausted(e)),
+        let pad = if layout.align() > GRANULE { layout.align() + MIN_CHUNK } else { 0 };
+        let need = tlsf::chunk_size(layout.size())
+            .and_then(|c| c.checked_add(pad + SPAN_OVERHEAD))
+            .and_then(|n| n.max(MIN_SPAN).checked_next_multiple_of(granule))
+            .ok_or(invalid)?;
+        let want = need.max(min.next_multiple_of(granule));
+        let first = if want > need { source.allocate_pages(want, align).ok() } else { None };
+        let (start, len) = match first {
+            Some(p) => (p, want),
+            None => (self.allocate_pages_retrying(need, align, source)?, need),
         };
-        let start = ptr.as_ptr() as usize;
-        // A run right after an existing segment extends it, where the source
-        // takes adjacent runs back in one piece.
-        let merge = source.coalesces();
-        if let Some(i) = (0..self.nsegments).filter(|_| merge).find(|&i| {
-            let s = &self.segments[i];
-            s.start + s.size == start
-        }) {
-            let s = &mut self.segments[i];
-            // SAFETY: the pages `[start, start + size)` were just handed to us
-            // and directly follow the segment's top.
-            unsafe { s.heap.extend(size) };
-            s.size += size;
-            self.current = i;
-            self.extended += 1;
-            return Ok(());
+        let addr = start.as_ptr() as usize;
+        if !self.fits_map(addr, len) {
+            // SAFETY: just allocated from `source` with this size.
+            unsafe { source.deallocate_pages(start, len) };
+            return Err(PagesError::Exhausted { size: len, align });
         }
-        if self.nsegments == SEGMENTS {
-            // SAFETY: the pages were just allocated from `source` with this size.
-            unsafe { source.deallocate_pages(ptr, size) };
-            return Err(AllocateError::TooManySegments);
-        }
-        let i = self.segments[..self.nsegments].partition_point(|s| s.start < start);
-        // Shift the tail up by one, moving each heap (heaps are plain data and
-        // hold no pointers into themselves).
-        for j in (i..self.nsegments).rev() {
-            self.segments.swap(j, j + 1);
-        }
-        // SAFETY: the pages are ours, writable, and used by nothing else.
-        let heap = unsafe { Heap::new(ptr.as_ptr(), size) };
-        self.segments[i] = Segment { start, size, heap };
-        self.nsegments += 1;
-        self.current = i;
-        Ok(())
+        // SAFETY: the span is ours, slot-aligned (so GRANULE-aligned), a
+        // multiple of GRANULE, and at least MIN_SPAN long.
+        unsafe { self.tlsf.add_span(start, len) };
+        // The map reads the span's length through its address.
+        let _ = start.as_ptr().expose_provenance();
+        self.map.set(addr, len, true);
+        self.spans += 1;
+        self.span_bytes += len;
+        Ok(start)
     }
 
-    fn segment_of(&self, addr: usize) -> Option<usize> {
-        let i = self.segments[..self.nsegments].partition_point(|s| s.start <= addr);
-        (i > 0 && addr < self.segments[i - 1].start + self.segments[i - 1].size).then(|| i - 1)
-    }
-
-    fn large_of(&self, addr: usize) -> Option<usize> {
-        let i = self.large[..self.nlarge].partition_point(|l| l.start < addr);
-        (i < self.nlarge && self.large[i].start == addr).then_some(i)
-    }
-
-    /// Whether `ptr` lies in a segment or is the start of a large mapping.
-    pub fn owns(&self, ptr: *const u8) -> bool {
-        let addr = ptr as usize;
-        self.segment_of(addr).is_some() || self.large_of(addr).is_some()
-    }
-
-    /// Whether `ptr` lies anywhere in memory layer 0 holds: a segment or a
-    /// large mapping (from its first byte to its last).
-    pub fn contains(&self, ptr: *const u8) -> bool {
-        let addr = ptr as usize;
-        let i = self.large[..self.nlarge].partition_point(|l| l.start <= addr);
-        self.segment_of(addr).is_some() || (i > 0 && addr < self.large[i - 1].start + self.large[i - 1].size)
-    }
-
-    /// Whether the block at `ptr`, allocated with `old`, can be used as is
-    /// for `new` (same alignment): a large mapping whose page count does not
-    /// change, or a segment block whose reserved size does not change.
-    pub fn fits_in_place(&self, ptr: *const u8, old: Layout, new: Layout) -> bool {
-        if self.large_of(ptr as usize).is_some() {
-            return self.mapped_size(old.size()) == self.mapped_size(new.size());
-        }
-        match (self.padded(old), self.padded(new)) {
-            (Some(a), Some(b)) => return lla_size(self.effective(a)) == lla_size(self.effective(b)),
-            (None, None) => {}
-            _ => return false,
-        }
-        self.bin_of(old).is_some() == self.bin_of(new).is_some()
-            && lla_size(self.effective(old)) == lla_size(self.effective(new))
-    }
-
-    /// Grows the large mapping at `ptr` in place for `new` (same alignment,
-    /// more pages) when the page source has the pages right after it free
-    /// ([`PageSource::grow_pages`]): returns whether it did.
-    pub fn grow_in_place(&mut self, ptr: *const u8, new: Layout, source: &mut impl PageSource) -> bool {
-        let Some(i) = self.large_of(ptr as usize) else { return false };
-        let have = self.large[i].size;
-        let Some(want) = self.mapped_size(new.size()).filter(|&w| w > have) else { return false };
-        // SAFETY: a live mapping of ours from `source`, `have` bytes long.
-        if unsafe { source.grow_pages(NonNull::new_unchecked(ptr as *mut u8), have, want) } {
-            self.large[i].size = want;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Gives every binned block back to its segment heap. Returns how many.
-    pub fn flush_bins(&mut self, source: &mut impl PageSource) -> usize {
-        let mut flushed = 0;
-        for bin in 0..BINS {
-            // SAFETY: every block of a bin is `bin_size(bin)` bytes, aligned to 16.
-            let layout = unsafe { Layout::from_size_align_unchecked(bin_size(bin), 16) };
-            while let Some(block) = NonNull::new(self.bins[bin].head) {
-                // SAFETY: binned blocks hold the link in their first word.
-                self.bins[bin].head = unsafe { *block.as_ptr().cast::<*mut u8>() };
-                self.bins[bin].len -= 1;
-                self.binned_bytes -= layout.size();
-                let i = self.segment_of(block.as_ptr() as usize).expect("binned blocks lie in segments");
-                // SAFETY: the block is a free block of segment `i` with this layout.
-                unsafe { self.segments[i].heap.deallocate(block, layout) };
-                flushed += 1;
-                if self.segments[i].heap.used() == 0 {
-                    self.release_if_spare(i, source);
+    /// `allocate_pages`, after giving the spare back if the first try fails
+    /// (the source may then have a longer run).
+    fn allocate_pages_retrying(
+        &mut self,
+        len: usize,
+        align: usize,
+        source: &mut impl PageSource,
+    ) -> Result<NonNull<u8>, PagesError> {
+        match source.allocate_pages(len, align) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                if self.release_spare(source) {
+                    source.allocate_pages(len, align)
+                } else {
+                    Err(e)
                 }
             }
         }
-        flushed
+    }
+
+    /// Whether a span at `[addr, addr + len)` lies in the window, starting
+    /// on a slot boundary (as the ownership map needs).
+    fn fits_map(&self, addr: usize, len: usize) -> bool {
+        addr >= self.map.lo
+            && addr.checked_add(len).is_some_and(|end| end <= self.map.lo + self.map.len)
+            && addr.is_multiple_of(self.map.slot_size())
+    }
+
+    /// Allocates a block for `layout` that is expected to keep growing by
+    /// realloc (a buffer being doubled): at the start of the largest free
+    /// chunk, so that the next growths happen in place.
+    pub fn allocate_growable(
+        &mut self,
+        layout: Layout,
+        source: &mut impl PageSource,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        if self.engine == Engine::Tlsf
+            && let Some(p) = self.tlsf.allocate_largest(layout.size(), layout.align())
+        {
+            return Ok(p);
+        }
+        self.allocate(layout, source)
+    }
+
+    /// Whether `ptr` lies in a span of this allocator. O(1): bounds and a
+    /// bitmap; a pointer in the last, partial slot of a span also reads that
+    /// span's length.
+    #[inline]
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        self.owns_addr(ptr as usize)
+    }
+
+    #[inline]
+    fn owns_addr(&self, addr: usize) -> bool {
+        if addr.wrapping_sub(self.map.lo) >= self.map.len {
+            return false;
+        }
+        match self.window_span {
+            Some((start, len)) => addr.wrapping_sub(start.as_ptr() as usize) < len,
+            None => !self.whole && self.engine == Engine::Tlsf && self.map.owns(addr),
+        }
+    }
+
+    /// Checks that `ptr` is a TLSF block in use that fits `layout`,
+    /// returning its chunk size: the O(1) refusal of bad frees. A block fits
+    /// when its chunk is what `layout` needs, plus less than the smallest
+    /// chunk (a rest too small to split off), or when it fills a span of its
+    /// own.
+    fn check_block(&self, ptr: NonNull<u8>, layout: Layout) -> Result<usize, DeallocateError> {
+        let addr = ptr.as_ptr() as usize;
+        if !self.owns_addr(addr) {
+            return Err(DeallocateError::NotOwned { ptr: addr });
+        }
+        let not_allocated = DeallocateError::NotAllocated { ptr: addr };
+        // A payload is GRANULE-aligned with its header word in the span.
+        if !addr.is_multiple_of(GRANULE) || !self.owns_addr(addr.wrapping_sub(WORD)) {
+            return Err(not_allocated);
+        }
+        // SAFETY: `ptr` is aligned and its header word lies in a span.
+        let (chunk, first) = unsafe { Tlsf::in_use_chunk(ptr) }.map_err(|_| not_allocated)?;
+        // The next chunk's header must lie in the span and agree.
+        let next_head = (addr - 2 * WORD).checked_add(chunk + WORD).ok_or(not_allocated)?;
+        if chunk < MIN_CHUNK || !self.owns_addr(next_head) {
+            return Err(not_allocated);
+        }
+        // SAFETY: the next header lies in a span.
+        let (agrees, sentinel) = unsafe { Tlsf::next_head(ptr, chunk) };
+        if !agrees {
+            return Err(not_allocated);
+        }
+        let mismatch = DeallocateError::SizeMismatch { ptr: addr, block: chunk - WORD, given: layout.size() };
+        let need = tlsf::chunk_size(layout.size()).ok_or(mismatch)?;
+        if chunk < need || (chunk - need >= MIN_CHUNK && !(first && sentinel)) {
+            return Err(mismatch);
+        }
+        Ok(chunk)
     }
 
     /// Frees a block returned by [`allocate`](Self::allocate) with `layout`.
     ///
     /// # Safety
     ///
-    /// If `ptr` lies in this allocator's memory, it must be a live block
-    /// allocated here with `layout`. Pointers outside it are refused safely.
+    /// If `ptr` lies in this allocator's spans, it must be a block allocated
+    /// here with `layout`, not used after this call. Pointers outside the
+    /// spans are refused safely; in the TLSF engine, so are blocks not in use
+    /// (while their memory has not been reused) and layouts that do not fit.
     pub unsafe fn deallocate(
         &mut self,
         ptr: NonNull<u8>,
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<(), DeallocateError> {
-        let Some(inner) = self.padded(layout) else {
-            // SAFETY: forwarded contract.
-            return unsafe { self.deallocate_exact(ptr, layout, source) };
-        };
-        let addr = ptr.as_ptr() as usize;
-        let refused = DeallocateError::NotOwned { ptr: addr };
-        let Some(i) = self.segment_of(addr) else {
-            // Not in a segment: a mapping of its own (a growing block that
-            // moved there, see `allocate_growable`), or nothing of ours.
-            // SAFETY: forwarded contract.
-            return unsafe { self.deallocate_exact(ptr, layout, source) };
-        };
-        // SAFETY: a block of segment `i` allocated over-aligned has its origin
-        // in the word below it, inside the same inner block.
-        let origin = unsafe { (addr as *const usize).sub(1).read() };
-        let (start, end) = (self.segments[i].start, self.segments[i].start + self.segments[i].size);
-        if origin < start || origin >= end || origin >= addr || addr - origin > layout.align() {
-            return Err(refused);
+        match self.engine {
+            Engine::Tlsf => {
+                self.check_block(ptr, layout)?;
+                // SAFETY: checked to be a block in use of the engine.
+                if let Some(span) = unsafe { self.tlsf.free(ptr) } {
+                    self.span_freed(span, source);
+                }
+                Ok(())
+            }
+            Engine::FirstFit if self.owns_addr(ptr.as_ptr() as usize) => {
+                // SAFETY: the caller's promise: a live block of this heap.
+                unsafe { self.first_fit.deallocate(ptr, layout) };
+                Ok(())
+            }
+            _ => Err(DeallocateError::NotOwned { ptr: ptr.as_ptr() as usize }),
         }
-        // SAFETY: `origin` is the inner block allocated with `inner`.
-        unsafe { self.deallocate_exact(NonNull::new_unchecked(origin as *mut u8), inner, source) }
     }
 
-    /// Frees a block returned by [`allocate_exact`](Self::allocate_exact).
+    /// Span `span` has just become wholly free: it goes back, unless it is
+    /// no larger than [`Config::span_min`] (the rest of a large block's span
+    /// is not worth keeping) and no other spare is kept.
+    fn span_freed(&mut self, span: NonNull<u8>, source: &mut impl PageSource) {
+        if self.whole {
+            return;
+        }
+        // SAFETY: a live span whose first chunk is free and alone.
+        let len = unsafe { self.tlsf.span_len_if_free(span) };
+        let small = len <= self.config.span_min.next_multiple_of(source.granularity().max(GRANULE));
+        match self.spare {
+            Some(spare) if spare == span => {}
+            // SAFETY: the spare is a live span of the engine.
+            Some(spare) if unsafe { self.tlsf.span_is_free(spare) } => self.release_span(span, source),
+            _ if small => self.spare = Some(span),
+            _ => self.release_span(span, source),
+        }
+    }
+
+    /// Gives wholly free span `span` back to the source.
+    fn release_span(&mut self, span: NonNull<u8>, source: &mut impl PageSource) {
+        // SAFETY: the caller passes a live, wholly free span.
+        let len = unsafe { self.tlsf.remove_span(span) };
+        if self.spare == Some(span) {
+            self.spare = None;
+        }
+        if self.window_span.is_some_and(|(s, _)| s == span) {
+            self.window_span = None;
+        } else {
+            self.map.set(span.as_ptr() as usize, len, false);
+        }
+        self.spans -= 1;
+        self.span_bytes -= len;
+        self.released += 1;
+        // SAFETY: the span came from `source` with this length, and no block
+        // in it is live.
+        unsafe { source.deallocate_pages(span, len) };
+    }
+
+    /// Gives the spare span back, if there is one and it is still wholly
+    /// free. Returns whether it did.
+    pub fn release_spare(&mut self, source: &mut impl PageSource) -> bool {
+        match self.spare.take() {
+            // SAFETY: the spare is a live span of the engine.
+            Some(spare) if unsafe { self.tlsf.span_is_free(spare) } => {
+                self.release_span(spare, source);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Resizes the block at `ptr` (allocated with `layout`) in place to
+    /// `new_size` bytes, same alignment: the tail goes back when it shrinks,
+    /// the free chunk after it is taken when it grows. Returns whether the
+    /// block now serves `new_size` bytes (on `false` nothing changed), or the
+    /// reason the block is refused, as [`deallocate`](Self::deallocate)
+    /// would refuse it.
     ///
     /// # Safety
     ///
-    /// As for [`deallocate`](Self::deallocate), with `allocate_exact`.
-    pub unsafe fn deallocate_exact(
+    /// As [`deallocate`](Self::deallocate).
+    pub unsafe fn resize_in_place(
         &mut self,
         ptr: NonNull<u8>,
         layout: Layout,
-        source: &mut impl PageSource,
-    ) -> Result<(), DeallocateError> {
-        let addr = ptr.as_ptr() as usize;
-        if let Some(i) = self.segment_of(addr) {
-            if let Some(bin) = self.bin_of(layout) {
-                let b = &mut self.bins[bin];
-                let size = bin_size(bin);
-                if b.len < BIN_DEPTH && self.binned_bytes + size <= self.config.bin_budget {
-                    // SAFETY: the block is ours again and at least 16 bytes.
-                    unsafe { *ptr.as_ptr().cast::<*mut u8>() = b.head };
-                    b.head = ptr.as_ptr();
-                    b.len += 1;
-                    self.binned_bytes += size;
-                    return Ok(());
-                }
+        new_size: usize,
+    ) -> Result<bool, DeallocateError> {
+        match self.engine {
+            Engine::Tlsf => {
+                self.check_block(ptr, layout)?;
+                // SAFETY: checked to be a block in use.
+                Ok(unsafe { self.tlsf.resize(ptr, new_size) })
             }
-            // SAFETY: the block lies in segment `i`, and the caller promises it
-            // is live and was allocated with `layout` (so with `effective`).
-            unsafe { self.segments[i].heap.deallocate(ptr, self.effective(layout)) };
-            if self.segments[i].heap.used() == 0 {
-                self.release_if_spare(i, source);
+            Engine::FirstFit if self.owns_addr(ptr.as_ptr() as usize) => {
+                Ok(Layout::from_size_align(new_size, layout.align())
+                    .is_ok_and(|new| first_fit_size(layout) == first_fit_size(new)))
             }
-            return Ok(());
-        }
-        if let Some(i) = self.large_of(addr) {
-            let Large { start, size } = self.large[i];
-            if self.mapped_size(layout.size()) != Some(size) {
-                return Err(DeallocateError::SizeMismatch { ptr: addr, mapped: size, given: layout.size() });
-            }
-            self.large.copy_within(i + 1..self.nlarge, i);
-            self.nlarge -= 1;
-            // SAFETY: the mapping came from `source` with exactly this size,
-            // and its only block is being freed.
-            unsafe { source.deallocate_pages(NonNull::new_unchecked(start as *mut u8), size) };
-            return Ok(());
-        }
-        Err(DeallocateError::NotOwned { ptr: addr })
-    }
-
-    /// Gives empty segment `i` back unless it is the only empty one.
-    fn release_if_spare(&mut self, i: usize, source: &mut impl PageSource) {
-        let other_empty = (0..self.nsegments).any(|j| j != i && self.segments[j].heap.used() == 0);
-        if other_empty {
-            self.remove_segment(i, source);
+            _ => Err(DeallocateError::NotOwned { ptr: ptr.as_ptr() as usize }),
         }
     }
 
-    /// Removes segment `i`, which has no live block, and gives its pages back.
-    fn remove_segment(&mut self, i: usize, source: &mut impl PageSource) {
-        let Segment { start, size, .. } = self.segments[i];
-        for j in i..self.nsegments - 1 {
-            self.segments.swap(j, j + 1);
-        }
-        self.nsegments -= 1;
-        self.segments[self.nsegments] = EMPTY_SEGMENT;
-        if self.current >= self.nsegments || self.current == i {
-            self.current = 0;
-        } else if self.current > i {
-            self.current -= 1;
-        }
-        self.released += 1;
-        // SAFETY: the segment's pages came from `source` with this size (or
-        // were merged from runs that did, which the source coalesces), and no
-        // block in it is live.
-        unsafe { source.deallocate_pages(NonNull::new_unchecked(start as *mut u8), size) };
-    }
-
-    /// Gives every empty segment back, the spare included. Returns how many.
+    /// Gives every wholly free span back: the spare, or a committed
+    /// source's whole window. Returns how many.
     pub fn trim(&mut self, source: &mut impl PageSource) -> usize {
-        self.flush_bins(source);
-        let mut freed = 0;
-        let mut i = 0;
-        while i < self.nsegments {
-            if self.segments[i].heap.used() == 0 {
-                self.remove_segment(i, source);
-                freed += 1;
-            } else {
-                i += 1;
-            }
+        match self.engine {
+            Engine::FirstFit => match self.window_span {
+                Some((start, len)) if self.first_fit.used() == 0 => {
+                    self.first_fit = linked_list_allocator::Heap::empty();
+                    self.window_span = None;
+                    self.spans -= 1;
+                    self.span_bytes -= len;
+                    self.released += 1;
+                    // SAFETY: the window's span came from `source` with this
+                    // length, and no block in it is live.
+                    unsafe { source.deallocate_pages(start, len) };
+                    1
+                }
+                _ => 0,
+            },
+            Engine::Tlsf => match self.window_span {
+                // SAFETY: the window's span is a live span of the engine.
+                Some((start, _)) if unsafe { self.tlsf.span_is_free(start) } => {
+                    self.release_span(start, source);
+                    1
+                }
+                Some(_) => 0,
+                None => usize::from(self.release_spare(source)),
+            },
+            Engine::Unset => 0,
         }
-        freed
     }
 
     /// Current counters.
     pub fn stats(&self) -> SegmentStats {
-        let segs = &self.segments[..self.nsegments];
-        let large = &self.large[..self.nlarge];
-        SegmentStats {
-            segments: self.nsegments,
-            segment_bytes: segs.iter().map(|s| s.size).sum(),
-            segment_used: segs.iter().map(|s| s.heap.used()).sum(),
-            large: self.nlarge,
-            large_bytes: large.iter().map(|l| l.size).sum(),
-            segments_released: self.released,
-            segments_extended: self.extended,
-            binned_blocks: self.bins.iter().map(|b| b.len as usize).sum(),
-            bin_hits: self.bin_hits,
+        match self.engine {
+            Engine::FirstFit => SegmentStats {
+                first_fit: true,
+                spans: self.spans,
+                span_bytes: self.span_bytes,
+                allocated_bytes: self.first_fit.used(),
+                free_bytes: self.first_fit.free(),
+                free_chunks: 0,
+                spans_released: self.released,
+            },
+            _ => SegmentStats {
+                first_fit: false,
+                spans: self.spans,
+                span_bytes: self.span_bytes,
+                allocated_bytes: self.span_bytes - self.spans * SPAN_OVERHEAD - self.tlsf.free_bytes(),
+                free_bytes: self.tlsf.free_bytes(),
+                free_chunks: self.tlsf.free_chunks(),
+                spans_released: self.released,
+            },
         }
     }
 
-    /// Checks the tables, panicking on a broken invariant.
+    /// Walks every span, checking the engine's invariants and the map,
+    /// panicking on a broken one. O(chunks): for tests and debug builds.
     pub fn check_invariants(&self) {
-        let segs = &self.segments[..self.nsegments];
-        for w in segs.windows(2) {
-            assert!(w[0].start + w[0].size <= w[1].start, "segments overlap or are unsorted");
+        if self.engine != Engine::Tlsf {
+            assert!(self.spans <= 1, "first fit holds at most the window");
+            return;
         }
-        for s in segs {
-            assert_eq!(s.heap.size(), s.size, "segment heap does not cover its pages");
-            assert_eq!(s.heap.bottom() as usize, s.start, "segment heap moved");
-        }
-        let empty = segs.iter().filter(|s| s.heap.used() == 0).count();
-        assert!(empty <= 1, "{empty} empty segments kept");
-        for (bin, b) in self.bins.iter().enumerate() {
-            let mut n = 0;
-            let mut p = b.head;
-            while !p.is_null() {
-                assert!(
-                    self.segment_of(p as usize).is_some(),
-                    "bin {bin} holds a block outside every segment"
-                );
-                assert_eq!(p as usize % 16, 0, "binned block misaligned");
-                n += 1;
-                assert!(n <= b.len, "bin {bin} longer than its count (a cycle?)");
-                // SAFETY: binned blocks hold the link in their first word.
-                p = unsafe { *p.cast::<*mut u8>() };
+        let (mut spans, mut bytes, mut free_bytes, mut free_chunks, mut wholly_free) = (0, 0, 0, 0, 0);
+        let mut last_end = 0;
+        let window = self.window_span.map(|(s, _)| s);
+        let mapped = self.map.span_starts().map(|a| NonNull::new(core::ptr::with_exposed_provenance_mut(a)));
+        for ptr in window.into_iter().map(Some).chain(mapped) {
+            let ptr = ptr.expect("spans are not at address 0");
+            let start = ptr.as_ptr() as usize;
+            let len = self.span_len(ptr);
+            // SAFETY: a live span.
+            assert_eq!(unsafe { Tlsf::span_len(ptr) }, len, "span {start:#x}: recorded length");
+            assert!(start >= last_end, "spans overlap");
+            last_end = start + len;
+            for a in (start..start + len).step_by(GRANULE.max(len / 64)).chain([start + len - 1]) {
+                assert!(self.owns_addr(a), "span byte {a:#x} not owned");
             }
-            assert_eq!(n, b.len, "bin {bin} count");
+            if !(start + len).is_multiple_of(self.map.slot_size()) {
+                // Mid-slot: no other span can start there.
+                assert!(!self.owns_addr(start + len), "the byte past span {start:#x} is owned");
+            }
+            // SAFETY: a live span of the engine, `len` bytes long.
+            let counts = unsafe { self.tlsf.check_span(ptr, len) };
+            if counts.used_blocks == 0 {
+                wholly_free += 1;
+            }
+            spans += 1;
+            bytes += len;
+            free_bytes += counts.free_bytes;
+            free_chunks += counts.free_chunks;
         }
-        let large = &self.large[..self.nlarge];
-        for w in large.windows(2) {
-            assert!(w[0].start + w[0].size <= w[1].start, "large mappings overlap");
+        assert_eq!((spans, bytes), (self.spans, self.span_bytes), "span counters");
+        assert_eq!(
+            (free_bytes, free_chunks),
+            (self.tlsf.free_bytes(), self.tlsf.free_chunks()),
+            "free chunks in the spans vs on the lists"
+        );
+        self.tlsf.check_lists(|c| self.owns_addr(c as usize));
+        if !self.whole {
+            assert!(wholly_free <= 1, "{wholly_free} wholly free spans kept");
         }
-        assert!(self.nsegments == 0 || self.current < self.nsegments);
+    }
+
+    /// The length of the span at `start`, from a walk of its chunks.
+    fn span_len(&self, start: NonNull<u8>) -> usize {
+        let mut c = start.as_ptr();
+        loop {
+            // SAFETY: `c` is a chunk of a live span (the walk stops at the
+            // sentinel, whose size is 0).
+            let size = unsafe { c.add(WORD).cast::<usize>().read() } & !(GRANULE - 1);
+            if size == 0 {
+                return c as usize + 2 * WORD - start.as_ptr() as usize;
+            }
+            // SAFETY: as above.
+            c = unsafe { c.add(size) };
+        }
     }
 }
 
 /// The size `linked_list_allocator` really reserves for `layout`.
-fn lla_size(layout: Layout) -> usize {
+fn first_fit_size(layout: Layout) -> usize {
     linked_list_allocator::hole::HoleList::align_layout(layout).map_or(layout.size(), |l| l.size())
 }

@@ -60,6 +60,8 @@ impl fmt::Display for PagesError {
     }
 }
 
+impl core::error::Error for PagesError {}
+
 /// A supplier of whole pages for layers 0 and +2.
 ///
 /// # Safety
@@ -67,9 +69,7 @@ impl fmt::Display for PagesError {
 /// Implementers promise that [`allocate_pages`](Self::allocate_pages) returns
 /// `size` bytes of readable, writable memory starting at an address aligned to
 /// `align`, lying inside [`window`](Self::window), that nothing else uses until
-/// they are given back with [`deallocate_pages`](Self::deallocate_pages), and
-/// that [`coalesces`](Self::coalesces) returns `true` only if giving back the
-/// union of adjacent allocations in one call is sound.
+/// they are given back with [`deallocate_pages`](Self::deallocate_pages).
 pub unsafe trait PageSource {
     /// The address range `[start, start + len)` all pages of this source lie in.
     fn window(&self) -> (usize, usize);
@@ -94,33 +94,14 @@ pub unsafe trait PageSource {
     /// used.
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize);
 
-    /// Grows the allocation at `ptr` from `old` to `new` bytes (multiples of
-    /// the granularity, `new > old`) in place, if the pages right after it
-    /// are free: returns whether it did. Layer 0 uses it to grow a large
-    /// mapping on realloc without copying. `false` (never) by default.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` and `old` must be those of a live allocation of this source; on
-    /// `true` it is `new` bytes long from then on.
-    unsafe fn grow_pages(&mut self, ptr: NonNull<u8>, old: usize, new: usize) -> bool {
-        let _ = (ptr, old, new);
-        false
-    }
-
-    /// Like [`allocate_pages`](Self::allocate_pages), for an allocation
-    /// that will grow with [`grow_pages`](Self::grow_pages): placed where it
-    /// has the most room after it. `None` when the source cannot grow
-    /// allocations (the default) or has no room.
-    fn allocate_growable_pages(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        let _ = (size, align);
-        None
-    }
-
-    /// Whether pages of adjacent allocations may be given back in one
-    /// [`deallocate_pages`](Self::deallocate_pages) call (so that layer 0 may
-    /// merge a new segment into the one it follows). `false` by default.
-    fn coalesces(&self) -> bool {
+    /// Whether the whole window is memory that is already there (a static
+    /// region, or a reservation the OS commits lazily), so that taking all
+    /// of it costs nothing: layer 0 then takes the whole window as one span
+    /// on first use and manages it itself, layer +2's arenas included.
+    /// `false` (the default) for sources that map pages when asked, such as
+    /// the kernel's VMM: layer 0 then takes spans as it needs them and gives
+    /// wholly free ones back.
+    fn committed(&self) -> bool {
         false
     }
 }
@@ -138,12 +119,10 @@ fn check_request(size: usize, align: usize, granule: usize) -> Result<Layout, Pa
 /// Free runs are kept in an address-ordered, coalesced list threaded through
 /// the free memory itself (each run starts with its size and the next run),
 /// so the source needs no memory of its own; allocation is first fit and
-/// every operation is O(free runs), which is fine for the rare, coarse
-/// requests of segments and arenas. Its granularity is [`REGION_GRANULE`],
-/// not a page: the region is used to its last 16 bytes. Unlike a general
-/// first-fit heap it can grow an allocation into the run right after it
-/// ([`PageSource::grow_pages`]), which is how a large block grows by realloc
-/// without a copy.
+/// every operation is O(free runs). Its granularity is [`REGION_GRANULE`],
+/// not a page: the region is used to its last 16 bytes. It is
+/// [committed](PageSource::committed): a heap over it takes the whole region
+/// at once and the list holds at most one run.
 pub struct RegionSource {
     /// The first free run, or null.
     runs: *mut Run,
@@ -189,9 +168,11 @@ impl RegionSource {
     /// else for as long as the source or any page taken from it lives.
     pub unsafe fn new(start: *mut u8, size: usize) -> Self {
         let addr = start as usize;
-        let first = addr.next_multiple_of(REGION_GRANULE);
+        // A region too close to the top of the address space to hold a
+        // whole granule is an empty source, not an overflow.
+        let Some(first) = addr.checked_next_multiple_of(REGION_GRANULE) else { return Self::empty() };
         let end = addr.saturating_add(size) & !(REGION_GRANULE - 1);
-        if end <= first + REGION_GRANULE {
+        if end.saturating_sub(first) <= REGION_GRANULE {
             return Self::empty();
         }
         let run = start.wrapping_add(first - addr).cast::<Run>();
@@ -245,7 +226,7 @@ impl RegionSource {
         // SAFETY: the caller's promise.
         let Run { size: len, next } = unsafe { cur.read() };
         let (start, end) = (cur as usize, cur as usize + len);
-        let at = start.next_multiple_of(align);
+        let at = start.checked_next_multiple_of(align)?;
         if at.checked_add(size).is_none_or(|e| e > end) {
             return None;
         }
@@ -317,24 +298,7 @@ unsafe impl PageSource for RegionSource {
         Err(PagesError::Exhausted { size, align })
     }
 
-    fn allocate_growable_pages(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        check_request(size, align, REGION_GRANULE).ok()?;
-        // The largest run: the most room to grow into.
-        let (mut best, mut best_prev, mut best_len) =
-            (core::ptr::null_mut::<Run>(), core::ptr::null_mut(), 0);
-        let (mut prev, mut cur) = (core::ptr::null_mut::<Run>(), self.runs);
-        while !cur.is_null() {
-            // SAFETY: a run of the list.
-            let Run { size: len, next } = unsafe { cur.read() };
-            if len > best_len {
-                (best, best_prev, best_len) = (cur, prev, len);
-            }
-            (prev, cur) = (cur, next);
-        }
-        // SAFETY: `best_prev` is null or the run before `best`.
-        (!best.is_null()).then(|| unsafe { self.take(best_prev, best, size, align) }).flatten()
-    }
-    fn coalesces(&self) -> bool {
+    fn committed(&self) -> bool {
         true
     }
 
@@ -364,33 +328,6 @@ unsafe impl PageSource for RegionSource {
         }
         self.mapped -= size;
     }
-
-    unsafe fn grow_pages(&mut self, ptr: NonNull<u8>, old: usize, new: usize) -> bool {
-        let end = ptr.as_ptr() as usize + old;
-        let extra = new - old;
-        let (mut prev, mut cur) = (core::ptr::null_mut::<Run>(), self.runs);
-        while !cur.is_null() && (cur as usize) < end {
-            // SAFETY: a run of the list.
-            (prev, cur) = (cur, unsafe { (*cur).next });
-        }
-        if cur as usize != end {
-            return false;
-        }
-        // SAFETY: `cur` is the free run right after the allocation; its
-        // first `extra` bytes become part of the allocation and the rest, if
-        // any, stays a run.
-        unsafe {
-            let Run { size: len, next } = cur.read();
-            if len < extra {
-                return false;
-            }
-            let rest = if len > extra { Self::put_run(end + extra, len - extra, next) } else { next };
-            self.relink(prev, rest);
-        }
-        self.mapped += extra;
-        self.high_water = self.high_water.max(self.mapped);
-        true
-    }
 }
 
 #[cfg(test)]
@@ -401,7 +338,7 @@ mod tests {
     use std::vec::Vec;
 
     #[test]
-    fn region_source_trims_aligns_and_reuses() {
+    fn region_source_trims_aligns_coalesces_and_reuses() {
         let mut buf = vec![0u8; 64 * PAGE_SIZE + 100];
         // SAFETY: the buffer outlives the source and is used by nothing else.
         let mut src = unsafe { RegionSource::new(buf.as_mut_ptr().wrapping_add(3), buf.len() - 3) };
@@ -418,27 +355,6 @@ mod tests {
         unsafe {
             src.deallocate_pages(a, PAGE_SIZE);
             src.deallocate_pages(b, 8 * PAGE_SIZE);
-        }
-        assert_eq!(src.bytes_out(), 0);
-        // Growth in place: only into the free run right after, as far as it goes.
-        let a = src.allocate_pages(PAGE_SIZE, PAGE_SIZE).unwrap();
-        let b = src.allocate_pages(PAGE_SIZE, PAGE_SIZE).unwrap();
-        assert_eq!(b.as_ptr() as usize, a.as_ptr() as usize + PAGE_SIZE);
-        // SAFETY: live allocations of this source with these sizes.
-        unsafe {
-            assert!(!src.grow_pages(a, PAGE_SIZE, 2 * PAGE_SIZE), "grew over a live allocation");
-            src.deallocate_pages(b, PAGE_SIZE);
-            assert!(src.grow_pages(a, PAGE_SIZE, 3 * PAGE_SIZE));
-            assert_eq!(src.bytes_out(), 3 * PAGE_SIZE);
-            assert!(!src.grow_pages(a, 3 * PAGE_SIZE, len + PAGE_SIZE), "grew past the region");
-            let grown = a.as_ptr() as usize..a.as_ptr() as usize + 3 * PAGE_SIZE;
-            for (run, size) in src.free_runs() {
-                assert!(
-                    run + size <= grown.start || run >= grown.end,
-                    "a free run overlaps the grown allocation"
-                );
-            }
-            src.deallocate_pages(a, 3 * PAGE_SIZE);
         }
         assert_eq!(src.bytes_out(), 0);
         assert_eq!(src.free_runs().collect::<Vec<_>>(), [(start, len)]);

@@ -322,7 +322,7 @@ proptest! {
         heap.trim();
         let stats = heap.stats();
         prop_assert_eq!(stats.arenas.current, 0);
-        prop_assert_eq!(stats.segments.segments, 0);
+        prop_assert_eq!(stats.segments.spans, 0);
         prop_assert_eq!(heap.with(|h| h.debug_violations()), 0);
     }
 }

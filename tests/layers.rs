@@ -177,87 +177,123 @@ fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
 // ---- layer 0 ----
 
 #[test]
-fn large_requests_get_their_own_pages_and_give_them_back() {
+fn a_committed_source_is_taken_whole_and_lends_layer_2_its_arenas() {
     let region = Region::new(8 << 20);
     let mut src = region.source();
-    let mut seg = SegmentAllocator::new(Config::for_window(8 << 20));
-    let threshold = seg.config().large_threshold;
-    let big = seg.allocate(layout(threshold, 8), &mut src).unwrap();
-    assert_eq!(seg.stats().large, 1);
-    assert_eq!(seg.stats().segments, 0, "a large request went into a segment");
-    assert_eq!(src.bytes_out(), threshold.next_multiple_of(4096));
-    let aligned = seg.allocate(layout(threshold + 1, 1 << 16), &mut src).unwrap();
-    assert_eq!(aligned.as_ptr() as usize % (1 << 16), 0);
-    assert_eq!(
-        // SAFETY: a live mapping, freed with the wrong size: refused.
-        unsafe { seg.deallocate(big, layout(4 * threshold, 8), &mut src) },
-        Err(DeallocateError::SizeMismatch {
-            ptr: big.as_ptr() as usize,
-            mapped: threshold,
-            given: 4 * threshold
-        })
-    );
+    let window = src.window();
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window);
+    assert_eq!(seg.stats().spans, 0, "no memory taken before the first request");
+    let p = seg.allocate(layout(1000, 8), &mut src).unwrap();
+    assert_eq!((seg.stats().spans, seg.stats().span_bytes), (1, window.1), "the whole window, once");
+    assert_eq!(src.bytes_out(), window.1);
+    assert!(seg.serves_arenas(&mut src), "arenas come from layer 0 on a committed source");
+    // A fresh heap hands out its whole window, less at most 64 bytes.
+    // SAFETY: live block.
+    unsafe { seg.deallocate(p, layout(1000, 8), &mut src) }.unwrap();
+    let all = seg.allocate(layout(window.1 - 64, 8), &mut src).unwrap();
+    // SAFETY: live block.
+    unsafe { seg.deallocate(all, layout(window.1 - 64, 8), &mut src) }.unwrap();
+    seg.check_invariants();
+    assert_eq!(seg.trim(&mut src), 1);
+    assert_eq!(src.bytes_out(), 0, "trim gives the window back");
+}
+
+#[test]
+fn spans_of_a_page_mapping_source_go_back_but_one() {
+    let region = Region::new(16 << 20);
+    let mut src = region.mapped();
+    let window = src.window();
+    let config = Config { first_fit: false, span_min: 64 << 10, large_threshold: 1 << 20 };
+    let mut seg = SegmentAllocator::new(config, window);
+    assert!(!seg.serves_arenas(&mut src), "arenas come from the page source");
+    let blocks: Vec<_> = (0..40).map(|_| seg.allocate(layout(30_000, 8), &mut src).unwrap()).collect();
+    let big = seg.allocate(layout(3 << 20, 64), &mut src).unwrap();
+    assert_eq!(big.as_ptr() as usize % 64, 0);
+    let stats = seg.stats();
+    assert!(stats.spans >= 2 && stats.span_bytes >= 40 * 30_000 + (3 << 20), "{stats:?}");
+    assert_eq!(src.0.bytes_out(), stats.span_bytes);
     // SAFETY: live blocks with their layouts.
     unsafe {
-        seg.deallocate(big, layout(threshold, 8), &mut src).unwrap();
-        seg.deallocate(aligned, layout(threshold + 1, 1 << 16), &mut src).unwrap();
+        seg.deallocate(big, layout(3 << 20, 64), &mut src).unwrap();
+        for p in blocks {
+            seg.deallocate(p, layout(30_000, 8), &mut src).unwrap();
+            seg.check_invariants();
+        }
     }
-    assert_eq!(src.bytes_out(), 0, "large mappings not given back");
-    seg.check_invariants();
-}
-
-#[test]
-fn segments_grow_on_demand_and_empty_ones_go_back_but_one() {
-    let region = Region::new(16 << 20);
-    let mut src = region.source();
-    let config = Config {
-        segment_min: 64 << 10,
-        large_threshold: 1 << 20,
-        bin_budget: 64 << 10,
-        arenas_in_segments: false,
-    };
-    let mut seg = SegmentAllocator::new(config);
-    assert_eq!(seg.stats().segments, 0, "no memory taken before the first request");
-    let blocks: Vec<NonNull<u8>> =
-        (0..40).map(|_| seg.allocate(layout(30_000, 8), &mut src).unwrap()).collect();
     let stats = seg.stats();
-    assert!(stats.segment_bytes >= 40 * 30_000, "{stats:?}");
-    assert!(stats.segments_extended > 0, "adjacent runs should extend a segment: {stats:?}");
-    // Fragment the region so new segments cannot be adjacent.
-    let pin = src.allocate_pages(4096, 4096).unwrap();
-    let more: Vec<NonNull<u8>> = (0..4).map(|_| seg.allocate(layout(60_000, 8), &mut src).unwrap()).collect();
-    assert!(seg.stats().segments >= 2, "{:?}", seg.stats());
-    for (p, size) in blocks.iter().map(|&p| (p, 30_000)).chain(more.iter().map(|&p| (p, 60_000))) {
-        // SAFETY: live blocks.
-        unsafe { seg.deallocate(p, layout(size, 8), &mut src).unwrap() };
-        seg.check_invariants();
-    }
-    // Binned blocks are a cache: flushed, they leave the spare rule to check.
-    seg.flush_bins(&mut src);
-    let stats = seg.stats();
-    assert_eq!(stats.segments, 1, "exactly one spare segment kept: {stats:?}");
-    assert!(stats.segments_released >= 1);
+    assert_eq!(stats.spans, 1, "exactly one spare span kept: {stats:?}");
+    assert!(stats.spans_released >= 1);
     assert_eq!(seg.trim(&mut src), 1);
-    // SAFETY: allocated above.
-    unsafe { src.deallocate_pages(pin, 4096) };
-    assert_eq!(src.bytes_out(), 0);
+    assert_eq!(src.0.bytes_out(), 0, "every span back");
 }
 
 #[test]
-fn layer_0_refuses_pointers_it_does_not_own() {
-    let region = Region::new(1 << 20);
+fn layer_0_refuses_foreign_double_and_mismatched_frees() {
+    let region = Region::new(4 << 20);
     let mut src = region.source();
-    let mut seg = SegmentAllocator::new(Config::for_window(1 << 20));
+    let window = src.window();
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window);
     let p = seg.allocate(layout(1000, 8), &mut src).unwrap();
+    let q = seg.allocate(layout(3000, 16), &mut src).unwrap();
+    let before = seg.stats();
     let mut local = 0u64;
     let foreign = NonNull::from(&mut local).cast::<u8>();
-    // SAFETY: a pointer the allocator does not own is refused, not used.
-    let r = unsafe { seg.deallocate(foreign, layout(8, 8), &mut src) };
-    assert_eq!(r, Err(DeallocateError::NotOwned { ptr: foreign.as_ptr() as usize }));
-    // 1000 bytes are binned: rounded up to the 1008-byte bin.
-    assert_eq!(seg.stats().segment_used, 1008, "a refused free changed the heap");
-    // SAFETY: live block.
-    unsafe { seg.deallocate(p, layout(1000, 8), &mut src).unwrap() };
+    // SAFETY: each call is one the allocator must refuse without touching a
+    // block: a pointer outside its spans, a size that does not fit, an
+    // interior pointer, and (below) a second free.
+    unsafe {
+        let r = seg.deallocate(foreign, layout(8, 8), &mut src);
+        assert_eq!(r, Err(DeallocateError::NotOwned { ptr: foreign.as_ptr() as usize }));
+        let r = seg.deallocate(p, layout(2000, 8), &mut src);
+        assert!(matches!(r, Err(DeallocateError::SizeMismatch { given: 2000, .. })), "{r:?}");
+        let r = seg.deallocate(p, layout(100, 8), &mut src);
+        assert!(matches!(r, Err(DeallocateError::SizeMismatch { given: 100, .. })), "{r:?}");
+        let inner = NonNull::new(q.as_ptr().add(1024)).unwrap();
+        let r = seg.deallocate(inner, layout(1000, 8), &mut src);
+        assert_eq!(r, Err(DeallocateError::NotAllocated { ptr: inner.as_ptr() as usize }));
+        let odd = NonNull::new(q.as_ptr().add(3)).unwrap();
+        assert!(seg.deallocate(odd, layout(8, 1), &mut src).is_err());
+        assert_eq!(seg.stats(), before, "a refused free changed the heap");
+        seg.deallocate(p, layout(1000, 8), &mut src).unwrap();
+        let r = seg.deallocate(p, layout(1000, 8), &mut src);
+        assert_eq!(r, Err(DeallocateError::NotAllocated { ptr: p.as_ptr() as usize }), "double free");
+        seg.deallocate(q, layout(3000, 16), &mut src).unwrap();
+        let r = seg.deallocate(q, layout(3000, 16), &mut src);
+        assert_eq!(r, Err(DeallocateError::NotAllocated { ptr: q.as_ptr() as usize }), "double free");
+    }
+    seg.check_invariants();
+    assert_eq!(seg.stats().allocated_bytes, 0);
+}
+
+#[test]
+fn blocks_grow_and_shrink_in_place_when_the_next_chunk_is_free() {
+    let region = Region::new(4 << 20);
+    let mut src = region.source();
+    let window = src.window();
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window);
+    let a = seg.allocate(layout(1000, 8), &mut src).unwrap();
+    let b = seg.allocate(layout(1000, 8), &mut src).unwrap();
+    let c = seg.allocate(layout(1000, 8), &mut src).unwrap();
+    // SAFETY: live blocks, each call with the current layout.
+    unsafe {
+        // `b` is boxed in: it can shrink, and grow back into what it gave.
+        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 200), Ok(true));
+        assert_eq!(seg.resize_in_place(b, layout(200, 8), 1000), Ok(true));
+        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 1100), Ok(false), "`c` is in the way");
+        // `c` has free space after it.
+        assert_eq!(seg.resize_in_place(c, layout(1000, 8), 100_000), Ok(true));
+        seg.check_invariants();
+        // Free `c`: now `b` grows into it.
+        seg.deallocate(c, layout(100_000, 8), &mut src).unwrap();
+        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 50_000), Ok(true));
+        seg.check_invariants();
+        let r = seg.resize_in_place(c, layout(100_000, 8), 10);
+        assert!(r.is_err(), "a freed block cannot be resized: {r:?}");
+        seg.deallocate(a, layout(1000, 8), &mut src).unwrap();
+        seg.deallocate(b, layout(50_000, 8), &mut src).unwrap();
+    }
+    seg.check_invariants();
+    assert_eq!(seg.stats().free_chunks, 1, "everything coalesced back into one chunk");
 }
 
 // ---- layer +1 ----
@@ -305,7 +341,7 @@ fn the_report_balances_and_names_every_layer() {
     );
     let text = format!("{report}");
     assert!(text.contains("# bytes lost to quantization"), "{text}");
-    assert!(text.contains("1 large mappings"), "{text}");
+    assert!(text.contains("layer 0 (TLSF): 1 spans"), "{text}");
     assert!(!text.contains("DOES NOT BALANCE"), "{text}");
     // SAFETY: live blocks with their layouts.
     unsafe {
@@ -348,15 +384,13 @@ fn a_large_block_grows_in_place_while_the_pages_after_it_are_free() {
     unsafe {
         big.as_ptr().write_bytes(0x5c, 200 << 10);
         let grown = heap.reallocate(big, layout(200 << 10, 16), 1 << 20).unwrap();
-        assert_eq!(grown, big, "the pages after the mapping were free: no copy");
+        assert_eq!(grown, big, "the memory after the block was free: no copy");
         grown.as_ptr().add((1 << 20) - 1).write(1);
-        let before = heap.stats().segments.large_bytes;
-        assert_eq!(before, 1 << 20, "the mapping now spans the new size");
         // Something right after it: the next growth must move, keeping the data.
         let fence = heap.allocate(layout(300 << 10, 16)).unwrap();
         let moved = if fence.as_ptr() as usize == big.as_ptr() as usize + (1 << 20) {
             let m = heap.reallocate(grown, layout(1 << 20, 16), 2 << 20).unwrap();
-            assert_ne!(m, big, "the pages after it are taken: it must move");
+            assert_ne!(m, big, "the memory after it is taken: it must move");
             m
         } else {
             heap.reallocate(grown, layout(1 << 20, 16), 2 << 20).unwrap()
@@ -380,7 +414,10 @@ fn a_doubling_buffer_is_copied_only_while_small() {
     for align in [8, 64] {
         let mut l = layout(16, align);
         let mut p = heap.allocate(l).unwrap();
-        let mut moves = 0;
+        let (mut moves, mut late_moves) = (0, 0);
+        // Past the third doubling beyond the threshold, a buffer moves at
+        // most once more: to the largest free chunk, where it then grows.
+        let last_copy = strata::front::GROWING_THRESHOLD << (strata::front::PROMOTING_STREAK - 1);
         // SAFETY: live block, each call with the current layout.
         unsafe {
             p.as_ptr().write_bytes(0x77, 16);
@@ -388,9 +425,7 @@ fn a_doubling_buffer_is_copied_only_while_small() {
                 let q = heap.reallocate(p, l, l.size() * 2).unwrap();
                 if q != p {
                     moves += 1;
-                    // Copied until the third doubling past the threshold.
-                    let last_copy = strata::front::GROWING_THRESHOLD << (strata::front::PROMOTING_STREAK - 1);
-                    assert!(l.size() * 2 <= last_copy, "moved at {} bytes", l.size() * 2);
+                    late_moves += usize::from(l.size() * 2 > last_copy);
                 }
                 assert_eq!(q.as_ptr() as usize % align, 0);
                 assert!(
@@ -401,7 +436,7 @@ fn a_doubling_buffer_is_copied_only_while_small() {
                 l = layout(l.size() * 2, align);
             }
             assert!(moves <= 11, "{moves} moves");
-            // An over-aligned block that moved to its own mapping is freed as such.
+            assert!(late_moves <= 1, "{late_moves} moves past {last_copy} bytes");
             heap.deallocate(p, l).unwrap();
         }
         heap.check_invariants();
@@ -448,23 +483,18 @@ fn out_of_memory_is_a_counted_null_and_the_heap_recovers() {
 #[test]
 fn small_requests_fall_back_to_layer_0_when_no_arena_fits() {
     let region = Region::new(64 << 10);
-    // Arenas from the page source (as on large heaps), segments page by page.
+    // Arenas from a page-mapping source (as in the kernel), spans page by page.
     let geometry = Geometry { arena_shift: 13, pool_shift: 11, class_shift: 4, threshold: 256 };
-    let config = Config {
-        segment_min: 4096,
-        large_threshold: usize::MAX,
-        bin_budget: 1024,
-        arenas_in_segments: false,
-    };
-    let mut heap = Heap::with_geometry(region.source(), geometry, config);
-    // Take most pages with segment blocks, so no 8 KiB arena fits any more.
+    let config = Config { first_fit: false, span_min: 4096, large_threshold: usize::MAX };
+    let mut heap = Heap::with_geometry(region.mapped(), geometry, config);
+    // Take most pages with layer 0 blocks, so no 8 KiB arena fits any more.
     let mut big = Vec::new();
     while let Ok(p) = heap.allocate(layout(3000, 8)) {
         if heap.stats().arenas.current > 0 {
             break;
         }
         big.push(p);
-        if heap.source().bytes_out() >= heap.source().window().1 - 4096 {
+        if heap.source().0.bytes_out() >= heap.source().window().1 - 4096 {
             break;
         }
     }
@@ -489,9 +519,8 @@ fn small_requests_fall_back_to_layer_0_when_no_arena_fits() {
 fn without_arenas_small_requests_borrow_a_close_fit_then_use_layer_0_then_borrow_any() {
     let region = Region::new(64 << 10);
     let geometry = Geometry { arena_shift: 13, pool_shift: 11, class_shift: 3, threshold: 256 };
-    let config =
-        Config { segment_min: 4096, large_threshold: usize::MAX, bin_budget: 0, arenas_in_segments: false };
-    let mut heap = Heap::with_geometry(region.source(), geometry, config);
+    let config = Config { first_fit: false, span_min: 4096, large_threshold: usize::MAX };
+    let mut heap = Heap::with_geometry(region.mapped(), geometry, config);
     // One arena, its four pools taken by four classes: 72 bytes and three
     // large ones.
     let mut blocks = vec![(heap.allocate(layout(72, 8)).unwrap(), layout(72, 8))];
@@ -500,7 +529,7 @@ fn without_arenas_small_requests_borrow_a_close_fit_then_use_layer_0_then_borrow
     }
     assert_eq!(heap.stats().arenas.current, 1);
     // Layer 0 takes the pages until no arena fits.
-    while heap.source().bytes_out() < heap.source().window().1 - 4096 {
+    while heap.source().0.bytes_out() < heap.source().window().1 - 4096 {
         blocks.push((heap.allocate(layout(3000, 8)).unwrap(), layout(3000, 8)));
     }
     let borrowed = |heap: &Heap<_>| heap.stats().arenas.borrowed;
@@ -543,23 +572,22 @@ fn a_second_init_panics() {
 }
 
 #[test]
-fn over_aligned_requests_neither_leave_holes_nor_escape_their_segment() {
+fn over_aligned_requests_are_aligned_and_leave_no_holes_behind() {
     let region = Region::new(64 << 20);
     let mut heap = Heap::new(region.source());
-    // 4096 × Layout(1, 4096): each block aligned, all freed cleanly, and no
-    // trail of unusable padding holes (the heap stays within ~2 pages each).
+    // 4096 × Layout(1, 4096): each block aligned, taking one small chunk
+    // each (the space before each is a free chunk others can use), and all
+    // of it one free chunk again once they are freed.
     let l = layout(1, 4096);
     let blocks: Vec<_> = (0..4096).map(|_| heap.allocate(l).unwrap()).collect();
     assert!(blocks.iter().all(|p| (p.as_ptr() as usize).is_multiple_of(4096)));
-    assert!(heap.stats().segments.segment_bytes <= 4096 * 8192 + (1 << 20), "{:?}", heap.stats());
+    assert!(heap.stats().segments.allocated_bytes <= 4096 * 64, "{:?}", heap.stats());
     for p in blocks {
         // SAFETY: live blocks with their layout.
         unsafe { heap.deallocate(p, l) }.unwrap();
     }
-    // Requests just under the large threshold with a large alignment: the
-    // padded block would cross the threshold, so it must not be padded.
-    let threshold = 128 << 10;
-    for (size, align) in [(threshold - 100, 4096), (threshold - 5000, 8192), (threshold - 16, 32)] {
+    assert_eq!(heap.stats().segments.free_chunks, 1, "{:?}", heap.stats());
+    for (size, align) in [(128 << 10, 4096), (120 << 10, 8192), (1 << 20, 1 << 20), (100, 32), (5000, 256)] {
         let l = layout(size, align);
         let p = heap.allocate(l).unwrap();
         assert_eq!(p.as_ptr() as usize % align, 0);

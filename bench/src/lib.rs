@@ -73,9 +73,9 @@ pub struct Peer {
 pub const PEERS: [&str; 7] =
     ["strata", "strata-layer0", "talc", "rlsf", "buddy_system_allocator", "linked_list_allocator", "system"];
 
-/// strata's layer 0 alone (bins, segments of `linked_list_allocator` heaps,
-/// large mappings) over a region, behind the same kind of lock: the stack
-/// without its object allocator and front door.
+/// strata's layer 0 alone (TLSF over the region, or first fit on small
+/// regions), behind the same kind of lock: the stack without its object
+/// allocator and front door.
 pub struct LockedLayer0(spin::Mutex<(strata::segment::SegmentAllocator, strata::RegionSource)>);
 
 // SAFETY: forwards to layer 0, which honours layouts, under a lock.
@@ -155,8 +155,10 @@ pub fn make_peer(name: &'static str, region: &Region) -> Peer {
         "strata-layer0" => {
             // SAFETY: the region outlives the peer and serves only it.
             let src = unsafe { strata::RegionSource::new(ptr, size) };
-            let config = strata::segment::Config::for_window(size);
-            Box::new(LockedLayer0(spin::Mutex::new((strata::segment::SegmentAllocator::new(config), src))))
+            let window = strata::PageSource::window(&src);
+            let config = strata::segment::Config::for_window(window.1);
+            let layer0 = strata::segment::SegmentAllocator::new(config, window);
+            Box::new(LockedLayer0(spin::Mutex::new((layer0, src))))
         }
         other => panic!("unknown peer {other}"),
     };

@@ -5,7 +5,7 @@
 //!  Box::new ─► KernelAllocator: 1 in N small ─► sampling pool       +1
 //!               └─► GlobalAlloc (HEAP, interrupt-masking lock)     +1
 //!               ├─ ≤ 512 B ─► arenas / pools / blocks              +2
-//!               └─ other   ─► bins, segments, large mappings        0
+//!               └─ other   ─► TLSF over spans of the VMM            0
 //!                               │ allocate_pages / deallocate_pages
 //!                               ▼
 //!              KernelPages ─► VMM: regions in ALLOC_WINDOW, guard    −1
@@ -35,8 +35,8 @@ pub struct KernelPages;
 
 // SAFETY: pages come from `Vmm::allocate_in`, mapped writable to fresh frames
 // inside ALLOC_WINDOW, aligned as asked, and used by nothing else until
-// `deallocate_pages` releases their region. Regions are separated by guard
-// pages, so adjacent allocations never coalesce (`coalesces` is false).
+// `deallocate_pages` releases their region. Pages are mapped when asked for,
+// so the source is not `committed`: layer 0 takes spans as it needs them.
 unsafe impl PageSource for KernelPages {
     fn window(&self) -> (usize, usize) {
         (ALLOC_WINDOW.0 as usize, ALLOC_WINDOW.1 as usize)
@@ -64,16 +64,9 @@ unsafe impl PageSource for KernelPages {
     }
 }
 
-/// Segments layer 0 may hold in the kernel: VMM regions never coalesce, so
-/// each growth is a segment of its own.
-pub const KERNEL_SEGMENTS: usize = 256;
-/// Large mappings layer 0 may track in the kernel (2048 × 128 KiB = 256 MiB,
-/// all of the machine's RAM).
-pub const KERNEL_LARGE: usize = 2048;
-
 /// The kernel heap: strata's front door over the VMM, behind an
 /// interrupt-masking lock.
-pub type KernelHeap = LockedHeap<KernelPages, IrqSpinLock, KERNEL_SEGMENTS, KERNEL_LARGE>;
+pub type KernelHeap = LockedHeap<KernelPages, IrqSpinLock>;
 
 /// The kernel heap (layers +1 to −2). `Box` and `Vec` reach it through
 /// [`KernelAllocator`].

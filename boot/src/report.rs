@@ -56,14 +56,13 @@ pub fn print(label: &str, s: &Snapshot) {
     );
     let g = &s.heap.segments;
     println!(
-        "layer  0 segment: {} segments ({} KiB, {} KiB used), {} large mappings ({} KiB), {} blocks in bins ({} bin hits)",
-        g.segments,
-        g.segment_bytes / 1024,
-        g.segment_used / 1024,
-        g.large,
-        g.large_bytes / 1024,
-        g.binned_blocks,
-        g.bin_hits
+        "layer  0 segment: {} spans ({} KiB): {} KiB allocated, {} KiB free in {} chunks; {} spans given back",
+        g.spans,
+        g.span_bytes / 1024,
+        g.allocated_bytes / 1024,
+        g.free_bytes / 1024,
+        g.free_chunks,
+        g.spans_released
     );
     let f = &s.heap.front;
     println!(

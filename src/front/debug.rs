@@ -260,7 +260,7 @@ fn inner_layout(layout: Layout) -> Option<(Layout, usize)> {
     Layout::from_size_align(size, layout.align().max(16)).ok().map(|l| (l, header))
 }
 
-impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS, LARGE> {
+impl<S: PageSource> Heap<S> {
     /// Allocates a debug block for `layout` on behalf of `domain`.
     pub(crate) fn debug_allocate(
         &mut self,
@@ -275,7 +275,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         let p = unsafe { base.add(header) };
         if !(p.as_ptr() as usize).is_multiple_of(layout.align()) {
             let mut v = Violation::blank(ViolationKind::Misaligned, p, layout, domain);
-            v.owner = self.memory_of(p.as_ptr());
+            v.owner = self.owner(p.as_ptr());
             self.stats.debug_violations += 1;
             self.debug.pending = Some(v);
             // SAFETY: the block was just allocated with `inner`.
@@ -381,11 +381,11 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         let mut v = Violation::blank(ViolationKind::NotOwned, ptr, layout, domain);
         let p = ptr.as_ptr() as usize;
         let header = header_len(layout.align());
-        v.owner = self.memory_of(ptr.as_ptr());
+        v.owner = self.owner(ptr.as_ptr());
         // 1. The block, header included, lies in memory of one layer of this
         //    heap (a layer's memory is mapped from the first byte it owns to
         //    the last), and is aligned as every debug block is.
-        let start_owner = p.checked_sub(header).and_then(|b| self.memory_of(b as *const u8));
+        let start_owner = p.checked_sub(header).and_then(|b| self.owner(b as *const u8));
         if v.owner.is_none() || start_owner != v.owner || !p.is_multiple_of(16) {
             return Some(v);
         }
@@ -413,7 +413,7 @@ impl<S: PageSource, const SEGMENTS: usize, const LARGE: usize> Heap<S, SEGMENTS,
         // The data and trailer are read only when the caller's layout agrees
         // with the header (the caller promises the layout, so then they are
         // in the block).
-        let end_owner = size.checked_add(p + TRAILING_GUARD - 1).and_then(|e| self.memory_of(e as *const u8));
+        let end_owner = size.checked_add(p + TRAILING_GUARD - 1).and_then(|e| self.owner(e as *const u8));
         let trusted = size == layout.size() && end_owner == v.owner;
         if trusted && state != FREED {
             for i in 0..TRAILING_GUARD {

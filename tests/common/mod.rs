@@ -28,6 +28,10 @@ impl Region {
         unsafe { RegionSource::new(self.ptr, self.layout.size()) }
     }
 
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
     pub fn contains(&self, p: *const u8, len: usize) -> bool {
         let start = self.ptr as usize;
         (p as usize) >= start && (p as usize) + len <= start + self.layout.size()
@@ -53,5 +57,59 @@ impl Rng {
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// A page source like the kernel's VMM, over an ordinary region: pages of
+/// 4 KiB, and not [committed](strata::PageSource::committed), so layer 0
+/// takes spans as it needs them and gives wholly free ones back.
+pub struct Mapped(pub RegionSource);
+
+// SAFETY: forwards to the region source, whose promise holds for page-sized
+// requests too.
+unsafe impl strata::PageSource for Mapped {
+    fn window(&self) -> (usize, usize) {
+        self.0.window()
+    }
+    fn granularity(&self) -> usize {
+        4096
+    }
+    fn allocate_pages(
+        &mut self,
+        size: usize,
+        align: usize,
+    ) -> Result<std::ptr::NonNull<u8>, strata::source::PagesError> {
+        if size == 0 || !size.is_multiple_of(4096) || !align.is_power_of_two() || align < 4096 {
+            return Err(strata::source::PagesError::InvalidRequest { size, align });
+        }
+        self.0.allocate_pages(size, align)
+    }
+    unsafe fn deallocate_pages(&mut self, ptr: std::ptr::NonNull<u8>, size: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.deallocate_pages(ptr, size) }
+    }
+}
+
+/// Sources whose bytes in use the tests read.
+pub trait BytesOut: strata::PageSource {
+    fn bytes_out(&self) -> usize;
+}
+
+impl BytesOut for RegionSource {
+    fn bytes_out(&self) -> usize {
+        RegionSource::bytes_out(self)
+    }
+}
+
+impl BytesOut for Mapped {
+    fn bytes_out(&self) -> usize {
+        self.0.bytes_out()
+    }
+}
+
+impl Region {
+    /// A VMM-like source over the region.
+    pub fn mapped(&self) -> Mapped {
+        Mapped(self.source())
     }
 }

@@ -74,22 +74,23 @@ fn main() {
         pct(free_in_pools),
         pct(arena_bytes - pools * s.geometry.pool_size())
     );
-    println!("segments: {:?}", s.segments);
+    println!("layer 0: {:?}", s.segments);
     println!(
-        "  segment bytes {:.2} %, used {:.2} %, free in segments {:.2} %",
-        pct(s.segments.segment_bytes),
-        pct(s.segments.segment_used),
-        pct(s.segments.segment_bytes - s.segments.segment_used)
+        "  span bytes {:.2} %, allocated {:.2} % (arenas included), free {:.2} %",
+        pct(s.segments.span_bytes),
+        pct(s.segments.allocated_bytes),
+        pct(s.segments.free_bytes)
     );
     let seg: Vec<_> = live.iter().filter(|b| heap.owner(b.ptr) == Some(strata::Layer::Segment)).collect();
     let seg_req: usize = seg.iter().map(|b| b.layout.size()).sum();
     let seg_16: usize = seg.iter().map(|b| b.layout.size().next_multiple_of(16)).sum();
+    let arena_bytes_in_layer0 = if heap.source().committed() { arena_bytes } else { 0 };
     println!(
         "  layer 0 holds {} live blocks: requested {:.2} %, rounded to 16 {:.2} %, so {:.1} B per block beyond the request",
         seg.len(),
         pct(seg_req),
         pct(seg_16),
-        (s.segments.segment_used - seg_req) as f64 / seg.len().max(1) as f64
+        (s.segments.allocated_bytes - arena_bytes_in_layer0 - seg_req) as f64 / seg.len().max(1) as f64
     );
     println!("source free: {:.2} %", pct(heap.source().window().1 - heap.source().bytes_out()));
     println!("front: {:?}", s.front);

@@ -1,0 +1,808 @@
+//! Layer 0's chunk engine: two-level segregated fit (TLSF) over
+//! boundary-tagged chunks, in the memory it manages.
+//!
+//! **Takes:** spans of memory, each handed over whole with
+//! [`Tlsf::add_span`] and taken back, once wholly free, with
+//! [`Tlsf::remove_span`].
+//!
+//! **Gives:** blocks of any size and alignment, in O(1) for requests aligned
+//! to at most [`GRANULE`] (a fixed number of bitmap scans), freed in O(1)
+//! with immediate coalescing, and resized in place when the next chunk is
+//! free.
+//!
+//! ```text
+//!  span ┌────┬──────┬───────────────┬──────┬──────────────────┬────┐
+//!       │ p  │ head │ payload …     │ head │ next, prev … foot│ S  │
+//!       └────┴──────┴───────────────┴──────┴──────────────────┴────┘
+//!        ▲ first chunk (in use)        ▲ free chunk             ▲ sentinel:
+//!          p: unused prev-size word      foot = size, read by     size 0,
+//!                                        the next chunk           in use
+//! ```
+//!
+//! A *chunk* starts at a [`GRANULE`]-aligned address `c` and is a multiple
+//! of [`GRANULE`] long. Its header word at `c + WORD` holds its size and
+//! three flags: in use, previous chunk in use, first chunk of its span. Its
+//! payload starts at `c + 2·WORD` (so payloads are [`GRANULE`]-aligned) and
+//! runs to the header of the next chunk — the word at `c + size`, the next
+//! chunk's *prev-size* word, belongs to this chunk while it is in use and
+//! holds its size (a footer) while it is free. An allocation therefore costs
+//! one word plus rounding to [`GRANULE`], as in dlmalloc. A free chunk also
+//! holds its free-list links. Every span ends in a sentinel header of size
+//! 0 marked in use, so no chunk ever looks past its span.
+//!
+//! Free chunks sit in segregated lists: one per size up to `LINEAR`
+//! granules, then eight per power of two (TLSF's second level; talc uses the
+//! same spacing). A bitmap of non-empty lists (with a summary word over it)
+//! finds the first list whose chunks all fit in a few instructions. When
+//! that finds nothing, the list the request itself falls in is searched
+//! first fit: a request fails only when no free chunk can hold it, which
+//! makes the capacity guarantee exact, at the price of a walk on the way to
+//! exhaustion only.
+//!
+//! **Invariants** ([`Tlsf::check_span`]): chunks tile each span exactly;
+//! no two free chunks are adjacent; a chunk's "previous in use" flag matches
+//! its predecessor; a free chunk's footer equals its size and it is on the
+//! list of its size; the bitmap bit of a list is set exactly when the list
+//! is non-empty; a chunk in use is shorter than [`MIN_CHUNK`] plus what its
+//! request needs ([`chunk_size`]) unless it fills a span of its own, which
+//! is how layer 0 tells a free with the wrong layout.
+
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+
+/// One machine word.
+pub const WORD: usize = size_of::<usize>();
+/// Chunk granularity and payload alignment: two words.
+pub const GRANULE: usize = 2 * WORD;
+const GRANULE_SHIFT: u32 = GRANULE.trailing_zeros();
+/// Smallest chunk: a free chunk needs its header, two links and a footer.
+pub const MIN_CHUNK: usize = 4 * WORD;
+/// What a span loses to chunk structure: the first chunk's unused
+/// prev-size word and the sentinel's header.
+pub const SPAN_OVERHEAD: usize = GRANULE;
+/// Smallest span: its overhead plus one chunk.
+pub const MIN_SPAN: usize = SPAN_OVERHEAD + MIN_CHUNK;
+
+const IN_USE: usize = 1;
+const PREV_IN_USE: usize = 2;
+const FIRST: usize = 4;
+const FLAGS: usize = IN_USE | PREV_IN_USE | FIRST;
+const _: () = assert!(FLAGS < GRANULE);
+
+/// Sizes below `LINEAR` granules have a list each.
+const LINEAR: usize = 32;
+const LINEAR_SHIFT: u32 = LINEAR.trailing_zeros();
+/// Lists per power of two above that.
+const SL_SHIFT: u32 = 3;
+const SL: usize = 1 << SL_SHIFT;
+/// Address bits a chunk size can use (user-space and kernel halves of
+/// x86_64 are 47 bits each; a 32-bit address space is all of it).
+const ADDRESS_BITS: u32 = if usize::BITS == 64 { 48 } else { usize::BITS };
+const LEVELS: usize = (ADDRESS_BITS - GRANULE_SHIFT - LINEAR_SHIFT) as usize;
+/// Number of free lists (344 on 64-bit targets, 224 on 32-bit ones).
+pub const BINS: usize = LINEAR + LEVELS * SL;
+const BITS: usize = usize::BITS as usize;
+const WORDS: usize = BINS.div_ceil(BITS);
+const _: () = assert!(WORDS <= BITS, "the summary word covers every bitmap word");
+
+/// The free list of a chunk of `size` bytes (a multiple of [`GRANULE`]).
+#[inline]
+const fn bin_of(size: usize) -> usize {
+    let units = size >> GRANULE_SHIFT;
+    if units < LINEAR {
+        return units;
+    }
+    let fl = usize::BITS - 1 - units.leading_zeros();
+    let sl = (units >> (fl - SL_SHIFT)) & (SL - 1);
+    let bin = LINEAR + (fl - LINEAR_SHIFT) as usize * SL + sl;
+    if bin < BINS { bin } else { BINS - 1 }
+}
+
+/// The smallest chunk size filed in list `bin`.
+#[inline]
+const fn bin_floor(bin: usize) -> usize {
+    if bin < LINEAR {
+        return bin << GRANULE_SHIFT;
+    }
+    let i = bin - LINEAR;
+    let fl = (i / SL) as u32 + LINEAR_SHIFT;
+    ((SL + i % SL) << (fl - SL_SHIFT)) << GRANULE_SHIFT
+}
+
+const _: () = {
+    let mut bin = 2;
+    while bin < BINS {
+        assert!(bin_of(bin_floor(bin)) == bin);
+        assert!(bin_of(bin_floor(bin) - GRANULE) == bin - 1 || bin == 2);
+        bin += 1;
+    }
+};
+
+/// The chunk size that serves a request of `size` bytes: its header word
+/// plus the payload, rounded up to [`GRANULE`], at least [`MIN_CHUNK`].
+/// `None` if that overflows.
+#[inline]
+pub const fn chunk_size(size: usize) -> Option<usize> {
+    match size.checked_add(WORD + GRANULE - 1) {
+        Some(s) => {
+            let s = s & !(GRANULE - 1);
+            Some(if s < MIN_CHUNK { MIN_CHUNK } else { s })
+        }
+        None => None,
+    }
+}
+
+/// Why a block handed back to the engine was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkError {
+    /// The block is not marked in use: freed already, or not the start of
+    /// a block.
+    NotInUse,
+}
+
+/// Reads the header word of chunk `c`.
+///
+/// # Safety
+///
+/// `c` must be a chunk (or the sentinel) of a live span.
+#[inline]
+unsafe fn head(c: *mut u8) -> usize {
+    // SAFETY: the caller's promise; headers are word-aligned.
+    unsafe { c.add(WORD).cast::<usize>().read() }
+}
+
+/// Writes the header word of chunk `c`.
+///
+/// # Safety
+///
+/// As [`head`].
+#[inline]
+unsafe fn set_head(c: *mut u8, value: usize) {
+    // SAFETY: the caller's promise.
+    unsafe { c.add(WORD).cast::<usize>().write(value) }
+}
+
+/// Writes the footer of free chunk `c` (`size` bytes), in the prev-size
+/// word of the chunk after it.
+///
+/// # Safety
+///
+/// `c` must be a chunk of `size` bytes of a live span.
+#[inline]
+unsafe fn set_foot(c: *mut u8, size: usize) {
+    // SAFETY: the caller's promise: the word at `c + size` is the next
+    // chunk's prev-size word, inside the span.
+    unsafe { c.add(size).cast::<usize>().write(size) }
+}
+
+/// The free-list links of free chunk `c`: `(next, prev)` slots.
+///
+/// # Safety
+///
+/// `c` must be a free chunk of a live span.
+#[inline]
+unsafe fn links(c: *mut u8) -> (*mut *mut u8, *mut *mut u8) {
+    // SAFETY: a free chunk is at least MIN_CHUNK long: both links fit.
+    unsafe { (c.add(2 * WORD).cast(), c.add(3 * WORD).cast()) }
+}
+
+/// The size of chunk `c` given its header.
+#[inline]
+const fn size_of_head(h: usize) -> usize {
+    h & !FLAGS
+}
+
+/// The TLSF engine: free lists and their bitmaps. The chunks themselves
+/// live in the spans.
+pub struct Tlsf {
+    heads: [*mut u8; BINS],
+    bitmap: [usize; WORDS],
+    summary: usize,
+    free_bytes: usize,
+    free_chunks: usize,
+}
+
+impl Tlsf {
+    /// An engine with no span.
+    pub const fn new() -> Self {
+        Self { heads: [ptr::null_mut(); BINS], bitmap: [0; WORDS], summary: 0, free_bytes: 0, free_chunks: 0 }
+    }
+
+    /// Bytes in free chunks (headers included).
+    pub fn free_bytes(&self) -> usize {
+        self.free_bytes
+    }
+
+    /// Number of free chunks.
+    pub fn free_chunks(&self) -> usize {
+        self.free_chunks
+    }
+
+    #[inline]
+    fn mark(&mut self, bin: usize) {
+        self.bitmap[bin / BITS] |= 1 << (bin % BITS);
+        self.summary |= 1 << (bin / BITS);
+    }
+
+    #[inline]
+    fn unmark(&mut self, bin: usize) {
+        let w = bin / BITS;
+        self.bitmap[w] &= !(1 << (bin % BITS));
+        if self.bitmap[w] == 0 {
+            self.summary &= !(1 << w);
+        }
+    }
+
+    /// The first non-empty list at or above `bin`.
+    #[inline]
+    fn first_nonempty(&self, bin: usize) -> Option<usize> {
+        let w = bin / BITS;
+        let bits = self.bitmap[w] & (usize::MAX << (bin % BITS));
+        if bits != 0 {
+            return Some(w * BITS + bits.trailing_zeros() as usize);
+        }
+        let above = if w + 1 < BITS { self.summary & (usize::MAX << (w + 1)) } else { 0 };
+        if above == 0 {
+            return None;
+        }
+        let w = above.trailing_zeros() as usize;
+        Some(w * BITS + self.bitmap[w].trailing_zeros() as usize)
+    }
+
+    /// Files free chunk `c` of `size` bytes on its list.
+    ///
+    /// # Safety
+    ///
+    /// `c` must be a free chunk of a live span, on no list.
+    #[inline]
+    unsafe fn insert(&mut self, c: *mut u8, size: usize) {
+        let bin = bin_of(size);
+        let next = self.heads[bin];
+        // SAFETY: `c` and `next` (if any) are free chunks of live spans.
+        unsafe {
+            let (n, p) = links(c);
+            n.write(next);
+            p.write(ptr::null_mut());
+            if !next.is_null() {
+                links(next).1.write(c);
+            }
+        }
+        self.heads[bin] = c;
+        self.mark(bin);
+        self.free_bytes += size;
+        self.free_chunks += 1;
+    }
+
+    /// Takes free chunk `c` of `size` bytes off its list.
+    ///
+    /// # Safety
+    ///
+    /// `c` must be a free chunk on the list of its size.
+    #[inline]
+    unsafe fn unlink(&mut self, c: *mut u8, size: usize) {
+        let bin = bin_of(size);
+        // SAFETY: `c` is on a list, so its links and its neighbours' are valid.
+        unsafe {
+            let (n, p) = links(c);
+            let (next, prev) = (n.read(), p.read());
+            if prev.is_null() {
+                self.heads[bin] = next;
+                if next.is_null() {
+                    self.unmark(bin);
+                }
+            } else {
+                links(prev).0.write(next);
+            }
+            if !next.is_null() {
+                links(next).1.write(prev);
+            }
+        }
+        self.free_bytes -= size;
+        self.free_chunks -= 1;
+    }
+
+    /// Hands the engine a span: `[start, start + len)`, one free chunk and
+    /// a sentinel.
+    ///
+    /// # Safety
+    ///
+    /// The span must be [`GRANULE`]-aligned, a multiple of it, at least
+    /// [`MIN_SPAN`] long, writable, and used by nothing else until
+    /// [`remove_span`](Self::remove_span) takes it back.
+    pub unsafe fn add_span(&mut self, start: NonNull<u8>, len: usize) {
+        debug_assert!(len >= MIN_SPAN && len.is_multiple_of(GRANULE));
+        let c = start.as_ptr();
+        let size = len - SPAN_OVERHEAD;
+        // SAFETY: the caller gives us the span; the chunk and the sentinel
+        // lie inside it. The first chunk's prev-size word is no chunk's: it
+        // keeps the span's length.
+        unsafe {
+            c.cast::<usize>().write(len);
+            set_head(c, size | PREV_IN_USE | FIRST);
+            set_foot(c, size);
+            set_head(c.add(size), IN_USE);
+            self.insert(c, size);
+        }
+    }
+
+    /// Whether the span at `start` is one free chunk.
+    ///
+    /// # Safety
+    ///
+    /// `start` must be the start of a live span of this engine.
+    pub unsafe fn span_is_free(&self, start: NonNull<u8>) -> bool {
+        let c = start.as_ptr();
+        // SAFETY: a live span's first chunk and (if that is free) the chunk
+        // after it are readable.
+        unsafe {
+            let h = head(c);
+            h & IN_USE == 0 && size_of_head(head(c.add(size_of_head(h)))) == 0
+        }
+    }
+
+    /// The length of the span at `start`, as recorded in its first word.
+    ///
+    /// # Safety
+    ///
+    /// `start` must be the start of a live span of a `Tlsf`.
+    pub unsafe fn span_len(start: NonNull<u8>) -> usize {
+        // SAFETY: the caller's promise; `add_span` wrote it.
+        unsafe { start.as_ptr().cast::<usize>().read() }
+    }
+
+    /// The length of the wholly free span at `start`.
+    ///
+    /// # Safety
+    ///
+    /// As [`remove_span`](Self::remove_span).
+    pub unsafe fn span_len_if_free(&self, start: NonNull<u8>) -> usize {
+        // SAFETY: the caller's promise: the first chunk spans the span.
+        unsafe { size_of_head(head(start.as_ptr())) + SPAN_OVERHEAD }
+    }
+
+    /// Takes back a wholly free span, returning its length.
+    ///
+    /// # Safety
+    ///
+    /// `start` must be the start of a live span of this engine for which
+    /// [`span_is_free`](Self::span_is_free) holds.
+    pub unsafe fn remove_span(&mut self, start: NonNull<u8>) -> usize {
+        let c = start.as_ptr();
+        // SAFETY: the caller's promise: the first chunk is free and alone.
+        unsafe {
+            let size = size_of_head(head(c));
+            self.unlink(c, size);
+            size + SPAN_OVERHEAD
+        }
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two).
+    #[inline]
+    pub fn allocate(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let need = chunk_size(size)?;
+        if align <= GRANULE {
+            let (c, have) = self.take_fit(need)?;
+            // SAFETY: `c` is a free chunk of `have >= need` bytes, just unlinked.
+            return Some(unsafe { self.use_chunk(c, have, need) });
+        }
+        self.allocate_aligned(need, align)
+    }
+
+    /// Finds and unlinks a free chunk of at least `need` bytes: from the
+    /// first list whose chunks all fit, else first fit in `need`'s own
+    /// list.
+    #[inline]
+    fn take_fit(&mut self, need: usize) -> Option<(*mut u8, usize)> {
+        let floor = bin_of(need);
+        let ceil = if floor < BINS - 1 && bin_floor(floor) < need { floor + 1 } else { floor };
+        if let Some(bin) = self.first_nonempty(ceil)
+            && bin < BINS - 1
+        {
+            let c = self.heads[bin];
+            // SAFETY: list heads are free chunks of live spans.
+            let have = unsafe { size_of_head(head(c)) };
+            // SAFETY: `c` heads its list.
+            unsafe { self.unlink(c, have) };
+            return Some((c, have));
+        }
+        self.take_first_fit(floor, need, 0)
+    }
+
+    /// The exhaustive path: the first chunk, in lists `from` and up, that
+    /// holds `need` bytes aligned to `align` (0: no alignment beyond
+    /// [`GRANULE`]); unlinked. O(free chunks): only on the way to failure.
+    #[cold]
+    fn take_first_fit(&mut self, from: usize, need: usize, align: usize) -> Option<(*mut u8, usize)> {
+        let mut bin = from;
+        while let Some(b) = self.first_nonempty(bin) {
+            let mut c = self.heads[b];
+            while !c.is_null() {
+                // SAFETY: chunks on lists are free chunks of live spans.
+                let have = unsafe { size_of_head(head(c)) };
+                let fits = if align == 0 { have >= need } else { lead_for(c, have, need, align).is_some() };
+                if fits {
+                    // SAFETY: `c` is on its list.
+                    unsafe { self.unlink(c, have) };
+                    return Some((c, have));
+                }
+                // SAFETY: as above.
+                c = unsafe { links(c).0.read() };
+            }
+            bin = b + 1;
+            if bin >= BINS {
+                break;
+            }
+        }
+        None
+    }
+
+    #[cold]
+    fn allocate_aligned(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
+        // A chunk of `need + align + MIN_CHUNK` bytes holds an aligned
+        // payload with a leading free chunk (or none) before it.
+        let worst = need.checked_add(align)?.checked_add(MIN_CHUNK)?;
+        let floor = bin_of(worst);
+        let ceil = if floor < BINS - 1 && bin_floor(floor) < worst { floor + 1 } else { floor };
+        let (c, have) = match self.first_nonempty(ceil).filter(|&b| b < BINS - 1) {
+            Some(bin) => {
+                let c = self.heads[bin];
+                // SAFETY: list heads are free chunks of live spans.
+                let have = unsafe { size_of_head(head(c)) };
+                // SAFETY: `c` heads its list.
+                unsafe { self.unlink(c, have) };
+                (c, have)
+            }
+            None => self.take_first_fit(bin_of(need), need, align)?,
+        };
+        let lead = lead_for(c, have, need, align).expect("the chunk was chosen to fit");
+        // SAFETY: `c` is a free, unlinked chunk of `have` bytes that holds
+        // `lead + need` bytes.
+        Some(unsafe { self.carve(c, have, lead, need) })
+    }
+
+    /// Marks a chunk of `need` bytes in use `lead` bytes into unlinked free
+    /// chunk `c` (`have` bytes), leaving a free chunk before it when `lead`
+    /// is not 0 and after it when the rest can stand as one. Returns the
+    /// payload.
+    ///
+    /// # Safety
+    ///
+    /// `c` must be a free chunk of a live span, on no list, with
+    /// `lead + need <= have` and `lead` 0 or at least [`MIN_CHUNK`].
+    unsafe fn carve(&mut self, c: *mut u8, have: usize, lead: usize, need: usize) -> NonNull<u8> {
+        if lead == 0 {
+            // SAFETY: the caller's promise.
+            return unsafe { self.use_chunk(c, have, need) };
+        }
+        // SAFETY: the caller's promise: both parts lie in the chunk.
+        unsafe {
+            let flags = head(c) & (PREV_IN_USE | FIRST);
+            set_head(c, lead | flags);
+            set_foot(c, lead);
+            self.insert(c, lead);
+            let nc = c.add(lead);
+            set_head(nc, have - lead);
+            self.use_chunk(nc, have - lead, need)
+        }
+    }
+
+    /// Marks chunk `c` (`have` bytes, on no list) in use for a request of
+    /// chunk size `need`, splitting off the rest as a free chunk when it can
+    /// stand as one. Returns the payload.
+    ///
+    /// # Safety
+    ///
+    /// `c` must be a chunk of a live span whose header holds its flags, on
+    /// no list, followed after `have >= need` bytes by a chunk whose
+    /// prev-in-use flag is clear.
+    #[inline]
+    unsafe fn use_chunk(&mut self, c: *mut u8, have: usize, need: usize) -> NonNull<u8> {
+        // SAFETY: the caller's promise; the rest (if split) and the next
+        // chunk lie inside the span.
+        unsafe {
+            let flags = head(c) & (PREV_IN_USE | FIRST);
+            let rest = have - need;
+            if rest >= MIN_CHUNK {
+                let r = c.add(need);
+                set_head(r, rest | PREV_IN_USE);
+                set_foot(r, rest);
+                self.insert(r, rest);
+                set_head(c, need | IN_USE | flags);
+            } else {
+                set_head(c, have | IN_USE | flags);
+                let n = c.add(have);
+                set_head(n, head(n) | PREV_IN_USE);
+            }
+            NonNull::new_unchecked(c.add(2 * WORD))
+        }
+    }
+
+    /// Allocates `size` bytes aligned to `align` at the start of the
+    /// largest free chunk, so that the block has the most room to grow in
+    /// place. `None` if that chunk cannot hold it.
+    pub fn allocate_largest(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let need = chunk_size(size)?;
+        let w = self.summary.checked_ilog2()? as usize;
+        let bin = w * BITS + self.bitmap[w].ilog2() as usize;
+        // The largest chunk of the highest list.
+        let mut c = self.heads[bin];
+        let (mut best, mut best_size) = (ptr::null_mut(), 0);
+        while !c.is_null() {
+            // SAFETY: chunks on lists are free chunks of live spans.
+            let have = unsafe { size_of_head(head(c)) };
+            if have > best_size {
+                (best, best_size) = (c, have);
+            }
+            // SAFETY: as above.
+            c = unsafe { links(c).0.read() };
+        }
+        let lead = if align <= GRANULE {
+            (best_size >= need).then_some(0)
+        } else {
+            lead_for(best, best_size, need, align)
+        }?;
+        // SAFETY: `best` is on its list and holds `lead + need` bytes.
+        unsafe {
+            self.unlink(best, best_size);
+            Some(self.carve(best, best_size, lead, need))
+        }
+    }
+
+    /// Reads the header of block `payload`: its chunk size and whether it
+    /// is its span's first chunk, or [`ChunkError::NotInUse`].
+    ///
+    /// # Safety
+    ///
+    /// `payload` must be [`GRANULE`]-aligned with its header word in a live
+    /// span.
+    pub unsafe fn in_use_chunk(payload: NonNull<u8>) -> Result<(usize, bool), ChunkError> {
+        // SAFETY: the caller's promise.
+        let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
+        if h & IN_USE == 0 {
+            return Err(ChunkError::NotInUse);
+        }
+        Ok((size_of_head(h), h & FIRST != 0))
+    }
+
+    /// The header after block `payload` (of `chunk` bytes): whether it says
+    /// its predecessor is in use, and whether it is the span's sentinel.
+    /// The second half of the in-use check, once the caller knows that
+    /// header lies in the span.
+    ///
+    /// # Safety
+    ///
+    /// `payload`'s chunk must be `chunk` bytes long in a live span, and the
+    /// header after it must lie in that span.
+    pub unsafe fn next_head(payload: NonNull<u8>, chunk: usize) -> (bool, bool) {
+        let c = payload.as_ptr().wrapping_sub(2 * WORD);
+        // SAFETY: the caller's promise.
+        let h = unsafe { head(c.add(chunk)) };
+        (h & PREV_IN_USE != 0, size_of_head(h) == 0)
+    }
+
+    /// Allocates `size` bytes from the span at `start`, which must be one
+    /// free chunk: the block takes the whole span (a large block's span of
+    /// its own, given back when the block is freed).
+    ///
+    /// # Safety
+    ///
+    /// `start` must be the start of a live span of this engine that is
+    /// wholly free and at least `chunk_size(size)` + [`SPAN_OVERHEAD`] long.
+    pub unsafe fn allocate_whole_span(&mut self, start: NonNull<u8>) -> NonNull<u8> {
+        let c = start.as_ptr();
+        // SAFETY: the caller's promise: the first chunk is free, alone, and
+        // followed by the sentinel.
+        unsafe {
+            let have = size_of_head(head(c));
+            self.unlink(c, have);
+            set_head(c, have | IN_USE | PREV_IN_USE | FIRST);
+            let n = c.add(have);
+            set_head(n, head(n) | PREV_IN_USE);
+            NonNull::new_unchecked(c.add(2 * WORD))
+        }
+    }
+
+    /// Frees block `payload`, coalescing it with free neighbours. Returns
+    /// the span start if the span is now wholly free.
+    ///
+    /// # Safety
+    ///
+    /// `payload` must be a block in use of this engine.
+    #[inline]
+    pub unsafe fn free(&mut self, payload: NonNull<u8>) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promise: `c` is a chunk in use, its
+        // neighbours are chunks of the same span (or its sentinel), and a
+        // free neighbour's footer and links are valid.
+        unsafe {
+            let mut c = payload.as_ptr().sub(2 * WORD);
+            let h = head(c);
+            // Clear the in-use bit where it stands even if the chunk merges
+            // into its predecessor, so that a second free of this block is
+            // refused while its memory has not been reused.
+            set_head(c, h & !IN_USE);
+            let mut size = size_of_head(h);
+            let mut flags = h & (PREV_IN_USE | FIRST);
+            let n = c.add(size);
+            let nh = head(n);
+            if nh & IN_USE == 0 {
+                let nsize = size_of_head(nh);
+                self.unlink(n, nsize);
+                size += nsize;
+            } else {
+                set_head(n, nh & !PREV_IN_USE);
+            }
+            if flags & PREV_IN_USE == 0 {
+                let psize = c.cast::<usize>().read();
+                let p = c.sub(psize);
+                self.unlink(p, psize);
+                flags = head(p) & (PREV_IN_USE | FIRST);
+                c = p;
+                size += psize;
+            }
+            set_head(c, size | flags);
+            set_foot(c, size);
+            self.insert(c, size);
+            let whole = flags & FIRST != 0 && size_of_head(head(c.add(size))) == 0;
+            whole.then(|| NonNull::new_unchecked(c))
+        }
+    }
+
+    /// Resizes block `payload` in place to serve `size` bytes: shrinking
+    /// gives the tail back (coalesced with a free next chunk), growing takes
+    /// from a free next chunk. Returns whether the block now serves `size`
+    /// bytes; on `false` nothing changed.
+    ///
+    /// # Safety
+    ///
+    /// `payload` must be a block in use of this engine.
+    pub unsafe fn resize(&mut self, payload: NonNull<u8>, size: usize) -> bool {
+        let Some(need) = chunk_size(size) else { return false };
+        // SAFETY: the caller's promise: `c` is a chunk in use and the chunk
+        // after it belongs to the same span.
+        unsafe {
+            let c = payload.as_ptr().sub(2 * WORD);
+            let h = head(c);
+            let have = size_of_head(h);
+            let n = c.add(have);
+            let nh = head(n);
+            let next_free = nh & IN_USE == 0;
+            let nsize = if next_free { size_of_head(nh) } else { 0 };
+            let growing = need > have;
+            if need == have
+                || (!growing && !next_free && have - need < MIN_CHUNK)
+                || (growing && (!next_free || have + nsize < need))
+            {
+                // Nothing to give back, or no room to grow into.
+                return need <= have;
+            }
+            if next_free {
+                self.unlink(n, nsize);
+            } else {
+                // The tail given back becomes the next chunk's free
+                // predecessor.
+                set_head(n, nh & !PREV_IN_USE);
+            }
+            self.use_chunk(c, have + nsize, need);
+            true
+        }
+    }
+
+    /// Walks the chunks of the span at `start` (`len` bytes), checking its
+    /// invariants, and returns `(bytes in use, blocks in use, free bytes,
+    /// free chunks)`. Panics on a broken invariant.
+    ///
+    /// # Safety
+    ///
+    /// `start` and `len` must be those of a live span of this engine.
+    pub unsafe fn check_span(&self, start: NonNull<u8>, len: usize) -> SpanCounts {
+        let base = start.as_ptr();
+        let end = base as usize + len;
+        let mut c = base;
+        let mut counts = SpanCounts::default();
+        let mut prev_in_use = true;
+        let mut first = true;
+        loop {
+            // SAFETY: `c` stays inside the span: every step adds a chunk
+            // size checked to end before the sentinel.
+            let h = unsafe { head(c) };
+            let size = size_of_head(h);
+            assert_eq!(h & PREV_IN_USE != 0, prev_in_use, "chunk {c:p}: prev-in-use flag is wrong");
+            assert_eq!(h & FIRST != 0, first, "chunk {c:p}: first-chunk flag is wrong");
+            if size == 0 {
+                assert!(h & IN_USE != 0, "sentinel not marked in use");
+                assert_eq!(c as usize + 2 * WORD, end, "sentinel not at the span's end");
+                break;
+            }
+            assert!(size >= MIN_CHUNK && size.is_multiple_of(GRANULE), "chunk {c:p}: bad size {size}");
+            assert!(c as usize + size + 2 * WORD <= end, "chunk {c:p} runs past its span");
+            if h & IN_USE != 0 {
+                counts.used_bytes += size;
+                counts.used_blocks += 1;
+            } else {
+                assert!(prev_in_use, "two free chunks in a row at {c:p}");
+                // SAFETY: a free chunk's footer lies in the span.
+                let foot = unsafe { c.add(size).cast::<usize>().read() };
+                assert_eq!(foot, size, "chunk {c:p}: footer disagrees with its size");
+                counts.free_bytes += size;
+                counts.free_chunks += 1;
+            }
+            prev_in_use = h & IN_USE != 0;
+            first = false;
+            // SAFETY: checked above to stay in the span.
+            c = unsafe { c.add(size) };
+        }
+        counts
+    }
+
+    /// Checks the lists against the bitmaps and counters: every listed
+    /// chunk lies in a span (`in_span`), is free, filed under its size,
+    /// linked both ways; the counters add up. Together with the span walks
+    /// finding as many free chunks as are listed, every free chunk is on
+    /// its list exactly once. Panics on a broken invariant.
+    pub fn check_lists(&self, in_span: impl Fn(*mut u8) -> bool) {
+        let (mut bytes, mut chunks) = (0, 0);
+        for bin in 0..BINS {
+            let marked = self.bitmap[bin / BITS] & (1 << (bin % BITS)) != 0;
+            assert_eq!(marked, !self.heads[bin].is_null(), "bitmap bit of list {bin}");
+            let mut prev = ptr::null_mut();
+            let mut c = self.heads[bin];
+            while !c.is_null() {
+                assert!(in_span(c), "list {bin} holds {c:p}, outside every span");
+                // SAFETY: chunks on lists are free chunks of live spans.
+                let (h, (next, back)) = unsafe { (head(c), links(c)) };
+                assert_eq!(h & IN_USE, 0, "chunk {c:p} on a free list is in use");
+                assert_eq!(bin_of(size_of_head(h)), bin, "chunk {c:p} on the wrong list");
+                // SAFETY: as above.
+                assert_eq!(unsafe { back.read() }, prev, "list {bin}: broken back link");
+                bytes += size_of_head(h);
+                chunks += 1;
+                assert!(chunks <= self.free_chunks, "free lists longer than the count (a cycle?)");
+                prev = c;
+                // SAFETY: as above.
+                c = unsafe { next.read() };
+            }
+        }
+        for w in 0..WORDS {
+            assert_eq!(self.summary & (1 << w) != 0, self.bitmap[w] != 0, "summary bit {w}");
+        }
+        assert_eq!((bytes, chunks), (self.free_bytes, self.free_chunks), "free counters");
+    }
+}
+
+impl Default for Tlsf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a span walk counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanCounts {
+    /// Bytes of chunks in use.
+    pub used_bytes: usize,
+    /// Chunks in use.
+    pub used_blocks: usize,
+    /// Bytes of free chunks.
+    pub free_bytes: usize,
+    /// Free chunks.
+    pub free_chunks: usize,
+}
+
+/// Where in free chunk `c` (`have` bytes) a chunk of `need` bytes with a
+/// payload aligned to `align` can start: the length of the free chunk left
+/// before it (0, or at least [`MIN_CHUNK`]). `None` if it does not fit.
+fn lead_for(c: *mut u8, have: usize, need: usize, align: usize) -> Option<usize> {
+    let payload = c as usize + 2 * WORD;
+    let mut lead = payload.next_multiple_of(align) - payload;
+    if lead != 0 && lead < MIN_CHUNK {
+        // Too short to stand as a free chunk: the next aligned place
+        // (alignments above GRANULE are at least MIN_CHUNK).
+        debug_assert!(align >= MIN_CHUNK);
+        lead += align;
+    }
+    (lead.checked_add(need)? <= have).then_some(lead)
+}
+
+// SAFETY: the engine owns the spans its pointers point into; it moves
+// between threads only as a whole, behind the front door's lock.
+unsafe impl Send for Tlsf {}
