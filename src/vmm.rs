@@ -23,7 +23,10 @@
 //! `N` entries (this layer sits below the heap, so it never allocates);
 //! between two regions, and before the first, lies at least one page that is
 //! never mapped; a page is mapped only inside a region; `mapped_pages` counts
-//! exactly the pages mapped through this VMM.
+//! exactly the pages mapped through this VMM. Every L4, L3 and L2 entry this
+//! VMM creates is present and writable (not no-execute, not user), so the
+//! last-level entry alone decides what a page allows, and [`Vmm::protect`]
+//! needs to change nothing else.
 //!
 //! **Costs:** reserving is a first-fit scan of the sorted table, O(regions);
 //! looking up the region of an address (the page-fault handler does it) is a
@@ -47,6 +50,12 @@ use x86_64::{PhysAddr, VirtAddr};
 
 /// Size of one page in bytes.
 pub const PAGE_SIZE: u64 = 4096;
+
+/// Flags of the L4, L3 and L2 entries above a mapped page: they allow
+/// everything a page may be given, and the L1 entry restricts. (x86_64's
+/// `map_to` would copy the first page's rights into new parent tables, and a
+/// page later made writable under a read-only parent would stay read-only.)
+const PARENT_FLAGS: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);
 
 bitflags! {
     /// Access rights of mapped pages. Pages are always readable.
@@ -449,8 +458,10 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         let mut counting = Counting { inner: frames, allocated: 0, freed: 0 };
         // SAFETY: the page lies in a region of the heap range, which nothing
         // else uses (constructor contract), and it is not mapped yet; the frame
-        // is fresh, so no other page aliases it.
-        let result = unsafe { self.mapper.map_to(page, frame, flags, &mut counting) };
+        // is fresh, so no other page aliases it. The parent entries allow more
+        // than the page, which only its own entry's flags then restrict.
+        let result =
+            unsafe { self.mapper.map_to_with_table_flags(page, frame, flags, PARENT_FLAGS, &mut counting) };
         let tables = counting.allocated;
         match result {
             Ok(flush) => {

@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 
 use strata::frame::{BuddyAllocator, MemoryKind, MemoryRegion, PhysRange};
 use strata::vmm::{AddressInfo, PAGE_SIZE, PageError, PageFlags, ReserveError, Vmm};
-use x86_64::structures::paging::{OffsetPageTable, Page, PageTable, PhysFrame};
+use x86_64::structures::paging::{OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
 const PHYS: usize = 16 << 20;
@@ -17,6 +17,8 @@ const HEAP_PAGES: u64 = 1 << 20; // 4 GiB of address space
 /// Simulated physical memory: physical address `p` is `base + p` on the host.
 struct PhysMem {
     base: *mut u8,
+    /// The frame of the L4 table the VMM maps through.
+    l4: PhysAddr,
 }
 
 impl PhysMem {
@@ -25,7 +27,7 @@ impl PhysMem {
         // SAFETY: non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
         assert!(!base.is_null());
-        Self { base }
+        Self { base, l4: PhysAddr::zero() }
     }
     fn byte(&self, frame: PhysFrame, offset: usize) -> u8 {
         // SAFETY: every frame the buddy hands out lies inside the buffer.
@@ -43,23 +45,65 @@ impl Drop for PhysMem {
 fn no_flush(_: VirtAddr) {}
 
 fn with_stack(test: impl FnOnce(&PhysMem, &mut BuddyAllocator<'_>, &mut Vmm<'_, 64>)) {
-    let mem = PhysMem::new();
+    with_heap(HEAP_PAGES, |mem, frames, vmm| {
+        test(mem, frames, vmm);
+        vmm.check_invariants();
+        frames.check_invariants();
+    });
+}
+
+/// A buddy allocator over the simulated memory and a VMM whose heap range
+/// is `heap_pages` pages from `HEAP_START`.
+fn with_heap(heap_pages: u64, test: impl FnOnce(&PhysMem, &mut BuddyAllocator<'_>, &mut Vmm<'_, 64>)) {
+    let mut mem = PhysMem::new();
     let map = [MemoryRegion { start: PhysAddr::new(0), len: PHYS as u64, kind: MemoryKind::Usable }];
     let mut meta = vec![MaybeUninit::uninit(); BuddyAllocator::metadata_len(&map)];
     let first_page = [PhysRange::new(PhysAddr::new(0), 4096)];
     // SAFETY: the buffer is ours and unused.
     let mut frames = unsafe { BuddyAllocator::new(&map, &first_page, &mut meta) }.unwrap();
     let l4_frame = frames.allocate(0).unwrap();
+    mem.l4 = l4_frame.start_address();
     // SAFETY: the frame lies in the zeroed buffer and is used for nothing else.
     let l4 = unsafe { &mut *(mem.base.add(l4_frame.start_address().as_u64() as usize) as *mut PageTable) };
     // SAFETY: the tables live in `mem`, reachable at this offset.
     let mapper = unsafe { OffsetPageTable::new(l4, VirtAddr::from_ptr(mem.base)) };
     let start = Page::containing_address(VirtAddr::new(HEAP_START));
     // SAFETY: nothing else uses this address range; the tables are never loaded.
-    let mut vmm = unsafe { Vmm::<64>::new(mapper, Page::range(start, start + HEAP_PAGES), no_flush, true) };
+    let mut vmm = unsafe { Vmm::<64>::new(mapper, Page::range(start, start + heap_pages), no_flush, true) };
     test(&mem, &mut frames, &mut vmm);
-    vmm.check_invariants();
-    frames.check_invariants();
+}
+
+/// The four entries (L4, L3, L2, L1) on the way to `page`, read from the
+/// simulated physical memory, or `None` where the walk meets an entry that
+/// is not present.
+fn walk(mem: &PhysMem, page: Page) -> Option<[PageTableFlags; 4]> {
+    let indices = [page.p4_index(), page.p3_index(), page.p2_index(), page.p1_index()];
+    let mut table = mem.l4;
+    let mut path = [PageTableFlags::empty(); 4];
+    for (level, index) in indices.into_iter().enumerate() {
+        // SAFETY: `table` is a page-table frame inside the buffer: the L4
+        // frame, or the address of a present entry the VMM wrote.
+        let entry = &unsafe { &*(mem.base.add(table.as_u64() as usize) as *const PageTable) }[index];
+        if !entry.flags().contains(PageTableFlags::PRESENT) {
+            return None;
+        }
+        assert!(!entry.flags().contains(PageTableFlags::HUGE_PAGE), "the VMM maps 4 KiB pages only");
+        path[level] = entry.flags();
+        table = entry.addr();
+    }
+    Some(path)
+}
+
+/// What the CPU allows on a page whose walk met `path`: writes only if
+/// every level allows them, user access likewise, execution unless some
+/// level forbids it. `(writable, user, executable)`.
+fn effective(path: [PageTableFlags; 4]) -> (bool, bool, bool) {
+    let all = |f| path.iter().all(|e| e.contains(f));
+    (
+        all(PageTableFlags::WRITABLE),
+        all(PageTableFlags::USER_ACCESSIBLE),
+        !path.iter().any(|e| e.contains(PageTableFlags::NO_EXECUTE)),
+    )
 }
 
 #[test]
@@ -230,5 +274,31 @@ fn a_map_that_fails_on_a_page_table_frees_the_tables_it_built() {
             frames.deallocate(f, 0).unwrap();
         }
         assert_eq!(frames.free_frames(), free);
+    });
+}
+
+#[test]
+fn protect_to_writable_makes_the_page_writable_at_every_level() {
+    with_stack(|mem, frames, vmm| {
+        // The first page mapped: the L3, L2 and L1 tables are created here,
+        // by a read-only map.
+        let r = vmm.reserve(1, PAGE_SIZE).unwrap();
+        vmm.map(r.start, 1, PageFlags::empty(), frames).unwrap();
+        assert_eq!(effective(walk(mem, r.start).unwrap()), (false, false, false));
+        vmm.protect(r.start, 1, PageFlags::WRITABLE).unwrap();
+        assert_eq!(vmm.lookup(r.start.start_address()), AddressInfo::Mapped { region: r, writable: true });
+        let path = walk(mem, r.start).unwrap();
+        for (level, flags) in ["L4", "L3", "L2"].into_iter().zip(path) {
+            assert!(flags.contains(PageTableFlags::WRITABLE), "{level} entry not writable: {flags:?}");
+            assert!(!flags.contains(PageTableFlags::NO_EXECUTE), "{level} entry no-execute: {flags:?}");
+            assert!(!flags.contains(PageTableFlags::USER_ACCESSIBLE), "{level} entry user: {flags:?}");
+        }
+        assert_eq!(effective(path), (true, false, false), "writable, kernel-only, no-execute");
+        vmm.protect(r.start, 1, PageFlags::WRITABLE | PageFlags::EXECUTABLE).unwrap();
+        assert_eq!(effective(walk(mem, r.start).unwrap()), (true, false, true));
+        vmm.protect(r.start, 1, PageFlags::empty()).unwrap();
+        assert_eq!(effective(walk(mem, r.start).unwrap()), (false, false, false));
+        vmm.release(r, frames).unwrap();
+        assert_eq!(walk(mem, r.start), None);
     });
 }
