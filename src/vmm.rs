@@ -376,13 +376,15 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         Err(ReserveError::AddressSpaceExhausted { pages })
     }
 
-    /// Index of the region that contains all of `pages`.
+    /// Index of the region that contains all of `pages` (at least one) from
+    /// `start`. Any count is safe: it is compared with the pages the region
+    /// has left from `start`, never multiplied or added.
     fn region_index(&self, start: Page, pages: u64) -> Result<usize, PageError> {
         let err = PageError::NotReserved { start, pages };
         let i = self.find(start.start_address()).ok_or(err)?;
         let r = &self.regions[i];
-        let last = start.start_address() + pages.saturating_sub(1) * PAGE_SIZE;
-        (pages > 0 && r.contains(last)).then_some(i).ok_or(err)
+        let left = r.pages - (start - r.start);
+        (1..=left).contains(&pages).then_some(i).ok_or(err)
     }
 
     /// Index of the region containing `addr`, by binary search.

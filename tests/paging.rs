@@ -302,3 +302,27 @@ fn protect_to_writable_makes_the_page_writable_at_every_level() {
         assert_eq!(walk(mem, r.start), None);
     });
 }
+
+#[test]
+fn huge_page_counts_are_typed_errors_that_change_nothing() {
+    with_stack(|_, frames, vmm| {
+        let r = vmm.reserve(4, PAGE_SIZE).unwrap();
+        vmm.map(r.start, 2, PageFlags::WRITABLE, frames).unwrap();
+        let (free, stats) = (frames.free_frames(), vmm.stats());
+        for pages in
+            [u64::MAX, u64::MAX / PAGE_SIZE + 1, 1 << 52, (1 << 52) + 1, (1 << 40) + 1, 1 << 36, 5, 0]
+        {
+            for start in [r.start, r.start + 1, r.start + 3] {
+                let err = Err(PageError::NotReserved { start, pages });
+                assert_eq!(vmm.map(start, pages, PageFlags::WRITABLE, frames), err, "map {pages}");
+                assert_eq!(vmm.unmap(start, pages, frames), err, "unmap {pages}");
+                assert_eq!(vmm.protect(start, pages, PageFlags::empty()), err, "protect {pages}");
+                let bogus = strata::vmm::Region { start, pages };
+                assert_eq!(vmm.release(bogus, frames), err, "release {pages}");
+            }
+        }
+        assert_eq!((frames.free_frames(), vmm.stats()), (free, stats), "a failed call changed something");
+        assert_eq!(vmm.regions(), [r]);
+        vmm.release(r, frames).unwrap();
+    });
+}
