@@ -656,9 +656,12 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
             assert!(r.pages > 0, "empty region");
             assert!(r.start.start_address() > low, "regions overlap or lack a guard page");
             low = r.end();
+            assert!(
+                low < self.heap.end.start_address(),
+                "region past the heap range or without a guard page"
+            );
             pages += r.pages;
         }
-        assert!(low < self.heap.end.start_address(), "region past the heap range");
         assert_eq!(pages, self.stats.reserved_pages, "reserved page count");
         assert_eq!(self.len, self.stats.regions, "region count");
     }

@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 
 use strata::frame::{BuddyAllocator, MemoryKind, MemoryRegion, PhysRange};
 use strata::vmm::{AddressInfo, PAGE_SIZE, PageError, PageFlags, ReserveError, Vmm};
+use x86_64::structures::paging::page::PageRange;
 use x86_64::structures::paging::{OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -324,5 +325,20 @@ fn huge_page_counts_are_typed_errors_that_change_nothing() {
         assert_eq!((frames.free_frames(), vmm.stats()), (free, stats), "a failed call changed something");
         assert_eq!(vmm.regions(), [r]);
         vmm.release(r, frames).unwrap();
+    });
+}
+
+#[test]
+fn an_empty_heap_range_passes_its_invariants_and_reserves_nothing() {
+    with_heap(0, |_, frames, vmm| {
+        assert_eq!(
+            vmm.heap_range(),
+            PageRange { start: vmm.heap_range().start, end: vmm.heap_range().start }
+        );
+        vmm.check_invariants();
+        assert_eq!(vmm.reserve(1, PAGE_SIZE), Err(ReserveError::AddressSpaceExhausted { pages: 1 }));
+        assert_eq!(vmm.lookup(VirtAddr::new(HEAP_START)), AddressInfo::Outside);
+        vmm.check_invariants();
+        frames.check_invariants();
     });
 }
