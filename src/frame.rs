@@ -99,6 +99,21 @@ pub struct MemoryRegion {
     pub kind: MemoryKind,
 }
 
+impl MemoryRegion {
+    /// One past the last byte, or `None` when that lies past the 52-bit
+    /// physical address space (2^52 itself is a valid end): such an entry is
+    /// corrupt, [`MemoryMapError::EntryOverflows`].
+    pub fn end(&self) -> Option<u64> {
+        self.start.as_u64().checked_add(self.len).filter(|&end| end <= PHYS_LIMIT)
+    }
+
+    /// `[start, end)` as numbers; the end saturates for a corrupt entry,
+    /// which every user rejects first.
+    fn bounds(&self) -> (u64, u64) {
+        (self.start.as_u64(), self.start.as_u64().saturating_add(self.len))
+    }
+}
+
 /// A half-open range of physical addresses, `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PhysRange {
@@ -118,6 +133,16 @@ impl PhysRange {
     pub fn contains(&self, addr: PhysAddr) -> bool {
         self.start <= addr && addr < self.end
     }
+
+    /// `[start, end)` as numbers.
+    fn bounds(&self) -> (u64, u64) {
+        (self.start.as_u64(), self.end.as_u64())
+    }
+}
+
+/// Whether two half-open ranges share a byte.
+fn overlaps((a_start, a_end): (u64, u64), (b_start, b_end): (u64, u64)) -> bool {
+    a_start < b_end && b_start < a_end
 }
 
 /// Finds `size` bytes aligned to `align` inside one usable entry of `map`,
@@ -326,8 +351,9 @@ impl fmt::Debug for BuddyAllocator<'_> {
 
 /// Usable frame numbers `[first, end)` of one map entry, rounded inwards.
 fn usable_pfns(region: &MemoryRegion) -> (u64, u64) {
-    let first = region.start.as_u64().div_ceil(FRAME_SIZE);
-    let end = (region.start.as_u64() + region.len) / FRAME_SIZE;
+    let (start, end) = region.bounds();
+    let first = start.div_ceil(FRAME_SIZE);
+    let end = end / FRAME_SIZE;
     (first, end.max(first))
 }
 
@@ -372,16 +398,12 @@ impl<'m> BuddyAllocator<'m> {
         reserved: &[PhysRange],
         meta: &'m mut [MaybeUninit<FrameMeta>],
     ) -> Result<Self, MemoryMapError> {
-        for (i, a) in map.iter().enumerate() {
-            if a.start.as_u64().checked_add(a.len).is_none_or(|end| end > PHYS_LIMIT) {
-                return Err(MemoryMapError::EntryOverflows { region: *a });
-            }
-            if a.kind != MemoryKind::Usable {
-                continue;
-            }
+        if let Some(region) = map.iter().find(|r| r.end().is_none()) {
+            return Err(MemoryMapError::EntryOverflows { region: *region });
+        }
+        for (i, a) in map.iter().enumerate().filter(|(_, a)| a.kind == MemoryKind::Usable) {
             for b in map[i + 1..].iter().filter(|b| b.kind == MemoryKind::Usable) {
-                let (a_end, b_end) = (a.start + a.len, b.start.as_u64().saturating_add(b.len));
-                if a.len > 0 && b.len > 0 && a.start.as_u64() < b_end && b.start < a_end {
+                if a.len > 0 && b.len > 0 && overlaps(a.bounds(), b.bounds()) {
                     return Err(MemoryMapError::UsableOverlap { a: *a, b: *b });
                 }
             }
@@ -422,11 +444,10 @@ impl<'m> BuddyAllocator<'m> {
                 m.state = State::Tail;
             }
         }
-        let unusable =
-            map.iter().filter(|r| r.kind != MemoryKind::Usable).map(|r| PhysRange::new(r.start, r.len));
-        for range in unusable.chain(reserved.iter().copied()) {
-            let first = range.start.as_u64() / FRAME_SIZE;
-            let end = range.end.as_u64().div_ceil(FRAME_SIZE).max(first);
+        let unusable = map.iter().filter(|r| r.kind != MemoryKind::Usable).map(MemoryRegion::bounds);
+        for (start, end) in unusable.chain(reserved.iter().map(PhysRange::bounds)) {
+            let first = start / FRAME_SIZE;
+            let end = end.div_ceil(FRAME_SIZE).max(first);
             for m in &mut this.meta[clamp(first) as usize..clamp(end) as usize] {
                 m.state = State::Reserved;
             }
@@ -818,6 +839,45 @@ mod tests {
         // SAFETY: as above.
         let err = unsafe { BuddyAllocator::new(&big, &[], &mut meta) }.unwrap_err();
         assert_eq!(err, MemoryMapError::MetadataTooSmall { needed: 16384, provided: 4096 });
+    }
+
+    const LIMIT: u64 = 1 << 52;
+
+    fn entry(start: u64, len: u64, kind: MemoryKind) -> MemoryRegion {
+        MemoryRegion { start: PhysAddr::new(start), len, kind }
+    }
+
+    /// Every frame `buddy` hands out, by address, then all given back.
+    fn drain(buddy: &mut BuddyAllocator<'_>) -> Vec<u64> {
+        let mut frames = Vec::new();
+        while let Ok(f) = buddy.allocate(0) {
+            frames.push(f);
+        }
+        for f in &frames {
+            buddy.deallocate(*f, 0).unwrap();
+        }
+        buddy.check_invariants();
+        let mut addrs: Vec<u64> = frames.iter().map(|f| f.start_address().as_u64()).collect();
+        addrs.sort_unstable();
+        addrs
+    }
+
+    #[test]
+    fn entries_ending_at_the_52_bit_limit_are_valid() {
+        // The top 8 MiB, the upper half of it reserved by the map.
+        let map = [region(LIMIT - 8 * MIB, 8 * MIB), entry(LIMIT - 4 * MIB, 4 * MIB, MemoryKind::Reserved)];
+        let mut meta = Vec::new();
+        let mut buddy = build(&map, &[], &mut meta);
+        assert_eq!(buddy.managed_frames(), 1024);
+        let frames = drain(&mut buddy);
+        assert_eq!((frames[0], frames[1023]), (LIMIT - 8 * MIB, LIMIT - 4 * MIB - FRAME_SIZE));
+        // Usable RAM at both ends of the address space spans 2^40 frames:
+        // more than 32-bit frame indices name, a typed error.
+        let both = [region(LIMIT - 4 * MIB, 4 * MIB), region(0, 4 * MIB)];
+        let mut small = [MaybeUninit::uninit(); 16];
+        // SAFETY: synthetic frames, never touched.
+        let err = unsafe { BuddyAllocator::new(&both, &[], &mut small) }.unwrap_err();
+        assert_eq!(err, MemoryMapError::TooManyFrames { frames: 1 << 40 });
     }
 
     #[test]
