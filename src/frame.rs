@@ -140,9 +140,9 @@ impl PhysRange {
     }
 }
 
-/// Whether two half-open ranges share a byte.
+/// Whether two half-open ranges share a byte: an empty range overlaps nothing.
 fn overlaps((a_start, a_end): (u64, u64), (b_start, b_end): (u64, u64)) -> bool {
-    a_start < b_end && b_start < a_end
+    a_start < a_end && b_start < b_end && a_start < b_end && b_start < a_end
 }
 
 /// Finds `size` bytes aligned to `align` inside one usable entry of `map`,
@@ -170,8 +170,8 @@ pub fn find_free_range(
                 .iter()
                 .filter(|r| r.kind != MemoryKind::Usable)
                 .map(|r| (r.start.as_u64(), r.start.as_u64() + r.len))
-                .chain(reserved.iter().map(|r| (r.start.as_u64(), r.end.as_u64())))
-                .any(|(lo, hi)| lo < end && start < hi);
+                .chain(reserved.iter().map(PhysRange::bounds))
+                .any(|blocker| overlaps(blocker, (start, end)));
             inside && !blocked
         })
         .map(|(start, _)| PhysAddr::new(start))
@@ -384,7 +384,7 @@ impl<'m> BuddyAllocator<'m> {
     ///
     /// Only [`MemoryKind::Usable`] entries are managed, rounded inwards to
     /// whole frames; any frame overlapping a non-usable entry or one of
-    /// `reserved` is never handed out. `meta` must hold at least
+    /// `reserved` is never handed out (an empty range overlaps nothing). `meta` must hold at least
     /// [`metadata_len`](Self::metadata_len) entries and must not itself lie in
     /// usable memory unless it is listed in `reserved`.
     ///
@@ -403,7 +403,7 @@ impl<'m> BuddyAllocator<'m> {
         }
         for (i, a) in map.iter().enumerate().filter(|(_, a)| a.kind == MemoryKind::Usable) {
             for b in map[i + 1..].iter().filter(|b| b.kind == MemoryKind::Usable) {
-                if a.len > 0 && b.len > 0 && overlaps(a.bounds(), b.bounds()) {
+                if overlaps(a.bounds(), b.bounds()) {
                     return Err(MemoryMapError::UsableOverlap { a: *a, b: *b });
                 }
             }
@@ -445,9 +445,11 @@ impl<'m> BuddyAllocator<'m> {
             }
         }
         let unusable = map.iter().filter(|r| r.kind != MemoryKind::Usable).map(MemoryRegion::bounds);
-        for (start, end) in unusable.chain(reserved.iter().map(PhysRange::bounds)) {
+        // An empty range overlaps no frame (and rounding it outwards would take one).
+        let blocked = unusable.chain(reserved.iter().map(PhysRange::bounds)).filter(|&(s, e)| s < e);
+        for (start, end) in blocked {
             let first = start / FRAME_SIZE;
-            let end = end.div_ceil(FRAME_SIZE).max(first);
+            let end = end.div_ceil(FRAME_SIZE);
             for m in &mut this.meta[clamp(first) as usize..clamp(end) as usize] {
                 m.state = State::Reserved;
             }
@@ -878,6 +880,18 @@ mod tests {
         // SAFETY: synthetic frames, never touched.
         let err = unsafe { BuddyAllocator::new(&both, &[], &mut small) }.unwrap_err();
         assert_eq!(err, MemoryMapError::TooManyFrames { frames: 1 << 40 });
+    }
+
+    #[test]
+    fn empty_entries_and_reserved_ranges_take_no_frame() {
+        let map =
+            [region(0, 4 * MIB), entry(0x1800, 0, MemoryKind::Reserved), entry(0x5000, 0, MemoryKind::Bad)];
+        let reserved = [PhysRange::new(PhysAddr::new(0x3800), 0), PhysRange::new(PhysAddr::new(0x8000), 0)];
+        let mut meta = Vec::new();
+        let mut buddy = build(&map, &reserved, &mut meta);
+        assert_eq!(buddy.managed_frames(), 1024, "an empty range removed a frame");
+        assert_eq!(drain(&mut buddy), (0..1024).map(|i| i * FRAME_SIZE).collect::<Vec<_>>());
+        assert_eq!(find_free_range(&map, &reserved, 4 * MIB, FRAME_SIZE), Some(PhysAddr::zero()));
     }
 
     #[test]
