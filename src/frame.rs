@@ -146,33 +146,33 @@ fn overlaps((a_start, a_end): (u64, u64), (b_start, b_end): (u64, u64)) -> bool 
 }
 
 /// Finds `size` bytes aligned to `align` inside one usable entry of `map`,
-/// overlapping none of `reserved`: where a kernel puts the frame metadata
-/// before the frame allocator exists. O(entries × reserved).
+/// overlapping no non-usable entry and none of `reserved`: where a kernel
+/// puts the frame metadata before the frame allocator exists. O(entries ×
+/// (entries + reserved)).
+///
+/// The lowest such start inside a usable entry is the aligned start of the
+/// entry or the aligned end of something in the way, so only those are tried.
 pub fn find_free_range(
     map: &[MemoryRegion],
     reserved: &[PhysRange],
     size: u64,
     align: u64,
 ) -> Option<PhysAddr> {
-    let candidates = map
-        .iter()
-        .filter(|r| r.kind == MemoryKind::Usable)
-        .map(|r| r.start)
-        .chain(reserved.iter().map(|r| r.end));
+    let usable = || map.iter().filter(|r| r.kind == MemoryKind::Usable).map(MemoryRegion::bounds);
+    let blockers = || {
+        map.iter()
+            .filter(|r| r.kind != MemoryKind::Usable)
+            .map(MemoryRegion::bounds)
+            .chain(reserved.iter().map(PhysRange::bounds))
+    };
+    let candidates = usable().map(|(start, _)| start).chain(blockers().map(|(_, end)| end));
     candidates
-        .filter_map(|c| c.as_u64().checked_next_multiple_of(align))
+        .filter_map(|c| c.checked_next_multiple_of(align))
+        .filter(|&start| start < PHYS_LIMIT)
         .filter_map(|start| Some((start, start.checked_add(size)?)))
         .find(|&(start, end)| {
-            let inside = map.iter().any(|r| {
-                r.kind == MemoryKind::Usable && r.start.as_u64() <= start && end <= r.start.as_u64() + r.len
-            });
-            let blocked = map
-                .iter()
-                .filter(|r| r.kind != MemoryKind::Usable)
-                .map(|r| (r.start.as_u64(), r.start.as_u64() + r.len))
-                .chain(reserved.iter().map(PhysRange::bounds))
-                .any(|blocker| overlaps(blocker, (start, end)));
-            inside && !blocked
+            usable().any(|(lo, hi)| lo <= start && end <= hi)
+                && !blockers().any(|blocker| overlaps(blocker, (start, end)))
         })
         .map(|(start, _)| PhysAddr::new(start))
 }
@@ -892,6 +892,20 @@ mod tests {
         assert_eq!(buddy.managed_frames(), 1024, "an empty range removed a frame");
         assert_eq!(drain(&mut buddy), (0..1024).map(|i| i * FRAME_SIZE).collect::<Vec<_>>());
         assert_eq!(find_free_range(&map, &reserved, 4 * MIB, FRAME_SIZE), Some(PhysAddr::zero()));
+    }
+
+    #[test]
+    fn find_free_range_looks_after_non_usable_entries_inside_usable_ones() {
+        let map = [region(0, 16 * MIB), entry(0, MIB, MemoryKind::Reserved)];
+        assert_eq!(find_free_range(&map, &[], MIB, FRAME_SIZE), Some(PhysAddr::new(MIB)));
+        // Overlapping non-usable entries: the free space starts after the last.
+        let map = [
+            region(0, 16 * MIB),
+            entry(0, 2 * MIB, MemoryKind::AcpiNvs),
+            entry(MIB, 3 * MIB, MemoryKind::Bad),
+        ];
+        assert_eq!(find_free_range(&map, &[], 12 * MIB, 2 * MIB), Some(PhysAddr::new(4 * MIB)));
+        assert_eq!(find_free_range(&map, &[], 12 * MIB + 1, FRAME_SIZE), None);
     }
 
     #[test]
