@@ -58,7 +58,7 @@ fn with_stack(test: impl FnOnce(&PhysMem, &mut BuddyAllocator<'_>, &mut Vmm<'_, 
 fn with_heap(heap_pages: u64, test: impl FnOnce(&PhysMem, &mut BuddyAllocator<'_>, &mut Vmm<'_, 64>)) {
     let mut mem = PhysMem::new();
     let map = [MemoryRegion { start: PhysAddr::new(0), len: PHYS as u64, kind: MemoryKind::Usable }];
-    let mut meta = vec![MaybeUninit::uninit(); BuddyAllocator::metadata_len(&map)];
+    let mut meta = vec![MaybeUninit::uninit(); BuddyAllocator::metadata_len(&map).unwrap()];
     let first_page = [PhysRange::new(PhysAddr::new(0), 4096)];
     // SAFETY: the buffer is ours and unused.
     let mut frames = unsafe { BuddyAllocator::new(&map, &first_page, &mut meta) }.unwrap();
