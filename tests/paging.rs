@@ -5,6 +5,7 @@
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::mem::MaybeUninit;
 
+use proptest::prelude::*;
 use strata::frame::{BuddyAllocator, MemoryKind, MemoryRegion, PhysRange};
 use strata::vmm::{AddressInfo, PAGE_SIZE, PageError, PageFlags, ReserveError, Vmm};
 use x86_64::structures::paging::page::PageRange;
@@ -341,4 +342,368 @@ fn an_empty_heap_range_passes_its_invariants_and_reserves_nothing() {
         vmm.check_invariants();
         frames.check_invariants();
     });
+}
+
+// ---------------------------------------------------------------------------
+// Property test: the VMM against a shadow model of regions, mapped pages and
+// their effective rights, read back from the page tables at all four levels.
+// ---------------------------------------------------------------------------
+
+/// A page count: a number, the pages a region has left from the start page,
+/// or the run of mapped pages from it (at least one).
+#[derive(Clone, Copy, Debug)]
+enum Count {
+    N(u64),
+    Rest,
+    Mapped,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Reserve {
+        pages: u64,
+        align: u64,
+    },
+    /// Pages of the `region`-th live region (modulo their number; the heap
+    /// start, in no region, when there is none) from page `offset`.
+    Map {
+        region: usize,
+        offset: u64,
+        count: Count,
+        flags: PageFlags,
+    },
+    Unmap {
+        region: usize,
+        offset: u64,
+        count: Count,
+    },
+    Protect {
+        region: usize,
+        offset: u64,
+        count: Count,
+        flags: PageFlags,
+    },
+    /// The `region`-th live region, or a bogus one: its start with `pages`.
+    Release {
+        region: usize,
+        pages: Option<u64>,
+    },
+}
+
+fn huge_count() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(u64::MAX),
+        Just(u64::MAX / PAGE_SIZE + 1),
+        Just(1 << 52),
+        Just((1 << 52) + 1),
+        Just((1 << 40) + 1),
+        Just(1 << 36),
+        Just(HEAP_PAGES),
+        Just(0),
+    ]
+}
+
+fn count() -> impl Strategy<Value = Count> {
+    prop_oneof![
+        6 => Just(Count::Rest),
+        4 => Just(Count::Mapped),
+        3 => (1..8u64).prop_map(Count::N),
+        1 => (8..600u64).prop_map(Count::N),
+        1 => huge_count().prop_map(Count::N),
+    ]
+}
+
+fn flags() -> impl Strategy<Value = PageFlags> {
+    (0..4u8).prop_map(PageFlags::from_bits_truncate)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let offset = prop_oneof![6 => Just(0u64), 3 => 0..8u64, 1 => 0..700u64];
+    prop_oneof![
+        2 => (
+            prop_oneof![6 => 1..16u64, 2 => 16..600u64, 2 => 3000..5000u64, 1 => huge_count()],
+            prop_oneof![
+                6 => Just(PAGE_SIZE),
+                3 => (12..=32u32).prop_map(|shift| 1u64 << shift),
+                1 => prop_oneof![Just(0), Just(3000), Just(PAGE_SIZE / 2), Just(1 << 63), Just(u64::MAX)],
+            ],
+        )
+            .prop_map(|(pages, align)| Op::Reserve { pages, align }),
+        4 => (any::<usize>(), offset.clone(), count(), flags())
+            .prop_map(|(region, offset, count, flags)| Op::Map { region, offset, count, flags }),
+        3 => (any::<usize>(), offset.clone(), count())
+            .prop_map(|(region, offset, count)| Op::Unmap { region, offset, count }),
+        3 => (any::<usize>(), offset, count(), flags())
+            .prop_map(|(region, offset, count, flags)| Op::Protect { region, offset, count, flags }),
+        1 => (any::<usize>(), proptest::option::weighted(0.3, prop_oneof![huge_count(), 1..8u64]))
+            .prop_map(|(region, pages)| Op::Release { region, pages }),
+    ]
+}
+
+/// What the VMM should hold: its regions and its mapped pages with their rights.
+#[derive(Default)]
+struct Shadow {
+    regions: Vec<strata::vmm::Region>,
+    mapped: std::collections::BTreeMap<Page, PageFlags>,
+}
+
+impl Shadow {
+    /// First fit with a guard page on both sides, computed without overflow.
+    fn reserve(&self, pages: u64, align: u64) -> Result<strata::vmm::Region, ReserveError> {
+        if pages == 0 || !align.is_power_of_two() || align < PAGE_SIZE {
+            return Err(ReserveError::InvalidRequest { pages, align });
+        }
+        if self.regions.len() == 64 {
+            return Err(ReserveError::TooManyRegions { capacity: 64 });
+        }
+        let (page, align, size) = (u128::from(PAGE_SIZE), u128::from(align), u128::from(pages) * 4096);
+        let heap_end = u128::from(HEAP_START) + u128::from(HEAP_PAGES) * page;
+        let mut low = u128::from(HEAP_START);
+        let gaps =
+            self.regions.iter().map(|r| u128::from(r.start.start_address().as_u64())).chain([heap_end]);
+        for (i, high) in gaps.enumerate() {
+            let start = (low + page).div_ceil(align) * align;
+            if start + size + page <= high {
+                let start = Page::containing_address(VirtAddr::new(start as u64));
+                return Ok(strata::vmm::Region { start, pages });
+            }
+            if let Some(r) = self.regions.get(i) {
+                low = u128::from(r.end().as_u64());
+            }
+        }
+        Err(ReserveError::AddressSpaceExhausted { pages })
+    }
+
+    /// The region holding `pages` pages (at least one) from `start`.
+    fn region_of(&self, start: Page, pages: u64) -> Result<usize, PageError> {
+        let at = start.start_address();
+        self.regions
+            .iter()
+            .position(|r| r.contains(at) && pages >= 1 && pages <= r.pages - (start - r.start))
+            .ok_or(PageError::NotReserved { start, pages })
+    }
+
+    fn pages(start: Page, pages: u64) -> impl Iterator<Item = Page> {
+        (0..pages).map(move |i| start + i)
+    }
+
+    /// Page-table frames (L3, L2, L1; the L4 is the test's) needed for `pages`.
+    fn tables<'a>(pages: impl Iterator<Item = &'a Page>) -> u64 {
+        let mut sets = [std::collections::BTreeSet::new(), Default::default(), Default::default()];
+        for page in pages {
+            let a = page.start_address().as_u64();
+            for (set, shift) in sets.iter_mut().zip([39, 30, 21]) {
+                set.insert(a >> shift);
+            }
+        }
+        sets.iter().map(|s| s.len() as u64).sum()
+    }
+}
+
+/// Every 4 KiB leaf reachable from the L4 table: page, frame, the four entries' flags.
+fn leaves(mem: &PhysMem) -> Vec<(Page, PhysAddr, [PageTableFlags; 4])> {
+    fn table(mem: &PhysMem, at: PhysAddr) -> &PageTable {
+        // SAFETY: page-table frames lie inside the buffer: the L4 frame or
+        // the address of a present entry the VMM wrote.
+        unsafe { &*(mem.base.add(at.as_u64() as usize) as *const PageTable) }
+    }
+    fn walk(
+        mem: &PhysMem,
+        at: PhysAddr,
+        level: usize,
+        indices: [u16; 4],
+        path: [PageTableFlags; 4],
+        out: &mut Vec<(Page, PhysAddr, [PageTableFlags; 4])>,
+    ) {
+        for (i, entry) in table(mem, at).iter().enumerate() {
+            if !entry.flags().contains(PageTableFlags::PRESENT) {
+                assert!(entry.is_unused(), "a non-present entry that is not empty");
+                continue;
+            }
+            assert!(!entry.flags().contains(PageTableFlags::HUGE_PAGE), "the VMM maps 4 KiB pages only");
+            let (mut indices, mut path) = (indices, path);
+            indices[level] = i as u16;
+            path[level] = entry.flags();
+            if level == 3 {
+                let [a, b, c, d] = indices.map(x86_64::structures::paging::PageTableIndex::new);
+                out.push((Page::from_page_table_indices(a, b, c, d), entry.addr(), path));
+            } else {
+                walk(mem, entry.addr(), level + 1, indices, path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(mem, mem.l4, 0, [0; 4], [PageTableFlags::empty(); 4], &mut out);
+    out
+}
+
+/// Replays `ops` on a fresh stack and on the shadow, comparing after every step.
+fn run_vmm_program(ops: &[Op]) {
+    with_stack(|mem, frames, vmm| {
+        let mut shadow = Shadow::default();
+        let free_at_start = frames.free_frames() as u64;
+        for (step, op) in ops.iter().enumerate() {
+            let nth = |region: usize| {
+                (!shadow.regions.is_empty()).then(|| shadow.regions[region % shadow.regions.len()])
+            };
+            let span = |region: usize, offset: u64, count: Count| {
+                let (start, left) = match nth(region) {
+                    Some(r) => (r.start + offset, r.pages.saturating_sub(offset)),
+                    None => (Page::containing_address(VirtAddr::new(HEAP_START)) + offset, 0),
+                };
+                (
+                    start,
+                    match count {
+                        Count::N(n) => n,
+                        Count::Rest => left,
+                        Count::Mapped => {
+                            (0..).take_while(|&i| shadow.mapped.contains_key(&(start + i))).count().max(1)
+                                as u64
+                        }
+                    },
+                )
+            };
+            match *op {
+                Op::Reserve { pages, align } => {
+                    let expected = shadow.reserve(pages, align);
+                    assert_eq!(vmm.reserve(pages, align), expected, "step {step}: {op:?}");
+                    if let Ok(r) = expected {
+                        let at = shadow.regions.partition_point(|o| o.start < r.start);
+                        shadow.regions.insert(at, r);
+                    }
+                }
+                Op::Map { region, offset, count, flags } => {
+                    let (start, pages) = span(region, offset, count);
+                    let expected = shadow.region_of(start, pages).and_then(|_| {
+                        if let Some(page) =
+                            Shadow::pages(start, pages).find(|p| shadow.mapped.contains_key(p))
+                        {
+                            return Err(PageError::AlreadyMapped { page });
+                        }
+                        let tables_now = Shadow::tables(shadow.mapped.keys());
+                        let new: Vec<Page> = Shadow::pages(start, pages).collect();
+                        let tables_then = Shadow::tables(shadow.mapped.keys().chain(&new));
+                        let needed = pages + tables_then - tables_now;
+                        if needed > frames.free_frames() as u64 {
+                            return Err(PageError::OutOfFrames);
+                        }
+                        Ok(new)
+                    });
+                    let actual = vmm.map(start, pages, flags, frames);
+                    assert_eq!(actual, expected.as_ref().map(drop).map_err(|e| *e), "step {step}: {op:?}");
+                    for page in expected.into_iter().flatten() {
+                        shadow.mapped.insert(page, flags);
+                    }
+                }
+                Op::Unmap { region, offset, count } | Op::Protect { region, offset, count, .. } => {
+                    let (start, pages) = span(region, offset, count);
+                    let expected = shadow.region_of(start, pages).and_then(|_| {
+                        match Shadow::pages(start, pages).find(|p| !shadow.mapped.contains_key(p)) {
+                            Some(page) => Err(PageError::NotMapped { page }),
+                            None => Ok(()),
+                        }
+                    });
+                    let actual = match *op {
+                        Op::Protect { flags, .. } => vmm.protect(start, pages, flags),
+                        _ => vmm.unmap(start, pages, frames),
+                    };
+                    assert_eq!(actual, expected, "step {step}: {op:?}");
+                    if expected.is_ok() {
+                        for page in Shadow::pages(start, pages) {
+                            match *op {
+                                Op::Protect { flags, .. } => shadow.mapped.insert(page, flags),
+                                _ => shadow.mapped.remove(&page),
+                            };
+                        }
+                    }
+                }
+                Op::Release { region, pages } => {
+                    let target = match (nth(region), pages) {
+                        (Some(r), None) => r,
+                        (Some(r), Some(pages)) => strata::vmm::Region { start: r.start, pages },
+                        (None, pages) => strata::vmm::Region {
+                            start: Page::containing_address(VirtAddr::new(HEAP_START)),
+                            pages: pages.unwrap_or(1),
+                        },
+                    };
+                    let expected = match shadow.regions.iter().position(|r| *r == target) {
+                        Some(i) => Ok(i),
+                        None => Err(PageError::NotReserved { start: target.start, pages: target.pages }),
+                    };
+                    assert_eq!(vmm.release(target, frames), expected.map(drop), "step {step}: {op:?}");
+                    if let Ok(i) = expected {
+                        shadow.regions.remove(i);
+                        shadow.mapped.retain(|p, _| !target.contains(p.start_address()));
+                    }
+                }
+            }
+            check_against_shadow(mem, frames, vmm, &shadow, free_at_start, step);
+        }
+        for r in shadow.regions.clone() {
+            vmm.release(r, frames).unwrap();
+        }
+        assert_eq!(frames.free_frames() as u64, free_at_start, "frames not all returned");
+        assert_eq!(vmm.stats().table_frames, 0);
+    });
+}
+
+fn check_against_shadow(
+    mem: &PhysMem,
+    frames: &BuddyAllocator<'_>,
+    vmm: &Vmm<'_, 64>,
+    shadow: &Shadow,
+    free_at_start: u64,
+    step: usize,
+) {
+    vmm.check_invariants();
+    frames.check_invariants();
+    assert_eq!(vmm.regions(), shadow.regions, "step {step}: regions");
+    let tables = Shadow::tables(shadow.mapped.keys());
+    let stats = vmm.stats();
+    assert_eq!(stats.regions, shadow.regions.len());
+    assert_eq!(stats.reserved_pages, shadow.regions.iter().map(|r| r.pages).sum::<u64>());
+    assert_eq!(stats.mapped_pages, shadow.mapped.len() as u64, "step {step}: mapped pages");
+    assert_eq!(stats.table_frames, tables, "step {step}: page-table frames");
+    assert_eq!(
+        frames.free_frames() as u64,
+        free_at_start - stats.mapped_pages - tables,
+        "step {step}: frames"
+    );
+    // Exactly the shadow's pages are mapped, each to its own allocated frame,
+    // with the rights the shadow gave it once all four levels are combined.
+    let leaves = leaves(mem);
+    assert_eq!(leaves.len(), shadow.mapped.len(), "step {step}: leaves in the page tables");
+    let mut seen = std::collections::HashSet::new();
+    for (page, frame, path) in leaves {
+        let flags = *shadow.mapped.get(&page).unwrap_or_else(|| panic!("step {step}: stray page {page:?}"));
+        let writable = flags.contains(PageFlags::WRITABLE);
+        let rights = (writable, false, flags.contains(PageFlags::EXECUTABLE));
+        assert_eq!(effective(path), rights, "step {step}: effective rights of {page:?}: {path:?}");
+        assert!(seen.insert(frame), "step {step}: two pages share a frame");
+        assert!(
+            frames.is_allocated(PhysFrame::containing_address(frame)),
+            "step {step}: frame not allocated"
+        );
+        assert_eq!(vmm.translate(page.start_address() + 5u64), Some(frame + 5u64));
+        let region = *shadow.regions.iter().find(|r| r.contains(page.start_address())).expect("in a region");
+        assert_eq!(vmm.lookup(page.start_address()), AddressInfo::Mapped { region, writable }, "step {step}");
+    }
+    for r in &shadow.regions {
+        let last = r.start + (r.pages - 1);
+        for page in [r.start, last] {
+            if !shadow.mapped.contains_key(&page) {
+                assert_eq!(vmm.lookup(page.start_address()), AddressInfo::Unmapped { region: *r });
+            }
+        }
+        assert!(matches!(vmm.lookup(r.end()), AddressInfo::Guard { after: Some(a), .. } if a == *r));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn vmm_matches_a_shadow_model_of_pages_and_effective_rights(ops in prop::collection::vec(op(), 1..60)) {
+        run_vmm_program(&ops);
+    }
 }
