@@ -720,7 +720,7 @@ proptest! {
 const FRAME: u64 = strata::frame::FRAME_SIZE;
 const LIMIT: u64 = 1 << 52;
 const MIB: u64 = 1 << 20;
-/// Low addresses are drawn below this.
+/// Addresses are drawn in two windows of this size: from 0, and up to 2^52.
 const WINDOW: u64 = 32 * MIB;
 /// Largest span (in frames) built and compared frame by frame.
 const MODEL_FRAMES: u64 = 1 << 14;
