@@ -127,6 +127,10 @@ pub struct PhysRange {
 
 impl PhysRange {
     /// The range `[start, start + len)`.
+    ///
+    /// # Panics
+    ///
+    /// When `start + len` is not a [`PhysAddr`] (2^52 or more).
     pub fn new(start: PhysAddr, len: u64) -> Self {
         Self { start, end: start + len }
     }
