@@ -33,7 +33,9 @@
 //! **Errors:** a free of a frame it never handed out, a double free, a free
 //! into the middle of a block, a free with the wrong order, a misaligned or
 //! out-of-range frame each get their own [`DeallocateError`] variant; nothing
-//! is changed when an error is returned.
+//! is changed when an error is returned. A corrupt memory map is a
+//! [`MemoryMapError`] from [`validate_map`], which every function taking a
+//! map runs first; no map, however corrupt, makes this module panic.
 //!
 //! Per-frame bookkeeping lives in a caller-provided array of [`FrameMeta`]
 //! (12 bytes per frame, like a much smaller Linux `struct page`), so the
@@ -99,6 +101,21 @@ pub struct MemoryRegion {
     pub kind: MemoryKind,
 }
 
+impl MemoryRegion {
+    /// One past the last byte, or `None` when that lies past the 52-bit
+    /// physical address space (2^52 itself is a valid end): such an entry is
+    /// corrupt, [`MemoryMapError::EntryOverflows`].
+    pub fn end(&self) -> Option<u64> {
+        self.start.as_u64().checked_add(self.len).filter(|&end| end <= PHYS_LIMIT)
+    }
+
+    /// `[start, end)` as numbers; exact once [`validate_map`] has accepted
+    /// the entry (the end saturates for a corrupt one).
+    fn bounds(&self) -> (u64, u64) {
+        (self.start.as_u64(), self.start.as_u64().saturating_add(self.len))
+    }
+}
+
 /// A half-open range of physical addresses, `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PhysRange {
@@ -110,6 +127,10 @@ pub struct PhysRange {
 
 impl PhysRange {
     /// The range `[start, start + len)`.
+    ///
+    /// # Panics
+    ///
+    /// When `start + len` is not a [`PhysAddr`] (2^52 or more).
     pub fn new(start: PhysAddr, len: u64) -> Self {
         Self { start, end: start + len }
     }
@@ -118,38 +139,102 @@ impl PhysRange {
     pub fn contains(&self, addr: PhysAddr) -> bool {
         self.start <= addr && addr < self.end
     }
+
+    /// `[start, end)` as numbers.
+    fn bounds(&self) -> (u64, u64) {
+        (self.start.as_u64(), self.end.as_u64())
+    }
+}
+
+/// Whether two half-open ranges share a byte: an empty range overlaps nothing.
+fn overlaps((a_start, a_end): (u64, u64), (b_start, b_end): (u64, u64)) -> bool {
+    a_start < a_end && b_start < b_end && a_start < b_end && b_start < a_end
+}
+
+/// Checks `map` for what makes it unusable whatever else is given: the one
+/// check that [`BuddyAllocator::metadata_len`], [`find_free_range`] and
+/// [`BuddyAllocator::new`] all make first, so each of them reports a corrupt
+/// map with the same error. In this order:
+/// - an entry whose end lies past the 52-bit physical address space (the
+///   first such entry): [`MemoryMapError::EntryOverflows`];
+/// - two usable entries sharing a byte (the first such pair in map order;
+///   an empty entry overlaps nothing): [`MemoryMapError::UsableOverlap`];
+/// - no whole usable frame: [`MemoryMapError::NoUsableMemory`];
+/// - usable frames spanning more frames than 32-bit indices can name:
+///   [`MemoryMapError::TooManyFrames`].
+///
+/// O(entries²).
+pub fn validate_map(map: &[MemoryRegion]) -> Result<(), MemoryMapError> {
+    frame_span(map).map(drop)
+}
+
+/// [`validate_map`], returning the frame numbers `[base, end)` that the
+/// metadata covers: from the lowest usable frame, rounded down to a 4 MiB
+/// boundary, to one past the highest.
+fn frame_span(map: &[MemoryRegion]) -> Result<(u64, u64), MemoryMapError> {
+    if let Some(region) = map.iter().find(|r| r.end().is_none()) {
+        return Err(MemoryMapError::EntryOverflows { region: *region });
+    }
+    // From here on every entry's `bounds` are exact.
+    for (i, a) in map.iter().enumerate().filter(|(_, a)| a.kind == MemoryKind::Usable) {
+        for b in map[i + 1..].iter().filter(|b| b.kind == MemoryKind::Usable) {
+            if overlaps(a.bounds(), b.bounds()) {
+                return Err(MemoryMapError::UsableOverlap { a: *a, b: *b });
+            }
+        }
+    }
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for region in map.iter().filter(|r| r.kind == MemoryKind::Usable) {
+        let (first, end) = usable_pfns(region);
+        if first < end {
+            lo = lo.min(first);
+            hi = hi.max(end);
+        }
+    }
+    if lo >= hi {
+        return Err(MemoryMapError::NoUsableMemory);
+    }
+    let base = lo & !((1 << MAX_ORDER) - 1);
+    let frames = hi - base;
+    if frames >= u64::from(NIL) {
+        return Err(MemoryMapError::TooManyFrames { frames });
+    }
+    Ok((base, hi))
 }
 
 /// Finds `size` bytes aligned to `align` inside one usable entry of `map`,
-/// overlapping none of `reserved`: where a kernel puts the frame metadata
-/// before the frame allocator exists. O(entries × reserved).
+/// overlapping no non-usable entry and none of `reserved`: where a kernel
+/// puts the frame metadata before the frame allocator exists. `Ok(None)`
+/// when there is no such range; the map's error when [`validate_map`]
+/// rejects it. O(entries × (entries + reserved)).
+///
+/// The lowest such start inside a usable entry is the aligned start of the
+/// entry or the aligned end of something in the way, so only those are tried.
 pub fn find_free_range(
     map: &[MemoryRegion],
     reserved: &[PhysRange],
     size: u64,
     align: u64,
-) -> Option<PhysAddr> {
-    let candidates = map
-        .iter()
-        .filter(|r| r.kind == MemoryKind::Usable)
-        .map(|r| r.start)
-        .chain(reserved.iter().map(|r| r.end));
-    candidates
-        .filter_map(|c| c.as_u64().checked_next_multiple_of(align))
+) -> Result<Option<PhysAddr>, MemoryMapError> {
+    validate_map(map)?;
+    let usable = || map.iter().filter(|r| r.kind == MemoryKind::Usable).map(MemoryRegion::bounds);
+    let blockers = || {
+        map.iter()
+            .filter(|r| r.kind != MemoryKind::Usable)
+            .map(MemoryRegion::bounds)
+            .chain(reserved.iter().map(PhysRange::bounds))
+    };
+    let candidates = usable().map(|(start, _)| start).chain(blockers().map(|(_, end)| end));
+    let found = candidates
+        .filter_map(|c| c.checked_next_multiple_of(align))
+        .filter(|&start| start < PHYS_LIMIT)
         .filter_map(|start| Some((start, start.checked_add(size)?)))
         .find(|&(start, end)| {
-            let inside = map.iter().any(|r| {
-                r.kind == MemoryKind::Usable && r.start.as_u64() <= start && end <= r.start.as_u64() + r.len
-            });
-            let blocked = map
-                .iter()
-                .filter(|r| r.kind != MemoryKind::Usable)
-                .map(|r| (r.start.as_u64(), r.start.as_u64() + r.len))
-                .chain(reserved.iter().map(|r| (r.start.as_u64(), r.end.as_u64())))
-                .any(|(lo, hi)| lo < end && start < hi);
-            inside && !blocked
+            usable().any(|(lo, hi)| lo <= start && end <= hi)
+                && !blockers().any(|blocker| overlaps(blocker, (start, end)))
         })
-        .map(|(start, _)| PhysAddr::new(start))
+        .map(|(start, _)| PhysAddr::new(start));
+    Ok(found)
 }
 
 /// Per-frame bookkeeping kept by the buddy allocator (12 bytes per frame).
@@ -326,41 +411,33 @@ impl fmt::Debug for BuddyAllocator<'_> {
 
 /// Usable frame numbers `[first, end)` of one map entry, rounded inwards.
 fn usable_pfns(region: &MemoryRegion) -> (u64, u64) {
-    let first = region.start.as_u64().div_ceil(FRAME_SIZE);
-    let end = (region.start.as_u64() + region.len) / FRAME_SIZE;
+    let (start, end) = region.bounds();
+    let first = start.div_ceil(FRAME_SIZE);
+    let end = end / FRAME_SIZE;
     (first, end.max(first))
 }
 
 impl<'m> BuddyAllocator<'m> {
     /// Number of [`FrameMeta`] entries needed for `map`: one per frame from the
     /// lowest usable frame (rounded down to a 4 MiB boundary) to the highest.
-    pub fn metadata_len(map: &[MemoryRegion]) -> usize {
-        match Self::span(map) {
-            Some((base, end)) => (end - base) as usize,
-            None => 0,
-        }
-    }
-
-    fn span(map: &[MemoryRegion]) -> Option<(u64, u64)> {
-        let mut lo = u64::MAX;
-        let mut hi = 0;
-        for region in map.iter().filter(|r| r.kind == MemoryKind::Usable) {
-            let (first, end) = usable_pfns(region);
-            if first < end {
-                lo = lo.min(first);
-                hi = hi.max(end);
-            }
-        }
-        (lo < hi).then_some((lo & !((1 << MAX_ORDER) - 1), hi))
+    /// The map's error when [`validate_map`] rejects it.
+    pub fn metadata_len(map: &[MemoryRegion]) -> Result<usize, MemoryMapError> {
+        frame_span(map).map(|(base, end)| (end - base) as usize)
     }
 
     /// Builds the allocator from a boot memory map.
     ///
     /// Only [`MemoryKind::Usable`] entries are managed, rounded inwards to
     /// whole frames; any frame overlapping a non-usable entry or one of
-    /// `reserved` is never handed out. `meta` must hold at least
-    /// [`metadata_len`](Self::metadata_len) entries and must not itself lie in
-    /// usable memory unless it is listed in `reserved`.
+    /// `reserved` is never handed out (an empty range overlaps nothing).
+    /// `meta` must hold at least [`metadata_len`](Self::metadata_len)
+    /// entries and must not itself lie in usable memory unless it is listed
+    /// in `reserved`.
+    ///
+    /// Errors: the map's, when [`validate_map`] rejects it; then
+    /// [`MemoryMapError::MetadataTooSmall`]; then
+    /// [`MemoryMapError::NoUsableMemory`] when no usable frame is left
+    /// outside the non-usable entries and `reserved`.
     ///
     /// # Safety
     ///
@@ -372,26 +449,8 @@ impl<'m> BuddyAllocator<'m> {
         reserved: &[PhysRange],
         meta: &'m mut [MaybeUninit<FrameMeta>],
     ) -> Result<Self, MemoryMapError> {
-        for (i, a) in map.iter().enumerate() {
-            if a.start.as_u64().checked_add(a.len).is_none_or(|end| end > PHYS_LIMIT) {
-                return Err(MemoryMapError::EntryOverflows { region: *a });
-            }
-            if a.kind != MemoryKind::Usable {
-                continue;
-            }
-            for b in map[i + 1..].iter().filter(|b| b.kind == MemoryKind::Usable) {
-                let (a_end, b_end) = (a.start + a.len, b.start.as_u64().saturating_add(b.len));
-                if a.len > 0 && b.len > 0 && a.start.as_u64() < b_end && b.start < a_end {
-                    return Err(MemoryMapError::UsableOverlap { a: *a, b: *b });
-                }
-            }
-        }
-        let (base_pfn, end_pfn) = Self::span(map).ok_or(MemoryMapError::NoUsableMemory)?;
-        let frames = end_pfn - base_pfn;
-        if frames >= u64::from(NIL) {
-            return Err(MemoryMapError::TooManyFrames { frames });
-        }
-        let needed = frames as usize;
+        let (base_pfn, end_pfn) = frame_span(map)?;
+        let needed = (end_pfn - base_pfn) as usize;
         if meta.len() < needed {
             return Err(MemoryMapError::MetadataTooSmall { needed, provided: meta.len() });
         }
@@ -422,11 +481,12 @@ impl<'m> BuddyAllocator<'m> {
                 m.state = State::Tail;
             }
         }
-        let unusable =
-            map.iter().filter(|r| r.kind != MemoryKind::Usable).map(|r| PhysRange::new(r.start, r.len));
-        for range in unusable.chain(reserved.iter().copied()) {
-            let first = range.start.as_u64() / FRAME_SIZE;
-            let end = range.end.as_u64().div_ceil(FRAME_SIZE).max(first);
+        let unusable = map.iter().filter(|r| r.kind != MemoryKind::Usable).map(MemoryRegion::bounds);
+        // An empty range overlaps no frame (and rounding it outwards would take one).
+        let blocked = unusable.chain(reserved.iter().map(PhysRange::bounds)).filter(|&(s, e)| s < e);
+        for (start, end) in blocked {
+            let first = start / FRAME_SIZE;
+            let end = end.div_ceil(FRAME_SIZE);
             for m in &mut this.meta[clamp(first) as usize..clamp(end) as usize] {
                 m.state = State::Reserved;
             }
@@ -698,7 +758,7 @@ mod tests {
         reserved: &[PhysRange],
         meta: &'m mut Vec<MaybeUninit<FrameMeta>>,
     ) -> BuddyAllocator<'m> {
-        meta.resize(BuddyAllocator::metadata_len(map), MaybeUninit::uninit());
+        meta.resize(BuddyAllocator::metadata_len(map).expect("valid map"), MaybeUninit::uninit());
         // SAFETY: the frames are synthetic; nothing ever touches them.
         let buddy = unsafe { BuddyAllocator::new(map, reserved, meta) }.expect("valid map");
         buddy.check_invariants();
@@ -820,6 +880,95 @@ mod tests {
         assert_eq!(err, MemoryMapError::MetadataTooSmall { needed: 16384, provided: 4096 });
     }
 
+    const LIMIT: u64 = 1 << 52;
+
+    fn entry(start: u64, len: u64, kind: MemoryKind) -> MemoryRegion {
+        MemoryRegion { start: PhysAddr::new(start), len, kind }
+    }
+
+    /// Every frame `buddy` hands out, by address, then all given back.
+    fn drain(buddy: &mut BuddyAllocator<'_>) -> Vec<u64> {
+        let mut frames = Vec::new();
+        while let Ok(f) = buddy.allocate(0) {
+            frames.push(f);
+        }
+        for f in &frames {
+            buddy.deallocate(*f, 0).unwrap();
+        }
+        buddy.check_invariants();
+        let mut addrs: Vec<u64> = frames.iter().map(|f| f.start_address().as_u64()).collect();
+        addrs.sort_unstable();
+        addrs
+    }
+
+    #[test]
+    fn entries_ending_at_the_52_bit_limit_are_valid() {
+        // The top 8 MiB, the upper half of it reserved by the map.
+        let map = [region(LIMIT - 8 * MIB, 8 * MIB), entry(LIMIT - 4 * MIB, 4 * MIB, MemoryKind::Reserved)];
+        let mut meta = Vec::new();
+        let mut buddy = build(&map, &[], &mut meta);
+        assert_eq!(buddy.managed_frames(), 1024);
+        let frames = drain(&mut buddy);
+        assert_eq!((frames[0], frames[1023]), (LIMIT - 8 * MIB, LIMIT - 4 * MIB - FRAME_SIZE));
+        // Usable RAM at both ends of the address space spans 2^40 frames:
+        // more than 32-bit frame indices name, a typed error.
+        let both = [region(LIMIT - 4 * MIB, 4 * MIB), region(0, 4 * MIB)];
+        let mut small = [MaybeUninit::uninit(); 16];
+        // SAFETY: synthetic frames, never touched.
+        let err = unsafe { BuddyAllocator::new(&both, &[], &mut small) }.unwrap_err();
+        assert_eq!(err, MemoryMapError::TooManyFrames { frames: 1 << 40 });
+    }
+
+    #[test]
+    fn empty_entries_and_reserved_ranges_take_no_frame() {
+        let map =
+            [region(0, 4 * MIB), entry(0x1800, 0, MemoryKind::Reserved), entry(0x5000, 0, MemoryKind::Bad)];
+        let reserved = [PhysRange::new(PhysAddr::new(0x3800), 0), PhysRange::new(PhysAddr::new(0x8000), 0)];
+        let mut meta = Vec::new();
+        let mut buddy = build(&map, &reserved, &mut meta);
+        assert_eq!(buddy.managed_frames(), 1024, "an empty range removed a frame");
+        assert_eq!(drain(&mut buddy), (0..1024).map(|i| i * FRAME_SIZE).collect::<Vec<_>>());
+        assert_eq!(find_free_range(&map, &reserved, 4 * MIB, FRAME_SIZE), Ok(Some(PhysAddr::zero())));
+    }
+
+    #[test]
+    fn find_free_range_looks_after_non_usable_entries_inside_usable_ones() {
+        let map = [region(0, 16 * MIB), entry(0, MIB, MemoryKind::Reserved)];
+        assert_eq!(find_free_range(&map, &[], MIB, FRAME_SIZE), Ok(Some(PhysAddr::new(MIB))));
+        // Overlapping non-usable entries: the free space starts after the last.
+        let map = [
+            region(0, 16 * MIB),
+            entry(0, 2 * MIB, MemoryKind::AcpiNvs),
+            entry(MIB, 3 * MIB, MemoryKind::Bad),
+        ];
+        assert_eq!(find_free_range(&map, &[], 12 * MIB, 2 * MIB), Ok(Some(PhysAddr::new(4 * MIB))));
+        assert_eq!(find_free_range(&map, &[], 12 * MIB + 1, FRAME_SIZE), Ok(None));
+    }
+
+    #[test]
+    fn corrupt_maps_are_the_same_error_from_every_function_taking_a_map() {
+        let overflowing = [region(1 << 40, u64::MAX - 100)];
+        let past_52_bits = [region(0, 1 << 60)];
+        let overlap = [region(0, 2 * MIB), entry(8 * MIB, MIB, MemoryKind::Bad), region(MIB, 2 * MIB)];
+        let no_frame = [region(0x10, 0x100), entry(0, 64 * MIB, MemoryKind::Reserved)];
+        let too_many = [region(0, 4 * MIB), region(1 << 45, 4 * MIB)];
+        let cases = [
+            (&overflowing[..], MemoryMapError::EntryOverflows { region: overflowing[0] }),
+            (&past_52_bits, MemoryMapError::EntryOverflows { region: past_52_bits[0] }),
+            (&overlap, MemoryMapError::UsableOverlap { a: overlap[0], b: overlap[2] }),
+            (&no_frame, MemoryMapError::NoUsableMemory),
+            (&too_many, MemoryMapError::TooManyFrames { frames: (1 << 33) + 1024 }),
+        ];
+        let mut meta = [MaybeUninit::uninit(); 16];
+        for (map, err) in cases {
+            assert_eq!(validate_map(map), Err(err));
+            assert_eq!(BuddyAllocator::metadata_len(map), Err(err));
+            assert_eq!(find_free_range(map, &[], FRAME_SIZE, FRAME_SIZE), Err(err));
+            // SAFETY: synthetic frames, never touched.
+            assert_eq!(unsafe { BuddyAllocator::new(map, &[], &mut meta) }.unwrap_err(), err);
+        }
+    }
+
     #[test]
     fn find_free_range_avoids_reserved_and_unusable_memory() {
         let map = [
@@ -829,7 +978,7 @@ mod tests {
         ];
         let reserved =
             [PhysRange::new(PhysAddr::new(0), MIB), PhysRange::new(PhysAddr::new(3 * MIB), 0x5000)];
-        let at = |size| find_free_range(&map, &reserved, size, FRAME_SIZE).map(|a| a.as_u64());
+        let at = |size| find_free_range(&map, &reserved, size, FRAME_SIZE).unwrap().map(|a| a.as_u64());
         assert_eq!(at(MIB), Some(MIB));
         assert_eq!(at(MIB + 1), Some(3 * MIB + 0x5000));
         assert_eq!(at(4 * MIB), None);

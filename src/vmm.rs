@@ -23,7 +23,10 @@
 //! `N` entries (this layer sits below the heap, so it never allocates);
 //! between two regions, and before the first, lies at least one page that is
 //! never mapped; a page is mapped only inside a region; `mapped_pages` counts
-//! exactly the pages mapped through this VMM.
+//! exactly the pages mapped through this VMM. Every L4, L3 and L2 entry this
+//! VMM creates is present and writable (not no-execute, not user), so the
+//! last-level entry alone decides what a page allows, and [`Vmm::protect`]
+//! needs to change nothing else.
 //!
 //! **Costs:** reserving is a first-fit scan of the sorted table, O(regions);
 //! looking up the region of an address (the page-fault handler does it) is a
@@ -47,6 +50,12 @@ use x86_64::{PhysAddr, VirtAddr};
 
 /// Size of one page in bytes.
 pub const PAGE_SIZE: u64 = 4096;
+
+/// Flags of the L4, L3 and L2 entries above a mapped page: they allow
+/// everything a page may be given, and the L1 entry restricts. (x86_64's
+/// `map_to` would copy the first page's rights into new parent tables, and a
+/// page later made writable under a read-only parent would stay read-only.)
+const PARENT_FLAGS: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);
 
 bitflags! {
     /// Access rights of mapped pages. Pages are always readable.
@@ -367,13 +376,15 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         Err(ReserveError::AddressSpaceExhausted { pages })
     }
 
-    /// Index of the region that contains all of `pages`.
+    /// Index of the region that contains all of `pages` (at least one) from
+    /// `start`. Any count is safe: it is compared with the pages the region
+    /// has left from `start`, never multiplied or added.
     fn region_index(&self, start: Page, pages: u64) -> Result<usize, PageError> {
         let err = PageError::NotReserved { start, pages };
         let i = self.find(start.start_address()).ok_or(err)?;
         let r = &self.regions[i];
-        let last = start.start_address() + pages.saturating_sub(1) * PAGE_SIZE;
-        (pages > 0 && r.contains(last)).then_some(i).ok_or(err)
+        let left = r.pages - (start - r.start);
+        (1..=left).contains(&pages).then_some(i).ok_or(err)
     }
 
     /// Index of the region containing `addr`, by binary search.
@@ -449,8 +460,10 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
         let mut counting = Counting { inner: frames, allocated: 0, freed: 0 };
         // SAFETY: the page lies in a region of the heap range, which nothing
         // else uses (constructor contract), and it is not mapped yet; the frame
-        // is fresh, so no other page aliases it.
-        let result = unsafe { self.mapper.map_to(page, frame, flags, &mut counting) };
+        // is fresh, so no other page aliases it. The parent entries allow more
+        // than the page, which only its own entry's flags then restrict.
+        let result =
+            unsafe { self.mapper.map_to_with_table_flags(page, frame, flags, PARENT_FLAGS, &mut counting) };
         let tables = counting.allocated;
         match result {
             Ok(flush) => {
@@ -643,9 +656,12 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
             assert!(r.pages > 0, "empty region");
             assert!(r.start.start_address() > low, "regions overlap or lack a guard page");
             low = r.end();
+            assert!(
+                low < self.heap.end.start_address(),
+                "region past the heap range or without a guard page"
+            );
             pages += r.pages;
         }
-        assert!(low < self.heap.end.start_address(), "region past the heap range");
         assert_eq!(pages, self.stats.reserved_pages, "reserved page count");
         assert_eq!(self.len, self.stats.regions, "region count");
     }

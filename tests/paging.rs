@@ -5,9 +5,11 @@
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::mem::MaybeUninit;
 
-use strata::frame::{BuddyAllocator, MemoryKind, MemoryRegion, PhysRange};
+use proptest::prelude::*;
+use strata::frame::{BuddyAllocator, MemoryKind, MemoryMapError, MemoryRegion, PhysRange};
 use strata::vmm::{AddressInfo, PAGE_SIZE, PageError, PageFlags, ReserveError, Vmm};
-use x86_64::structures::paging::{OffsetPageTable, Page, PageTable, PhysFrame};
+use x86_64::structures::paging::page::PageRange;
+use x86_64::structures::paging::{OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
 const PHYS: usize = 16 << 20;
@@ -17,6 +19,8 @@ const HEAP_PAGES: u64 = 1 << 20; // 4 GiB of address space
 /// Simulated physical memory: physical address `p` is `base + p` on the host.
 struct PhysMem {
     base: *mut u8,
+    /// The frame of the L4 table the VMM maps through.
+    l4: PhysAddr,
 }
 
 impl PhysMem {
@@ -25,7 +29,7 @@ impl PhysMem {
         // SAFETY: non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
         assert!(!base.is_null());
-        Self { base }
+        Self { base, l4: PhysAddr::zero() }
     }
     fn byte(&self, frame: PhysFrame, offset: usize) -> u8 {
         // SAFETY: every frame the buddy hands out lies inside the buffer.
@@ -43,23 +47,65 @@ impl Drop for PhysMem {
 fn no_flush(_: VirtAddr) {}
 
 fn with_stack(test: impl FnOnce(&PhysMem, &mut BuddyAllocator<'_>, &mut Vmm<'_, 64>)) {
-    let mem = PhysMem::new();
+    with_heap(HEAP_PAGES, |mem, frames, vmm| {
+        test(mem, frames, vmm);
+        vmm.check_invariants();
+        frames.check_invariants();
+    });
+}
+
+/// A buddy allocator over the simulated memory and a VMM whose heap range
+/// is `heap_pages` pages from `HEAP_START`.
+fn with_heap(heap_pages: u64, test: impl FnOnce(&PhysMem, &mut BuddyAllocator<'_>, &mut Vmm<'_, 64>)) {
+    let mut mem = PhysMem::new();
     let map = [MemoryRegion { start: PhysAddr::new(0), len: PHYS as u64, kind: MemoryKind::Usable }];
-    let mut meta = vec![MaybeUninit::uninit(); BuddyAllocator::metadata_len(&map)];
+    let mut meta = vec![MaybeUninit::uninit(); BuddyAllocator::metadata_len(&map).unwrap()];
     let first_page = [PhysRange::new(PhysAddr::new(0), 4096)];
     // SAFETY: the buffer is ours and unused.
     let mut frames = unsafe { BuddyAllocator::new(&map, &first_page, &mut meta) }.unwrap();
     let l4_frame = frames.allocate(0).unwrap();
+    mem.l4 = l4_frame.start_address();
     // SAFETY: the frame lies in the zeroed buffer and is used for nothing else.
     let l4 = unsafe { &mut *(mem.base.add(l4_frame.start_address().as_u64() as usize) as *mut PageTable) };
     // SAFETY: the tables live in `mem`, reachable at this offset.
     let mapper = unsafe { OffsetPageTable::new(l4, VirtAddr::from_ptr(mem.base)) };
     let start = Page::containing_address(VirtAddr::new(HEAP_START));
     // SAFETY: nothing else uses this address range; the tables are never loaded.
-    let mut vmm = unsafe { Vmm::<64>::new(mapper, Page::range(start, start + HEAP_PAGES), no_flush, true) };
+    let mut vmm = unsafe { Vmm::<64>::new(mapper, Page::range(start, start + heap_pages), no_flush, true) };
     test(&mem, &mut frames, &mut vmm);
-    vmm.check_invariants();
-    frames.check_invariants();
+}
+
+/// The four entries (L4, L3, L2, L1) on the way to `page`, read from the
+/// simulated physical memory, or `None` where the walk meets an entry that
+/// is not present.
+fn walk(mem: &PhysMem, page: Page) -> Option<[PageTableFlags; 4]> {
+    let indices = [page.p4_index(), page.p3_index(), page.p2_index(), page.p1_index()];
+    let mut table = mem.l4;
+    let mut path = [PageTableFlags::empty(); 4];
+    for (level, index) in indices.into_iter().enumerate() {
+        // SAFETY: `table` is a page-table frame inside the buffer: the L4
+        // frame, or the address of a present entry the VMM wrote.
+        let entry = &unsafe { &*(mem.base.add(table.as_u64() as usize) as *const PageTable) }[index];
+        if !entry.flags().contains(PageTableFlags::PRESENT) {
+            return None;
+        }
+        assert!(!entry.flags().contains(PageTableFlags::HUGE_PAGE), "the VMM maps 4 KiB pages only");
+        path[level] = entry.flags();
+        table = entry.addr();
+    }
+    Some(path)
+}
+
+/// What the CPU allows on a page whose walk met `path`: writes only if
+/// every level allows them, user access likewise, execution unless some
+/// level forbids it. `(writable, user, executable)`.
+fn effective(path: [PageTableFlags; 4]) -> (bool, bool, bool) {
+    let all = |f| path.iter().all(|e| e.contains(f));
+    (
+        all(PageTableFlags::WRITABLE),
+        all(PageTableFlags::USER_ACCESSIBLE),
+        !path.iter().any(|e| e.contains(PageTableFlags::NO_EXECUTE)),
+    )
 }
 
 #[test]
@@ -231,4 +277,733 @@ fn a_map_that_fails_on_a_page_table_frees_the_tables_it_built() {
         }
         assert_eq!(frames.free_frames(), free);
     });
+}
+
+#[test]
+fn protect_to_writable_makes_the_page_writable_at_every_level() {
+    with_stack(|mem, frames, vmm| {
+        // The first page mapped: the L3, L2 and L1 tables are created here,
+        // by a read-only map.
+        let r = vmm.reserve(1, PAGE_SIZE).unwrap();
+        vmm.map(r.start, 1, PageFlags::empty(), frames).unwrap();
+        assert_eq!(effective(walk(mem, r.start).unwrap()), (false, false, false));
+        vmm.protect(r.start, 1, PageFlags::WRITABLE).unwrap();
+        assert_eq!(vmm.lookup(r.start.start_address()), AddressInfo::Mapped { region: r, writable: true });
+        let path = walk(mem, r.start).unwrap();
+        for (level, flags) in ["L4", "L3", "L2"].into_iter().zip(path) {
+            assert!(flags.contains(PageTableFlags::WRITABLE), "{level} entry not writable: {flags:?}");
+            assert!(!flags.contains(PageTableFlags::NO_EXECUTE), "{level} entry no-execute: {flags:?}");
+            assert!(!flags.contains(PageTableFlags::USER_ACCESSIBLE), "{level} entry user: {flags:?}");
+        }
+        assert_eq!(effective(path), (true, false, false), "writable, kernel-only, no-execute");
+        vmm.protect(r.start, 1, PageFlags::WRITABLE | PageFlags::EXECUTABLE).unwrap();
+        assert_eq!(effective(walk(mem, r.start).unwrap()), (true, false, true));
+        vmm.protect(r.start, 1, PageFlags::empty()).unwrap();
+        assert_eq!(effective(walk(mem, r.start).unwrap()), (false, false, false));
+        vmm.release(r, frames).unwrap();
+        assert_eq!(walk(mem, r.start), None);
+    });
+}
+
+#[test]
+fn huge_page_counts_are_typed_errors_that_change_nothing() {
+    with_stack(|_, frames, vmm| {
+        let r = vmm.reserve(4, PAGE_SIZE).unwrap();
+        vmm.map(r.start, 2, PageFlags::WRITABLE, frames).unwrap();
+        let (free, stats) = (frames.free_frames(), vmm.stats());
+        for pages in
+            [u64::MAX, u64::MAX / PAGE_SIZE + 1, 1 << 52, (1 << 52) + 1, (1 << 40) + 1, 1 << 36, 5, 0]
+        {
+            for start in [r.start, r.start + 1, r.start + 3] {
+                let err = Err(PageError::NotReserved { start, pages });
+                assert_eq!(vmm.map(start, pages, PageFlags::WRITABLE, frames), err, "map {pages}");
+                assert_eq!(vmm.unmap(start, pages, frames), err, "unmap {pages}");
+                assert_eq!(vmm.protect(start, pages, PageFlags::empty()), err, "protect {pages}");
+                let bogus = strata::vmm::Region { start, pages };
+                assert_eq!(vmm.release(bogus, frames), err, "release {pages}");
+            }
+        }
+        assert_eq!((frames.free_frames(), vmm.stats()), (free, stats), "a failed call changed something");
+        assert_eq!(vmm.regions(), [r]);
+        vmm.release(r, frames).unwrap();
+    });
+}
+
+#[test]
+fn an_empty_heap_range_passes_its_invariants_and_reserves_nothing() {
+    with_heap(0, |_, frames, vmm| {
+        assert_eq!(
+            vmm.heap_range(),
+            PageRange { start: vmm.heap_range().start, end: vmm.heap_range().start }
+        );
+        vmm.check_invariants();
+        assert_eq!(vmm.reserve(1, PAGE_SIZE), Err(ReserveError::AddressSpaceExhausted { pages: 1 }));
+        assert_eq!(vmm.lookup(VirtAddr::new(HEAP_START)), AddressInfo::Outside);
+        vmm.check_invariants();
+        frames.check_invariants();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Property test: the VMM against a shadow model of regions, mapped pages and
+// their effective rights, read back from the page tables at all four levels.
+// ---------------------------------------------------------------------------
+
+/// A page count: a number, the pages a region has left from the start page,
+/// or the run of mapped pages from it (at least one).
+#[derive(Clone, Copy, Debug)]
+enum Count {
+    N(u64),
+    Rest,
+    Mapped,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Reserve {
+        pages: u64,
+        align: u64,
+    },
+    /// Pages of the `region`-th live region (modulo their number; the heap
+    /// start, in no region, when there is none) from page `offset`.
+    Map {
+        region: usize,
+        offset: u64,
+        count: Count,
+        flags: PageFlags,
+    },
+    Unmap {
+        region: usize,
+        offset: u64,
+        count: Count,
+    },
+    Protect {
+        region: usize,
+        offset: u64,
+        count: Count,
+        flags: PageFlags,
+    },
+    /// The `region`-th live region, or a bogus one: its start with `pages`.
+    Release {
+        region: usize,
+        pages: Option<u64>,
+    },
+}
+
+fn huge_count() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(u64::MAX),
+        Just(u64::MAX / PAGE_SIZE + 1),
+        Just(1 << 52),
+        Just((1 << 52) + 1),
+        Just((1 << 40) + 1),
+        Just(1 << 36),
+        Just(HEAP_PAGES),
+        Just(0),
+    ]
+}
+
+fn count() -> impl Strategy<Value = Count> {
+    prop_oneof![
+        6 => Just(Count::Rest),
+        4 => Just(Count::Mapped),
+        3 => (1..8u64).prop_map(Count::N),
+        1 => (8..600u64).prop_map(Count::N),
+        1 => huge_count().prop_map(Count::N),
+    ]
+}
+
+fn flags() -> impl Strategy<Value = PageFlags> {
+    (0..4u8).prop_map(PageFlags::from_bits_truncate)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let offset = prop_oneof![6 => Just(0u64), 3 => 0..8u64, 1 => 0..700u64];
+    prop_oneof![
+        2 => (
+            prop_oneof![6 => 1..16u64, 2 => 16..600u64, 2 => 3000..5000u64, 1 => huge_count()],
+            prop_oneof![
+                6 => Just(PAGE_SIZE),
+                3 => (12..=32u32).prop_map(|shift| 1u64 << shift),
+                1 => prop_oneof![Just(0), Just(3000), Just(PAGE_SIZE / 2), Just(1 << 63), Just(u64::MAX)],
+            ],
+        )
+            .prop_map(|(pages, align)| Op::Reserve { pages, align }),
+        4 => (any::<usize>(), offset.clone(), count(), flags())
+            .prop_map(|(region, offset, count, flags)| Op::Map { region, offset, count, flags }),
+        3 => (any::<usize>(), offset.clone(), count())
+            .prop_map(|(region, offset, count)| Op::Unmap { region, offset, count }),
+        3 => (any::<usize>(), offset, count(), flags())
+            .prop_map(|(region, offset, count, flags)| Op::Protect { region, offset, count, flags }),
+        1 => (any::<usize>(), proptest::option::weighted(0.3, prop_oneof![huge_count(), 1..8u64]))
+            .prop_map(|(region, pages)| Op::Release { region, pages }),
+    ]
+}
+
+/// What the VMM should hold: its regions and its mapped pages with their rights.
+#[derive(Default)]
+struct Shadow {
+    regions: Vec<strata::vmm::Region>,
+    mapped: std::collections::BTreeMap<Page, PageFlags>,
+}
+
+impl Shadow {
+    /// First fit with a guard page on both sides, computed without overflow.
+    fn reserve(&self, pages: u64, align: u64) -> Result<strata::vmm::Region, ReserveError> {
+        if pages == 0 || !align.is_power_of_two() || align < PAGE_SIZE {
+            return Err(ReserveError::InvalidRequest { pages, align });
+        }
+        if self.regions.len() == 64 {
+            return Err(ReserveError::TooManyRegions { capacity: 64 });
+        }
+        let (page, align, size) = (u128::from(PAGE_SIZE), u128::from(align), u128::from(pages) * 4096);
+        let heap_end = u128::from(HEAP_START) + u128::from(HEAP_PAGES) * page;
+        let mut low = u128::from(HEAP_START);
+        let gaps =
+            self.regions.iter().map(|r| u128::from(r.start.start_address().as_u64())).chain([heap_end]);
+        for (i, high) in gaps.enumerate() {
+            let start = (low + page).div_ceil(align) * align;
+            if start + size + page <= high {
+                let start = Page::containing_address(VirtAddr::new(start as u64));
+                return Ok(strata::vmm::Region { start, pages });
+            }
+            if let Some(r) = self.regions.get(i) {
+                low = u128::from(r.end().as_u64());
+            }
+        }
+        Err(ReserveError::AddressSpaceExhausted { pages })
+    }
+
+    /// The region holding `pages` pages (at least one) from `start`.
+    fn region_of(&self, start: Page, pages: u64) -> Result<usize, PageError> {
+        let at = start.start_address();
+        self.regions
+            .iter()
+            .position(|r| r.contains(at) && pages >= 1 && pages <= r.pages - (start - r.start))
+            .ok_or(PageError::NotReserved { start, pages })
+    }
+
+    fn pages(start: Page, pages: u64) -> impl Iterator<Item = Page> {
+        (0..pages).map(move |i| start + i)
+    }
+
+    /// Page-table frames (L3, L2, L1; the L4 is the test's) needed for `pages`.
+    fn tables<'a>(pages: impl Iterator<Item = &'a Page>) -> u64 {
+        let mut sets = [std::collections::BTreeSet::new(), Default::default(), Default::default()];
+        for page in pages {
+            let a = page.start_address().as_u64();
+            for (set, shift) in sets.iter_mut().zip([39, 30, 21]) {
+                set.insert(a >> shift);
+            }
+        }
+        sets.iter().map(|s| s.len() as u64).sum()
+    }
+}
+
+/// Every 4 KiB leaf reachable from the L4 table: page, frame, the four entries' flags.
+fn leaves(mem: &PhysMem) -> Vec<(Page, PhysAddr, [PageTableFlags; 4])> {
+    fn table(mem: &PhysMem, at: PhysAddr) -> &PageTable {
+        // SAFETY: page-table frames lie inside the buffer: the L4 frame or
+        // the address of a present entry the VMM wrote.
+        unsafe { &*(mem.base.add(at.as_u64() as usize) as *const PageTable) }
+    }
+    fn walk(
+        mem: &PhysMem,
+        at: PhysAddr,
+        level: usize,
+        indices: [u16; 4],
+        path: [PageTableFlags; 4],
+        out: &mut Vec<(Page, PhysAddr, [PageTableFlags; 4])>,
+    ) {
+        for (i, entry) in table(mem, at).iter().enumerate() {
+            if !entry.flags().contains(PageTableFlags::PRESENT) {
+                assert!(entry.is_unused(), "a non-present entry that is not empty");
+                continue;
+            }
+            assert!(!entry.flags().contains(PageTableFlags::HUGE_PAGE), "the VMM maps 4 KiB pages only");
+            let (mut indices, mut path) = (indices, path);
+            indices[level] = i as u16;
+            path[level] = entry.flags();
+            if level == 3 {
+                let [a, b, c, d] = indices.map(x86_64::structures::paging::PageTableIndex::new);
+                out.push((Page::from_page_table_indices(a, b, c, d), entry.addr(), path));
+            } else {
+                walk(mem, entry.addr(), level + 1, indices, path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(mem, mem.l4, 0, [0; 4], [PageTableFlags::empty(); 4], &mut out);
+    out
+}
+
+/// Replays `ops` on a fresh stack and on the shadow, comparing after every step.
+fn run_vmm_program(ops: &[Op]) {
+    with_stack(|mem, frames, vmm| {
+        let mut shadow = Shadow::default();
+        let free_at_start = frames.free_frames() as u64;
+        for (step, op) in ops.iter().enumerate() {
+            let nth = |region: usize| {
+                (!shadow.regions.is_empty()).then(|| shadow.regions[region % shadow.regions.len()])
+            };
+            let span = |region: usize, offset: u64, count: Count| {
+                let (start, left) = match nth(region) {
+                    Some(r) => (r.start + offset, r.pages.saturating_sub(offset)),
+                    None => (Page::containing_address(VirtAddr::new(HEAP_START)) + offset, 0),
+                };
+                (
+                    start,
+                    match count {
+                        Count::N(n) => n,
+                        Count::Rest => left,
+                        Count::Mapped => {
+                            (0..).take_while(|&i| shadow.mapped.contains_key(&(start + i))).count().max(1)
+                                as u64
+                        }
+                    },
+                )
+            };
+            match *op {
+                Op::Reserve { pages, align } => {
+                    let expected = shadow.reserve(pages, align);
+                    assert_eq!(vmm.reserve(pages, align), expected, "step {step}: {op:?}");
+                    if let Ok(r) = expected {
+                        let at = shadow.regions.partition_point(|o| o.start < r.start);
+                        shadow.regions.insert(at, r);
+                    }
+                }
+                Op::Map { region, offset, count, flags } => {
+                    let (start, pages) = span(region, offset, count);
+                    let expected = shadow.region_of(start, pages).and_then(|_| {
+                        if let Some(page) =
+                            Shadow::pages(start, pages).find(|p| shadow.mapped.contains_key(p))
+                        {
+                            return Err(PageError::AlreadyMapped { page });
+                        }
+                        let tables_now = Shadow::tables(shadow.mapped.keys());
+                        let new: Vec<Page> = Shadow::pages(start, pages).collect();
+                        let tables_then = Shadow::tables(shadow.mapped.keys().chain(&new));
+                        let needed = pages + tables_then - tables_now;
+                        if needed > frames.free_frames() as u64 {
+                            return Err(PageError::OutOfFrames);
+                        }
+                        Ok(new)
+                    });
+                    let actual = vmm.map(start, pages, flags, frames);
+                    assert_eq!(actual, expected.as_ref().map(drop).map_err(|e| *e), "step {step}: {op:?}");
+                    for page in expected.into_iter().flatten() {
+                        shadow.mapped.insert(page, flags);
+                    }
+                }
+                Op::Unmap { region, offset, count } | Op::Protect { region, offset, count, .. } => {
+                    let (start, pages) = span(region, offset, count);
+                    let expected = shadow.region_of(start, pages).and_then(|_| {
+                        match Shadow::pages(start, pages).find(|p| !shadow.mapped.contains_key(p)) {
+                            Some(page) => Err(PageError::NotMapped { page }),
+                            None => Ok(()),
+                        }
+                    });
+                    let actual = match *op {
+                        Op::Protect { flags, .. } => vmm.protect(start, pages, flags),
+                        _ => vmm.unmap(start, pages, frames),
+                    };
+                    assert_eq!(actual, expected, "step {step}: {op:?}");
+                    if expected.is_ok() {
+                        for page in Shadow::pages(start, pages) {
+                            match *op {
+                                Op::Protect { flags, .. } => shadow.mapped.insert(page, flags),
+                                _ => shadow.mapped.remove(&page),
+                            };
+                        }
+                    }
+                }
+                Op::Release { region, pages } => {
+                    let target = match (nth(region), pages) {
+                        (Some(r), None) => r,
+                        (Some(r), Some(pages)) => strata::vmm::Region { start: r.start, pages },
+                        (None, pages) => strata::vmm::Region {
+                            start: Page::containing_address(VirtAddr::new(HEAP_START)),
+                            pages: pages.unwrap_or(1),
+                        },
+                    };
+                    let expected = match shadow.regions.iter().position(|r| *r == target) {
+                        Some(i) => Ok(i),
+                        None => Err(PageError::NotReserved { start: target.start, pages: target.pages }),
+                    };
+                    assert_eq!(vmm.release(target, frames), expected.map(drop), "step {step}: {op:?}");
+                    if let Ok(i) = expected {
+                        shadow.regions.remove(i);
+                        shadow.mapped.retain(|p, _| !target.contains(p.start_address()));
+                    }
+                }
+            }
+            check_against_shadow(mem, frames, vmm, &shadow, free_at_start, step);
+        }
+        for r in shadow.regions.clone() {
+            vmm.release(r, frames).unwrap();
+        }
+        assert_eq!(frames.free_frames() as u64, free_at_start, "frames not all returned");
+        assert_eq!(vmm.stats().table_frames, 0);
+    });
+}
+
+fn check_against_shadow(
+    mem: &PhysMem,
+    frames: &BuddyAllocator<'_>,
+    vmm: &Vmm<'_, 64>,
+    shadow: &Shadow,
+    free_at_start: u64,
+    step: usize,
+) {
+    vmm.check_invariants();
+    frames.check_invariants();
+    assert_eq!(vmm.regions(), shadow.regions, "step {step}: regions");
+    let tables = Shadow::tables(shadow.mapped.keys());
+    let stats = vmm.stats();
+    assert_eq!(stats.regions, shadow.regions.len());
+    assert_eq!(stats.reserved_pages, shadow.regions.iter().map(|r| r.pages).sum::<u64>());
+    assert_eq!(stats.mapped_pages, shadow.mapped.len() as u64, "step {step}: mapped pages");
+    assert_eq!(stats.table_frames, tables, "step {step}: page-table frames");
+    assert_eq!(
+        frames.free_frames() as u64,
+        free_at_start - stats.mapped_pages - tables,
+        "step {step}: frames"
+    );
+    // Exactly the shadow's pages are mapped, each to its own allocated frame,
+    // with the rights the shadow gave it once all four levels are combined.
+    let leaves = leaves(mem);
+    assert_eq!(leaves.len(), shadow.mapped.len(), "step {step}: leaves in the page tables");
+    let mut seen = std::collections::HashSet::new();
+    for (page, frame, path) in leaves {
+        let flags = *shadow.mapped.get(&page).unwrap_or_else(|| panic!("step {step}: stray page {page:?}"));
+        let writable = flags.contains(PageFlags::WRITABLE);
+        let rights = (writable, false, flags.contains(PageFlags::EXECUTABLE));
+        assert_eq!(effective(path), rights, "step {step}: effective rights of {page:?}: {path:?}");
+        assert!(seen.insert(frame), "step {step}: two pages share a frame");
+        assert!(
+            frames.is_allocated(PhysFrame::containing_address(frame)),
+            "step {step}: frame not allocated"
+        );
+        assert_eq!(vmm.translate(page.start_address() + 5u64), Some(frame + 5u64));
+        let region = *shadow.regions.iter().find(|r| r.contains(page.start_address())).expect("in a region");
+        assert_eq!(vmm.lookup(page.start_address()), AddressInfo::Mapped { region, writable }, "step {step}");
+    }
+    for r in &shadow.regions {
+        let last = r.start + (r.pages - 1);
+        for page in [r.start, last] {
+            if !shadow.mapped.contains_key(&page) {
+                assert_eq!(vmm.lookup(page.start_address()), AddressInfo::Unmapped { region: *r });
+            }
+        }
+        assert!(matches!(vmm.lookup(r.end()), AddressInfo::Guard { after: Some(a), .. } if a == *r));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn vmm_matches_a_shadow_model_of_pages_and_effective_rights(ops in prop::collection::vec(op(), 1..60)) {
+        run_vmm_program(&ops);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Property test: random memory maps (unsorted, overlapping, unaligned, empty,
+// at and past the 52-bit limit and u64::MAX) against a model of the managed
+// frames. The documented rule: a frame is managed iff it lies wholly inside a
+// usable entry and overlaps no non-usable entry and no reserved range (an
+// empty range overlaps nothing); a corrupt map is the MemoryMapError that
+// `validate_map` documents, from every function taking a map.
+// ---------------------------------------------------------------------------
+
+const FRAME: u64 = strata::frame::FRAME_SIZE;
+const LIMIT: u64 = 1 << 52;
+const MIB: u64 = 1 << 20;
+/// Addresses are drawn in two windows of this size: from 0, and up to 2^52.
+const WINDOW: u64 = 32 * MIB;
+/// Largest span (in frames) built and compared frame by frame.
+const MODEL_FRAMES: u64 = 1 << 14;
+
+fn kind() -> impl Strategy<Value = MemoryKind> {
+    prop_oneof![
+        5 => Just(MemoryKind::Usable),
+        2 => Just(MemoryKind::Reserved),
+        1 => Just(MemoryKind::AcpiReclaimable),
+        1 => prop_oneof![Just(MemoryKind::AcpiNvs), Just(MemoryKind::Bad), any::<u32>().prop_map(MemoryKind::from_e820)],
+    ]
+}
+
+/// An address inside `[base, base + WINDOW)`: frame-aligned, next to a frame
+/// edge, or anywhere.
+fn near(base: u64) -> impl Strategy<Value = u64> {
+    let frames = WINDOW / FRAME;
+    prop_oneof![
+        (0..frames).prop_map(move |f| base + f * FRAME),
+        (0..frames, prop_oneof![Just(1), Just(FRAME / 2), Just(FRAME - 1)])
+            .prop_map(move |(f, d)| base + f * FRAME + d),
+        (0..WINDOW).prop_map(move |a| base + a),
+    ]
+}
+
+/// A start address a `PhysAddr` can hold: low, or just below 2^52.
+fn start() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => near(0),
+        2 => near(LIMIT - WINDOW),
+        1 => prop_oneof![Just(0), Just(LIMIT - FRAME), Just(LIMIT - 1), Just(LIMIT - 4 * MIB)],
+    ]
+}
+
+/// A length that keeps `[start, start + len)` inside 52 bits.
+fn valid_len(start: u64) -> impl Strategy<Value = u64> {
+    let room = LIMIT - start;
+    prop_oneof![
+        2 => Just(0),
+        6 => 0..=(8 * MIB).min(room),
+        4 => (1..=2048u64).prop_map(move |f| (f * FRAME).min(room)),
+        1 => Just(room),
+    ]
+}
+
+/// Any length: valid ones, and ends past 2^52, at u64::MAX and past it.
+fn any_len(start: u64) -> impl Strategy<Value = u64> {
+    let room = LIMIT - start;
+    prop_oneof![
+        8 => valid_len(start),
+        1 => (1..=2 * FRAME).prop_map(move |d| room + d),
+        1 => Just(u64::MAX - start),
+        1 => (1..=2 * FRAME).prop_map(move |d| (u64::MAX - start).saturating_add(d)),
+        1 => Just(u64::MAX),
+        1 => any::<u64>(),
+    ]
+}
+
+fn entry(len: fn(u64) -> BoxedStrategy<u64>) -> impl Strategy<Value = MemoryRegion> {
+    (start(), kind()).prop_flat_map(move |(start, kind)| {
+        len(start).prop_map(move |len| MemoryRegion { start: PhysAddr::new(start), len, kind })
+    })
+}
+
+/// A map of disjoint usable and non-usable runs over the window at `base`
+/// (valid by construction), with non-usable entries, empty entries and the
+/// odd entry of any kind, corrupt or far away, thrown over it; shuffled.
+fn mostly_valid_map(base: u64) -> impl Strategy<Value = Vec<MemoryRegion>> {
+    let runs = prop::collection::vec((near(base), kind()), 1..8).prop_map(|mut cuts| {
+        cuts.sort_by_key(|c| c.0);
+        cuts.windows(2)
+            .filter(|w| w[0].1 != MemoryKind::Reserved) // a hole in the map
+            .map(|w| MemoryRegion { start: PhysAddr::new(w[0].0), len: w[1].0 - w[0].0, kind: w[0].1 })
+            .collect::<Vec<_>>()
+    });
+    let blocker = entry(|s| valid_len(s).boxed()).prop_map(|mut e| {
+        if e.kind == MemoryKind::Usable {
+            e.kind = MemoryKind::Bad;
+        }
+        e
+    });
+    let empty = (start(), kind()).prop_map(|(start, kind)| MemoryRegion {
+        start: PhysAddr::new(start),
+        len: 0,
+        kind,
+    });
+    let odd = prop_oneof![entry(|s| any_len(s).boxed()), entry(|s| valid_len(s).boxed())];
+    (
+        runs,
+        prop::collection::vec(blocker, 0..4),
+        prop::collection::vec(empty, 0..3),
+        proptest::option::weighted(0.3, odd),
+    )
+        .prop_flat_map(|(mut map, blockers, empties, odd)| {
+            map.extend(blockers);
+            map.extend(empties);
+            map.extend(odd);
+            Just(map).prop_shuffle()
+        })
+}
+
+fn memory_map() -> impl Strategy<Value = Vec<MemoryRegion>> {
+    prop_oneof![
+        4 => mostly_valid_map(0),
+        1 => mostly_valid_map(LIMIT - WINDOW),
+        1 => prop::collection::vec(entry(|s| any_len(s).boxed()), 0..8),
+    ]
+}
+
+/// Reserved ranges: low or high, empty, and inverted (`end < start`, empty too).
+fn reserved_ranges() -> impl Strategy<Value = Vec<PhysRange>> {
+    let range = (
+        start(),
+        prop_oneof![3 => 0..=(2 * MIB), 1 => Just(0u64), 1 => (1..=64u64).prop_map(|f| f * FRAME)],
+        any::<bool>(),
+    )
+        .prop_map(|(start, len, inverted)| {
+            let end = start.saturating_add(len).min(LIMIT - 1);
+            let (start, end) = if inverted && end > start { (end, start) } else { (start, end) };
+            PhysRange { start: PhysAddr::new(start), end: PhysAddr::new(end) }
+        });
+    prop::collection::vec(range, 0..4)
+}
+
+fn bounds(r: &MemoryRegion) -> (u128, u128) {
+    (u128::from(r.start.as_u64()), u128::from(r.start.as_u64()) + u128::from(r.len))
+}
+
+/// The model of `validate_map`: the frame numbers `[base, end)` the metadata spans.
+fn model_span(map: &[MemoryRegion]) -> Result<(u64, u64), MemoryMapError> {
+    if let Some(region) = map.iter().find(|r| bounds(r).1 > u128::from(LIMIT)) {
+        return Err(MemoryMapError::EntryOverflows { region: *region });
+    }
+    let usable: Vec<&MemoryRegion> = map.iter().filter(|r| r.kind == MemoryKind::Usable).collect();
+    for (i, a) in usable.iter().enumerate() {
+        for b in &usable[i + 1..] {
+            let ((a0, a1), (b0, b1)) = (bounds(a), bounds(b));
+            if a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1 {
+                return Err(MemoryMapError::UsableOverlap { a: **a, b: **b });
+            }
+        }
+    }
+    let frames = usable.iter().map(|r| {
+        let (s, e) = bounds(r);
+        (s.div_ceil(u128::from(FRAME)) as u64, (e / u128::from(FRAME)) as u64)
+    });
+    let (lo, hi) =
+        frames.filter(|(f, e)| f < e).fold((u64::MAX, 0), |(lo, hi), (f, e)| (lo.min(f), hi.max(e)));
+    if lo >= hi {
+        return Err(MemoryMapError::NoUsableMemory);
+    }
+    let base = lo / 1024 * 1024;
+    if hi - base >= u64::from(u32::MAX) {
+        return Err(MemoryMapError::TooManyFrames { frames: hi - base });
+    }
+    Ok((base, hi))
+}
+
+/// The non-empty ranges nothing may be handed out from or placed in.
+fn blockers(map: &[MemoryRegion], reserved: &[PhysRange]) -> Vec<(u128, u128)> {
+    let unusable = map.iter().filter(|r| r.kind != MemoryKind::Usable).map(bounds);
+    let reserved = reserved.iter().map(|r| (u128::from(r.start.as_u64()), u128::from(r.end.as_u64())));
+    unusable.chain(reserved).filter(|(s, e)| s < e).collect()
+}
+
+/// The documented rule, frame by frame.
+fn model_managed(map: &[MemoryRegion], reserved: &[PhysRange], (base, end): (u64, u64)) -> Vec<u64> {
+    let blockers = blockers(map, reserved);
+    (base..end)
+        .map(|pfn| u128::from(pfn * FRAME))
+        .filter(|&a| {
+            let inside = map
+                .iter()
+                .filter(|r| r.kind == MemoryKind::Usable)
+                .map(bounds)
+                .any(|(s, e)| s <= a && a + 4096 <= e);
+            inside && !blockers.iter().any(|&(s, e)| s < a + 4096 && a < e)
+        })
+        .map(|a| a as u64)
+        .collect()
+}
+
+fn fits(map: &[MemoryRegion], blockers: &[(u128, u128)], start: u128, size: u64) -> bool {
+    let end = start + u128::from(size);
+    let inside =
+        map.iter().filter(|r| r.kind == MemoryKind::Usable).map(bounds).any(|(s, e)| s <= start && end <= e);
+    inside && (size == 0 || !blockers.iter().any(|&(s, e)| s < end && start < e))
+}
+
+fn check_memory_map(map: &[MemoryRegion], reserved: &[PhysRange], short: u64, size: u64, align: u64) {
+    let span = model_span(map);
+    assert_eq!(strata::frame::validate_map(map), span.map(drop));
+    assert_eq!(BuddyAllocator::metadata_len(map), span.map(|(base, end)| (end - base) as usize));
+
+    // find_free_range: the map's error, or a range that fits; and when every
+    // usable entry is low, None only if no aligned start fits.
+    let found = strata::frame::find_free_range(map, reserved, size, align);
+    match span {
+        Err(e) => assert_eq!(found, Err(e)),
+        Ok(_) => {
+            let blockers = blockers(map, reserved);
+            match found.unwrap() {
+                Some(at) => {
+                    assert_eq!(at.as_u64() % align, 0, "misaligned");
+                    assert!(
+                        fits(map, &blockers, u128::from(at.as_u64()), size),
+                        "{size:#x} at {at:?} does not fit"
+                    );
+                }
+                None => {
+                    // Try every aligned start when the usable entries lie close together.
+                    let usable = map.iter().filter(|r| r.kind == MemoryKind::Usable && r.len > 0).map(bounds);
+                    let (lo, hi) = usable.fold((u128::MAX, 0), |(lo, hi), (s, e)| (lo.min(s), hi.max(e)));
+                    if hi.saturating_sub(lo) <= u128::from(2 * WINDOW) && align >= FRAME {
+                        let align = u128::from(align);
+                        let free = (lo / align..=hi / align)
+                            .map(|i| i * align)
+                            .find(|&s| fits(map, &blockers, s, size));
+                        assert_eq!(free, None, "find_free_range missed {size:#x} bytes");
+                    }
+                }
+            }
+        }
+    }
+
+    // new: the model's error, or exactly the model's frames.
+    let (provided, expected) = match span {
+        Err(e) => (0, Err(e)),
+        Ok((base, end)) => {
+            let needed = end - base;
+            let provided = needed.saturating_sub(short).min(MODEL_FRAMES);
+            if provided < needed {
+                (
+                    provided,
+                    Err(MemoryMapError::MetadataTooSmall {
+                        needed: needed as usize,
+                        provided: provided as usize,
+                    }),
+                )
+            } else {
+                let frames = model_managed(map, reserved, (base, end));
+                (provided, if frames.is_empty() { Err(MemoryMapError::NoUsableMemory) } else { Ok(frames) })
+            }
+        }
+    };
+    let mut meta = vec![MaybeUninit::uninit(); provided as usize];
+    // SAFETY: the frames are synthetic; nothing ever touches them.
+    let built = unsafe { BuddyAllocator::new(map, reserved, &mut meta) };
+    let (mut buddy, frames) = match (built, expected) {
+        (Ok(buddy), Ok(frames)) => (buddy, frames),
+        (built, expected) => {
+            assert_eq!(built.map(drop).err(), expected.err(), "BuddyAllocator::new");
+            return;
+        }
+    };
+    buddy.check_invariants();
+    assert_eq!(buddy.managed_frames(), frames.len(), "managed frames");
+    assert_eq!(buddy.free_frames(), frames.len());
+    let mut handed = Vec::new();
+    while let Ok(frame) = buddy.allocate(0) {
+        handed.push(frame);
+    }
+    let mut addrs: Vec<u64> = handed.iter().map(|f| f.start_address().as_u64()).collect();
+    addrs.sort_unstable();
+    assert_eq!(addrs, frames, "the frames handed out are not the managed ones");
+    for frame in handed.iter().rev() {
+        buddy.deallocate(*frame, 0).unwrap();
+    }
+    buddy.check_invariants();
+    assert_eq!(buddy.free_frames(), frames.len());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn memory_maps_give_exactly_the_documented_frames_or_a_typed_error(
+        map in memory_map(),
+        reserved in reserved_ranges(),
+        short in prop_oneof![6 => Just(0u64), 1 => 1..64u64, 1 => Just(u64::MAX)],
+        size in prop_oneof![Just(0u64), 1..=(4 * MIB), (1..=1024u64).prop_map(|f| f * FRAME), 4 * MIB..=WINDOW],
+        align in prop_oneof![Just(1u64), (12..=21u32).prop_map(|s| 1u64 << s)],
+    ) {
+        check_memory_map(&map, &reserved, short, size, align);
+    }
 }

@@ -54,7 +54,7 @@ unsafe extern "C" {
 #[derive(Debug)]
 pub struct BootInfo {
     /// The PVH memory map (E820 entries), clipped to the identity-mapped
-    /// first 4 GiB (entries wholly above it are dropped).
+    /// first 4 GiB (entries wholly above it are dropped); see [`clip_entry`].
     pub memory_map: &'static [MemoryRegion],
     /// The kernel command line (QEMU's `-append`).
     pub cmdline: &'static str,
@@ -158,23 +158,21 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
     if entries > MAX_MAP_ENTRIES {
         return Err(BootError::TooManyEntries(si.memmap_entries));
     }
-    let (map, kept) = MAP.call_once(|| {
+    let (map, kept) = MAP.try_call_once(|| {
         let empty = MemoryRegion { start: PhysAddr::zero(), len: 0, kind: MemoryKind::Reserved };
         let mut map = [empty; MAX_MAP_ENTRIES];
         let mut kept = 0;
         for i in 0..entries {
             // SAFETY: the loader promises `memmap_entries` entries at `memmap_paddr`.
             let e = unsafe { &*((si.memmap_paddr as usize as *const HvmMemmapEntry).add(i)) };
-            let start = e.addr.min(IDENTITY_LIMIT);
-            let end = e.addr.saturating_add(e.size).min(IDENTITY_LIMIT);
-            if end > start {
-                let kind = MemoryKind::from_e820(e.kind);
-                map[kept] = MemoryRegion { start: PhysAddr::new(start), len: end - start, kind };
+            let clipped = clip_entry(e.addr, e.size, MemoryKind::from_e820(e.kind));
+            if let Some(region) = clipped.map_err(BootError::MemoryMap)? {
+                map[kept] = region;
                 kept += 1;
             }
         }
-        (map, kept)
-    });
+        Ok((map, kept))
+    })?;
     let map: &'static [MemoryRegion] = &map[..*kept];
     let (cmdline_buf, cmd_len) = CMDLINE.call_once(|| {
         let mut buf = [0; CMDLINE_MAX];
@@ -204,9 +202,10 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
         PhysRange::new(PhysAddr::new(si.cmdline_paddr), cmd_len as u64 + 1),
         PhysRange::new(PhysAddr::zero(), 0),
     ];
-    let meta_len = BuddyAllocator::metadata_len(map);
+    let meta_len = BuddyAllocator::metadata_len(map).map_err(BootError::MemoryMap)?;
     let meta_bytes = (meta_len * size_of::<FrameMeta>()) as u64;
     let meta_start = strata::frame::find_free_range(map, &reserved, meta_bytes, 4096)
+        .map_err(BootError::MemoryMap)?
         .ok_or(BootError::NoRoomForMetadata { bytes: meta_bytes })?;
     let frame_metadata = PhysRange::new(meta_start, meta_bytes);
     reserved[5] = frame_metadata;
@@ -251,6 +250,24 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
         heap,
         kernel_stack,
     }))
+}
+
+/// One PVH memory-map entry as the kernel keeps it: clipped to the
+/// identity-mapped first 4 GiB ([`IDENTITY_LIMIT`]), `None` when nothing of
+/// it lies below. An entry whose end lies past the 52-bit physical address
+/// space is corrupt and is an error ([`MemoryMapError::EntryOverflows`], as
+/// the frame allocator would report it), not clipped into plausible RAM; an
+/// entry that starts past 52 bits lies wholly above the limit and is dropped.
+pub fn clip_entry(addr: u64, size: u64, kind: MemoryKind) -> Result<Option<MemoryRegion>, MemoryMapError> {
+    if let Ok(start) = PhysAddr::try_new(addr) {
+        let region = MemoryRegion { start, len: size, kind };
+        if region.end().is_none() {
+            return Err(MemoryMapError::EntryOverflows { region });
+        }
+    }
+    let start = addr.min(IDENTITY_LIMIT);
+    let end = addr.saturating_add(size).min(IDENTITY_LIMIT);
+    Ok((end > start).then(|| MemoryRegion { start: PhysAddr::new(start), len: end - start, kind }))
 }
 
 /// Runs `f` with the VMM and the frame allocator locked (in that order).

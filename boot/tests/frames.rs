@@ -2,8 +2,10 @@
 #![no_std]
 #![no_main]
 
-use strata::frame::{AllocateError, DeallocateError, FRAME_SIZE, MAX_ORDER, MemoryKind};
-use strata_boot::memory::{boot_info, with_frames};
+use strata::frame::{
+    AllocateError, DeallocateError, FRAME_SIZE, MAX_ORDER, MemoryKind, MemoryMapError, MemoryRegion,
+};
+use strata_boot::memory::{IDENTITY_LIMIT, boot_info, clip_entry, with_frames};
 use strata_boot::{entry_point, kernel_test};
 use x86_64::PhysAddr;
 use x86_64::structures::paging::PhysFrame;
@@ -126,5 +128,27 @@ kernel_test! {
                 f.deallocate(b, order).unwrap();
             }
         });
+    }
+}
+
+kernel_test! {
+    fn corrupt_boot_map_entries_are_reported_not_clipped_into_ram() {
+        let region = |start, len| MemoryRegion { start: PhysAddr::new(start), len, kind: MemoryKind::Usable };
+        let usable = MemoryKind::Usable;
+        // An end past 52 bits, or past u64: the frame allocator's error, not
+        // usable RAM up to 4 GiB.
+        for (start, len) in [(1 << 40, u64::MAX - 100), (0, 1 << 60), (1 << 20, u64::MAX), (1 << 33, 1 << 52)] {
+            let err = MemoryMapError::EntryOverflows { region: region(start, len) };
+            assert_eq!(clip_entry(start, len, usable), Err(err), "[{start:#x}, +{len:#x})");
+        }
+        // Valid entries: clipped to the identity-mapped 4 GiB, or dropped.
+        assert_eq!(clip_entry(0, 1 << 52, usable), Ok(Some(region(0, IDENTITY_LIMIT))));
+        assert_eq!(clip_entry(3 << 30, 2 << 30, usable), Ok(Some(region(3 << 30, 1 << 30))));
+        assert_eq!(clip_entry(1 << 20, 1 << 20, usable), Ok(Some(region(1 << 20, 1 << 20))));
+        assert_eq!(clip_entry(5 << 30, 1 << 30, usable), Ok(None));
+        assert_eq!(clip_entry(4096, 0, usable), Ok(None));
+        assert_eq!(clip_entry(u64::MAX - 10, 100, usable), Ok(None), "starts past 52 bits: wholly above 4 GiB");
+        // The map the kernel kept passes the frame allocator's check.
+        assert_eq!(strata::frame::validate_map(boot_info().memory_map), Ok(()));
     }
 }

@@ -92,3 +92,25 @@ kernel_test! {
         });
     }
 }
+
+kernel_test! {
+    fn a_page_protected_writable_after_a_read_only_map_takes_writes() {
+        // Aligned to 512 GiB: the region has an L4 entry of its own, so the
+        // read-only map below creates the L3, L2 and L1 tables above it.
+        let r = with_memory(|vmm, frames| {
+            let r = vmm.reserve(1, 1 << 39).unwrap();
+            vmm.map(r.start, 1, PageFlags::empty(), frames).unwrap();
+            vmm.protect(r.start, 1, PageFlags::WRITABLE).unwrap();
+            assert_eq!(vmm.lookup(r.start.start_address()), AddressInfo::Mapped { region: r, writable: true });
+            r
+        });
+        let p = r.start.start_address().as_mut_ptr::<u64>();
+        // SAFETY: the page is mapped writable for this test alone (CR0.WP is
+        // set, so a write the page tables forbid faults and fails the test).
+        unsafe {
+            p.add(7).write_volatile(0x5712_a7a0);
+            assert_eq!(p.add(7).read_volatile(), 0x5712_a7a0);
+        }
+        with_memory(|vmm, frames| vmm.release(r, frames)).unwrap();
+    }
+}
