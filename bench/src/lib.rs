@@ -553,3 +553,31 @@ pub fn realloc_growth(peer: &Peer, _seed: u64, ops: usize) -> Outcome {
     }
     out
 }
+
+/// The fill sweep's workload: sizes uniform in `16..=max`, alignment 8,
+/// allocate until the first failure, and after each allocation free a
+/// random live block with probability 1/3. Reports the live bytes at the
+/// failure.
+pub fn uniform_fill(peer: &Peer, seed: u64, max: usize) -> Outcome {
+    let mut rng = Rng(seed);
+    let mut live: Vec<Block> = Vec::new();
+    let mut out = Outcome::default();
+    loop {
+        let layout = Layout::from_size_align(rng.range(16, max + 1), 8).unwrap();
+        let p = peer.alloc(layout);
+        out.ops += 1;
+        if p.is_null() {
+            out.failures = 1;
+            break;
+        }
+        live.push(Block { ptr: p, layout });
+        if rng.next_u64().is_multiple_of(3) {
+            let b = live.swap_remove(rng.range(0, live.len()));
+            // SAFETY: a live block of this peer.
+            unsafe { peer.dealloc(b.ptr, b.layout) };
+        }
+    }
+    out.live_bytes = live.iter().map(|b| b.layout.size()).sum();
+    free_all(peer, &mut live);
+    out
+}

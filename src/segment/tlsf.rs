@@ -667,13 +667,13 @@ impl Tlsf {
             let nh = head(n);
             let next_free = nh & IN_USE == 0;
             let nsize = if next_free { size_of_head(nh) } else { 0 };
-            let growing = need > have;
-            if need == have
-                || (!growing && !next_free && have - need < MIN_CHUNK)
-                || (growing && (!next_free || have + nsize < need))
-            {
-                // Nothing to give back, or no room to grow into.
-                return need <= have;
+            if need == have || (need < have && !next_free && have - need < MIN_CHUNK) {
+                // Nothing worth giving back.
+                return true;
+            }
+            if need > have && (!next_free || have + nsize < need) {
+                // No room to grow into.
+                return false;
             }
             if next_free {
                 self.unlink(n, nsize);
