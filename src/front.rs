@@ -220,6 +220,12 @@ pub struct FrontStats {
     /// Small requests served by layer 0 because layer +2 had no arena (nor a
     /// close fit to borrow).
     pub small_fallbacks: usize,
+    /// Small requests served by layer 0 because their class had no pool and
+    /// too few blocks to be worth one (an event counter: 0 without the
+    /// `stats` feature).
+    pub cold_blocks: usize,
+    /// Small blocks layer 0 holds now (cold classes and fallbacks).
+    pub small_in_layer_0: usize,
     /// Reallocations done in place (an event counter: 0 without the `stats`
     /// feature).
     pub realloc_in_place: usize,
@@ -347,6 +353,10 @@ pub struct Heap<S> {
     /// [`GROWING_THRESHOLD`]).
     growing: [(usize, u32); 4],
     growing_next: usize,
+    /// Small blocks served by layer 0, per size class.
+    small_in_layer_0: [u32; object::NUM_CLASSES],
+    /// Bytes of a class's blocks layer 0 serves before the class gets pools.
+    cold_limit: usize,
     #[cfg(feature = "debug")]
     debug: debug::DebugState,
 }
@@ -437,7 +447,9 @@ impl<S: PageSource> Heap<S> {
     /// [`Heap::new`] for a source whose window is known in advance (`const`,
     /// for statics).
     pub const fn new_in_window(source: S, window: (usize, usize)) -> Self {
-        Self::from_parts(source, window, Geometry::for_window(window.1), Config::for_window(window.1))
+        let geometry =
+            if S::COMMITTED { Geometry::for_region(window.1) } else { Geometry::for_window(window.1) };
+        Self::from_parts(source, window, geometry, Config::for_window(window.1))
     }
 
     /// The one constructor: a heap over `source` (whose window is `window`)
@@ -451,15 +463,27 @@ impl<S: PageSource> Heap<S> {
                 failed_allocations: 0,
                 refused_frees: 0,
                 small_fallbacks: 0,
+                cold_blocks: 0,
+                small_in_layer_0: 0,
                 realloc_in_place: 0,
                 realloc_moved: 0,
                 debug_violations: 0,
             },
             growing: [(0, 0); 4],
             growing_next: 0,
+            small_in_layer_0: [0; object::NUM_CLASSES],
+            cold_limit: geometry.pool_size(),
             #[cfg(feature = "debug")]
             debug: debug::DebugState::new(),
         }
+    }
+
+    /// Sets how many bytes of a size class's blocks layer 0 serves before
+    /// the class gets pools of layer +2: one pool's worth by default, so
+    /// that a class with few blocks costs no pool; 0 serves every small
+    /// request from pools at once, as CPython does.
+    pub fn set_cold_limit(&mut self, bytes: usize) {
+        self.cold_limit = bytes;
     }
 
     /// The page source.
@@ -481,23 +505,73 @@ impl<S: PageSource> Heap<S> {
     /// Allocates a block for `layout`.
     #[inline]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        let mut layout = layout;
         if self.is_small(layout) {
-            let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
-            match self.object.allocate(layout.size(), layout.align(), &mut pages) {
-                Ok(p) => return Ok(p),
-                Err(_) => {
-                    if let Some(p) = self.borrow_close_fit(layout) {
-                        return Ok(p);
-                    }
-                    self.stats.small_fallbacks += 1;
-                    layout = self.layer_0_layout(layout);
-                }
+            if let Some(p) = self.object.allocate_from_pools(layout.size(), layout.align()) {
+                return Ok(p);
             }
+            return self.allocate_small(layout);
         }
         match self.segment.allocate(layout, &mut self.source) {
             Ok(p) => Ok(p),
             Err(e) => self.allocate_when_exhausted(layout, e),
+        }
+    }
+
+    /// A small request whose class has no pool with a free block. A class
+    /// with no pool at all stays in layer 0 until its blocks there would
+    /// fill a pool ([`set_cold_limit`](Self::set_cold_limit),
+    /// [`FrontStats::cold_blocks`]): a pool per class is what pymalloc's
+    /// speed costs in memory, paid for the classes in demand. Otherwise a
+    /// new pool; failing that, the out-of-memory resorts (see the module
+    /// docs).
+    #[cold]
+    fn allocate_small(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let class = self.class_of(layout);
+        let in_layer_0 = self.layer_0_layout(layout);
+        let cold = self.object.pools_in_use(layout.size(), layout.align()) == 0
+            && (self.small_in_layer_0[class] as usize + 1) * in_layer_0.size() <= self.cold_limit;
+        let result = match cold.then(|| self.segment.allocate(in_layer_0, &mut self.source)) {
+            Some(Ok(p)) => {
+                stat!(self.stats.cold_blocks += 1);
+                Ok(p)
+            }
+            _ => {
+                let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+                match self.object.allocate_new_pool(layout.size(), layout.align(), &mut pages) {
+                    Ok(p) => return Ok(p),
+                    Err(_) => match self.borrow_close_fit(layout) {
+                        Some(p) => return Ok(p),
+                        None => {
+                            self.stats.small_fallbacks += 1;
+                            match self.segment.allocate(in_layer_0, &mut self.source) {
+                                Ok(p) => Ok(p),
+                                Err(e) => self.allocate_when_exhausted(in_layer_0, e),
+                            }
+                        }
+                    },
+                }
+            }
+        };
+        if let Ok(p) = result
+            && !self.object.owns(p.as_ptr())
+        {
+            self.small_in_layer_0[class] += 1;
+        }
+        result
+    }
+
+    /// The size class of a small `layout`.
+    #[inline]
+    fn class_of(&self, layout: Layout) -> usize {
+        object::size_class(layout.size(), layout.align(), self.object.geometry().class_shift)
+    }
+
+    /// Counts a small block of layer 0 coming (`true`) or going.
+    #[inline]
+    fn note_small_in_layer_0(&mut self, layout: Layout, coming: bool) {
+        if self.is_small(layout) {
+            let n = &mut self.small_in_layer_0[self.class_of(layout)];
+            *n = if coming { *n + 1 } else { n.saturating_sub(1) };
         }
     }
 
@@ -577,9 +651,12 @@ impl<S: PageSource> Heap<S> {
             unsafe { self.object.deallocate(ptr, &mut pages) };
             return Ok(());
         }
-        let layout = self.layer_0_layout(layout);
         // SAFETY: forwarded contract; layer 0 refuses what it does not own.
-        unsafe { self.segment.deallocate(ptr, layout, &mut self.source) }
+        let result = unsafe { self.segment.deallocate(ptr, self.layer_0_layout(layout), &mut self.source) };
+        if result.is_ok() {
+            self.note_small_in_layer_0(layout, false);
+        }
+        result
     }
 
     /// Resizes a block to `new_size` bytes (same alignment), in place when it
@@ -624,9 +701,21 @@ impl<S: PageSource> Heap<S> {
             // block in use.
             unsafe { self.segment.resize_in_place(ptr, old, new.size()) }.map_err(AllocError::Refused)?
         };
+        let keep = layout.size().min(new_size);
+        let backward = if in_place || self.object.owns(ptr.as_ptr()) {
+            None
+        } else {
+            let (old, new) = (self.layer_0_layout(layout), self.layer_0_layout(new_layout));
+            // SAFETY: a layer 0 block, checked by `resize_in_place` above;
+            // `keep` fits both sizes.
+            unsafe { self.segment.grow_backward(ptr, old, new.size(), keep) }
+        };
         let new = if in_place {
             stat!(self.stats.realloc_in_place += 1);
             ptr
+        } else if let Some(moved) = backward {
+            stat!(self.stats.realloc_moved += 1);
+            moved
         } else if streak >= PROMOTING_STREAK {
             self.segment.allocate_growable(new_layout, &mut self.source).map_err(AllocError::Segment)?
         } else {
@@ -640,14 +729,18 @@ impl<S: PageSource> Heap<S> {
             });
             self.growing[slot] = (new.as_ptr() as usize, streak);
         }
-        if in_place {
-            return Ok(ptr);
+        if in_place || backward.is_some() {
+            if !self.object.owns(ptr.as_ptr()) {
+                self.note_small_in_layer_0(layout, false);
+                self.note_small_in_layer_0(new_layout, true);
+            }
+            return Ok(new);
         }
         // SAFETY: both blocks are live, distinct, and at least this long;
         // the old one was checked above (or is a +2 block, which frees by
         // ownership).
         let freed = unsafe {
-            ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
+            ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), keep);
             self.deallocate(ptr, layout)
         };
         debug_assert!(freed.is_ok(), "a block checked for realloc was refused: {freed:?}");
@@ -672,7 +765,10 @@ impl<S: PageSource> Heap<S> {
     /// Counters of every layer.
     pub fn stats(&self) -> HeapStats {
         HeapStats {
-            front: self.stats,
+            front: FrontStats {
+                small_in_layer_0: self.small_in_layer_0.iter().map(|&n| n as usize).sum(),
+                ..self.stats
+            },
             arenas: self.object.counters(),
             geometry: self.object.geometry(),
             segments: self.segment.stats(),
@@ -1096,13 +1192,18 @@ mod tests {
         let mut heap = Heap::new(source);
         let layout = Layout::from_size_align(100, 8).unwrap();
         let p = heap.allocate(layout).unwrap();
+        // A block right after it, so that growing it moves it.
+        let fence = heap.allocate(layout).unwrap();
         // SAFETY: a live block of this heap with `layout`.
         let p = unsafe { heap.reallocate(p, layout, 104) }.unwrap();
         let layout = Layout::from_size_align(104, 8).unwrap();
         // SAFETY: as above.
         let q = unsafe { heap.reallocate(p, layout, 2000) }.unwrap();
-        // SAFETY: as above, with the new size.
-        unsafe { heap.deallocate(q, Layout::from_size_align(2000, 8).unwrap()) }.unwrap();
+        // SAFETY: live blocks with their current layouts.
+        unsafe {
+            heap.deallocate(q, Layout::from_size_align(2000, 8).unwrap()).unwrap();
+            heap.deallocate(fence, Layout::from_size_align(100, 8).unwrap()).unwrap();
+        }
         let s = heap.stats();
         let expected = if cfg!(feature = "stats") { (1, 1) } else { (0, 0) };
         assert_eq!((s.front.realloc_in_place, s.front.realloc_moved), expected);

@@ -24,7 +24,7 @@
 //! the unit in which pages are taken and given back.
 //!
 //! **Two kinds of page source.** A source whose memory is already there
-//! ([`PageSource::committed`], e.g. a [`RegionSource`](crate::RegionSource)
+//! ([`PageSource::COMMITTED`], e.g. a [`RegionSource`](crate::RegionSource)
 //! over a static region) is taken whole, as one span, the first time
 //! memory is needed: free space never splits between two allocators, and
 //! layer +2 takes its arenas from this layer as aligned blocks. A source that
@@ -62,7 +62,7 @@ use crate::source::{PAGE_SIZE, PageSource, PagesError};
 use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
 
 /// Windows smaller than this are served by first fit over the whole window.
-pub const FIRST_FIT_LIMIT: usize = 256 << 10;
+pub const FIRST_FIT_LIMIT: usize = 1 << 20;
 
 /// The default [`Config::large_threshold`]: glibc's default mmap threshold.
 pub const LARGE_THRESHOLD: usize = 128 << 10;
@@ -82,7 +82,7 @@ pub struct Config {
     /// (`linked_list_allocator`) instead of TLSF.
     pub first_fit: bool,
     /// Smallest span asked of a page source that is not
-    /// [committed](PageSource::committed).
+    /// [committed](PageSource::COMMITTED).
     pub span_min: usize,
     /// From a page source that is not committed, requests of this many
     /// bytes or more (aligned to at most 16) get a span of their own, given
@@ -378,12 +378,12 @@ impl SegmentAllocator {
 
     /// Decides, on first use, how the source is managed: whole or by spans,
     /// first fit or TLSF. Takes the whole window of a committed source.
-    fn prepare(&mut self, source: &mut impl PageSource) {
+    fn prepare<S: PageSource>(&mut self, source: &mut S) {
         if self.engine != Engine::Unset {
             return;
         }
         self.engine = if self.config.first_fit { Engine::FirstFit } else { Engine::Tlsf };
-        self.whole = source.committed();
+        self.whole = S::COMMITTED;
         if self.whole && self.take_window(source) {
             return;
         }
@@ -732,6 +732,32 @@ impl SegmentAllocator {
             }
             _ => Err(DeallocateError::NotOwned { ptr: ptr.as_ptr() as usize }),
         }
+    }
+
+    /// When the block at `ptr` (allocated with `layout`) cannot grow in
+    /// place to `new_size` bytes: grows it into the free chunk before it
+    /// (and after it), moving its first `keep` bytes down, so that a growing
+    /// block reuses its free neighbours before taking memory elsewhere.
+    /// Returns the new address, or `None` (nothing changed) when the
+    /// neighbours are too small or the block is aligned above 16.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a block of this allocator with `layout`, checked by a
+    /// [`resize_in_place`](Self::resize_in_place) that returned `Ok`, and
+    /// `keep` at most `layout.size()` and `new_size`.
+    pub unsafe fn grow_backward(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+        keep: usize,
+    ) -> Option<NonNull<u8>> {
+        if self.engine != Engine::Tlsf || layout.align() > GRANULE {
+            return None;
+        }
+        // SAFETY: the caller's promise: a checked block in use.
+        unsafe { self.tlsf.grow_backward(ptr, new_size, keep) }
     }
 
     /// Gives every wholly free span back: the spare, or a committed

@@ -97,13 +97,14 @@ pub unsafe trait PageSource {
     /// Whether the whole window is memory that is already there (a static
     /// region, or a reservation the OS commits lazily), so that taking all
     /// of it costs nothing: layer 0 then takes the whole window as one span
-    /// on first use and manages it itself, layer +2's arenas included.
+    /// on first use and manages it itself, layer +2's arenas included, and
+    /// the heap's geometry is chosen for that ([`Geometry::for_region`]).
     /// `false` (the default) for sources that map pages when asked, such as
     /// the kernel's VMM: layer 0 then takes spans as it needs them and gives
     /// wholly free ones back.
-    fn committed(&self) -> bool {
-        false
-    }
+    ///
+    /// [`Geometry::for_region`]: crate::object::Geometry::for_region
+    const COMMITTED: bool = false;
 }
 
 fn check_request(size: usize, align: usize, granule: usize) -> Result<Layout, PagesError> {
@@ -121,7 +122,7 @@ fn check_request(size: usize, align: usize, granule: usize) -> Result<Layout, Pa
 /// so the source needs no memory of its own; allocation is first fit and
 /// every operation is O(free runs). Its granularity is [`REGION_GRANULE`],
 /// not a page: the region is used to its last 16 bytes. It is
-/// [committed](PageSource::committed): a heap over it takes the whole region
+/// [committed](PageSource::COMMITTED): a heap over it takes the whole region
 /// at once and the list holds at most one run.
 pub struct RegionSource {
     /// The first free run, or null.
@@ -298,9 +299,7 @@ unsafe impl PageSource for RegionSource {
         Err(PagesError::Exhausted { size, align })
     }
 
-    fn committed(&self) -> bool {
-        true
-    }
+    const COMMITTED: bool = true;
 
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
         let addr = ptr.as_ptr() as usize;

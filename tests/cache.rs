@@ -7,7 +7,7 @@ use strata::{LockedHeap, ObjectCache};
 
 fn heap() -> &'static LockedHeap {
     let heap = Box::leak(Box::new(LockedHeap::empty()));
-    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 4 << 20].into_boxed_slice()));
+    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 32 << 20].into_boxed_slice()));
     heap
 }
 
@@ -18,8 +18,12 @@ struct Task {
     priority: i32,
 }
 
+/// Small blocks in use, in layer +2's pools or (for classes not yet worth a
+/// pool) in layer 0.
 fn blocks_in_use(heap: &LockedHeap) -> usize {
-    heap.with(|h| h.class_stats().iter().map(|c| c.blocks_in_use).sum())
+    heap.with(|h| {
+        h.class_stats().iter().map(|c| c.blocks_in_use).sum::<usize>() + h.stats().front.small_in_layer_0
+    })
 }
 
 #[test]

@@ -84,7 +84,8 @@ fn an_overflow_is_caught_on_free_with_the_byte_and_its_offset() {
     assert_eq!(v.address, p as usize);
     assert_eq!(v.requested_size, Some(24));
     assert_eq!(v.serial, Some(serial));
-    assert_eq!(v.owner, Some(Layer::Object));
+    // A 4 MiB heap has no layer +2 (it starts at 16 MiB): layer 0 holds it.
+    assert_eq!(v.owner, Some(Layer::Segment));
     assert_eq!(v.allocated_by, Some(Domain::HEAP));
     assert_eq!(v.bad_bytes(), &[BadByte { offset: 24, value: 0x41 }, BadByte { offset: 26, value: 0x42 }]);
     assert_eq!((v.data_len, v.first, v.last), (8, [0x41; 8], [0x41; 8]));
@@ -94,7 +95,7 @@ fn an_overflow_is_caught_on_free_with_the_byte_and_its_offset() {
         &format!("p={:#x}", p as usize),
         "24 bytes originally requested",
         "call #2 to debug malloc/realloc",
-        "layer +2",
+        "layer 0",
         "at p+24: 0x41 *** OUCH",
         "at p+26: 0x42 *** OUCH",
         "Data at p: 41 41 41 41 41 41 41 41 ... 41 41",

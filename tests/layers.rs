@@ -302,6 +302,7 @@ fn blocks_grow_and_shrink_in_place_when_the_next_chunk_is_free() {
 fn the_front_door_routes_by_size_alignment_and_ownership() {
     let region = Region::new(16 << 20);
     let mut heap = Heap::new(region.source());
+    heap.set_cold_limit(0);
     let small = heap.allocate(layout(SMALL_REQUEST_THRESHOLD, 16)).unwrap();
     let over = heap.allocate(layout(SMALL_REQUEST_THRESHOLD + 1, 16)).unwrap();
     let aligned = heap.allocate(layout(64, 64)).unwrap();
@@ -324,6 +325,34 @@ fn the_front_door_routes_by_size_alignment_and_ownership() {
         heap.deallocate(aligned, layout(64, 64)).unwrap();
         heap.deallocate(zero, layout(0, 1)).unwrap();
     }
+    heap.check_invariants();
+}
+
+#[test]
+fn a_size_class_is_served_by_layer_0_until_it_is_worth_a_pool() {
+    let region = Region::new(32 << 20);
+    let mut heap = Heap::new(region.source());
+    let pool = heap.stats().geometry.pool_size();
+    let l = layout(200, 8);
+    // The first pool's worth of 200-byte blocks (a 200-byte class) comes
+    // from layer 0; the next one opens a pool.
+    let cold: Vec<_> = (0..pool / 200).map(|_| heap.allocate(l).unwrap()).collect();
+    assert!(cold.iter().all(|p| heap.owner(p.as_ptr()) == Some(Layer::Segment)));
+    assert_eq!(heap.stats().front.small_in_layer_0, cold.len());
+    let hot = heap.allocate(l).unwrap();
+    assert_eq!(heap.owner(hot.as_ptr()), Some(Layer::Object), "the class is worth a pool now");
+    // Another class is still cold.
+    let other = heap.allocate(layout(24, 8)).unwrap();
+    assert_eq!(heap.owner(other.as_ptr()), Some(Layer::Segment));
+    // SAFETY: live blocks with their layouts.
+    unsafe {
+        heap.deallocate(other, layout(24, 8)).unwrap();
+        heap.deallocate(hot, l).unwrap();
+        for p in cold {
+            heap.deallocate(p, l).unwrap();
+        }
+    }
+    assert_eq!(heap.stats().front.small_in_layer_0, 0);
     heap.check_invariants();
 }
 
@@ -357,6 +386,7 @@ fn the_report_balances_and_names_every_layer() {
 fn realloc_stays_in_place_only_when_the_block_still_fits() {
     let region = Region::new(16 << 20);
     let mut heap = Heap::new(region.source());
+    heap.set_cold_limit(0);
     let p = heap.allocate(layout(100, 8)).unwrap(); // class of 104 bytes
     // SAFETY: live block; each call passes the current layout.
     unsafe {
@@ -487,6 +517,7 @@ fn small_requests_fall_back_to_layer_0_when_no_arena_fits() {
     let geometry = Geometry { arena_shift: 13, pool_shift: 11, class_shift: 4, threshold: 256 };
     let config = Config { first_fit: false, span_min: 4096, large_threshold: usize::MAX };
     let mut heap = Heap::with_geometry(region.mapped(), geometry, config);
+    heap.set_cold_limit(0);
     // Take most pages with layer 0 blocks, so no 8 KiB arena fits any more.
     let mut big = Vec::new();
     while let Ok(p) = heap.allocate(layout(3000, 8)) {
@@ -521,6 +552,7 @@ fn without_arenas_small_requests_borrow_a_close_fit_then_use_layer_0_then_borrow
     let geometry = Geometry { arena_shift: 13, pool_shift: 11, class_shift: 3, threshold: 256 };
     let config = Config { first_fit: false, span_min: 4096, large_threshold: usize::MAX };
     let mut heap = Heap::with_geometry(region.mapped(), geometry, config);
+    heap.set_cold_limit(0);
     // One arena, its four pools taken by four classes: 72 bytes and three
     // large ones.
     let mut blocks = vec![(heap.allocate(layout(72, 8)).unwrap(), layout(72, 8))];

@@ -12,13 +12,18 @@ use strata::front::thread_cache::DEPTH;
 
 fn heap() -> &'static LockedHeap {
     let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
-    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 16 << 20].into_boxed_slice()));
+    // Large enough for layer +2 (from 16 MiB), whose classes thread caches serve.
+    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 32 << 20].into_boxed_slice()));
     heap.enable_thread_caches();
     heap
 }
 
+/// Small blocks in use as far as the heap knows: in layer +2's pools, and
+/// in layer 0 (the first blocks of a class, until it is worth a pool).
 fn in_use(heap: &LockedHeap) -> usize {
-    heap.with(|h| h.class_stats().iter().map(|c| c.blocks_in_use).sum())
+    heap.with(|h| {
+        h.class_stats().iter().map(|c| c.blocks_in_use).sum::<usize>() + h.stats().front.small_in_layer_0
+    })
 }
 
 #[test]
@@ -58,6 +63,8 @@ fn a_block_shrunk_in_place_never_serves_a_16_aligned_request_misaligned() {
     );
     // SAFETY: blocks of this heap, each with its current layout, freed once.
     unsafe {
+        // Enough blocks of the class for it to be served from pools.
+        let warm: Vec<*mut u8> = (0..400).map(|_| heap.alloc(big)).collect();
         // 104-byte blocks alternate between 16- and 8-aligned addresses;
         // shrunk to 60 bytes they stay where they are, and 60 bytes aligned
         // to 8 share a class with 60 bytes aligned to 16.
@@ -72,6 +79,9 @@ fn a_block_shrunk_in_place_never_serves_a_16_aligned_request_misaligned() {
         for &p in &taken {
             assert!((p as usize).is_multiple_of(16), "{p:p} is not 16-aligned");
             heap.dealloc(p, aligned);
+        }
+        for p in warm {
+            heap.dealloc(p, big);
         }
     }
 }

@@ -60,7 +60,7 @@ kernel_test! {
         expect_panic_containing(&[
             "bad trailing guard byte (buffer overflow)",
             "24 bytes originally requested",
-            "in memory of layer +2",
+            "in memory of layer",
             "at p+24: 0x41 *** OUCH",
             "Data at p: 41 41 41 41 41 41 41 41 ... 41",
         ]);

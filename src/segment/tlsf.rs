@@ -73,7 +73,7 @@ const _: () = assert!(FLAGS < GRANULE);
 const LINEAR: usize = 32;
 const LINEAR_SHIFT: u32 = LINEAR.trailing_zeros();
 /// Lists per power of two above that.
-const SL_SHIFT: u32 = 3;
+const SL_SHIFT: u32 = 4;
 const SL: usize = 1 << SL_SHIFT;
 /// Address bits a chunk size can use (user-space and kernel halves of
 /// x86_64 are 47 bits each; a 32-bit address space is all of it).
@@ -684,6 +684,59 @@ impl Tlsf {
             }
             self.use_chunk(c, have + nsize, need);
             true
+        }
+    }
+
+    /// Grows block `payload` to serve `size` bytes into the free chunk
+    /// before it (and the one after it, if free), moving its first `keep`
+    /// bytes down to the new start: what realloc does when the block cannot
+    /// grow forward, before it takes memory elsewhere. Returns the new
+    /// payload, or `None` (nothing changed) when the neighbours are too
+    /// small.
+    ///
+    /// # Safety
+    ///
+    /// `payload` must be a block in use of this engine, aligned to what its
+    /// owner needs at most [`GRANULE`], with `keep` at most its usable size.
+    pub unsafe fn grow_backward(
+        &mut self,
+        payload: NonNull<u8>,
+        size: usize,
+        keep: usize,
+    ) -> Option<NonNull<u8>> {
+        let need = chunk_size(size)?;
+        // SAFETY: the caller's promise: `c` is a chunk in use, and its free
+        // neighbours (if any) are chunks of the same span with valid
+        // headers, footers and links. The data moves before any header is
+        // written over it: the previous chunk's header lies below the old
+        // payload, the next chunk's above its end, and the rest split off
+        // lies above the moved data (`need >= keep + WORD`).
+        unsafe {
+            let c = payload.as_ptr().sub(2 * WORD);
+            let h = head(c);
+            if h & PREV_IN_USE != 0 {
+                return None;
+            }
+            let have = size_of_head(h);
+            let psize = c.cast::<usize>().read();
+            let p = c.sub(psize);
+            let n = c.add(have);
+            let nh = head(n);
+            let nsize = if nh & IN_USE == 0 { size_of_head(nh) } else { 0 };
+            let total = psize + have + nsize;
+            if total < need {
+                return None;
+            }
+            self.unlink(p, psize);
+            if nsize > 0 {
+                self.unlink(n, nsize);
+            } else {
+                set_head(n, nh & !PREV_IN_USE);
+            }
+            let moved = p.add(2 * WORD);
+            ptr::copy(payload.as_ptr(), moved, keep);
+            set_head(p, total | (head(p) & (PREV_IN_USE | FIRST)));
+            Some(self.use_chunk(p, total, need))
         }
     }
 

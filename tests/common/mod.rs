@@ -61,7 +61,7 @@ impl Rng {
 }
 
 /// A page source like the kernel's VMM, over an ordinary region: pages of
-/// 4 KiB, and not [committed](strata::PageSource::committed), so layer 0
+/// 4 KiB, and not [committed](strata::PageSource::COMMITTED), so layer 0
 /// takes spans as it needs them and gives wholly free ones back.
 pub struct Mapped(pub RegionSource);
 

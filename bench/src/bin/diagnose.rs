@@ -84,7 +84,8 @@ fn main() {
     let seg: Vec<_> = live.iter().filter(|b| heap.owner(b.ptr) == Some(strata::Layer::Segment)).collect();
     let seg_req: usize = seg.iter().map(|b| b.layout.size()).sum();
     let seg_16: usize = seg.iter().map(|b| b.layout.size().next_multiple_of(16)).sum();
-    let arena_bytes_in_layer0 = if heap.source().committed() { arena_bytes } else { 0 };
+    let arena_bytes_in_layer0 =
+        if <strata::RegionSource as strata::PageSource>::COMMITTED { arena_bytes } else { 0 };
     println!(
         "  layer 0 holds {} live blocks: requested {:.2} %, rounded to 16 {:.2} %, so {:.1} B per block beyond the request",
         seg.len(),

@@ -1,6 +1,6 @@
 //! The fill sweep (`make bench`): how much of a region each allocator hands
 //! out before its first failure, at every region size from 64 KiB to 64 MiB
-//! and for five workloads, mean of five seeds, strata against
+//! and for five workloads, mean of ten seeds, strata against
 //! linked_list_allocator, talc and rlsf in the same run.
 //!
 //! Prints a Markdown table (one row per region and workload; the best peer
@@ -16,9 +16,21 @@ use std::time::Instant;
 
 use strata_bench::{Outcome, Peer, Region, cpython_fill, make_peer, talc_fill, uniform_fill};
 
-const SEEDS: [u64; 5] = [0x5eed_0001, 0x5eed_0002, 0x5eed_0003, 0x5eed_0004, 0x5eed_0005];
+const SEEDS: [u64; 10] = [
+    0x5eed_0001,
+    0x5eed_0002,
+    0x5eed_0003,
+    0x5eed_0004,
+    0x5eed_0005,
+    0x5eed_0006,
+    0x5eed_0007,
+    0x5eed_0008,
+    0x5eed_0009,
+    0x5eed_000a,
+];
 const REGIONS: [usize; 6] = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
-const WORKLOADS: [&str; 5] = ["uniform ≤ 512 B", "uniform ≤ 4 KiB", "uniform ≤ 64 KiB", "talc-fill", "cpython-fill"];
+const WORKLOADS: [&str; 5] =
+    ["uniform ≤ 512 B", "uniform ≤ 4 KiB", "uniform ≤ 64 KiB", "talc-fill", "cpython-fill"];
 const PEERS: [&str; 4] = ["strata", "linked_list_allocator", "talc", "rlsf"];
 
 fn run(peer: &Peer, workload: &str, seed: u64) -> Outcome {
@@ -33,9 +45,10 @@ fn run(peer: &Peer, workload: &str, seed: u64) -> Outcome {
 }
 
 /// Whether linked_list_allocator's O(holes) walks make this cell take
-/// minutes (blocks of at most 4 KiB on regions from 16 MiB).
+/// a minute or more (measured: 67 s for five seeds of blocks up to 512
+/// bytes on 16 MiB, 16 times that on 64 MiB; 0.8 s for blocks up to 4 KiB).
 fn lla_too_slow(region: usize, workload: &str) -> bool {
-    region >= 16 << 20 && !matches!(workload, "uniform ≤ 64 KiB" | "talc-fill")
+    region >= 16 << 20 && matches!(workload, "uniform ≤ 512 B" | "cpython-fill")
 }
 
 /// Mean fill (percent of the region live at the first failure) over the
@@ -68,7 +81,11 @@ fn main() {
         return;
     }
     let mut table = String::new();
-    writeln!(table, "| region | workload | strata | linked_list_allocator | talc | rlsf | best peer − strata |").unwrap();
+    writeln!(
+        table,
+        "| region | workload | strata | linked_list_allocator | talc | rlsf | best peer − strata |"
+    )
+    .unwrap();
     writeln!(table, "|---|---|---|---|---|---|---|").unwrap();
     let (mut cells, mut met) = (0, 0);
     for region in REGIONS {
@@ -93,7 +110,8 @@ fn main() {
             writeln!(table, "{line}").unwrap();
         }
     }
-    let summary = format!("strata within 1 point of the best peer in {met} of {cells} cells (mean of 5 seeds).");
+    let summary =
+        format!("strata within 1 point of the best peer in {met} of {cells} cells (mean of 10 seeds).");
     println!("{summary}");
     writeln!(table, "\n{summary}").unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/FILL.md");
