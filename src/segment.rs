@@ -199,8 +199,11 @@ pub struct SegmentStats {
     pub allocated_bytes: usize,
     /// Bytes in free chunks.
     pub free_bytes: usize,
-    /// Free chunks (TLSF) or holes (first fit).
+    /// Free chunks (TLSF; 0 for first fit).
     pub free_chunks: usize,
+    /// The most bytes one more block could get (TLSF: the largest free
+    /// chunk less its header word; 0 for first fit, which does not tell).
+    pub largest_free: usize,
     /// Spans given back to the page source so far.
     pub spans_released: usize,
 }
@@ -801,6 +804,7 @@ impl SegmentAllocator {
                 allocated_bytes: self.first_fit.used(),
                 free_bytes: self.first_fit.free(),
                 free_chunks: 0,
+                largest_free: 0,
                 spans_released: self.released,
             },
             _ => SegmentStats {
@@ -810,6 +814,7 @@ impl SegmentAllocator {
                 allocated_bytes: self.span_bytes - self.spans * SPAN_OVERHEAD - self.tlsf.free_bytes(),
                 free_bytes: self.tlsf.free_bytes(),
                 free_chunks: self.tlsf.free_chunks(),
+                largest_free: self.tlsf.largest_free().saturating_sub(WORD),
                 spans_released: self.released,
             },
         }

@@ -218,6 +218,21 @@ impl Tlsf {
         self.free_chunks
     }
 
+    /// The size of the largest free chunk (a walk of the highest non-empty
+    /// list), or 0.
+    pub fn largest_free(&self) -> usize {
+        let Some(w) = self.summary.checked_ilog2() else { return 0 };
+        let bin = w as usize * BITS + self.bitmap[w as usize].ilog2() as usize;
+        let (mut c, mut largest) = (self.heads[bin], 0);
+        while !c.is_null() {
+            // SAFETY: chunks on lists are free chunks of live spans.
+            largest = largest.max(unsafe { size_of_head(head(c)) });
+            // SAFETY: as above.
+            c = unsafe { links(c).0.read() };
+        }
+        largest
+    }
+
     #[inline]
     fn mark(&mut self, bin: usize) {
         self.bitmap[bin / BITS] |= 1 << (bin % BITS);

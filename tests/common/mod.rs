@@ -1,12 +1,13 @@
 //! Helpers shared by the host integration tests.
 #![allow(dead_code)]
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::alloc::{Layout, alloc, dealloc};
 
 use strata::RegionSource;
 
-/// An ordinary-memory region for a page source (page-aligned, lazily
-/// committed by the OS, freed on drop).
+/// An ordinary-memory region for a page source (page-aligned, freed on
+/// drop). Not zeroed: large regions come from the OS untouched, so a test
+/// pays only for the pages it uses.
 pub struct Region {
     ptr: *mut u8,
     layout: Layout,
@@ -16,7 +17,7 @@ impl Region {
     pub fn new(size: usize) -> Self {
         let layout = Layout::from_size_align(size, 4096).unwrap();
         // SAFETY: non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = unsafe { alloc(layout) };
         assert!(!ptr.is_null(), "host allocation of the test region failed");
         Self { ptr, layout }
     }
@@ -26,6 +27,10 @@ impl Region {
         // SAFETY: the region is ours, and the tests drop every heap over it
         // before the region.
         unsafe { RegionSource::new(self.ptr, self.layout.size()) }
+    }
+
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr
     }
 
     pub fn len(&self) -> usize {
