@@ -60,8 +60,10 @@ build: ## Build the library for host, kernel and firmware targets, and the kerne
 doc: ## API docs (the README is the crate docs), warnings denied
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug,std
 
-bench: ## Benchmarks against the peers (release build; wall time and heap efficiency)
+bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst case per call, threads, feature cost
 	$(CARGO) run --release -p strata-bench --bin strata-bench
+	$(CARGO) run --release -p strata-bench --bin fill-sweep
+	$(CARGO) run --release -p strata-bench --bin latency
 	$(CARGO) run --release -p strata-bench --bin threads-system
 	$(CARGO) run --release -p strata-bench --bin threads-strata
 	bash scripts/bench-cost.sh

@@ -333,8 +333,10 @@ pub struct SegmentAllocator {
     window_span: Option<(NonNull<u8>, usize)>,
     /// A wholly free span kept against thrashing (page-mapping sources).
     spare: Option<NonNull<u8>>,
-    /// Requests from this size get a span of their own: the configured
-    /// threshold for a page-mapping source, never for a committed one.
+    /// Requests from this size take the slow path: a span of their own
+    /// from a page-mapping source (the configured threshold); never for a
+    /// committed source held whole; every request (0) while no engine is
+    /// chosen or when first fit serves.
     large: usize,
     spans: usize,
     span_bytes: usize,
@@ -367,7 +369,7 @@ impl SegmentAllocator {
             config,
             window_span: None,
             spare: None,
-            large: usize::MAX,
+            large: 0,
             spans: 0,
             span_bytes: 0,
             released: 0,
@@ -381,13 +383,14 @@ impl SegmentAllocator {
 
     /// Decides, on first use, how the source is managed: whole or by spans,
     /// first fit or TLSF. Takes the whole window of a committed source.
-    fn prepare<S: PageSource>(&mut self, source: &mut S) {
+    pub(crate) fn prepare<S: PageSource>(&mut self, source: &mut S) {
         if self.engine != Engine::Unset {
             return;
         }
         self.engine = if self.config.first_fit { Engine::FirstFit } else { Engine::Tlsf };
         self.whole = S::COMMITTED;
         if self.whole && self.take_window(source) {
+            self.large = if self.engine == Engine::Tlsf { usize::MAX } else { 0 };
             return;
         }
         // A source that maps pages on demand, or a committed one that gave
@@ -439,8 +442,9 @@ impl SegmentAllocator {
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
-        if self.engine == Engine::Tlsf
-            && layout.size() < self.large
+        // `large` is 0 unless TLSF serves: one test for the engine and the
+        // large-block path.
+        if layout.size() < self.large
             && let Some(p) = self.tlsf.allocate(layout.size(), layout.align())
         {
             return Ok(p);
@@ -449,6 +453,7 @@ impl SegmentAllocator {
     }
 
     #[cold]
+    #[inline(never)]
     fn allocate_slow(
         &mut self,
         layout: Layout,
@@ -593,27 +598,97 @@ impl SegmentAllocator {
     /// when its chunk is what `layout` needs, plus less than the smallest
     /// chunk (a rest too small to split off), or when it fills a span of its
     /// own.
+    #[inline(always)]
     fn check_block(&self, ptr: NonNull<u8>, layout: Layout) -> Result<usize, DeallocateError> {
         let addr = ptr.as_ptr() as usize;
+        let Some((start, len)) = self.window_span else { return self.check_block_in_spans(ptr, layout) };
+        let off = addr.wrapping_sub(start.as_ptr() as usize);
+        if off >= len {
+            return Err(DeallocateError::NotOwned { ptr: addr });
+        }
+        // What the layout needs, known before any memory is read.
+        let need = tlsf::chunk_size(layout.size()).unwrap_or(usize::MAX);
+        // A payload is GRANULE-aligned, after its chunk's two words, and the
+        // chunk (at least `need` bytes) ends before the span does.
+        if off < 2 * WORD || !addr.is_multiple_of(GRANULE) || need >= len - off {
+            return Err(self.refusal(ptr, layout));
+        }
+        // SAFETY: `ptr` is aligned and its header word lies in the span.
+        let (chunk, first) = unsafe { Tlsf::in_use_chunk(ptr) }.map_err(|_| self.refusal(ptr, layout))?;
+        if chunk.wrapping_sub(need) >= MIN_CHUNK || chunk >= len - off {
+            // Not a tight fit: a whole span's block, a size mismatch, or
+            // no block at all.
+            return self.check_loose(ptr, layout, chunk, first, chunk < len - off);
+        }
+        // SAFETY: the next header lies in the span (`chunk < len - off`).
+        if !unsafe { Tlsf::next_head(ptr, chunk) }.0 {
+            return Err(self.refusal(ptr, layout));
+        }
+        Ok(chunk)
+    }
+
+    /// Why a block that failed the checks is refused (a cold path: what
+    /// the checks did not say is worked out here).
+    #[cold]
+    fn refusal(&self, ptr: NonNull<u8>, layout: Layout) -> DeallocateError {
+        self.check_block_in_spans(ptr, layout)
+            .err()
+            .unwrap_or(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize })
+    }
+
+    /// The rest of the checks for a block whose chunk is not a tight fit
+    /// for `layout`: it passes only if it fills a span of its own.
+    #[cold]
+    fn check_loose(
+        &self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        chunk: usize,
+        first: bool,
+        in_span: bool,
+    ) -> Result<usize, DeallocateError> {
+        if chunk < MIN_CHUNK || !in_span {
+            return Err(self.refusal(ptr, layout));
+        }
+        self.check_fit(ptr, layout, chunk, first)
+    }
+
+    /// [`check_block`](Self::check_block) over spans of a page-mapping
+    /// source, and the exact reason for a refusal over a committed one.
+    #[cold]
+    fn check_block_in_spans(&self, ptr: NonNull<u8>, layout: Layout) -> Result<usize, DeallocateError> {
+        let addr = ptr.as_ptr() as usize;
+        let not_allocated = DeallocateError::NotAllocated { ptr: addr };
         if !self.owns_addr(addr) {
             return Err(DeallocateError::NotOwned { ptr: addr });
         }
-        let not_allocated = DeallocateError::NotAllocated { ptr: addr };
-        // A payload is GRANULE-aligned with its header word in the span.
         if !addr.is_multiple_of(GRANULE) || !self.owns_addr(addr.wrapping_sub(WORD)) {
             return Err(not_allocated);
         }
         // SAFETY: `ptr` is aligned and its header word lies in a span.
         let (chunk, first) = unsafe { Tlsf::in_use_chunk(ptr) }.map_err(|_| not_allocated)?;
-        // The next chunk's header must lie in the span and agree.
-        let next_head = (addr - 2 * WORD).checked_add(chunk + WORD).ok_or(not_allocated)?;
+        let next_head = (addr - WORD).checked_add(chunk).ok_or(not_allocated)?;
         if chunk < MIN_CHUNK || !self.owns_addr(next_head) {
             return Err(not_allocated);
         }
-        // SAFETY: the next header lies in a span.
+        self.check_fit(ptr, layout, chunk, first)
+    }
+
+    /// The second half of the checks: the next chunk says this one is in
+    /// use, and the chunk fits `layout`.
+    #[inline]
+    fn check_fit(
+        &self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        chunk: usize,
+        first: bool,
+    ) -> Result<usize, DeallocateError> {
+        let addr = ptr.as_ptr() as usize;
+        // SAFETY: the caller checked that the next header lies in a span.
         let (agrees, sentinel) = unsafe { Tlsf::next_head(ptr, chunk) };
         if !agrees {
-            return Err(not_allocated);
+            return Err(DeallocateError::NotAllocated { ptr: addr });
         }
         let mismatch = DeallocateError::SizeMismatch { ptr: addr, block: chunk - WORD, given: layout.size() };
         let need = tlsf::chunk_size(layout.size()).ok_or(mismatch)?;
@@ -631,33 +706,74 @@ impl SegmentAllocator {
     /// here with `layout`, not used after this call. Pointers outside the
     /// spans are refused safely; in the TLSF engine, so are blocks not in use
     /// (while their memory has not been reused) and layouts that do not fit.
+    #[inline(always)]
     pub unsafe fn deallocate(
         &mut self,
         ptr: NonNull<u8>,
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<(), DeallocateError> {
-        match self.engine {
-            Engine::Tlsf => {
-                self.check_block(ptr, layout)?;
-                // SAFETY: checked to be a block in use of the engine.
-                if let Some(span) = unsafe { self.tlsf.free(ptr) } {
-                    self.span_freed(span, source);
-                }
-                Ok(())
-            }
-            Engine::FirstFit if self.owns_addr(ptr.as_ptr() as usize) => {
-                // SAFETY: the caller's promise: a live block of this heap.
-                unsafe { self.first_fit.deallocate(ptr, layout) };
-                Ok(())
-            }
-            _ => Err(DeallocateError::NotOwned { ptr: ptr.as_ptr() as usize }),
+        if self.engine != Engine::Tlsf {
+            // SAFETY: forwarded contract.
+            return unsafe { self.deallocate_first_fit(ptr, layout) };
         }
+        self.check_block(ptr, layout)?;
+        // SAFETY: checked to be a block in use of the engine.
+        if let Some(span) = unsafe { self.tlsf.free(ptr) } {
+            self.span_freed(span, source);
+        }
+        Ok(())
+    }
+
+    /// Frees a block that [`resize_in_place`](Self::resize_in_place) has
+    /// just checked (and kept), without checking it again: the end of a
+    /// realloc that moved.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a block in use of this allocator with `layout`, as
+    /// `resize_in_place` found it, not used after this call.
+    pub unsafe fn deallocate_checked(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        source: &mut impl PageSource,
+    ) {
+        if self.engine == Engine::Tlsf {
+            // SAFETY: the caller's promise: a checked block in use.
+            if let Some(span) = unsafe { self.tlsf.free(ptr) } {
+                self.span_freed(span, source);
+            }
+        } else {
+            // SAFETY: forwarded contract.
+            let freed = unsafe { self.deallocate_first_fit(ptr, layout) };
+            debug_assert!(freed.is_ok());
+        }
+    }
+
+    /// [`deallocate`](Self::deallocate) when TLSF does not serve.
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate`](Self::deallocate).
+    #[cold]
+    unsafe fn deallocate_first_fit(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> Result<(), DeallocateError> {
+        if self.engine == Engine::FirstFit && self.owns_addr(ptr.as_ptr() as usize) {
+            // SAFETY: the caller's promise: a live block of this heap.
+            unsafe { self.first_fit.deallocate(ptr, layout) };
+            return Ok(());
+        }
+        Err(DeallocateError::NotOwned { ptr: ptr.as_ptr() as usize })
     }
 
     /// Span `span` has just become wholly free: it goes back, unless it is
     /// no larger than [`Config::span_min`] (the rest of a large block's span
     /// is not worth keeping) and no other spare is kept.
+    #[cold]
     fn span_freed(&mut self, span: NonNull<u8>, source: &mut impl PageSource) {
         if self.whole {
             return;
@@ -717,6 +833,7 @@ impl SegmentAllocator {
     /// # Safety
     ///
     /// As [`deallocate`](Self::deallocate).
+    #[inline(always)]
     pub unsafe fn resize_in_place(
         &mut self,
         ptr: NonNull<u8>,
@@ -749,6 +866,7 @@ impl SegmentAllocator {
     /// `ptr` must be a block of this allocator with `layout`, checked by a
     /// [`resize_in_place`](Self::resize_in_place) that returned `Ok`, and
     /// `keep` at most `layout.size()` and `new_size`.
+    #[inline(always)]
     pub unsafe fn grow_backward(
         &mut self,
         ptr: NonNull<u8>,
@@ -857,12 +975,12 @@ impl SegmentAllocator {
             free_chunks += counts.free_chunks;
         }
         assert_eq!((spans, bytes), (self.spans, self.span_bytes), "span counters");
+        let listed = self.tlsf.check_lists(|c| self.owns_addr(c as usize));
         assert_eq!(
             (free_bytes, free_chunks),
-            (self.tlsf.free_bytes(), self.tlsf.free_chunks()),
+            (self.tlsf.free_bytes(), listed),
             "free chunks in the spans vs on the lists"
         );
-        self.tlsf.check_lists(|c| self.owns_addr(c as usize));
         if !self.whole {
             assert!(wholly_free <= 1, "{wholly_free} wholly free spans kept");
         }

@@ -329,16 +329,24 @@ fn the_front_door_routes_by_size_alignment_and_ownership() {
 }
 
 #[test]
-fn a_size_class_is_served_by_layer_0_until_it_is_worth_a_pool() {
+fn a_size_class_is_served_by_layer_0_until_it_is_asked_for_enough() {
     let region = Region::new(32 << 20);
     let mut heap = Heap::new(region.source());
     let pool = heap.stats().geometry.pool_size();
     let l = layout(200, 8);
-    // The first pool's worth of 200-byte blocks (a 200-byte class) comes
-    // from layer 0; the next one opens a pool.
-    let cold: Vec<_> = (0..pool / 200).map(|_| heap.allocate(l).unwrap()).collect();
-    assert!(cold.iter().all(|p| heap.owner(p.as_ptr()) == Some(Layer::Segment)));
-    assert_eq!(heap.stats().front.small_in_layer_0, cold.len());
+    // A class asked for rarely costs no pool: its blocks come from layer 0.
+    let few: Vec<_> = (0..10).map(|_| heap.allocate(l).unwrap()).collect();
+    assert!(few.iter().all(|p| heap.owner(p.as_ptr()) == Some(Layer::Segment)));
+    assert_eq!(heap.stats().front.small_in_layer_0, 10);
+    assert_eq!(heap.stats().arenas.current, 0, "no arena for a cold class");
+    // Demand counts bytes asked, not bytes live: a class that churns gets
+    // its pools after COLD_POOLS pools' worth of requests.
+    let churn = strata::front::COLD_POOLS * pool / 200;
+    for _ in 0..churn {
+        let p = heap.allocate(l).unwrap();
+        // SAFETY: a live block with its layout.
+        unsafe { heap.deallocate(p, l) }.unwrap();
+    }
     let hot = heap.allocate(l).unwrap();
     assert_eq!(heap.owner(hot.as_ptr()), Some(Layer::Object), "the class is worth a pool now");
     // Another class is still cold.
@@ -348,7 +356,7 @@ fn a_size_class_is_served_by_layer_0_until_it_is_worth_a_pool() {
     unsafe {
         heap.deallocate(other, layout(24, 8)).unwrap();
         heap.deallocate(hot, l).unwrap();
-        for p in cold {
+        for p in few {
             heap.deallocate(p, l).unwrap();
         }
     }
