@@ -609,18 +609,21 @@ impl SegmentAllocator {
         // What the layout needs, known before any memory is read.
         let need = tlsf::chunk_size(layout.size()).unwrap_or(usize::MAX);
         // A payload is GRANULE-aligned, after its chunk's two words, and the
-        // chunk (at least `need` bytes) ends before the span does.
-        if off < 2 * WORD || !addr.is_multiple_of(GRANULE) || need >= len - off {
+        // chunk (at least `need` bytes) ends where the span's sentinel
+        // starts at the latest: `chunk <= len - off`, the next chunk's
+        // header (at `addr + chunk - WORD`) then lying in the span.
+        let room = len - off;
+        if off < 2 * WORD || !addr.is_multiple_of(GRANULE) || need > room {
             return Err(self.refusal(ptr, layout));
         }
         // SAFETY: `ptr` is aligned and its header word lies in the span.
         let (chunk, first) = unsafe { Tlsf::in_use_chunk(ptr) }.map_err(|_| self.refusal(ptr, layout))?;
-        if chunk.wrapping_sub(need) >= MIN_CHUNK || chunk >= len - off {
+        if chunk.wrapping_sub(need) >= MIN_CHUNK || chunk > room {
             // Not a tight fit: a whole span's block, a size mismatch, or
             // no block at all.
-            return self.check_loose(ptr, layout, chunk, first, chunk < len - off);
+            return self.check_loose(ptr, layout, chunk, first, chunk <= room);
         }
-        // SAFETY: the next header lies in the span (`chunk < len - off`).
+        // SAFETY: the next header lies in the span (`chunk <= room`).
         if !unsafe { Tlsf::next_head(ptr, chunk) }.0 {
             return Err(self.refusal(ptr, layout));
         }
