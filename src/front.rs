@@ -72,9 +72,9 @@ pub const GROWING_THRESHOLD: usize = 4096;
 /// growing buffer.
 pub const PROMOTING_STREAK: u32 = 3;
 
-/// A size class gets pools of layer +2 once this many pools' worth of its
-/// requests have been served by layer 0 (see [`Heap::set_cold_limit`]).
-pub const COLD_POOLS: usize = 2;
+/// A size class gets pools of layer +2 once this many of its requests have
+/// been served by layer 0 (see [`Heap::set_cold_limit`]).
+pub const COLD_REQUESTS: u32 = 128;
 
 /// Why an allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -359,11 +359,11 @@ pub struct Heap<S> {
     growing_next: usize,
     /// Small blocks served by layer 0, per size class.
     small_in_layer_0: [u32; object::NUM_CLASSES],
-    /// Bytes asked of each size class while it was cold (served by layer 0),
-    /// up to the limit.
-    cold_demand: [usize; object::NUM_CLASSES],
-    /// Bytes a class is asked for in layer 0 before it gets pools.
-    cold_limit: usize,
+    /// Requests of each size class served by layer 0 while it was cold, up
+    /// to the limit.
+    cold_demand: [u32; object::NUM_CLASSES],
+    /// Requests of a class layer 0 serves before the class gets pools.
+    cold_limit: u32,
     #[cfg(feature = "debug")]
     debug: debug::DebugState,
 }
@@ -484,18 +484,18 @@ impl<S: PageSource> Heap<S> {
             growing_next: 0,
             small_in_layer_0: [0; object::NUM_CLASSES],
             cold_demand: [0; object::NUM_CLASSES],
-            cold_limit: COLD_POOLS * geometry.pool_size(),
+            cold_limit: COLD_REQUESTS,
             #[cfg(feature = "debug")]
             debug: debug::DebugState::new(),
         }
     }
 
-    /// Sets how many bytes of a size class's requests layer 0 serves before
-    /// the class gets pools of layer +2: [`COLD_POOLS`] pools' worth by
-    /// default, so that a class asked for little costs no pool; 0 serves
-    /// every small request from pools at once, as CPython does.
-    pub fn set_cold_limit(&mut self, bytes: usize) {
-        self.cold_limit = bytes;
+    /// Sets how many requests of a size class layer 0 serves before the
+    /// class gets pools of layer +2: [`COLD_REQUESTS`] by default, so that a
+    /// class asked for little costs no pool; 0 serves every small request
+    /// from pools at once, as CPython does.
+    pub fn set_cold_limit(&mut self, requests: u32) {
+        self.cold_limit = requests;
     }
 
     /// The page source.
@@ -530,12 +530,13 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// A small request whose class has no pool with a free block. A class
-    /// that has never had much demand stays in layer 0 — until the bytes
-    /// asked of it there reach [`set_cold_limit`](Self::set_cold_limit)
+    /// that has never had much demand stays in layer 0 — until the requests
+    /// of it served there reach [`set_cold_limit`](Self::set_cold_limit)
     /// ([`FrontStats::cold_blocks`]): a pool per class is what pymalloc's
-    /// speed costs in memory, paid for the classes in demand, and demand is
-    /// counted in bytes asked, not bytes live, so a class that churns gets
-    /// its pool quickly. Otherwise a new pool; failing that, the
+    /// speed costs in memory, paid for the classes in demand. Demand is
+    /// counted in requests, not blocks live, so a class that churns gets its
+    /// pools at once, and a class with many objects leaves only a few
+    /// behind in layer 0. Otherwise a new pool; failing that, the
     /// out-of-memory resorts (see the module docs).
     #[cold]
     fn allocate_small(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
@@ -544,7 +545,7 @@ impl<S: PageSource> Heap<S> {
         let demand = self.cold_demand[class];
         let cold = demand < self.cold_limit && self.object.pools_in_use(layout.size(), layout.align()) == 0;
         if cold {
-            self.cold_demand[class] = demand.saturating_add(in_layer_0.size());
+            self.cold_demand[class] = demand + 1;
         }
         let result = match cold.then(|| self.segment.allocate(in_layer_0, &mut self.source)) {
             Some(Ok(p)) => {

@@ -203,35 +203,20 @@ impl Geometry {
     }
 
     /// The geometry for a [committed](crate::PageSource::COMMITTED) page
-    /// source (a region) whose window is `len` bytes.
+    /// source (a region) whose window is `len` bytes: [`for_window`]'s
+    /// from [`REGION_POOLS_FROM`] up, and this layer off below it, where
+    /// layer 0 serves every request. Measured on the fill sweep, a pool per
+    /// size class strands more of a smaller region than layer 0's headers
+    /// cost (at 4 MiB, 4 KiB pools filled 92.4 % with blocks up to 512
+    /// bytes and 91.5 % with CPython-like objects, against 93.7 % and 94.2 %
+    /// from layer 0 alone).
     ///
-    /// There, arenas are blocks of layer 0, cheap to take and to give back,
-    /// so they are kept to four pools: a size class's first pool then costs
-    /// one pool, not a share of a large arena. Pools are CPython's 16 KiB,
-    /// more where the window needs larger arenas to fit [`ARENA_SLOTS`].
-    ///
-    /// Under [`REGION_POOLS_FROM`] this layer is off and layer 0 serves
-    /// every request: measured on the fill sweep, a pool per size class
-    /// strands too much of a smaller region (at 4 MiB, 4 KiB pools filled
-    /// 92.4 % with blocks up to 512 bytes and 91.5 % with CPython-like
-    /// objects, against 93.7 % and 94.2 % from layer 0 alone; 16 KiB pools
-    /// 94.1 % and 86.7 %).
+    /// [`for_window`]: Self::for_window
     pub const fn for_region(len: usize) -> Self {
         if len < REGION_POOLS_FROM {
             return Self { arena_shift: 11, pool_shift: 9, class_shift: 3, threshold: 0 };
         }
-        let log = usize::BITS - 1 - len.leading_zeros();
-        let log_ceil = if len.is_power_of_two() { log } else { log + 1 };
-        let mut pool_shift = 14;
-        let mut arena_shift = pool_shift + 2;
-        let slots_shift = ARENA_SLOTS.trailing_zeros();
-        if log_ceil > arena_shift + slots_shift {
-            arena_shift = log_ceil - slots_shift;
-        }
-        if arena_shift > pool_shift + 6 {
-            pool_shift = arena_shift - 6;
-        }
-        Self { arena_shift, pool_shift, class_shift: 3, threshold: SMALL_REQUEST_THRESHOLD }
+        Self::for_window(len)
     }
 
     /// Bytes per arena.

@@ -332,16 +332,15 @@ fn the_front_door_routes_by_size_alignment_and_ownership() {
 fn a_size_class_is_served_by_layer_0_until_it_is_asked_for_enough() {
     let region = Region::new(32 << 20);
     let mut heap = Heap::new(region.source());
-    let pool = heap.stats().geometry.pool_size();
     let l = layout(200, 8);
     // A class asked for rarely costs no pool: its blocks come from layer 0.
     let few: Vec<_> = (0..10).map(|_| heap.allocate(l).unwrap()).collect();
     assert!(few.iter().all(|p| heap.owner(p.as_ptr()) == Some(Layer::Segment)));
     assert_eq!(heap.stats().front.small_in_layer_0, 10);
     assert_eq!(heap.stats().arenas.current, 0, "no arena for a cold class");
-    // Demand counts bytes asked, not bytes live: a class that churns gets
-    // its pools after COLD_POOLS pools' worth of requests.
-    let churn = strata::front::COLD_POOLS * pool / 200;
+    // Demand counts requests, not blocks live: a class that churns gets its
+    // pools after COLD_REQUESTS requests.
+    let churn = strata::front::COLD_REQUESTS;
     for _ in 0..churn {
         let p = heap.allocate(l).unwrap();
         // SAFETY: a live block with its layout.
