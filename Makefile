@@ -22,7 +22,7 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 	$(CARGO) test
 	$(CARGO) test --features debug --test debug --test global_alloc --test cache
 	$(CARGO) test --lib --no-default-features
-	$(CARGO) test --features std --test thread_cache --test global_alloc
+	$(CARGO) test --features std --test thread_cache --test global_alloc --test misuse
 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest

@@ -129,6 +129,33 @@ impl core::error::Error for AllocError {
     }
 }
 
+/// Why [`Heap::with_geometry`] refused its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidConfig {
+    /// Layer +2's geometry cannot serve.
+    Geometry(object::GeometryError),
+    /// Layer 0's tunables cannot serve.
+    Segment(segment::ConfigError),
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Geometry(e) => write!(f, "invalid layer +2 geometry: {e}"),
+            Self::Segment(e) => write!(f, "invalid layer 0 tunables: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for InvalidConfig {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Geometry(e) => Some(e),
+            Self::Segment(e) => Some(e),
+        }
+    }
+}
+
 /// The layer that owns a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layer {
@@ -409,16 +436,21 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<'_, S> {
     }
 
     fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError> {
-        if !self.segment.serves_arenas(self.source) {
+        // SAFETY: an `ArenaPages` holds the heap's layer 0 and the page
+        // source it has had on every call.
+        if !unsafe { self.segment.serves_arenas(self.source) } {
             return self.source.allocate_pages(size, align);
         }
         debug_assert_eq!(size, align, "arenas are aligned to their size");
         let layout = Self::arena_layout(size)?;
-        self.segment.allocate(layout, self.source).map_err(|_| PagesError::Exhausted { size, align })
+        // SAFETY: as above.
+        unsafe { self.segment.allocate(layout, self.source) }
+            .map_err(|_| PagesError::Exhausted { size, align })
     }
 
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
-        if !self.segment.serves_arenas(self.source) {
+        // SAFETY: as in `allocate_pages`.
+        if !unsafe { self.segment.serves_arenas(self.source) } {
             // SAFETY: forwarded contract.
             return unsafe { self.source.deallocate_pages(ptr, size) };
         }
@@ -447,10 +479,14 @@ impl<S: PageSource> Heap<S> {
         heap
     }
 
-    /// A heap over `source` with explicit layer +2 geometry and layer 0 tunables.
-    pub fn with_geometry(source: S, geometry: Geometry, config: Config) -> Self {
+    /// A heap over `source` with explicit layer +2 geometry and layer 0
+    /// tunables, or why they cannot serve ([`Geometry::validate`],
+    /// [`Config::validate`]); `source` is dropped then.
+    pub fn with_geometry(source: S, geometry: Geometry, config: Config) -> Result<Self, InvalidConfig> {
+        let geometry = geometry.validate().map_err(InvalidConfig::Geometry)?;
+        let config = config.validate().map_err(InvalidConfig::Segment)?;
         let window = source.window();
-        Self::from_parts(source, window, geometry, config)
+        Ok(Self::from_parts(source, window, geometry, config))
     }
 }
 
@@ -467,8 +503,14 @@ impl<S: PageSource> Heap<S> {
     /// with the given layer +2 geometry and layer 0 tunables.
     const fn from_parts(source: S, window: (usize, usize), geometry: Geometry, config: Config) -> Self {
         Self {
-            object: ObjectAllocator::new(geometry, window),
-            segment: SegmentAllocator::new(config, window),
+            object: match ObjectAllocator::new(geometry, window) {
+                Ok(object) => object,
+                Err(_) => panic!("the geometry was validated"),
+            },
+            segment: match SegmentAllocator::new(config, window) {
+                Ok(segment) => segment,
+                Err(_) => panic!("the tunables were validated"),
+            },
             source,
             stats: FrontStats {
                 failed_allocations: 0,
@@ -523,7 +565,9 @@ impl<S: PageSource> Heap<S> {
             }
             return self.allocate_small(layout);
         }
-        match self.segment.allocate(layout, &mut self.source) {
+        // SAFETY: `self.source` is the page source layer 0 has had on
+        // every call (the heap owns both).
+        match unsafe { self.segment.allocate(layout, &mut self.source) } {
             Ok(p) => Ok(p),
             Err(e) => self.allocate_when_exhausted(layout, e),
         }
@@ -547,20 +591,24 @@ impl<S: PageSource> Heap<S> {
         if cold {
             self.cold_demand[class] = demand + 1;
         }
-        let result = match cold.then(|| self.segment.allocate(in_layer_0, &mut self.source)) {
+        // SAFETY: as in `allocate`.
+        let result = match cold.then(|| unsafe { self.segment.allocate(in_layer_0, &mut self.source) }) {
             Some(Ok(p)) => {
                 stat!(self.stats.cold_blocks += 1);
                 Ok(p)
             }
             _ => {
                 let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
-                match self.object.allocate_new_pool(layout.size(), layout.align(), &mut pages) {
+                // SAFETY: layer +2 takes every arena through an `ArenaPages`
+                // over this heap's layer 0 and page source.
+                match unsafe { self.object.allocate_new_pool(layout.size(), layout.align(), &mut pages) } {
                     Ok(p) => return Ok(p),
                     Err(_) => match self.borrow_close_fit(layout) {
                         Some(p) => return Ok(p),
                         None => {
                             self.stats.small_fallbacks += 1;
-                            match self.segment.allocate(in_layer_0, &mut self.source) {
+                            // SAFETY: as in `allocate`.
+                            match unsafe { self.segment.allocate(in_layer_0, &mut self.source) } {
                                 Ok(p) => Ok(p),
                                 Err(e) => self.allocate_when_exhausted(in_layer_0, e),
                             }
@@ -613,7 +661,8 @@ impl<S: PageSource> Heap<S> {
     ) -> Result<NonNull<u8>, AllocError> {
         // Out of pages: the spare arena is worth more to layer 0 now.
         let err = if self.trim_arenas() > 0 {
-            match self.segment.allocate(layout, &mut self.source) {
+            // SAFETY: as in `allocate`.
+            match unsafe { self.segment.allocate(layout, &mut self.source) } {
                 Ok(p) => return Ok(p),
                 Err(e) => e,
             }
@@ -665,8 +714,10 @@ impl<S: PageSource> Heap<S> {
             let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
             // SAFETY: the block lies in a +2 arena and the caller promises it
             // is live.
-            unsafe { self.object.deallocate(ptr, &mut pages) };
-            return Ok(());
+            if unsafe { self.object.deallocate(ptr, &mut pages) } {
+                return Ok(());
+            }
+            return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
         }
         // SAFETY: forwarded contract; layer 0 refuses what it does not own.
         let result = unsafe { self.segment.deallocate(ptr, self.layer_0_layout(layout), &mut self.source) };
@@ -723,7 +774,8 @@ impl<S: PageSource> Heap<S> {
             // bytes long; the old one is a live +2 block, freed once.
             unsafe {
                 move_data(ptr, new, keep);
-                self.object.deallocate(ptr, &mut pages);
+                let freed = self.object.deallocate(ptr, &mut pages);
+                debug_assert!(freed, "a live +2 block was refused");
             }
             new
         } else {
@@ -806,7 +858,9 @@ impl<S: PageSource> Heap<S> {
     ) -> Result<NonNull<u8>, AllocError> {
         match growth {
             Some((_, streak)) if streak >= PROMOTING_STREAK => {
-                self.segment.allocate_growable(layout, &mut self.source).map_err(AllocError::Segment)
+                // SAFETY: as in `allocate`.
+                unsafe { self.segment.allocate_growable(layout, &mut self.source) }
+                    .map_err(AllocError::Segment)
             }
             _ => self.allocate(layout),
         }
@@ -818,12 +872,14 @@ impl<S: PageSource> Heap<S> {
     /// Returns how many arenas and spans went back.
     pub fn trim(&mut self) -> (usize, usize) {
         let arenas = self.trim_arenas();
-        (arenas, self.segment.trim(&mut self.source))
+        // SAFETY: as in `allocate`.
+        (arenas, unsafe { self.segment.trim(&mut self.source) })
     }
 
     fn trim_arenas(&mut self) -> usize {
         let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
-        self.object.trim(&mut pages)
+        // SAFETY: as in `allocate_small`.
+        unsafe { self.object.trim(&mut pages) }
     }
 
     /// Counters of every layer.
@@ -953,6 +1009,9 @@ pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
     /// Reallocs done in place by threads without the lock.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     cached_in_place: crate::sync::AtomicUsize,
+    /// Layer +2's arena bitmap, for threads to read without the lock.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    arena_mirror: thread_cache::ArenaMirror,
 }
 
 impl<S, L: lock_api::RawMutex> fmt::Debug for LockedHeap<S, L> {
@@ -985,6 +1044,8 @@ impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
             thread_caches: AtomicBool::new(false),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             cached_in_place: crate::sync::AtomicUsize::new(0),
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            arena_mirror: thread_cache::ArenaMirror::new(),
         }
     }
 
@@ -1029,6 +1090,8 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             thread_caches: AtomicBool::new(false),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             cached_in_place: crate::sync::AtomicUsize::new(0),
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            arena_mirror: thread_cache::ArenaMirror::new(),
         }
     }
 
@@ -1083,7 +1146,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
         #[cfg(not(feature = "debug"))]
         let result = heap.allocate_zeroed(layout);
         let p = heap.or_null(result);
-        Self::settle(heap);
+        self.settle(heap);
         p
     }
 
@@ -1106,7 +1169,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
         #[cfg(not(feature = "debug"))]
         let result = unsafe { heap.reallocate(p, layout, new_size) };
         let p = heap.or_null(result);
-        Self::settle(heap);
+        self.settle(heap);
         p
     }
 }
@@ -1131,7 +1194,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
             heap.allocate(layout)
         };
         let p = heap.or_null(result);
-        Self::settle(heap);
+        self.settle(heap);
         p
     }
 
@@ -1139,13 +1202,19 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
     unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, domain: Domain) {
         let Some(p) = NonNull::new(ptr) else { return };
         #[cfg(all(feature = "std", not(feature = "debug")))]
-        if domain == Domain::HEAP
-            && self.thread_caches.load(Ordering::Relaxed)
+        if domain == Domain::HEAP && self.thread_caches.load(Ordering::Relaxed) {
             // SAFETY: `GlobalAlloc`'s contract: a live block of this heap
             // with `layout`, not used after this call.
-            && unsafe { thread_cache::put(self as *const Self as usize, p, layout, || self.cache_owner()) }
-        {
-            return;
+            match unsafe { thread_cache::put(self as *const Self as usize, p, layout, || self.cache_owner()) }
+            {
+                Ok(()) => return,
+                Err(thread_cache::Declined::DoubleFree) => {
+                    let mut heap = self.heap.lock();
+                    heap.stats.refused_frees += 1;
+                    return self.settle(heap);
+                }
+                Err(thread_cache::Declined::Pass) => {}
+            }
         }
         let mut heap = self.heap.lock();
         // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
@@ -1161,15 +1230,23 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
         if result.is_err() {
             heap.stats.refused_frees += 1;
         }
-        Self::settle(heap);
+        self.settle(heap);
     }
 }
 
 impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// Acts on a violation the debug checks found, once the lock is released
     /// (a panicking policy must not leave the heap locked).
+    ///
+    /// With thread caches, it first brings the copy of layer +2's arena
+    /// bitmap that threads read without the lock up to date.
     #[inline(always)]
-    fn settle(heap: lock_api::MutexGuard<'_, L, Heap<S>>) {
+    fn settle(&self, heap: lock_api::MutexGuard<'_, L, Heap<S>>) {
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        if self.thread_caches.load(Ordering::Relaxed) {
+            let c = heap.object.counters();
+            self.arena_mirror.sync((c.allocated_total, c.reclaimed), || heap.object.arena_bitmap());
+        }
         #[cfg(feature = "debug")]
         {
             let mut heap = heap;
@@ -1209,21 +1286,22 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     ) -> Option<NonNull<u8>> {
         let me = self as *const Self as usize;
         let new_layout = Layout::from_size_align(new_size, layout.align()).ok()?;
-        let (old_class, new_class) = thread_cache::classes(me, layout, new_layout)?;
-        if new_class == old_class {
+        if thread_cache::fits_in_place(me, ptr, layout, new_size)? {
             stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
             return Some(ptr);
         }
         let new = thread_cache::take(me, new_layout)?;
-        // SAFETY: both blocks are live, distinct and at least this long; the
-        // old one is given back once.
+        // SAFETY: both blocks are live, distinct and at least this long (the
+        // old one is a +2 block: `fits_in_place` answered); the old one is
+        // given back once.
         unsafe {
             ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
-            if !thread_cache::put(me, ptr, layout, || self.cache_owner()) {
+            if thread_cache::put(me, ptr, layout, || self.cache_owner()).is_err() {
                 let mut heap = self.heap.lock();
                 if heap.deallocate(ptr, layout).is_err() {
                     heap.stats.refused_frees += 1;
                 }
+                self.settle(heap);
             }
         }
         Some(new)
@@ -1254,10 +1332,19 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         }
         let heap = self.heap.lock();
         let g = heap.object.geometry();
+        let c = heap.object.counters();
+        self.arena_mirror.sync((c.allocated_total, c.reclaimed), || heap.object.arena_bitmap());
+        // SAFETY: thread caches are on only for `'static` heaps
+        // (`enable_thread_caches(&'static self)`), so the mirror lives as
+        // long as any cache that reads it.
+        let mirror = unsafe { &*(&self.arena_mirror as *const thread_cache::ArenaMirror) };
         thread_cache::Owner {
             heap: self as *const Self as usize,
             threshold: g.threshold,
             class_shift: g.class_shift,
+            slots_start: heap.object.slots_start(),
+            arena_shift: g.arena_shift,
+            mirror,
             release: release::<S, L>,
         }
     }

@@ -17,5 +17,5 @@ pub mod source;
 pub mod sync;
 
 pub use cache::ObjectCache;
-pub use front::{Domain, DomainAlloc, Heap, Layer, LockedHeap};
+pub use front::{Domain, DomainAlloc, Heap, InvalidConfig, Layer, LockedHeap};
 pub use source::{PageSource, RegionSource};

@@ -93,8 +93,9 @@ const _: () = assert!(POOL_HEADER.is_multiple_of(ALIGNMENT) && ARENA_HEADER.is_m
 // The last pool loses the tail where pool 0 loses the arena header: the
 // two-blocks-per-pool check below covers both.
 const _: () = assert!(ARENA_TAIL <= ARENA_HEADER);
-// Every geometry's pools hold two of their largest blocks after both headers,
-// so a pool on a `used` list always has a free or carvable block after a pop.
+// Every computed geometry is valid (so its pools hold two of their largest
+// blocks after both headers, and a pool on a `used` list always has a free or
+// carvable block after a pop), and its arenas can lie anywhere in the window.
 const _: () = {
     let mut shift = 12;
     while shift < usize::BITS - 1 {
@@ -103,10 +104,9 @@ const _: () = {
             let mut i = 0;
             while i < 2 {
                 let g = if i == 0 { Geometry::for_window(len) } else { Geometry::for_region(len) };
-                assert!(g.pool_size() >= POOL_HEADER + ARENA_HEADER + 2 * g.threshold);
-                assert!(g.threshold <= SMALL_REQUEST_THRESHOLD && g.pools_per_arena() <= MAX_POOLS_PER_ARENA);
-                assert!(g.pools_per_arena() >= 4 && g.arena_shift >= 11);
-                assert!(len.div_ceil(g.arena_size()) <= ARENA_SLOTS || g.threshold == 0);
+                assert!(g.validate().is_ok());
+                let covered = shift < MAX_ARENA_SHIFT + ARENA_SLOTS.trailing_zeros();
+                assert!(len.div_ceil(g.arena_size()) <= ARENA_SLOTS || g.threshold == 0 || !covered);
                 i += 1;
             }
             len += 1 << (shift - 1);
@@ -129,6 +129,7 @@ pub const fn class_size(class: usize, class_shift: u32) -> usize {
 }
 
 const MIN_POOL_SHIFT: u32 = 11;
+const MAX_ARENA_SHIFT: u32 = 31 + MAX_POOLS_PER_ARENA.trailing_zeros();
 
 /// Arena and pool sizes, fixed when the allocator is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +193,11 @@ impl Geometry {
         if log_ceil > arena_shift + slots_shift {
             arena_shift = log_ceil - slots_shift;
         }
+        // Pools stay within `u32` offsets: windows past 2^49 bytes (more
+        // than any x86_64 address space) are covered only in part.
+        if arena_shift > MAX_ARENA_SHIFT {
+            arena_shift = MAX_ARENA_SHIFT;
+        }
         if arena_shift > pool_shift + 6 {
             pool_shift = arena_shift - 6;
         }
@@ -238,7 +244,71 @@ impl Geometry {
     pub const fn classes(&self) -> usize {
         self.threshold >> self.class_shift
     }
+
+    /// Checks that this geometry can serve: 8- or 16-byte classes; a
+    /// threshold of at most [`SMALL_REQUEST_THRESHOLD`], a multiple of 16;
+    /// pools of at most 2 GiB that hold both headers and two of the largest
+    /// blocks; arenas of whole pages (once the layer is on) holding 4 to
+    /// [`MAX_POOLS_PER_ARENA`] pools. Every geometry of [`for_window`] and
+    /// [`for_region`] passes (checked at compile time).
+    ///
+    /// [`for_window`]: Self::for_window
+    /// [`for_region`]: Self::for_region
+    pub const fn validate(self) -> Result<Self, GeometryError> {
+        if self.class_shift != 3 && self.class_shift != 4 {
+            return Err(GeometryError::ClassShift(self.class_shift));
+        }
+        if self.threshold > SMALL_REQUEST_THRESHOLD || !self.threshold.is_multiple_of(ALIGNMENT) {
+            return Err(GeometryError::Threshold(self.threshold));
+        }
+        if self.pool_shift > 31
+            || (1usize << self.pool_shift) < POOL_HEADER + ARENA_HEADER + 2 * self.threshold
+        {
+            return Err(GeometryError::PoolSize(self.pool_shift));
+        }
+        let min_arena = if self.threshold > 0 { PAGE_SIZE.trailing_zeros() } else { MIN_POOL_SHIFT };
+        if self.arena_shift < self.pool_shift + 2
+            || self.arena_shift > self.pool_shift + MAX_POOLS_PER_ARENA.trailing_zeros()
+            || self.arena_shift < min_arena
+        {
+            return Err(GeometryError::ArenaSize(self.arena_shift));
+        }
+        Ok(self)
+    }
 }
+
+/// Why a [`Geometry`] cannot serve (see [`Geometry::validate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeometryError {
+    /// `class_shift` is neither 3 nor 4.
+    ClassShift(u32),
+    /// `threshold` is above [`SMALL_REQUEST_THRESHOLD`] or not a multiple of
+    /// 16.
+    Threshold(usize),
+    /// A pool of `1 << pool_shift` bytes is over 2 GiB, or cannot hold its
+    /// headers and two blocks of the threshold's size.
+    PoolSize(u32),
+    /// An arena of `1 << arena_shift` bytes holds fewer than 4 or more than
+    /// [`MAX_POOLS_PER_ARENA`] pools, or is not whole pages.
+    ArenaSize(u32),
+}
+
+impl fmt::Display for GeometryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClassShift(s) => write!(f, "class_shift {s} is neither 3 nor 4"),
+            Self::Threshold(t) => {
+                write!(f, "threshold {t} is over {SMALL_REQUEST_THRESHOLD} or not a multiple of 16")
+            }
+            Self::PoolSize(s) => write!(f, "pools of 2^{s} bytes cannot hold two blocks of the threshold"),
+            Self::ArenaSize(s) => {
+                write!(f, "arenas of 2^{s} bytes do not hold 4 to {MAX_POOLS_PER_ARENA} pools")
+            }
+        }
+    }
+}
+
+impl core::error::Error for GeometryError {}
 
 /// Header at the start of every pool.
 #[repr(C)]
@@ -387,8 +457,17 @@ impl fmt::Debug for ObjectAllocator {
 }
 
 impl ObjectAllocator {
-    /// An allocator for pages from a source whose window is `(start, len)`.
-    pub const fn new(geometry: Geometry, window: (usize, usize)) -> Self {
+    /// An allocator for pages from a source whose window is `(start, len)`,
+    /// or why `geometry` cannot serve ([`Geometry::validate`]).
+    pub const fn new(geometry: Geometry, window: (usize, usize)) -> Result<Self, GeometryError> {
+        match geometry.validate() {
+            Ok(geometry) => Ok(Self::with_valid(geometry, window)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`new`](Self::new) with a geometry that passed [`Geometry::validate`].
+    const fn with_valid(geometry: Geometry, window: (usize, usize)) -> Self {
         // Slots are counted from the arena boundary at or below the window.
         let start = window.0 & !(geometry.arena_size() - 1);
         let end = window.0.saturating_add(window.1);
@@ -438,6 +517,20 @@ impl ObjectAllocator {
         slot < self.window_slots && self.arena_map[slot / 64] & (1 << (slot % 64)) != 0
     }
 
+    /// The ownership bitmap: one bit per arena slot from
+    /// [`slots_start`](Self::slots_start) (for a copy threads read without
+    /// the heap's lock).
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    pub(crate) fn arena_bitmap(&self) -> [u64; ARENA_SLOTS / 64] {
+        self.arena_map
+    }
+
+    /// The address arena slot 0 starts at.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    pub(crate) fn slots_start(&self) -> usize {
+        self.window_start
+    }
+
     fn set_slot(&mut self, base: usize, present: bool) {
         let slot = (base - self.window_start) >> self.geometry.arena_shift;
         if present {
@@ -450,8 +543,13 @@ impl ObjectAllocator {
     /// Allocates a block of `size` bytes aligned to `align`
     /// (`size <= self.threshold()`, `align <= ALIGNMENT`): from a pool of
     /// its class, or from a new pool.
+    ///
+    /// # Safety
+    ///
+    /// `source` must be the page source this allocator has taken every arena
+    /// from: the same one on every call since [`new`](Self::new).
     #[inline]
-    pub fn allocate(
+    pub unsafe fn allocate(
         &mut self,
         size: usize,
         align: usize,
@@ -459,7 +557,8 @@ impl ObjectAllocator {
     ) -> Result<NonNull<u8>, AllocateError> {
         match self.allocate_from_pools(size, align) {
             Some(p) => Ok(p),
-            None => self.allocate_new_pool(size, align, source),
+            // SAFETY: the caller's promise about `source`.
+            None => unsafe { self.allocate_new_pool(size, align, source) },
         }
     }
 
@@ -477,8 +576,13 @@ impl ObjectAllocator {
 
     /// The slow path of [`allocate`](Self::allocate): a block from a new pool
     /// of its class (taking an arena from `source` if none has a free pool).
+    ///
+    /// # Safety
+    ///
+    /// `source` must be the page source this allocator has taken every arena
+    /// from: the same one on every call since [`new`](Self::new).
     #[cold]
-    pub fn allocate_new_pool(
+    pub unsafe fn allocate_new_pool(
         &mut self,
         size: usize,
         align: usize,
@@ -691,28 +795,35 @@ impl ObjectAllocator {
         unsafe { (*pool).block_size as usize }
     }
 
-    /// Frees a block.
+    /// Frees a block. Returns `false`, changing nothing, if the block's pool
+    /// has no block in use (a double free that emptied it): the one misuse
+    /// this layer can see without a walk.
     ///
     /// # Safety
     ///
     /// `ptr` must be a live block returned by [`allocate`](Self::allocate) of
-    /// this allocator (check with [`owns`](Self::owns) first).
+    /// this allocator (check with [`owns`](Self::owns) first), and `source`
+    /// the page source of every call (see [`allocate`](Self::allocate)).
     #[inline]
-    pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, source: &mut impl PageSource) {
+    pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, source: &mut impl PageSource) -> bool {
         let block = ptr.as_ptr();
         let pool = (block as usize & self.pool_mask) as *mut Pool;
         // SAFETY: a live block lies in an initialised pool of a live arena.
         let p = unsafe { &mut *pool };
+        if p.ref_count == 0 {
+            return false;
+        }
         let last = p.freeblock;
         // SAFETY: the block is ours again; its first word becomes the link.
         unsafe { *block.cast::<*mut u8>() = last };
         p.freeblock = block;
         p.ref_count -= 1;
         if !last.is_null() && p.ref_count != 0 {
-            return;
+            return true;
         }
         // SAFETY: `pool` is live, and its list membership is as its state says.
         unsafe { self.pool_changed_state(pool, last.is_null(), source) };
+        true
     }
 
     /// A pool was full (`was_full`) or has just become empty.
@@ -830,7 +941,12 @@ impl ObjectAllocator {
 
     /// Gives back the spare: a wholly free arena kept against thrashing.
     /// Returns how many arenas went back.
-    pub fn trim(&mut self, source: &mut impl PageSource) -> usize {
+    ///
+    /// # Safety
+    ///
+    /// `source` must be the page source this allocator has taken every arena
+    /// from: the same one on every call since [`new`](Self::new).
+    pub unsafe fn trim(&mut self, source: &mut impl PageSource) -> usize {
         let mut freed = 0;
         let mut ao = self.usable_arenas;
         while !ao.is_null() {

@@ -106,7 +106,37 @@ impl Config {
         }
         Self { first_fit: window_len < FIRST_FIT_LIMIT, span_min, large_threshold: LARGE_THRESHOLD }
     }
+
+    /// Checks that these tunables can serve: `span_min` is a whole number
+    /// of pages, at most 1 TiB. Every [`for_window`](Self::for_window)
+    /// passes.
+    pub const fn validate(self) -> Result<Self, ConfigError> {
+        if self.span_min == 0 || !self.span_min.is_multiple_of(PAGE_SIZE) || self.span_min > MAX_SPAN_MIN {
+            return Err(ConfigError::SpanMin(self.span_min));
+        }
+        Ok(self)
+    }
 }
+
+/// Largest [`Config::span_min`].
+const MAX_SPAN_MIN: usize = if usize::BITS > 40 { 1 << 40 } else { 1 << (usize::BITS - 2) };
+
+/// Why a [`Config`] cannot serve (see [`Config::validate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `span_min` is zero, not a whole number of pages, or over 1 TiB.
+    SpanMin(usize),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SpanMin(n) => write!(f, "span_min {n} is not a whole number of pages up to 1 TiB"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
 
 /// Why layer 0 could not allocate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,8 +388,17 @@ impl fmt::Debug for SegmentAllocator {
 
 impl SegmentAllocator {
     /// An allocator with no span yet, for a page source whose window is
-    /// `window` (as [`PageSource::window`] reports it).
-    pub const fn new(config: Config, window: (usize, usize)) -> Self {
+    /// `window` (as [`PageSource::window`] reports it), or why `config`
+    /// cannot serve ([`Config::validate`]).
+    pub const fn new(config: Config, window: (usize, usize)) -> Result<Self, ConfigError> {
+        match config.validate() {
+            Ok(config) => Ok(Self::with_valid(config, window)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`new`](Self::new) with tunables that passed [`Config::validate`].
+    const fn with_valid(config: Config, window: (usize, usize)) -> Self {
         Self {
             tlsf: Tlsf::new(),
             first_fit: linked_list_allocator::Heap::empty(),
@@ -429,15 +468,25 @@ impl SegmentAllocator {
     /// Whether layer +2 takes its arenas from this layer (a committed
     /// source, held whole) rather than from the page source. Fixed on first
     /// use.
-    pub fn serves_arenas(&mut self, source: &mut impl PageSource) -> bool {
+    ///
+    /// # Safety
+    ///
+    /// `source` must be the page source this allocator has taken every span
+    /// from: the same one on every call since [`new`](Self::new).
+    pub unsafe fn serves_arenas(&mut self, source: &mut impl PageSource) -> bool {
         self.prepare(source);
         self.whole
     }
 
     /// Allocates a block for `layout`, taking a span from `source` when
     /// needed.
+    ///
+    /// # Safety
+    ///
+    /// `source` must be the page source this allocator has taken every span
+    /// from: the same one on every call since [`new`](Self::new).
     #[inline]
-    pub fn allocate(
+    pub unsafe fn allocate(
         &mut self,
         layout: Layout,
         source: &mut impl PageSource,
@@ -541,11 +590,9 @@ impl SegmentAllocator {
         match source.allocate_pages(len, align) {
             Ok(p) => Ok(p),
             Err(e) => {
-                if self.release_spare(source) {
-                    source.allocate_pages(len, align)
-                } else {
-                    Err(e)
-                }
+                // SAFETY: `source` is the one of the public caller's
+                // contract (every private path takes it from there).
+                if unsafe { self.release_spare(source) } { source.allocate_pages(len, align) } else { Err(e) }
             }
         }
     }
@@ -561,7 +608,12 @@ impl SegmentAllocator {
     /// Allocates a block for `layout` that is expected to keep growing by
     /// realloc (a buffer being doubled): at the start of the largest free
     /// chunk, so that the next growths happen in place.
-    pub fn allocate_growable(
+    ///
+    /// # Safety
+    ///
+    /// `source` must be the page source this allocator has taken every span
+    /// from: the same one on every call since [`new`](Self::new).
+    pub unsafe fn allocate_growable(
         &mut self,
         layout: Layout,
         source: &mut impl PageSource,
@@ -571,7 +623,8 @@ impl SegmentAllocator {
         {
             return Ok(p);
         }
-        self.allocate(layout, source)
+        // SAFETY: the caller's promise about `source`.
+        unsafe { self.allocate(layout, source) }
     }
 
     /// Whether `ptr` lies in a span of this allocator. O(1): bounds and a
@@ -709,6 +762,8 @@ impl SegmentAllocator {
     /// here with `layout`, not used after this call. Pointers outside the
     /// spans are refused safely; in the TLSF engine, so are blocks not in use
     /// (while their memory has not been reused) and layouts that do not fit.
+    /// `source` must be the page source of every call (see
+    /// [`allocate`](Self::allocate)).
     #[inline(always)]
     pub unsafe fn deallocate(
         &mut self,
@@ -735,7 +790,8 @@ impl SegmentAllocator {
     /// # Safety
     ///
     /// `ptr` must be a block in use of this allocator with `layout`, as
-    /// `resize_in_place` found it, not used after this call.
+    /// `resize_in_place` found it, not used after this call; `source` the
+    /// page source of every call (see [`allocate`](Self::allocate)).
     pub unsafe fn deallocate_checked(
         &mut self,
         ptr: NonNull<u8>,
@@ -815,7 +871,12 @@ impl SegmentAllocator {
 
     /// Gives the spare span back, if there is one and it is still wholly
     /// free. Returns whether it did.
-    pub fn release_spare(&mut self, source: &mut impl PageSource) -> bool {
+    ///
+    /// # Safety
+    ///
+    /// `source` must be the page source this allocator has taken every span
+    /// from: the same one on every call since [`new`](Self::new).
+    pub unsafe fn release_spare(&mut self, source: &mut impl PageSource) -> bool {
         match self.spare.take() {
             // SAFETY: the spare is a live span of the engine.
             Some(spare) if unsafe { self.tlsf.span_is_free(spare) } => {
@@ -886,7 +947,12 @@ impl SegmentAllocator {
 
     /// Gives every wholly free span back: the spare, or a committed
     /// source's whole window. Returns how many.
-    pub fn trim(&mut self, source: &mut impl PageSource) -> usize {
+    ///
+    /// # Safety
+    ///
+    /// `source` must be the page source this allocator has taken every span
+    /// from: the same one on every call since [`new`](Self::new).
+    pub unsafe fn trim(&mut self, source: &mut impl PageSource) -> usize {
         match self.engine {
             Engine::FirstFit => match self.window_span {
                 Some((start, len)) if self.first_fit.used() == 0 => {
@@ -909,7 +975,8 @@ impl SegmentAllocator {
                     1
                 }
                 Some(_) => 0,
-                None => usize::from(self.release_spare(source)),
+                // SAFETY: the caller's promise about `source`.
+                None => usize::from(unsafe { self.release_spare(source) }),
             },
             Engine::Unset => 0,
         }

@@ -225,26 +225,61 @@ fn realloc_moves_keeps_the_data_and_checks_the_old_block() {
     }
 }
 
+/// Under `GlobalAlloc` the default policy prints the report and aborts: an
+/// unwinding panic out of the allocator would be undefined behaviour. Run in
+/// a child process (this test binary, told by an environment variable to do
+/// the overflow), which must die of the abort with the report on stderr.
 #[test]
-fn the_default_policy_panics_with_the_report_and_leaves_the_heap_unlocked() {
-    let heap = heap(4 << 20);
-    heap.set_debug_policy(Policy::Panic);
-    let layout = Layout::from_size_align(16, 8).unwrap();
-    // SAFETY: the overflow writes into the trailing guard of the block.
-    let p = unsafe { heap.alloc(layout) };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: as above.
+fn the_default_policy_prints_the_report_and_aborts_without_unwinding() {
+    if std::env::var_os("STRATA_DEBUG_ABORT_CHILD").is_some() {
+        let heap = heap(4 << 20);
+        heap.set_debug_policy(Policy::Panic);
+        let layout = Layout::from_size_align(16, 8).unwrap();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the overflow writes into the trailing guard of the block.
+            unsafe {
+                let p = heap.alloc(layout);
+                p.add(16).write(1);
+                heap.dealloc(p, layout);
+            }
+        }));
+        // Reached only if the free returned or unwound: both are failures.
+        println!("CHILD-SURVIVED unwound={}", unwound.is_err());
+        std::process::exit(0);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "the_default_policy_prints_the_report_and_aborts_without_unwinding", "--nocapture"])
+        .env("STRATA_DEBUG_ABORT_CHILD", "1")
+        .output()
+        .expect("run the child");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the child survived: {stdout}");
+    assert!(!stdout.contains("CHILD-SURVIVED"), "the violation returned or unwound: {stdout}");
+    assert!(stderr.contains("bad trailing guard byte"), "{stderr}");
+    assert!(stderr.contains("at p+16: 0x01 *** OUCH"), "{stderr}");
+    assert!(stderr.contains("cannot unwind"), "not an abort at the no-unwind boundary: {stderr}");
+}
+
+#[test]
+fn a_free_with_another_alignment_is_a_reported_layout_mismatch() {
+    for size in [64 << 10, 4 << 20] {
+        let heap = heap(size);
+        // SAFETY: a live block freed with a larger alignment: refused and
+        // reported, the block kept out of circulation, nothing corrupted.
         unsafe {
-            p.add(16).write(1);
-            heap.dealloc(p, layout);
+            let p = heap.alloc(Layout::from_size_align(100, 16).unwrap());
+            heap.dealloc(p, Layout::from_size_align(100, 32).unwrap());
+            let v = caught();
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].kind, ViolationKind::AlignMismatch);
+            assert!(v[0].to_string().contains("another alignment"));
+            heap.with(|h| h.check_invariants());
+            // And with the right layout it frees.
+            heap.dealloc(p, Layout::from_size_align(100, 16).unwrap());
+            assert!(caught().is_empty());
         }
-    }));
-    let message = *result.expect_err("the overflow must panic").downcast::<String>().unwrap();
-    assert!(message.contains("bad trailing guard byte"), "{message}");
-    assert!(message.contains("at p+16: 0x01 *** OUCH"), "{message}");
-    // The panic came after the lock was released.
-    // SAFETY: a fresh block, freed once.
-    unsafe { heap.dealloc(heap.alloc(layout), layout) };
+        heap.with(|h| h.check_invariants());
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -43,18 +43,24 @@ fn geometry_scales_with_the_window() {
 fn blocks_are_carved_lazily_and_each_pool_serves_one_class() {
     let region = Region::new(1 << 20);
     let mut src = region.source();
-    let mut obj = ObjectAllocator::new(Geometry::for_window(1 << 20), src.window());
-    let a = obj.allocate(16, 16, &mut src).unwrap();
-    let b = obj.allocate(10, 16, &mut src).unwrap();
-    let c = obj.allocate(17, 16, &mut src).unwrap();
+    let mut obj = ObjectAllocator::new(Geometry::for_window(1 << 20), src.window()).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let a = unsafe { obj.allocate(16, 16, &mut src) }.unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let b = unsafe { obj.allocate(10, 16, &mut src) }.unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let c = unsafe { obj.allocate(17, 16, &mut src) }.unwrap();
     assert_eq!(b.as_ptr() as usize - a.as_ptr() as usize, 16, "same class: next block of the pool");
     // 8-byte granularity for requests aligned to at most 8, 16-aligned blocks
     // for requests that ask for 16.
-    let d = obj.allocate(24, 8, &mut src).unwrap();
-    let e = obj.allocate(24, 8, &mut src).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let d = unsafe { obj.allocate(24, 8, &mut src) }.unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let e = unsafe { obj.allocate(24, 8, &mut src) }.unwrap();
     assert_eq!(e.as_ptr() as usize - d.as_ptr() as usize, 24, "a 24-byte class packs 24-byte blocks");
     for _ in 0..50 {
-        let f = obj.allocate(24, 16, &mut src).unwrap();
+        // SAFETY: `src` is this layer's one page source.
+        let f = unsafe { obj.allocate(24, 16, &mut src) }.unwrap();
         assert_eq!(f.as_ptr() as usize % 16, 0, "a 16-aligned request got an 8-aligned block");
     }
     let pool = obj.geometry().pool_size();
@@ -62,7 +68,8 @@ fn blocks_are_carved_lazily_and_each_pool_serves_one_class() {
     // A freed block is the next one handed out (LIFO free list, O(1)).
     // SAFETY: live blocks of `obj`.
     unsafe { obj.deallocate(a, &mut src) };
-    assert_eq!(obj.allocate(1, 16, &mut src).unwrap(), a);
+    // SAFETY: `src` is this layer's one page source.
+    assert_eq!(unsafe { obj.allocate(1, 16, &mut src) }.unwrap(), a);
     let stats = obj.class_stats();
     // Classes are 8 bytes apart: 16 bytes is class 1, 32 bytes class 3.
     assert_eq!((stats[1].block_size, stats[1].blocks_in_use), (16, 2));
@@ -77,15 +84,18 @@ fn out_of_arenas_a_request_can_borrow_the_smallest_larger_free_block() {
     let region = Region::new(64 << 10);
     let mut src = region.source();
     let geometry = Geometry { arena_shift: 14, pool_shift: 11, class_shift: 3, threshold: 256 };
-    let mut obj = ObjectAllocator::new(geometry, src.window());
+    let mut obj = ObjectAllocator::new(geometry, src.window()).unwrap();
     // One pool each for 56-byte (8-aligned) and 64-byte (16-aligned) blocks,
     // 24-byte blocks in every other pool, then no page left for an arena.
-    let x = obj.allocate(56, 8, &mut src).unwrap();
-    let y = obj.allocate(64, 8, &mut src).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let x = unsafe { obj.allocate(56, 8, &mut src) }.unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let y = unsafe { obj.allocate(64, 8, &mut src) }.unwrap();
     while src.allocate_pages(4096, 4096).is_ok() {}
     let mut small = Vec::new();
     let err = loop {
-        match obj.allocate(24, 8, &mut src) {
+        // SAFETY: `src` is this layer's one page source.
+        match unsafe { obj.allocate(24, 8, &mut src) } {
             Ok(p) => small.push(p),
             Err(e) => break e,
         }
@@ -132,8 +142,10 @@ fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
     let g = Geometry { arena_shift: 14, pool_shift: 12, class_shift: 4, threshold: 512 };
     let region = Region::new(1 << 20);
     let mut src = region.source();
-    let mut obj = ObjectAllocator::new(g, src.window());
-    let blocks: Vec<NonNull<u8>> = (0..84).map(|_| obj.allocate(512, 8, &mut src).unwrap()).collect();
+    let mut obj = ObjectAllocator::new(g, src.window()).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let blocks: Vec<NonNull<u8>> =
+        (0..84).map(|_| unsafe { obj.allocate(512, 8, &mut src) }.unwrap()).collect();
     let arena_of = |p: NonNull<u8>| p.as_ptr() as usize >> 14;
     let (a, b, c) = (arena_of(blocks[0]), arena_of(blocks[28]), arena_of(blocks[56]));
     assert!(a != b && b != c && a != c);
@@ -146,7 +158,9 @@ fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
     }
     obj.check_invariants();
     // A new pool must come from C (one free pool), not A (three free pools).
-    let fresh: Vec<NonNull<u8>> = (0..7).map(|_| obj.allocate(512, 8, &mut src).unwrap()).collect();
+    // SAFETY: `src` is this layer's one page source.
+    let fresh: Vec<NonNull<u8>> =
+        (0..7).map(|_| unsafe { obj.allocate(512, 8, &mut src) }.unwrap()).collect();
     assert!(fresh.iter().all(|&p| arena_of(p) == c), "allocation did not use the fullest arena");
     // Drain: B empties completely while A is still usable, so B goes back;
     // then A empties and stays as the one spare.
@@ -169,7 +183,8 @@ fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
         unsafe { obj.deallocate(p, &mut src) };
     }
     assert_eq!(obj.counters().current, 1, "only the spare remains");
-    assert_eq!(obj.trim(&mut src), 1);
+    // SAFETY: `src` is this layer's one page source.
+    assert_eq!(unsafe { obj.trim(&mut src) }, 1);
     assert_eq!(src.bytes_out(), 0, "arenas not returned to the page source");
     obj.check_invariants();
 }
@@ -181,20 +196,24 @@ fn a_committed_source_is_taken_whole_and_lends_layer_2_its_arenas() {
     let region = Region::new(8 << 20);
     let mut src = region.source();
     let window = src.window();
-    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window);
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window).unwrap();
     assert_eq!(seg.stats().spans, 0, "no memory taken before the first request");
-    let p = seg.allocate(layout(1000, 8), &mut src).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let p = unsafe { seg.allocate(layout(1000, 8), &mut src) }.unwrap();
     assert_eq!((seg.stats().spans, seg.stats().span_bytes), (1, window.1), "the whole window, once");
     assert_eq!(src.bytes_out(), window.1);
-    assert!(seg.serves_arenas(&mut src), "arenas come from layer 0 on a committed source");
+    // SAFETY: `src` is this layer's one page source.
+    assert!(unsafe { seg.serves_arenas(&mut src) }, "arenas come from layer 0 on a committed source");
     // A fresh heap hands out its whole window, less at most 64 bytes.
     // SAFETY: live block.
     unsafe { seg.deallocate(p, layout(1000, 8), &mut src) }.unwrap();
-    let all = seg.allocate(layout(window.1 - 64, 8), &mut src).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let all = unsafe { seg.allocate(layout(window.1 - 64, 8), &mut src) }.unwrap();
     // SAFETY: live block.
     unsafe { seg.deallocate(all, layout(window.1 - 64, 8), &mut src) }.unwrap();
     seg.check_invariants();
-    assert_eq!(seg.trim(&mut src), 1);
+    // SAFETY: `src` is this layer's one page source.
+    assert_eq!(unsafe { seg.trim(&mut src) }, 1);
     assert_eq!(src.bytes_out(), 0, "trim gives the window back");
 }
 
@@ -204,10 +223,14 @@ fn spans_of_a_page_mapping_source_go_back_but_one() {
     let mut src = region.mapped();
     let window = src.window();
     let config = Config { first_fit: false, span_min: 64 << 10, large_threshold: 1 << 20 };
-    let mut seg = SegmentAllocator::new(config, window);
-    assert!(!seg.serves_arenas(&mut src), "arenas come from the page source");
-    let blocks: Vec<_> = (0..40).map(|_| seg.allocate(layout(30_000, 8), &mut src).unwrap()).collect();
-    let big = seg.allocate(layout(3 << 20, 64), &mut src).unwrap();
+    let mut seg = SegmentAllocator::new(config, window).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    assert!(!unsafe { seg.serves_arenas(&mut src) }, "arenas come from the page source");
+    // SAFETY: `src` is this layer's one page source.
+    let blocks: Vec<_> =
+        (0..40).map(|_| unsafe { seg.allocate(layout(30_000, 8), &mut src) }.unwrap()).collect();
+    // SAFETY: `src` is this layer's one page source.
+    let big = unsafe { seg.allocate(layout(3 << 20, 64), &mut src) }.unwrap();
     assert_eq!(big.as_ptr() as usize % 64, 0);
     let stats = seg.stats();
     assert!(stats.spans >= 2 && stats.span_bytes >= 40 * 30_000 + (3 << 20), "{stats:?}");
@@ -223,7 +246,8 @@ fn spans_of_a_page_mapping_source_go_back_but_one() {
     let stats = seg.stats();
     assert_eq!(stats.spans, 1, "exactly one spare span kept: {stats:?}");
     assert!(stats.spans_released >= 1);
-    assert_eq!(seg.trim(&mut src), 1);
+    // SAFETY: `src` is this layer's one page source.
+    assert_eq!(unsafe { seg.trim(&mut src) }, 1);
     assert_eq!(src.0.bytes_out(), 0, "every span back");
 }
 
@@ -232,9 +256,11 @@ fn layer_0_refuses_foreign_double_and_mismatched_frees() {
     let region = Region::new(4 << 20);
     let mut src = region.source();
     let window = src.window();
-    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window);
-    let p = seg.allocate(layout(1000, 8), &mut src).unwrap();
-    let q = seg.allocate(layout(3000, 16), &mut src).unwrap();
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let p = unsafe { seg.allocate(layout(1000, 8), &mut src) }.unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let q = unsafe { seg.allocate(layout(3000, 16), &mut src) }.unwrap();
     let before = seg.stats();
     let mut local = 0u64;
     let foreign = NonNull::from(&mut local).cast::<u8>();
@@ -270,10 +296,13 @@ fn blocks_grow_and_shrink_in_place_when_the_next_chunk_is_free() {
     let region = Region::new(4 << 20);
     let mut src = region.source();
     let window = src.window();
-    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window);
-    let a = seg.allocate(layout(1000, 8), &mut src).unwrap();
-    let b = seg.allocate(layout(1000, 8), &mut src).unwrap();
-    let c = seg.allocate(layout(1000, 8), &mut src).unwrap();
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let a = unsafe { seg.allocate(layout(1000, 8), &mut src) }.unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let b = unsafe { seg.allocate(layout(1000, 8), &mut src) }.unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let c = unsafe { seg.allocate(layout(1000, 8), &mut src) }.unwrap();
     // SAFETY: live blocks, each call with the current layout.
     unsafe {
         // `b` is boxed in: it can shrink, and grow back into what it gave.
@@ -523,7 +552,7 @@ fn small_requests_fall_back_to_layer_0_when_no_arena_fits() {
     // Arenas from a page-mapping source (as in the kernel), spans page by page.
     let geometry = Geometry { arena_shift: 13, pool_shift: 11, class_shift: 4, threshold: 256 };
     let config = Config { first_fit: false, span_min: 4096, large_threshold: usize::MAX };
-    let mut heap = Heap::with_geometry(region.mapped(), geometry, config);
+    let mut heap = Heap::with_geometry(region.mapped(), geometry, config).unwrap();
     heap.set_cold_limit(0);
     // Take most pages with layer 0 blocks, so no 8 KiB arena fits any more.
     let mut big = Vec::new();
@@ -558,7 +587,7 @@ fn without_arenas_small_requests_borrow_a_close_fit_then_use_layer_0_then_borrow
     let region = Region::new(64 << 10);
     let geometry = Geometry { arena_shift: 13, pool_shift: 11, class_shift: 3, threshold: 256 };
     let config = Config { first_fit: false, span_min: 4096, large_threshold: usize::MAX };
-    let mut heap = Heap::with_geometry(region.mapped(), geometry, config);
+    let mut heap = Heap::with_geometry(region.mapped(), geometry, config).unwrap();
     heap.set_cold_limit(0);
     // One arena, its four pools taken by four classes: 72 bytes and three
     // large ones.

@@ -71,7 +71,7 @@ fn disjoint(live: &[Block]) {
 
 fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op]) {
     let window = source.window();
-    let mut seg = SegmentAllocator::new(config, window);
+    let mut seg = SegmentAllocator::new(config, window).unwrap();
     let mut live: Vec<Block> = Vec::new();
     let mut freed: Option<(NonNull<u8>, Layout)> = None;
     let mut seed = 0u8;
@@ -81,9 +81,11 @@ fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op
                 let align = 1 << align_shift_of(op);
                 let layout = Layout::from_size_align(size, align).unwrap();
                 let result = if matches!(op, Op::Growable { .. }) {
-                    seg.allocate_growable(layout, &mut source)
+                    // SAFETY: `source` is this layer's one page source.
+                    unsafe { seg.allocate_growable(layout, &mut source) }
                 } else {
-                    seg.allocate(layout, &mut source)
+                    // SAFETY: `source` is this layer's one page source.
+                    unsafe { seg.allocate(layout, &mut source) }
                 };
                 match result {
                     Ok(ptr) => {
@@ -189,7 +191,8 @@ fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op
     }
     seg.check_invariants();
     assert_eq!(seg.stats().allocated_bytes, 0, "blocks leaked: {:?}", seg.stats());
-    seg.trim(&mut source);
+    // SAFETY: `source` is this layer's one page source.
+    unsafe { seg.trim(&mut source) };
     assert_eq!(source.bytes_out(), 0, "memory not given back: {:?}", seg.stats());
 }
 

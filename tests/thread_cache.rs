@@ -14,6 +14,8 @@ fn heap() -> &'static LockedHeap {
     let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
     // Large enough for layer +2 (from 16 MiB), whose classes thread caches serve.
     heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 32 << 20].into_boxed_slice()));
+    // Every small request from pools at once: the caches hold +2 blocks.
+    heap.with(|h| h.set_cold_limit(0));
     heap.enable_thread_caches();
     heap
 }

@@ -83,12 +83,14 @@ unsafe impl GlobalAlloc for LockedLayer0 {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut g = self.0.lock();
         let (seg, src) = &mut *g;
-        seg.allocate(layout, src).map_or(std::ptr::null_mut(), NonNull::as_ptr)
+        // SAFETY: the layer and its one page source live together.
+        unsafe { seg.allocate(layout, src) }.map_or(std::ptr::null_mut(), NonNull::as_ptr)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let mut g = self.0.lock();
         let (seg, src) = &mut *g;
-        // SAFETY: `ptr` came from this layer with `layout`.
+        // SAFETY: `ptr` came from this layer with `layout`, and `src` is
+        // its one page source.
         let _ = unsafe { seg.deallocate(NonNull::new_unchecked(ptr), layout, src) };
     }
 }
@@ -157,7 +159,7 @@ pub fn make_peer(name: &'static str, region: &Region) -> Peer {
             let src = unsafe { strata::RegionSource::new(ptr, size) };
             let window = strata::PageSource::window(&src);
             let config = strata::segment::Config::for_window(window.1);
-            let layer0 = strata::segment::SegmentAllocator::new(config, window);
+            let layer0 = strata::segment::SegmentAllocator::new(config, window).unwrap();
             Box::new(LockedLayer0(spin::Mutex::new((layer0, src))))
         }
         other => panic!("unknown peer {other}"),

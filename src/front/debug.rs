@@ -7,9 +7,9 @@
 //! Every block is laid out as
 //!
 //! ```text
-//!  base                                   p = base + header_len(align)
-//!  │ scratch ≥ 16 │ size u64 │ serial u64 │ domain │ state │ 0xFD × 14 │ data: size bytes │ 0xFD × 16 │
-//!                  p-32       p-24         p-16     p-15    p-14        p                  p+size
+//!  base                                        p = base + header_len(align)
+//!  │ scratch ≥ 16 │ size u64 │ serial u64 │ domain │ state │ log2 align │ 0xFD × 13 │ data │ 0xFD × 16 │
+//!                  p-32       p-24         p-16     p-15    p-14         p-13        p      p+size
 //! ```
 //!
 //! The scratch bytes are what the layers below overwrite with their free-list
@@ -21,8 +21,9 @@
 //! On free and realloc the block is checked in this order: it lies in memory
 //! of this heap (and is 16-aligned, as every debug block is); its state says
 //! live (a freed state is a **double free**); it was allocated through the
-//! same [`Domain`] (else a **wrong-layer free**); the leading guard; the size
-//! against the layout's; the trailing guard. A failed check leaves the block
+//! same [`Domain`] (else a **wrong-layer free**); the leading guard; the
+//! alignment and the size against the layout's (a **layout mismatch**); the
+//! trailing guard. A failed check leaves the block
 //! alone (it is never handed to a layer: nothing is corrupted further) and
 //! produces a [`Violation`] — address, requested size, serial number, owning
 //! layer, every bad guard byte with its offset, the first and last data bytes
@@ -52,8 +53,9 @@ pub const DEAD: u8 = 0xDD;
 const FIELDS: usize = 32;
 /// Bytes before the fields left to the layers below (their free-list links).
 const SCRATCH: usize = 16;
-/// Leading guard bytes (the rest of `FIELDS` after size, serial, domain, state).
-pub const LEADING_GUARD: usize = FIELDS - 18;
+/// Leading guard bytes (the rest of `FIELDS` after size, serial, domain,
+/// state and alignment).
+pub const LEADING_GUARD: usize = FIELDS - 19;
 /// Trailing guard bytes.
 pub const TRAILING_GUARD: usize = 16;
 /// How many bad guard bytes a [`Violation`] lists.
@@ -67,7 +69,9 @@ const FREED: u8 = 0x46;
 /// What a heap does with a [`Violation`].
 #[derive(Clone, Copy, Debug)]
 pub enum Policy {
-    /// Panic with the report (the default, and the kernel's).
+    /// Print the report and abort, as CPython's hooks end in a fatal error
+    /// (the default, and the kernel's, where the panic handler reports
+    /// it): never an unwinding panic out of the allocator.
     Panic,
     /// Call this function with the violation, then carry on: the bad block
     /// is kept out of circulation (leaked) and the call returns as a
@@ -77,13 +81,30 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// Acts on `violation`.
+    /// Acts on `violation`. Under [`Policy::Panic`] the panic does not
+    /// unwind: the report is printed and the program aborts (with `std`),
+    /// or the panic handler runs (`no_std`, where panics abort) — a
+    /// violation is caught inside the allocator, which `GlobalAlloc`
+    /// forbids unwinding out of.
     pub fn apply(self, violation: &Violation) {
         match self {
-            Self::Panic => panic!("{violation}"),
+            Self::Panic => fail(violation),
             Self::Report(f) => f(violation),
         }
     }
+}
+
+/// Panics with `violation`'s report where the panic cannot unwind: an
+/// `extern "C"` function, out of which a panic aborts the program once the
+/// panic hook has printed the report.
+#[cold]
+#[inline(never)]
+fn fail(violation: &Violation) -> ! {
+    extern "C" fn no_unwind(violation: *const Violation) -> ! {
+        // SAFETY: `fail` passes a reference it holds for the whole call.
+        panic!("{}", unsafe { &*violation })
+    }
+    no_unwind(violation)
 }
 
 /// What a check found wrong, in the order the checks run.
@@ -104,6 +125,9 @@ pub enum ViolationKind {
     LeadingGuard,
     /// The layout's size is not the size the block was allocated with.
     SizeMismatch,
+    /// The layout's alignment is not the alignment the block was allocated
+    /// with.
+    AlignMismatch,
     /// A trailing guard byte was overwritten (buffer overflow).
     TrailingGuard,
     /// A block for this alignment came back misaligned (an allocator bug;
@@ -120,6 +144,7 @@ impl ViolationKind {
             Self::WrongDomain => "freed through the wrong layer",
             Self::LeadingGuard => "bad leading guard byte (buffer underflow)",
             Self::SizeMismatch => "freed with another size than it was allocated with",
+            Self::AlignMismatch => "freed with another alignment than it was allocated with",
             Self::TrailingGuard => "bad trailing guard byte (buffer overflow)",
             Self::Misaligned => "misaligned block",
         }
@@ -292,6 +317,7 @@ impl<S: PageSource> Heap<S> {
             q.sub(24).cast::<u64>().write(self.debug.serial);
             q.sub(16).write(domain.0);
             q.sub(15).write(LIVE);
+            q.sub(14).write(layout.align().trailing_zeros() as u8);
             ptr::write_bytes(q.sub(LEADING_GUARD), FORBIDDEN, LEADING_GUARD);
             ptr::write_bytes(q, if zeroed { 0 } else { CLEAN }, size);
             ptr::write_bytes(q.add(size), FORBIDDEN, TRAILING_GUARD);
@@ -364,14 +390,22 @@ impl<S: PageSource> Heap<S> {
     ///
     /// `ptr` must be a live debug block of `layout` that passed [`Self::check`].
     unsafe fn release(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        let (inner, header) = inner_layout(layout).expect("checked at allocation");
+        let Some((inner, header)) = inner_layout(layout) else { return };
         // SAFETY: a checked live block: data and trailer are ours, and the
         // whole block starts `header` bytes before `p`.
-        unsafe {
+        let freed = unsafe {
             let q = ptr.as_ptr();
             ptr::write_bytes(q, DEAD, layout.size() + TRAILING_GUARD);
             q.sub(15).write(FREED);
-            self.deallocate(ptr.sub(header), inner).expect("a checked block is owned");
+            self.deallocate(ptr.sub(header), inner)
+        };
+        if freed.is_err() {
+            // The layers refused what the checks passed: kept out of
+            // circulation and reported, never a panic inside a free.
+            let mut v = Violation::blank(ViolationKind::BadHeader, ptr, layout, Domain::HEAP);
+            v.owner = self.owner(ptr.as_ptr());
+            self.stats.debug_violations += 1;
+            self.debug.pending = Some(v);
         }
     }
 
@@ -380,26 +414,36 @@ impl<S: PageSource> Heap<S> {
     fn check(&self, ptr: NonNull<u8>, layout: Layout, domain: Domain) -> Option<Violation> {
         let mut v = Violation::blank(ViolationKind::NotOwned, ptr, layout, domain);
         let p = ptr.as_ptr() as usize;
-        let header = header_len(layout.align());
         v.owner = self.owner(ptr.as_ptr());
-        // 1. The block, header included, lies in memory of one layer of this
+        // 1. The block's header fields lie in memory of one layer of this
         //    heap (a layer's memory is mapped from the first byte it owns to
-        //    the last), and is aligned as every debug block is.
-        let start_owner = p.checked_sub(header).and_then(|b| self.owner(b as *const u8));
-        if v.owner.is_none() || start_owner != v.owner || !p.is_multiple_of(16) {
+        //    the last), and the block is aligned as every debug block is.
+        //    The fields sit at the same place whatever the alignment; the
+        //    rest of the header is checked once the alignment is known.
+        let fields_owner = p.checked_sub(FIELDS).and_then(|b| self.owner(b as *const u8));
+        if v.owner.is_none() || fields_owner != v.owner || !p.is_multiple_of(16) {
             return Some(v);
         }
         let q = ptr.as_ptr();
         // SAFETY: the header lies in mapped memory of this heap (checked
         // above) and its fields are 8-aligned.
-        let (size, serial, allocated_by, state) = unsafe {
+        let (size, serial, allocated_by, state, align_log2) = unsafe {
             (
                 q.sub(32).cast::<u64>().read() as usize,
                 q.sub(24).cast::<u64>().read(),
                 Domain(q.sub(16).read()),
                 q.sub(15).read(),
+                q.sub(14).read(),
             )
         };
+        let align_agrees = u32::from(align_log2) == layout.align().trailing_zeros();
+        // The whole header, for the alignment the block was made with.
+        let recorded = 1usize.checked_shl(u32::from(align_log2)).unwrap_or(usize::MAX);
+        let start_owner = p.checked_sub(header_len(recorded)).and_then(|b| self.owner(b as *const u8));
+        if start_owner != v.owner {
+            v.kind = ViolationKind::BadHeader;
+            return Some(v);
+        }
         v.requested_size = Some(size);
         v.serial = Some(serial);
         v.allocated_by = Some(allocated_by);
@@ -414,7 +458,7 @@ impl<S: PageSource> Heap<S> {
         // with the header (the caller promises the layout, so then they are
         // in the block).
         let end_owner = size.checked_add(p + TRAILING_GUARD - 1).and_then(|e| self.owner(e as *const u8));
-        let trusted = size == layout.size() && end_owner == v.owner;
+        let trusted = size == layout.size() && align_agrees && end_owner == v.owner;
         if trusted && state != FREED {
             for i in 0..TRAILING_GUARD {
                 // SAFETY: the trailer of a block of `size` bytes.
@@ -441,6 +485,8 @@ impl<S: PageSource> Heap<S> {
             ViolationKind::WrongDomain
         } else if leading_bad {
             ViolationKind::LeadingGuard
+        } else if !align_agrees {
+            ViolationKind::AlignMismatch
         } else if size != layout.size() {
             ViolationKind::SizeMismatch
         } else if v.bad_count > 0 {

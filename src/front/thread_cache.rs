@@ -1,27 +1,30 @@
 //! Per-thread caches in front of a [`LockedHeap`](super::LockedHeap)'s lock
 //! (feature `std`; inactive with `debug`): glibc's tcache for strata.
 //!
-//! A thread that frees a small block (one layer +2's classes serve: at most
-//! the heap's small-request threshold, aligned to at most 16) keeps it in a
-//! bin of its own for that size class, up to [`DEPTH`] blocks per class;
-//! its next request of that class takes it back without the heap lock.
-//! Blocks in a thread's bins stay allocated as far as the heap knows. They
-//! go back through the lock when the thread exits, when the bin is full, and
-//! when the thread calls [`LockedHeap::trim`](super::LockedHeap::trim).
+//! A thread that frees a block of layer +2 keeps it in a bin of its own,
+//! up to [`DEPTH`] blocks per size class; its next request of that class
+//! takes it back without the heap lock. Blocks in a thread's bins stay
+//! allocated as far as the heap knows. They go back through the lock when
+//! the thread exits, when the bin is full, and when the thread calls
+//! [`LockedHeap::trim`](super::LockedHeap::trim).
 //!
 //! A thread caches for one heap, the first opted-in heap it frees a small
 //! block to ([`LockedHeap::enable_thread_caches`](super::LockedHeap::enable_thread_caches),
 //! which needs a `'static` heap: the cache may outlive any borrow); other
 //! heaps take the locked path.
 //!
-//! Every block cached in a class can serve every request of that class: a
-//! +2 block is at least the class size (realloc may have shrunk its layout
-//! in place inside a larger block), and layer 0's fallback blocks are
-//! 16-granular and 16-aligned, so the same class's requests round to the
-//! same block size there too. The classes 16-aligned requests map to take
-//! only 16-aligned blocks. On flush each block is freed with its class's
-//! layout, which both layers accept (+2 frees by ownership; layer 0 rounds
-//! both layouts to the same 16-byte multiple).
+//! **What is cached, and where.** Only blocks the heap's own ownership test
+//! puts in an arena of layer +2: the heap keeps a copy of +2's arena bitmap
+//! in atomics outside its lock ([`ArenaMirror`]), updated under the lock
+//! whenever an arena comes or goes, which the cache reads before it keeps a
+//! block. Anything else — a foreign pointer, a block of layer 0 — takes the
+//! locked path, where the heap refuses what is not its own (counted in
+//! `refused_frees`). A block is filed by what it surely holds: the 8-byte
+//! (or 16-byte) class its layout's *size* rounds up to, never the class its
+//! alignment would round to, and in a class that 16-aligned requests use
+//! only if its address is 16-aligned; so every block of a bin holds every
+//! request of that bin's class. A second free of a block this thread still
+//! holds is refused.
 
 #![cfg_attr(feature = "debug", allow(dead_code))]
 
@@ -30,8 +33,9 @@ extern crate std;
 use core::alloc::Layout;
 use core::cell::RefCell;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::object::{NUM_CLASSES, class_size, size_class};
+use crate::object::{ARENA_SLOTS, NUM_CLASSES, class_size, size_class};
 
 /// Most blocks a thread keeps per size class.
 pub const DEPTH: u16 = 16;
@@ -46,6 +50,42 @@ struct Bin {
 /// argument, through its lock.
 pub(crate) type Release = unsafe fn(usize, NonNull<u8>, Layout);
 
+/// A copy of layer +2's arena bitmap that threads read without the heap's
+/// lock: one bit per arena slot of the window, written only under the lock.
+pub(crate) struct ArenaMirror {
+    bits: [AtomicU64; ARENA_SLOTS / 64],
+    /// The +2 arena counters the copy was last made at (allocated,
+    /// reclaimed), to tell when it must be made again.
+    seen: [AtomicU64; 2],
+}
+
+impl ArenaMirror {
+    pub(crate) const fn new() -> Self {
+        Self { bits: [const { AtomicU64::new(0) }; ARENA_SLOTS / 64], seen: [const { AtomicU64::new(0) }; 2] }
+    }
+
+    /// Makes the copy again if the arena counters moved (call with the
+    /// heap locked).
+    #[inline]
+    pub(crate) fn sync(&self, counters: (usize, usize), bitmap: impl FnOnce() -> [u64; ARENA_SLOTS / 64]) {
+        let (made, freed) = (counters.0 as u64, counters.1 as u64);
+        if self.seen[0].load(Ordering::Relaxed) == made && self.seen[1].load(Ordering::Relaxed) == freed {
+            return;
+        }
+        for (word, value) in self.bits.iter().zip(bitmap()) {
+            // Release: a thread that sees the bit sees the arena's set-up.
+            word.store(value, Ordering::Release);
+        }
+        self.seen[0].store(made, Ordering::Relaxed);
+        self.seen[1].store(freed, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn holds(&self, slot: usize) -> bool {
+        slot < ARENA_SLOTS && self.bits[slot / 64].load(Ordering::Acquire) & (1 << (slot % 64)) != 0
+    }
+}
+
 /// What a thread needs to know of the heap it caches for.
 #[derive(Clone, Copy)]
 pub(crate) struct Owner {
@@ -54,8 +94,29 @@ pub(crate) struct Owner {
     /// Layer +2's threshold and class granularity on that heap.
     pub(crate) threshold: usize,
     pub(crate) class_shift: u32,
+    /// Where the arena slots start and how large they are.
+    pub(crate) slots_start: usize,
+    pub(crate) arena_shift: u32,
+    /// The heap's copy of the arena bitmap.
+    pub(crate) mirror: &'static ArenaMirror,
     /// How blocks go back.
     pub(crate) release: Release,
+}
+
+impl Owner {
+    /// Whether `ptr` lies in an arena of layer +2, as the heap knew at its
+    /// last change of arenas.
+    #[inline]
+    fn owns(&self, ptr: NonNull<u8>) -> bool {
+        let slot = (ptr.as_ptr() as usize).wrapping_sub(self.slots_start) >> self.arena_shift;
+        self.mirror.holds(slot)
+    }
+
+    /// Whether a layout is small (served by +2's classes).
+    #[inline]
+    fn is_small(&self, layout: Layout) -> bool {
+        layout.size().wrapping_sub(1) < self.threshold && layout.align() <= 16
+    }
 }
 
 struct ThreadCache {
@@ -66,14 +127,10 @@ struct ThreadCache {
 impl ThreadCache {
     const EMPTY: Self = Self { owner: None, bins: [Bin { head: ptr::null_mut(), len: 0 }; NUM_CLASSES] };
 
-    /// The size class of `layout` if this cache serves `heap` and the
-    /// layout is small.
-    fn class(&self, heap: usize, layout: Layout) -> Option<(usize, Owner)> {
-        let owner = self.owner.filter(|o| o.heap == heap)?;
-        if layout.size().wrapping_sub(1) >= owner.threshold || layout.align() > 16 {
-            return None;
-        }
-        Some((size_class(layout.size(), layout.align(), owner.class_shift), owner))
+    /// The owner, if this cache serves `heap`.
+    #[inline]
+    fn owner_of(&self, heap: usize) -> Option<Owner> {
+        self.owner.filter(|o| o.heap == heap)
     }
 
     /// Gives every cached block back to the owner.
@@ -84,7 +141,8 @@ impl ThreadCache {
                 Layout::from_size_align(class_size(class, owner.class_shift), 8).expect("class layout");
             while let Some(block) = NonNull::new(bin.head) {
                 // SAFETY: cached blocks hold the next link in their first
-                // word, and are live blocks of the owner of this class.
+                // word, and are live blocks of +2 of the owner, holding at
+                // least their class's size.
                 unsafe {
                     bin.head = block.as_ptr().cast::<*mut u8>().read();
                     (owner.release)(owner.heap, block, layout);
@@ -111,8 +169,12 @@ pub(crate) fn take(heap: usize, layout: Layout) -> Option<NonNull<u8>> {
     CACHE
         .try_with(|cache| {
             let mut cache = cache.try_borrow_mut().ok()?;
-            let (class, _) = cache.class(heap, layout)?;
-            let bin = &mut cache.bins[class];
+            let owner = cache.owner_of(heap)?;
+            if !owner.is_small(layout) {
+                return None;
+            }
+            // The class a request needs: its alignment may round it up.
+            let bin = &mut cache.bins[size_class(layout.size(), layout.align(), owner.class_shift)];
             let block = NonNull::new(bin.head)?;
             // SAFETY: cached blocks hold the next link in their first word.
             bin.head = unsafe { block.as_ptr().cast::<*mut u8>().read() };
@@ -123,61 +185,96 @@ pub(crate) fn take(heap: usize, layout: Layout) -> Option<NonNull<u8>> {
         .flatten()
 }
 
-/// The size classes of `old` and `new` if this thread caches small blocks
-/// of heap `heap` and both layouts are small.
+/// Whether block `ptr` of +2, allocated with `old`, holds `new_size` bytes
+/// as it is, by what its layout alone guarantees (its size rounded up to the
+/// class granularity), and the new size uses more than half of it: a
+/// realloc that needs no lock. `None` when this thread does not cache for
+/// `heap`, the layouts are not small, or the block is not of +2.
 #[inline]
-pub(crate) fn classes(heap: usize, old: Layout, new: Layout) -> Option<(usize, usize)> {
+pub(crate) fn fits_in_place(heap: usize, ptr: NonNull<u8>, old: Layout, new_size: usize) -> Option<bool> {
     CACHE
         .try_with(|cache| {
             let cache = cache.try_borrow().ok()?;
-            Some((cache.class(heap, old)?.0, cache.class(heap, new)?.0))
+            let owner = cache.owner_of(heap)?;
+            let new = Layout::from_size_align(new_size, old.align()).ok()?;
+            // Blocks of +2 only: layer 0 checks a block's size on free.
+            if !owner.is_small(old) || !owner.is_small(new) || !owner.owns(ptr) {
+                return None;
+            }
+            let surely = old.size().next_multiple_of(1 << owner.class_shift);
+            Some(new_size <= surely && new_size > surely / 2)
         })
         .ok()
         .flatten()
 }
 
-/// Keeps a freed block of heap `heap` in this thread's cache; `false` when
-/// it must go back through the lock (not small, bin full, another heap's
-/// cache, or the thread is exiting). `attach` describes the heap, asked the
-/// first time this thread caches for it.
+/// Why [`put`] did not keep a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Declined {
+    /// Not for the cache (not small, not a +2 block, another heap's, the
+    /// bin full, the thread exiting): the locked path decides.
+    Pass,
+    /// The block is in this thread's cache already: a double free.
+    DoubleFree,
+}
+
+/// Keeps a freed block of heap `heap` in this thread's cache. `attach`
+/// describes the heap, asked the first time this thread caches for it.
 ///
 /// # Safety
 ///
-/// `ptr` must be a live block of heap `heap` allocated with `layout`, not
-/// used afterwards.
+/// If the heap owns `ptr`, it must be a live block of it allocated with
+/// `layout`, not used afterwards.
 #[inline]
 pub(crate) unsafe fn put(
     heap: usize,
     ptr: NonNull<u8>,
     layout: Layout,
     attach: impl FnOnce() -> Owner,
-) -> bool {
+) -> Result<(), Declined> {
     CACHE
         .try_with(|cache| {
-            let Ok(mut cache) = cache.try_borrow_mut() else { return false };
+            let Ok(mut cache) = cache.try_borrow_mut() else { return Err(Declined::Pass) };
             if cache.owner.is_none() {
                 cache.owner = Some(attach());
             }
-            let Some((class, owner)) = cache.class(heap, layout) else { return false };
-            let bin = &mut cache.bins[class];
-            // The classes 16-aligned requests map to (odd ones, with 8-byte
-            // classes) hand out 16-aligned blocks only: a block that
-            // realloc shrank in place inside a larger, 8-aligned block of
-            // an even class must not land there.
-            let odd = class % 2 == 1;
-            if bin.len >= DEPTH
-                || (owner.class_shift == 3 && odd && !(ptr.as_ptr() as usize).is_multiple_of(16))
-            {
-                return false;
+            let Some(owner) = cache.owner_of(heap) else { return Err(Declined::Pass) };
+            if !owner.is_small(layout) || !owner.owns(ptr) {
+                return Err(Declined::Pass);
             }
-            // SAFETY: the block is ours again and at least 8 bytes long and
-            // aligned (every class is).
+            // What the block surely holds: its size, rounded up to the class
+            // granularity (+2 blocks are whole classes). Its alignment may
+            // not be rounded in: a block realloc kept in place holds its
+            // old class, which may be smaller than the class its alignment
+            // maps the new size to.
+            let class = (layout.size().max(1) - 1) >> owner.class_shift;
+            // The classes 16-aligned requests use (odd ones, with 8-byte
+            // classes) must hand out 16-aligned blocks.
+            let odd = class % 2 == 1;
+            if owner.class_shift == 3 && odd && !(ptr.as_ptr() as usize).is_multiple_of(16) {
+                return Err(Declined::Pass);
+            }
+            let bin = &mut cache.bins[class];
+            // A block this thread holds already: freed twice.
+            let mut c = bin.head;
+            while !c.is_null() {
+                if c == ptr.as_ptr() {
+                    return Err(Declined::DoubleFree);
+                }
+                // SAFETY: cached blocks hold the next link in their first word.
+                c = unsafe { c.cast::<*mut u8>().read() };
+            }
+            if bin.len >= DEPTH {
+                return Err(Declined::Pass);
+            }
+            // SAFETY: the block is ours again, in an arena of +2, and at
+            // least 8 bytes long and aligned (every class is).
             unsafe { ptr.as_ptr().cast::<*mut u8>().write(bin.head) };
             bin.head = ptr.as_ptr();
             bin.len += 1;
-            true
+            Ok(())
         })
-        .unwrap_or(false)
+        .unwrap_or(Err(Declined::Pass))
 }
 
 /// Gives this thread's cached blocks back to their heap, if it is `heap`.

@@ -27,6 +27,7 @@ fn main() {
                 threshold: 512,
             };
             Heap::with_geometry(source, geometry, strata::segment::Config::for_window(region.size()))
+                .expect("GEOMETRY=arena_shift,pool_shift: a valid geometry")
         }
         Err(_) => Heap::new(source),
     };

@@ -1,0 +1,306 @@
+//! Misuse of the public API, as a hostile user would try it: each must be
+//! refused (or served correctly), counted, and leave the heap sound.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::mem::MaybeUninit;
+
+use strata::LockedHeap;
+
+fn layout(size: usize, align: usize) -> Layout {
+    Layout::from_size_align(size, align).unwrap()
+}
+
+fn heap(size: usize) -> &'static LockedHeap {
+    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); size].into_boxed_slice()));
+    heap
+}
+
+#[test]
+fn realloc_of_a_pointer_no_layer_owns_is_a_counted_null_and_leaks_nothing() {
+    let heap = heap(32 << 20);
+    let live = heap.stats().segments.allocated_bytes;
+    let mut local = [0u8; 64];
+    // SAFETY: a pointer the heap does not own: refused before anything is
+    // allocated.
+    let p = unsafe { heap.realloc(local.as_mut_ptr(), layout(64, 8), 4096) };
+    assert!(p.is_null());
+    let s = heap.stats();
+    assert_eq!(s.front.refused_frees, 1, "the refusal was not counted");
+    assert_eq!(s.segments.allocated_bytes, live, "the new block leaked");
+    // And a block freed already.
+    // SAFETY: a live block, then freed, then reallocated: refused.
+    unsafe {
+        let q = heap.alloc(layout(3000, 8));
+        heap.dealloc(q, layout(3000, 8));
+        assert!(heap.realloc(q, layout(3000, 8), 5000).is_null());
+    }
+    assert_eq!(heap.stats().front.refused_frees, 2);
+    heap.with(|h| h.check_invariants());
+}
+
+#[test]
+fn a_region_at_the_top_of_the_address_space_is_an_empty_heap() {
+    for addr in [usize::MAX - 3, usize::MAX - 15, usize::MAX - 16, usize::MAX] {
+        for len in [0, 1, 3, 16] {
+            // SAFETY: an empty (or unusable) region: the source must not touch it.
+            let source = unsafe { strata::RegionSource::new(std::ptr::without_provenance_mut(addr), len) };
+            assert_eq!(strata::PageSource::window(&source).1, 0, "{addr:#x}+{len}");
+        }
+    }
+}
+
+#[test]
+fn arenas_can_live_in_all_of_a_window_that_is_not_a_power_of_two() {
+    for len in [6usize << 30, (4usize << 30) + 4096, 3 << 30, (1 << 20) + 16] {
+        let g = strata::object::Geometry::for_window(len);
+        if g.threshold > 0 {
+            assert!(
+                len.div_ceil(g.arena_size()) < strata::object::ARENA_SLOTS,
+                "{len}: {} arenas of {} do not cover it",
+                strata::object::ARENA_SLOTS,
+                g.arena_size()
+            );
+        }
+    }
+}
+
+#[test]
+fn configurations_that_cannot_serve_are_typed_errors() {
+    use strata::InvalidConfig;
+    use strata::object::{Geometry, GeometryError};
+    use strata::segment::{Config, ConfigError};
+    let region = common::Region::new(1 << 20);
+    let config = Config::for_window(1 << 20);
+    let bad = [
+        // Pools of 512 bytes cannot hold two 512-byte blocks: they would overlap.
+        (
+            Geometry { arena_shift: 12, pool_shift: 9, class_shift: 3, threshold: 512 },
+            GeometryError::PoolSize(9),
+        ),
+        // A pool larger than its arena.
+        (
+            Geometry { arena_shift: 12, pool_shift: 14, class_shift: 3, threshold: 512 },
+            GeometryError::ArenaSize(12),
+        ),
+        (
+            Geometry { arena_shift: 20, pool_shift: 12, class_shift: 3, threshold: 512 },
+            GeometryError::ArenaSize(20),
+        ),
+        (
+            Geometry { arena_shift: 20, pool_shift: 64, class_shift: 3, threshold: 512 },
+            GeometryError::PoolSize(64),
+        ),
+        (
+            Geometry { arena_shift: 20, pool_shift: 14, class_shift: 5, threshold: 512 },
+            GeometryError::ClassShift(5),
+        ),
+        (
+            Geometry { arena_shift: 20, pool_shift: 14, class_shift: 3, threshold: 1024 },
+            GeometryError::Threshold(1024),
+        ),
+        (
+            Geometry { arena_shift: 20, pool_shift: 14, class_shift: 3, threshold: 100 },
+            GeometryError::Threshold(100),
+        ),
+    ];
+    for (geometry, err) in bad {
+        let r = strata::Heap::with_geometry(region.source(), geometry, config);
+        assert_eq!(r.err(), Some(InvalidConfig::Geometry(err)), "{geometry:?}");
+        let r = strata::object::ObjectAllocator::new(geometry, (0, 1 << 20));
+        assert_eq!(r.err(), Some(err));
+    }
+    for span_min in [0, 100, usize::MAX & !4095] {
+        let config = Config { span_min, ..config };
+        let r = strata::Heap::with_geometry(region.source(), Geometry::CPYTHON, config);
+        assert_eq!(r.err(), Some(InvalidConfig::Segment(ConfigError::SpanMin(span_min))));
+    }
+    // The geometries the heap computes itself are valid, and a valid custom
+    // one serves.
+    for shift in 12..40 {
+        assert!(Geometry::for_window(1 << shift).validate().is_ok());
+        assert!(Geometry::for_region(3 << shift).validate().is_ok());
+    }
+    let g = Geometry { arena_shift: 16, pool_shift: 12, class_shift: 4, threshold: 256 };
+    let mut heap = strata::Heap::with_geometry(region.source(), g, config).unwrap();
+    heap.set_cold_limit(0);
+    let p = heap.allocate(layout(200, 16)).unwrap();
+    assert_eq!(heap.owner(p.as_ptr()), Some(strata::Layer::Object));
+    // SAFETY: the live block just allocated.
+    unsafe { heap.deallocate(p, layout(200, 16)) }.unwrap();
+    heap.check_invariants();
+}
+
+#[cfg(all(feature = "std", not(feature = "debug")))]
+mod thread_caches {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn cached_heap(size: usize) -> &'static LockedHeap {
+        let heap = heap(size);
+        heap.with(|h| h.set_cold_limit(0));
+        heap.enable_thread_caches();
+        heap
+    }
+
+    /// The overflow of the issue: a 328-byte block shrunk in place to 320,
+    /// freed as (320, 8), taken for (320, 16), then grown to 328 and 336.
+    #[test]
+    fn a_cached_block_never_serves_more_than_it_holds() {
+        let heap = cached_heap(32 << 20);
+        let l328 = layout(328, 8);
+        // SAFETY: blocks of this heap, each used within its layout and freed
+        // once with its current layout.
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..200).map(|_| heap.alloc(l328)).collect();
+            let set: HashSet<usize> = blocks.iter().map(|&p| p as usize).collect();
+            // A 16-aligned block with a live block right after it.
+            let &p = blocks
+                .iter()
+                .find(|&&p| (p as usize).is_multiple_of(16) && set.contains(&(p as usize + 328)))
+                .expect("a 16-aligned block with a neighbour");
+            let neighbour = p.add(328);
+            neighbour.write_bytes(0x5a, 328);
+            let q = heap.realloc(p, l328, 320);
+            assert_eq!(q, p, "shrunk in place");
+            heap.dealloc(q, layout(320, 8));
+            let r = heap.alloc(layout(320, 16));
+            assert!((r as usize).is_multiple_of(16));
+            let r = heap.realloc(r, layout(320, 16), 328);
+            let r = heap.realloc(r, layout(328, 16), 336);
+            r.write_bytes(0xa5, 336);
+            assert!(
+                std::slice::from_raw_parts(neighbour, 328).iter().all(|&b| b == 0x5a),
+                "the block grew over its neighbour"
+            );
+            heap.dealloc(r, layout(336, 16));
+            for b in blocks.into_iter().filter(|&b| b != p) {
+                heap.dealloc(b, l328);
+            }
+        }
+        heap.trim();
+        heap.with(|h| h.check_invariants());
+    }
+
+    #[test]
+    fn the_caches_refuse_what_the_heap_refuses() {
+        let heap = cached_heap(32 << 20);
+        let other = cached_heap(32 << 20);
+        let l = layout(64, 8);
+        // SAFETY: the frees below are the misuse under test; each must be
+        // refused without the block being cached.
+        unsafe {
+            // Warm this thread's cache for `heap`.
+            let a = heap.alloc(l);
+            heap.dealloc(a, l);
+            let mut local = [0u64; 8];
+            heap.dealloc(local.as_mut_ptr().cast(), l);
+            let foreign = other.alloc(l);
+            heap.dealloc(foreign, l);
+            assert_eq!(heap.stats().front.refused_frees, 2, "foreign frees not refused");
+            let mut seen = HashSet::new();
+            for _ in 0..40 {
+                let p = heap.alloc(l);
+                assert!(p != local.as_mut_ptr().cast() && p != foreign, "a foreign block was handed out");
+                assert!(seen.insert(p as usize), "a block was handed out twice");
+            }
+            // A double free: refused, and the block is not handed out twice.
+            let b = heap.alloc(l);
+            heap.dealloc(b, l);
+            heap.dealloc(b, l);
+            assert_eq!(heap.stats().front.refused_frees, 3, "a double free not refused");
+            let (x, y) = (heap.alloc(l), heap.alloc(l));
+            assert_ne!(x, y, "one block handed out twice");
+            heap.dealloc(x, l);
+            heap.dealloc(y, l);
+            for p in seen {
+                heap.dealloc(p as *mut u8, l);
+            }
+            other.dealloc(foreign, l);
+        }
+        // The flush at trim (and at thread exit) finds nothing it cannot free.
+        heap.trim();
+        heap.with(|h| h.check_invariants());
+        assert_eq!(heap.stats().front.refused_frees, 3);
+    }
+
+    /// Random programs with 16-aligned layouts whose sizes are not multiples
+    /// of 16 and reallocs in place, on eight threads that free each other's
+    /// blocks, contents checked: what found the overflow in seconds.
+    #[test]
+    fn eight_threads_with_odd_sized_aligned_blocks_keep_every_byte() {
+        let heap = cached_heap(64 << 20);
+        let handles: Vec<_> = (0..8u64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut rng = common::Rng(0x9e37_79b9 ^ (t << 32));
+                    let mut live: Vec<(usize, Layout, u8)> = Vec::new();
+                    let mut handed: Vec<(usize, Layout, u8)> = Vec::new();
+                    for i in 0..20_000u32 {
+                        let tag = i as u8;
+                        match rng.below(10) {
+                            0..=3 => {
+                                let align = if rng.below(2) == 0 { 16 } else { 8 };
+                                let l = layout(1 + rng.below(600) as usize, align);
+                                // SAFETY: a non-zero layout.
+                                let p = unsafe { heap.alloc(l) };
+                                assert!(!p.is_null() && (p as usize).is_multiple_of(align));
+                                // SAFETY: the block holds `l.size()` bytes.
+                                unsafe { p.write_bytes(tag, l.size()) };
+                                live.push((p as usize, l, tag));
+                            }
+                            4..=6 if !live.is_empty() => {
+                                let (p, l, old) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                                let new = 1 + rng.below(600) as usize;
+                                // SAFETY: a live block with its layout.
+                                let q = unsafe { heap.realloc(p as *mut u8, l, new) };
+                                assert!(!q.is_null() && (q as usize).is_multiple_of(l.align()));
+                                // SAFETY: the block holds `new` bytes, the first
+                                // `min` of them kept.
+                                unsafe {
+                                    let kept = std::slice::from_raw_parts(q, l.size().min(new));
+                                    assert!(kept.iter().all(|&b| b == old), "contents lost across realloc");
+                                    q.write_bytes(tag, new);
+                                }
+                                live.push((q as usize, layout(new, l.align()), tag));
+                            }
+                            7 if !live.is_empty() => {
+                                // Handed to the next thread's queue: freed elsewhere.
+                                handed.push(live.swap_remove(rng.below(live.len() as u64) as usize));
+                            }
+                            _ if !live.is_empty() => {
+                                let (p, l, tag) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                                // SAFETY: a live block with its layout.
+                                unsafe {
+                                    let bytes = std::slice::from_raw_parts(p as *const u8, l.size());
+                                    assert!(bytes.iter().all(|&b| b == tag), "contents lost");
+                                    heap.dealloc(p as *mut u8, l);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    live.extend(handed);
+                    live
+                })
+            })
+            .collect();
+        // Every thread's leftovers freed by this one: cross-thread frees.
+        for h in handles {
+            for (p, l, tag) in h.join().unwrap() {
+                // SAFETY: live blocks of `heap` with their layouts.
+                unsafe {
+                    let bytes = std::slice::from_raw_parts(p as *const u8, l.size());
+                    assert!(bytes.iter().all(|&b| b == tag), "contents lost");
+                    heap.dealloc(p as *mut u8, l);
+                }
+            }
+        }
+        heap.trim();
+        let s = heap.stats();
+        assert_eq!((s.front.refused_frees, s.front.failed_allocations), (0, 0));
+        heap.with(|h| h.check_invariants());
+    }
+}
