@@ -210,6 +210,22 @@ impl<'h, T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> ObjectCache<'
         }
     }
 
+    /// Whether the free list's lock is held.
+    pub fn is_locked(&self) -> bool {
+        self.free.is_locked()
+    }
+
+    /// Releases the free list's lock, held by code that will never run
+    /// again (see [`LockedHeap::force_unlock`](crate::LockedHeap::force_unlock)).
+    ///
+    /// # Safety
+    ///
+    /// The lock's holder must never resume or touch the cache again.
+    pub unsafe fn force_unlock(&self) {
+        // SAFETY: the caller's promise: the holder is gone.
+        unsafe { self.free.force_unlock() }
+    }
+
     fn fits(layout: Layout) -> bool {
         layout.size() <= Self::BLOCK.size() && layout.align() <= Self::BLOCK.align()
     }

@@ -1100,6 +1100,26 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         f(&mut self.heap.lock())
     }
 
+    /// Whether the heap's lock is held.
+    pub fn is_locked(&self) -> bool {
+        self.heap.is_locked()
+    }
+
+    /// Releases the heap's lock, held by code that will never run again: a
+    /// kernel test case abandoned by a panic or a fault, whose stack was
+    /// dropped without unwinding.
+    ///
+    /// # Safety
+    ///
+    /// The lock's holder must never resume or touch the heap again. It may
+    /// have been abandoned in the middle of an operation; the caller accepts
+    /// the heap as it was left (a test framework reports the case as failed
+    /// and checks the invariants).
+    pub unsafe fn force_unlock(&self) {
+        // SAFETY: the caller's promise: the holder is gone.
+        unsafe { self.heap.force_unlock() }
+    }
+
     /// Counters of every layer (with thread caches, including the reallocs
     /// they did in place).
     pub fn stats(&self) -> HeapStats {

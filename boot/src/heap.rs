@@ -169,3 +169,6 @@ pub enum TaskState {
 /// The typed cache of [`Task`] records: up to 64 freed records are kept,
 /// behind an interrupt-masking lock (the timer handler uses the cache).
 pub static TASKS: ObjectCache<'static, Task, KernelHeap, 64, IrqSpinLock> = ObjectCache::new(&HEAP);
+
+crate::abandonable_lock!("kernel heap", HEAP);
+crate::abandonable_lock!("task cache", TASKS);

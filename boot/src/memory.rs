@@ -290,19 +290,5 @@ pub fn lookup(addr: VirtAddr) -> Option<AddressInfo> {
     VMM.try_lock()?.as_ref().map(|vmm| vmm.lookup(addr))
 }
 
-/// Releases the memory locks held by code that will never resume (a test
-/// abandoned by a panic or fault). Returns whether any was held.
-pub fn force_unlock() -> bool {
-    let mut any = false;
-    if VMM.is_locked() {
-        // SAFETY: the holder never runs again; see the function's contract.
-        unsafe { VMM.force_unlock() };
-        any = true;
-    }
-    if FRAMES.is_locked() {
-        // SAFETY: as above.
-        unsafe { FRAMES.force_unlock() };
-        any = true;
-    }
-    any
-}
+crate::abandonable_lock!("VMM", VMM, acquire);
+crate::abandonable_lock!("frame allocator", FRAMES, acquire);

@@ -48,6 +48,7 @@ static COUNT: AtomicUsize = AtomicUsize::new(0);
 static POOL_START: AtomicU64 = AtomicU64::new(0);
 static POOL_END: AtomicU64 = AtomicU64::new(0);
 static POOL: lock_api::Mutex<IrqSpinLock, Pool> = lock_api::Mutex::new(Pool::new());
+crate::abandonable_lock!("sampling pool", POOL, acquire);
 
 /// The state of a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550Tty};
 
 static COM1: Mutex<Option<Uart16550Tty<PioBackend>>> = Mutex::new(None);
+crate::abandonable_lock!("serial console", COM1);
 
 /// Initialises COM1 at 115200 baud. Output before this call is dropped.
 pub fn init() {

@@ -68,3 +68,80 @@ unsafe impl lock_api::RawMutex for IrqSpinLock {
 
 /// A mutex whose lock masks interrupts while held.
 pub type IrqMutex<T> = lock_api::Mutex<IrqSpinLock, T>;
+
+/// A lock that code abandoned by the test framework may hold, and how to
+/// release it: registered with [`abandonable_lock!`](crate::abandonable_lock).
+#[derive(Debug)]
+pub struct AbandonableLock {
+    /// What the lock guards, for the runner's report.
+    pub name: &'static str,
+    /// Releases the lock if it is held; returns whether it was.
+    ///
+    /// # Safety
+    ///
+    /// The holder must never resume.
+    pub release: unsafe fn() -> bool,
+    /// Whether the lock is held.
+    pub is_locked: fn() -> bool,
+    /// For tests of the recovery: takes the lock and never gives it back
+    /// (`None` for a lock that is taken only inside its owner's methods).
+    pub acquire: Option<fn()>,
+}
+
+/// Every lock a test case can hold: the test framework releases each after
+/// it abandons a case (a panic or a fault), before the next case runs.
+#[linkme::distributed_slice]
+pub static ABANDONABLE_LOCKS: [AbandonableLock];
+
+/// Registers a static lock (anything with `is_locked` and an `unsafe
+/// force_unlock`) in [`ABANDONABLE_LOCKS`]; `acquire` when it has a public
+/// `lock` (a mutex).
+#[macro_export]
+macro_rules! abandonable_lock {
+    ($name:literal, $lock:path, acquire) => {
+        $crate::abandonable_lock!(@entry $name, $lock, Some(|| core::mem::forget($lock.lock())));
+    };
+    ($name:literal, $lock:path) => {
+        $crate::abandonable_lock!(@entry $name, $lock, None);
+    };
+    (@entry $name:literal, $lock:path, $acquire:expr) => {
+        const _: () = {
+            /// # Safety
+            ///
+            /// The lock's holder never resumes.
+            unsafe fn release() -> bool {
+                if !$lock.is_locked() {
+                    return false;
+                }
+                // SAFETY: the caller's promise: the holder never resumes.
+                unsafe { $lock.force_unlock() };
+                true
+            }
+            #[$crate::linkme::distributed_slice($crate::sync::ABANDONABLE_LOCKS)]
+            #[linkme(crate = $crate::linkme)]
+            static LOCK: $crate::sync::AbandonableLock =
+                $crate::sync::AbandonableLock {
+                    name: $name,
+                    release,
+                    is_locked: || $lock.is_locked(),
+                    acquire: $acquire,
+                };
+        };
+    };
+}
+
+/// Releases every registered lock that is held, calling `report` with the
+/// name of each.
+///
+/// # Safety
+///
+/// Every holder of a registered lock must never resume: the one running
+/// context is the caller's (one CPU, the abandoned case's stack dropped).
+pub unsafe fn release_abandoned_locks(mut report: impl FnMut(&'static str)) {
+    for lock in ABANDONABLE_LOCKS.iter() {
+        // SAFETY: the caller's promise.
+        if unsafe { (lock.release)() } {
+            report(lock.name);
+        }
+    }
+}

@@ -5,7 +5,11 @@
 //! `test NAME ... ok` or `... FAILED` with the reason. A case may expect a
 //! panic or a page fault (with the exact address and what the VMM must say
 //! of it). A panic or an unexpected fault fails the case and the runner
-//! carries on with the next one on a fresh stack. The run ends with
+//! carries on with the next one on a fresh stack, after stopping the timer
+//! and releasing every lock the case held: each lock a case can take is
+//! registered with [`abandonable_lock!`](crate::abandonable_lock) (the
+//! heap, the task cache, the sampling pool, the PICs, the VMM, the frame
+//! allocator, the console, the runner's own). The run ends with
 //! `N passed, M failed` and exits QEMU with success only when M is 0; a hung
 //! kernel is killed by the runner script's timeout.
 
@@ -56,6 +60,14 @@ static EXPECTED_FAULT: Mutex<Option<(VirtAddr, AddressInfo)>> = Mutex::new(None)
 static EXPECTED_SAMPLE: Mutex<Option<crate::sampling::Hit>> = Mutex::new(None);
 static EXPECTED_PANIC: Mutex<&'static [&'static str]> = Mutex::new(&[]);
 static PANIC_TEXT: Mutex<TextBuffer<4096>> = Mutex::new(TextBuffer::new());
+/// Names of the locks the last abandoned case left held.
+static RELEASED: Mutex<TextBuffer<256>> = Mutex::new(TextBuffer::new());
+crate::abandonable_lock!("current test", CURRENT, acquire);
+crate::abandonable_lock!("expected fault", EXPECTED_FAULT, acquire);
+crate::abandonable_lock!("expected sample", EXPECTED_SAMPLE, acquire);
+crate::abandonable_lock!("expected panic", EXPECTED_PANIC, acquire);
+crate::abandonable_lock!("panic text", PANIC_TEXT, acquire);
+crate::abandonable_lock!("released-lock names", RELEASED, acquire);
 
 /// Text written through `core::fmt::Write` into a fixed buffer (no
 /// allocation: usable in a panic, or to render an allocator report while the
@@ -244,22 +256,46 @@ fn fail(why: core::fmt::Arguments<'_>) {
     println!("FAILED\n    {why}");
 }
 
-/// The case that was running, taken out so it is judged once.
+/// The case that was running, taken out so it is judged once, after the
+/// machine is recovered from it ([`recover`]); `None` outside the runner.
 fn take_current() -> Option<&'static KernelTest> {
     if !RUNNING.load(Ordering::SeqCst) {
         return None;
     }
-    if CURRENT.is_locked() {
-        // SAFETY: the holder was interrupted and never resumes.
-        unsafe { CURRENT.force_unlock() };
-    }
+    recover();
     CURRENT.lock().take()
+}
+
+/// Puts the machine back in the state every case starts from, after a case
+/// was abandoned (by a panic or a fault) wherever it was: the timer is
+/// stopped and interrupts are off ([`timer::reset`](crate::timer::reset)),
+/// then every lock of the registry
+/// ([`ABANDONABLE_LOCKS`](crate::sync::ABANDONABLE_LOCKS)) that it held is
+/// released.
+fn recover() {
+    crate::timer::reset();
+    let mut names = TextBuffer::<256>::new();
+    // SAFETY: the case is abandoned: `resume` drops its stack and it never
+    // runs again, and the kernel runs on one CPU, so no other holder exists.
+    unsafe {
+        crate::sync::release_abandoned_locks(|name| {
+            let _ = core::fmt::Write::write_fmt(&mut names, format_args!(" {name};"));
+            // An interrupt-masking lock restores the flag its holder saw.
+            x86_64::instructions::interrupts::disable();
+        })
+    };
+    let mut released = RELEASED.lock();
+    released.clear();
+    let _ = core::fmt::Write::write_str(&mut *released, names.as_str());
 }
 
 /// Abandons the current case and continues with the next on a fresh stack.
 fn resume() -> ! {
-    if crate::memory::force_unlock() {
-        println!("    (the case left the memory locks held; they were released)");
+    {
+        let released = RELEASED.lock();
+        if !released.as_str().is_empty() {
+            println!("    (the case left locks held, released:{})", released.as_str());
+        }
     }
     let top = crate::memory::boot_info().kernel_stack_top();
     // SAFETY: nothing on the kernel stack is used again: the abandoned case
@@ -267,16 +303,17 @@ fn resume() -> ! {
     unsafe { crate::switch_stack(top, run_remaining) }
 }
 
+/// The names of the locks the last abandoned case left held (as `resume`
+/// reports them): for the test of the recovery.
+pub fn last_released_locks(f: impl FnOnce(&str)) {
+    f(RELEASED.lock().as_str());
+}
+
 /// Called by the panic handler.
 pub(crate) fn on_panic(info: &core::panic::PanicInfo<'_>) {
     let Some(test) = take_current() else { return };
     match test.expect {
         Expect::Panic => {
-            for lock in [EXPECTED_PANIC.is_locked(), PANIC_TEXT.is_locked()] {
-                if lock {
-                    println!("    (a test lock was held at the panic)");
-                }
-            }
             let mut text = PANIC_TEXT.lock();
             text.clear();
             let _ = core::fmt::Write::write_fmt(&mut *text, format_args!("{}", info.message()));
@@ -297,14 +334,6 @@ pub(crate) fn on_panic(info: &core::panic::PanicInfo<'_>) {
 /// Called by the exception dispatcher after it printed the report.
 pub(crate) fn on_fault(fault: &Fault) -> ! {
     let Some(test) = take_current() else { crate::exit_failure() };
-    if EXPECTED_FAULT.is_locked() {
-        // SAFETY: the holder was interrupted and never resumes.
-        unsafe { EXPECTED_FAULT.force_unlock() };
-    }
-    if EXPECTED_SAMPLE.is_locked() {
-        // SAFETY: as above.
-        unsafe { EXPECTED_SAMPLE.force_unlock() };
-    }
     let expected = EXPECTED_FAULT.lock().take();
     let sample = EXPECTED_SAMPLE.lock().take();
     match (test.expect, expected) {

@@ -18,6 +18,7 @@ const PIT_HZ: u32 = 1_193_182;
 
 // SAFETY: 32..48 are free vectors (exceptions end at 31).
 static PICS: IrqMutex<ChainedPics> = IrqMutex::new(unsafe { ChainedPics::new(32, 40) });
+crate::abandonable_lock!("PICs", PICS, acquire);
 
 /// Timer ticks so far.
 pub static TICKS: AtomicU64 = AtomicU64::new(0);
@@ -64,6 +65,27 @@ pub fn stop() {
     interrupts::disable();
     // SAFETY: masking every IRQ line has no other effect.
     unsafe { PICS.lock().write_masks(0xff, 0xff) };
+}
+
+/// Stops the timer after the test framework abandoned a case, which may
+/// have been running it, or handling its interrupt, or holding the PICs'
+/// lock: the handler stops allocating, interrupts are disabled, every IRQ
+/// line is masked and the master PIC is told that the interrupt in service
+/// (if any) has ended, so that the next [`start`] gets ticks again. Through
+/// the ports directly, not the lock: called before the abandoned locks are
+/// released, so that no tick can arrive while they are.
+pub fn reset() {
+    ALLOCATE_IN_HANDLER.store(false, Ordering::SeqCst);
+    interrupts::disable();
+    // SAFETY: the 8259s' data ports (mask every line) and the master's
+    // command port (a non-specific EOI, ignored with no interrupt in
+    // service); the only other user of these ports, the holder of `PICS`,
+    // never runs again.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+        Port::<u8>::new(0x20).write(0x20);
+    }
 }
 
 /// Runs `f` with the timer ticking at `hz` and the handler allocating.

@@ -201,3 +201,70 @@ kernel_test! {
         core::mem::forget(v);
     }
 }
+
+static ABANDONED_RAN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+kernel_test! {
+    #[should_panic]
+    fn abandoned_1_a_case_panics_with_the_timer_running_and_every_lock_held() {
+        strata_boot::test::expect_panic_containing(&["abandoned"]);
+        ABANDONED_RAN.store(true, Ordering::SeqCst);
+        timer::with_allocating_timer(1000, || {
+            let start = timer::TICKS.load(Ordering::SeqCst);
+            while timer::TICKS.load(Ordering::SeqCst) < start + 5 {
+                core::hint::spin_loop();
+            }
+            HEAP.with(|_| {
+                for lock in strata_boot::sync::ABANDONABLE_LOCKS.iter() {
+                    if let Some(acquire) = lock.acquire {
+                        acquire();
+                    }
+                }
+                panic!("abandoned holding every lock");
+            })
+        })
+    }
+}
+
+kernel_test! {
+    fn abandoned_2_the_case_after_an_abandoned_one_runs_normally() {
+        use x86_64::instructions::interrupts;
+        let registry = &strata_boot::sync::ABANDONABLE_LOCKS;
+        for name in ["kernel heap", "task cache", "sampling pool", "PICs", "VMM", "frame allocator"] {
+            assert!(registry.iter().any(|l| l.name == name), "{name} is not in the lock registry");
+        }
+        for lock in registry.iter() {
+            assert!(!(lock.is_locked)(), "{} is still held", lock.name);
+        }
+        if ABANDONED_RAN.load(Ordering::SeqCst) {
+            strata_boot::test::last_released_locks(|released| {
+                for lock in registry.iter().filter(|l| l.acquire.is_some() || l.name == "kernel heap") {
+                    assert!(released.contains(lock.name), "{} was not reported released: {released}", lock.name);
+                }
+            });
+        }
+        // The timer was stopped: interrupts on, and no tick arrives.
+        assert!(!timer::ALLOCATE_IN_HANDLER.load(Ordering::SeqCst));
+        let ticks = timer::TICKS.load(Ordering::SeqCst);
+        interrupts::enable();
+        for _ in 0..5_000_000 {
+            core::hint::spin_loop();
+        }
+        interrupts::disable();
+        assert_eq!(timer::TICKS.load(Ordering::SeqCst), ticks, "the abandoned case's timer still fires");
+        // Every layer works, and the timer ticks again when started.
+        let v: Vec<u64> = (0..10_000).collect();
+        let task = TASKS.boxed(Task { id: 7, ..Task::default() }).expect("the task cache serves");
+        assert_eq!((v[9_999], task.id), (9_999, 7));
+        drop((v, task));
+        let made = timer::with_allocating_timer(1000, || {
+            let start = timer::TICKS.load(Ordering::SeqCst);
+            while timer::TICKS.load(Ordering::SeqCst) < start + 20 {
+                core::hint::spin_loop();
+            }
+            timer::HANDLER_ALLOCATIONS.load(Ordering::SeqCst)
+        });
+        assert!(made > 0);
+        HEAP.with(|h| h.check_invariants());
+    }
+}
