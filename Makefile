@@ -71,9 +71,10 @@ bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst
 bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator, rdtsc under QEMU -icount
 	STRATA_QEMU_ARGS="-icount shift=0,sleep=off" $(CARGO) run --release -p strata-boot --no-default-features --bin strata-bench-kernel --target x86_64-unknown-none
 
-miri: ## The library's unit tests and the layer tests under Miri (nightly; not part of `make test`: ~5 min)
+miri: ## Unit, layer, typed-cache and thread-cache tests under Miri (nightly; not part of `make test`: ~20 min)
 	rustup toolchain install nightly --profile minimal --component miri,rust-src
-	MIRIFLAGS="-Zmiri-permissive-provenance -Zmiri-ignore-leaks" $(CARGO) +nightly miri test --lib --test layers
+	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --lib --test layers --test cache
+	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --features std --test thread_cache
 
 firmware-size: ## .text of a minimal firmware with strata, linked_list_allocator, embedded-alloc
 	@bash scripts/firmware-size.sh

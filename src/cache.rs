@@ -249,7 +249,11 @@ unsafe impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> allocator_
             (block.cast::<u8>(), ObjectCache::<T, A, N, L>::BLOCK.size())
         } else if layout.size() == 0 {
             // A dangling, aligned pointer serves zero-sized requests.
-            (NonNull::new(layout.align() as *mut u8).expect("alignment is non-zero"), 0)
+            (
+                NonNull::new(core::ptr::without_provenance_mut(layout.align()))
+                    .expect("alignment is non-zero"),
+                0,
+            )
         } else {
             // SAFETY: the layout has a non-zero size.
             let p = unsafe { self.heap.alloc(layout) };

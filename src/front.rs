@@ -60,13 +60,13 @@ use crate::sync::{AtomicBool, stat};
 
 use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator};
 use crate::segment::{self, Config, SegmentAllocator};
-use crate::source::{PageSource, PagesError, RegionSource};
+use crate::source::{PageSource, PagesError, RegionSource, reach};
 
 /// A block that doubles by realloc past this size [`PROMOTING_STREAK`]
 /// times in a row moves to the start of layer 0's largest free chunk, where
 /// the next growths happen in place (see
 /// [`SegmentAllocator::allocate_growable`]).
-pub const GROWING_THRESHOLD: usize = 4096;
+pub const GROWING_THRESHOLD: usize = 256;
 
 /// How many doublings in a row past [`GROWING_THRESHOLD`] make a block a
 /// growing buffer.
@@ -75,6 +75,8 @@ pub const PROMOTING_STREAK: u32 = 3;
 /// A size class gets pools of layer +2 once this many of its requests have
 /// been served by layer 0 (see [`Heap::set_cold_limit`]).
 pub const COLD_REQUESTS: u32 = 128;
+
+const TIGHT_ARENAS: usize = 2;
 
 /// Why an allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -444,7 +446,7 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<'_, S> {
         debug_assert_eq!(size, align, "arenas are aligned to their size");
         let layout = Self::arena_layout(size)?;
         // SAFETY: as above.
-        unsafe { self.segment.allocate(layout, self.source) }
+        unsafe { self.segment.allocate_high(layout, self.source) }
             .map_err(|_| PagesError::Exhausted { size, align })
     }
 
@@ -591,6 +593,9 @@ impl<S: PageSource> Heap<S> {
         if cold {
             self.cold_demand[class] = demand + 1;
         }
+        let cold = cold
+            || (self.object.needs_arena()
+                && self.segment.holds_less_than(TIGHT_ARENAS * self.object.geometry().arena_size()));
         // SAFETY: as in `allocate`.
         let result = match cold.then(|| unsafe { self.segment.allocate(in_layer_0, &mut self.source) }) {
             Some(Ok(p)) => {
@@ -766,7 +771,7 @@ impl<S: PageSource> Heap<S> {
             let block = unsafe { self.object.block_size(ptr) };
             if new_size <= block && (new_size > block / 2 || block <= ALIGNMENT) {
                 stat!(self.stats.realloc_in_place += 1);
-                return Ok(ptr);
+                return Ok(reach(ptr));
             }
             let new = self.allocate_moving(new_layout, growth)?;
             let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
@@ -822,7 +827,7 @@ impl<S: PageSource> Heap<S> {
                 if let Some((slot, streak)) = growth {
                     self.growing[slot] = (ptr.as_ptr() as usize, streak);
                 }
-                return Ok(ptr);
+                return Ok(reach(ptr));
             }
             moved
         };
@@ -1308,7 +1313,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         let new_layout = Layout::from_size_align(new_size, layout.align()).ok()?;
         if thread_cache::fits_in_place(me, ptr, layout, new_size)? {
             stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
-            return Some(ptr);
+            return Some(reach(ptr));
         }
         let new = thread_cache::take(me, new_layout)?;
         // SAFETY: both blocks are live, distinct and at least this long (the
@@ -1334,16 +1339,16 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         ///
         /// # Safety
         ///
-        /// `heap` must be the address of a live `LockedHeap` of this type
+        /// `heap` must point to a live `LockedHeap` of this type
         /// and `ptr` a live block of it that fits `layout`'s class.
         unsafe fn release<S: PageSource, L: lock_api::RawMutex>(
-            heap: usize,
+            heap: *const (),
             ptr: NonNull<u8>,
             layout: Layout,
         ) {
             // SAFETY: the caller's promise; heaps with thread caches are
             // `'static`.
-            let heap = unsafe { &*(heap as *const LockedHeap<S, L>) };
+            let heap = unsafe { &*heap.cast::<LockedHeap<S, L>>() };
             let mut h = heap.heap.lock();
             // SAFETY: a live block of this heap, whose class `layout` is.
             if unsafe { h.deallocate(ptr, layout) }.is_err() {
@@ -1359,7 +1364,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         // long as any cache that reads it.
         let mirror = unsafe { &*(&self.arena_mirror as *const thread_cache::ArenaMirror) };
         thread_cache::Owner {
-            heap: self as *const Self as usize,
+            heap: (self as *const Self).cast(),
             threshold: g.threshold,
             class_shift: g.class_shift,
             slots_start: heap.object.slots_start(),

@@ -65,7 +65,7 @@ use core::fmt;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
-use crate::source::{PAGE_SIZE, PageSource, PagesError};
+use crate::source::{PAGE_SIZE, PageSource, PagesError, reach};
 
 /// Largest alignment served by this layer; requests aligned above it go to layer 0.
 pub const ALIGNMENT: usize = 16;
@@ -340,7 +340,7 @@ struct Arena {
     next: *mut Arena,
     prev: *mut Arena,
     /// Next pool to carve.
-    pool_address: usize,
+    pool_address: *mut u8,
     /// Free pools, carved or not.
     nfreepools: u32,
     /// Pools in the arena.
@@ -596,6 +596,11 @@ impl ObjectAllocator {
         }
     }
 
+    /// Whether a new pool needs a new arena (no arena has a free pool).
+    pub fn needs_arena(&self) -> bool {
+        self.usable_arenas.is_null()
+    }
+
     /// How many pools serve the class of `size` bytes aligned to `align`
     /// now (pools holding at least one block).
     pub fn pools_in_use(&self, size: usize, align: usize) -> usize {
@@ -674,8 +679,8 @@ impl ObjectAllocator {
                 a.freepools = (*pool).next;
                 pool
             } else {
-                let pool = a.pool_address as *mut Pool;
-                a.pool_address += self.geometry.pool_size();
+                let pool = a.pool_address.cast::<Pool>();
+                a.pool_address = a.pool_address.add(self.geometry.pool_size());
                 (*pool).class = UNUSED_CLASS;
                 pool
             };
@@ -692,7 +697,7 @@ impl ObjectAllocator {
             let p = &mut *pool;
             if p.class != class as u32 {
                 // Fresh, or last used for another class: lay out its first block.
-                let first = if pool as usize & self.arena_mask == pool as usize {
+                let first = if pool.addr() & self.arena_mask == pool.addr() {
                     POOL_HEADER + ARENA_HEADER
                 } else {
                     POOL_HEADER
@@ -705,7 +710,7 @@ impl ObjectAllocator {
                 p.ref_count = 0;
                 p.freeblock = block;
                 p.next_offset = (first + size) as u32;
-                p.max_next_offset = (self.pool_end(pool as usize) - size) as u32;
+                p.max_next_offset = (self.pool_end(pool.addr()) - size) as u32;
             }
             // (A pool reused for its old class keeps its free list: all its
             // carved blocks are on it.)
@@ -755,7 +760,10 @@ impl ObjectAllocator {
             return Err(AllocateError::ArenaOutsideWindow { addr });
         }
         self.set_slot(addr, true);
-        let arena = (addr + POOL_HEADER) as *mut Arena;
+        // The statistics walk arenas from the ownership bitmap (`arenas`).
+        let _ = base.as_ptr().expose_provenance();
+        // SAFETY: the arena's pages are ours; its header lies in pool 0.
+        let arena = unsafe { base.as_ptr().add(POOL_HEADER) }.cast::<Arena>();
         let pools = self.geometry.pools_per_arena() as u32;
         // SAFETY: the arena's pages are ours; the header fits in pool 0 after
         // that pool's header.
@@ -764,7 +772,7 @@ impl ObjectAllocator {
                 freepools: ptr::null_mut(),
                 next: ptr::null_mut(),
                 prev: ptr::null_mut(),
-                pool_address: addr,
+                pool_address: base.as_ptr(),
                 nfreepools: pools,
                 ntotalpools: pools,
             })
@@ -790,14 +798,15 @@ impl ObjectAllocator {
     /// `ptr` must be a live block of this allocator.
     #[inline]
     pub unsafe fn block_size(&self, ptr: NonNull<u8>) -> usize {
-        let pool = (ptr.as_ptr() as usize & self.pool_mask) as *const Pool;
+        let pool = reach(ptr).as_ptr().map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a live block's pool header is initialised.
         unsafe { (*pool).block_size as usize }
     }
 
-    /// Frees a block. Returns `false`, changing nothing, if the block's pool
-    /// has no block in use (a double free that emptied it): the one misuse
-    /// this layer can see without a walk.
+    /// Frees a block. Returns `false`, changing nothing, on the double
+    /// frees this layer can see without a walk: the block's pool has no
+    /// block in use (a double free that emptied it), or the block is the
+    /// pool's last freed one (`free(p); free(p)`).
     ///
     /// # Safety
     ///
@@ -806,14 +815,14 @@ impl ObjectAllocator {
     /// the page source of every call (see [`allocate`](Self::allocate)).
     #[inline]
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, source: &mut impl PageSource) -> bool {
-        let block = ptr.as_ptr();
-        let pool = (block as usize & self.pool_mask) as *mut Pool;
+        let block = reach(ptr).as_ptr();
+        let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a live block lies in an initialised pool of a live arena.
         let p = unsafe { &mut *pool };
-        if p.ref_count == 0 {
+        let last = p.freeblock;
+        if p.ref_count == 0 || last == block {
             return false;
         }
-        let last = p.freeblock;
         // SAFETY: the block is ours again; its first word becomes the link.
         unsafe { *block.cast::<*mut u8>() = last };
         p.freeblock = block;
@@ -864,8 +873,8 @@ impl ObjectAllocator {
     /// Puts an empty pool on its arena's free list and re-sorts the arena,
     /// freeing the arena when it is wholly free and not the spare.
     unsafe fn insert_to_freepool(&mut self, pool: *mut Pool, source: &mut impl PageSource) {
-        let base = pool as usize & self.arena_mask;
-        let ao = (base + POOL_HEADER) as *mut Arena;
+        let base = pool.cast::<u8>().map_addr(|a| a & self.arena_mask);
+        let ao = base.wrapping_add(POOL_HEADER).cast::<Arena>();
         // SAFETY: the arena of a live pool is live, and every arena reached
         // through its links is live too.
         unsafe {
@@ -929,14 +938,14 @@ impl ObjectAllocator {
         }
     }
 
-    fn free_arena(&mut self, base: usize, source: &mut impl PageSource) {
-        self.set_slot(base, false);
+    fn free_arena(&mut self, base: *mut u8, source: &mut impl PageSource) {
+        self.set_slot(base.addr(), false);
         self.counters.current -= 1;
         self.counters.reclaimed += 1;
         let size = self.geometry.arena_size();
         // SAFETY: the arena came from `source` with this size, and none of
         // its blocks is live.
-        unsafe { source.deallocate_pages(NonNull::new_unchecked(base as *mut u8), size) };
+        unsafe { source.deallocate_pages(NonNull::new_unchecked(base), size) };
     }
 
     /// Gives back the spare: a wholly free arena kept against thrashing.
@@ -971,7 +980,7 @@ impl ObjectAllocator {
                     // SAFETY: as above.
                     unsafe { (*next).prev = a.prev };
                 }
-                self.free_arena(ao as usize & self.arena_mask, source);
+                self.free_arena(ao.cast::<u8>().map_addr(|a| a & self.arena_mask), source);
                 freed += 1;
             }
             ao = next;
@@ -979,7 +988,10 @@ impl ObjectAllocator {
         freed
     }
 
-    /// Base addresses of the live arenas, from the ownership bitmap.
+    /// Base addresses of the live arenas, from the ownership bitmap (for the
+    /// statistics and the invariant walk, which read arena and pool headers
+    /// through the provenance `new_arena` exposed: the bitmap keeps bits,
+    /// not pointers).
     fn arenas(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.window_slots)
             .filter(|&s| self.arena_map[s / 64] & (1 << (s % 64)) != 0)
@@ -992,10 +1004,10 @@ impl ObjectAllocator {
             // SAFETY: live arenas have initialised headers, and pools below
             // `pool_address` have initialised headers.
             unsafe {
-                let a = &*((base + POOL_HEADER) as *const Arena);
+                let a = &*ptr::with_exposed_provenance::<Arena>(base + POOL_HEADER);
                 let mut pool = base;
-                while pool < a.pool_address {
-                    f(pool, &*(pool as *const Pool), a);
+                while pool < a.pool_address.addr() {
+                    f(pool, &*ptr::with_exposed_provenance::<Pool>(pool), a);
                     pool += self.geometry.pool_size();
                 }
             }
@@ -1022,10 +1034,10 @@ impl ObjectAllocator {
             u.arena_headers += ARENA_HEADER;
             // Uncarved pools (pool 0's share net of the arena header).
             // SAFETY: live arenas have initialised headers.
-            let a = unsafe { &*((base + POOL_HEADER) as *const Arena) };
-            let uncarved = (base + self.geometry.arena_size() - a.pool_address) / pool_size;
+            let a = unsafe { &*ptr::with_exposed_provenance::<Arena>(base + POOL_HEADER) };
+            let uncarved = (base + self.geometry.arena_size() - a.pool_address.addr()) / pool_size;
             u.unused_pools += uncarved * pool_size;
-            if a.pool_address == base {
+            if a.pool_address.addr() == base {
                 u.unused_pools -= ARENA_HEADER;
             }
         }
@@ -1162,15 +1174,15 @@ impl ObjectAllocator {
         for base in self.arenas() {
             live += 1;
             // SAFETY: live arena.
-            let a = unsafe { &*((base + POOL_HEADER) as *const Arena) };
-            let uncarved = (base + self.geometry.arena_size() - a.pool_address) / pool_size;
+            let a = unsafe { &*ptr::with_exposed_provenance::<Arena>(base + POOL_HEADER) };
+            let uncarved = (base + self.geometry.arena_size() - a.pool_address.addr()) / pool_size;
             let mut free = 0;
             let mut pool = a.freepools;
             while !pool.is_null() {
                 // SAFETY: pools on an arena's free list are carved pools of it.
                 let p = unsafe { &*pool };
                 assert_eq!(p.ref_count, 0, "non-empty pool on a free-pool list");
-                assert_eq!(pool as usize & self.arena_mask, base, "free pool of another arena");
+                assert_eq!(pool.addr() & self.arena_mask, base, "free pool of another arena");
                 free += 1;
                 pool = p.next;
             }

@@ -58,7 +58,7 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
-use crate::source::{PAGE_SIZE, PageSource, PagesError};
+use crate::source::{PAGE_SIZE, PageSource, PagesError, reach};
 use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
 
 /// Windows smaller than this are served by first fit over the whole window.
@@ -452,6 +452,8 @@ impl SegmentAllocator {
             unsafe { source.deallocate_pages(start, len) };
             return false;
         }
+        // Blocks are reached through the window's provenance (`reach`).
+        let _ = start.as_ptr().expose_provenance();
         self.window_span = Some((start, len));
         self.spans += 1;
         self.span_bytes += len;
@@ -499,6 +501,35 @@ impl SegmentAllocator {
             return Ok(p);
         }
         self.allocate_slow(layout, source)
+    }
+
+    /// Whether this layer holds its source's whole window and has fewer
+    /// than `bytes` free in it.
+    pub(crate) fn holds_less_than(&self, bytes: usize) -> bool {
+        self.whole && self.tlsf.free_bytes() < bytes
+    }
+
+    /// Allocates a long-lived block (an arena of layer +2) for `layout`: as
+    /// [`allocate`](Self::allocate), but as high as it fits in the chunk
+    /// TLSF chooses, so that the space below stays one free chunk for
+    /// blocks to be placed in and grow into.
+    ///
+    /// # Safety
+    ///
+    /// As for [`allocate`](Self::allocate).
+    pub(crate) unsafe fn allocate_high(
+        &mut self,
+        layout: Layout,
+        source: &mut impl PageSource,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        if self.engine == Engine::Tlsf
+            && self.whole
+            && let Some(p) = self.tlsf.allocate_high(layout.size(), layout.align())
+        {
+            return Ok(p);
+        }
+        // SAFETY: the caller's promise.
+        unsafe { self.allocate(layout, source) }
     }
 
     #[cold]
@@ -771,6 +802,7 @@ impl SegmentAllocator {
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<(), DeallocateError> {
+        let ptr = reach(ptr);
         if self.engine != Engine::Tlsf {
             // SAFETY: forwarded contract.
             return unsafe { self.deallocate_first_fit(ptr, layout) };
@@ -798,6 +830,7 @@ impl SegmentAllocator {
         layout: Layout,
         source: &mut impl PageSource,
     ) {
+        let ptr = reach(ptr);
         if self.engine == Engine::Tlsf {
             // SAFETY: the caller's promise: a checked block in use.
             if let Some(span) = unsafe { self.tlsf.free(ptr) } {
@@ -904,6 +937,7 @@ impl SegmentAllocator {
         layout: Layout,
         new_size: usize,
     ) -> Result<bool, DeallocateError> {
+        let ptr = reach(ptr);
         match self.engine {
             Engine::Tlsf => {
                 self.check_block(ptr, layout)?;
@@ -938,6 +972,7 @@ impl SegmentAllocator {
         new_size: usize,
         keep: usize,
     ) -> Option<NonNull<u8>> {
+        let ptr = reach(ptr);
         if self.engine != Engine::Tlsf || layout.align() > GRANULE {
             return None;
         }

@@ -62,6 +62,19 @@ impl fmt::Display for PagesError {
 
 impl core::error::Error for PagesError {}
 
+/// `ptr`'s address, reached through the provenance of the pages the layers
+/// hold — exposed when they took them from their page source — rather than
+/// `ptr`'s own. A pointer handed back by a caller carries only its block's
+/// provenance (a `Box`'s covers its object, not the header before it, and
+/// not the rest of a size class), while layer 0 reads the header before a
+/// block and the chunk after it, layer +2 the pool header at the start of
+/// its pool, and a cached block serves later requests of its whole class.
+#[inline(always)]
+pub(crate) fn reach(ptr: NonNull<u8>) -> NonNull<u8> {
+    // SAFETY: `ptr` is not null, so neither is its address.
+    unsafe { NonNull::new_unchecked(core::ptr::with_exposed_provenance_mut(ptr.as_ptr().addr())) }
+}
+
 /// A supplier of whole pages for layers 0 and +2.
 ///
 /// # Safety
@@ -183,13 +196,13 @@ impl RegionSource {
         Self { runs: run, window: (first, end - first), mapped: 0, high_water: 0 }
     }
 
-    /// Writes a run header at `addr`.
+    /// Writes a run header at `at`.
     ///
     /// # Safety
     ///
-    /// `[addr, addr + size)` must be free memory of the region, 16-aligned.
-    unsafe fn put_run(addr: usize, size: usize, next: *mut Run) -> *mut Run {
-        let run = addr as *mut Run;
+    /// `[at, at + size)` must be free memory of the region, 16-aligned.
+    unsafe fn put_run(at: *mut u8, size: usize, next: *mut Run) -> *mut Run {
+        let run = at.cast::<Run>();
         // SAFETY: the caller's promise.
         unsafe { run.write(Run { size, next }) };
         run
@@ -234,7 +247,11 @@ impl RegionSource {
         // SAFETY: the front part `[start, at)` and the back part
         // `[at + size, end)` are free memory of this run, 16-aligned.
         unsafe {
-            let back = if at + size < end { Self::put_run(at + size, end - at - size, next) } else { next };
+            let back = if at + size < end {
+                Self::put_run(cur.cast::<u8>().with_addr(at + size), end - at - size, next)
+            } else {
+                next
+            };
             if at > start {
                 (*cur).size = at - start;
                 (*cur).next = back;
@@ -244,7 +261,7 @@ impl RegionSource {
         }
         self.mapped += size;
         self.high_water = self.high_water.max(self.mapped);
-        NonNull::new(at as *mut u8)
+        NonNull::new(cur.cast::<u8>().with_addr(at))
     }
 
     /// The free runs as `(start, size)` pairs, in address order (for tests
@@ -312,7 +329,7 @@ unsafe impl PageSource for RegionSource {
         // and lies between `prev` and `cur`; merging with a neighbour that
         // touches it only grows that run over free memory.
         unsafe {
-            let (mut start, mut len, mut next) = (addr, size, cur);
+            let (mut len, mut next) = (size, cur);
             if !cur.is_null() && addr + size == cur as usize {
                 len += (*cur).size;
                 next = (*cur).next;
@@ -321,8 +338,8 @@ unsafe impl PageSource for RegionSource {
                 (*prev).size += len;
                 (*prev).next = next;
             } else {
-                start = Self::put_run(start, len, next) as usize;
-                self.relink(prev, start as *mut Run);
+                let run = Self::put_run(ptr.as_ptr(), len, next);
+                self.relink(prev, run);
             }
         }
         self.mapped -= size;

@@ -1,13 +1,12 @@
 //! Layer +3: typed object caches over a `LockedHeap`.
 
 use std::alloc::Layout;
-use std::mem::MaybeUninit;
 
 use strata::{LockedHeap, ObjectCache};
 
 fn heap() -> &'static LockedHeap {
     let heap = Box::leak(Box::new(LockedHeap::empty()));
-    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 32 << 20].into_boxed_slice()));
+    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
     heap
 }
 

@@ -515,10 +515,8 @@ fn a_doubling_buffer_is_copied_only_while_small() {
 fn out_of_memory_is_a_counted_null_and_the_heap_recovers() {
     static HEAP: LockedHeap = LockedHeap::empty();
     let region = Box::leak(Box::new(Region::new(1 << 20)));
-    let src = region.source();
-    let (start, len) = src.window();
     // SAFETY: the leaked region lives forever and serves only this heap.
-    unsafe { HEAP.init(start as *mut u8, len) };
+    unsafe { HEAP.init(region.ptr(), region.len()) };
     // SAFETY: GlobalAlloc calls with valid layouts.
     unsafe {
         assert!(HEAP.alloc(layout(2 << 20, 8)).is_null(), "larger than the region");

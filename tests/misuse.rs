@@ -68,6 +68,34 @@ fn arenas_can_live_in_all_of_a_window_that_is_not_a_power_of_two() {
 }
 
 #[test]
+fn an_immediate_double_free_of_a_small_block_is_refused_and_never_served_twice() {
+    let region = common::Region::new(32 << 20);
+    let mut heap = strata::Heap::new(region.source());
+    heap.set_cold_limit(0);
+    let l = layout(48, 8);
+    let keep = heap.allocate(l).unwrap();
+    let a = heap.allocate(l).unwrap();
+    assert_eq!(heap.owner(a.as_ptr()), Some(strata::Layer::Object));
+    // SAFETY: `a` is live; the second free is the misuse under test, which
+    // must be refused without touching the pool.
+    unsafe {
+        heap.deallocate(a, l).unwrap();
+        let r = heap.deallocate(a, l);
+        assert!(matches!(r, Err(strata::segment::DeallocateError::NotAllocated { .. })), "{r:?}");
+    }
+    let (x, y) = (heap.allocate(l).unwrap(), heap.allocate(l).unwrap());
+    assert_ne!(x, y, "one block handed out twice");
+    heap.check_invariants();
+    // SAFETY: live blocks.
+    unsafe {
+        for p in [keep, x, y] {
+            heap.deallocate(p, l).unwrap();
+        }
+    }
+    heap.check_invariants();
+}
+
+#[test]
 fn configurations_that_cannot_serve_are_typed_errors() {
     use strata::InvalidConfig;
     use strata::object::{Geometry, GeometryError};

@@ -4,16 +4,28 @@
 #![cfg(all(feature = "std", not(feature = "debug")))]
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::mem::MaybeUninit;
 use std::thread;
 
 use strata::LockedHeap;
 use strata::front::thread_cache::DEPTH;
 
+/// A block handed to another thread.
+#[derive(Clone, Copy)]
+struct Block(*mut u8);
+
+// SAFETY: a heap block is plain memory; the tests hand each to one thread.
+unsafe impl Send for Block {}
+
+/// Churn rounds per thread (fewer under Miri, which runs them a thousand
+/// times slower).
+const ROUNDS: u32 = if cfg!(miri) { 400 } else { 20_000 };
+
 fn heap() -> &'static LockedHeap {
     let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
-    // Large enough for layer +2 (from 16 MiB), whose classes thread caches serve.
-    heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 32 << 20].into_boxed_slice()));
+    // Large enough for layer +2 (from 16 MiB), whose classes thread caches
+    // serve; left uninitialised (as a real region is), which Miri also
+    // needs: a `vec!` of 32 Mi elements would take it hours.
+    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
     // Every small request from pools at once: the caches hold +2 blocks.
     heap.with(|h| h.set_cold_limit(0));
     heap.enable_thread_caches();
@@ -94,10 +106,10 @@ fn a_bin_holds_at_most_depth_blocks_and_an_exiting_thread_gives_its_blocks_back(
     thread::spawn(move || {
         let layout = Layout::from_size_align(100, 8).unwrap();
         // SAFETY: blocks of this heap with their layout, each freed once.
-        let blocks: Vec<usize> = (0..100).map(|_| unsafe { heap.alloc(layout) } as usize).collect();
+        let blocks: Vec<*mut u8> = (0..100).map(|_| unsafe { heap.alloc(layout) }).collect();
         for &b in &blocks {
             // SAFETY: as above.
-            unsafe { heap.dealloc(b as *mut u8, layout) };
+            unsafe { heap.dealloc(b, layout) };
         }
         assert_eq!(in_use(heap), usize::from(DEPTH), "the bin must stop at its depth");
     })
@@ -113,14 +125,14 @@ fn blocks_freed_on_other_threads_and_large_ones_take_the_locked_path() {
     let small = Layout::from_size_align(24, 8).unwrap();
     let large = Layout::from_size_align(4000, 8).unwrap();
     // SAFETY: blocks of this heap, each freed once, on another thread.
-    let blocks: Vec<(usize, Layout)> = (0..200)
+    let blocks: Vec<(Block, Layout)> = (0..200)
         .map(|i| if i % 10 == 0 { large } else { small })
-        .map(|l| (unsafe { heap.alloc(l) } as usize, l))
+        .map(|l| (Block(unsafe { heap.alloc(l) }), l))
         .collect();
     thread::spawn(move || {
         for (p, l) in blocks {
             // SAFETY: as above.
-            unsafe { heap.dealloc(p as *mut u8, l) };
+            unsafe { heap.dealloc(p.0, l) };
         }
     })
     .join()
@@ -136,9 +148,9 @@ fn four_threads_churn_through_their_caches() {
     let handles: Vec<_> = (0..4u64)
         .map(|t| {
             thread::spawn(move || {
-                let mut live: Vec<(usize, Layout, u8)> = Vec::new();
+                let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
                 let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t;
-                for i in 0..20_000u32 {
+                for i in 0..ROUNDS {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
@@ -146,8 +158,8 @@ fn four_threads_churn_through_their_caches() {
                         let (p, l, tag) = live.swap_remove((x % live.len() as u64) as usize);
                         // SAFETY: a live block of this heap with its layout.
                         unsafe {
-                            assert!((0..l.size()).all(|k| *(p as *const u8).add(k) == tag), "contents lost");
-                            heap.dealloc(p as *mut u8, l);
+                            assert!((0..l.size()).all(|k| *p.add(k) == tag), "contents lost");
+                            heap.dealloc(p, l);
                         }
                     } else {
                         let l = Layout::from_size_align(1 + (x % 600) as usize, 1 << (x % 5)).unwrap();
@@ -157,12 +169,12 @@ fn four_threads_churn_through_their_caches() {
                         let tag = i as u8;
                         // SAFETY: the block is `l.size()` bytes.
                         unsafe { p.write_bytes(tag, l.size()) };
-                        live.push((p as usize, l, tag));
+                        live.push((p, l, tag));
                     }
                 }
                 for (p, l, _) in live {
                     // SAFETY: live blocks with their layouts.
-                    unsafe { heap.dealloc(p as *mut u8, l) };
+                    unsafe { heap.dealloc(p, l) };
                 }
             })
         })

@@ -9,18 +9,34 @@ use std::ptr::NonNull;
 
 /// A page-aligned region of ordinary memory, lazily committed by the OS.
 pub struct Region {
+    base: *mut u8,
     ptr: *mut u8,
     size: usize,
 }
 
 impl Region {
-    /// A new region of `size` bytes.
+    /// A new region of `size` bytes, starting [`REGION_OFFSET`] bytes (or
+    /// `STRATA_REGION_OFFSET`, in hex) past a 4 MiB boundary: the same place
+    /// for every peer and every run (where the system allocator happens to
+    /// map it would otherwise decide how layer +2's 1 MiB arenas line up
+    /// with it).
     pub fn new(size: usize) -> Self {
-        let layout = Layout::from_size_align(size, 4096).unwrap();
+        let offset = std::env::var("STRATA_REGION_OFFSET")
+            .ok()
+            .and_then(|o| usize::from_str_radix(o.trim_start_matches("0x"), 16).ok());
+        Self::at_offset(size, offset.unwrap_or(REGION_OFFSET))
+    }
+    /// A new region of `size` bytes starting `offset` bytes (a multiple of
+    /// 4096, under 4 MiB) past a 4 MiB boundary.
+    pub fn at_offset(size: usize, offset: usize) -> Self {
+        assert!(offset < REGION_ALIGN && offset.is_multiple_of(4096));
+        let layout = Layout::from_size_align(size + REGION_ALIGN, REGION_ALIGN).unwrap();
         // SAFETY: non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null());
-        Self { ptr, size }
+        let base = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!base.is_null());
+        // SAFETY: `offset + size` bytes lie in the allocation.
+        let ptr = unsafe { base.add(offset) };
+        Self { base, ptr, size }
     }
     /// Start of the region.
     pub fn ptr(&self) -> *mut u8 {
@@ -32,10 +48,18 @@ impl Region {
     }
 }
 
+/// Alignment of the allocation a [`Region`] lies in.
+const REGION_ALIGN: usize = 4 << 20;
+/// Where a [`Region`] starts past a [`REGION_ALIGN`] boundary: an odd
+/// number of pages, as a region handed over by a linker script or an OS
+/// rarely lines up with anything larger.
+pub const REGION_OFFSET: usize = 0x5_3000;
+
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, Layout::from_size_align(self.size, 4096).unwrap()) }
+        let layout = Layout::from_size_align(self.size + REGION_ALIGN, REGION_ALIGN).unwrap();
+        // SAFETY: allocated in `at_offset` with this layout.
+        unsafe { std::alloc::dealloc(self.base, layout) }
     }
 }
 

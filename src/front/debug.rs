@@ -339,6 +339,8 @@ impl<S: PageSource> Heap<S> {
         layout: Layout,
         domain: Domain,
     ) -> Result<(), DeallocateError> {
+        // The header lies before the caller's block, outside its provenance.
+        let ptr = crate::source::reach(ptr);
         match self.check(ptr, layout, domain) {
             None => {
                 // SAFETY: the checks passed: a live debug block of `layout`.
@@ -366,6 +368,8 @@ impl<S: PageSource> Heap<S> {
         new_size: usize,
         domain: Domain,
     ) -> Result<NonNull<u8>, AllocError> {
+        // As in `debug_deallocate`.
+        let ptr = crate::source::reach(ptr);
         let new_layout = Layout::from_size_align(new_size, layout.align())
             .map_err(|_| AllocError::InvalidLayout { size: new_size, align: layout.align() })?;
         if let Some(v) = self.check(ptr, layout, domain) {

@@ -48,7 +48,7 @@ struct Bin {
 
 /// Gives a cached block back to the heap at the address in the first
 /// argument, through its lock.
-pub(crate) type Release = unsafe fn(usize, NonNull<u8>, Layout);
+pub(crate) type Release = unsafe fn(*const (), NonNull<u8>, Layout);
 
 /// A copy of layer +2's arena bitmap that threads read without the heap's
 /// lock: one bit per arena slot of the window, written only under the lock.
@@ -89,8 +89,9 @@ impl ArenaMirror {
 /// What a thread needs to know of the heap it caches for.
 #[derive(Clone, Copy)]
 pub(crate) struct Owner {
-    /// The heap's address.
-    pub(crate) heap: usize,
+    /// The heap (a `'static` `LockedHeap`; its address is the key the
+    /// entry points compare).
+    pub(crate) heap: *const (),
     /// Layer +2's threshold and class granularity on that heap.
     pub(crate) threshold: usize,
     pub(crate) class_shift: u32,
@@ -130,7 +131,7 @@ impl ThreadCache {
     /// The owner, if this cache serves `heap`.
     #[inline]
     fn owner_of(&self, heap: usize) -> Option<Owner> {
-        self.owner.filter(|o| o.heap == heap)
+        self.owner.filter(|o| o.heap.addr() == heap)
     }
 
     /// Gives every cached block back to the owner.
@@ -267,6 +268,9 @@ pub(crate) unsafe fn put(
             if bin.len >= DEPTH {
                 return Err(Declined::Pass);
             }
+            // Kept with the provenance of the heap's pages, not the
+            // caller's: it will serve requests of its whole class.
+            let ptr = crate::source::reach(ptr);
             // SAFETY: the block is ours again, in an arena of +2, and at
             // least 8 bytes long and aligned (every class is).
             unsafe { ptr.as_ptr().cast::<*mut u8>().write(bin.head) };
@@ -281,7 +285,7 @@ pub(crate) unsafe fn put(
 pub(crate) fn flush(heap: usize) {
     let _ = CACHE.try_with(|cache| {
         if let Ok(mut cache) = cache.try_borrow_mut()
-            && cache.owner.is_some_and(|o| o.heap == heap)
+            && cache.owner.is_some_and(|o| o.heap.addr() == heap)
         {
             cache.flush();
         }

@@ -556,17 +556,45 @@ impl Tlsf {
     #[cold]
     #[inline(never)]
     fn allocate_aligned(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
-        // A chunk of `need + align + MIN_CHUNK` bytes holds an aligned
-        // payload with a leading free chunk (or none) before it.
-        let worst = need.checked_add(align)?.checked_add(MIN_CHUNK)?;
-        let (c, have) = match self.first_nonempty(bin_ceil(worst)).filter(|&b| b < BINS - 1) {
-            // SAFETY: `bin` is a non-empty list.
-            Some(bin) => unsafe { self.pop(bin) },
-            None => self.take_first_fit(bin_of(need), need, align)?,
-        };
+        let (c, have) = self.take_aligned_fit(need, align)?;
         let lead = lead_for(c, have, need, align).expect("the chunk was chosen to fit");
         // SAFETY: `c` is a free, unlinked chunk of `have` bytes that holds
         // `lead + need` bytes.
+        Some(unsafe { self.carve(c, have, lead, need) })
+    }
+
+    /// Finds and unlinks a free chunk that holds `need` bytes with a
+    /// payload aligned to `align`.
+    fn take_aligned_fit(&mut self, need: usize, align: usize) -> Option<(*mut u8, usize)> {
+        // A chunk of `need + align + MIN_CHUNK` bytes holds an aligned
+        // payload with a leading free chunk (or none) before it.
+        let worst = need.checked_add(align)?.checked_add(MIN_CHUNK)?;
+        match self.first_nonempty(bin_ceil(worst)).filter(|&b| b < BINS - 1) {
+            // SAFETY: `bin` is a non-empty list.
+            Some(bin) => Some(unsafe { self.pop(bin) }),
+            None => self.take_first_fit(bin_of(need), need, align),
+        }
+    }
+
+    /// Allocates `size` bytes aligned to `align` as high in the chosen free
+    /// chunk as it fits, leaving the space below it as one free chunk: for
+    /// long-lived blocks (layer +2's arenas), kept away from the low end,
+    /// where blocks are placed and grow.
+    pub fn allocate_high(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let need = chunk_size(size)?;
+        let align = align.max(GRANULE);
+        let (c, have) = self.take_aligned_fit(need, align)?;
+        let low = if align == GRANULE { 0 } else { lead_for(c, have, need, align)? };
+        // The highest aligned payload whose chunk ends inside `c`; a lead
+        // too short to stand as a free chunk falls back to the lowest.
+        let payload = c as usize + 2 * WORD;
+        let top = (payload + (have - need)) & !(align - 1);
+        let lead = match top - payload {
+            high if high >= MIN_CHUNK && high > low => high,
+            _ => low,
+        };
+        // SAFETY: `c` is a free, unlinked chunk of `have` bytes that holds
+        // `lead + need` bytes, with `lead` 0 or at least MIN_CHUNK.
         Some(unsafe { self.carve(c, have, lead, need) })
     }
 

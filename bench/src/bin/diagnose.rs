@@ -14,7 +14,10 @@ use strata_bench::{Region, cpython_fill_program};
 const SEED: u64 = 0x5eed_1234_abcd;
 
 fn main() {
-    let region = Region::new(32 << 20);
+    let offset = std::env::var("OFFSET").map_or(strata_bench::REGION_OFFSET, |o| {
+        usize::from_str_radix(o.trim_start_matches("0x"), 16).unwrap()
+    });
+    let region = Region::at_offset(32 << 20, offset);
     // SAFETY: the region outlives the heap.
     let source = unsafe { strata::RegionSource::new(region.ptr(), region.size()) };
     let heap = match std::env::var("GEOMETRY") {
@@ -125,7 +128,10 @@ fn main() {
 /// first failure, split into the rounding it pays (sizes to 8, at least 16
 /// bytes) and what is left in holes.
 fn linked_list_allocator_breakdown() {
-    let region = Region::new(32 << 20);
+    let offset = std::env::var("OFFSET").map_or(strata_bench::REGION_OFFSET, |o| {
+        usize::from_str_radix(o.trim_start_matches("0x"), 16).unwrap()
+    });
+    let region = Region::at_offset(32 << 20, offset);
     // SAFETY: the region outlives the heap and serves only it.
     let heap = unsafe { linked_list_allocator::Heap::new(region.ptr(), region.size()) };
     let heap = RefCell::new(heap);
