@@ -15,7 +15,7 @@
 //!
 //! **What is cached, and where.** Only blocks the heap's own ownership test
 //! puts in an arena of layer +2: the heap keeps a copy of +2's arena bitmap
-//! in atomics outside its lock ([`ArenaMirror`]), updated under the lock
+//! in atomics outside its lock (an arena mirror), updated under the lock
 //! whenever an arena comes or goes, which the cache reads before it keeps a
 //! block. Anything else — a foreign pointer, a block of layer 0 — takes the
 //! locked path, where the heap refuses what is not its own (counted in
