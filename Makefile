@@ -4,7 +4,7 @@ KERNEL_TARGET := x86_64-unknown-none
 FIRMWARE_TARGET := thumbv7em-none-eabihf
 FIRMWARE_V6_TARGET := thumbv6m-none-eabi
 
-.PHONY: help deps run test test-host test-kernel test-firmware check fmt clippy build doc bench bench-kernel firmware-size miri clean
+.PHONY: help deps run test test-host test-kernel test-firmware check fmt clippy build doc bench bench-kernel firmware-size miri fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,6 +75,16 @@ miri: ## Unit, layer, typed-cache and thread-cache tests under Miri (nightly; no
 	rustup toolchain install nightly --profile minimal --component miri,rust-src
 	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --lib --test layers --test cache
 	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --features std --test thread_cache
+
+# Each target runs FUZZ_SECONDS (default 30 min); both at once on two cores.
+FUZZ_SECONDS ?= 1800
+fuzz: ## Coverage-guided fuzzing of Heap and LockedHeap against a shadow model (nightly, cargo-fuzz; not part of `make test`)
+	rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
+	cd fuzz && $(CARGO) +nightly fuzz build -a
+	cd fuzz && ( $(CARGO) +nightly fuzz run -a heap -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 & \
+		$(CARGO) +nightly fuzz run -a locked_heap -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096; \
+		s=$$?; wait $$! && exit $$s )
 
 firmware-size: ## .text of a minimal firmware with strata, linked_list_allocator, embedded-alloc
 	@bash scripts/firmware-size.sh
