@@ -72,14 +72,15 @@ bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator, 
 	STRATA_QEMU_ARGS="-icount shift=0,sleep=off" $(CARGO) run --release -p strata-boot --no-default-features --bin strata-bench-kernel --target x86_64-unknown-none
 
 miri: ## Unit, layer, typed-cache and thread-cache tests under Miri (nightly; not part of `make test`: ~20 min)
-	rustup toolchain install nightly --profile minimal --component miri,rust-src
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	rustup component add --toolchain nightly miri rust-src
 	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --lib --test layers --test cache
 	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --features std --test thread_cache
 
 # Each target runs FUZZ_SECONDS (default 30 min); both at once on two cores.
 FUZZ_SECONDS ?= 1800
 fuzz: ## Coverage-guided fuzzing of Heap and LockedHeap against a shadow model (nightly, cargo-fuzz; not part of `make test`)
-	rustup toolchain install nightly --profile minimal
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
 	cd fuzz && $(CARGO) +nightly fuzz build -a
 	cd fuzz && ( $(CARGO) +nightly fuzz run -a heap -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 & \

@@ -13,8 +13,8 @@
 //! see [`Geometry::for_window`]) aligned to at most 16 goes to layer +2.
 //! Everything else goes to layer 0. A free is routed by *ownership*, never by
 //! the layout: +2 owns exactly the blocks in its arenas (an O(1) bitmap test),
-//! layer 0 checks its segments and large mappings, and a pointer neither owns
-//! is refused with [`DeallocateError::NotOwned`] — no layer is ever handed a
+//! layer 0 those in its spans (a bounds check and a bit per slot), and a
+//! pointer neither owns is refused with [`DeallocateError::NotOwned`] — no layer is ever handed a
 //! block it does not own.
 //!
 //! **Out of memory.** A small request never fails while a larger size
@@ -26,13 +26,12 @@
 //!
 //! **Realloc in place.** A +2 block is kept when the new size still fits its
 //! size class and uses more than half of it (mimalloc's rule; CPython keeps
-//! 75 %); a large mapping is kept while its page count does not change, and
-//! grows in place when the page source has the pages after it free (a
-//! [`RegionSource`] does; like `mremap`); a segment block is kept while its
-//! reserved size does not change. Otherwise the block moves — and a block
-//! doubling past [`GROWING_THRESHOLD`] three times in a row moves to a mapping of
-//! its own where the source can grow mappings, so a `Vec` being grown is
-//! copied only while small.
+//! 75 %); a layer 0 block shrinks in place, and grows in place into a free
+//! chunk after it (or, for small blocks, before it). Otherwise the block
+//! moves — and a block doubling past [`GROWING_THRESHOLD`] three times in a
+//! row moves to the start of layer 0's largest free chunk, where its next
+//! doublings happen in place, so a `Vec` being grown is copied only a few
+//! times.
 //!
 //! **Domains and debug hooks.** [`LockedHeap`]'s entry points take the
 //! [`Domain`] a block is allocated through ([`DomainAlloc`]): `GlobalAlloc`
@@ -254,8 +253,9 @@ pub struct FrontStats {
     /// close fit to borrow).
     pub small_fallbacks: usize,
     /// Small requests served by layer 0 because their class had no pool and
-    /// too few blocks to be worth one (an event counter: 0 without the
-    /// `stats` feature).
+    /// too few requests to be worth one, or because layer 0 held too little
+    /// free memory for a new arena (an event counter: 0 without the `stats`
+    /// feature).
     pub cold_blocks: usize,
     /// Small blocks layer 0 holds now (cold classes and fallbacks).
     pub small_in_layer_0: usize,
@@ -1014,6 +1014,9 @@ pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
     /// Reallocs done in place by threads without the lock.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     cached_in_place: crate::sync::AtomicUsize,
+    /// Reallocs that moved into a block of the thread's cache.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    cached_moved: crate::sync::AtomicUsize,
     /// Layer +2's arena bitmap, for threads to read without the lock.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     arena_mirror: thread_cache::ArenaMirror,
@@ -1049,6 +1052,8 @@ impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
             thread_caches: AtomicBool::new(false),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             cached_in_place: crate::sync::AtomicUsize::new(0),
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            cached_moved: crate::sync::AtomicUsize::new(0),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             arena_mirror: thread_cache::ArenaMirror::new(),
         }
@@ -1096,6 +1101,8 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             #[cfg(all(feature = "std", not(feature = "debug")))]
             cached_in_place: crate::sync::AtomicUsize::new(0),
             #[cfg(all(feature = "std", not(feature = "debug")))]
+            cached_moved: crate::sync::AtomicUsize::new(0),
+            #[cfg(all(feature = "std", not(feature = "debug")))]
             arena_mirror: thread_cache::ArenaMirror::new(),
         }
     }
@@ -1126,13 +1133,14 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     }
 
     /// Counters of every layer (with thread caches, including the reallocs
-    /// they did in place).
+    /// they did without the lock, in place or into a cached block).
     pub fn stats(&self) -> HeapStats {
         #[allow(unused_mut)]
         let mut stats = self.heap.lock().stats();
         #[cfg(all(feature = "std", not(feature = "debug")))]
         {
             stats.front.realloc_in_place += self.cached_in_place.load(Ordering::Relaxed);
+            stats.front.realloc_moved += self.cached_moved.load(Ordering::Relaxed);
         }
         stats
     }
@@ -1165,97 +1173,127 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let mut heap = self.heap.lock();
-        #[cfg(feature = "debug")]
-        let result = heap.debug_allocate(layout, Domain::HEAP, true);
-        #[cfg(not(feature = "debug"))]
-        let result = heap.allocate_zeroed(layout);
-        let p = heap.or_null(result);
-        self.settle(heap);
-        p
+        no_unwind(|| {
+            let mut heap = self.heap.lock();
+            #[cfg(feature = "debug")]
+            let result = heap.debug_allocate(layout, Domain::HEAP, true);
+            #[cfg(not(feature = "debug"))]
+            let result = heap.allocate_zeroed(layout);
+            let p = heap.or_null(result);
+            self.settle(heap);
+            p
+        })
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some(p) = NonNull::new(ptr) else {
-            return ptr::null_mut();
-        };
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if self.thread_caches.load(Ordering::Relaxed)
-            // SAFETY: forwarded contract.
-            && let Some(q) = unsafe { self.realloc_cached(p, layout, new_size) }
-        {
-            return q.as_ptr();
-        }
-        let mut heap = self.heap.lock();
-        // SAFETY: `GlobalAlloc`'s contract: a live block of ours with `layout`.
-        #[cfg(feature = "debug")]
-        let result = unsafe { heap.debug_reallocate(p, layout, new_size, Domain::HEAP) };
-        // SAFETY: as above.
-        #[cfg(not(feature = "debug"))]
-        let result = unsafe { heap.reallocate(p, layout, new_size) };
-        let p = heap.or_null(result);
-        self.settle(heap);
-        p
+        no_unwind(|| {
+            let Some(p) = NonNull::new(ptr) else {
+                return ptr::null_mut();
+            };
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            if self.thread_caches.load(Ordering::Relaxed)
+                // SAFETY: forwarded contract.
+                && let Some(q) = unsafe { self.realloc_cached(p, layout, new_size) }
+            {
+                return q.as_ptr();
+            }
+            let mut heap = self.heap.lock();
+            // SAFETY: `GlobalAlloc`'s contract: a live block of ours with `layout`.
+            #[cfg(feature = "debug")]
+            let result = unsafe { heap.debug_reallocate(p, layout, new_size, Domain::HEAP) };
+            // SAFETY: as above.
+            #[cfg(not(feature = "debug"))]
+            let result = unsafe { heap.reallocate(p, layout, new_size) };
+            let p = heap.or_null(result);
+            self.settle(heap);
+            p
+        })
     }
+}
+
+/// Runs an allocator entry point so that a panic inside it aborts the
+/// program instead of unwinding out of it (undefined behaviour under
+/// `GlobalAlloc`'s contract): for instance `linked_list_allocator`'s own
+/// check of a double free on a first-fit heap. Free on the normal path; with
+/// `panic = "abort"` (the kernel, firmware) the guard never runs.
+#[inline(always)]
+fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
+    /// Dropped only while a panic unwinds through the entry point: its own
+    /// panic is a panic during unwinding, which aborts.
+    struct Abort;
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            panic!("strata: a panic inside the allocator cannot unwind out of GlobalAlloc; aborting");
+        }
+    }
+    let guard = Abort;
+    let r = f();
+    core::mem::forget(guard);
+    r
 }
 
 // SAFETY: as the `GlobalAlloc` impl, of which this is the general form.
 unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, L> {
     #[inline]
     unsafe fn alloc_in(&self, layout: Layout, domain: Domain) -> *mut u8 {
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if domain == Domain::HEAP
-            && self.thread_caches.load(Ordering::Relaxed)
-            && let Some(p) = thread_cache::take(self as *const Self as usize, layout)
-        {
-            return p.as_ptr();
-        }
-        let mut heap = self.heap.lock();
-        #[cfg(feature = "debug")]
-        let result = heap.debug_allocate(layout, domain, false);
-        #[cfg(not(feature = "debug"))]
-        let result = {
-            let _ = domain;
-            heap.allocate(layout)
-        };
-        let p = heap.or_null(result);
-        self.settle(heap);
-        p
+        no_unwind(|| {
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            if domain == Domain::HEAP
+                && self.thread_caches.load(Ordering::Relaxed)
+                && let Some(p) = thread_cache::take(self as *const Self as usize, layout)
+            {
+                return p.as_ptr();
+            }
+            let mut heap = self.heap.lock();
+            #[cfg(feature = "debug")]
+            let result = heap.debug_allocate(layout, domain, false);
+            #[cfg(not(feature = "debug"))]
+            let result = {
+                let _ = domain;
+                heap.allocate(layout)
+            };
+            let p = heap.or_null(result);
+            self.settle(heap);
+            p
+        })
     }
 
     #[inline]
     unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, domain: Domain) {
-        let Some(p) = NonNull::new(ptr) else { return };
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if domain == Domain::HEAP && self.thread_caches.load(Ordering::Relaxed) {
-            // SAFETY: `GlobalAlloc`'s contract: a live block of this heap
-            // with `layout`, not used after this call.
-            match unsafe { thread_cache::put(self as *const Self as usize, p, layout, || self.cache_owner()) }
-            {
-                Ok(()) => return,
-                Err(thread_cache::Declined::DoubleFree) => {
-                    let mut heap = self.heap.lock();
-                    heap.stats.refused_frees += 1;
-                    return self.settle(heap);
+        no_unwind(|| {
+            let Some(p) = NonNull::new(ptr) else { return };
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            if domain == Domain::HEAP && self.thread_caches.load(Ordering::Relaxed) {
+                // SAFETY: `GlobalAlloc`'s contract: a live block of this heap
+                // with `layout`, not used after this call.
+                match unsafe {
+                    thread_cache::put(self as *const Self as usize, p, layout, || self.cache_owner())
+                } {
+                    Ok(()) => return,
+                    Err(thread_cache::Declined::DoubleFree) => {
+                        let mut heap = self.heap.lock();
+                        heap.stats.refused_frees += 1;
+                        return self.settle(heap);
+                    }
+                    Err(thread_cache::Declined::Pass) => {}
                 }
-                Err(thread_cache::Declined::Pass) => {}
             }
-        }
-        let mut heap = self.heap.lock();
-        // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
-        // with `layout` (through `domain`, which debug mode checks).
-        #[cfg(feature = "debug")]
-        let result = unsafe { heap.debug_deallocate(p, layout, domain) };
-        #[cfg(not(feature = "debug"))]
-        let result = {
-            let _ = domain;
-            // SAFETY: as above.
-            unsafe { heap.deallocate(p, layout) }
-        };
-        if result.is_err() {
-            heap.stats.refused_frees += 1;
-        }
-        self.settle(heap);
+            let mut heap = self.heap.lock();
+            // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
+            // with `layout` (through `domain`, which debug mode checks).
+            #[cfg(feature = "debug")]
+            let result = unsafe { heap.debug_deallocate(p, layout, domain) };
+            #[cfg(not(feature = "debug"))]
+            let result = {
+                let _ = domain;
+                // SAFETY: as above.
+                unsafe { heap.deallocate(p, layout) }
+            };
+            if result.is_err() {
+                heap.stats.refused_frees += 1;
+            }
+            self.settle(heap);
+        })
     }
 }
 
@@ -1316,6 +1354,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             return Some(reach(ptr));
         }
         let new = thread_cache::take(me, new_layout)?;
+        stat!(self.cached_moved.fetch_add(1, Ordering::Relaxed));
         // SAFETY: both blocks are live, distinct and at least this long (the
         // old one is a +2 block: `fits_in_place` answered); the old one is
         // given back once.
@@ -1369,6 +1408,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             class_shift: g.class_shift,
             slots_start: heap.object.slots_start(),
             arena_shift: g.arena_shift,
+            pool_shift: g.pool_shift,
             mirror,
             release: release::<S, L>,
         }

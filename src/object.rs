@@ -66,6 +66,8 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError, reach};
+use crate::sync::AtomicU32;
+use core::sync::atomic::Ordering::Relaxed;
 
 /// Largest alignment served by this layer; requests aligned above it go to layer 0.
 pub const ALIGNMENT: usize = 16;
@@ -126,6 +128,26 @@ pub const fn size_class(size: usize, align: usize, class_shift: u32) -> usize {
 #[inline]
 pub const fn class_size(class: usize, class_shift: u32) -> usize {
     (class + 1) << class_shift
+}
+
+/// The size class of the block at `ptr`, read from its pool's header
+/// without the allocator's lock (a thread cache files a freed block by what
+/// it is, not by the layout it was freed with); `None` for a pool not in
+/// use.
+///
+/// # Safety
+///
+/// `ptr` must lie in a live arena of an allocator with pools of
+/// `1 << pool_shift` bytes, in a pool with a block in use (so its class is
+/// not being written), and carry the provenance of the arena's pages.
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+pub(crate) unsafe fn block_class(ptr: NonNull<u8>, pool_shift: u32) -> Option<usize> {
+    let pool = ptr.as_ptr().map_addr(|a| a & !((1usize << pool_shift) - 1)).cast::<Pool>();
+    // SAFETY: the caller's promise: a live pool header, whose class only
+    // changes while none of its blocks is in use; atomic, so this read does
+    // not race with the lock holder's writes to other pools' headers.
+    let class = unsafe { (*pool).class.load(Relaxed) };
+    (class != UNUSED_CLASS).then_some(class as usize)
 }
 
 const MIN_POOL_SHIFT: u32 = 11;
@@ -325,8 +347,10 @@ struct Pool {
     next_offset: u32,
     /// Last offset at which a whole block still fits.
     max_next_offset: u32,
-    /// Size class, or `UNUSED_CLASS` for a pool never initialised.
-    class: u32,
+    /// Size class, or `UNUSED_CLASS` for a pool with no block in use. Atomic
+    /// because thread caches read it without the lock ([`block_class`]);
+    /// written only under the lock, while the pool has no block in use.
+    class: AtomicU32,
     /// Block size of the class.
     block_size: u32,
 }
@@ -681,7 +705,7 @@ impl ObjectAllocator {
             } else {
                 let pool = a.pool_address.cast::<Pool>();
                 a.pool_address = a.pool_address.add(self.geometry.pool_size());
-                (*pool).class = UNUSED_CLASS;
+                ptr::write(&raw mut (*pool).class, AtomicU32::new(UNUSED_CLASS));
                 pool
             };
             a.nfreepools -= 1;
@@ -695,7 +719,7 @@ impl ObjectAllocator {
                 a.prev = ptr::null_mut();
             }
             let p = &mut *pool;
-            if p.class != class as u32 {
+            if p.class.load(Relaxed) != class as u32 {
                 // Fresh, or last used for another class: lay out its first block.
                 let first = if pool.addr() & self.arena_mask == pool.addr() {
                     POOL_HEADER + ARENA_HEADER
@@ -705,7 +729,7 @@ impl ObjectAllocator {
                 let size = class_size(class, self.geometry.class_shift);
                 let block = pool.cast::<u8>().add(first);
                 *block.cast::<*mut u8>() = ptr::null_mut();
-                p.class = class as u32;
+                p.class.store(class as u32, Relaxed);
                 p.block_size = size as u32;
                 p.ref_count = 0;
                 p.freeblock = block;
@@ -840,7 +864,7 @@ impl ObjectAllocator {
     unsafe fn pool_changed_state(&mut self, pool: *mut Pool, was_full: bool, source: &mut impl PageSource) {
         // SAFETY: the caller passes a live pool.
         let p = unsafe { &mut *pool };
-        let class = p.class as usize;
+        let class = p.class.load(Relaxed) as usize;
         if p.ref_count != 0 {
             // Was full, has a free block again: back to the front of `used`.
             p.next = self.used[class];
@@ -866,6 +890,10 @@ impl ObjectAllocator {
                 unsafe { (*p.next).prev = p.prev };
             }
         }
+        // Empty: it has no class until it is laid out again. A thread cache
+        // reading the class of a block freed twice then sees the pool is
+        // not in use and leaves the free to the checks under the lock.
+        p.class.store(UNUSED_CLASS, Relaxed);
         // SAFETY: the pool is live and empty.
         unsafe { self.insert_to_freepool(pool, source) };
     }
@@ -1066,7 +1094,7 @@ impl ObjectAllocator {
             if p.ref_count == 0 {
                 return;
             }
-            let class = p.class as usize;
+            let class = p.class.load(Relaxed) as usize;
             let capacity = (self.pool_end(addr) - self.first_offset(addr)) / p.block_size as usize;
             let s = &mut out[class];
             s.block_size = p.block_size as usize;
@@ -1090,7 +1118,7 @@ impl ObjectAllocator {
                 assert!(self.owns(pool as *const u8), "used pool outside every arena");
                 // SAFETY: checked to lie in a live arena.
                 let p = unsafe { &*pool };
-                assert_eq!(p.class as usize, class, "pool on the wrong used list");
+                assert_eq!(p.class.load(Relaxed) as usize, class, "pool on the wrong used list");
                 assert!(p.ref_count > 0, "empty pool on a used list");
                 assert!(!p.freeblock.is_null(), "full pool on a used list");
                 assert_eq!(p.prev, prev, "used list back link");
@@ -1105,11 +1133,15 @@ impl ObjectAllocator {
         let mut class_pools = [0u32; NUM_CLASSES];
 
         self.for_each_pool(|addr, p, _| {
-            if p.class == UNUSED_CLASS {
+            if p.class.load(Relaxed) == UNUSED_CLASS {
                 return;
             }
             let size = p.block_size as usize;
-            assert_eq!(size, class_size(p.class as usize, self.geometry.class_shift), "pool block size");
+            assert_eq!(
+                size,
+                class_size(p.class.load(Relaxed) as usize, self.geometry.class_shift),
+                "pool block size"
+            );
             let first = self.first_offset(addr);
             let carved = (p.next_offset as usize - first) / size;
             let mut free = 0;
@@ -1131,7 +1163,7 @@ impl ObjectAllocator {
                 partial += 1;
             }
             if p.ref_count > 0 {
-                class_pools[p.class as usize] += 1;
+                class_pools[p.class.load(Relaxed) as usize] += 1;
             }
         });
         assert_eq!(class_pools, self.class_pools, "pools in use per class");

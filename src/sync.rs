@@ -18,9 +18,9 @@ macro_rules! stat {
 pub(crate) use stat;
 
 #[cfg(not(feature = "critical-section"))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicUsize};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 #[cfg(feature = "critical-section")]
-pub(crate) use portable_atomic::{AtomicBool, AtomicUsize};
+pub(crate) use portable_atomic::{AtomicBool, AtomicU32, AtomicUsize};
 
 /// A lock held inside a critical section: for single-core microcontrollers,
 /// where masking interrupts is what keeps an interrupt handler that allocates

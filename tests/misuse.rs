@@ -41,6 +41,43 @@ fn realloc_of_a_pointer_no_layer_owns_is_a_counted_null_and_leaks_nothing() {
     heap.with(|h| h.check_invariants());
 }
 
+/// A first-fit heap (under 1 MiB) keeps no header, so a double free is
+/// seen only by `linked_list_allocator`'s own check, a panic; through
+/// `GlobalAlloc` that panic must abort, never unwind out of the allocator.
+/// Run in a child process (this test binary, told by an environment
+/// variable to do the double free), which must die of the abort.
+#[test]
+#[cfg(not(feature = "debug"))]
+fn a_double_free_on_a_first_fit_heap_aborts_without_unwinding() {
+    let name = "a_double_free_on_a_first_fit_heap_aborts_without_unwinding";
+    if std::env::var_os("STRATA_MISUSE_CHILD").is_some() {
+        let heap = heap(64 << 10);
+        let l = layout(24, 8);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: a live block, freed twice: the misuse under test.
+            unsafe {
+                let p = heap.alloc(l);
+                heap.dealloc(p, l);
+                heap.dealloc(p, l);
+            }
+        }));
+        // Reached only if the free returned or unwound: both are failures
+        // the parent reports.
+        println!("CHILD-SURVIVED unwound={}", unwound.is_err());
+        std::process::exit(0);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env("STRATA_MISUSE_CHILD", "1")
+        .output()
+        .expect("run the child");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the child survived: {stdout}");
+    assert!(!stdout.contains("CHILD-SURVIVED"), "the double free returned or unwound: {stdout}");
+    assert!(stderr.contains("linked_list_allocator"), "not linked_list_allocator's check: {stderr}");
+    assert!(stderr.contains("cannot unwind"), "not an abort at the no-unwind boundary: {stderr}");
+}
+
 #[test]
 fn a_region_at_the_top_of_the_address_space_is_an_empty_heap() {
     for addr in [usize::MAX - 3, usize::MAX - 15, usize::MAX - 16, usize::MAX] {
@@ -252,6 +289,40 @@ mod thread_caches {
         heap.trim();
         heap.with(|h| h.check_invariants());
         assert_eq!(heap.stats().front.refused_frees, 3);
+    }
+
+    /// A block this thread holds, freed again with another layout (which
+    /// maps to another class, one that only takes 16-aligned blocks): it
+    /// must still be found and refused, never end up both cached and in its
+    /// pool's free list.
+    #[test]
+    fn a_second_free_with_another_layout_is_refused_too() {
+        let heap = cached_heap(32 << 20);
+        let (l24, l16) = (layout(24, 8), layout(16, 8));
+        // SAFETY: live blocks of this heap; the second free of `p` is the
+        // misuse under test.
+        unsafe {
+            let mut keep = Vec::new();
+            let mut p = heap.alloc(l24);
+            while (p as usize).is_multiple_of(16) {
+                keep.push(p);
+                p = heap.alloc(l24);
+            }
+            heap.dealloc(p, l24);
+            heap.dealloc(p, l16);
+            assert_eq!(heap.stats().front.refused_frees, 1, "the second free was not refused");
+            let mut seen = HashSet::new();
+            for _ in 0..2000 {
+                let q = heap.alloc(l24);
+                assert!(seen.insert(q as usize), "{q:p} handed out twice");
+                keep.push(q);
+            }
+            for q in keep {
+                heap.dealloc(q, l24);
+            }
+        }
+        heap.trim();
+        heap.with(|h| h.check_invariants());
     }
 
     /// Random programs with 16-aligned layouts whose sizes are not multiples

@@ -394,3 +394,25 @@ proptest::proptest! {
         replay_on_threads(&ops);
     }
 }
+
+#[test]
+fn reallocs_through_the_cache_are_counted_in_place_and_moved() {
+    let heap = heap();
+    let (l64, l24) = (Layout::from_size_align(64, 8).unwrap(), Layout::from_size_align(24, 8).unwrap());
+    // SAFETY: blocks of this heap with their current layouts, each freed once.
+    unsafe {
+        // A 64-byte block in this thread's cache, for the move below.
+        let x = heap.alloc(l64);
+        heap.dealloc(x, l64);
+        let y = heap.alloc(l24);
+        let before = heap.stats().front;
+        let y2 = heap.realloc(y, l24, 20);
+        assert_eq!(y2, y, "a shrink within the class stays in place");
+        let z = heap.realloc(y2, Layout::from_size_align(20, 8).unwrap(), 60);
+        assert_eq!(z, x, "the grown block comes from the thread's cache");
+        let after = heap.stats().front;
+        assert_eq!(after.realloc_in_place - before.realloc_in_place, 1);
+        assert_eq!(after.realloc_moved - before.realloc_moved, 1, "a move through the cache not counted");
+        heap.dealloc(z, Layout::from_size_align(60, 8).unwrap());
+    }
+}

@@ -19,12 +19,12 @@
 //! whenever an arena comes or goes, which the cache reads before it keeps a
 //! block. Anything else — a foreign pointer, a block of layer 0 — takes the
 //! locked path, where the heap refuses what is not its own (counted in
-//! `refused_frees`). A block is filed by what it surely holds: the 8-byte
-//! (or 16-byte) class its layout's *size* rounds up to, never the class its
-//! alignment would round to, and in a class that 16-aligned requests use
-//! only if its address is 16-aligned; so every block of a bin holds every
-//! request of that bin's class. A second free of a block this thread still
-//! holds is refused.
+//! `refused_frees`). A block is filed by what it is — the size class its
+//! pool's header records, read without the lock — never by the layout it
+//! is freed with; so every block of a bin holds every request of that bin's
+//! class (and blocks of the classes 16-aligned requests use are
+//! 16-aligned). A second free of a block this thread still holds, with any
+//! layout, finds it in its bin and is refused.
 
 #![cfg_attr(feature = "debug", allow(dead_code))]
 
@@ -35,7 +35,7 @@ use core::cell::RefCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::object::{ARENA_SLOTS, NUM_CLASSES, class_size, size_class};
+use crate::object::{ARENA_SLOTS, NUM_CLASSES, block_class, class_size, size_class};
 
 /// Most blocks a thread keeps per size class.
 pub const DEPTH: u16 = 16;
@@ -98,6 +98,8 @@ pub(crate) struct Owner {
     /// Where the arena slots start and how large they are.
     pub(crate) slots_start: usize,
     pub(crate) arena_shift: u32,
+    /// Pools are `1 << pool_shift` bytes, aligned to their size.
+    pub(crate) pool_shift: u32,
     /// The heap's copy of the arena bitmap.
     pub(crate) mirror: &'static ArenaMirror,
     /// How blocks go back.
@@ -202,8 +204,11 @@ pub(crate) fn fits_in_place(heap: usize, ptr: NonNull<u8>, old: Layout, new_size
             if !owner.is_small(old) || !owner.is_small(new) || !owner.owns(ptr) {
                 return None;
             }
-            let surely = old.size().next_multiple_of(1 << owner.class_shift);
-            Some(new_size <= surely && new_size > surely / 2)
+            // SAFETY: in an arena of the owner (just checked), and live:
+            // the caller's block.
+            let class = unsafe { block_class(crate::source::reach(ptr), owner.pool_shift) }?;
+            let size = class_size(class, owner.class_shift);
+            Some(new_size <= size && new_size > size / 2)
         })
         .ok()
         .flatten()
@@ -243,18 +248,19 @@ pub(crate) unsafe fn put(
             if !owner.is_small(layout) || !owner.owns(ptr) {
                 return Err(Declined::Pass);
             }
-            // What the block surely holds: its size, rounded up to the class
-            // granularity (+2 blocks are whole classes). Its alignment may
-            // not be rounded in: a block realloc kept in place holds its
-            // old class, which may be smaller than the class its alignment
-            // maps the new size to.
-            let class = (layout.size().max(1) - 1) >> owner.class_shift;
-            // The classes 16-aligned requests use (odd ones, with 8-byte
-            // classes) must hand out 16-aligned blocks.
-            let odd = class % 2 == 1;
-            if owner.class_shift == 3 && odd && !(ptr.as_ptr() as usize).is_multiple_of(16) {
+            // Kept with the provenance of the heap's pages, not the
+            // caller's: it will serve requests of its whole class.
+            let ptr = crate::source::reach(ptr);
+            // Filed by what the block is (its pool's class), never by the
+            // layout it is freed with: every block of a bin then holds every
+            // request of the bin's class, blocks of 16-multiple classes are
+            // 16-aligned, and a second free with another layout finds the
+            // block in the same bin.
+            // SAFETY: in an arena of the owner (just checked); the caller's
+            // live block, so its pool is in use.
+            let Some(class) = (unsafe { block_class(ptr, owner.pool_shift) }) else {
                 return Err(Declined::Pass);
-            }
+            };
             let bin = &mut cache.bins[class];
             // A block this thread holds already: freed twice.
             let mut c = bin.head;
@@ -268,9 +274,6 @@ pub(crate) unsafe fn put(
             if bin.len >= DEPTH {
                 return Err(Declined::Pass);
             }
-            // Kept with the provenance of the heap's pages, not the
-            // caller's: it will serve requests of its whole class.
-            let ptr = crate::source::reach(ptr);
             // SAFETY: the block is ours again, in an arena of +2, and at
             // least 8 bytes long and aligned (every class is).
             unsafe { ptr.as_ptr().cast::<*mut u8>().write(bin.head) };
