@@ -862,7 +862,10 @@ impl<S: PageSource> Heap<S> {
         growth: Option<(usize, u32)>,
     ) -> Result<NonNull<u8>, AllocError> {
         match growth {
-            Some((_, streak)) if streak >= PROMOTING_STREAK => {
+            // Small blocks are never promoted: they belong to their size
+            // class (in layer +2, or in layer 0 under the class's layout,
+            // which every later free and resize of theirs assumes).
+            Some((_, streak)) if streak >= PROMOTING_STREAK && !self.is_small(layout) => {
                 // SAFETY: as in `allocate`.
                 unsafe { self.segment.allocate_growable(layout, &mut self.source) }
                     .map_err(AllocError::Segment)
@@ -1109,7 +1112,10 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
 
     /// Runs `f` with the heap locked.
     pub fn with<R>(&self, f: impl FnOnce(&mut Heap<S>) -> R) -> R {
-        f(&mut self.heap.lock())
+        let mut heap = self.heap.lock();
+        let r = f(&mut heap);
+        self.settle(heap);
+        r
     }
 
     /// Whether the heap's lock is held.
@@ -1151,7 +1157,11 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     pub fn trim(&self) -> (usize, usize) {
         #[cfg(all(feature = "std", not(feature = "debug")))]
         thread_cache::flush(self as *const Self as usize);
-        self.heap.lock().trim()
+        let mut heap = self.heap.lock();
+        let r = heap.trim();
+        // The spare arena may have gone: threads must stop caching its blocks.
+        self.settle(heap);
+        r
     }
 }
 
@@ -1393,6 +1403,8 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             if unsafe { h.deallocate(ptr, layout) }.is_err() {
                 h.stats.refused_frees += 1;
             }
+            // Its arena may have gone.
+            heap.settle(h);
         }
         let heap = self.heap.lock();
         let g = heap.object.geometry();

@@ -147,7 +147,7 @@ pub(crate) unsafe fn block_class(ptr: NonNull<u8>, pool_shift: u32) -> Option<us
     // changes while none of its blocks is in use; atomic, so this read does
     // not race with the lock holder's writes to other pools' headers.
     let class = unsafe { (*pool).class.load(Relaxed) };
-    (class != UNUSED_CLASS).then_some(class as usize)
+    ((class as usize) < NUM_CLASSES).then_some(class as usize)
 }
 
 const MIN_POOL_SHIFT: u32 = 11;

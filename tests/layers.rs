@@ -662,3 +662,40 @@ fn over_aligned_requests_are_aligned_and_leave_no_holes_behind() {
     }
     heap.check_invariants();
 }
+
+/// Blocks reallocated through every pair of sizes around the small-class
+/// threshold and the growing-buffer threshold, at every alignment, over
+/// and over at the same addresses (so the growing-buffer rule sees streaks):
+/// every realloc and free is accepted and nothing is left behind. A small
+/// block once promoted as a growing buffer was placed under its exact size
+/// instead of its class's, and then refused as a size mismatch.
+#[test]
+fn reallocs_across_the_small_and_growing_thresholds_stay_freeable() {
+    let region = Region::new(32 << 20);
+    let mut heap = Heap::new(region.source());
+    let sizes = [1usize, 8, 24, 128, 200, 256, 257, 264, 300, 511, 512, 513, 1000, 4096, 5000];
+    for _ in 0..3 {
+        for &a in &sizes {
+            for &b in &sizes {
+                for &c in &sizes {
+                    for align in [1usize, 8, 16, 32, 1024] {
+                        let l = Layout::from_size_align(a, align).unwrap();
+                        let p = heap.allocate(l).unwrap();
+                        // SAFETY: live blocks with their current layouts.
+                        unsafe {
+                            let q = heap.reallocate(p, l, b).expect("realloc refused");
+                            let lb = Layout::from_size_align(b, align).unwrap();
+                            let r = heap.reallocate(q, lb, c).expect("second realloc refused");
+                            heap.deallocate(r, Layout::from_size_align(c, align).unwrap())
+                                .expect("free refused");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    heap.check_invariants();
+    heap.trim();
+    let s = heap.stats();
+    assert_eq!((s.segments.allocated_bytes, s.front.small_in_layer_0), (0, 0), "{s:?}");
+}

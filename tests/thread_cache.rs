@@ -416,3 +416,91 @@ fn reallocs_through_the_cache_are_counted_in_place_and_moved() {
         heap.dealloc(z, Layout::from_size_align(60, 8).unwrap());
     }
 }
+
+/// `trim` gives the spare arena back to layer 0: the copy of the arena
+/// bitmap threads read must lose it at once, or blocks layer 0 later carves
+/// from that memory would be taken for pool blocks by the caches (and their
+/// flush refused by layer 0: a leak).
+#[test]
+fn memory_of_an_arena_given_back_by_trim_is_never_cached_as_pool_blocks() {
+    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
+    heap.enable_thread_caches();
+    let l48 = Layout::from_size_align(48, 8).unwrap();
+    let big = Layout::from_size_align(64 << 10, 8).unwrap();
+    // SAFETY: blocks of this heap with their layouts, each freed once.
+    unsafe {
+        // Enough 48-byte blocks for the class to get pools: an arena.
+        let small: Vec<*mut u8> = (0..400).map(|_| heap.alloc(l48)).collect();
+        let arena_size = heap.stats().geometry.arena_size();
+        let in_arena = *small.last().unwrap();
+        assert_eq!(heap.with(|h| h.owner(in_arena)), Some(strata::Layer::Object));
+        let arena = (in_arena as usize) & !(arena_size - 1);
+        for p in small {
+            heap.dealloc(p, l48);
+        }
+        heap.trim();
+        assert_eq!(heap.stats().arenas.current, 0, "trim kept the spare arena");
+        // Through `with` (the heap's own API, no thread cache), fill layer
+        // 0, then free only what covers the old arena: the next blocks land
+        // there.
+        let mut fill = Vec::new();
+        while let Ok(p) = heap.with(|h| h.allocate(big)) {
+            fill.push(p);
+        }
+        let (there, elsewhere): (Vec<_>, Vec<_>) = fill.into_iter().partition(|p| {
+            let p = p.as_ptr() as usize;
+            p < arena + arena_size && p + (64 << 10) > arena
+        });
+        assert!(!there.is_empty(), "no filler block over the old arena");
+        heap.with(|h| there.iter().for_each(|&p| h.deallocate(p, big).unwrap()));
+        // Small blocks of many classes, in layer 0 (layer 0 is nearly full:
+        // no new arena), inside the old arena's memory.
+        let mut blocks = Vec::new();
+        for size in (8..=512).step_by(8).cycle().take(4000) {
+            let l = Layout::from_size_align(size, 8).unwrap();
+            if let Ok(p) = heap.with(|h| h.allocate(l)) {
+                // Zeros: where a pool header was, they read as class 0.
+                p.as_ptr().write_bytes(0, size);
+                blocks.push((p.as_ptr(), l));
+            }
+        }
+        assert!(
+            blocks.iter().any(|&(p, _)| (p as usize).wrapping_sub(arena) < arena_size
+                && heap.with(|h| h.owner(p)) == Some(strata::Layer::Segment)),
+            "no layer 0 block in the old arena's memory"
+        );
+        // The first free through `GlobalAlloc` (the thread cache decides
+        // first): a block whose would-be pool header reads as class 0, a
+        // word inside another zeroed block. With a stale copy of the arena
+        // bitmap the cache would keep it as an 8-byte pool block.
+        let pool_size = 1usize << heap.stats().geometry.pool_shift;
+        let covered =
+            |a: usize| blocks.iter().any(|&(q, l)| a >= q as usize && a + 8 <= q as usize + l.size());
+        let first = blocks
+            .iter()
+            .position(|&(p, _)| {
+                let pool = (p as usize) & !(pool_size - 1);
+                (p as usize).wrapping_sub(arena) < arena_size && pool != p as usize && covered(pool + 32)
+            })
+            .expect("a block whose pool header would read zeros");
+        let (p, l) = blocks.swap_remove(first);
+        let lent = heap.stats().segments.allocated_bytes;
+        heap.dealloc(p, l);
+        assert!(heap.stats().segments.allocated_bytes < lent, "a layer 0 block was cached as a pool block");
+        for (p, l) in blocks {
+            heap.dealloc(p, l);
+        }
+        heap.with(|h| elsewhere.iter().for_each(|&p| h.deallocate(p, big).unwrap()));
+    }
+    heap.trim();
+    let s = heap.stats();
+    assert_eq!(s.front.refused_frees, 0, "a flushed block was refused: {s:?}");
+    assert_eq!(in_use(heap), 0);
+    assert_eq!(
+        s.segments.allocated_bytes,
+        s.arenas.current * s.geometry.arena_size(),
+        "layer 0 leaked: {s:?}"
+    );
+    heap.with(|h| h.check_invariants());
+}
