@@ -475,8 +475,9 @@ fn memory_of_an_arena_given_back_by_trim_is_never_cached_as_pool_blocks() {
         // word inside another zeroed block. With a stale copy of the arena
         // bitmap the cache would keep it as an 8-byte pool block.
         let pool_size = 1usize << heap.stats().geometry.pool_shift;
-        let covered =
-            |a: usize| blocks.iter().any(|&(q, l)| a >= q as usize && a + 8 <= q as usize + l.size());
+        let ends: std::collections::BTreeMap<usize, usize> =
+            blocks.iter().map(|&(q, l)| (q as usize, q as usize + l.size())).collect();
+        let covered = |a: usize| ends.range(..=a).next_back().is_some_and(|(_, &end)| a + 8 <= end);
         let first = blocks
             .iter()
             .position(|&(p, _)| {
