@@ -332,9 +332,21 @@ impl fmt::Display for GeometryError {
 
 impl core::error::Error for GeometryError {}
 
-/// Header at the start of every pool.
+/// Header at the start of every pool: what the lock holder updates (through
+/// `&mut`), then the pool's class, apart, because thread caches read it
+/// without the lock ([`block_class`]) — a `&mut` over the whole header
+/// would race with that read.
 #[repr(C)]
 struct Pool {
+    h: PoolHead,
+    /// Size class, or `UNUSED_CLASS` for a pool with no block in use.
+    /// Written only under the lock, while the pool has no block in use.
+    class: AtomicU32,
+}
+
+/// The part of a pool's header only the lock holder touches.
+#[repr(C)]
+struct PoolHead {
     /// First free block, or null when the pool is full.
     freeblock: *mut u8,
     /// Next pool in `used[class]` or in the arena's free-pool list.
@@ -347,12 +359,17 @@ struct Pool {
     next_offset: u32,
     /// Last offset at which a whole block still fits.
     max_next_offset: u32,
-    /// Size class, or `UNUSED_CLASS` for a pool with no block in use. Atomic
-    /// because thread caches read it without the lock ([`block_class`]);
-    /// written only under the lock, while the pool has no block in use.
-    class: AtomicU32,
     /// Block size of the class.
     block_size: u32,
+}
+
+/// Read access to the head through a shared reference (statistics and
+/// invariant walks); updates go through `&mut (*pool).h` only.
+impl core::ops::Deref for Pool {
+    type Target = PoolHead;
+    fn deref(&self) -> &PoolHead {
+        &self.h
+    }
 }
 
 /// Header of an arena, in pool 0 right after that pool's header.
@@ -640,7 +657,7 @@ impl ObjectAllocator {
     #[inline]
     unsafe fn pop(&mut self, pool: *mut Pool, class: usize) -> NonNull<u8> {
         // SAFETY: the caller passes a live pool header.
-        let p = unsafe { &mut *pool };
+        let p = unsafe { &mut (*pool).h };
         let block = p.freeblock;
         p.ref_count += 1;
         // SAFETY: `block` is a free block of this pool: its first word is the
@@ -663,7 +680,7 @@ impl ObjectAllocator {
             self.used[class] = p.next;
             if !p.next.is_null() {
                 // SAFETY: pools on `used` lists are live.
-                unsafe { (*p.next).prev = ptr::null_mut() };
+                unsafe { (*p.next).h.prev = ptr::null_mut() };
             }
             p.next = ptr::null_mut();
         }
@@ -700,7 +717,7 @@ impl ObjectAllocator {
             }
             let pool = if !a.freepools.is_null() {
                 let pool = a.freepools;
-                a.freepools = (*pool).next;
+                a.freepools = (*pool).h.next;
                 pool
             } else {
                 let pool = a.pool_address.cast::<Pool>();
@@ -718,8 +735,8 @@ impl ObjectAllocator {
                 a.next = ptr::null_mut();
                 a.prev = ptr::null_mut();
             }
-            let p = &mut *pool;
-            if p.class.load(Relaxed) != class as u32 {
+            let p = &mut (*pool).h;
+            if (*pool).class.load(Relaxed) != class as u32 {
                 // Fresh, or last used for another class: lay out its first block.
                 let first = if pool.addr() & self.arena_mask == pool.addr() {
                     POOL_HEADER + ARENA_HEADER
@@ -729,7 +746,7 @@ impl ObjectAllocator {
                 let size = class_size(class, self.geometry.class_shift);
                 let block = pool.cast::<u8>().add(first);
                 *block.cast::<*mut u8>() = ptr::null_mut();
-                p.class.store(class as u32, Relaxed);
+                (*pool).class.store(class as u32, Relaxed);
                 p.block_size = size as u32;
                 p.ref_count = 0;
                 p.freeblock = block;
@@ -742,7 +759,7 @@ impl ObjectAllocator {
             p.next = self.used[class];
             p.prev = ptr::null_mut();
             if !p.next.is_null() {
-                (*p.next).prev = pool;
+                (*p.next).h.prev = pool;
             }
             self.used[class] = pool;
             Ok(self.pop(pool, class))
@@ -824,7 +841,7 @@ impl ObjectAllocator {
     pub unsafe fn block_size(&self, ptr: NonNull<u8>) -> usize {
         let pool = reach(ptr).as_ptr().map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a live block's pool header is initialised.
-        unsafe { (*pool).block_size as usize }
+        unsafe { (*pool).h.block_size as usize }
     }
 
     /// Frees a block. Returns `false`, changing nothing, on the double
@@ -842,7 +859,7 @@ impl ObjectAllocator {
         let block = reach(ptr).as_ptr();
         let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a live block lies in an initialised pool of a live arena.
-        let p = unsafe { &mut *pool };
+        let p = unsafe { &mut (*pool).h };
         let last = p.freeblock;
         if p.ref_count == 0 || last == block {
             return false;
@@ -863,15 +880,16 @@ impl ObjectAllocator {
     #[cold]
     unsafe fn pool_changed_state(&mut self, pool: *mut Pool, was_full: bool, source: &mut impl PageSource) {
         // SAFETY: the caller passes a live pool.
-        let p = unsafe { &mut *pool };
-        let class = p.class.load(Relaxed) as usize;
+        let class = unsafe { (*pool).class.load(Relaxed) } as usize;
+        // SAFETY: as above; the head only, which no thread reads unlocked.
+        let p = unsafe { &mut (*pool).h };
         if p.ref_count != 0 {
             // Was full, has a free block again: back to the front of `used`.
             p.next = self.used[class];
             p.prev = ptr::null_mut();
             if !p.next.is_null() {
                 // SAFETY: pools on `used` lists are live.
-                unsafe { (*p.next).prev = pool };
+                unsafe { (*p.next).h.prev = pool };
             }
             self.used[class] = pool;
             return;
@@ -883,17 +901,18 @@ impl ObjectAllocator {
                 self.used[class] = p.next;
             } else {
                 // SAFETY: as above.
-                unsafe { (*p.prev).next = p.next };
+                unsafe { (*p.prev).h.next = p.next };
             }
             if !p.next.is_null() {
                 // SAFETY: as above.
-                unsafe { (*p.next).prev = p.prev };
+                unsafe { (*p.next).h.prev = p.prev };
             }
         }
         // Empty: it has no class until it is laid out again. A thread cache
         // reading the class of a block freed twice then sees the pool is
         // not in use and leaves the free to the checks under the lock.
-        p.class.store(UNUSED_CLASS, Relaxed);
+        // SAFETY: as above.
+        unsafe { (*pool).class.store(UNUSED_CLASS, Relaxed) };
         // SAFETY: the pool is live and empty.
         unsafe { self.insert_to_freepool(pool, source) };
     }
@@ -907,7 +926,7 @@ impl ObjectAllocator {
         // through its links is live too.
         unsafe {
             let a = &mut *ao;
-            (*pool).next = a.freepools;
+            (*pool).h.next = a.freepools;
             a.freepools = pool;
             let mut nf = a.nfreepools as usize;
             let lastnf = self.nfp2lasta[nf];
