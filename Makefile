@@ -61,11 +61,10 @@ doc: ## API docs (the README is the crate docs), warnings denied
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug,std
 
 bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst case per call, threads, feature cost
+	$(CARGO) build --release -p strata-bench --bins
 	$(CARGO) run --release -p strata-bench --bin strata-bench
 	$(CARGO) run --release -p strata-bench --bin fill-sweep
 	$(CARGO) run --release -p strata-bench --bin latency
-	$(CARGO) run --release -p strata-bench --bin threads-system
-	$(CARGO) run --release -p strata-bench --bin threads-strata
 	bash scripts/bench-cost.sh
 
 bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator, rdtsc under QEMU -icount

@@ -131,17 +131,18 @@ fn machine() -> String {
 }
 
 /// Runs a threads binary (a sibling of this executable) and returns its
-/// seconds for 1, 2 and 4 threads.
-fn threads(bin: &str) -> Option<Vec<(u32, f64)>> {
+/// seconds per workload and thread count.
+fn threads(bin: &str) -> Option<Vec<(String, u32, f64)>> {
     let exe = std::env::current_exe().ok()?.with_file_name(bin);
     let out = Command::new(exe).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     Some(
         text.lines()
             .filter_map(|l| {
+                let w = l.split("workload=").nth(1)?.split(" threads=").next()?.to_string();
                 let t = l.split("threads=").nth(1)?.split_whitespace().next()?.parse().ok()?;
                 let s = l.split("seconds=").nth(1)?.trim().parse().ok()?;
-                Some((t, s))
+                Some((w, t, s))
             })
             .collect(),
     )
@@ -372,11 +373,19 @@ fn main() {
     // Threads.
     let t_strata = threads("threads-strata");
     let t_system = threads("threads-system");
-    if let (Some(s), Some(y)) = (&t_strata, &t_system) {
-        writeln!(md, "\n## Threads: the same std workload (fixed total work split over the threads), `LockedHeap` with thread caches as the global allocator\n").unwrap();
-        writeln!(md, "| threads | strata (s) | system (s) | system ÷ strata |\n|---|---|---|---|").unwrap();
-        for ((n, a), (_, b)) in s.iter().zip(y) {
-            writeln!(md, "| {n} | {a:.3} | {b:.3} | {:.2}× |", b / a).unwrap();
+    let t_talc = threads("threads-talc");
+    let secs = |runs: &Option<Vec<(String, u32, f64)>>, w: &str, n: u32| {
+        runs.as_ref()?.iter().find(|(x, t, _)| x == w && *t == n).map(|r| r.2)
+    };
+    if let Some(s) = &t_strata {
+        writeln!(md, "\n## Threads: fixed total work split over the threads, each allocator the program's global allocator (strata: `LockedHeap` with thread caches)\n").unwrap();
+        writeln!(md, "| workload | threads | system (s) | talc (s) | strata (s) | strata ÷ system | strata ÷ talc |\n|---|---|---|---|---|---|---|").unwrap();
+        for (w, n, a) in s {
+            let (y, t) = (secs(&t_system, w, *n), secs(&t_talc, w, *n));
+            let cell = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
+            let ratio = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{:.2}×", a / v));
+            writeln!(md, "| {w} | {n} | {} | {} | {a:.3} | {} | {} |", cell(y), cell(t), ratio(y), ratio(t))
+                .unwrap();
         }
     }
 
@@ -412,15 +421,23 @@ fn main() {
             .unwrap();
         }
     }
-    if let Some(s) = &t_strata
-        && let (Some((_, one)), Some((_, four))) = (s.first(), s.iter().find(|(n, _)| *n == 4))
-    {
-        writeln!(
-            md,
-            "- 4 threads no slower in total than 1 thread ({four:.3} s vs {one:.3} s): {}",
-            mark(four <= one)
-        )
-        .unwrap();
+    if let Some(s) = &t_strata {
+        let mut workloads: Vec<&str> = s.iter().map(|r| r.0.as_str()).collect();
+        workloads.dedup();
+        for w in workloads {
+            if let (Some(one), Some(four)) = (secs(&t_strata, w, 1), secs(&t_strata, w, 4)) {
+                let sys = secs(&t_system, w, 4).unwrap_or(f64::NAN);
+                let talc = secs(&t_talc, w, 4).unwrap_or(f64::NAN);
+                writeln!(
+                    md,
+                    "- {w}, 4 threads: within 1.3× of the system allocator ({four:.3} vs {sys:.3} s): {}; no slower than talc ({talc:.3} s): {}; at most 0.7× strata's 1-thread time ({one:.3} s): {}",
+                    mark(four <= 1.3 * sys),
+                    mark(four <= talc),
+                    mark(four <= 0.7 * one)
+                )
+                .unwrap();
+            }
+        }
     }
 
     print!("{md}");

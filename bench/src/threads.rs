@@ -1,5 +1,7 @@
-// The 4-thread std workload shared by the `threads-strata` and
-// `threads-system` binaries: identical code, only the global allocator differs.
+// The multi-threaded workloads shared by the `threads-system`,
+// `threads-talc` and `threads-strata` binaries: identical code, only the
+// global allocator differs. Each runs a fixed total amount of work split
+// over 1, 2, 4 and 8 threads and prints one line per run.
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -7,7 +9,8 @@ fn lcg(x: u64) -> u64 {
     x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
 }
 
-fn workload(seed: u64, n: usize) -> u64 {
+/// The std workload: a map of vectors and a set of strings.
+fn std_workload(seed: u64, n: usize) -> u64 {
     let mut map: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut strings: Vec<String> = Vec::new();
     let mut x = seed;
@@ -25,14 +28,58 @@ fn workload(seed: u64, n: usize) -> u64 {
     map.values().map(|v| v.iter().sum::<u64>()).sum::<u64>() + map.len() as u64 + text as u64
 }
 
-/// Runs 16 rounds of the workload split over `threads` threads (the same
+/// malloc/free churn: `n` operations on a set of up to 1000 live blocks of
+/// random sizes in 16..=`max` bytes, every block filled with a tag and
+/// checked when freed.
+fn churn(seed: u64, n: usize, max: usize) -> u64 {
+    let mut live: Vec<(Vec<u8>, u8)> = Vec::with_capacity(1000);
+    let mut x = seed | 1;
+    let mut sum = 0u64;
+    for i in 0..n {
+        x = lcg(x);
+        let r = (x >> 33) as usize;
+        if live.len() >= 1000 || (live.len() > 500 && r % 2 == 0) {
+            let (block, tag) = live.swap_remove(r % live.len());
+            assert!(block.iter().all(|&b| b == tag), "contents lost");
+            sum += block.len() as u64;
+        } else {
+            let size = 16 + (r >> 8) % (max - 15);
+            let tag = i as u8;
+            live.push((vec![tag; size], tag));
+        }
+    }
+    for (block, tag) in live {
+        assert!(block.iter().all(|&b| b == tag), "contents lost");
+        sum += block.len() as u64;
+    }
+    sum
+}
+
+/// Runs `work(seed)` `rounds` times split over `threads` threads (the same
 /// total work for every thread count); prints the checksum and seconds.
-pub fn run(label: &str, threads: u64) {
+fn run(label: &str, workload: &str, threads: u64, rounds: u64, work: fn(u64) -> u64) {
     let start = Instant::now();
-    let per = 16 / threads;
+    let per = rounds / threads;
     let handles: Vec<_> = (0..threads)
-        .map(|t| std::thread::spawn(move || (0..per).map(|r| workload(t * per + r, 100_000)).sum::<u64>()))
+        .map(|t| std::thread::spawn(move || (0..per).map(|r| work(t * per + r)).sum::<u64>()))
         .collect();
     let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    println!("{label}: threads={threads} checksum={sum:#x} seconds={:.3}", start.elapsed().as_secs_f64());
+    println!(
+        "{label}: workload={workload} threads={threads} checksum={sum:#x} seconds={:.3}",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Every workload at 1, 2, 4 and 8 threads.
+pub fn run_all(label: &str) {
+    let workloads: [(&str, fn(u64) -> u64); 3] = [
+        ("churn 16 B-4 KiB", |s| churn(s, 250_000, 4096)),
+        ("churn 16 B-64 KiB", |s| churn(s, 40_000, 65536)),
+        ("std", |s| std_workload(s, 100_000)),
+    ];
+    for (name, work) in workloads {
+        for threads in [1, 2, 4, 8] {
+            run(label, name, threads, 16, work);
+        }
+    }
 }

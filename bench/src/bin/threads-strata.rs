@@ -1,4 +1,4 @@
-//! The 4-thread std workload with `strata::LockedHeap` over a 512 MiB region
+//! The multi-threaded workloads with `strata::LockedHeap` over a 512 MiB region
 //! as the global allocator.
 use std::mem::MaybeUninit;
 
@@ -23,9 +23,7 @@ extern "C" fn init_heap() {
 static INIT: extern "C" fn() = init_heap;
 
 fn main() {
-    for n in [1, 2, 4] {
-        threads::run("strata", n);
-    }
+    threads::run_all("strata");
     let s = HEAP.stats();
     println!(
         "strata: failed allocations {}, arenas high water {}",

@@ -1,9 +1,7 @@
-//! The 4-thread std workload under the system allocator.
+//! The multi-threaded workloads under the system allocator.
 #[path = "../threads.rs"]
 mod threads;
 
 fn main() {
-    for n in [1, 2, 4] {
-        threads::run("system", n);
-    }
+    threads::run_all("system");
 }
