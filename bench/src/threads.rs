@@ -38,7 +38,7 @@ fn churn(seed: u64, n: usize, max: usize) -> u64 {
     for i in 0..n {
         x = lcg(x);
         let r = (x >> 33) as usize;
-        if live.len() >= 1000 || (live.len() > 500 && r % 2 == 0) {
+        if live.len() >= 1000 || (live.len() > 500 && r.is_multiple_of(2)) {
             let (block, tag) = live.swap_remove(r % live.len());
             assert!(block.iter().all(|&b| b == tag), "contents lost");
             sum += block.len() as u64;
@@ -70,9 +70,12 @@ fn run(label: &str, workload: &str, threads: u64, rounds: u64, work: fn(u64) -> 
     );
 }
 
+/// A named workload: one round from a seed.
+type Workload = (&'static str, fn(u64) -> u64);
+
 /// Every workload at 1, 2, 4 and 8 threads.
 pub fn run_all(label: &str) {
-    let workloads: [(&str, fn(u64) -> u64); 3] = [
+    let workloads: [Workload; 3] = [
         ("churn 16 B-4 KiB", |s| churn(s, 250_000, 4096)),
         ("churn 16 B-64 KiB", |s| churn(s, 40_000, 65536)),
         ("std", |s| std_workload(s, 100_000)),
