@@ -787,12 +787,22 @@ impl<S: PageSource> Heap<S> {
             let (old_small, new_small) = (self.is_small(layout), self.is_small(new_layout));
             let old = if old_small { self.object.class_layout(layout) } else { layout };
             let new = if new_small { self.object.class_layout(new_layout) } else { new_layout };
+            // The third doubling in a row of a buffer being grown: it moves
+            // now, while small, to the start of layer 0's largest free
+            // chunk, where the doublings to come happen in place (left
+            // where it is, it would grow in place until its neighbour
+            // stops it, and then be copied at its largest).
+            let promote = !new_small && matches!(growth, Some((_, streak)) if streak == PROMOTING_STREAK);
+            let target = if promote { old.size() } else { new.size() };
             // SAFETY: forwarded contract; layer 0 refuses what is not its
-            // block in use.
-            let in_place =
-                unsafe { self.segment.resize_in_place(ptr, old, new.size()) }.map_err(AllocError::Refused)?;
+            // block in use (a promoted block is only checked: same size).
+            let in_place = unsafe { self.segment.resize_in_place(ptr, old, target) }
+                .map_err(AllocError::Refused)?
+                && !promote;
             let backward = if in_place {
                 Some(ptr)
+            } else if promote {
+                None
             } else {
                 // SAFETY: a layer 0 block, checked just above; `keep` fits
                 // both sizes.

@@ -699,3 +699,33 @@ fn reallocs_across_the_small_and_growing_thresholds_stay_freeable() {
     let s = heap.stats();
     assert_eq!((s.segments.allocated_bytes, s.front.small_in_layer_0), (0, 0), "{s:?}");
 }
+
+/// A buffer doubling from 8 bytes to 1 MiB, over and over (a `Vec` being
+/// grown): once it is known to be growing (its third doubling in a row), it
+/// moves while small to the start of the largest free chunk, so it is never
+/// copied when large — even once its first bytes come from a pool and its
+/// small sizes from layer 0 chunks with neighbours.
+#[test]
+fn a_growing_buffer_is_never_copied_when_large() {
+    let region = Region::new(128 << 20);
+    let mut heap = Heap::new(region.source());
+    let mut late_large_moves = 0;
+    for round in 0..300 {
+        let mut l = Layout::from_size_align(8, 8).unwrap();
+        let mut p = heap.allocate(l).unwrap();
+        while l.size() < 1 << 20 {
+            let new = l.size() * 2;
+            // SAFETY: a live block with its layout.
+            let q = unsafe { heap.reallocate(p, l, new) }.unwrap();
+            if q != p && l.size() >= 64 << 10 && round >= 200 {
+                late_large_moves += 1;
+            }
+            p = q;
+            l = Layout::from_size_align(new, 8).unwrap();
+        }
+        // SAFETY: the live block.
+        unsafe { heap.deallocate(p, l) }.unwrap();
+    }
+    assert_eq!(late_large_moves, 0, "blocks of 64 KiB and more were copied");
+    heap.check_invariants();
+}
