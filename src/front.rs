@@ -1298,26 +1298,44 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
                     Err(thread_cache::Declined::Pass) => {}
                 }
             }
-            let mut heap = self.heap.lock();
-            // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
-            // with `layout` (through `domain`, which debug mode checks).
             #[cfg(feature = "debug")]
-            let result = unsafe { heap.debug_deallocate(p, layout, domain) };
-            #[cfg(not(feature = "debug"))]
-            let result = {
-                let _ = domain;
-                // SAFETY: as above.
-                unsafe { heap.deallocate(p, layout) }
-            };
-            if result.is_err() {
-                heap.stats.refused_frees += 1;
+            {
+                let mut heap = self.heap.lock();
+                // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this
+                // allocator with `layout` (through `domain`, which debug mode
+                // checks).
+                if unsafe { heap.debug_deallocate(p, layout, domain) }.is_err() {
+                    heap.stats.refused_frees += 1;
+                }
+                self.settle(heap);
             }
-            self.settle(heap);
+            #[cfg(not(feature = "debug"))]
+            {
+                let _ = domain;
+                // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this
+                // allocator with `layout`.
+                unsafe { self.free_locked(p, layout) };
+            }
         })
     }
 }
 
 impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
+    /// Frees `ptr` through the lock, counting a refusal in `refused_frees`.
+    ///
+    /// # Safety
+    ///
+    /// As [`Heap::deallocate`].
+    #[cfg(not(feature = "debug"))]
+    unsafe fn free_locked(&self, ptr: NonNull<u8>, layout: Layout) {
+        let mut heap = self.heap.lock();
+        // SAFETY: forwarded contract.
+        if unsafe { heap.deallocate(ptr, layout) }.is_err() {
+            heap.stats.refused_frees += 1;
+        }
+        self.settle(heap);
+    }
+
     /// Acts on a violation the debug checks found, once the lock is released
     /// (a panicking policy must not leave the heap locked).
     ///
@@ -1381,11 +1399,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         unsafe {
             ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
             if thread_cache::put(me, ptr, layout, || self.cache_owner()).is_err() {
-                let mut heap = self.heap.lock();
-                if heap.deallocate(ptr, layout).is_err() {
-                    heap.stats.refused_frees += 1;
-                }
-                self.settle(heap);
+                self.free_locked(ptr, layout);
             }
         }
         Some(new)
@@ -1408,13 +1422,9 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             // SAFETY: the caller's promise; heaps with thread caches are
             // `'static`.
             let heap = unsafe { &*heap.cast::<LockedHeap<S, L>>() };
-            let mut h = heap.heap.lock();
-            // SAFETY: a live block of this heap, whose class `layout` is.
-            if unsafe { h.deallocate(ptr, layout) }.is_err() {
-                h.stats.refused_frees += 1;
-            }
-            // Its arena may have gone.
-            heap.settle(h);
+            // SAFETY: a live block of this heap, whose class `layout` is. (Its
+            // arena may go: `free_locked` brings the bitmap copy up to date.)
+            unsafe { heap.free_locked(ptr, layout) };
         }
         let heap = self.heap.lock();
         let g = heap.object.geometry();

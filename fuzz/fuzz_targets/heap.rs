@@ -5,6 +5,9 @@
 //! step, and at the end every block is freed and every page must be back.
 #![no_main]
 
+// The host tests' region, VMM-like page source and bytes-out reading.
+#[path = "../../tests/common/mod.rs"]
+mod common;
 #[path = "model.rs"]
 mod model;
 
@@ -12,10 +15,10 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 
 use arbitrary::Arbitrary;
+use common::{BytesOut, Region};
 use libfuzzer_sys::fuzz_target;
 use model::{Model, Size, align, zeroed};
-use strata::source::{PageSource, PagesError};
-use strata::{Heap, RegionSource};
+use strata::Heap;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -62,61 +65,14 @@ struct Input {
 const REGIONS: [usize; 7] =
     [64 << 10, 200 << 10, 1 << 20, (1 << 20) + (12 << 10), 4 << 20, 17 << 20, 32 << 20];
 
-/// A page source like the kernel's VMM over the region: 4 KiB pages, not
-/// committed, so layer 0 takes spans and gives wholly free ones back.
-struct Mapped(RegionSource);
-
-// SAFETY: forwards to the region source, whose promise holds for page-sized
-// requests too.
-unsafe impl PageSource for Mapped {
-    fn window(&self) -> (usize, usize) {
-        self.0.window()
-    }
-    fn granularity(&self) -> usize {
-        4096
-    }
-    fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError> {
-        if size == 0 || !size.is_multiple_of(4096) || !align.is_power_of_two() || align < 4096 {
-            return Err(PagesError::InvalidRequest { size, align });
-        }
-        self.0.allocate_pages(size, align)
-    }
-    unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { self.0.deallocate_pages(ptr, size) }
-    }
-}
-
-trait BytesOut: PageSource {
-    fn bytes_out(&self) -> usize;
-}
-impl BytesOut for RegionSource {
-    fn bytes_out(&self) -> usize {
-        RegionSource::bytes_out(self)
-    }
-}
-impl BytesOut for Mapped {
-    fn bytes_out(&self) -> usize {
-        self.0.bytes_out()
-    }
-}
-
 fuzz_target!(|input: Input| {
-    let len = REGIONS[usize::from(input.region) % REGIONS.len()];
-    let layout = Layout::from_size_align(len, 4096).unwrap();
-    // SAFETY: a non-zero layout.
-    let base = unsafe { std::alloc::alloc(layout) };
-    assert!(!base.is_null());
-    // SAFETY: the region is ours until it is freed below, after the heap.
-    let source = unsafe { RegionSource::new(base, len) };
-    let bounds = (base as usize, base as usize + len);
+    let region = Region::new(REGIONS[usize::from(input.region) % REGIONS.len()]);
+    let bounds = (region.ptr() as usize, region.ptr() as usize + region.len());
     if input.mapped {
-        run(Heap::new(Mapped(source)), bounds, &input);
+        run(Heap::new(region.mapped()), bounds, &input);
     } else {
-        run(Heap::new(source), bounds, &input);
+        run(Heap::new(region.source()), bounds, &input);
     }
-    // SAFETY: allocated above with this layout; the heap is gone.
-    unsafe { std::alloc::dealloc(base, layout) };
 });
 
 fn run<S: BytesOut>(mut heap: Heap<S>, bounds: (usize, usize), input: &Input) {
