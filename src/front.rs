@@ -1347,6 +1347,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         if self.thread_caches.load(Ordering::Relaxed) {
             let c = heap.object.counters();
             self.arena_mirror.sync((c.allocated_total, c.reclaimed), || heap.object.arena_bitmap());
+            self.arena_mirror.sync_window(heap.segment.committed_window());
         }
         #[cfg(feature = "debug")]
         {
@@ -1430,6 +1431,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         let g = heap.object.geometry();
         let c = heap.object.counters();
         self.arena_mirror.sync((c.allocated_total, c.reclaimed), || heap.object.arena_bitmap());
+        self.arena_mirror.sync_window(heap.segment.committed_window());
         // SAFETY: thread caches are on only for `'static` heaps
         // (`enable_thread_caches(&'static self)`), so the mirror lives as
         // long as any cache that reads it.

@@ -60,6 +60,7 @@ use core::ptr::NonNull;
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError, reach};
 use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
+pub(crate) use tlsf::{GRANULE as CHUNK_GRANULE, WORD as CHUNK_WORD, chunk_size};
 
 /// Windows smaller than this are served by first fit over the whole window.
 pub const FIRST_FIT_LIMIT: usize = 1 << 20;
@@ -658,6 +659,13 @@ impl SegmentAllocator {
         unsafe { self.allocate(layout, source) }
     }
 
+    /// The committed window's span, as `(start, len)`, while the TLSF
+    /// engine holds it: where [`window_block`] may look without the lock.
+    #[inline]
+    pub(crate) fn committed_window(&self) -> Option<(usize, usize)> {
+        self.window_span.filter(|_| self.engine == Engine::Tlsf).map(|(s, len)| (s.as_ptr() as usize, len))
+    }
+
     /// Whether `ptr` lies in a span of this allocator. O(1): bounds and a
     /// bitmap; a pointer in the last, partial slot of a span also reads that
     /// span's length.
@@ -679,39 +687,21 @@ impl SegmentAllocator {
 
     /// Checks that `ptr` is a TLSF block in use that fits `layout`,
     /// returning its chunk size: the O(1) refusal of bad frees. A block fits
-    /// when its chunk is what `layout` needs, plus less than the smallest
-    /// chunk (a rest too small to split off), or when it fills a span of its
-    /// own.
+    /// when its chunk is what `layout` needs, plus less than [`slack`] (a
+    /// rest too small to split off, or a thread cache's spacing), or when it
+    /// fills a span of its own.
     #[inline(always)]
     fn check_block(&self, ptr: NonNull<u8>, layout: Layout) -> Result<usize, DeallocateError> {
-        let addr = ptr.as_ptr() as usize;
         let Some((start, len)) = self.window_span else { return self.check_block_in_spans(ptr, layout) };
-        let off = addr.wrapping_sub(start.as_ptr() as usize);
-        if off >= len {
-            return Err(DeallocateError::NotOwned { ptr: addr });
+        // SAFETY: the window's span is live while it is held.
+        match unsafe { window_block((start.as_ptr() as usize, len), ptr, layout) } {
+            WindowBlock::Fits(chunk) => Ok(chunk),
+            WindowBlock::Outside => Err(DeallocateError::NotOwned { ptr: ptr.as_ptr() as usize }),
+            WindowBlock::Loose { chunk, first, in_span } => {
+                self.check_loose(ptr, layout, chunk, first, in_span)
+            }
+            WindowBlock::Refused => Err(self.refusal(ptr, layout)),
         }
-        // What the layout needs, known before any memory is read.
-        let need = tlsf::chunk_size(layout.size()).unwrap_or(usize::MAX);
-        // A payload is GRANULE-aligned, after its chunk's two words, and the
-        // chunk (at least `need` bytes) ends where the span's sentinel
-        // starts at the latest: `chunk <= len - off`, the next chunk's
-        // header (at `addr + chunk - WORD`) then lying in the span.
-        let room = len - off;
-        if off < 2 * WORD || !addr.is_multiple_of(GRANULE) || need > room {
-            return Err(self.refusal(ptr, layout));
-        }
-        // SAFETY: `ptr` is aligned and its header word lies in the span.
-        let (chunk, first) = unsafe { Tlsf::in_use_chunk(ptr) }.map_err(|_| self.refusal(ptr, layout))?;
-        if chunk.wrapping_sub(need) >= MIN_CHUNK || chunk > room {
-            // Not a tight fit: a whole span's block, a size mismatch, or
-            // no block at all.
-            return self.check_loose(ptr, layout, chunk, first, chunk <= room);
-        }
-        // SAFETY: the next header lies in the span (`chunk <= room`).
-        if !unsafe { Tlsf::next_head(ptr, chunk) }.0 {
-            return Err(self.refusal(ptr, layout));
-        }
-        Ok(chunk)
     }
 
     /// Why a block that failed the checks is refused (a cold path: what
@@ -779,7 +769,7 @@ impl SegmentAllocator {
         }
         let mismatch = DeallocateError::SizeMismatch { ptr: addr, block: chunk - WORD, given: layout.size() };
         let need = tlsf::chunk_size(layout.size()).ok_or(mismatch)?;
-        if chunk < need || (chunk - need >= MIN_CHUNK && !(first && sentinel)) {
+        if chunk < need || (chunk - need >= slack(need) && !(first && sentinel)) {
             return Err(mismatch);
         }
         Ok(chunk)
@@ -1105,6 +1095,74 @@ impl SegmentAllocator {
             c = unsafe { c.add(size) };
         }
     }
+}
+
+/// Requests of up to this many bytes may be served a chunk up to a quarter
+/// larger than they need, and freed with their own layout: the spacing of
+/// the thread caches' medium bins.
+pub const MEDIUM_MAX: usize = 4096;
+
+/// How much larger than `need` (a [`chunk_size`]) a block's chunk may be
+/// and still fit the layout it is freed with: less than the smallest chunk
+/// (a rest too small to split off), or, up to [`MEDIUM_MAX`], a quarter of
+/// the need (a thread cache serves a request from a bin of chunks up to two
+/// eighth-of-a-power-of-two steps larger).
+#[inline(always)]
+pub(crate) const fn slack(need: usize) -> usize {
+    if need <= MEDIUM_MAX + GRANULE && need / 4 > MIN_CHUNK { need / 4 } else { MIN_CHUNK }
+}
+
+/// What [`window_block`] found at a pointer.
+pub(crate) enum WindowBlock {
+    /// A block in use whose chunk (this many bytes) fits the layout.
+    Fits(usize),
+    /// Not in the window at all.
+    Outside,
+    /// A chunk in use that is no tight fit for the layout: a whole span's
+    /// block, a size mismatch, or (if not `in_span`) no block at all.
+    Loose { chunk: usize, first: bool, in_span: bool },
+    /// Not a block in use.
+    Refused,
+}
+
+/// Whether `ptr` is a TLSF block in use, in the committed window's span
+/// `window` (`(start, len)`), that fits `layout` with at most [`slack`]
+/// to spare. Reads only chunk header words, which are read and written
+/// atomically, so that threads can run this check without the heap's lock
+/// (the thread caches do) as long as the block, if it is one, is theirs.
+///
+/// # Safety
+///
+/// `window` must be the span of a committed window, readable for as long
+/// as the call runs.
+#[inline(always)]
+pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layout: Layout) -> WindowBlock {
+    let (start, len) = window;
+    let addr = ptr.as_ptr() as usize;
+    let off = addr.wrapping_sub(start);
+    if off >= len {
+        return WindowBlock::Outside;
+    }
+    // What the layout needs, known before any memory is read.
+    let need = tlsf::chunk_size(layout.size()).unwrap_or(usize::MAX);
+    // A payload is GRANULE-aligned, after its chunk's two words, and the
+    // chunk (at least `need` bytes) ends where the span's sentinel starts
+    // at the latest: `chunk <= len - off`, the next chunk's header (at
+    // `addr + chunk - WORD`) then lying in the span.
+    let room = len - off;
+    if off < 2 * WORD || !addr.is_multiple_of(GRANULE) || need > room {
+        return WindowBlock::Refused;
+    }
+    // SAFETY: `ptr` is aligned and its header word lies in the span.
+    let Ok((chunk, first)) = (unsafe { Tlsf::in_use_chunk(ptr) }) else { return WindowBlock::Refused };
+    if chunk.wrapping_sub(need) >= slack(need) || chunk > room {
+        return WindowBlock::Loose { chunk, first, in_span: chunk <= room };
+    }
+    // SAFETY: the next header lies in the span (`chunk <= room`).
+    if !unsafe { Tlsf::next_head(ptr, chunk) }.0 {
+        return WindowBlock::Refused;
+    }
+    WindowBlock::Fits(chunk)
 }
 
 /// The size `linked_list_allocator` really reserves for `layout`.

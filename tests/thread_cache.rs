@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::thread;
 
 use strata::LockedHeap;
-use strata::front::thread_cache::DEPTH;
+use strata::front::thread_cache::{DEPTH, MEDIUM_DEPTH};
 
 /// A block handed to another thread.
 #[derive(Clone, Copy)]
@@ -377,6 +377,7 @@ fn replay_on_threads(ops: &[Op]) {
     assert_eq!(in_use(heap), 0, "blocks in use after every thread exited");
     let s = heap.stats();
     assert_eq!((s.front.refused_frees, s.front.failed_allocations), (0, 0));
+    assert_eq!(s.segments.allocated_bytes, 0, "layer 0 blocks (medium ones too) in use after trim");
     heap.with(|h| h.check_invariants());
 }
 
@@ -503,5 +504,60 @@ fn memory_of_an_arena_given_back_by_trim_is_never_cached_as_pool_blocks() {
         s.arenas.current * s.geometry.arena_size(),
         "layer 0 leaked: {s:?}"
     );
+    heap.with(|h| h.check_invariants());
+}
+
+/// Blocks of layer 0 up to 4 KiB are cached too, in bins of chunk sizes: a
+/// block serves requests a little smaller than the one it was made for,
+/// and is freed with their layout; a bin stops at its depth, a second free
+/// is refused, and an exiting thread gives every block back.
+#[test]
+fn medium_blocks_are_reused_without_the_lock_and_go_back_when_the_thread_exits() {
+    let heap = heap();
+    let l1000 = Layout::from_size_align(1000, 8).unwrap();
+    let l900 = Layout::from_size_align(900, 16).unwrap();
+    // One block to take the window: layer 0's bytes in use from here on.
+    // SAFETY: blocks of this heap with their layouts, each freed once
+    // (the second free below is the refusal under test).
+    let first = unsafe { heap.alloc(l1000) };
+    let base = heap.stats().segments.allocated_bytes;
+    thread::spawn(move || unsafe {
+        let blocks: Vec<*mut u8> = (0..20).map(|_| heap.alloc(l1000)).collect();
+        let held = heap.stats().segments.allocated_bytes;
+        for &b in &blocks {
+            heap.dealloc(b, l1000);
+        }
+        let cached = heap.stats().segments.allocated_bytes;
+        assert!(cached > base, "no block was cached");
+        let chunk = (held - base) / 20;
+        assert_eq!(held - cached, chunk * (20 - usize::from(MEDIUM_DEPTH)), "the bin must stop at its depth");
+        // The last block freed comes back first, to a smaller request too,
+        // without layer 0 allocating anything.
+        let p = heap.alloc(l900);
+        assert_eq!(p, blocks[MEDIUM_DEPTH as usize - 1]);
+        assert!((p as usize).is_multiple_of(16));
+        assert_eq!(heap.stats().segments.allocated_bytes, cached);
+        p.write_bytes(7, 900);
+        heap.dealloc(p, l900);
+        // A second free of a cached block is refused, and the block is
+        // still handed out only once.
+        heap.dealloc(p, l900);
+        assert_eq!(heap.stats().front.refused_frees, 1);
+        let (a, b) = (heap.alloc(l1000), heap.alloc(l1000));
+        assert_ne!(a, b);
+        heap.dealloc(a, l1000);
+        heap.dealloc(b, l1000);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        heap.stats().segments.allocated_bytes,
+        base,
+        "the thread's medium blocks went back when it exited"
+    );
+    // SAFETY: as above.
+    unsafe { heap.dealloc(first, l1000) };
+    heap.trim();
+    assert_eq!(heap.stats().segments.allocated_bytes, 0);
     heap.with(|h| h.check_invariants());
 }

@@ -80,8 +80,14 @@ pub fn run_all(label: &str) {
         ("churn 16 B-64 KiB", |s| churn(s, 40_000, 65536)),
         ("std", |s| std_workload(s, 100_000)),
     ];
+    // `THREADS_ONLY="churn 16 B-4 KiB:4"` runs one workload at one thread
+    // count (for profiling); unset, everything runs.
+    let only = std::env::var("THREADS_ONLY").ok();
     for (name, work) in workloads {
         for threads in [1, 2, 4, 8] {
+            if only.as_deref().is_some_and(|o| o != format!("{name}:{threads}")) {
+                continue;
+            }
             run(label, name, threads, 16, work);
         }
     }

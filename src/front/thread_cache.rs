@@ -3,8 +3,13 @@
 //!
 //! A thread that frees a block of layer +2 keeps it in a bin of its own,
 //! up to [`DEPTH`] blocks per size class; its next request of that class
-//! takes it back without the heap lock. Blocks in a thread's bins stay
-//! allocated as far as the heap knows. They go back through the lock when
+//! takes it back without the heap lock. Blocks of layer 0 up to
+//! [`MEDIUM_MAX`] bytes are kept the same way, up to [`MEDIUM_DEPTH`] per
+//! *medium bin* (chunk sizes eight to a power of two, TLSF's spacing): a
+//! request takes from the first bin all of whose chunks hold it, so a block
+//! may serve a request up to a quarter smaller than its chunk, which layer
+//! 0's free check allows for. Blocks in a thread's bins stay allocated as
+//! far as the heap knows. They go back through the lock when
 //! the thread exits, when the bin is full, and when the thread calls
 //! [`LockedHeap::trim`](super::LockedHeap::trim).
 //!
@@ -13,11 +18,15 @@
 //! which needs a `'static` heap: the cache may outlive any borrow); other
 //! heaps take the locked path.
 //!
-//! **What is cached, and where.** Only blocks the heap's own ownership test
-//! puts in an arena of layer +2: the heap keeps a copy of +2's arena bitmap
+//! **What is cached, and where.** Only blocks the heap's own checks would
+//! let it free. A medium block must pass layer 0's O(1) check of a free
+//! (in its committed window, a chunk in use whose neighbour agrees, of a
+//! size that fits the layout), made without the lock on header words that
+//! are only ever accessed atomically. A small block must lie in an arena
+//! of layer +2: the heap keeps a copy of +2's arena bitmap
 //! in atomics outside its lock (an arena mirror), updated under the lock
 //! whenever an arena comes or goes, which the cache reads before it keeps a
-//! block. Anything else — a foreign pointer, a block of layer 0 — takes the
+//! block. Anything else — a foreign pointer, a larger block — takes the
 //! locked path, where the heap refuses what is not its own (counted in
 //! `refused_frees`). A block is filed by what it is — the size class its
 //! pool's header records, read without the lock — never by the layout it
@@ -33,17 +42,106 @@ extern crate std;
 use core::alloc::Layout;
 use core::cell::RefCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::object::{ARENA_SLOTS, NUM_CLASSES, block_class, class_size, size_class};
+use crate::segment::{self, MEDIUM_MAX, WindowBlock, chunk_size};
 
 /// Most blocks a thread keeps per size class.
 pub const DEPTH: u16 = 16;
+
+/// Most blocks a thread keeps per medium bin.
+pub const MEDIUM_DEPTH: u16 = 8;
+
+/// Medium bins hold layer 0's chunks from `1 << MEDIUM_SHIFT` bytes, eight
+/// bins per power of two (TLSF's spacing), up to those that serve
+/// [`MEDIUM_MAX`]-byte requests.
+const MEDIUM_SHIFT: u32 = 9;
+const MEDIUM_BINS: usize = medium_ceil(chunk_size(MEDIUM_MAX).unwrap()) + 1;
+
+/// The medium bin of a chunk of `chunk >= 1 << MEDIUM_SHIFT` bytes: the
+/// bin whose range holds it.
+#[inline]
+const fn medium_bin(chunk: usize) -> usize {
+    let fl = usize::BITS - 1 - chunk.leading_zeros();
+    (fl - MEDIUM_SHIFT) as usize * 8 + ((chunk >> (fl - 3)) & 7)
+}
+
+/// The smallest chunk of medium bin `bin`.
+#[inline]
+const fn medium_floor(bin: usize) -> usize {
+    (8 + bin % 8) << (bin / 8 + MEDIUM_SHIFT as usize - 3)
+}
+
+/// The first medium bin all of whose chunks hold `need` bytes.
+#[inline]
+const fn medium_ceil(need: usize) -> usize {
+    let bin = medium_bin(need);
+    if medium_floor(bin) < need { bin + 1 } else { bin }
+}
+
+// Every chunk a medium bin holds fits every request the bin serves within
+// layer 0's slack, so the request's own layout frees it later.
+const _: () = {
+    let mut need = 1 << MEDIUM_SHIFT;
+    while need <= chunk_size(MEDIUM_MAX).unwrap() {
+        let bin = medium_ceil(need);
+        assert!(bin < MEDIUM_BINS && medium_floor(bin) >= need);
+        assert!(medium_floor(bin + 1) - need <= segment::slack(need));
+        need += segment::CHUNK_GRANULE;
+    }
+};
 
 #[derive(Clone, Copy)]
 struct Bin {
     head: *mut u8,
     len: u16,
+}
+
+impl Bin {
+    const EMPTY: Self = Self { head: ptr::null_mut(), len: 0 };
+
+    /// Takes the first block.
+    #[inline]
+    fn pop(&mut self) -> Option<NonNull<u8>> {
+        let block = NonNull::new(self.head)?;
+        // SAFETY: cached blocks hold the next link in their first word.
+        self.head = unsafe { block.as_ptr().cast::<*mut u8>().read() };
+        self.len -= 1;
+        Some(block)
+    }
+
+    /// Whether `block` is in this bin.
+    #[inline]
+    fn holds(&self, block: NonNull<u8>) -> bool {
+        let mut c = self.head;
+        while !c.is_null() {
+            if c == block.as_ptr() {
+                return true;
+            }
+            // SAFETY: cached blocks hold the next link in their first word.
+            c = unsafe { c.cast::<*mut u8>().read() };
+        }
+        false
+    }
+
+    /// Keeps `block`, unless this bin holds `depth` blocks already.
+    ///
+    /// # Safety
+    ///
+    /// `block` must be a block of at least a word, word-aligned, that the
+    /// cache may keep.
+    #[inline]
+    unsafe fn push(&mut self, block: NonNull<u8>, depth: u16) -> Result<(), Declined> {
+        if self.len >= depth {
+            return Err(Declined::Pass);
+        }
+        // SAFETY: the caller's promise.
+        unsafe { block.as_ptr().cast::<*mut u8>().write(self.head) };
+        self.head = block.as_ptr();
+        self.len += 1;
+        Ok(())
+    }
 }
 
 /// Gives a cached block back to the heap at the address in the first
@@ -57,11 +155,37 @@ pub(crate) struct ArenaMirror {
     /// The +2 arena counters the copy was last made at (allocated,
     /// reclaimed), to tell when it must be made again.
     seen: [AtomicU64; 2],
+    /// Layer 0's committed window while it holds it, as `(start, len)`
+    /// (`len` 0 otherwise): where its medium blocks are.
+    window: [AtomicUsize; 2],
 }
 
 impl ArenaMirror {
     pub(crate) const fn new() -> Self {
-        Self { bits: [const { AtomicU64::new(0) }; ARENA_SLOTS / 64], seen: [const { AtomicU64::new(0) }; 2] }
+        Self {
+            bits: [const { AtomicU64::new(0) }; ARENA_SLOTS / 64],
+            seen: [const { AtomicU64::new(0) }; 2],
+            window: [const { AtomicUsize::new(0) }; 2],
+        }
+    }
+
+    /// Records layer 0's committed window (call with the heap locked).
+    #[inline]
+    pub(crate) fn sync_window(&self, window: Option<(usize, usize)>) {
+        let (start, len) = window.unwrap_or((0, 0));
+        if self.window[1].load(Ordering::Relaxed) != len || self.window[0].load(Ordering::Relaxed) != start {
+            // Length last: a reader that sees it sees the start.
+            self.window[1].store(0, Ordering::Release);
+            self.window[0].store(start, Ordering::Release);
+            self.window[1].store(len, Ordering::Release);
+        }
+    }
+
+    /// Layer 0's committed window, as last recorded.
+    #[inline]
+    fn window(&self) -> (usize, usize) {
+        let len = self.window[1].load(Ordering::Acquire);
+        (self.window[0].load(Ordering::Acquire), len)
     }
 
     /// Makes the copy again if the arena counters moved (call with the
@@ -125,10 +249,17 @@ impl Owner {
 struct ThreadCache {
     owner: Option<Owner>,
     bins: [Bin; NUM_CLASSES],
+    /// Layer 0's chunks, by size (each holds its chunk size in its third
+    /// word while cached).
+    medium: [Bin; MEDIUM_BINS],
 }
 
+/// Where a cached medium block keeps its chunk size.
+const MEDIUM_SIZE_WORD: usize = 2;
+
 impl ThreadCache {
-    const EMPTY: Self = Self { owner: None, bins: [Bin { head: ptr::null_mut(), len: 0 }; NUM_CLASSES] };
+    const EMPTY: Self =
+        Self { owner: None, bins: [Bin::EMPTY; NUM_CLASSES], medium: [Bin::EMPTY; MEDIUM_BINS] };
 
     /// The owner, if this cache serves `heap`.
     #[inline]
@@ -153,7 +284,74 @@ impl ThreadCache {
             }
             bin.len = 0;
         }
+        for bin in &mut self.medium {
+            while let Some(block) = bin.pop() {
+                // SAFETY: a cached medium block, which holds its chunk size
+                // in this word; freed with the layout its whole chunk
+                // serves, a live layer 0 block of the owner.
+                unsafe {
+                    let chunk = block.as_ptr().cast::<usize>().add(MEDIUM_SIZE_WORD).read();
+                    let layout = Layout::from_size_align_unchecked(chunk - segment::CHUNK_WORD, 16);
+                    (owner.release)(owner.heap, block, layout);
+                }
+            }
+        }
     }
+}
+
+impl ThreadCache {
+    /// Keeps a freed block of layer 0 in a medium bin, if the heap's own
+    /// free checks would pass it: in layer 0's committed window, not in an
+    /// arena of +2, a chunk in use that fits `layout` (read from its header
+    /// and its neighbour's, which are accessed atomically).
+    ///
+    /// # Safety
+    ///
+    /// As [`put`]; `owner` is this cache's owner.
+    #[inline]
+    unsafe fn put_medium(&mut self, owner: &Owner, ptr: NonNull<u8>, layout: Layout) -> Result<(), Declined> {
+        if medium_need(layout).is_none() || owner.owns(ptr) {
+            return Err(Declined::Pass);
+        }
+        let window = owner.mirror.window();
+        if window.1 == 0 {
+            return Err(Declined::Pass);
+        }
+        // SAFETY: the window is layer 0's committed span while it holds it,
+        // and it holds it while any of its blocks is live; a pointer the
+        // caller did not get from this heap but within the window reads
+        // the heap's own memory, which a committed source keeps.
+        let WindowBlock::Fits(chunk) = (unsafe { segment::window_block(window, ptr, layout) }) else {
+            return Err(Declined::Pass);
+        };
+        let bin = medium_bin(chunk);
+        if bin >= MEDIUM_BINS {
+            return Err(Declined::Pass);
+        }
+        let bin = &mut self.medium[bin];
+        if bin.holds(ptr) {
+            return Err(Declined::DoubleFree);
+        }
+        // SAFETY: a live block of layer 0 of at least `1 << MEDIUM_SHIFT`
+        // bytes, ours again: its third word keeps the chunk size.
+        unsafe {
+            bin.push(ptr, MEDIUM_DEPTH)?;
+            ptr.as_ptr().cast::<usize>().add(MEDIUM_SIZE_WORD).write(chunk);
+        }
+        Ok(())
+    }
+}
+
+/// The chunk a request of `layout` needs in layer 0, if it is one a medium
+/// bin serves: at most [`MEDIUM_MAX`] bytes, aligned to at most 16, and a
+/// chunk of at least `1 << MEDIUM_SHIFT` bytes. (The caller has checked
+/// that it is not small.)
+#[inline]
+fn medium_need(layout: Layout) -> Option<usize> {
+    if layout.size() > MEDIUM_MAX || layout.align() > segment::CHUNK_GRANULE {
+        return None;
+    }
+    chunk_size(layout.size()).filter(|&need| need >= 1 << MEDIUM_SHIFT)
 }
 
 impl Drop for ThreadCache {
@@ -173,16 +371,12 @@ pub(crate) fn take(heap: usize, layout: Layout) -> Option<NonNull<u8>> {
         .try_with(|cache| {
             let mut cache = cache.try_borrow_mut().ok()?;
             let owner = cache.owner_of(heap)?;
-            if !owner.is_small(layout) {
-                return None;
+            if owner.is_small(layout) {
+                // The class a request needs: its alignment may round it up.
+                return cache.bins[size_class(layout.size(), layout.align(), owner.class_shift)].pop();
             }
-            // The class a request needs: its alignment may round it up.
-            let bin = &mut cache.bins[size_class(layout.size(), layout.align(), owner.class_shift)];
-            let block = NonNull::new(bin.head)?;
-            // SAFETY: cached blocks hold the next link in their first word.
-            bin.head = unsafe { block.as_ptr().cast::<*mut u8>().read() };
-            bin.len -= 1;
-            Some(block)
+            let need = medium_need(layout)?;
+            cache.medium[medium_ceil(need)].pop()
         })
         .ok()
         .flatten()
@@ -245,12 +439,16 @@ pub(crate) unsafe fn put(
                 cache.owner = Some(attach());
             }
             let Some(owner) = cache.owner_of(heap) else { return Err(Declined::Pass) };
-            if !owner.is_small(layout) || !owner.owns(ptr) {
-                return Err(Declined::Pass);
-            }
             // Kept with the provenance of the heap's pages, not the
             // caller's: it will serve requests of its whole class.
             let ptr = crate::source::reach(ptr);
+            if !owner.is_small(layout) {
+                // SAFETY: forwarded contract.
+                return unsafe { cache.put_medium(&owner, ptr, layout) };
+            }
+            if !owner.owns(ptr) {
+                return Err(Declined::Pass);
+            }
             // Filed by what the block is (its pool's class), never by the
             // layout it is freed with: every block of a bin then holds every
             // request of the bin's class, blocks of 16-multiple classes are
@@ -263,23 +461,12 @@ pub(crate) unsafe fn put(
             };
             let bin = &mut cache.bins[class];
             // A block this thread holds already: freed twice.
-            let mut c = bin.head;
-            while !c.is_null() {
-                if c == ptr.as_ptr() {
-                    return Err(Declined::DoubleFree);
-                }
-                // SAFETY: cached blocks hold the next link in their first word.
-                c = unsafe { c.cast::<*mut u8>().read() };
-            }
-            if bin.len >= DEPTH {
-                return Err(Declined::Pass);
+            if bin.holds(ptr) {
+                return Err(Declined::DoubleFree);
             }
             // SAFETY: the block is ours again, in an arena of +2, and at
             // least 8 bytes long and aligned (every class is).
-            unsafe { ptr.as_ptr().cast::<*mut u8>().write(bin.head) };
-            bin.head = ptr.as_ptr();
-            bin.len += 1;
-            Ok(())
+            unsafe { bin.push(ptr, DEPTH) }
         })
         .unwrap_or(Err(Declined::Pass))
 }

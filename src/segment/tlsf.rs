@@ -49,6 +49,7 @@
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// One machine word.
 pub const WORD: usize = size_of::<usize>();
@@ -177,13 +178,19 @@ pub enum ChunkError {
 
 /// Reads the header word of chunk `c`.
 ///
+/// Header words are read and written atomically (relaxed: plain moves on
+/// the targets strata runs on), because threads check a block they free
+/// without the heap's lock (the thread caches) while the lock holder may
+/// be flipping the "previous in use" flag in the same word or the next.
+///
 /// # Safety
 ///
 /// `c` must be a chunk (or the sentinel) of a live span.
 #[inline]
 unsafe fn head(c: *mut u8) -> usize {
-    // SAFETY: the caller's promise; headers are word-aligned.
-    unsafe { c.add(WORD).cast::<usize>().read() }
+    // SAFETY: the caller's promise; headers are word-aligned, and only ever
+    // accessed atomically.
+    unsafe { AtomicUsize::from_ptr(c.add(WORD).cast()) }.load(Relaxed)
 }
 
 /// Writes the header word of chunk `c`.
@@ -193,8 +200,8 @@ unsafe fn head(c: *mut u8) -> usize {
 /// As [`head`].
 #[inline]
 unsafe fn set_head(c: *mut u8, value: usize) {
-    // SAFETY: the caller's promise.
-    unsafe { c.add(WORD).cast::<usize>().write(value) }
+    // SAFETY: the caller's promise (see `head`).
+    unsafe { AtomicUsize::from_ptr(c.add(WORD).cast()) }.store(value, Relaxed)
 }
 
 /// Writes the footer of free chunk `c` (`size` bytes), in the prev-size
