@@ -40,9 +40,10 @@
 //! `PYTHONMALLOC=debug` wraps its domains: headers, guards, fills, checks on
 //! every free, and a [`debug::Policy`] for what they catch.
 //!
-//! **Thread caches.** With the `std` feature, [`LockedHeap::enable_thread_caches`]
-//! puts a per-thread cache of small freed blocks in front of the lock
-//! ([`thread_cache`], glibc's tcache).
+//! **Thread caches.** With the `std` feature, every [`LockedHeap`] has a
+//! per-thread cache of freed blocks up to 4 KiB in front of its lock
+//! ([`thread_cache`], glibc's tcache), unless switched off with
+//! [`LockedHeap::set_thread_caches`].
 
 #[cfg(feature = "debug")]
 pub mod debug;
@@ -559,7 +560,7 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// Allocates a block for `layout`.
-    #[inline]
+    #[inline(always)]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         if self.is_small(layout) {
             if let Some(p) = self.object.allocate_from_pools(layout.size(), layout.align()) {
@@ -713,7 +714,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// If any layer owns `ptr`, it must be a live block allocated by this
     /// heap with `layout`. Pointers that no layer owns are refused safely.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), DeallocateError> {
         if self.object.owns(ptr.as_ptr()) {
             let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
@@ -1020,10 +1021,14 @@ pub type DefaultLock = crate::sync::CriticalSectionLock;
 pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
     heap: lock_api::Mutex<L, Heap<S>>,
     initialized: AtomicBool,
-    /// Whether threads may cache this heap's small blocks (`std`).
+    /// Whether threads may cache this heap's blocks (`std`; on unless
+    /// switched off).
     #[cfg(feature = "std")]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     thread_caches: AtomicBool,
+    /// The heap's identity for the thread caches.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    link: thread_cache::Link,
     /// Reallocs done in place by threads without the lock.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     cached_in_place: crate::sync::AtomicUsize,
@@ -1062,7 +1067,9 @@ impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
             heap: lock_api::Mutex::new(Heap::empty()),
             initialized: AtomicBool::new(false),
             #[cfg(feature = "std")]
-            thread_caches: AtomicBool::new(false),
+            thread_caches: AtomicBool::new(true),
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            link: thread_cache::Link::new(),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             cached_in_place: crate::sync::AtomicUsize::new(0),
             #[cfg(all(feature = "std", not(feature = "debug")))]
@@ -1110,7 +1117,9 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             heap: lock_api::Mutex::new(Heap::new_in_window(source, window)),
             initialized: AtomicBool::new(true),
             #[cfg(feature = "std")]
-            thread_caches: AtomicBool::new(false),
+            thread_caches: AtomicBool::new(true),
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            link: thread_cache::Link::new(),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             cached_in_place: crate::sync::AtomicUsize::new(0),
             #[cfg(all(feature = "std", not(feature = "debug")))]
@@ -1122,7 +1131,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
 
     /// Runs `f` with the heap locked.
     pub fn with<R>(&self, f: impl FnOnce(&mut Heap<S>) -> R) -> R {
-        let mut heap = self.heap.lock();
+        let mut heap = self.lock();
         let r = f(&mut heap);
         self.settle(heap);
         r
@@ -1152,7 +1161,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// they did without the lock, in place or into a cached block).
     pub fn stats(&self) -> HeapStats {
         #[allow(unused_mut)]
-        let mut stats = self.heap.lock().stats();
+        let mut stats = self.lock().stats();
         #[cfg(all(feature = "std", not(feature = "debug")))]
         {
             stats.front.realloc_in_place += self.cached_in_place.load(Ordering::Relaxed);
@@ -1161,17 +1170,27 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         stats
     }
 
-    /// Gives the spares and cached blocks back to the page source (see
-    /// [`Heap::trim`]), after the calling thread's cached blocks (with
-    /// thread caches).
+    /// Gives the spares back to the page source (see [`Heap::trim`]), after
+    /// every block that threads' caches hold for this heap (with thread
+    /// caches).
     pub fn trim(&self) -> (usize, usize) {
+        let mut heap = self.lock();
         #[cfg(all(feature = "std", not(feature = "debug")))]
-        thread_cache::flush(self as *const Self as usize);
-        let mut heap = self.heap.lock();
+        Self::reclaim_cached(&self.link, &mut heap);
         let r = heap.trim();
         // The spare arena may have gone: threads must stop caching its blocks.
         self.settle(heap);
         r
+    }
+}
+
+/// A heap that goes takes its blocks out of every thread's cache (they
+/// are forgotten: their memory goes with the heap) and frees its place in
+/// the caches' registry.
+#[cfg(all(feature = "std", not(feature = "debug")))]
+impl<S, L: lock_api::RawMutex> Drop for LockedHeap<S, L> {
+    fn drop(&mut self) {
+        thread_cache::detach(&mut self.link);
     }
 }
 
@@ -1194,11 +1213,13 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         no_unwind(|| {
-            let mut heap = self.heap.lock();
+            let mut heap = self.lock();
             #[cfg(feature = "debug")]
             let result = heap.debug_allocate(layout, Domain::HEAP, true);
             #[cfg(not(feature = "debug"))]
             let result = heap.allocate_zeroed(layout);
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            let result = self.retry_after_reclaim(&mut heap, result, |h| h.allocate_zeroed(layout));
             let p = heap.or_null(result);
             self.settle(heap);
             p
@@ -1211,19 +1232,43 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
                 return ptr::null_mut();
             };
             #[cfg(all(feature = "std", not(feature = "debug")))]
-            if self.thread_caches.load(Ordering::Relaxed)
+            if self.thread_caches.load(Ordering::Relaxed) {
                 // SAFETY: forwarded contract.
-                && let Some(q) = unsafe { self.realloc_cached(p, layout, new_size) }
-            {
-                return q.as_ptr();
+                match unsafe { thread_cache::realloc(&self.link, &self.arena_mirror, p, layout, new_size) } {
+                    thread_cache::Realloc::Locked => {}
+                    // A block freed into a cache: refused, as the heap
+                    // refuses a block it has freed.
+                    thread_cache::Realloc::Cached => {
+                        let mut heap = self.lock();
+                        heap.stats.refused_frees += 1;
+                        self.settle(heap);
+                        return ptr::null_mut();
+                    }
+                    thread_cache::Realloc::InPlace => {
+                        stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
+                        return reach(p).as_ptr();
+                    }
+                    thread_cache::Realloc::Moved { new, free_old } => {
+                        stat!(self.cached_moved.fetch_add(1, Ordering::Relaxed));
+                        if free_old {
+                            // SAFETY: the old block, live until now, freed once.
+                            unsafe { self.free_locked(p, layout) };
+                        }
+                        return new.as_ptr();
+                    }
+                }
             }
-            let mut heap = self.heap.lock();
+            let mut heap = self.lock();
             // SAFETY: `GlobalAlloc`'s contract: a live block of ours with `layout`.
             #[cfg(feature = "debug")]
             let result = unsafe { heap.debug_reallocate(p, layout, new_size, Domain::HEAP) };
             // SAFETY: as above.
             #[cfg(not(feature = "debug"))]
             let result = unsafe { heap.reallocate(p, layout, new_size) };
+            #[cfg(all(feature = "std", not(feature = "debug")))]
+            // SAFETY: as above: a failed realloc left the block as it was.
+            let result =
+                self.retry_after_reclaim(&mut heap, result, |h| unsafe { h.reallocate(p, layout, new_size) });
             let p = heap.or_null(result);
             self.settle(heap);
             p
@@ -1260,21 +1305,11 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
             #[cfg(all(feature = "std", not(feature = "debug")))]
             if domain == Domain::HEAP
                 && self.thread_caches.load(Ordering::Relaxed)
-                && let Some(p) = thread_cache::take(self as *const Self as usize, layout)
+                && let Some(p) = thread_cache::take(&self.link, layout)
             {
                 return p.as_ptr();
             }
-            let mut heap = self.heap.lock();
-            #[cfg(feature = "debug")]
-            let result = heap.debug_allocate(layout, domain, false);
-            #[cfg(not(feature = "debug"))]
-            let result = {
-                let _ = domain;
-                heap.allocate(layout)
-            };
-            let p = heap.or_null(result);
-            self.settle(heap);
-            p
+            self.alloc_locked(layout, domain)
         })
     }
 
@@ -1287,11 +1322,11 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
                 // SAFETY: `GlobalAlloc`'s contract: a live block of this heap
                 // with `layout`, not used after this call.
                 match unsafe {
-                    thread_cache::put(self as *const Self as usize, p, layout, || self.cache_owner())
+                    thread_cache::put(&self.link, &self.arena_mirror, p, layout, || self.cache_geometry())
                 } {
                     Ok(()) => return,
                     Err(thread_cache::Declined::DoubleFree) => {
-                        let mut heap = self.heap.lock();
+                        let mut heap = self.lock();
                         heap.stats.refused_frees += 1;
                         return self.settle(heap);
                     }
@@ -1300,7 +1335,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
             }
             #[cfg(feature = "debug")]
             {
-                let mut heap = self.heap.lock();
+                let mut heap = self.lock();
                 // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this
                 // allocator with `layout` (through `domain`, which debug mode
                 // checks).
@@ -1321,19 +1356,53 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
 }
 
 impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
+    /// Allocates through the lock (with thread caches, the slow path: kept
+    /// out of line, so that the cached path stays short).
+    #[cfg_attr(all(feature = "std", not(feature = "debug")), inline(never))]
+    #[cfg_attr(not(all(feature = "std", not(feature = "debug"))), inline(always))]
+    fn alloc_locked(&self, layout: Layout, domain: Domain) -> *mut u8 {
+        let mut heap = self.lock();
+        #[cfg(feature = "debug")]
+        let result = heap.debug_allocate(layout, domain, false);
+        #[cfg(not(feature = "debug"))]
+        let result = {
+            let _ = domain;
+            let result = heap.allocate(layout);
+            #[cfg(feature = "std")]
+            let result = self.retry_after_reclaim(&mut heap, result, |h| h.allocate(layout));
+            result
+        };
+        let p = heap.or_null(result);
+        self.settle(heap);
+        p
+    }
+
     /// Frees `ptr` through the lock, counting a refusal in `refused_frees`.
     ///
     /// # Safety
     ///
     /// As [`Heap::deallocate`].
     #[cfg(not(feature = "debug"))]
+    #[cfg_attr(feature = "std", inline(never))]
     unsafe fn free_locked(&self, ptr: NonNull<u8>, layout: Layout) {
-        let mut heap = self.heap.lock();
+        let mut heap = self.lock();
         // SAFETY: forwarded contract.
         if unsafe { heap.deallocate(ptr, layout) }.is_err() {
             heap.stats.refused_frees += 1;
         }
         self.settle(heap);
+    }
+
+    /// Takes the lock. With thread caches, first frees the blocks that
+    /// exiting threads gave back, so that whoever holds the lock sees them
+    /// free.
+    #[inline(always)]
+    fn lock(&self) -> lock_api::MutexGuard<'_, L, Heap<S>> {
+        #[allow(unused_mut)]
+        let mut heap = self.heap.lock();
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        Self::free_returned(&self.link, &mut heap);
+        heap
     }
 
     /// Acts on a violation the debug checks found, once the lock is released
@@ -1342,7 +1411,8 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// With thread caches, it first brings the copy of layer +2's arena
     /// bitmap that threads read without the lock up to date.
     #[inline(always)]
-    fn settle(&self, heap: lock_api::MutexGuard<'_, L, Heap<S>>) {
+    #[allow(unused_mut)]
+    fn settle(&self, mut heap: lock_api::MutexGuard<'_, L, Heap<S>>) {
         #[cfg(all(feature = "std", not(feature = "debug")))]
         if self.thread_caches.load(Ordering::Relaxed) {
             let c = heap.object.counters();
@@ -1361,91 +1431,117 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         drop(heap);
     }
 
-    /// Lets threads keep up to [`thread_cache::DEPTH`] freed small blocks
-    /// per size class and reuse them without taking the lock (glibc's
-    /// tcache); see [`thread_cache`]. Needs a `'static` heap, such as a
-    /// `#[global_allocator]`. With the `debug` feature it does nothing:
-    /// every block must pass through the debug hooks.
+    /// Switches the thread caches on (the default with `std`) or off. Off,
+    /// every call takes the lock, and the blocks threads' caches hold for
+    /// this heap come back at once. With the `debug` feature the caches are
+    /// always off: every block must pass through the debug hooks.
     #[cfg(feature = "std")]
-    pub fn enable_thread_caches(&'static self) {
-        self.thread_caches.store(true, Ordering::Relaxed);
+    pub fn set_thread_caches(&self, on: bool) {
+        #[allow(unused_mut)]
+        let mut heap = self.lock();
+        self.thread_caches.store(on, Ordering::Relaxed);
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        if !on {
+            Self::reclaim_cached(&self.link, &mut heap);
+        }
+        self.settle(heap);
     }
 
-    /// Realloc between small blocks without the lock: in place within a
-    /// size class, else into a block of this thread's cache (the old block
-    /// going into the cache). `None` when the lock is needed.
-    ///
-    /// # Safety
-    ///
-    /// As [`GlobalAlloc::realloc`].
+    /// Frees, with the lock held, the blocks that exiting threads gave back.
     #[cfg(all(feature = "std", not(feature = "debug")))]
-    #[inline]
-    unsafe fn realloc_cached(
-        &self,
-        ptr: NonNull<u8>,
-        layout: Layout,
-        new_size: usize,
-    ) -> Option<NonNull<u8>> {
-        let me = self as *const Self as usize;
-        let new_layout = Layout::from_size_align(new_size, layout.align()).ok()?;
-        if thread_cache::fits_in_place(me, ptr, layout, new_size)? {
-            stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
-            return Some(reach(ptr));
+    #[inline(always)]
+    fn free_returned(link: &thread_cache::Link, heap: &mut Heap<S>) {
+        let block = thread_cache::take_returned(link);
+        if !block.is_null() {
+            Self::free_returned_list(block, heap);
         }
-        let new = thread_cache::take(me, new_layout)?;
-        stat!(self.cached_moved.fetch_add(1, Ordering::Relaxed));
-        // SAFETY: both blocks are live, distinct and at least this long (the
-        // old one is a +2 block: `fits_in_place` answered); the old one is
-        // given back once.
-        unsafe {
-            ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
-            if thread_cache::put(me, ptr, layout, || self.cache_owner()).is_err() {
-                self.free_locked(ptr, layout);
+    }
+
+    /// Frees a list of returned blocks (see [`free_returned`](Self::free_returned)).
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[cold]
+    #[inline(never)]
+    fn free_returned_list(mut block: *mut u8, heap: &mut Heap<S>) {
+        while let Some(b) = NonNull::new(block) {
+            // SAFETY: returned blocks are linked through their first word,
+            // and are live blocks of this heap: small ones of +2 (freed by
+            // address), medium ones of layer 0 keeping their chunk size.
+            unsafe {
+                block = b.as_ptr().cast::<*mut u8>().read();
+                let layout = if heap.object.owns(b.as_ptr()) {
+                    Layout::new::<u8>()
+                } else {
+                    thread_cache::medium_layout(b)
+                };
+                if heap.deallocate(b, layout).is_err() {
+                    heap.stats.refused_frees += 1;
+                }
             }
         }
-        Some(new)
     }
 
-    /// What a thread cache needs to know of this heap.
+    /// Frees, with the lock held, every block that threads' caches hold for
+    /// this heap, and those that exiting threads gave back.
     #[cfg(all(feature = "std", not(feature = "debug")))]
-    fn cache_owner(&self) -> thread_cache::Owner {
-        /// Frees a cached block through the lock.
-        ///
-        /// # Safety
-        ///
-        /// `heap` must point to a live `LockedHeap` of this type
-        /// and `ptr` a live block of it that fits `layout`'s class.
-        unsafe fn release<S: PageSource, L: lock_api::RawMutex>(
-            heap: *const (),
-            ptr: NonNull<u8>,
-            layout: Layout,
-        ) {
-            // SAFETY: the caller's promise; heaps with thread caches are
-            // `'static`.
-            let heap = unsafe { &*heap.cast::<LockedHeap<S, L>>() };
-            // SAFETY: a live block of this heap, whose class `layout` is. (Its
-            // arena may go: `free_locked` brings the bitmap copy up to date.)
-            unsafe { heap.free_locked(ptr, layout) };
+    fn reclaim_cached(link: &thread_cache::Link, heap: &mut Heap<S>) {
+        thread_cache::drain_all(link, &mut |block, layout| {
+            // SAFETY: a cached block is a live block of this heap, which
+            // `layout` frees.
+            if unsafe { heap.deallocate(block, layout) }.is_err() {
+                heap.stats.refused_frees += 1;
+            }
+        });
+        Self::free_returned(link, heap);
+    }
+
+    /// An allocation failed: takes back what threads' caches hold for this
+    /// heap and tries once more, so that no request fails while cached
+    /// memory could serve it.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[inline(always)]
+    fn retry_after_reclaim(
+        &self,
+        heap: &mut Heap<S>,
+        result: Result<NonNull<u8>, AllocError>,
+        again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocError>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        if result.is_ok() { result } else { self.reclaim_and_retry(heap, result, again) }
+    }
+
+    /// The cold half of [`retry_after_reclaim`](Self::retry_after_reclaim).
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[cold]
+    #[inline(never)]
+    fn reclaim_and_retry(
+        &self,
+        heap: &mut Heap<S>,
+        result: Result<NonNull<u8>, AllocError>,
+        again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocError>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        match result {
+            Err(AllocError::Refused(_) | AllocError::InvalidLayout { .. }) | Ok(_) => result,
+            Err(_) => {
+                Self::reclaim_cached(&self.link, heap);
+                again(heap)
+            }
         }
-        let heap = self.heap.lock();
+    }
+
+    /// What a thread cache needs to know of this heap's layer +2.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[cold]
+    fn cache_geometry(&self) -> thread_cache::Geometry {
+        let heap = self.lock();
         let g = heap.object.geometry();
-        let c = heap.object.counters();
-        self.arena_mirror.sync((c.allocated_total, c.reclaimed), || heap.object.arena_bitmap());
-        self.arena_mirror.sync_window(heap.segment.committed_window());
-        // SAFETY: thread caches are on only for `'static` heaps
-        // (`enable_thread_caches(&'static self)`), so the mirror lives as
-        // long as any cache that reads it.
-        let mirror = unsafe { &*(&self.arena_mirror as *const thread_cache::ArenaMirror) };
-        thread_cache::Owner {
-            heap: (self as *const Self).cast(),
+        let geometry = thread_cache::Geometry {
             threshold: g.threshold,
             class_shift: g.class_shift,
             slots_start: heap.object.slots_start(),
             arena_shift: g.arena_shift,
             pool_shift: g.pool_shift,
-            mirror,
-            release: release::<S, L>,
-        }
+        };
+        self.settle(heap);
+        geometry
     }
 
     /// Debug mode: sets what the heap does with a violation (a panic by

@@ -141,6 +141,7 @@ pub const fn class_size(class: usize, class_shift: u32) -> usize {
 /// `1 << pool_shift` bytes, in a pool with a block in use (so its class is
 /// not being written), and carry the provenance of the arena's pages.
 #[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[inline(always)]
 pub(crate) unsafe fn block_class(ptr: NonNull<u8>, pool_shift: u32) -> Option<usize> {
     let pool = ptr.as_ptr().map_addr(|a| a & !((1usize << pool_shift) - 1)).cast::<Pool>();
     // SAFETY: the caller's promise: a live pool header, whose class only

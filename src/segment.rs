@@ -60,6 +60,7 @@ use core::ptr::NonNull;
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError, reach};
 use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
+#[cfg(feature = "std")]
 pub(crate) use tlsf::{GRANULE as CHUNK_GRANULE, WORD as CHUNK_WORD, chunk_size};
 
 /// Windows smaller than this are served by first fit over the whole window.
@@ -661,6 +662,8 @@ impl SegmentAllocator {
 
     /// The committed window's span, as `(start, len)`, while the TLSF
     /// engine holds it: where [`window_block`] may look without the lock.
+    #[cfg(feature = "std")]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
     #[inline]
     pub(crate) fn committed_window(&self) -> Option<(usize, usize)> {
         self.window_span.filter(|_| self.engine == Engine::Tlsf).map(|(s, len)| (s.as_ptr() as usize, len))

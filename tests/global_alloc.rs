@@ -19,10 +19,6 @@ static mut MEMORY: [MaybeUninit<u8>; REGION] = [MaybeUninit::uninit(); REGION];
 extern "C" fn init_heap() {
     // SAFETY: MEMORY is handed out once, here, before anything runs.
     HEAP.init_from_slice(unsafe { std::slice::from_raw_parts_mut((&raw mut MEMORY).cast(), REGION) });
-    // With `std` (`make test` runs this binary both ways), threads cache
-    // their freed small blocks.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    HEAP.enable_thread_caches();
 }
 
 #[used]

@@ -206,7 +206,6 @@ mod thread_caches {
     fn cached_heap(size: usize) -> &'static LockedHeap {
         let heap = heap(size);
         heap.with(|h| h.set_cold_limit(0));
-        heap.enable_thread_caches();
         heap
     }
 

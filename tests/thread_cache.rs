@@ -6,8 +6,10 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::thread;
 
+use std::mem::MaybeUninit;
+use std::sync::mpsc::channel;
 use strata::LockedHeap;
-use strata::front::thread_cache::{DEPTH, MEDIUM_DEPTH};
+use strata::front::thread_cache::{DEPTH, HEAPS, MEDIUM_DEPTH};
 
 /// A block handed to another thread.
 #[derive(Clone, Copy)]
@@ -28,7 +30,6 @@ fn heap() -> &'static LockedHeap {
     heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
     // Every small request from pools at once: the caches hold +2 blocks.
     heap.with(|h| h.set_cold_limit(0));
-    heap.enable_thread_caches();
     heap
 }
 
@@ -379,6 +380,10 @@ fn replay_on_threads(ops: &[Op]) {
     assert_eq!((s.front.refused_frees, s.front.failed_allocations), (0, 0));
     assert_eq!(s.segments.allocated_bytes, 0, "layer 0 blocks (medium ones too) in use after trim");
     heap.with(|h| h.check_invariants());
+    // SAFETY: from `Box::leak` in `heap()`; every thread that used it has
+    // been joined. (Dropped, the heap frees its entry in the caches'
+    // registry for the next case's heap.)
+    unsafe { drop(Box::from_raw(heap as *const LockedHeap as *mut LockedHeap)) };
 }
 
 proptest::proptest! {
@@ -426,7 +431,6 @@ fn reallocs_through_the_cache_are_counted_in_place_and_moved() {
 fn memory_of_an_arena_given_back_by_trim_is_never_cached_as_pool_blocks() {
     let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
     heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
-    heap.enable_thread_caches();
     let l48 = Layout::from_size_align(48, 8).unwrap();
     let big = Layout::from_size_align(64 << 10, 8).unwrap();
     // SAFETY: blocks of this heap with their layouts, each freed once.
@@ -560,4 +564,163 @@ fn medium_blocks_are_reused_without_the_lock_and_go_back_when_the_thread_exits()
     heap.trim();
     assert_eq!(heap.stats().segments.allocated_bytes, 0);
     heap.with(|h| h.check_invariants());
+}
+
+/// Whether this thread's free of a 1000-byte block of `heap` stayed in its
+/// cache (layer 0 still counts the block in use).
+fn a_free_is_cached(heap: &LockedHeap) -> bool {
+    let l = Layout::from_size_align(1000, 8).unwrap();
+    // SAFETY: a block of this heap with its layout, freed once.
+    unsafe {
+        let p = heap.alloc(l);
+        assert!(!p.is_null());
+        let before = heap.stats().segments.allocated_bytes;
+        heap.dealloc(p, l);
+        let cached = heap.stats().segments.allocated_bytes == before;
+        // Take it back out, so the heap has nothing cached when it goes.
+        let q = heap.alloc(l);
+        heap.dealloc(q, l);
+        cached
+    }
+}
+
+/// Caches need no opt-in and no `'static` heap: heaps made and dropped one
+/// after another each get them, far more heaps than the registry has
+/// entries, because a dropped heap gives its entry back.
+#[test]
+fn heaps_made_and_dropped_in_turn_each_get_thread_caches() {
+    for round in 0..2 * HEAPS {
+        let heap = Box::new(LockedHeap::empty());
+        heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
+        // A fresh thread: its cache serves the first heap it frees to.
+        thread::scope(|s| {
+            s.spawn(|| assert!(a_free_is_cached(&heap), "round {round}: no cache"));
+        });
+        drop(heap);
+    }
+}
+
+/// A heap dropped while a thread's cache holds its blocks: the cache forgets
+/// them, and a new heap in the same place never gets them (a cache keyed by
+/// the heap's address would hand the new heap's callers the old memory).
+#[test]
+fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
+    let l = Layout::from_size_align(1000, 8).unwrap();
+    let slot: &mut MaybeUninit<LockedHeap> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let old_region: &'static mut [MaybeUninit<u8>] = Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20));
+    let old_range = old_region.as_ptr_range();
+    let old_range = old_range.start as usize..old_range.end as usize;
+    let new_region: &'static mut [MaybeUninit<u8>] = Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20));
+    let new_range = new_region.as_ptr_range();
+    let new_range = new_range.start as usize..new_range.end as usize;
+    thread::spawn(move || {
+        let old = slot.write(LockedHeap::empty());
+        old.init_from_slice(old_region);
+        // SAFETY: blocks of the heap in use with their layout, each freed
+        // once; the old heap is dropped with one of its blocks cached.
+        unsafe {
+            let p = old.alloc(l);
+            old.dealloc(p, l);
+            slot.assume_init_drop();
+            let new = slot.write(LockedHeap::empty());
+            new.init_from_slice(new_region);
+            let q = new.alloc(l);
+            assert!(new_range.contains(&(q as usize)), "{q:p} is not the new heap's");
+            assert!(!old_range.contains(&(q as usize)));
+            new.dealloc(q, l);
+            assert!(a_free_is_cached(new), "this thread's cache did not move to the new heap");
+            slot.assume_init_drop();
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Blocks another thread holds in its cache come back before an allocation
+/// fails, and on `trim`, while that thread lives on; and the thread finds
+/// its cache empty afterwards (nothing is handed out twice).
+#[test]
+fn blocks_cached_by_a_live_thread_come_back_before_an_allocation_fails_and_on_trim() {
+    let heap = heap();
+    let l = Layout::from_size_align(3000, 16).unwrap();
+    let (go, wait) = channel::<()>();
+    let (done, inbox) = channel::<Vec<Block>>();
+    let worker = thread::spawn(move || {
+        for _ in 0..2 {
+            // SAFETY: blocks of this heap with their layout, each freed
+            // once; while its cache holds them the thread waits.
+            unsafe {
+                let blocks: Vec<*mut u8> = (0..usize::from(MEDIUM_DEPTH)).map(|_| heap.alloc(l)).collect();
+                assert!(blocks.iter().all(|p| !p.is_null()));
+                for &b in &blocks {
+                    heap.dealloc(b, l);
+                }
+                done.send(blocks.into_iter().map(Block).collect()).unwrap();
+                wait.recv().unwrap();
+            }
+        }
+        // Its cache was drained: these come from the heap, each once.
+        // SAFETY: plain allocations.
+        (0..usize::from(MEDIUM_DEPTH)).map(|_| Block(unsafe { heap.alloc(l) })).collect::<Vec<_>>()
+    });
+    // Round 1: fill the heap. Every block the worker holds must be handed
+    // out here, once, as the heap's again, before an allocation fails.
+    let cached: Vec<*mut u8> = inbox.recv().unwrap().into_iter().map(|b| b.0).collect();
+    let mut mine = Vec::new();
+    loop {
+        // SAFETY: a plain allocation.
+        let p = unsafe { heap.alloc(l) };
+        if p.is_null() {
+            break;
+        }
+        mine.push(p);
+    }
+    for p in &cached {
+        assert!(mine.contains(p), "a block cached by the other thread never came back");
+    }
+    assert_eq!(heap.stats().front.failed_allocations, 1);
+    // SAFETY: this thread's blocks, freed once.
+    unsafe {
+        for p in mine {
+            heap.dealloc(p, l);
+        }
+    }
+    go.send(()).unwrap();
+    // Round 2: `trim` takes the worker's blocks back.
+    inbox.recv().unwrap();
+    let held = heap.stats().segments.allocated_bytes;
+    heap.trim();
+    assert!(heap.stats().segments.allocated_bytes < held, "trim left the other thread's blocks cached");
+    go.send(()).unwrap();
+    let again = worker.join().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for b in &again {
+        assert!(!b.0.is_null() && seen.insert(b.0), "a block handed out twice");
+        // SAFETY: the worker's live blocks.
+        unsafe { heap.dealloc(b.0, l) };
+    }
+    heap.trim();
+    assert_eq!(heap.stats().segments.allocated_bytes, 0);
+    assert_eq!(heap.stats().front.refused_frees, 0);
+    heap.with(|h| h.check_invariants());
+}
+
+/// Caches can be switched off: the blocks they hold come back at once, and
+/// frees go to the heap.
+#[test]
+fn switching_the_caches_off_gives_their_blocks_back() {
+    let heap = heap();
+    assert!(a_free_is_cached(heap));
+    let l = Layout::from_size_align(1000, 8).unwrap();
+    // SAFETY: a block of this heap, freed once.
+    unsafe {
+        let p = heap.alloc(l);
+        heap.dealloc(p, l);
+    }
+    let held = heap.stats().segments.allocated_bytes;
+    heap.set_thread_caches(false);
+    assert!(heap.stats().segments.allocated_bytes < held);
+    assert!(!a_free_is_cached(heap));
+    heap.set_thread_caches(true);
+    assert!(a_free_is_cached(heap));
 }

@@ -148,6 +148,9 @@ pub fn make_peer(name: &'static str, region: &Region) -> Peer {
             let heap = Box::new(strata::LockedHeap::empty());
             // SAFETY: the region outlives the peer and serves only it.
             unsafe { heap.init(ptr, size) };
+            if std::env::var_os("NOCACHE").is_some() {
+                heap.set_thread_caches(false);
+            }
             heap
         }
         "talc" => {

@@ -73,16 +73,21 @@ struct Region(UnsafeCell<[MaybeUninit<u8>; HEAP_SIZE]>);
 unsafe impl Sync for Region {}
 static REGION: Region = Region(UnsafeCell::new([MaybeUninit::uninit(); HEAP_SIZE]));
 
+/// Whether the slot holds a heap.
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A fresh heap over the region.
 fn fresh_heap() -> &'static LockedHeap {
     // SAFETY: between inputs nobody uses the slot or the region: the
-    // previous input's threads have been joined, and their caches flushed
-    // as they exited. The old heap owns nothing that needs dropping.
+    // previous input's threads have been joined. The old heap is dropped,
+    // which makes every thread cache forget its blocks (this thread's too).
     unsafe {
+        if STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            (*SLOT.0.get()).assume_init_drop();
+        }
         let heap: &'static LockedHeap = (*SLOT.0.get()).write(LockedHeap::empty());
         heap.init_from_slice(&mut *REGION.0.get());
         heap.with(|h| h.set_cold_limit(0));
-        heap.enable_thread_caches();
         heap
     }
 }

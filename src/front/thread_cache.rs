@@ -9,14 +9,24 @@
 //! request takes from the first bin all of whose chunks hold it, so a block
 //! may serve a request up to a quarter smaller than its chunk, which layer
 //! 0's free check allows for. Blocks in a thread's bins stay allocated as
-//! far as the heap knows. They go back through the lock when
-//! the thread exits, when the bin is full, and when the thread calls
-//! [`LockedHeap::trim`](super::LockedHeap::trim).
+//! far as the heap knows. A block goes to the heap through the lock when
+//! its bin is full.
 //!
-//! A thread caches for one heap, the first opted-in heap it frees a small
-//! block to ([`LockedHeap::enable_thread_caches`](super::LockedHeap::enable_thread_caches),
-//! which needs a `'static` heap: the cache may outlive any borrow); other
-//! heaps take the locked path.
+//! **On by default, for any heap.** A thread caches for one heap at a time,
+//! the first it frees a block to; other heaps take the locked path. A heap
+//! is known to the caches by an id that is never reused (so a heap may be
+//! moved, and a new heap at a dropped one's address is a stranger), and
+//! has an entry in a registry ([`HEAPS`] at once) that also lists every
+//! thread's cache. Through it the blocks get back:
+//! - a thread that exits pushes its blocks onto its heap's stack of
+//!   returned blocks (lock-free), which the heap frees at its next locked
+//!   operation;
+//! - [`LockedHeap::trim`](super::LockedHeap::trim), an allocation about to
+//!   fail, and switching the caches off take every block every thread holds
+//!   for the heap: a thread uses its bins between one compare-and-swap and
+//!   a store, and the heap drains them in between;
+//! - a heap that is dropped makes every cache forget its blocks (their
+//!   memory goes with it) and frees its entry.
 //!
 //! **What is cached, and where.** Only blocks the heap's own checks would
 //! let it free. A medium block must pass layer 0's O(1) check of a free
@@ -40,9 +50,9 @@
 extern crate std;
 
 use core::alloc::Layout;
-use core::cell::RefCell;
+use core::cell::{Cell, UnsafeCell};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use crate::object::{ARENA_SLOTS, NUM_CLASSES, block_class, class_size, size_class};
 use crate::segment::{self, MEDIUM_MAX, WindowBlock, chunk_size};
@@ -92,28 +102,72 @@ const _: () = {
     }
 };
 
+/// A bin: a list of blocks linked through their first word. In a *tagged*
+/// bin (blocks of at least two words) each block also holds, in its second
+/// word, a tag — its address mixed with a per-process key — while it is
+/// cached, as glibc's tcache does: a second free of a cached block, by any
+/// thread, finds the tag in O(1) instead of walking the bin. Every way out
+/// of the bin clears the tag.
 #[derive(Clone, Copy)]
 struct Bin {
     head: *mut u8,
     len: u16,
+    tagged: bool,
+}
+
+/// The key of the tags, made once per process from addresses that differ
+/// from run to run (ASLR); 0 until then.
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes [`KEY`] if it is not made yet.
+#[cold]
+fn make_key() {
+    let here = 0u8;
+    let mut x = (&raw const here as usize as u64) ^ (&raw const KEY as usize as u64).rotate_left(29);
+    // splitmix64's finaliser.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let _ = KEY.compare_exchange(0, (x as usize) | 1, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// The tag a cached block of a tagged bin holds in its second word.
+#[inline(always)]
+fn tag(block: NonNull<u8>) -> usize {
+    KEY.load(Ordering::Relaxed) ^ block.as_ptr() as usize
 }
 
 impl Bin {
-    const EMPTY: Self = Self { head: ptr::null_mut(), len: 0 };
+    const EMPTY: Self = Self { head: ptr::null_mut(), len: 0, tagged: false };
 
     /// Takes the first block.
     #[inline]
     fn pop(&mut self) -> Option<NonNull<u8>> {
         let block = NonNull::new(self.head)?;
-        // SAFETY: cached blocks hold the next link in their first word.
-        self.head = unsafe { block.as_ptr().cast::<*mut u8>().read() };
+        // SAFETY: cached blocks hold the next link in their first word, and
+        // those of a tagged bin their tag in the second.
+        unsafe {
+            self.head = block.as_ptr().cast::<*mut u8>().read();
+            if self.tagged {
+                block.as_ptr().cast::<usize>().add(1).write(0);
+            }
+        }
         self.len -= 1;
         Some(block)
     }
 
-    /// Whether `block` is in this bin.
+    /// Whether `block` is cached: in a tagged bin, in any thread's bin (it
+    /// holds its tag); otherwise in this bin.
+    ///
+    /// # Safety
+    ///
+    /// `block` must be a live or cached block of this bin's size.
     #[inline]
-    fn holds(&self, block: NonNull<u8>) -> bool {
+    unsafe fn holds(&self, block: NonNull<u8>) -> bool {
+        if self.tagged {
+            // SAFETY: the caller's promise: the block has a second word.
+            return unsafe { block.as_ptr().cast::<usize>().add(1).read() } == tag(block);
+        }
         let mut c = self.head;
         while !c.is_null() {
             if c == block.as_ptr() {
@@ -129,24 +183,26 @@ impl Bin {
     ///
     /// # Safety
     ///
-    /// `block` must be a block of at least a word, word-aligned, that the
+    /// `block` must be a block of this bin's size, word-aligned, that the
     /// cache may keep.
     #[inline]
     unsafe fn push(&mut self, block: NonNull<u8>, depth: u16) -> Result<(), Declined> {
         if self.len >= depth {
             return Err(Declined::Pass);
         }
-        // SAFETY: the caller's promise.
-        unsafe { block.as_ptr().cast::<*mut u8>().write(self.head) };
+        // SAFETY: the caller's promise; a tagged bin's blocks have a second
+        // word.
+        unsafe {
+            block.as_ptr().cast::<*mut u8>().write(self.head);
+            if self.tagged {
+                block.as_ptr().cast::<usize>().add(1).write(tag(block));
+            }
+        }
         self.head = block.as_ptr();
         self.len += 1;
         Ok(())
     }
 }
-
-/// Gives a cached block back to the heap at the address in the first
-/// argument, through its lock.
-pub(crate) type Release = unsafe fn(*const (), NonNull<u8>, Layout);
 
 /// A copy of layer +2's arena bitmap that threads read without the heap's
 /// lock: one bit per arena slot of the window, written only under the lock.
@@ -210,12 +266,14 @@ impl ArenaMirror {
     }
 }
 
-/// What a thread needs to know of the heap it caches for.
+/// What a thread needs to know of the heap it caches for: its identity and
+/// layer +2's geometry (fixed for the heap's life).
 #[derive(Clone, Copy)]
 pub(crate) struct Owner {
-    /// The heap (a `'static` `LockedHeap`; its address is the key the
-    /// entry points compare).
-    pub(crate) heap: *const (),
+    /// The heap's [`Link`] id.
+    id: u64,
+    /// The heap's registry entry.
+    entry: usize,
     /// Layer +2's threshold and class granularity on that heap.
     pub(crate) threshold: usize,
     pub(crate) class_shift: u32,
@@ -224,19 +282,30 @@ pub(crate) struct Owner {
     pub(crate) arena_shift: u32,
     /// Pools are `1 << pool_shift` bytes, aligned to their size.
     pub(crate) pool_shift: u32,
-    /// The heap's copy of the arena bitmap.
-    pub(crate) mirror: &'static ArenaMirror,
-    /// How blocks go back.
-    pub(crate) release: Release,
+}
+
+/// Layer +2's geometry as a cache needs it: the fields of [`Owner`] that
+/// the heap fills in.
+#[derive(Clone, Copy)]
+pub(crate) struct Geometry {
+    pub(crate) threshold: usize,
+    pub(crate) class_shift: u32,
+    pub(crate) slots_start: usize,
+    pub(crate) arena_shift: u32,
+    pub(crate) pool_shift: u32,
 }
 
 impl Owner {
+    /// No heap.
+    const NONE: Self =
+        Self { id: 0, entry: 0, threshold: 0, class_shift: 0, slots_start: 0, arena_shift: 0, pool_shift: 0 };
+
     /// Whether `ptr` lies in an arena of layer +2, as the heap knew at its
     /// last change of arenas.
     #[inline]
-    fn owns(&self, ptr: NonNull<u8>) -> bool {
+    fn owns(&self, mirror: &ArenaMirror, ptr: NonNull<u8>) -> bool {
         let slot = (ptr.as_ptr() as usize).wrapping_sub(self.slots_start) >> self.arena_shift;
-        self.mirror.holds(slot)
+        mirror.holds(slot)
     }
 
     /// Whether a layout is small (served by +2's classes).
@@ -246,9 +315,92 @@ impl Owner {
     }
 }
 
+/// A heap's tie to the thread caches, kept in the heap: an identity that
+/// survives the heap being moved and is never given to another heap, and
+/// the heap's entry in the registry.
+pub(crate) struct Link {
+    /// 0 until a thread first caches for the heap.
+    id: AtomicU64,
+    /// The registry entry plus one; 0 for none. Written under the registry
+    /// lock.
+    entry: AtomicUsize,
+}
+
+impl Link {
+    pub(crate) const fn new() -> Self {
+        Self { id: AtomicU64::new(0), entry: AtomicUsize::new(0) }
+    }
+
+    #[inline]
+    fn id(&self) -> u64 {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    /// The registry entry, if the heap has one.
+    #[inline]
+    fn entry(&self) -> Option<usize> {
+        self.entry.load(Ordering::Acquire).checked_sub(1)
+    }
+}
+
+/// How many heaps threads can cache for at once; a heap beyond them takes
+/// the locked path (and gets an entry when one is free again).
+pub const HEAPS: usize = 64;
+
+/// Ids for [`Link`]s: never reused, so a cache never mistakes a new heap
+/// for a dropped one at the same address.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Blocks that exiting threads gave back, one stack per registry entry,
+/// linked through their first word: the heap frees them under its lock at
+/// its next locked operation ([`take_returned`]). Pushed only under the
+/// registry lock, emptied whole with a swap: no ABA.
+static RETURNED: [AtomicPtr<u8>; HEAPS] = [const { AtomicPtr::new(ptr::null_mut()) }; HEAPS];
+
+/// Which heaps have entries, and every thread's cache: what a heap that
+/// drains the caches (on [`trim`](super::LockedHeap::trim), or before an
+/// allocation fails) and a thread that exits need to find each other.
+struct Registry {
+    /// The id of each entry's heap, 0 when free.
+    heaps: [u64; HEAPS],
+    /// Every thread's cache, linked through [`ThreadCache::next`].
+    caches: *const ThreadCache,
+}
+
+// SAFETY: the list's caches unlink themselves under the registry's lock
+// before their thread's storage goes; only the lock holder walks it.
+unsafe impl Send for Registry {}
+
+static REGISTRY: spin::mutex::SpinMutex<Registry, spin::Yield> =
+    spin::mutex::SpinMutex::new(Registry { heaps: [0; HEAPS], caches: ptr::null() });
+
+/// A cache's state: its thread using it, another thread draining it, or
+/// neither.
+const IDLE: u8 = 0;
+const OWNER: u8 = 1;
+const DRAINING: u8 = 2;
+
+/// One thread's cache. Its thread uses the bins in state `OWNER` (entered
+/// with one compare-and-swap, so that a thread draining the caches can take
+/// them in state `DRAINING` meanwhile), everything else under the registry
+/// lock.
 struct ThreadCache {
-    owner: Option<Owner>,
-    bins: [Bin; NUM_CLASSES],
+    state: AtomicU8,
+    /// The id of the heap the bins belong to (0: none).
+    owner_id: AtomicU64,
+    /// The heap the bins serve (id 0: none). Written by the thread when
+    /// it attaches (not in state `OWNER`) and by a heap that goes (in state
+    /// `DRAINING`), both under the registry lock.
+    owner: UnsafeCell<Owner>,
+    bins: UnsafeCell<Bins>,
+    /// The next cache of the registry's list (registry lock).
+    next: Cell<*const ThreadCache>,
+    /// Whether this cache is on the registry's list (registry lock).
+    registered: Cell<bool>,
+}
+
+struct Bins {
+    small: [Bin; NUM_CLASSES],
     /// Layer 0's chunks, by size (each holds its chunk size in its third
     /// word while cached).
     medium: [Bin; MEDIUM_BINS],
@@ -257,49 +409,59 @@ struct ThreadCache {
 /// Where a cached medium block keeps its chunk size.
 const MEDIUM_SIZE_WORD: usize = 2;
 
-impl ThreadCache {
-    const EMPTY: Self =
-        Self { owner: None, bins: [Bin::EMPTY; NUM_CLASSES], medium: [Bin::EMPTY; MEDIUM_BINS] };
-
-    /// The owner, if this cache serves `heap`.
-    #[inline]
-    fn owner_of(&self, heap: usize) -> Option<Owner> {
-        self.owner.filter(|o| o.heap.addr() == heap)
-    }
-
-    /// Gives every cached block back to the owner.
-    fn flush(&mut self) {
-        let Some(owner) = self.owner else { return };
-        for (class, bin) in self.bins.iter_mut().enumerate() {
+impl Bins {
+    /// Hands every block to `free` with a layout that frees it (the class's
+    /// size, the chunk's), leaving the bins empty.
+    fn drain(&mut self, owner: &Owner, free: &mut dyn FnMut(NonNull<u8>, Layout)) {
+        for (class, bin) in self.small.iter_mut().enumerate() {
             let layout =
                 Layout::from_size_align(class_size(class, owner.class_shift), 8).expect("class layout");
-            while let Some(block) = NonNull::new(bin.head) {
-                // SAFETY: cached blocks hold the next link in their first
-                // word, and are live blocks of +2 of the owner, holding at
-                // least their class's size.
-                unsafe {
-                    bin.head = block.as_ptr().cast::<*mut u8>().read();
-                    (owner.release)(owner.heap, block, layout);
-                }
+            while let Some(block) = bin.pop() {
+                free(block, layout);
             }
-            bin.len = 0;
         }
         for bin in &mut self.medium {
             while let Some(block) = bin.pop() {
-                // SAFETY: a cached medium block, which holds its chunk size
-                // in this word; freed with the layout its whole chunk
-                // serves, a live layer 0 block of the owner.
-                unsafe {
-                    let chunk = block.as_ptr().cast::<usize>().add(MEDIUM_SIZE_WORD).read();
-                    let layout = Layout::from_size_align_unchecked(chunk - segment::CHUNK_WORD, 16);
-                    (owner.release)(owner.heap, block, layout);
-                }
+                // SAFETY: a cached medium block.
+                free(block, unsafe { medium_layout(block) });
             }
         }
     }
-}
 
-impl ThreadCache {
+    /// Forgets every block (their heap is gone).
+    fn forget(&mut self) {
+        self.small = [Bin::EMPTY; NUM_CLASSES];
+        self.medium = [Bin::EMPTY; MEDIUM_BINS];
+    }
+
+    /// Whether `ptr`, a block of layer 0 freed with `layout`, is cached.
+    ///
+    /// # Safety
+    ///
+    /// As [`put`].
+    #[inline]
+    unsafe fn holds_medium(
+        &self,
+        mirror: &ArenaMirror,
+        owner: &Owner,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> bool {
+        let window = mirror.window();
+        if medium_need(layout).is_none() || window.1 == 0 || owner.owns(mirror, ptr) {
+            return false;
+        }
+        // SAFETY: as in `put_medium`.
+        match unsafe { segment::window_block(window, ptr, layout) } {
+            WindowBlock::Fits(chunk) => {
+                let bin = medium_bin(chunk);
+                // SAFETY: a block of the bin's size.
+                bin < MEDIUM_BINS && unsafe { self.medium[bin].holds(ptr) }
+            }
+            _ => false,
+        }
+    }
+
     /// Keeps a freed block of layer 0 in a medium bin, if the heap's own
     /// free checks would pass it: in layer 0's committed window, not in an
     /// arena of +2, a chunk in use that fits `layout` (read from its header
@@ -309,11 +471,17 @@ impl ThreadCache {
     ///
     /// As [`put`]; `owner` is this cache's owner.
     #[inline]
-    unsafe fn put_medium(&mut self, owner: &Owner, ptr: NonNull<u8>, layout: Layout) -> Result<(), Declined> {
-        if medium_need(layout).is_none() || owner.owns(ptr) {
+    unsafe fn put_medium(
+        &mut self,
+        owner: &Owner,
+        mirror: &ArenaMirror,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> Result<(), Declined> {
+        if medium_need(layout).is_none() || owner.owns(mirror, ptr) {
             return Err(Declined::Pass);
         }
-        let window = owner.mirror.window();
+        let window = mirror.window();
         if window.1 == 0 {
             return Err(Declined::Pass);
         }
@@ -329,7 +497,8 @@ impl ThreadCache {
             return Err(Declined::Pass);
         }
         let bin = &mut self.medium[bin];
-        if bin.holds(ptr) {
+        // SAFETY: the caller's block, of this bin's size.
+        if unsafe { bin.holds(ptr) } {
             return Err(Declined::DoubleFree);
         }
         // SAFETY: a live block of layer 0 of at least `1 << MEDIUM_SHIFT`
@@ -340,6 +509,17 @@ impl ThreadCache {
         }
         Ok(())
     }
+}
+
+/// The layout that frees a medium block from a cache: its whole chunk's.
+///
+/// # Safety
+///
+/// `block` must be a medium block taken from a cache's bin.
+pub(crate) unsafe fn medium_layout(block: NonNull<u8>) -> Layout {
+    // SAFETY: the caller's promise: the block keeps its chunk size here.
+    let chunk = unsafe { block.as_ptr().cast::<usize>().add(MEDIUM_SIZE_WORD).read() };
+    Layout::from_size_align(chunk - segment::CHUNK_WORD, 16).expect("a chunk's layout")
 }
 
 /// The chunk a request of `layout` needs in layer 0, if it is one a medium
@@ -354,130 +534,372 @@ fn medium_need(layout: Layout) -> Option<usize> {
     chunk_size(layout.size()).filter(|&need| need >= 1 << MEDIUM_SHIFT)
 }
 
+impl ThreadCache {
+    const fn new() -> Self {
+        Self {
+            state: AtomicU8::new(IDLE),
+            owner_id: AtomicU64::new(0),
+            owner: UnsafeCell::new(Owner::NONE),
+            bins: UnsafeCell::new(Bins {
+                small: [Bin::EMPTY; NUM_CLASSES],
+                medium: [Bin::EMPTY; MEDIUM_BINS],
+            }),
+            next: Cell::new(ptr::null()),
+            registered: Cell::new(false),
+        }
+    }
+
+    /// Runs `f` on the bins if they belong to the heap of `link` and no
+    /// other thread is draining them; `default` otherwise.
+    #[inline(always)]
+    fn enter<R>(&self, link: &Link, default: R, f: impl FnOnce(&mut Bins, &Owner) -> R) -> R {
+        if self.state.compare_exchange(IDLE, OWNER, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return default;
+        }
+        // SAFETY: in state OWNER the bins and the owner are this thread's
+        // alone, and the owner is not written.
+        let (bins, owner) = unsafe { (&mut *self.bins.get(), &*self.owner.get()) };
+        // Ids start at 1: a cache that serves no heap (id 0) serves none.
+        let r = if owner.id == link.id() { f(bins, owner) } else { default };
+        self.state.store(IDLE, Ordering::Release);
+        r
+    }
+
+    /// Makes this cache serve the heap of `link` (it serves none): gives
+    /// the heap an entry in the registry if it has none, and puts this
+    /// cache on the registry's list. False if every entry is taken.
+    #[cold]
+    fn attach(&self, link: &Link, geometry: Geometry) -> bool {
+        let mut registry = REGISTRY.lock();
+        let entry = match link.entry() {
+            Some(entry) => entry,
+            None => {
+                let Some(entry) = registry.heaps.iter().position(|&id| id == 0) else { return false };
+                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                registry.heaps[entry] = id;
+                link.id.store(id, Ordering::Relaxed);
+                link.entry.store(entry + 1, Ordering::Release);
+                entry
+            }
+        };
+        if !self.registered.get() {
+            self.next.set(registry.caches);
+            registry.caches = self;
+            self.registered.set(true);
+        }
+        let id = link.id();
+        if KEY.load(Ordering::Relaxed) == 0 {
+            make_key();
+        }
+        // SAFETY: this thread is not using the bins, and no other thread
+        // drains them without the registry lock, held here.
+        unsafe {
+            let bins = &mut *self.bins.get();
+            for (class, bin) in bins.small.iter_mut().enumerate() {
+                bin.tagged = class_size(class, geometry.class_shift) >= 2 * size_of::<usize>();
+            }
+            for bin in &mut bins.medium {
+                bin.tagged = true;
+            }
+            *self.owner.get() = Owner {
+                id,
+                entry,
+                threshold: geometry.threshold,
+                class_shift: geometry.class_shift,
+                slots_start: geometry.slots_start,
+                arena_shift: geometry.arena_shift,
+                pool_shift: geometry.pool_shift,
+            };
+        }
+        self.owner_id.store(id, Ordering::Relaxed);
+        true
+    }
+}
+
 impl Drop for ThreadCache {
+    /// The thread exits: its blocks go to their heap's stack of returned
+    /// blocks (if the heap is still there), and the cache leaves the list.
     fn drop(&mut self) {
-        self.flush();
+        let mut registry = REGISTRY.lock();
+        if self.registered.get() {
+            let me: *const ThreadCache = self;
+            let mut link = &mut registry.caches;
+            while !link.is_null() {
+                if *link == me {
+                    *link = self.next.get();
+                    break;
+                }
+                // SAFETY: a cache on the list, live while it is (it unlinks
+                // itself under this lock before it goes).
+                link = unsafe { &mut *(**link).next.as_ptr() };
+            }
+        }
+        let bins = self.bins.get_mut();
+        let owner = *self.owner.get_mut();
+        if owner.id == 0 {
+            return;
+        }
+        if registry.heaps[owner.entry] != owner.id {
+            return bins.forget();
+        }
+        // The heap is alive while its entry is (it frees the entry, under
+        // this lock, when it is dropped): its blocks can still be written.
+        let stack = &RETURNED[owner.entry];
+        bins.drain(&owner, &mut |block, _| {
+            let mut head = stack.load(Ordering::Relaxed);
+            loop {
+                // SAFETY: a block of the heap, ours to link through.
+                unsafe { block.as_ptr().cast::<*mut u8>().write(head) };
+                match stack.compare_exchange_weak(head, block.as_ptr(), Ordering::Release, Ordering::Relaxed)
+                {
+                    Ok(_) => break,
+                    Err(now) => head = now,
+                }
+            }
+        });
     }
 }
 
 std::thread_local! {
-    static CACHE: RefCell<ThreadCache> = const { RefCell::new(ThreadCache::EMPTY) };
+    static CACHE: ThreadCache = const { ThreadCache::new() };
 }
 
-/// A cached block for `layout` of heap `heap`, if this thread has one.
+/// A cached block for `layout` of the heap of `link`, if this thread has one.
 #[inline]
-pub(crate) fn take(heap: usize, layout: Layout) -> Option<NonNull<u8>> {
+pub(crate) fn take(link: &Link, layout: Layout) -> Option<NonNull<u8>> {
     CACHE
         .try_with(|cache| {
-            let mut cache = cache.try_borrow_mut().ok()?;
-            let owner = cache.owner_of(heap)?;
-            if owner.is_small(layout) {
-                // The class a request needs: its alignment may round it up.
-                return cache.bins[size_class(layout.size(), layout.align(), owner.class_shift)].pop();
-            }
-            let need = medium_need(layout)?;
-            cache.medium[medium_ceil(need)].pop()
+            cache.enter(link, None, |bins, owner| {
+                if owner.is_small(layout) {
+                    // The class a request needs: its alignment may round it up.
+                    return bins.small[size_class(layout.size(), layout.align(), owner.class_shift)].pop();
+                }
+                let need = medium_need(layout)?;
+                bins.medium[medium_ceil(need)].pop()
+            })
         })
         .ok()
         .flatten()
 }
 
-/// Whether block `ptr` of +2, allocated with `old`, holds `new_size` bytes
-/// as it is, by what its layout alone guarantees (its size rounded up to the
-/// class granularity), and the new size uses more than half of it: a
-/// realloc that needs no lock. `None` when this thread does not cache for
-/// `heap`, the layouts are not small, or the block is not of +2.
+/// What [`realloc`] did.
+pub(crate) enum Realloc {
+    /// The block is in a cache: freed already. Nothing was done.
+    Cached,
+    /// The block holds the new size as it is.
+    InPlace,
+    /// The contents moved to this block of the cache; the old block went
+    /// into the cache, or, if `free_old`, must be freed through the lock.
+    Moved { new: NonNull<u8>, free_old: bool },
+    /// The lock is needed.
+    Locked,
+}
+
+/// A realloc of block `ptr` (allocated with `old`) of the heap of `link` to
+/// `new_size` bytes, without the lock where it can be done so: one entry
+/// into this thread's cache. Between blocks of +2: in place within the
+/// block's class (if the new size uses more than half of it), else into a
+/// block of the cache. A block that is cached is refused, whatever its
+/// layer (a use after free the heap must refuse, as it refuses a block it
+/// has freed).
+///
+/// # Safety
+///
+/// As `GlobalAlloc::realloc`; `mirror` is the heap's.
 #[inline]
-pub(crate) fn fits_in_place(heap: usize, ptr: NonNull<u8>, old: Layout, new_size: usize) -> Option<bool> {
+pub(crate) unsafe fn realloc(
+    link: &Link,
+    mirror: &ArenaMirror,
+    ptr: NonNull<u8>,
+    old: Layout,
+    new_size: usize,
+) -> Realloc {
     CACHE
         .try_with(|cache| {
-            let cache = cache.try_borrow().ok()?;
-            let owner = cache.owner_of(heap)?;
-            let new = Layout::from_size_align(new_size, old.align()).ok()?;
-            // Blocks of +2 only: layer 0 checks a block's size on free.
-            if !owner.is_small(old) || !owner.is_small(new) || !owner.owns(ptr) {
-                return None;
-            }
-            // SAFETY: in an arena of the owner (just checked), and live:
-            // the caller's block.
-            let class = unsafe { block_class(crate::source::reach(ptr), owner.pool_shift) }?;
-            let size = class_size(class, owner.class_shift);
-            Some(new_size <= size && new_size > size / 2)
+            cache.enter(link, Realloc::Locked, |bins, owner| {
+                let ptr = crate::source::reach(ptr);
+                if !owner.is_small(old) {
+                    // SAFETY: forwarded contract.
+                    let cached = unsafe { bins.holds_medium(mirror, owner, ptr, old) };
+                    return if cached { Realloc::Cached } else { Realloc::Locked };
+                }
+                if !owner.owns(mirror, ptr) {
+                    return Realloc::Locked;
+                }
+                // SAFETY: in an arena of the owner (just checked): its pool
+                // header is there to read.
+                let Some(class) = (unsafe { block_class(ptr, owner.pool_shift) }) else {
+                    return Realloc::Locked;
+                };
+                // SAFETY: the caller's block, of the class's size.
+                if unsafe { bins.small[class].holds(ptr) } {
+                    return Realloc::Cached;
+                }
+                let Ok(new) = Layout::from_size_align(new_size, old.align()) else { return Realloc::Locked };
+                if !owner.is_small(new) {
+                    return Realloc::Locked;
+                }
+                let size = class_size(class, owner.class_shift);
+                if new_size <= size && new_size > size / 2 {
+                    return Realloc::InPlace;
+                }
+                let Some(block) = bins.small[size_class(new_size, old.align(), owner.class_shift)].pop()
+                else {
+                    return Realloc::Locked;
+                };
+                // SAFETY: both blocks are live, distinct and at least this
+                // long; the old one is ours to keep afterwards (not cached:
+                // checked above), of its class's size.
+                unsafe {
+                    ptr::copy_nonoverlapping(ptr.as_ptr(), block.as_ptr(), old.size().min(new_size));
+                    let free_old = bins.small[class].push(ptr, DEPTH).is_err();
+                    Realloc::Moved { new: block, free_old }
+                }
+            })
         })
-        .ok()
-        .flatten()
+        .unwrap_or(Realloc::Locked)
 }
 
 /// Why [`put`] did not keep a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Declined {
-    /// Not for the cache (not small, not a +2 block, another heap's, the
-    /// bin full, the thread exiting): the locked path decides.
+    /// Not for the cache (not small or medium, not the heap's, another
+    /// heap's cache, the bin full, the thread exiting): the locked path
+    /// decides.
     Pass,
     /// The block is in this thread's cache already: a double free.
     DoubleFree,
 }
 
-/// Keeps a freed block of heap `heap` in this thread's cache. `attach`
-/// describes the heap, asked the first time this thread caches for it.
+/// Keeps a freed block of the heap of `link` in this thread's cache.
+/// `geometry` describes the heap, asked when this thread's cache serves no
+/// heap yet.
 ///
 /// # Safety
 ///
 /// If the heap owns `ptr`, it must be a live block of it allocated with
-/// `layout`, not used afterwards.
+/// `layout`, not used afterwards; `mirror` is the heap's.
 #[inline]
 pub(crate) unsafe fn put(
-    heap: usize,
+    link: &Link,
+    mirror: &ArenaMirror,
     ptr: NonNull<u8>,
     layout: Layout,
-    attach: impl FnOnce() -> Owner,
+    geometry: impl FnOnce() -> Geometry,
 ) -> Result<(), Declined> {
     CACHE
         .try_with(|cache| {
-            let Ok(mut cache) = cache.try_borrow_mut() else { return Err(Declined::Pass) };
-            if cache.owner.is_none() {
-                cache.owner = Some(attach());
-            }
-            let Some(owner) = cache.owner_of(heap) else { return Err(Declined::Pass) };
-            // Kept with the provenance of the heap's pages, not the
-            // caller's: it will serve requests of its whole class.
-            let ptr = crate::source::reach(ptr);
-            if !owner.is_small(layout) {
-                // SAFETY: forwarded contract.
-                return unsafe { cache.put_medium(&owner, ptr, layout) };
-            }
-            if !owner.owns(ptr) {
+            if cache.owner_id.load(Ordering::Relaxed) == 0 && !cache.attach(link, geometry()) {
                 return Err(Declined::Pass);
             }
-            // Filed by what the block is (its pool's class), never by the
-            // layout it is freed with: every block of a bin then holds every
-            // request of the bin's class, blocks of 16-multiple classes are
-            // 16-aligned, and a second free with another layout finds the
-            // block in the same bin.
-            // SAFETY: in an arena of the owner (just checked); the caller's
-            // live block, so its pool is in use.
-            let Some(class) = (unsafe { block_class(ptr, owner.pool_shift) }) else {
-                return Err(Declined::Pass);
-            };
-            let bin = &mut cache.bins[class];
-            // A block this thread holds already: freed twice.
-            if bin.holds(ptr) {
-                return Err(Declined::DoubleFree);
-            }
-            // SAFETY: the block is ours again, in an arena of +2, and at
-            // least 8 bytes long and aligned (every class is).
-            unsafe { bin.push(ptr, DEPTH) }
+            cache.enter(link, Err(Declined::Pass), |bins, owner| {
+                // Kept with the provenance of the heap's pages, not the
+                // caller's: it will serve requests of its whole class.
+                let ptr = crate::source::reach(ptr);
+                if !owner.is_small(layout) {
+                    // SAFETY: forwarded contract.
+                    return unsafe { bins.put_medium(owner, mirror, ptr, layout) };
+                }
+                if !owner.owns(mirror, ptr) {
+                    return Err(Declined::Pass);
+                }
+                // Filed by what the block is (its pool's class), never by
+                // the layout it is freed with: every block of a bin then
+                // holds every request of the bin's class, blocks of
+                // 16-multiple classes are 16-aligned, and a second free with
+                // another layout finds the block in the same bin.
+                // SAFETY: in an arena of the owner (just checked); the
+                // caller's live block, so its pool is in use.
+                let Some(class) = (unsafe { block_class(ptr, owner.pool_shift) }) else {
+                    return Err(Declined::Pass);
+                };
+                let bin = &mut bins.small[class];
+                // A block cached already: freed twice.
+                // SAFETY: the caller's block, of the class's size.
+                if unsafe { bin.holds(ptr) } {
+                    return Err(Declined::DoubleFree);
+                }
+                // SAFETY: the block is ours again, in an arena of +2, and at
+                // least 8 bytes long and aligned (every class is).
+                unsafe { bin.push(ptr, DEPTH) }
+            })
         })
         .unwrap_or(Err(Declined::Pass))
 }
 
-/// Gives this thread's cached blocks back to their heap, if it is `heap`.
-pub(crate) fn flush(heap: usize) {
-    let _ = CACHE.try_with(|cache| {
-        if let Ok(mut cache) = cache.try_borrow_mut()
-            && cache.owner.is_some_and(|o| o.heap.addr() == heap)
-        {
-            cache.flush();
+/// Takes every block that every thread's cache holds for the heap of
+/// `link` and hands it to `free`, with a layout that frees it. For the
+/// heap, with its lock held: on `trim`, before an allocation fails, when
+/// caching is switched off. Waits (yielding) for a thread that is in the
+/// middle of using its cache; never for its own.
+pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) {
+    let id = link.id();
+    if id == 0 {
+        return;
+    }
+    let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
+    let registry = REGISTRY.lock();
+    let mut c = registry.caches;
+    while !c.is_null() {
+        // SAFETY: a cache on the list, live while it is.
+        let cache = unsafe { &*c };
+        if cache.owner_id.load(Ordering::Relaxed) == id {
+            loop {
+                match cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    // This thread, interrupted in its own cache: leave it.
+                    Err(_) if c == mine => break,
+                    Err(_) => std::thread::yield_now(),
+                }
+            }
+            if cache.state.load(Ordering::Relaxed) == DRAINING {
+                // SAFETY: in state DRAINING the bins are ours alone.
+                unsafe { (*cache.bins.get()).drain(&*cache.owner.get(), free) };
+                cache.state.store(IDLE, Ordering::Release);
+            }
         }
-    });
+        c = cache.next.get();
+    }
+}
+
+/// The blocks exiting threads gave back to the heap of `link`, linked
+/// through their first word (null if none). For the heap, with its lock
+/// held.
+#[inline(always)]
+pub(crate) fn take_returned(link: &Link) -> *mut u8 {
+    let Some(stack) = link.entry().and_then(|entry| RETURNED.get(entry)) else { return ptr::null_mut() };
+    if stack.load(Ordering::Relaxed).is_null() {
+        return ptr::null_mut();
+    }
+    stack.swap(ptr::null_mut(), Ordering::Acquire)
+}
+
+/// The heap of `link` goes: every cache forgets its blocks (their memory
+/// goes with the heap), and its registry entry is freed.
+pub(crate) fn detach(link: &mut Link) {
+    let Some(entry) = link.entry() else { return };
+    let id = link.id();
+    let mut registry = REGISTRY.lock();
+    let mut c = registry.caches;
+    while !c.is_null() {
+        // SAFETY: a cache on the list, live while it is.
+        let cache = unsafe { &*c };
+        if cache.owner_id.load(Ordering::Relaxed) == id {
+            while cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed).is_err()
+            {
+                std::thread::yield_now();
+            }
+            // SAFETY: in state DRAINING the bins are ours alone.
+            unsafe {
+                (*cache.bins.get()).forget();
+                *cache.owner.get() = Owner::NONE;
+            }
+            cache.owner_id.store(0, Ordering::Relaxed);
+            cache.state.store(IDLE, Ordering::Release);
+        }
+        c = cache.next.get();
+    }
+    registry.heaps[entry] = 0;
+    RETURNED[entry].store(ptr::null_mut(), Ordering::Relaxed);
+    *link = Link::new();
 }

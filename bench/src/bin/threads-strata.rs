@@ -14,8 +14,6 @@ static mut MEMORY: [MaybeUninit<u8>; REGION] = [MaybeUninit::uninit(); REGION];
 extern "C" fn init_heap() {
     // SAFETY: MEMORY is handed out once, here, before anything runs.
     HEAP.init_from_slice(unsafe { std::slice::from_raw_parts_mut((&raw mut MEMORY).cast(), REGION) });
-    // Per-thread caches in front of the lock (the bench builds strata with `std`).
-    HEAP.enable_thread_caches();
 }
 
 #[used]
