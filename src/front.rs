@@ -1235,15 +1235,20 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
             if self.thread_caches.load(Ordering::Relaxed) {
                 // SAFETY: forwarded contract.
                 match unsafe { thread_cache::realloc(&self.link, &self.arena_mirror, p, layout, new_size) } {
-                    thread_cache::Realloc::Locked => {}
-                    // A block freed into a cache: refused, as the heap
-                    // refuses a block it has freed.
+                    // A block freed into a cache (this thread's or
+                    // another's): refused, as the heap refuses a block it
+                    // has freed.
                     thread_cache::Realloc::Cached => {
-                        let mut heap = self.lock();
-                        heap.stats.refused_frees += 1;
-                        self.settle(heap);
+                        self.refuse();
                         return ptr::null_mut();
                     }
+                    thread_cache::Realloc::Locked
+                        if thread_cache::cached_anywhere(&self.arena_mirror, p, layout) =>
+                    {
+                        self.refuse();
+                        return ptr::null_mut();
+                    }
+                    thread_cache::Realloc::Locked => {}
                     thread_cache::Realloc::InPlace => {
                         stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
                         return reach(p).as_ptr();
@@ -1325,10 +1330,12 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
                     thread_cache::put(&self.link, &self.arena_mirror, p, layout, || self.cache_geometry())
                 } {
                     Ok(()) => return,
-                    Err(thread_cache::Declined::DoubleFree) => {
-                        let mut heap = self.lock();
-                        heap.stats.refused_frees += 1;
-                        return self.settle(heap);
+                    Err(thread_cache::Declined::DoubleFree) => return self.refuse(),
+                    // In another thread's cache: freed already.
+                    Err(thread_cache::Declined::Pass)
+                        if thread_cache::cached_anywhere(&self.arena_mirror, p, layout) =>
+                    {
+                        return self.refuse();
                     }
                     Err(thread_cache::Declined::Pass) => {}
                 }
@@ -1447,6 +1454,15 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         self.settle(heap);
     }
 
+    /// Counts a refused free (or realloc) found before the heap was asked.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[cold]
+    fn refuse(&self) {
+        let mut heap = self.lock();
+        heap.stats.refused_frees += 1;
+        self.settle(heap);
+    }
+
     /// Frees, with the lock held, the blocks that exiting threads gave back.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     #[inline(always)]
@@ -1469,10 +1485,13 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             unsafe {
                 block = b.as_ptr().cast::<*mut u8>().read();
                 let layout = if heap.object.owns(b.as_ptr()) {
-                    Layout::new::<u8>()
+                    let g = heap.object.geometry();
+                    let class = object::block_class(reach(b), g.pool_shift).unwrap_or(0);
+                    Layout::from_size_align_unchecked(object::class_size(class, g.class_shift), 8)
                 } else {
                     thread_cache::medium_layout(b)
                 };
+                thread_cache::untag_returned(b, layout.size());
                 if heap.deallocate(b, layout).is_err() {
                     heap.stats.refused_frees += 1;
                 }
@@ -1530,16 +1549,17 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// What a thread cache needs to know of this heap's layer +2.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     #[cold]
-    fn cache_geometry(&self) -> thread_cache::Geometry {
+    fn cache_geometry(&self) -> Option<thread_cache::Geometry> {
         let heap = self.lock();
         let g = heap.object.geometry();
-        let geometry = thread_cache::Geometry {
+        // A heap before `init` has no memory, and not yet its geometry.
+        let geometry = (heap.source.window().1 != 0).then(|| thread_cache::Geometry {
             threshold: g.threshold,
             class_shift: g.class_shift,
             slots_start: heap.object.slots_start(),
             arena_shift: g.arena_shift,
             pool_shift: g.pool_shift,
-        };
+        });
         self.settle(heap);
         geometry
     }

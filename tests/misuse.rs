@@ -327,6 +327,111 @@ mod thread_caches {
     /// Random programs with 16-aligned layouts whose sizes are not multiples
     /// of 16 and reallocs in place, on eight threads that free each other's
     /// blocks, contents checked: what found the overflow in seconds.
+    /// Allocations of `l` on a fresh thread whose cache serves another heap
+    /// (so none of them comes from a cache), until `n` or a failure; all
+    /// freed again before they are returned.
+    fn locked_allocations(heap: &'static LockedHeap, l: Layout, n: usize) -> Vec<usize> {
+        let other = cached_heap(4 << 20);
+        std::thread::spawn(move || {
+            // SAFETY: a block of `other`, freed once: this thread's cache
+            // now serves `other`.
+            unsafe {
+                let q = other.alloc(layout(64, 8));
+                other.dealloc(q, layout(64, 8));
+            }
+            // SAFETY: plain allocations, freed once (after all are made).
+            let got: Vec<usize> =
+                (0..n).map(|_| unsafe { heap.alloc(l) } as usize).take_while(|&p| p != 0).collect();
+            for &p in &got {
+                // SAFETY: as above.
+                unsafe { heap.dealloc(p as *mut u8, l) };
+            }
+            got
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Findings of the adversarial pass of the default-on caches: a block
+    /// cached by one thread, freed (or reallocated) again by a thread whose
+    /// cache serves another heap — the locked path must see the block's
+    /// tag; and a block an exited thread gave back, freed again before the
+    /// heap's next lock — it keeps its tag on the heap's stack of returned
+    /// blocks. Each would hand the block out twice.
+    #[test]
+    fn a_block_in_any_cache_is_refused_by_every_path() {
+        for size in [64, 2000] {
+            let l = layout(size, 8);
+            let heap = cached_heap(32 << 20);
+            // SAFETY: blocks of this heap with their layout; the second
+            // frees and the realloc are the misuses under test.
+            unsafe {
+                // Cached by this thread, then freed and reallocated by a
+                // thread whose cache serves another heap.
+                let p = heap.alloc(l);
+                heap.dealloc(p, l);
+                let other = cached_heap(4 << 20);
+                let pp = p as usize;
+                std::thread::spawn(move || {
+                    let q = other.alloc(layout(64, 8));
+                    other.dealloc(q, layout(64, 8));
+                    heap.dealloc(pp as *mut u8, l);
+                    assert!(heap.realloc(pp as *mut u8, l, size * 3).is_null());
+                })
+                .join()
+                .unwrap();
+                assert_eq!(heap.stats().front.refused_frees, 2, "size {size}");
+                let x = heap.alloc(l);
+                assert_eq!(x, p, "this thread's cached block");
+                assert!(!locked_allocations(heap, l, 5_000).contains(&(x as usize)), "size {size}: twice");
+                // Cached by a thread that exits: on the returned stack.
+                let m = heap.alloc(l);
+                let q = std::thread::spawn(move || {
+                    let q = heap.alloc(l);
+                    heap.dealloc(q, l);
+                    q as usize
+                })
+                .join()
+                .unwrap() as *mut u8;
+                heap.dealloc(q, l);
+                assert_eq!(heap.stats().front.refused_frees, 3, "size {size}: returned block freed again");
+                let y = heap.alloc(l);
+                assert!(!locked_allocations(heap, l, 5_000).contains(&(y as usize)), "size {size}: twice");
+                heap.dealloc(m, l);
+            }
+        }
+    }
+
+    /// A thread that frees to a heap before it has memory (a foreign
+    /// pointer, refused) must not take the empty heap's geometry for its
+    /// cache: it would never cache small blocks afterwards, and would take
+    /// blocks of +2 for layer 0's.
+    #[test]
+    fn a_free_to_a_heap_before_init_does_not_set_up_a_cache_for_it() {
+        let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+        std::thread::spawn(move || {
+            let mut local = [0u64; 8];
+            // SAFETY: a pointer the heap does not own: refused.
+            unsafe { heap.dealloc(local.as_mut_ptr().cast(), layout(64, 8)) };
+            heap.init_from_slice(Box::leak(vec![MaybeUninit::uninit(); 32 << 20].into_boxed_slice()));
+            heap.with(|h| h.set_cold_limit(0));
+            let l = layout(64, 8);
+            // SAFETY: blocks of this heap, each freed once.
+            unsafe {
+                let p = heap.alloc(l);
+                let before = heap.with(|h| h.class_stats().iter().map(|c| c.blocks_in_use).sum::<usize>());
+                heap.dealloc(p, l);
+                let after = heap.with(|h| h.class_stats().iter().map(|c| c.blocks_in_use).sum::<usize>());
+                assert_eq!(
+                    before, after,
+                    "the free was not cached: the cache took the empty heap's geometry"
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn eight_threads_with_odd_sized_aligned_blocks_keep_every_byte() {
         let heap = cached_heap(64 << 20);

@@ -131,6 +131,107 @@ fn make_key() {
     let _ = KEY.compare_exchange(0, (x as usize) | 1, Ordering::Relaxed, Ordering::Relaxed);
 }
 
+/// Whether bins can be tagged: a block's second word is read with a frozen
+/// load (see [`frozen_word`]), which needs inline assembly; elsewhere, and
+/// under Miri, a second free is found by walking this thread's bin.
+const TAGS: bool =
+    cfg!(all(not(miri), target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")));
+
+/// The word at `p` as whatever bits it holds, initialised or not: a cached
+/// block's tag, or (in a block that is not cached) the caller's data, which
+/// may be uninitialised or padding. A plain read of uninitialised memory as
+/// an integer is undefined behaviour in Rust; a load in inline assembly
+/// yields the bits there, as glibc's C reads them.
+///
+/// # Safety
+///
+/// `p` must be valid for reading a word and aligned to one.
+#[cfg(all(not(miri), target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[inline(always)]
+unsafe fn frozen_word(p: *const usize) -> usize {
+    let v: usize;
+    // SAFETY: the caller's promise; the load only reads.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("mov {v}, qword ptr [{p}]", p = in(reg) p, v = out(reg) v,
+            options(nostack, preserves_flags, readonly));
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("ldr {v}, [{p}]", p = in(reg) p, v = out(reg) v, options(nostack, preserves_flags, readonly));
+    }
+    v
+}
+
+/// Never called: bins are not tagged where frozen loads are unavailable.
+///
+/// # Safety
+///
+/// None needed.
+#[cfg(not(all(
+    not(miri),
+    target_pointer_width = "64",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+#[inline(always)]
+unsafe fn frozen_word(_: *const usize) -> usize {
+    0
+}
+
+/// Clears the tag of a block leaving a tagged bin.
+///
+/// # Safety
+///
+/// `block` must be a block of at least two words that is ours.
+#[inline(always)]
+unsafe fn untag(block: NonNull<u8>) {
+    // SAFETY: the caller's promise.
+    unsafe { block.as_ptr().cast::<usize>().add(1).write(0) };
+}
+
+/// Clears the tag of a block of `size` bytes from the heap's stack of
+/// returned blocks (those of tagged bins keep their tags there).
+///
+/// # Safety
+///
+/// `block` must be a returned block of `size` bytes, ours (the heap's lock
+/// held).
+#[inline]
+pub(crate) unsafe fn untag_returned(block: NonNull<u8>, size: usize) {
+    if TAGS && size >= 2 * size_of::<usize>() {
+        // SAFETY: the caller's promise: the block has a second word.
+        unsafe { untag(block) };
+    }
+}
+
+/// Whether a block the heap is asked to free or reallocate, with `layout`,
+/// is in some thread's cache (or on the heap's stack of returned blocks):
+/// its second word holds its tag. The locked paths ask this, so that a
+/// second free by a thread whose cache serves another heap, or has none,
+/// is refused too. Reads only inside the heap's committed window (as last
+/// recorded in `mirror`), and only blocks of at least two words.
+#[inline]
+pub(crate) fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bool {
+    const WORD: usize = size_of::<usize>();
+    let (start, len) = mirror.window();
+    let off = (ptr.as_ptr() as usize).wrapping_sub(start);
+    if !TAGS
+        || KEY.load(Ordering::Relaxed) == 0
+        || layout.size() <= WORD
+        || off >= len
+        || len - off < 2 * WORD
+    {
+        return false;
+    }
+    if !(ptr.as_ptr() as usize).is_multiple_of(WORD) {
+        return false;
+    }
+    // SAFETY: a word-aligned pair of words inside the heap's committed
+    // window, which its source keeps readable.
+    unsafe { frozen_word(crate::source::reach(ptr).as_ptr().cast::<usize>().add(1)) == tag(ptr) }
+}
+
 /// The tag a cached block of a tagged bin holds in its second word.
 #[inline(always)]
 fn tag(block: NonNull<u8>) -> usize {
@@ -143,15 +244,22 @@ impl Bin {
     /// Takes the first block.
     #[inline]
     fn pop(&mut self) -> Option<NonNull<u8>> {
-        let block = NonNull::new(self.head)?;
-        // SAFETY: cached blocks hold the next link in their first word, and
-        // those of a tagged bin their tag in the second.
-        unsafe {
-            self.head = block.as_ptr().cast::<*mut u8>().read();
-            if self.tagged {
-                block.as_ptr().cast::<usize>().add(1).write(0);
-            }
+        let block = self.pop_tagged()?;
+        if self.tagged {
+            // SAFETY: a tagged bin's blocks hold their tag in the second word.
+            unsafe { untag(block) };
         }
+        Some(block)
+    }
+
+    /// Takes the first block, leaving its tag (if any) in place: for a
+    /// block that goes from a cache to its heap's stack of returned blocks,
+    /// so that a second free finds it still cached.
+    #[inline]
+    fn pop_tagged(&mut self) -> Option<NonNull<u8>> {
+        let block = NonNull::new(self.head)?;
+        // SAFETY: cached blocks hold the next link in their first word.
+        self.head = unsafe { block.as_ptr().cast::<*mut u8>().read() };
         self.len -= 1;
         Some(block)
     }
@@ -166,7 +274,7 @@ impl Bin {
     unsafe fn holds(&self, block: NonNull<u8>) -> bool {
         if self.tagged {
             // SAFETY: the caller's promise: the block has a second word.
-            return unsafe { block.as_ptr().cast::<usize>().add(1).read() } == tag(block);
+            return unsafe { frozen_word(block.as_ptr().cast::<usize>().add(1)) } == tag(block);
         }
         let mut c = self.head;
         while !c.is_null() {
@@ -412,16 +520,19 @@ const MEDIUM_SIZE_WORD: usize = 2;
 impl Bins {
     /// Hands every block to `free` with a layout that frees it (the class's
     /// size, the chunk's), leaving the bins empty.
-    fn drain(&mut self, owner: &Owner, free: &mut dyn FnMut(NonNull<u8>, Layout)) {
+    /// With `keep_tags`, the blocks keep their tags (see
+    /// [`Bin::pop_tagged`]).
+    fn drain(&mut self, owner: &Owner, keep_tags: bool, free: &mut dyn FnMut(NonNull<u8>, Layout)) {
+        let pop = if keep_tags { Bin::pop_tagged } else { Bin::pop };
         for (class, bin) in self.small.iter_mut().enumerate() {
             let layout =
                 Layout::from_size_align(class_size(class, owner.class_shift), 8).expect("class layout");
-            while let Some(block) = bin.pop() {
+            while let Some(block) = pop(bin) {
                 free(block, layout);
             }
         }
         for bin in &mut self.medium {
-            while let Some(block) = bin.pop() {
+            while let Some(block) = pop(bin) {
                 // SAFETY: a cached medium block.
                 free(block, unsafe { medium_layout(block) });
             }
@@ -596,10 +707,10 @@ impl ThreadCache {
         unsafe {
             let bins = &mut *self.bins.get();
             for (class, bin) in bins.small.iter_mut().enumerate() {
-                bin.tagged = class_size(class, geometry.class_shift) >= 2 * size_of::<usize>();
+                bin.tagged = TAGS && class_size(class, geometry.class_shift) >= 2 * size_of::<usize>();
             }
             for bin in &mut bins.medium {
-                bin.tagged = true;
+                bin.tagged = TAGS;
             }
             *self.owner.get() = Owner {
                 id,
@@ -645,7 +756,7 @@ impl Drop for ThreadCache {
         // The heap is alive while its entry is (it frees the entry, under
         // this lock, when it is dropped): its blocks can still be written.
         let stack = &RETURNED[owner.entry];
-        bins.drain(&owner, &mut |block, _| {
+        bins.drain(&owner, true, &mut |block, _| {
             let mut head = stack.load(Ordering::Relaxed);
             loop {
                 // SAFETY: a block of the heap, ours to link through.
@@ -773,7 +884,7 @@ pub(crate) enum Declined {
 
 /// Keeps a freed block of the heap of `link` in this thread's cache.
 /// `geometry` describes the heap, asked when this thread's cache serves no
-/// heap yet.
+/// heap yet (`None` while the heap has no memory: nothing is cached).
 ///
 /// # Safety
 ///
@@ -785,12 +896,16 @@ pub(crate) unsafe fn put(
     mirror: &ArenaMirror,
     ptr: NonNull<u8>,
     layout: Layout,
-    geometry: impl FnOnce() -> Geometry,
+    geometry: impl FnOnce() -> Option<Geometry>,
 ) -> Result<(), Declined> {
     CACHE
         .try_with(|cache| {
-            if cache.owner_id.load(Ordering::Relaxed) == 0 && !cache.attach(link, geometry()) {
-                return Err(Declined::Pass);
+            if cache.owner_id.load(Ordering::Relaxed) == 0 {
+                // A heap with no memory yet has no geometry to cache by.
+                let Some(geometry) = geometry() else { return Err(Declined::Pass) };
+                if !cache.attach(link, geometry) {
+                    return Err(Declined::Pass);
+                }
             }
             cache.enter(link, Err(Declined::Pass), |bins, owner| {
                 // Kept with the provenance of the heap's pages, not the
@@ -854,7 +969,7 @@ pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) 
             }
             if cache.state.load(Ordering::Relaxed) == DRAINING {
                 // SAFETY: in state DRAINING the bins are ours alone.
-                unsafe { (*cache.bins.get()).drain(&*cache.owner.get(), free) };
+                unsafe { (*cache.bins.get()).drain(&*cache.owner.get(), false, free) };
                 cache.state.store(IDLE, Ordering::Release);
             }
         }
