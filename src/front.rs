@@ -744,6 +744,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// If any layer owns `ptr`, it must be a live block allocated by this
     /// heap with `layout`.
+    #[inline(always)]
     pub unsafe fn reallocate(
         &mut self,
         ptr: NonNull<u8>,
@@ -1021,11 +1022,12 @@ pub type DefaultLock = crate::sync::CriticalSectionLock;
 pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
     heap: lock_api::Mutex<L, Heap<S>>,
     initialized: AtomicBool,
-    /// Whether threads may cache this heap's blocks (`std`; on unless
-    /// switched off).
+    /// Whether threads cache this heap's blocks (`std`): [`CACHES_AUTO`]
+    /// until two threads first meet at the lock, then [`CACHES_ON`];
+    /// [`CACHES_OFF`] or on when set so.
     #[cfg(feature = "std")]
     #[cfg_attr(feature = "debug", allow(dead_code))]
-    thread_caches: AtomicBool,
+    thread_caches: core::sync::atomic::AtomicU8,
     /// The heap's identity for the thread caches.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     link: thread_cache::Link,
@@ -1067,7 +1069,7 @@ impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
             heap: lock_api::Mutex::new(Heap::empty()),
             initialized: AtomicBool::new(false),
             #[cfg(feature = "std")]
-            thread_caches: AtomicBool::new(true),
+            thread_caches: core::sync::atomic::AtomicU8::new(CACHES_AUTO),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             link: thread_cache::Link::new(),
             #[cfg(all(feature = "std", not(feature = "debug")))]
@@ -1117,7 +1119,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             heap: lock_api::Mutex::new(Heap::new_in_window(source, window)),
             initialized: AtomicBool::new(true),
             #[cfg(feature = "std")]
-            thread_caches: AtomicBool::new(true),
+            thread_caches: core::sync::atomic::AtomicU8::new(CACHES_AUTO),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             link: thread_cache::Link::new(),
             #[cfg(all(feature = "std", not(feature = "debug")))]
@@ -1184,6 +1186,17 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     }
 }
 
+/// [`LockedHeap`]'s thread caches are off.
+#[cfg(feature = "std")]
+#[cfg_attr(feature = "debug", allow(dead_code))]
+const CACHES_OFF: u8 = 0;
+/// They come on the first time two threads meet at the lock.
+#[cfg(feature = "std")]
+const CACHES_AUTO: u8 = 1;
+/// They are on.
+#[cfg(feature = "std")]
+const CACHES_ON: u8 = 2;
+
 /// A heap that goes takes its blocks out of every thread's cache (they
 /// are forgotten: their memory goes with the heap) and frees its place in
 /// the caches' registry.
@@ -1218,9 +1231,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
             let result = heap.debug_allocate(layout, Domain::HEAP, true);
             #[cfg(not(feature = "debug"))]
             let result = heap.allocate_zeroed(layout);
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            let result = self.retry_after_reclaim(&mut heap, result, |h| h.allocate_zeroed(layout));
-            let p = heap.or_null(result);
+            let p = self.block_or_null(&mut heap, result, |h| h.allocate_zeroed(layout));
             self.settle(heap);
             p
         })
@@ -1232,7 +1243,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
                 return ptr::null_mut();
             };
             #[cfg(all(feature = "std", not(feature = "debug")))]
-            if self.thread_caches.load(Ordering::Relaxed) {
+            if self.caches_on() {
                 // SAFETY: forwarded contract.
                 match unsafe { thread_cache::realloc(&self.link, &self.arena_mirror, p, layout, new_size) } {
                     // A block freed into a cache (this thread's or
@@ -1270,11 +1281,8 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
             // SAFETY: as above.
             #[cfg(not(feature = "debug"))]
             let result = unsafe { heap.reallocate(p, layout, new_size) };
-            #[cfg(all(feature = "std", not(feature = "debug")))]
             // SAFETY: as above: a failed realloc left the block as it was.
-            let result =
-                self.retry_after_reclaim(&mut heap, result, |h| unsafe { h.reallocate(p, layout, new_size) });
-            let p = heap.or_null(result);
+            let p = self.block_or_null(&mut heap, result, |h| unsafe { h.reallocate(p, layout, new_size) });
             self.settle(heap);
             p
         })
@@ -1309,7 +1317,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
         no_unwind(|| {
             #[cfg(all(feature = "std", not(feature = "debug")))]
             if domain == Domain::HEAP
-                && self.thread_caches.load(Ordering::Relaxed)
+                && self.caches_on()
                 && let Some(p) = thread_cache::take(&self.link, layout)
             {
                 return p.as_ptr();
@@ -1323,7 +1331,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
         no_unwind(|| {
             let Some(p) = NonNull::new(ptr) else { return };
             #[cfg(all(feature = "std", not(feature = "debug")))]
-            if domain == Domain::HEAP && self.thread_caches.load(Ordering::Relaxed) {
+            if domain == Domain::HEAP && self.caches_on() {
                 // SAFETY: `GlobalAlloc`'s contract: a live block of this heap
                 // with `layout`, not used after this call.
                 match unsafe {
@@ -1363,10 +1371,8 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
 }
 
 impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
-    /// Allocates through the lock (with thread caches, the slow path: kept
-    /// out of line, so that the cached path stays short).
-    #[cfg_attr(all(feature = "std", not(feature = "debug")), inline(never))]
-    #[cfg_attr(not(all(feature = "std", not(feature = "debug"))), inline(always))]
+    /// Allocates through the lock.
+    #[inline(always)]
     fn alloc_locked(&self, layout: Layout, domain: Domain) -> *mut u8 {
         let mut heap = self.lock();
         #[cfg(feature = "debug")]
@@ -1374,12 +1380,9 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         #[cfg(not(feature = "debug"))]
         let result = {
             let _ = domain;
-            let result = heap.allocate(layout);
-            #[cfg(feature = "std")]
-            let result = self.retry_after_reclaim(&mut heap, result, |h| h.allocate(layout));
-            result
+            heap.allocate(layout)
         };
-        let p = heap.or_null(result);
+        let p = self.block_or_null(&mut heap, result, |h| h.allocate(layout));
         self.settle(heap);
         p
     }
@@ -1390,7 +1393,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     ///
     /// As [`Heap::deallocate`].
     #[cfg(not(feature = "debug"))]
-    #[cfg_attr(feature = "std", inline(never))]
+    #[inline(always)]
     unsafe fn free_locked(&self, ptr: NonNull<u8>, layout: Layout) {
         let mut heap = self.lock();
         // SAFETY: forwarded contract.
@@ -1403,13 +1406,54 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// Takes the lock. With thread caches, first frees the blocks that
     /// exiting threads gave back, so that whoever holds the lock sees them
     /// free.
+    ///
+    /// While the caches wait for a second thread ([`CACHES_AUTO`]), the
+    /// lock is tried first: the first time it is found held by another
+    /// thread, the caches come on.
     #[inline(always)]
     fn lock(&self) -> lock_api::MutexGuard<'_, L, Heap<S>> {
-        #[allow(unused_mut)]
-        let mut heap = self.heap.lock();
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        let mut heap = if self.thread_caches.load(Ordering::Relaxed) == CACHES_AUTO {
+            self.heap.try_lock().unwrap_or_else(|| self.contended())
+        } else {
+            self.heap.lock()
+        };
+        #[cfg(not(all(feature = "std", not(feature = "debug"))))]
+        let heap = self.heap.lock();
         #[cfg(all(feature = "std", not(feature = "debug")))]
         Self::free_returned(&self.link, &mut heap);
         heap
+    }
+
+    /// Two threads met at the lock while the caches waited for it: takes
+    /// the lock and switches the caches on.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[cold]
+    #[inline(never)]
+    fn contended(&self) -> lock_api::MutexGuard<'_, L, Heap<S>> {
+        let heap = self.heap.lock();
+        if self.thread_caches.load(Ordering::Relaxed) == CACHES_AUTO {
+            self.caches_come_on(&heap);
+        }
+        heap
+    }
+
+    /// Brings the lock-free copies of the heap's state up to date, then
+    /// lets threads cache (with the lock held): a thread that sees the
+    /// caches on sees the copies made.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    fn caches_come_on(&self, heap: &Heap<S>) {
+        let c = heap.object.counters();
+        self.arena_mirror.force_sync(|| heap.object.arena_bitmap(), (c.allocated_total, c.reclaimed));
+        self.arena_mirror.sync_window(heap.segment.committed_window());
+        self.thread_caches.store(CACHES_ON, Ordering::Release);
+    }
+
+    /// Whether threads cache this heap's blocks now.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[inline(always)]
+    fn caches_on(&self) -> bool {
+        self.thread_caches.load(Ordering::Acquire) == CACHES_ON
     }
 
     /// Acts on a violation the debug checks found, once the lock is released
@@ -1421,7 +1465,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     #[allow(unused_mut)]
     fn settle(&self, mut heap: lock_api::MutexGuard<'_, L, Heap<S>>) {
         #[cfg(all(feature = "std", not(feature = "debug")))]
-        if self.thread_caches.load(Ordering::Relaxed) {
+        if self.caches_on() {
             let c = heap.object.counters();
             self.arena_mirror.sync((c.allocated_total, c.reclaimed), || heap.object.arena_bitmap());
             self.arena_mirror.sync_window(heap.segment.committed_window());
@@ -1438,20 +1482,34 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         drop(heap);
     }
 
-    /// Switches the thread caches on (the default with `std`) or off. Off,
-    /// every call takes the lock, and the blocks threads' caches hold for
-    /// this heap come back at once. With the `debug` feature the caches are
+    /// Switches the thread caches on or off for good. By default (with
+    /// `std`) they come on by themselves the first time two threads meet at
+    /// the heap's lock: a program that allocates from one thread keeps the
+    /// plain locked path, which is as fast when nobody waits. Off, every
+    /// call takes the lock, and the blocks threads' caches hold for this
+    /// heap come back at once. With the `debug` feature the caches are
     /// always off: every block must pass through the debug hooks.
     #[cfg(feature = "std")]
     pub fn set_thread_caches(&self, on: bool) {
         #[allow(unused_mut)]
         let mut heap = self.lock();
-        self.thread_caches.store(on, Ordering::Relaxed);
         #[cfg(all(feature = "std", not(feature = "debug")))]
-        if !on {
+        if on {
+            self.caches_come_on(&heap);
+        } else {
+            self.thread_caches.store(CACHES_OFF, Ordering::Release);
             Self::reclaim_cached(&self.link, &mut heap);
         }
+        #[cfg(feature = "debug")]
+        let _ = on;
         self.settle(heap);
+    }
+
+    /// Whether threads cache this heap's blocks now (see
+    /// [`set_thread_caches`](Self::set_thread_caches)).
+    #[cfg(feature = "std")]
+    pub fn thread_caches_on(&self) -> bool {
+        cfg!(not(feature = "debug")) && self.thread_caches.load(Ordering::Acquire) == CACHES_ON
     }
 
     /// Counts a refused free (or realloc) found before the heap was asked.
@@ -1513,37 +1571,39 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         Self::free_returned(link, heap);
     }
 
-    /// An allocation failed: takes back what threads' caches hold for this
-    /// heap and tries once more, so that no request fails while cached
-    /// memory could serve it.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
+    /// The block of an allocation's `result`, or null, counted.
     #[inline(always)]
-    fn retry_after_reclaim(
+    fn block_or_null(
         &self,
         heap: &mut Heap<S>,
         result: Result<NonNull<u8>, AllocError>,
         again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocError>,
-    ) -> Result<NonNull<u8>, AllocError> {
-        if result.is_ok() { result } else { self.reclaim_and_retry(heap, result, again) }
+    ) -> *mut u8 {
+        match result {
+            Ok(p) => p.as_ptr(),
+            Err(e) => self.failed(heap, e, again),
+        }
     }
 
-    /// The cold half of [`retry_after_reclaim`](Self::retry_after_reclaim).
-    #[cfg(all(feature = "std", not(feature = "debug")))]
+    /// An allocation failed with `e`: with thread caches, takes back what
+    /// they hold for this heap and tries `again`, once, so that no request
+    /// fails while cached memory could serve it; else null, counted.
     #[cold]
     #[inline(never)]
-    fn reclaim_and_retry(
+    fn failed(
         &self,
         heap: &mut Heap<S>,
-        result: Result<NonNull<u8>, AllocError>,
+        e: AllocError,
         again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocError>,
-    ) -> Result<NonNull<u8>, AllocError> {
-        match result {
-            Err(AllocError::Refused(_) | AllocError::InvalidLayout { .. }) | Ok(_) => result,
-            Err(_) => {
-                Self::reclaim_cached(&self.link, heap);
-                again(heap)
-            }
+    ) -> *mut u8 {
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        if !matches!(e, AllocError::Refused(_) | AllocError::InvalidLayout { .. }) {
+            Self::reclaim_cached(&self.link, heap);
+            let result = again(heap);
+            return heap.or_null(result);
         }
+        let _ = again;
+        heap.or_null(Err(e))
     }
 
     /// What a thread cache needs to know of this heap's layer +2.

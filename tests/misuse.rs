@@ -206,6 +206,7 @@ mod thread_caches {
     fn cached_heap(size: usize) -> &'static LockedHeap {
         let heap = heap(size);
         heap.with(|h| h.set_cold_limit(0));
+        heap.set_thread_caches(true);
         heap
     }
 
@@ -410,6 +411,7 @@ mod thread_caches {
     fn a_free_to_a_heap_before_init_does_not_set_up_a_cache_for_it() {
         let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
         std::thread::spawn(move || {
+            heap.set_thread_caches(true);
             let mut local = [0u64; 8];
             // SAFETY: a pointer the heap does not own: refused.
             unsafe { heap.dealloc(local.as_mut_ptr().cast(), layout(64, 8)) };

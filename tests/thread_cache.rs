@@ -30,6 +30,9 @@ fn heap() -> &'static LockedHeap {
     heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
     // Every small request from pools at once: the caches hold +2 blocks.
     heap.with(|h| h.set_cold_limit(0));
+    // On from the start, rather than when two threads first meet at the
+    // lock (tested below).
+    heap.set_thread_caches(true);
     heap
 }
 
@@ -431,6 +434,7 @@ fn reallocs_through_the_cache_are_counted_in_place_and_moved() {
 fn memory_of_an_arena_given_back_by_trim_is_never_cached_as_pool_blocks() {
     let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
     heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
+    heap.set_thread_caches(true);
     let l48 = Layout::from_size_align(48, 8).unwrap();
     let big = Layout::from_size_align(64 << 10, 8).unwrap();
     // SAFETY: blocks of this heap with their layouts, each freed once.
@@ -584,20 +588,50 @@ fn a_free_is_cached(heap: &LockedHeap) -> bool {
     }
 }
 
-/// Caches need no opt-in and no `'static` heap: heaps made and dropped one
-/// after another each get them, far more heaps than the registry has
-/// entries, because a dropped heap gives its entry back.
+/// Caches need no `'static` heap: heaps made and dropped one after another
+/// each get them, far more heaps than the registry has entries, because a
+/// dropped heap gives its entry back.
 #[test]
 fn heaps_made_and_dropped_in_turn_each_get_thread_caches() {
     for round in 0..2 * HEAPS {
         let heap = Box::new(LockedHeap::empty());
         heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
+        heap.set_thread_caches(true);
         // A fresh thread: its cache serves the first heap it frees to.
         thread::scope(|s| {
             s.spawn(|| assert!(a_free_is_cached(&heap), "round {round}: no cache"));
         });
         drop(heap);
     }
+}
+
+/// By default the caches wait for a second thread: a heap used by one
+/// thread keeps the plain locked path; the first time a thread finds the
+/// lock held by another, the caches come on, with no call to make.
+#[test]
+fn caches_come_on_by_themselves_when_two_threads_meet_at_the_lock() {
+    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
+    assert!(!heap.thread_caches_on());
+    thread::spawn(move || assert!(!a_free_is_cached(heap), "cached with one thread")).join().unwrap();
+    assert!(!heap.thread_caches_on());
+    let (held, wait) = channel::<()>();
+    let holder = thread::spawn(move || {
+        heap.with(|_| {
+            held.send(()).unwrap();
+            // Long enough for the other thread to find the lock held.
+            thread::sleep(std::time::Duration::from_millis(200));
+        })
+    });
+    wait.recv().unwrap();
+    let l = Layout::from_size_align(1000, 8).unwrap();
+    // SAFETY: a block of this heap, freed once.
+    unsafe { heap.dealloc(heap.alloc(l), l) };
+    holder.join().unwrap();
+    assert!(heap.thread_caches_on(), "two threads met at the lock: the caches should be on");
+    thread::spawn(move || assert!(a_free_is_cached(heap), "not cached after the caches came on"))
+        .join()
+        .unwrap();
 }
 
 /// A heap dropped while a thread's cache holds its blocks: the cache forgets
@@ -607,6 +641,7 @@ fn heaps_made_and_dropped_in_turn_each_get_thread_caches() {
 fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
     let l = Layout::from_size_align(1000, 8).unwrap();
     let slot: &mut MaybeUninit<LockedHeap> = Box::leak(Box::new(MaybeUninit::uninit()));
+    // (Each heap's caches are switched on below, as there is one thread.)
     let old_region: &'static mut [MaybeUninit<u8>] = Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20));
     let old_range = old_region.as_ptr_range();
     let old_range = old_range.start as usize..old_range.end as usize;
@@ -616,6 +651,7 @@ fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
     thread::spawn(move || {
         let old = slot.write(LockedHeap::empty());
         old.init_from_slice(old_region);
+        old.set_thread_caches(true);
         // SAFETY: blocks of the heap in use with their layout, each freed
         // once; the old heap is dropped with one of its blocks cached.
         unsafe {
@@ -624,6 +660,7 @@ fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
             slot.assume_init_drop();
             let new = slot.write(LockedHeap::empty());
             new.init_from_slice(new_region);
+            new.set_thread_caches(true);
             let q = new.alloc(l);
             assert!(new_range.contains(&(q as usize)), "{q:p} is not the new heap's");
             assert!(!old_range.contains(&(q as usize)));

@@ -88,6 +88,7 @@ fn fresh_heap() -> &'static LockedHeap {
         let heap: &'static LockedHeap = (*SLOT.0.get()).write(LockedHeap::empty());
         heap.init_from_slice(&mut *REGION.0.get());
         heap.with(|h| h.set_cold_limit(0));
+        heap.set_thread_caches(true);
         heap
     }
 }

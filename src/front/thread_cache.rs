@@ -12,7 +12,10 @@
 //! far as the heap knows. A block goes to the heap through the lock when
 //! its bin is full.
 //!
-//! **On by default, for any heap.** A thread caches for one heap at a time,
+//! **On by default, for any heap**, from the first time two threads meet at
+//! the heap's lock (before that the locked path is as fast; see
+//! [`LockedHeap::set_thread_caches`](super::LockedHeap::set_thread_caches)).
+//! A thread caches for one heap at a time,
 //! the first it frees a block to; other heaps take the locked path. A heap
 //! is known to the caches by an id that is never reused (so a heap may be
 //! moved, and a new heap at a dropped one's address is a stranger), and
@@ -350,6 +353,21 @@ impl ArenaMirror {
     fn window(&self) -> (usize, usize) {
         let len = self.window[1].load(Ordering::Acquire);
         (self.window[0].load(Ordering::Acquire), len)
+    }
+
+    /// Makes the copy again whatever the counters say (call with the heap
+    /// locked): for caches that come on after a time off, when the copy was
+    /// not kept.
+    pub(crate) fn force_sync(
+        &self,
+        bitmap: impl FnOnce() -> [u64; ARENA_SLOTS / 64],
+        counters: (usize, usize),
+    ) {
+        for (word, value) in self.bits.iter().zip(bitmap()) {
+            word.store(value, Ordering::Release);
+        }
+        self.seen[0].store(counters.0 as u64, Ordering::Relaxed);
+        self.seen[1].store(counters.1 as u64, Ordering::Relaxed);
     }
 
     /// Makes the copy again if the arena counters moved (call with the
