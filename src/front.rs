@@ -1413,13 +1413,12 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     #[inline(always)]
     fn lock(&self) -> lock_api::MutexGuard<'_, L, Heap<S>> {
         #[cfg(all(feature = "std", not(feature = "debug")))]
-        let mut heap = if self.thread_caches.load(Ordering::Relaxed) == CACHES_AUTO {
-            self.heap.try_lock().unwrap_or_else(|| self.contended())
-        } else {
-            self.heap.lock()
-        };
-        #[cfg(not(all(feature = "std", not(feature = "debug"))))]
-        let heap = self.heap.lock();
+        if self.thread_caches.load(Ordering::Relaxed) == CACHES_AUTO {
+            // No cache has held a block yet: none to free.
+            return self.heap.try_lock().unwrap_or_else(|| self.contended());
+        }
+        #[allow(unused_mut)]
+        let mut heap = self.heap.lock();
         #[cfg(all(feature = "std", not(feature = "debug")))]
         Self::free_returned(&self.link, &mut heap);
         heap
