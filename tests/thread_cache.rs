@@ -678,7 +678,10 @@ fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
 /// its cache empty afterwards (nothing is handed out twice).
 #[test]
 fn blocks_cached_by_a_live_thread_come_back_before_an_allocation_fails_and_on_trim() {
-    let heap = heap();
+    // Layer 0 alone (2 MiB: no +2 arenas), so that filling it is quick.
+    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
+    heap.set_thread_caches(true);
     let l = Layout::from_size_align(3000, 16).unwrap();
     let (go, wait) = channel::<()>();
     let (done, inbox) = channel::<Vec<Block>>();
