@@ -699,6 +699,10 @@ impl ThreadCache {
     /// cache on the registry's list. False if every entry is taken.
     #[cold]
     fn attach(&self, link: &Link, geometry: Geometry) -> bool {
+        // The thread's exit must give the cache back: register its guard.
+        if EXIT.try_with(|_| ()).is_err() {
+            return false;
+        }
         let mut registry = REGISTRY.lock();
         let entry = match link.entry() {
             Some(entry) => entry,
@@ -745,10 +749,15 @@ impl ThreadCache {
     }
 }
 
-impl Drop for ThreadCache {
+impl ThreadCache {
     /// The thread exits: its blocks go to their heap's stack of returned
-    /// blocks (if the heap is still there), and the cache leaves the list.
-    fn drop(&mut self) {
+    /// blocks (if the heap is still there), and the cache leaves the list
+    /// and serves no heap again (a later thread-local destructor that frees
+    /// takes the locked path). Runs from [`ExitGuard`]'s destructor, with
+    /// `&self`: other threads may be reading this cache through the list
+    /// until it is unlinked, which a `Drop` of the cache itself (a unique
+    /// borrow of all of it) would contradict.
+    fn exit(&self) {
         let mut registry = REGISTRY.lock();
         if self.registered.get() {
             let me: *const ThreadCache = self;
@@ -762,19 +771,26 @@ impl Drop for ThreadCache {
                 // itself under this lock before it goes).
                 link = unsafe { &mut *(**link).next.as_ptr() };
             }
+            self.registered.set(false);
         }
-        let bins = self.bins.get_mut();
-        let owner = *self.owner.get_mut();
-        if owner.id == 0 {
+        // SAFETY: off the list, under the registry lock, and not in state
+        // OWNER (this thread is here, not in its cache): the bins and owner
+        // are this thread's alone.
+        let (bins, owner) = unsafe { (&mut *self.bins.get(), &mut *self.owner.get()) };
+        let heap = *owner;
+        *owner = Owner::NONE;
+        // Never attaches again (attaching needs `owner_id` 0).
+        self.owner_id.store(u64::MAX, Ordering::Relaxed);
+        if heap.id == 0 {
             return;
         }
-        if registry.heaps[owner.entry] != owner.id {
+        if registry.heaps[heap.entry] != heap.id {
             return bins.forget();
         }
         // The heap is alive while its entry is (it frees the entry, under
         // this lock, when it is dropped): its blocks can still be written.
-        let stack = &RETURNED[owner.entry];
-        bins.drain(&owner, true, &mut |block, _| {
+        let stack = &RETURNED[heap.entry];
+        bins.drain(&heap, true, &mut |block, _| {
             let mut head = stack.load(Ordering::Relaxed);
             loop {
                 // SAFETY: a block of the heap, ours to link through.
@@ -789,8 +805,20 @@ impl Drop for ThreadCache {
     }
 }
 
+/// Gives this thread's cache back when the thread exits (its destructor is
+/// registered when the cache first attaches to a heap).
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let _ = CACHE.try_with(ThreadCache::exit);
+    }
+}
+
 std::thread_local! {
+    /// The cache itself has no destructor (see [`ThreadCache::exit`]).
     static CACHE: ThreadCache = const { ThreadCache::new() };
+    static EXIT: ExitGuard = const { ExitGuard };
 }
 
 /// A cached block for `layout` of the heap of `link`, if this thread has one.
