@@ -1253,12 +1253,6 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
                         self.refuse();
                         return ptr::null_mut();
                     }
-                    thread_cache::Realloc::Locked
-                        if thread_cache::cached_anywhere(&self.arena_mirror, p, layout) =>
-                    {
-                        self.refuse();
-                        return ptr::null_mut();
-                    }
                     thread_cache::Realloc::Locked => {}
                     thread_cache::Realloc::InPlace => {
                         stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
@@ -1339,12 +1333,6 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
                 } {
                     Ok(()) => return,
                     Err(thread_cache::Declined::DoubleFree) => return self.refuse(),
-                    // In another thread's cache: freed already.
-                    Err(thread_cache::Declined::Pass)
-                        if thread_cache::cached_anywhere(&self.arena_mirror, p, layout) =>
-                    {
-                        return self.refuse();
-                    }
                     Err(thread_cache::Declined::Pass) => {}
                 }
             }
@@ -1442,10 +1430,24 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// caches on sees the copies made.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     fn caches_come_on(&self, heap: &Heap<S>) {
-        let c = heap.object.counters();
-        self.arena_mirror.force_sync(|| heap.object.arena_bitmap(), (c.allocated_total, c.reclaimed));
-        self.arena_mirror.sync_window(heap.segment.committed_window());
+        self.sync_mirror(heap, true);
         self.thread_caches.store(CACHES_ON, Ordering::Release);
+    }
+
+    /// Brings the lock-free copies of the heap's state up to date (with the
+    /// lock held): the arena bitmap if its counters moved (or, `always`,
+    /// whatever they say) and layer 0's window.
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[inline(always)]
+    fn sync_mirror(&self, heap: &Heap<S>, always: bool) {
+        let c = heap.object.counters();
+        let counters = (c.allocated_total, c.reclaimed);
+        if always {
+            self.arena_mirror.force_sync(|| heap.object.arena_bitmap(), counters);
+        } else {
+            self.arena_mirror.sync(counters, || heap.object.arena_bitmap());
+        }
+        self.arena_mirror.sync_window(heap.segment.committed_window());
     }
 
     /// Whether threads cache this heap's blocks now.
@@ -1465,9 +1467,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     fn settle(&self, mut heap: lock_api::MutexGuard<'_, L, Heap<S>>) {
         #[cfg(all(feature = "std", not(feature = "debug")))]
         if self.caches_on() {
-            let c = heap.object.counters();
-            self.arena_mirror.sync((c.allocated_total, c.reclaimed), || heap.object.arena_bitmap());
-            self.arena_mirror.sync_window(heap.segment.committed_window());
+            self.sync_mirror(&heap, false);
         }
         #[cfg(feature = "debug")]
         {

@@ -22,17 +22,23 @@ unsafe impl Send for Block {}
 /// times slower).
 const ROUNDS: u32 = if cfg!(miri) { 400 } else { 20_000 };
 
-fn heap() -> &'static LockedHeap {
+/// A heap over a fresh region of `size` bytes, left uninitialised (as a
+/// real region is, which Miri also needs: a `vec!` of 32 Mi elements would
+/// take it hours), its thread caches on from the start rather than when
+/// two threads first meet at the lock (tested below).
+fn cached_heap(size: usize) -> &'static LockedHeap {
     let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(size)));
+    heap.set_thread_caches(true);
+    heap
+}
+
+fn heap() -> &'static LockedHeap {
     // Large enough for layer +2 (from 16 MiB), whose classes thread caches
-    // serve; left uninitialised (as a real region is), which Miri also
-    // needs: a `vec!` of 32 Mi elements would take it hours.
-    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
+    // serve.
+    let heap = cached_heap(32 << 20);
     // Every small request from pools at once: the caches hold +2 blocks.
     heap.with(|h| h.set_cold_limit(0));
-    // On from the start, rather than when two threads first meet at the
-    // lock (tested below).
-    heap.set_thread_caches(true);
     heap
 }
 
@@ -432,9 +438,7 @@ fn reallocs_through_the_cache_are_counted_in_place_and_moved() {
 /// flush refused by layer 0: a leak).
 #[test]
 fn memory_of_an_arena_given_back_by_trim_is_never_cached_as_pool_blocks() {
-    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
-    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
-    heap.set_thread_caches(true);
+    let heap = cached_heap(32 << 20);
     let l48 = Layout::from_size_align(48, 8).unwrap();
     let big = Layout::from_size_align(64 << 10, 8).unwrap();
     // SAFETY: blocks of this heap with their layouts, each freed once.
@@ -679,9 +683,7 @@ fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
 #[test]
 fn blocks_cached_by_a_live_thread_come_back_before_an_allocation_fails_and_on_trim() {
     // Layer 0 alone (2 MiB: no +2 arenas), so that filling it is quick.
-    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
-    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
-    heap.set_thread_caches(true);
+    let heap = cached_heap(2 << 20);
     let l = Layout::from_size_align(3000, 16).unwrap();
     let (go, wait) = channel::<()>();
     let (done, inbox) = channel::<Vec<Block>>();

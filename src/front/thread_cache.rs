@@ -210,12 +210,12 @@ pub(crate) unsafe fn untag_returned(block: NonNull<u8>, size: usize) {
 
 /// Whether a block the heap is asked to free or reallocate, with `layout`,
 /// is in some thread's cache (or on the heap's stack of returned blocks):
-/// its second word holds its tag. The locked paths ask this, so that a
-/// second free by a thread whose cache serves another heap, or has none,
-/// is refused too. Reads only inside the heap's committed window (as last
+/// its second word holds its tag. [`put`] and [`realloc`] ask this of a
+/// block they leave to the lock, so that a second free by a thread whose
+/// cache serves another heap, or has none, is refused too. Reads only inside the heap's committed window (as last
 /// recorded in `mirror`), and only blocks of at least two words.
 #[inline]
-pub(crate) fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bool {
+fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bool {
     const WORD: usize = size_of::<usize>();
     let (start, len) = mirror.window();
     let off = (ptr.as_ptr() as usize).wrapping_sub(start);
@@ -364,6 +364,7 @@ impl ArenaMirror {
         counters: (usize, usize),
     ) {
         for (word, value) in self.bits.iter().zip(bitmap()) {
+            // Release: a thread that sees the bit sees the arena's set-up.
             word.store(value, Ordering::Release);
         }
         self.seen[0].store(counters.0 as u64, Ordering::Relaxed);
@@ -374,16 +375,11 @@ impl ArenaMirror {
     /// heap locked).
     #[inline]
     pub(crate) fn sync(&self, counters: (usize, usize), bitmap: impl FnOnce() -> [u64; ARENA_SLOTS / 64]) {
-        let (made, freed) = (counters.0 as u64, counters.1 as u64);
-        if self.seen[0].load(Ordering::Relaxed) == made && self.seen[1].load(Ordering::Relaxed) == freed {
-            return;
+        if self.seen[0].load(Ordering::Relaxed) != counters.0 as u64
+            || self.seen[1].load(Ordering::Relaxed) != counters.1 as u64
+        {
+            self.force_sync(bitmap, counters);
         }
-        for (word, value) in self.bits.iter().zip(bitmap()) {
-            // Release: a thread that sees the bit sees the arena's set-up.
-            word.store(value, Ordering::Release);
-        }
-        self.seen[0].store(made, Ordering::Relaxed);
-        self.seen[1].store(freed, Ordering::Relaxed);
     }
 
     #[inline]
@@ -497,6 +493,51 @@ struct Registry {
 // before their thread's storage goes; only the lock holder walks it.
 unsafe impl Send for Registry {}
 
+impl Registry {
+    /// Runs `f` on the bins and owner of every cache that serves heap `id`,
+    /// each taken in state `DRAINING` (waiting, yielding, for a thread in
+    /// the middle of using its cache — except `skip`, this thread's own,
+    /// which is left as it is if it is in use). A cache whose owner `f`
+    /// clears stops serving the heap.
+    ///
+    /// # Safety
+    ///
+    /// The registry's lock must be held (this is its guarded value).
+    unsafe fn each_cache_of(
+        &self,
+        id: u64,
+        skip: *const ThreadCache,
+        mut f: impl FnMut(&mut Bins, &mut Owner),
+    ) {
+        let mut c = self.caches;
+        while !c.is_null() {
+            // SAFETY: a cache on the list, live while it is.
+            let cache = unsafe { &*c };
+            if cache.owner_id.load(Ordering::Relaxed) == id {
+                let taken = loop {
+                    match cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed) {
+                        Ok(_) => break true,
+                        // This thread, interrupted in its own cache.
+                        Err(_) if c == skip => break false,
+                        Err(_) => std::thread::yield_now(),
+                    }
+                };
+                if taken {
+                    // SAFETY: in state DRAINING the bins and the owner are
+                    // ours alone.
+                    let (bins, owner) = unsafe { (&mut *cache.bins.get(), &mut *cache.owner.get()) };
+                    f(bins, owner);
+                    if owner.id == 0 {
+                        cache.owner_id.store(0, Ordering::Relaxed);
+                    }
+                    cache.state.store(IDLE, Ordering::Release);
+                }
+            }
+            c = cache.next.get();
+        }
+    }
+}
+
 static REGISTRY: spin::mutex::SpinMutex<Registry, spin::Yield> =
     spin::mutex::SpinMutex::new(Registry { heaps: [0; HEAPS], caches: ptr::null() });
 
@@ -576,18 +617,11 @@ impl Bins {
         ptr: NonNull<u8>,
         layout: Layout,
     ) -> bool {
-        let window = mirror.window();
-        if medium_need(layout).is_none() || window.1 == 0 || owner.owns(mirror, ptr) {
-            return false;
-        }
-        // SAFETY: as in `put_medium`.
-        match unsafe { segment::window_block(window, ptr, layout) } {
-            WindowBlock::Fits(chunk) => {
-                let bin = medium_bin(chunk);
-                // SAFETY: a block of the bin's size.
-                bin < MEDIUM_BINS && unsafe { self.medium[bin].holds(ptr) }
-            }
-            _ => false,
+        // SAFETY: forwarded contract.
+        match unsafe { medium_chunk(mirror, owner, ptr, layout) } {
+            // SAFETY: a block of the bin's size.
+            Some((_, bin)) => unsafe { self.medium[bin].holds(ptr) },
+            None => false,
         }
     }
 
@@ -607,24 +641,10 @@ impl Bins {
         ptr: NonNull<u8>,
         layout: Layout,
     ) -> Result<(), Declined> {
-        if medium_need(layout).is_none() || owner.owns(mirror, ptr) {
-            return Err(Declined::Pass);
-        }
-        let window = mirror.window();
-        if window.1 == 0 {
-            return Err(Declined::Pass);
-        }
-        // SAFETY: the window is layer 0's committed span while it holds it,
-        // and it holds it while any of its blocks is live; a pointer the
-        // caller did not get from this heap but within the window reads
-        // the heap's own memory, which a committed source keeps.
-        let WindowBlock::Fits(chunk) = (unsafe { segment::window_block(window, ptr, layout) }) else {
+        // SAFETY: forwarded contract.
+        let Some((chunk, bin)) = (unsafe { medium_chunk(mirror, owner, ptr, layout) }) else {
             return Err(Declined::Pass);
         };
-        let bin = medium_bin(chunk);
-        if bin >= MEDIUM_BINS {
-            return Err(Declined::Pass);
-        }
         let bin = &mut self.medium[bin];
         // SAFETY: the caller's block, of this bin's size.
         if unsafe { bin.holds(ptr) } {
@@ -638,6 +658,37 @@ impl Bins {
         }
         Ok(())
     }
+}
+
+/// The chunk size and medium bin of `ptr`, freed with `layout`, if layer
+/// 0's free checks would pass it (made without the lock, on header words
+/// accessed atomically): in layer 0's committed window, not in an arena of
+/// +2, a chunk in use that fits `layout`, of a size a medium bin holds.
+///
+/// # Safety
+///
+/// If the heap owns `ptr`, it must be a live block of it allocated with
+/// `layout`; `mirror` and `owner` are the heap's.
+#[inline]
+unsafe fn medium_chunk(
+    mirror: &ArenaMirror,
+    owner: &Owner,
+    ptr: NonNull<u8>,
+    layout: Layout,
+) -> Option<(usize, usize)> {
+    let window = mirror.window();
+    if medium_need(layout).is_none() || window.1 == 0 || owner.owns(mirror, ptr) {
+        return None;
+    }
+    // SAFETY: the window is layer 0's committed span while it holds it,
+    // and it holds it while any of its blocks is live; a pointer the
+    // caller did not get from this heap but within the window reads the
+    // heap's own memory, which a committed source keeps.
+    let WindowBlock::Fits(chunk) = (unsafe { segment::window_block(window, ptr, layout) }) else {
+        return None;
+    };
+    let bin = medium_bin(chunk);
+    (bin < MEDIUM_BINS).then_some((chunk, bin))
 }
 
 /// The layout that frees a medium block from a cache: its whole chunk's.
@@ -841,7 +892,8 @@ pub(crate) fn take(link: &Link, layout: Layout) -> Option<NonNull<u8>> {
 
 /// What [`realloc`] did.
 pub(crate) enum Realloc {
-    /// The block is in a cache: freed already. Nothing was done.
+    /// The block is in a cache (this thread's or, by its tag, another's):
+    /// freed already. Nothing was done.
     Cached,
     /// The block holds the new size as it is.
     InPlace,
@@ -871,7 +923,7 @@ pub(crate) unsafe fn realloc(
     old: Layout,
     new_size: usize,
 ) -> Realloc {
-    CACHE
+    let r = CACHE
         .try_with(|cache| {
             cache.enter(link, Realloc::Locked, |bins, owner| {
                 let ptr = crate::source::reach(ptr);
@@ -914,7 +966,12 @@ pub(crate) unsafe fn realloc(
                 }
             })
         })
-        .unwrap_or(Realloc::Locked)
+        .unwrap_or(Realloc::Locked);
+    match r {
+        // In another thread's cache (or none serves this heap here).
+        Realloc::Locked if cached_anywhere(mirror, ptr, old) => Realloc::Cached,
+        r => r,
+    }
 }
 
 /// Why [`put`] did not keep a block.
@@ -924,7 +981,8 @@ pub(crate) enum Declined {
     /// heap's cache, the bin full, the thread exiting): the locked path
     /// decides.
     Pass,
-    /// The block is in this thread's cache already: a double free.
+    /// The block is in a cache already (this thread's or, by its tag,
+    /// another's): a double free.
     DoubleFree,
 }
 
@@ -944,7 +1002,7 @@ pub(crate) unsafe fn put(
     layout: Layout,
     geometry: impl FnOnce() -> Option<Geometry>,
 ) -> Result<(), Declined> {
-    CACHE
+    let r = CACHE
         .try_with(|cache| {
             if cache.owner_id.load(Ordering::Relaxed) == 0 {
                 // A heap with no memory yet has no geometry to cache by.
@@ -985,7 +1043,13 @@ pub(crate) unsafe fn put(
                 unsafe { bin.push(ptr, DEPTH) }
             })
         })
-        .unwrap_or(Err(Declined::Pass))
+        .unwrap_or(Err(Declined::Pass));
+    match r {
+        // In another thread's cache (or none serves this heap here): freed
+        // already.
+        Err(Declined::Pass) if cached_anywhere(mirror, ptr, layout) => Err(Declined::DoubleFree),
+        r => r,
+    }
 }
 
 /// Takes every block that every thread's cache holds for the heap of
@@ -1000,26 +1064,9 @@ pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) 
     }
     let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
     let registry = REGISTRY.lock();
-    let mut c = registry.caches;
-    while !c.is_null() {
-        // SAFETY: a cache on the list, live while it is.
-        let cache = unsafe { &*c };
-        if cache.owner_id.load(Ordering::Relaxed) == id {
-            loop {
-                match cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed) {
-                    Ok(_) => break,
-                    // This thread, interrupted in its own cache: leave it.
-                    Err(_) if c == mine => break,
-                    Err(_) => std::thread::yield_now(),
-                }
-            }
-            if cache.state.load(Ordering::Relaxed) == DRAINING {
-                // SAFETY: in state DRAINING the bins are ours alone.
-                unsafe { (*cache.bins.get()).drain(&*cache.owner.get(), false, free) };
-                cache.state.store(IDLE, Ordering::Release);
-            }
-        }
-        c = cache.next.get();
+    // SAFETY: the registry's lock is held.
+    unsafe {
+        registry.each_cache_of(id, mine, |bins, owner| bins.drain(owner, false, free));
     }
 }
 
@@ -1041,24 +1088,12 @@ pub(crate) fn detach(link: &mut Link) {
     let Some(entry) = link.entry() else { return };
     let id = link.id();
     let mut registry = REGISTRY.lock();
-    let mut c = registry.caches;
-    while !c.is_null() {
-        // SAFETY: a cache on the list, live while it is.
-        let cache = unsafe { &*c };
-        if cache.owner_id.load(Ordering::Relaxed) == id {
-            while cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed).is_err()
-            {
-                std::thread::yield_now();
-            }
-            // SAFETY: in state DRAINING the bins are ours alone.
-            unsafe {
-                (*cache.bins.get()).forget();
-                *cache.owner.get() = Owner::NONE;
-            }
-            cache.owner_id.store(0, Ordering::Relaxed);
-            cache.state.store(IDLE, Ordering::Release);
-        }
-        c = cache.next.get();
+    // SAFETY: the registry's lock is held.
+    unsafe {
+        registry.each_cache_of(id, ptr::null(), |bins, owner| {
+            bins.forget();
+            *owner = Owner::NONE;
+        });
     }
     registry.heaps[entry] = 0;
     RETURNED[entry].store(ptr::null_mut(), Ordering::Relaxed);
