@@ -1308,6 +1308,32 @@ fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
 unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, L> {
     #[inline]
     unsafe fn alloc_in(&self, layout: Layout, domain: Domain) -> *mut u8 {
+        #[cfg(not(feature = "debug"))]
+        if let Some(p) = no_unwind(|| self.alloc_quick(layout)) {
+            return p.as_ptr();
+        }
+        self.alloc_rest(layout, domain)
+    }
+
+    #[inline]
+    unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, domain: Domain) {
+        let Some(p) = NonNull::new(ptr) else { return };
+        // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
+        // with `layout`, and is not used after this call.
+        #[cfg(not(feature = "debug"))]
+        if no_unwind(|| unsafe { self.free_quick(p) }) {
+            return;
+        }
+        // SAFETY: as above; the quick path left the block as it was.
+        unsafe { self.dealloc_rest(p, layout, domain) }
+    }
+}
+
+impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
+    /// Every allocation the quick path leaves: through this thread's cache
+    /// when the caches are on, else under the lock.
+    #[inline(never)]
+    fn alloc_rest(&self, layout: Layout, domain: Domain) -> *mut u8 {
         no_unwind(|| {
             #[cfg(all(feature = "std", not(feature = "debug")))]
             if domain == Domain::HEAP
@@ -1320,10 +1346,14 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
         })
     }
 
-    #[inline]
-    unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, domain: Domain) {
+    /// Every free the quick path leaves, as [`alloc_rest`](Self::alloc_rest).
+    ///
+    /// # Safety
+    ///
+    /// As [`DomainAlloc::dealloc_in`].
+    #[inline(never)]
+    unsafe fn dealloc_rest(&self, p: NonNull<u8>, layout: Layout, domain: Domain) {
         no_unwind(|| {
-            let Some(p) = NonNull::new(ptr) else { return };
             #[cfg(all(feature = "std", not(feature = "debug")))]
             if domain == Domain::HEAP && self.caches_on() {
                 // SAFETY: `GlobalAlloc`'s contract: a live block of this heap
@@ -1359,6 +1389,57 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, 
 }
 
 impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
+    /// Whether the quick paths may serve a call: with `std`, only while the
+    /// thread caches wait for a second thread. (Once they have been on,
+    /// blocks that exiting threads gave back wait for the full lock to free
+    /// them; while on, the caches serve first.)
+    #[cfg(not(feature = "debug"))]
+    #[inline(always)]
+    fn quick_allowed(&self) -> bool {
+        #[cfg(feature = "std")]
+        return self.thread_caches.load(Ordering::Relaxed) == CACHES_AUTO;
+        #[cfg(not(feature = "std"))]
+        return true;
+    }
+
+    /// The common allocation, kept small enough to need no stack frame: a
+    /// small request served from the head pool of its class, under the lock
+    /// if it is free. `None` (nothing done) sends the call on to
+    /// [`alloc_locked`](Self::alloc_locked), which does everything else —
+    /// the same choice [`Heap::allocate`] makes, so the quick path changes
+    /// no block's placement.
+    #[cfg(not(feature = "debug"))]
+    #[inline(always)]
+    fn alloc_quick(&self, layout: Layout) -> Option<NonNull<u8>> {
+        if !self.quick_allowed() {
+            return None;
+        }
+        let mut heap = self.heap.try_lock()?;
+        if !heap.is_small(layout) {
+            return None;
+        }
+        heap.object.allocate_from_pools(layout.size(), layout.align())
+    }
+
+    /// The common free, as [`alloc_quick`](Self::alloc_quick): a block of
+    /// layer +2 whose pool stays on its lists. `false` (nothing done) sends
+    /// the call on to [`free_locked`](Self::free_locked).
+    ///
+    /// # Safety
+    ///
+    /// As [`Heap::deallocate`].
+    #[cfg(not(feature = "debug"))]
+    #[inline(always)]
+    unsafe fn free_quick(&self, ptr: NonNull<u8>) -> bool {
+        if !self.quick_allowed() {
+            return false;
+        }
+        let Some(mut heap) = self.heap.try_lock() else { return false };
+        // SAFETY: a block of an arena of ours is, by the caller's contract,
+        // a live +2 block.
+        heap.object.owns(ptr.as_ptr()) && unsafe { heap.object.deallocate_quick(ptr) }
+    }
+
     /// Allocates through the lock.
     #[inline(always)]
     fn alloc_locked(&self, layout: Layout, domain: Domain) -> *mut u8 {

@@ -877,6 +877,35 @@ impl ObjectAllocator {
         true
     }
 
+    /// The common case of [`deallocate`](Self::deallocate), in a few
+    /// instructions and without the page source: frees `ptr` when its pool
+    /// stays on the lists it is on (it was not full, and keeps a block in
+    /// use). Returns `false`, touching nothing, for everything else — a
+    /// pool changing state, and every block `deallocate` refuses — which
+    /// the caller then passes to `deallocate`.
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate`](Self::deallocate).
+    #[inline(always)]
+    pub unsafe fn deallocate_quick(&mut self, ptr: NonNull<u8>) -> bool {
+        let block = reach(ptr).as_ptr();
+        let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();
+        // SAFETY: a live block lies in an initialised pool of a live arena.
+        let p = unsafe { &mut (*pool).h };
+        let last = p.freeblock;
+        // `ref_count > 1`: in use before, and still after; `last` non-null:
+        // not full, so on `used[class]` already.
+        if p.ref_count <= 1 || last.is_null() || last == block {
+            return false;
+        }
+        // SAFETY: the block is ours again; its first word becomes the link.
+        unsafe { *block.cast::<*mut u8>() = last };
+        p.freeblock = block;
+        p.ref_count -= 1;
+        true
+    }
+
     /// A pool was full (`was_full`) or has just become empty.
     #[cold]
     unsafe fn pool_changed_state(&mut self, pool: *mut Pool, was_full: bool, source: &mut impl PageSource) {
