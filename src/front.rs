@@ -56,7 +56,7 @@ use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
-use crate::sync::{AtomicBool, stat};
+use crate::sync::{AtomicBool, Padded, stat};
 
 use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator};
 use crate::segment::{self, Config, SegmentAllocator};
@@ -1020,7 +1020,9 @@ pub type DefaultLock = crate::sync::CriticalSectionLock;
 /// unsafe { HEAP.dealloc(p, layout) };
 /// ```
 pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
-    heap: lock_api::Mutex<L, Heap<S>>,
+    /// The heap, on lines of its own: the lock holder's writes do not
+    /// slow the threads that read the fields below from their caches.
+    heap: Padded<lock_api::Mutex<L, Heap<S>>>,
     initialized: AtomicBool,
     /// Whether threads cache this heap's blocks (`std`): [`CACHES_AUTO`]
     /// until two threads first meet at the lock, then [`CACHES_ON`];
@@ -1031,12 +1033,6 @@ pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
     /// The heap's identity for the thread caches.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     link: thread_cache::Link,
-    /// Reallocs done in place by threads without the lock.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    cached_in_place: crate::sync::AtomicUsize,
-    /// Reallocs that moved into a block of the thread's cache.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    cached_moved: crate::sync::AtomicUsize,
     /// Layer +2's arena bitmap, for threads to read without the lock.
     #[cfg(all(feature = "std", not(feature = "debug")))]
     arena_mirror: thread_cache::ArenaMirror,
@@ -1066,16 +1062,12 @@ impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
     /// [`empty`](LockedHeap::empty) with another lock `L`.
     pub const fn empty_with_lock() -> Self {
         Self {
-            heap: lock_api::Mutex::new(Heap::empty()),
+            heap: Padded(lock_api::Mutex::new(Heap::empty())),
             initialized: AtomicBool::new(false),
             #[cfg(feature = "std")]
             thread_caches: core::sync::atomic::AtomicU8::new(CACHES_AUTO),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             link: thread_cache::Link::new(),
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            cached_in_place: crate::sync::AtomicUsize::new(0),
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            cached_moved: crate::sync::AtomicUsize::new(0),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             arena_mirror: thread_cache::ArenaMirror::new(),
         }
@@ -1116,16 +1108,12 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// [`PageSource::window`] will report it), usable at once.
     pub const fn new(source: S, window: (usize, usize)) -> Self {
         Self {
-            heap: lock_api::Mutex::new(Heap::new_in_window(source, window)),
+            heap: Padded(lock_api::Mutex::new(Heap::new_in_window(source, window))),
             initialized: AtomicBool::new(true),
             #[cfg(feature = "std")]
             thread_caches: core::sync::atomic::AtomicU8::new(CACHES_AUTO),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             link: thread_cache::Link::new(),
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            cached_in_place: crate::sync::AtomicUsize::new(0),
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            cached_moved: crate::sync::AtomicUsize::new(0),
             #[cfg(all(feature = "std", not(feature = "debug")))]
             arena_mirror: thread_cache::ArenaMirror::new(),
         }
@@ -1166,8 +1154,9 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         let mut stats = self.lock().stats();
         #[cfg(all(feature = "std", not(feature = "debug")))]
         {
-            stats.front.realloc_in_place += self.cached_in_place.load(Ordering::Relaxed);
-            stats.front.realloc_moved += self.cached_moved.load(Ordering::Relaxed);
+            let cached = thread_cache::realloc_counts(&self.link);
+            stats.front.realloc_in_place += cached.in_place;
+            stats.front.realloc_moved += cached.moved;
         }
         stats
     }
@@ -1255,11 +1244,22 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
                     }
                     thread_cache::Realloc::Locked => {}
                     thread_cache::Realloc::InPlace => {
-                        stat!(self.cached_in_place.fetch_add(1, Ordering::Relaxed));
                         return reach(p).as_ptr();
                     }
+                    thread_cache::Realloc::Refill { new } => {
+                        let new = self.alloc_stocking(new, true);
+                        if !new.is_null() {
+                            // SAFETY: both blocks are live, distinct, and at
+                            // least this long; the old one is freed once,
+                            // and not used afterwards.
+                            unsafe {
+                                ptr::copy_nonoverlapping(p.as_ptr(), new, layout.size().min(new_size));
+                                self.dealloc_in(p.as_ptr(), layout, Domain::HEAP);
+                            }
+                        }
+                        return new;
+                    }
                     thread_cache::Realloc::Moved { new, free_old } => {
-                        stat!(self.cached_moved.fetch_add(1, Ordering::Relaxed));
                         if free_old {
                             // SAFETY: the old block, live until now, freed once.
                             unsafe { self.free_locked(p, layout) };
@@ -1336,14 +1336,47 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     fn alloc_rest(&self, layout: Layout, domain: Domain) -> *mut u8 {
         no_unwind(|| {
             #[cfg(all(feature = "std", not(feature = "debug")))]
-            if domain == Domain::HEAP
-                && self.caches_on()
-                && let Some(p) = thread_cache::take(&self.link, layout)
-            {
-                return p.as_ptr();
+            if domain == Domain::HEAP && self.caches_on() {
+                return match thread_cache::take(&self.link, layout) {
+                    Some(p) => p.as_ptr(),
+                    None => self.alloc_stocking(layout, false),
+                };
             }
             self.alloc_locked(layout, domain)
         })
+    }
+
+    /// An allocation this thread's cache could not serve: through the lock,
+    /// and, for a small request from a pool, up to
+    /// [`thread_cache::REFILL`] more blocks of its class from the same pool
+    /// go into the cache for the requests to come. `moving`: for a realloc
+    /// that moves its block (counted as such).
+    #[cfg(all(feature = "std", not(feature = "debug")))]
+    fn alloc_stocking(&self, layout: Layout, moving: bool) -> *mut u8 {
+        let mut heap = self.lock();
+        let result = heap.allocate(layout);
+        let p = self.block_or_null(&mut heap, result, |h| h.allocate(layout));
+        if moving && !p.is_null() {
+            stat!(heap.stats.realloc_moved += 1);
+        }
+        let mut more = [NonNull::dangling(); thread_cache::REFILL];
+        let mut n = 0;
+        if heap.is_small(layout) && heap.object.owns(p) {
+            while n < more.len()
+                && let Some(block) = heap.object.allocate_from_pools(layout.size(), layout.align())
+            {
+                more[n] = block;
+                n += 1;
+            }
+        }
+        self.settle(heap);
+        // SAFETY: fresh +2 blocks of the class of `layout`, used by nothing.
+        let kept = unsafe { thread_cache::stock(&self.link, layout, &more[..n], || self.cache_geometry()) };
+        for &block in &more[kept..n] {
+            // SAFETY: a fresh block of ours allocated with `layout`, freed once.
+            unsafe { self.free_locked(block, layout) };
+        }
+        p
     }
 
     /// Every free the quick path leaves, as [`alloc_rest`](Self::alloc_rest).

@@ -9,7 +9,7 @@ use std::thread;
 use std::mem::MaybeUninit;
 use std::sync::mpsc::channel;
 use strata::LockedHeap;
-use strata::front::thread_cache::{DEPTH, HEAPS, MEDIUM_DEPTH};
+use strata::front::thread_cache::{DEPTH, HEAPS, MEDIUM_DEPTH, REFILL};
 
 /// A block handed to another thread.
 #[derive(Clone, Copy)]
@@ -58,7 +58,8 @@ fn a_thread_reuses_its_freed_blocks_and_gives_them_back_on_trim() {
     unsafe {
         let a = heap.alloc(layout);
         heap.dealloc(a, layout);
-        assert_eq!(in_use(heap), 1, "the freed block stays with the thread");
+        // The first miss stocked the bin with the pool's next blocks too.
+        assert_eq!(in_use(heap), 1 + REFILL, "the freed block stays with the thread");
         // Same class (33..=40 bytes, align ≤ 8): the cached block comes back.
         let b = heap.alloc(Layout::from_size_align(35, 4).unwrap());
         assert_eq!(a, b);
@@ -430,6 +431,76 @@ fn reallocs_through_the_cache_are_counted_in_place_and_moved() {
         assert_eq!(after.realloc_moved - before.realloc_moved, 1, "a move through the cache not counted");
         heap.dealloc(z, Layout::from_size_align(60, 8).unwrap());
     }
+}
+
+#[test]
+fn a_miss_stocks_the_bin_with_the_neighbouring_blocks_of_its_pool() {
+    let heap = heap();
+    thread::spawn(move || {
+        let layout = Layout::from_size_align(48, 8).unwrap();
+        // SAFETY: blocks of this heap with their layout, each freed once.
+        unsafe {
+            let first = heap.alloc(layout);
+            assert_eq!(in_use(heap), 1 + REFILL, "the miss did not stock the bin");
+            let next: Vec<*mut u8> = (0..REFILL).map(|_| heap.alloc(layout)).collect();
+            assert_eq!(in_use(heap), 1 + REFILL, "the stocked blocks did not serve the next requests");
+            // A fresh pool is carved in address order: the thread got the
+            // blocks that follow its first, not blocks among other threads'.
+            let mut offsets: Vec<usize> = next.iter().map(|&p| p as usize - first as usize).collect();
+            offsets.sort_unstable();
+            assert_eq!(offsets, (1..=REFILL).map(|k| k * 48).collect::<Vec<_>>());
+            for p in next.into_iter().chain([first]) {
+                heap.dealloc(p, layout);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(in_use(heap), 0);
+    heap.with(|h| h.check_invariants());
+}
+
+#[test]
+fn a_realloc_into_a_class_whose_bin_is_empty_moves_and_caches_the_old_block() {
+    let heap = heap();
+    let (small, large) = (Layout::from_size_align(24, 8).unwrap(), Layout::from_size_align(200, 8).unwrap());
+    // SAFETY: blocks of this heap with their current layouts, each freed once.
+    unsafe {
+        let p = heap.alloc(small);
+        for i in 0..24 {
+            p.add(i).write(i as u8 ^ 0x5a);
+        }
+        let before = heap.stats().front;
+        let q = heap.realloc(p, small, 200);
+        assert!(!q.is_null() && q != p);
+        assert!((0..24).all(|i| q.add(i).read() == i as u8 ^ 0x5a), "contents lost in the move");
+        assert_eq!(heap.stats().front.realloc_moved - before.realloc_moved, 1, "the move was not counted");
+        assert_eq!(heap.alloc(small), p, "the old block went to this thread's cache");
+        heap.dealloc(p, small);
+        heap.dealloc(q, large);
+    }
+}
+
+#[test]
+fn reallocs_counted_by_a_thread_that_exits_are_kept() {
+    let heap = heap();
+    let before = heap.stats().front.realloc_in_place;
+    thread::spawn(move || {
+        let l24 = Layout::from_size_align(24, 8).unwrap();
+        // SAFETY: a block of this heap with its current layout, freed once.
+        unsafe {
+            let p = heap.alloc(l24);
+            let mut now = 24;
+            for size in [20, 24, 18, 22, 17] {
+                assert_eq!(heap.realloc(p, Layout::from_size_align(now, 8).unwrap(), size), p);
+                now = size;
+            }
+            heap.dealloc(p, Layout::from_size_align(now, 8).unwrap());
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(heap.stats().front.realloc_in_place - before, 5);
 }
 
 /// `trim` gives the spare arena back to layer 0: the copy of the arena

@@ -571,6 +571,41 @@ struct Bins {
     /// Layer 0's chunks, by size (each holds its chunk size in its third
     /// word while cached).
     medium: [Bin; MEDIUM_BINS],
+    /// The reallocs this thread did for the heap without its lock: in
+    /// place, and moved into a cached block. Counted here, not in shared
+    /// counters, so that threads do not contend for one cache line; summed
+    /// by [`realloc_counts`], kept for the heap when the thread exits.
+    reallocs: Reallocs,
+}
+
+/// Counts of reallocs done in the caches: in place, and moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reallocs {
+    pub(crate) in_place: usize,
+    pub(crate) moved: usize,
+}
+
+/// The reallocs of threads that have exited, per registry entry (the heap
+/// holding it).
+static EXITED_REALLOCS: [[AtomicUsize; 2]; HEAPS] =
+    [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; HEAPS];
+
+/// The reallocs every thread has done in its cache for the heap of `link`
+/// (see [`Bins::reallocs`]).
+pub(crate) fn realloc_counts(link: &Link) -> Reallocs {
+    let Some(entry) = link.entry() else { return Reallocs::default() };
+    let registry = REGISTRY.lock();
+    let exited = &EXITED_REALLOCS[entry];
+    let mut sum =
+        Reallocs { in_place: exited[0].load(Ordering::Relaxed), moved: exited[1].load(Ordering::Relaxed) };
+    // SAFETY: the registry's lock is held.
+    unsafe {
+        registry.each_cache_of(link.id(), ptr::null(), |bins, _| {
+            sum.in_place += bins.reallocs.in_place;
+            sum.moved += bins.reallocs.moved;
+        });
+    }
+    sum
 }
 
 /// Where a cached medium block keeps its chunk size.
@@ -602,6 +637,7 @@ impl Bins {
     fn forget(&mut self) {
         self.small = [Bin::EMPTY; NUM_CLASSES];
         self.medium = [Bin::EMPTY; MEDIUM_BINS];
+        self.reallocs = Reallocs::default();
     }
 
     /// Whether `ptr`, a block of layer 0 freed with `layout`, is cached.
@@ -723,6 +759,7 @@ impl ThreadCache {
             bins: UnsafeCell::new(Bins {
                 small: [Bin::EMPTY; NUM_CLASSES],
                 medium: [Bin::EMPTY; MEDIUM_BINS],
+                reallocs: Reallocs { in_place: 0, moved: 0 },
             }),
             next: Cell::new(ptr::null()),
             registered: Cell::new(false),
@@ -743,6 +780,14 @@ impl ThreadCache {
         let r = if owner.id == link.id() { f(bins, owner) } else { default };
         self.state.store(IDLE, Ordering::Release);
         r
+    }
+
+    /// Whether this cache serves a heap, attaching it to the heap of `link`
+    /// if it serves none (with the heap's `geometry`; a heap with no memory
+    /// yet has none to cache by).
+    #[inline(always)]
+    fn attached(&self, link: &Link, geometry: impl FnOnce() -> Option<Geometry>) -> bool {
+        self.owner_id.load(Ordering::Relaxed) != 0 || geometry().is_some_and(|g| self.attach(link, g))
     }
 
     /// Makes this cache serve the heap of `link` (it serves none): gives
@@ -840,6 +885,10 @@ impl ThreadCache {
         }
         // The heap is alive while its entry is (it frees the entry, under
         // this lock, when it is dropped): its blocks can still be written.
+        let exited = &EXITED_REALLOCS[heap.entry];
+        exited[0].fetch_add(bins.reallocs.in_place, Ordering::Relaxed);
+        exited[1].fetch_add(bins.reallocs.moved, Ordering::Relaxed);
+        bins.reallocs = Reallocs::default();
         let stack = &RETURNED[heap.entry];
         bins.drain(&heap, true, &mut |block, _| {
             let mut head = stack.load(Ordering::Relaxed);
@@ -890,6 +939,47 @@ pub(crate) fn take(link: &Link, layout: Layout) -> Option<NonNull<u8>> {
         .flatten()
 }
 
+/// How many blocks beyond the one requested a miss in a small bin brings
+/// from the heap, under one lock: fewer trips to the lock, and blocks that
+/// lie next to each other go to one thread (blocks of a pool handed out to
+/// threads in turn would share cache lines between them).
+pub const REFILL: usize = DEPTH as usize / 2;
+
+/// Keeps `blocks`, fresh blocks of the heap of `link` of the small class of
+/// `layout`, in this thread's bin of that class (`geometry` as for
+/// [`put`]). Returns how many it kept (the first ones); the caller frees
+/// the rest.
+///
+/// # Safety
+///
+/// Every block must be a live block of layer +2 of that heap, of the class
+/// of `layout`, not used afterwards.
+pub(crate) unsafe fn stock(
+    link: &Link,
+    layout: Layout,
+    blocks: &[NonNull<u8>],
+    geometry: impl FnOnce() -> Option<Geometry>,
+) -> usize {
+    if blocks.is_empty() {
+        return 0;
+    }
+    CACHE
+        .try_with(|cache| {
+            if !cache.attached(link, geometry) {
+                return 0;
+            }
+            cache.enter(link, 0, |bins, owner| {
+                if !owner.is_small(layout) {
+                    return 0;
+                }
+                let bin = &mut bins.small[size_class(layout.size(), layout.align(), owner.class_shift)];
+                // SAFETY: the caller's promise: blocks of this bin's class.
+                blocks.iter().take_while(|&&block| unsafe { bin.push(block, DEPTH) }.is_ok()).count()
+            })
+        })
+        .unwrap_or(0)
+}
+
 /// What [`realloc`] did.
 pub(crate) enum Realloc {
     /// The block is in a cache (this thread's or, by its tag, another's):
@@ -900,6 +990,10 @@ pub(crate) enum Realloc {
     /// The contents moved to this block of the cache; the old block went
     /// into the cache, or, if `free_old`, must be freed through the lock.
     Moved { new: NonNull<u8>, free_old: bool },
+    /// A block of +2 moving to another class whose bin is empty: the
+    /// caller allocates a block for `new` (refilling the bin), copies, and
+    /// frees the old one. Nothing was done.
+    Refill { new: Layout },
     /// The lock is needed.
     Locked,
 }
@@ -950,11 +1044,12 @@ pub(crate) unsafe fn realloc(
                 }
                 let size = class_size(class, owner.class_shift);
                 if new_size <= size && new_size > size / 2 {
+                    crate::sync::stat!(bins.reallocs.in_place += 1);
                     return Realloc::InPlace;
                 }
                 let Some(block) = bins.small[size_class(new_size, old.align(), owner.class_shift)].pop()
                 else {
-                    return Realloc::Locked;
+                    return Realloc::Refill { new };
                 };
                 // SAFETY: both blocks are live, distinct and at least this
                 // long; the old one is ours to keep afterwards (not cached:
@@ -962,6 +1057,7 @@ pub(crate) unsafe fn realloc(
                 unsafe {
                     ptr::copy_nonoverlapping(ptr.as_ptr(), block.as_ptr(), old.size().min(new_size));
                     let free_old = bins.small[class].push(ptr, DEPTH).is_err();
+                    crate::sync::stat!(bins.reallocs.moved += 1);
                     Realloc::Moved { new: block, free_old }
                 }
             })
@@ -1004,12 +1100,8 @@ pub(crate) unsafe fn put(
 ) -> Result<(), Declined> {
     let r = CACHE
         .try_with(|cache| {
-            if cache.owner_id.load(Ordering::Relaxed) == 0 {
-                // A heap with no memory yet has no geometry to cache by.
-                let Some(geometry) = geometry() else { return Err(Declined::Pass) };
-                if !cache.attach(link, geometry) {
-                    return Err(Declined::Pass);
-                }
+            if !cache.attached(link, geometry) {
+                return Err(Declined::Pass);
             }
             cache.enter(link, Err(Declined::Pass), |bins, owner| {
                 // Kept with the provenance of the heap's pages, not the
@@ -1097,5 +1189,8 @@ pub(crate) fn detach(link: &mut Link) {
     }
     registry.heaps[entry] = 0;
     RETURNED[entry].store(ptr::null_mut(), Ordering::Relaxed);
+    for count in &EXITED_REALLOCS[entry] {
+        count.store(0, Ordering::Relaxed);
+    }
     *link = Link::new();
 }
