@@ -481,6 +481,34 @@ fn a_realloc_into_a_class_whose_bin_is_empty_moves_and_caches_the_old_block() {
     }
 }
 
+/// A dirty block freed and handed out again by `alloc_zeroed` is zero.
+fn zeroed_reuse(heap: &LockedHeap) {
+    for size in [8, 24, 100, 512, 1000, 4000] {
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: blocks of this heap with their layout, each freed once.
+        unsafe {
+            let p = heap.alloc(layout);
+            p.write_bytes(0xa5, size);
+            heap.dealloc(p, layout);
+            let q = heap.alloc_zeroed(layout);
+            assert!(!q.is_null());
+            assert!((0..size).all(|i| q.add(i).read() == 0), "size {size}: a reused block is not zeroed");
+            heap.dealloc(q, layout);
+        }
+    }
+}
+
+#[test]
+fn alloc_zeroed_zeroes_blocks_reused_from_a_cache_and_from_the_quick_path() {
+    zeroed_reuse(heap());
+    // Caches waiting for a second thread: the quick path serves.
+    let plain: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    plain.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
+    plain.with(|h| h.set_cold_limit(0));
+    zeroed_reuse(plain);
+    assert!(!plain.thread_caches_on());
+}
+
 #[test]
 fn reallocs_counted_by_a_thread_that_exits_are_kept() {
     let heap = heap();

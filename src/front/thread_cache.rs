@@ -10,7 +10,13 @@
 //! may serve a request up to a quarter smaller than its chunk, which layer
 //! 0's free check allows for. Blocks in a thread's bins stay allocated as
 //! far as the heap knows. A block goes to the heap through the lock when
-//! its bin is full.
+//! its bin is full. A request that finds its small bin empty takes the
+//! lock once for itself and [`REFILL`] more blocks of its class, the next
+//! ones of the same pool (jemalloc's tcache fills half a bin the same way):
+//! fewer trips to the lock, and a thread's blocks lie next to each other
+//! rather than interleaved with other threads' on shared cache lines. A
+//! realloc into a class whose bin is empty goes the same way, and copies
+//! outside the lock.
 //!
 //! **On by default, for any heap**, from the first time two threads meet at
 //! the heap's lock (before that the locked path is as fast; see
