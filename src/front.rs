@@ -776,6 +776,14 @@ impl<S: PageSource> Heap<S> {
         let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
         let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
         let moved = if self.object.owns(ptr.as_ptr()) {
+            // A block its pool has taken back (freed already): refused, as
+            // a second free of it is.
+            // SAFETY: a block of an arena of ours.
+            if !unsafe { self.object.may_free(ptr) } {
+                return Err(AllocError::Refused(DeallocateError::NotAllocated {
+                    ptr: ptr.as_ptr() as usize,
+                }));
+            }
             // SAFETY: a live +2 block (caller contract).
             let block = unsafe { self.object.block_size(ptr) };
             if new_size <= block && (new_size > block / 2 || block <= ALIGNMENT) {
@@ -1264,7 +1272,7 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
                         return reach(p).as_ptr();
                     }
                     thread_cache::Realloc::Refill { new } => {
-                        let new = self.alloc_stocking(new, true);
+                        let new = self.alloc_stocking(new, Some(p));
                         if !new.is_null() {
                             // SAFETY: both blocks are live, distinct, and at
                             // least this long; the old one is freed once,
@@ -1356,7 +1364,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             if domain == Domain::HEAP && self.caches_on() {
                 return match thread_cache::take(&self.link, layout) {
                     Some(p) => p.as_ptr(),
-                    None => self.alloc_stocking(layout, false),
+                    None => self.alloc_stocking(layout, None),
                 };
             }
             self.alloc_locked(layout, domain)
@@ -1366,33 +1374,40 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// An allocation this thread's cache could not serve: through the lock,
     /// and, for a small request from a pool, up to
     /// [`thread_cache::REFILL`] more blocks of its class from the same pool
-    /// go into the cache for the requests to come. `moving`: for a realloc
-    /// that moves its block (counted as such).
+    /// go into the cache under the same lock, for the requests to come.
+    ///
+    /// `moving`: the block of a realloc that moves (counted as such). It is
+    /// checked under the lock first, as the heap checks a block it frees: a
+    /// block the heap has freed already is refused (null, counted), and
+    /// nothing is allocated.
     #[cfg(all(feature = "std", not(feature = "debug")))]
-    fn alloc_stocking(&self, layout: Layout, moving: bool) -> *mut u8 {
+    #[inline(never)]
+    fn alloc_stocking(&self, layout: Layout, moving: Option<NonNull<u8>>) -> *mut u8 {
+        let stocking = thread_cache::attached(&self.link, || self.cache_geometry());
         let mut heap = self.lock();
+        if let Some(old) = moving
+            // SAFETY: `may_free` is asked of a block of an arena of ours.
+            && !(heap.object.owns(old.as_ptr()) && unsafe { heap.object.may_free(old) })
+        {
+            heap.stats.refused_frees += 1;
+            self.settle(heap);
+            return ptr::null_mut();
+        }
         let result = heap.allocate(layout);
         let p = self.block_or_null(&mut heap, result, |h| h.allocate(layout));
-        if moving && !p.is_null() {
+        if moving.is_some() && !p.is_null() {
             stat!(heap.stats.realloc_moved += 1);
         }
-        let mut more = [NonNull::dangling(); thread_cache::REFILL];
-        let mut n = 0;
-        if heap.is_small(layout) && heap.object.owns(p) {
-            while n < more.len()
-                && let Some(block) = heap.object.allocate_from_pools(layout.size(), layout.align())
-            {
-                more[n] = block;
-                n += 1;
-            }
+        if stocking && heap.is_small(layout) && heap.object.owns(p) {
+            let object = &mut heap.object;
+            // SAFETY: blocks fresh from the pools of the class of `layout`.
+            unsafe {
+                thread_cache::stock(&self.link, layout, || {
+                    object.allocate_from_pools(layout.size(), layout.align())
+                })
+            };
         }
         self.settle(heap);
-        // SAFETY: fresh +2 blocks of the class of `layout`, used by nothing.
-        let kept = unsafe { thread_cache::stock(&self.link, layout, &more[..n], || self.cache_geometry()) };
-        for &block in &more[kept..n] {
-            // SAFETY: a fresh block of ours allocated with `layout`, freed once.
-            unsafe { self.free_locked(block, layout) };
-        }
         p
     }
 

@@ -877,6 +877,23 @@ impl ObjectAllocator {
         true
     }
 
+    /// Whether [`deallocate`](Self::deallocate) would take `ptr` now: its
+    /// pool has a block in use, and `ptr` is not the pool's last freed
+    /// block (the double frees this layer can see without a walk).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must lie in an arena of this allocator (see
+    /// [`owns`](Self::owns)), at a block of its pool.
+    #[inline]
+    pub unsafe fn may_free(&self, ptr: NonNull<u8>) -> bool {
+        let pool = ptr.as_ptr().map_addr(|a| a & self.pool_mask).cast::<Pool>();
+        // SAFETY: a pool of a live arena (the caller's promise) has an
+        // initialised header.
+        let p = unsafe { &(*pool).h };
+        p.ref_count != 0 && p.freeblock != ptr.as_ptr()
+    }
+
     /// The common case of [`deallocate`](Self::deallocate), in a few
     /// instructions and without the page source: frees `ptr` when its pool
     /// stays on the lists it is on (it was not full, and keeps a block in

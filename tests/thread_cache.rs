@@ -509,6 +509,50 @@ fn alloc_zeroed_zeroes_blocks_reused_from_a_cache_and_from_the_quick_path() {
     assert!(!plain.thread_caches_on());
 }
 
+/// Finding of the adversarial pass: a block freed to the heap (its bin
+/// was full) and then reallocated into a class whose bin is empty must be
+/// refused, as the locked path refuses it, not moved and cached while it
+/// is still on its pool's free list (it would be handed out twice).
+#[test]
+fn a_realloc_of_a_block_the_heap_has_freed_is_refused_on_the_refill_path() {
+    // Each on a thread of its own, whose cache serves its heap. (A realloc
+    // that stays within the class is done in place without the lock, and
+    // does not see a block its pool has taken back: not caught.)
+    for (size, new) in [(64, 200), (200, 64), (48, 480), (24, 8)] {
+        thread::spawn(move || refused_realloc_of_a_freed_block(size, new)).join().unwrap();
+    }
+}
+
+fn refused_realloc_of_a_freed_block(size: usize, new: usize) {
+    {
+        let heap = heap();
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: blocks of this heap with their layout, each freed once —
+        // but `p`, reallocated after its free to see it refused.
+        unsafe {
+            let live: Vec<*mut u8> = (0..40).map(|_| heap.alloc(layout)).collect();
+            let p = heap.alloc(layout);
+            for &b in &live[..usize::from(DEPTH)] {
+                heap.dealloc(b, layout);
+            }
+            // The bin is full: `p` goes back to its pool.
+            heap.dealloc(p, layout);
+            let keep = heap.alloc(layout);
+            let refused = heap.stats().front.refused_frees;
+            assert!(heap.realloc(p, layout, new).is_null(), "{size} -> {new}: a freed block was moved");
+            assert_eq!(heap.stats().front.refused_frees, refused + 1, "{size} -> {new}: not counted");
+            let again: Vec<*mut u8> = (0..60).map(|_| heap.alloc(layout)).collect();
+            assert_eq!(again.iter().filter(|&&q| q == p).count(), 1, "{size} -> {new}: handed out twice");
+            for q in again.into_iter().chain(live[usize::from(DEPTH)..].iter().copied()).chain([keep]) {
+                heap.dealloc(q, layout);
+            }
+        }
+        heap.trim();
+        assert_eq!(in_use(heap), 0, "{size} -> {new}");
+        heap.with(|h| h.check_invariants());
+    }
+}
+
 #[test]
 fn reallocs_counted_by_a_thread_that_exits_are_kept() {
     let heap = heap();

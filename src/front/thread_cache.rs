@@ -951,36 +951,52 @@ pub(crate) fn take(link: &Link, layout: Layout) -> Option<NonNull<u8>> {
 /// threads in turn would share cache lines between them).
 pub const REFILL: usize = DEPTH as usize / 2;
 
-/// Keeps `blocks`, fresh blocks of the heap of `link` of the small class of
-/// `layout`, in this thread's bin of that class (`geometry` as for
-/// [`put`]). Returns how many it kept (the first ones); the caller frees
-/// the rest.
+/// Whether this thread's cache serves the heap of `link`, attaching it if
+/// it serves none yet (`geometry` as for [`put`]). Call without the heap's
+/// lock: `geometry` may take it.
+pub(crate) fn attached(link: &Link, geometry: impl FnOnce() -> Option<Geometry>) -> bool {
+    CACHE
+        .try_with(|cache| {
+            cache.attached(link, geometry) && cache.owner_id.load(Ordering::Relaxed) == link.id()
+        })
+        .unwrap_or(false)
+}
+
+/// Stocks this thread's bin of the small class of `layout` with up to
+/// [`REFILL`] blocks that `fill` takes from the heap of `link` (the caller
+/// holds the heap's lock). `fill` is called only while the bin has room,
+/// and not at all if this thread's cache does not serve that heap or is
+/// being drained, so no block taken comes back. Returns how many it
+/// stocked.
 ///
 /// # Safety
 ///
-/// Every block must be a live block of layer +2 of that heap, of the class
-/// of `layout`, not used afterwards.
+/// Every block `fill` returns must be a fresh block of layer +2 of that
+/// heap, of the class of `layout`.
 pub(crate) unsafe fn stock(
     link: &Link,
     layout: Layout,
-    blocks: &[NonNull<u8>],
-    geometry: impl FnOnce() -> Option<Geometry>,
+    mut fill: impl FnMut() -> Option<NonNull<u8>>,
 ) -> usize {
-    if blocks.is_empty() {
-        return 0;
-    }
     CACHE
         .try_with(|cache| {
-            if !cache.attached(link, geometry) {
-                return 0;
-            }
             cache.enter(link, 0, |bins, owner| {
                 if !owner.is_small(layout) {
                     return 0;
                 }
                 let bin = &mut bins.small[size_class(layout.size(), layout.align(), owner.class_shift)];
-                // SAFETY: the caller's promise: blocks of this bin's class.
-                blocks.iter().take_while(|&&block| unsafe { bin.push(block, DEPTH) }.is_ok()).count()
+                let mut n = 0;
+                while n < REFILL
+                    && bin.len < DEPTH
+                    && let Some(block) = fill()
+                {
+                    // SAFETY: the caller's promise: a fresh block of this
+                    // bin's class; the bin has room (checked).
+                    let kept = unsafe { bin.push(block, DEPTH) };
+                    debug_assert!(kept.is_ok());
+                    n += 1;
+                }
+                n
             })
         })
         .unwrap_or(0)
