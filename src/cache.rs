@@ -44,6 +44,17 @@ pub enum CacheError {
     NoConstructor,
 }
 
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfMemory => write!(f, "the cache's free list is empty and the heap is out of memory"),
+            Self::NoConstructor => write!(f, "the cache has no constructor to make an object with"),
+        }
+    }
+}
+
+impl core::error::Error for CacheError {}
+
 /// Counters of one cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {

@@ -294,6 +294,36 @@ pub enum MemoryMapError {
     },
 }
 
+impl fmt::Display for MemoryMapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoUsableMemory => write!(f, "the memory map has no usable frame"),
+            Self::EntryOverflows { region } => write!(
+                f,
+                "the entry of {:#x} bytes at {:#x} ends past the 52-bit physical address space",
+                region.len,
+                region.start.as_u64()
+            ),
+            Self::UsableOverlap { a, b } => write!(
+                f,
+                "usable entries overlap: {:#x} bytes at {:#x} and {:#x} bytes at {:#x}",
+                a.len,
+                a.start.as_u64(),
+                b.len,
+                b.start.as_u64()
+            ),
+            Self::MetadataTooSmall { needed, provided } => {
+                write!(f, "frame metadata too small: {needed} entries needed, {provided} provided")
+            }
+            Self::TooManyFrames { frames } => {
+                write!(f, "the map spans {frames} frames, more than 32-bit indices name")
+            }
+        }
+    }
+}
+
+impl core::error::Error for MemoryMapError {}
+
 /// Why a block could not be allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllocateError {
@@ -308,6 +338,17 @@ pub enum AllocateError {
         order: usize,
     },
 }
+
+impl fmt::Display for AllocateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfMemory { order } => write!(f, "no free block of order {order} or larger"),
+            Self::InvalidOrder { order } => write!(f, "order {order} is above {MAX_ORDER}"),
+        }
+    }
+}
+
+impl core::error::Error for AllocateError {}
 
 /// Why a block could not be freed. The allocator is unchanged when this is returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,6 +426,8 @@ impl fmt::Display for DeallocateError {
         }
     }
 }
+
+impl core::error::Error for DeallocateError {}
 
 /// The binary buddy allocator over a boot memory map.
 pub struct BuddyAllocator<'m> {

@@ -404,6 +404,26 @@ pub enum AllocateError {
     },
 }
 
+impl fmt::Display for AllocateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoArena(e) => write!(f, "no pool has room and no arena could be had: {e}"),
+            Self::ArenaOutsideWindow { addr } => {
+                write!(f, "the page source handed out an arena at {addr:#x}, outside its window")
+            }
+        }
+    }
+}
+
+impl core::error::Error for AllocateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::NoArena(e) => Some(e),
+            Self::ArenaOutsideWindow { .. } => None,
+        }
+    }
+}
+
 /// Arena counters, as `sys._debugmallocstats()` reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArenaCounters {

@@ -178,6 +178,22 @@ pub enum ReserveError {
     },
 }
 
+impl fmt::Display for ReserveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidRequest { pages, align } => {
+                write!(f, "invalid reservation: {pages} pages aligned to {align} bytes")
+            }
+            Self::AddressSpaceExhausted { pages } => {
+                write!(f, "no gap of {pages} pages left in the heap's address range")
+            }
+            Self::TooManyRegions { capacity } => write!(f, "the region table is full ({capacity} regions)"),
+        }
+    }
+}
+
+impl core::error::Error for ReserveError {}
+
 /// Why [`Vmm::map`], [`Vmm::unmap`], [`Vmm::protect`] or [`Vmm::release`] failed.
 /// Nothing was changed when one of these is returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +235,8 @@ impl fmt::Display for PageError {
         }
     }
 }
+
+impl core::error::Error for PageError {}
 
 /// Counters of the VMM, for reports and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -674,4 +692,22 @@ pub enum AllocateError {
     Reserve(ReserveError),
     /// The pages could not be mapped.
     Map(PageError),
+}
+
+impl fmt::Display for AllocateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Reserve(e) => write!(f, "no address space: {e}"),
+            Self::Map(e) => write!(f, "the pages could not be mapped: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for AllocateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Reserve(e) => Some(e),
+            Self::Map(e) => Some(e),
+        }
+    }
 }

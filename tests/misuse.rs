@@ -509,3 +509,43 @@ mod thread_caches {
         heap.with(|h| h.check_invariants());
     }
 }
+
+/// What a caller gets from `to_string()` and `source()` of a public error.
+fn described(e: &dyn std::error::Error) -> (String, Option<String>) {
+    (e.to_string(), e.source().map(ToString::to_string))
+}
+
+#[test]
+fn every_public_error_says_what_went_wrong_and_keeps_its_cause() {
+    use strata::cache::CacheError;
+    use strata::object::AllocateError as ObjectError;
+    use strata::source::PagesError;
+
+    let pages = PagesError::Exhausted { size: 1 << 20, align: 1 << 20 };
+    let (text, cause) = described(&ObjectError::NoArena(pages));
+    assert!(text.starts_with("no pool has room"), "{text}");
+    assert_eq!(cause, Some(pages.to_string()), "layer +2 lost the page source's cause");
+    let (text, cause) = described(&ObjectError::ArenaOutsideWindow { addr: 0x1000 });
+    assert!(text.contains("0x1000") && cause.is_none(), "{text}");
+    for e in [CacheError::OutOfMemory, CacheError::NoConstructor] {
+        let (text, cause) = described(&e);
+        assert!(!text.is_empty() && !text.contains("Constructor") && cause.is_none(), "{text}");
+    }
+
+    #[cfg(all(feature = "paging", target_arch = "x86_64"))]
+    {
+        use strata::frame::{AllocateError as FrameError, DeallocateError, MemoryMapError};
+        use strata::vmm::{AllocateError as VmmError, PageError, ReserveError};
+        let reserve = ReserveError::AddressSpaceExhausted { pages: 7 };
+        let (text, cause) = described(&VmmError::Reserve(reserve));
+        assert!(text.contains("7 pages") && cause == Some(reserve.to_string()), "{text}");
+        let (text, cause) = described(&VmmError::Map(PageError::OutOfFrames));
+        assert!(text.ends_with("out of physical frames") && cause.is_some(), "{text}");
+        let (text, _) = described(&FrameError::OutOfMemory { order: 3 });
+        assert!(text.contains("order 3"), "{text}");
+        let (text, _) = described(&MemoryMapError::MetadataTooSmall { needed: 10, provided: 4 });
+        assert!(text.contains("10") && text.contains('4'), "{text}");
+        let (text, _) = described(&DeallocateError::InvalidOrder { order: 99 });
+        assert!(text.contains("99"), "{text}");
+    }
+}
