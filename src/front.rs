@@ -1470,7 +1470,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// The common allocation, kept small enough to need no stack frame: a
     /// small request served from the head pool of its class, under the lock
     /// if it is free. `None` (nothing done) sends the call on to
-    /// [`alloc_locked`](Self::alloc_locked), which does everything else —
+    /// [`alloc_rest`](Self::alloc_rest), which does everything else —
     /// the same choice [`Heap::allocate`] makes, so the quick path changes
     /// no block's placement.
     #[cfg(not(feature = "debug"))]
@@ -1488,7 +1488,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
 
     /// The common free, as [`alloc_quick`](Self::alloc_quick): a block of
     /// layer +2 whose pool stays on its lists. `false` (nothing done) sends
-    /// the call on to [`free_locked`](Self::free_locked).
+    /// the call on to [`dealloc_rest`](Self::dealloc_rest).
     ///
     /// # Safety
     ///

@@ -877,14 +877,15 @@ impl ObjectAllocator {
     /// the page source of every call (see [`allocate`](Self::allocate)).
     #[inline]
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, source: &mut impl PageSource) -> bool {
+        // SAFETY: the caller's promise: a block of an arena of ours.
+        if !unsafe { self.may_free(ptr) } {
+            return false;
+        }
         let block = reach(ptr).as_ptr();
         let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a live block lies in an initialised pool of a live arena.
         let p = unsafe { &mut (*pool).h };
         let last = p.freeblock;
-        if p.ref_count == 0 || last == block {
-            return false;
-        }
         // SAFETY: the block is ours again; its first word becomes the link.
         unsafe { *block.cast::<*mut u8>() = last };
         p.freeblock = block;

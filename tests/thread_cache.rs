@@ -27,9 +27,15 @@ const ROUNDS: u32 = if cfg!(miri) { 400 } else { 20_000 };
 /// take it hours), its thread caches on from the start rather than when
 /// two threads first meet at the lock (tested below).
 fn cached_heap(size: usize) -> &'static LockedHeap {
+    let heap = plain_heap(size);
+    heap.set_thread_caches(true);
+    heap
+}
+
+/// As [`cached_heap`], its caches left to come on by themselves.
+fn plain_heap(size: usize) -> &'static LockedHeap {
     let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
     heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(size)));
-    heap.set_thread_caches(true);
     heap
 }
 
@@ -502,8 +508,7 @@ fn zeroed_reuse(heap: &LockedHeap) {
 fn alloc_zeroed_zeroes_blocks_reused_from_a_cache_and_from_the_quick_path() {
     zeroed_reuse(heap());
     // Caches waiting for a second thread: the quick path serves.
-    let plain: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
-    plain.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(32 << 20)));
+    let plain = plain_heap(32 << 20);
     plain.with(|h| h.set_cold_limit(0));
     zeroed_reuse(plain);
     assert!(!plain.thread_caches_on());
@@ -524,33 +529,31 @@ fn a_realloc_of_a_block_the_heap_has_freed_is_refused_on_the_refill_path() {
 }
 
 fn refused_realloc_of_a_freed_block(size: usize, new: usize) {
-    {
-        let heap = heap();
-        let layout = Layout::from_size_align(size, 8).unwrap();
-        // SAFETY: blocks of this heap with their layout, each freed once —
-        // but `p`, reallocated after its free to see it refused.
-        unsafe {
-            let live: Vec<*mut u8> = (0..40).map(|_| heap.alloc(layout)).collect();
-            let p = heap.alloc(layout);
-            for &b in &live[..usize::from(DEPTH)] {
-                heap.dealloc(b, layout);
-            }
-            // The bin is full: `p` goes back to its pool.
-            heap.dealloc(p, layout);
-            let keep = heap.alloc(layout);
-            let refused = heap.stats().front.refused_frees;
-            assert!(heap.realloc(p, layout, new).is_null(), "{size} -> {new}: a freed block was moved");
-            assert_eq!(heap.stats().front.refused_frees, refused + 1, "{size} -> {new}: not counted");
-            let again: Vec<*mut u8> = (0..60).map(|_| heap.alloc(layout)).collect();
-            assert_eq!(again.iter().filter(|&&q| q == p).count(), 1, "{size} -> {new}: handed out twice");
-            for q in again.into_iter().chain(live[usize::from(DEPTH)..].iter().copied()).chain([keep]) {
-                heap.dealloc(q, layout);
-            }
+    let heap = heap();
+    let layout = Layout::from_size_align(size, 8).unwrap();
+    // SAFETY: blocks of this heap with their layout, each freed once —
+    // but `p`, reallocated after its free to see it refused.
+    unsafe {
+        let live: Vec<*mut u8> = (0..40).map(|_| heap.alloc(layout)).collect();
+        let p = heap.alloc(layout);
+        for &b in &live[..usize::from(DEPTH)] {
+            heap.dealloc(b, layout);
         }
-        heap.trim();
-        assert_eq!(in_use(heap), 0, "{size} -> {new}");
-        heap.with(|h| h.check_invariants());
+        // The bin is full: `p` goes back to its pool.
+        heap.dealloc(p, layout);
+        let keep = heap.alloc(layout);
+        let refused = heap.stats().front.refused_frees;
+        assert!(heap.realloc(p, layout, new).is_null(), "{size} -> {new}: a freed block was moved");
+        assert_eq!(heap.stats().front.refused_frees, refused + 1, "{size} -> {new}: not counted");
+        let again: Vec<*mut u8> = (0..60).map(|_| heap.alloc(layout)).collect();
+        assert_eq!(again.iter().filter(|&&q| q == p).count(), 1, "{size} -> {new}: handed out twice");
+        for q in again.into_iter().chain(live[usize::from(DEPTH)..].iter().copied()).chain([keep]) {
+            heap.dealloc(q, layout);
+        }
     }
+    heap.trim();
+    assert_eq!(in_use(heap), 0, "{size} -> {new}");
+    heap.with(|h| h.check_invariants());
 }
 
 #[test]
@@ -757,8 +760,7 @@ fn heaps_made_and_dropped_in_turn_each_get_thread_caches() {
 /// lock held by another, the caches come on, with no call to make.
 #[test]
 fn caches_come_on_by_themselves_when_two_threads_meet_at_the_lock() {
-    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
-    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
+    let heap = plain_heap(2 << 20);
     assert!(!heap.thread_caches_on());
     thread::spawn(move || assert!(!a_free_is_cached(heap), "cached with one thread")).join().unwrap();
     assert!(!heap.thread_caches_on());
