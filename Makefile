@@ -20,9 +20,9 @@ test: deps test-host test-kernel test-firmware ## Every test: host tests, the ke
 
 test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing ones in debug mode
 	$(CARGO) test
-	$(CARGO) test --features debug --test debug --test global_alloc --test cache
+	$(CARGO) test --features debug --test debug --test global_alloc --test cache --test unsized
 	$(CARGO) test --lib --no-default-features
-	$(CARGO) test --features std --test thread_cache --test global_alloc --test misuse
+	$(CARGO) test --features std --test thread_cache --test global_alloc --test misuse --test unsized
 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest

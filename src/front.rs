@@ -740,6 +740,77 @@ impl<S: PageSource> Heap<S> {
         result
     }
 
+    /// The layout block `ptr` answers to when the caller does not know the
+    /// one it was allocated with (C's `free(p)` and `malloc_usable_size(p)`):
+    /// its size is the bytes the caller may use, at least the size asked
+    /// for, and the layout frees it ([`deallocate`](Self::deallocate)) and
+    /// resizes it ([`reallocate`](Self::reallocate)) as the original would.
+    /// Alignment is 16 (or the block's own, for the 8-byte classes of small
+    /// heaps), what `malloc` promises; a block allocated with more keeps its
+    /// address but not that promise across a realloc that moves.
+    ///
+    /// O(1), from what the layers keep anyway — layer +2's pool header,
+    /// layer 0's chunk header — with the refusals of a free: a pointer no
+    /// layer owns ([`DeallocateError::NotOwned`]), not a block in use
+    /// ([`DeallocateError::NotAllocated`]; a +2 block freed twice is caught
+    /// while its pool is empty or it heads the free list, as in a free), or
+    /// a block of a first-fit heap, which keeps no sizes
+    /// ([`DeallocateError::SizeUnknown`]).
+    pub fn usable_layout(&self, ptr: NonNull<u8>) -> Result<Layout, DeallocateError> {
+        let ptr = reach(ptr);
+        let size = if self.object.owns(ptr.as_ptr()) {
+            // SAFETY: a pointer into an arena of ours, checked to be a block
+            // of its pool before `may_free` asks about it as one.
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+                return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
+            }
+            // SAFETY: a block in use of an arena of ours (just checked).
+            unsafe { self.object.block_size(ptr) }
+        } else {
+            let g = self.object.geometry();
+            layer_0_usable(self.segment.block_size(ptr)?, g.threshold, g.class_shift)
+        };
+        Ok(usable_layout(size))
+    }
+
+    /// The bytes the caller may use of block `ptr` (C's
+    /// `malloc_usable_size`): the size of its [`usable_layout`](Self::usable_layout).
+    pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, DeallocateError> {
+        self.usable_layout(ptr).map(|l| l.size())
+    }
+
+    /// Frees a block without its layout (C's `free`), as
+    /// [`deallocate`](Self::deallocate) with its
+    /// [`usable_layout`](Self::usable_layout), and with the same refusals.
+    ///
+    /// # Safety
+    ///
+    /// If any layer owns `ptr`, it must be a live block allocated by this
+    /// heap, not used after this call.
+    pub unsafe fn deallocate_unsized(&mut self, ptr: NonNull<u8>) -> Result<(), DeallocateError> {
+        let layout = self.usable_layout(ptr)?;
+        // SAFETY: forwarded contract; the layout is the block's own.
+        unsafe { self.deallocate(ptr, layout) }
+    }
+
+    /// Resizes a block without its layout (C's `realloc`), as
+    /// [`reallocate`](Self::reallocate) with its
+    /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate_unsized`](Self::deallocate_unsized); on success the
+    /// old block is not used again.
+    pub unsafe fn reallocate_unsized(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let layout = self.usable_layout(ptr).map_err(AllocError::Refused)?;
+        // SAFETY: forwarded contract; the layout is the block's own.
+        unsafe { self.reallocate(ptr, layout, new_size) }
+    }
+
     /// Resizes a block to `new_size` bytes (same alignment), in place when it
     /// can, keeping the first `min(old, new)` bytes.
     ///
@@ -966,6 +1037,27 @@ impl<S: PageSource> Heap<S> {
     }
 }
 
+/// What a caller may use of a layer 0 block whose payload is `size` bytes,
+/// under a heap whose layer +2 serves up to `threshold` bytes in classes of
+/// `1 << class_shift`. A small block there was allocated under its class's
+/// layout, which its chunk fits at most a granule over: the whole class
+/// granules in it name that class (or the next one up, which the chunk
+/// holds as well), so that every small path takes the block as one of the
+/// class it was allocated in.
+#[inline]
+pub(crate) fn layer_0_usable(size: usize, threshold: usize, class_shift: u32) -> usize {
+    if size <= threshold { size & !((1 << class_shift) - 1) } else { size }
+}
+
+/// The layout of a block of `size` usable bytes (a multiple of 8, not 0)
+/// found without its own: aligned to the largest power of two dividing the
+/// size, up to 16 (a +2 block of an 8-byte class is 8-aligned).
+#[inline]
+pub(crate) fn usable_layout(size: usize) -> Layout {
+    let align = (size & size.wrapping_neg()).min(ALIGNMENT);
+    Layout::from_size_align(size, align).expect("a block's size fits isize")
+}
+
 /// Copies `len` bytes of a block that moves by realloc from `src` to `dst`.
 ///
 /// A large copy whose destination lies just after its source modulo 4 KiB
@@ -1174,6 +1266,129 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
             stats.front.realloc_moved += cached.moved;
         }
         stats
+    }
+
+    /// The bytes the caller may use of block `ptr` (C's
+    /// `malloc_usable_size`): at least the size it was allocated with, as
+    /// [`Heap::usable_size`] finds it (with `debug`, exactly that size, from
+    /// the block's debug header). `None` for null, a pointer no layer owns,
+    /// a block not in use (as far as a free would tell), or a block of a
+    /// first-fit heap, which keeps no sizes.
+    ///
+    /// # Safety
+    ///
+    /// If the heap owns `ptr`, it must be a live block of it (with thread
+    /// caches, its size is read without the lock).
+    pub unsafe fn usable_size(&self, ptr: *const u8) -> Option<usize> {
+        let p = NonNull::new(ptr.cast_mut())?;
+        // SAFETY: forwarded contract.
+        unsafe { self.usable_layout(p) }.map(|l| l.size())
+    }
+
+    /// Frees a block without its layout (C's `free`): null is ignored, and
+    /// what [`Heap::deallocate_unsized`] refuses is refused (counted in
+    /// `refused_frees`; with `debug`, checked and reported as a violation
+    /// like any free).
+    ///
+    /// # Safety
+    ///
+    /// If the heap owns `ptr`, it must be a live block of it, not used after
+    /// this call.
+    pub unsafe fn dealloc_unsized(&self, ptr: *mut u8) {
+        let Some(p) = NonNull::new(ptr) else { return };
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        if self.caches_on() {
+            // Through the sized path, which knows the caches.
+            // SAFETY: forwarded contract.
+            return match unsafe { self.usable_layout(p) } {
+                // SAFETY: forwarded contract; the layout is the block's own.
+                Some(layout) => unsafe { self.dealloc(ptr, layout) },
+                None => self.refuse(),
+            };
+        }
+        no_unwind(|| {
+            let mut heap = self.lock();
+            // Debug mode checks and reports any pointer; one without a
+            // header of this heap is checked as a byte, and refused.
+            #[cfg(feature = "debug")]
+            // SAFETY: forwarded contract; the checks verify the layout.
+            let refused = unsafe {
+                let layout = heap.debug_layout(p).map_or(Layout::new::<u8>(), |(layout, _)| layout);
+                heap.debug_deallocate(p, layout, Domain::HEAP)
+            }
+            .is_err();
+            // SAFETY: forwarded contract.
+            #[cfg(not(feature = "debug"))]
+            let refused = unsafe { heap.deallocate_unsized(p) }.is_err();
+            if refused {
+                heap.stats.refused_frees += 1;
+            }
+            self.settle(heap);
+        })
+    }
+
+    /// Resizes a block without its layout (C's `realloc`), keeping its first
+    /// bytes: the new block, or null (the old one unchanged) when memory
+    /// runs out, when `new_size` is 0 or overflows a layout, or when the
+    /// block is refused as [`dealloc_unsized`](Self::dealloc_unsized)
+    /// refuses it. Null `ptr` is an allocation, as in C.
+    ///
+    /// # Safety
+    ///
+    /// As [`dealloc_unsized`](Self::dealloc_unsized); on success the old
+    /// block is not used again.
+    pub unsafe fn realloc_unsized(&self, ptr: *mut u8, new_size: usize) -> *mut u8 {
+        let Some(p) = NonNull::new(ptr) else {
+            return match Layout::from_size_align(new_size, ALIGNMENT) {
+                // SAFETY: a layout of non-zero size.
+                Ok(layout) if new_size != 0 => unsafe { self.alloc(layout) },
+                _ => ptr::null_mut(),
+            };
+        };
+        if new_size == 0 {
+            return ptr::null_mut();
+        }
+        // Debug mode checks and reports any block it is given, as `realloc`.
+        #[cfg(feature = "debug")]
+        let layout = self.with(|heap| heap.debug_layout(p).map(|(layout, _)| layout));
+        // SAFETY: forwarded contract.
+        #[cfg(not(feature = "debug"))]
+        let layout = unsafe { self.usable_layout(p) };
+        match layout {
+            // SAFETY: forwarded contract; the layout is the block's own,
+            // the size not zero (`realloc` refuses one that overflows).
+            Some(layout) => unsafe { self.realloc(ptr, layout, new_size) },
+            None => {
+                self.refuse();
+                ptr::null_mut()
+            }
+        }
+    }
+
+    /// The layout block `p` answers to ([`Heap::usable_layout`]; with
+    /// `debug`, the one its header records): without the lock where the
+    /// thread caches can tell.
+    ///
+    /// # Safety
+    ///
+    /// As [`usable_size`](Self::usable_size).
+    unsafe fn usable_layout(&self, p: NonNull<u8>) -> Option<Layout> {
+        #[cfg(all(feature = "std", not(feature = "debug")))]
+        if self.caches_on()
+            // SAFETY: forwarded contract.
+            && let Some(layout) = unsafe {
+                thread_cache::usable_layout(&self.link, &self.arena_mirror, p, || self.cache_geometry())
+            }
+        {
+            return Some(layout);
+        }
+        let heap = self.lock();
+        #[cfg(feature = "debug")]
+        let layout = heap.debug_layout(p).and_then(|(layout, live)| live.then_some(layout));
+        #[cfg(not(feature = "debug"))]
+        let layout = heap.usable_layout(p).ok();
+        self.settle(heap);
+        layout
     }
 
     /// Gives the spares back to the page source (see [`Heap::trim`]), after
@@ -1658,7 +1873,6 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     }
 
     /// Counts a refused free (or realloc) found before the heap was asked.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
     #[cold]
     fn refuse(&self) {
         let mut heap = self.lock();

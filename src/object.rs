@@ -898,6 +898,29 @@ impl ObjectAllocator {
         true
     }
 
+    /// Whether `ptr` is where a block of its pool starts, among the blocks
+    /// the pool has handed out at least once: a pointer into a pool header
+    /// or into the middle of a block is not. (The free path leaves this to
+    /// the caller's contract; a free without a layout, which trusts the
+    /// pointer for the size as well, checks it.)
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must lie in an arena of this allocator (see [`owns`](Self::owns)).
+    pub unsafe fn is_block_start(&self, ptr: NonNull<u8>) -> bool {
+        let addr = ptr.as_ptr() as usize;
+        let pool = addr & self.pool_mask;
+        // SAFETY: a pool of a live arena (the caller's promise) has an
+        // initialised header.
+        let p = unsafe { &(*ptr::with_exposed_provenance::<Pool>(pool)).h };
+        let (first, offset) = (self.first_offset(pool), addr - pool);
+        p.ref_count != 0
+            && p.block_size != 0
+            && offset >= first
+            && offset < p.next_offset as usize
+            && (offset - first).is_multiple_of(p.block_size as usize)
+    }
+
     /// Whether [`deallocate`](Self::deallocate) would take `ptr` now: its
     /// pool has a block in use, and `ptr` is not the pool's last freed
     /// block (the double frees this layer can see without a walk).

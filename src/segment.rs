@@ -199,6 +199,12 @@ pub enum DeallocateError {
         /// The size given.
         given: usize,
     },
+    /// A free or size query without a layout, of a block of the first-fit
+    /// engine (heaps under [`FIRST_FIT_LIMIT`]), which keeps no block sizes.
+    SizeUnknown {
+        /// The pointer.
+        ptr: usize,
+    },
 }
 
 impl fmt::Display for DeallocateError {
@@ -210,6 +216,12 @@ impl fmt::Display for DeallocateError {
             }
             Self::SizeMismatch { ptr, block, given } => {
                 write!(f, "{ptr:#x} holds {block} bytes but was freed as {given}")
+            }
+            Self::SizeUnknown { ptr } => {
+                write!(
+                    f,
+                    "{ptr:#x} lies in a first-fit heap, which keeps no block sizes: free it with its layout"
+                )
             }
         }
     }
@@ -737,6 +749,14 @@ impl SegmentAllocator {
     /// source, and the exact reason for a refusal over a committed one.
     #[cold]
     fn check_block_in_spans(&self, ptr: NonNull<u8>, layout: Layout) -> Result<usize, DeallocateError> {
+        let (chunk, first) = self.chunk_in_use(ptr)?;
+        self.check_fit(ptr, layout, chunk, first)
+    }
+
+    /// The first half of the checks, for any pointer: it lies in a span, is
+    /// a payload's address, its chunk says in use and ends inside the span.
+    /// Returns the chunk's size and whether it is its span's first.
+    fn chunk_in_use(&self, ptr: NonNull<u8>) -> Result<(usize, bool), DeallocateError> {
         let addr = ptr.as_ptr() as usize;
         let not_allocated = DeallocateError::NotAllocated { ptr: addr };
         if !self.owns_addr(addr) {
@@ -751,7 +771,31 @@ impl SegmentAllocator {
         if chunk < MIN_CHUNK || !self.owns_addr(next_head) {
             return Err(not_allocated);
         }
-        self.check_fit(ptr, layout, chunk, first)
+        Ok((chunk, first))
+    }
+
+    /// The bytes a caller may use of the block in use at `ptr` — at least
+    /// the size it was allocated with — found without its layout, with the
+    /// checks [`deallocate`](Self::deallocate) makes of a pointer (O(1),
+    /// header words only): the size C's `malloc_usable_size` reports, and
+    /// the size a free without a layout frees. The first-fit engine keeps
+    /// no sizes, so its blocks are [`DeallocateError::SizeUnknown`].
+    pub fn block_size(&self, ptr: NonNull<u8>) -> Result<usize, DeallocateError> {
+        let ptr = reach(ptr);
+        let addr = ptr.as_ptr() as usize;
+        if self.engine != Engine::Tlsf {
+            return Err(if self.owns_addr(addr) {
+                DeallocateError::SizeUnknown { ptr: addr }
+            } else {
+                DeallocateError::NotOwned { ptr: addr }
+            });
+        }
+        let (chunk, _) = self.chunk_in_use(ptr)?;
+        // SAFETY: `chunk_in_use` checked that the next header lies in the span.
+        if !unsafe { Tlsf::next_head(ptr, chunk) }.0 {
+            return Err(DeallocateError::NotAllocated { ptr: addr });
+        }
+        Ok(chunk - WORD)
     }
 
     /// The second half of the checks: the next chunk says this one is in
@@ -1166,6 +1210,31 @@ pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layo
         return WindowBlock::Refused;
     }
     WindowBlock::Fits(chunk)
+}
+
+/// The chunk of the TLSF block in use at `ptr`, in the committed window's
+/// span `window`, found without a layout: [`window_block`]'s checks but
+/// the fit. `None` if `ptr` is no block in use there.
+///
+/// # Safety
+///
+/// As [`window_block`].
+#[cfg(feature = "std")]
+pub(crate) unsafe fn window_chunk(window: (usize, usize), ptr: NonNull<u8>) -> Option<usize> {
+    let (start, len) = window;
+    let addr = ptr.as_ptr() as usize;
+    let off = addr.wrapping_sub(start);
+    if off >= len || off < 2 * WORD || !addr.is_multiple_of(GRANULE) {
+        return None;
+    }
+    // SAFETY: `ptr` is aligned and its header word lies in the span.
+    let (chunk, _) = unsafe { Tlsf::in_use_chunk(ptr) }.ok()?;
+    // The next chunk's header, at `addr + chunk - WORD`, lies in the span.
+    if chunk < MIN_CHUNK || chunk > len - off {
+        return None;
+    }
+    // SAFETY: as just checked.
+    unsafe { Tlsf::next_head(ptr, chunk) }.0.then_some(chunk)
 }
 
 /// The size `linked_list_allocator` really reserves for `layout`.

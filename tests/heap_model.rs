@@ -1,6 +1,8 @@
 //! Property tests: long random programs of allocate / free / reallocate /
 //! allocate_zeroed, sizes 1 B to 1 MiB, alignments 1 to 4096, replayed on a
-//! `Heap` and checked against a shadow model after every step.
+//! `Heap` and checked against a shadow model after every step. The model
+//! holds each block at its usable size (`Heap::usable_size`, written to its
+//! last byte), and half the frees and reallocs go without a layout.
 
 mod common;
 
@@ -11,6 +13,8 @@ use std::ptr::NonNull;
 use common::Region;
 use proptest::prelude::*;
 use strata::Heap;
+use strata::front::{AllocError, Layer};
+use strata::segment::DeallocateError;
 use strata::source::PageSource;
 
 #[derive(Clone, Debug)]
@@ -24,6 +28,15 @@ enum Op {
         which: usize,
     },
     Realloc {
+        which: usize,
+        size: usize,
+    },
+    /// C's `free`: without the layout.
+    FreeUnsized {
+        which: usize,
+    },
+    /// C's `realloc`: without the layout.
+    ReallocUnsized {
         which: usize,
         size: usize,
     },
@@ -47,8 +60,10 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (size(), prop_oneof![3 => Just(0u32), 2 => 0u32..=12], any::<bool>())
             .prop_map(|(size, align_shift, zeroed)| Op::Alloc { size, align_shift, zeroed }),
-        3 => any::<usize>().prop_map(|which| Op::Free { which }),
-        2 => (any::<usize>(), size()).prop_map(|(which, size)| Op::Realloc { which, size }),
+        2 => any::<usize>().prop_map(|which| Op::Free { which }),
+        1 => any::<usize>().prop_map(|which| Op::FreeUnsized { which }),
+        1 => (any::<usize>(), size()).prop_map(|(which, size)| Op::Realloc { which, size }),
+        1 => (any::<usize>(), size()).prop_map(|(which, size)| Op::ReallocUnsized { which, size }),
         1 => (any::<usize>(), 1u32..6).prop_map(|(which, times)| Op::Grow { which, times }),
     ]
 }
@@ -58,7 +73,8 @@ fn small_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (1usize..=256, 0u32..=4).prop_map(|(size, align_shift)| Op::Alloc { size, align_shift, zeroed: false }),
         1 => ((4usize << 10)..=(64 << 10)).prop_map(|size| Op::Alloc { size, align_shift: 3, zeroed: false }),
-        2 => any::<usize>().prop_map(|which| Op::Free { which }),
+        1 => any::<usize>().prop_map(|which| Op::Free { which }),
+        1 => any::<usize>().prop_map(|which| Op::FreeUnsized { which }),
         1 => (any::<usize>(), 1usize..=256).prop_map(|(which, size)| Op::Realloc { which, size }),
     ]
 }
@@ -66,6 +82,9 @@ fn small_op() -> impl Strategy<Value = Op> {
 struct Live {
     ptr: NonNull<u8>,
     layout: Layout,
+    /// The bytes the block may use: its usable size, or the layout's on a
+    /// heap that keeps no sizes.
+    len: usize,
     seed: u8,
 }
 
@@ -80,7 +99,7 @@ fn checked_offsets(len: usize) -> impl Iterator<Item = usize> {
 }
 
 fn fill(b: &Live) {
-    for i in checked_offsets(b.layout.size()) {
+    for i in checked_offsets(b.len) {
         // SAFETY: the block is live and `layout.size()` long.
         unsafe { b.ptr.as_ptr().add(i).write(pattern(b.seed, i)) };
     }
@@ -101,17 +120,33 @@ struct Model {
 }
 
 impl Model {
-    fn insert(&mut self, region: &Region, ptr: NonNull<u8>, layout: Layout) -> Live {
+    /// A new block, held at its usable size where the heap keeps sizes.
+    fn insert<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        region: &Region,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> Live {
         let start = ptr.as_ptr() as usize;
         assert_eq!(start % layout.align(), 0, "{layout:?} misaligned at {start:#x}");
-        assert!(region.contains(ptr.as_ptr(), layout.size()), "block outside the region");
-        let end = start + layout.size().max(1);
+        let len = match heap.usable_size(ptr) {
+            Ok(usable) => {
+                assert!(usable >= layout.size(), "usable size {usable} under the {layout:?} asked for");
+                assert_eq!(heap.usable_layout(ptr).unwrap().size(), usable);
+                usable
+            }
+            Err(DeallocateError::SizeUnknown { .. }) if heap.stats().segments.first_fit => layout.size(),
+            Err(e) => panic!("no usable size for a block just allocated with {layout:?}: {e}"),
+        };
+        assert!(region.contains(ptr.as_ptr(), len), "block outside the region");
+        let end = start + len.max(1);
         if let Some((&s, &e)) = self.ranges.range(..end).next_back() {
             assert!(e <= start || s >= end, "[{start:#x},{end:#x}) overlaps [{s:#x},{e:#x})");
         }
         self.ranges.insert(start, end);
         self.seed = self.seed.wrapping_add(37);
-        Live { ptr, layout, seed: self.seed }
+        Live { ptr, layout, len, seed: self.seed }
     }
 
     fn remove(&mut self, b: &Live) {
@@ -119,32 +154,53 @@ impl Model {
     }
 }
 
-/// Reallocates live block `i` to `size` bytes and checks the kept prefix;
-/// returns the block's index afterwards.
+/// Reallocates live block `i` to `size` bytes (with its layout, or without
+/// as C's `realloc`) and checks the kept prefix; returns the block's index
+/// afterwards.
 fn realloc<S: PageSource>(
     heap: &mut Heap<S>,
     m: &mut Model,
     region: &Region,
     i: usize,
     size: usize,
+    sized: bool,
 ) -> usize {
     let old = &m.live[i];
-    // SAFETY: a live block of this heap with this layout.
-    match unsafe { heap.reallocate(old.ptr, old.layout, size) } {
+    let result = if sized {
+        // SAFETY: a live block of this heap with this layout.
+        unsafe { heap.reallocate(old.ptr, old.layout, size) }
+    } else {
+        // SAFETY: a live block of this heap.
+        let r = unsafe { heap.reallocate_unsized(old.ptr, size) };
+        if heap.stats().segments.first_fit
+            && !heap.owner(old.ptr.as_ptr()).is_some_and(|l| l == Layer::Object)
+        {
+            assert!(
+                matches!(r, Err(AllocError::Refused(DeallocateError::SizeUnknown { .. }))),
+                "a first-fit block resized without its size: {r:?}"
+            );
+        }
+        r
+    };
+    match result {
         Ok(ptr) => {
             let old = m.live.swap_remove(i);
             m.remove(&old);
-            let layout = Layout::from_size_align(size, old.layout.align()).unwrap();
-            let mut b = m.insert(region, ptr, layout);
+            // Without a layout the block keeps malloc's alignment only.
+            let align = if sized { old.layout.align() } else { old.layout.align().min(8) };
+            let layout = Layout::from_size_align(size, align).unwrap();
+            let mut b = m.insert(heap, region, ptr, layout);
             b.seed = old.seed;
-            // The kept prefix must have survived the move.
-            verify(&b, old.layout.size().min(size).min(256));
+            // The kept prefix must have survived the move: the old size
+            // the call was given (all of the usable bytes, without one).
+            let kept = if sized { old.layout.size() } else { old.len };
+            verify(&b, kept.min(size).min(256));
             fill(&b);
             m.live.push(b);
             m.live.len() - 1
         }
         Err(_) => {
-            verify(old, old.layout.size());
+            verify(old, old.len);
             i
         }
     }
@@ -176,27 +232,45 @@ fn replay_on<S: common::BytesOut>(region: &Region, mut heap: Heap<S>, ops: &[Op]
                         let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), size) };
                         assert!(bytes.iter().all(|&b| b == 0), "allocate_zeroed returned dirty memory");
                     }
-                    let b = m.insert(region, ptr, layout);
+                    let b = m.insert(&heap, region, ptr, layout);
                     fill(&b);
                     m.live.push(b);
                 }
             }
             Op::Free { which } if !m.live.is_empty() => {
                 let b = m.live.swap_remove(which % m.live.len());
-                verify(&b, b.layout.size());
+                verify(&b, b.len);
                 m.remove(&b);
                 // SAFETY: a live block of this heap with this layout.
                 unsafe { heap.deallocate(b.ptr, b.layout) }.expect("free of a live block");
             }
+            Op::FreeUnsized { which } if !m.live.is_empty() => {
+                let i = which % m.live.len();
+                verify(&m.live[i], m.live[i].len);
+                // SAFETY: a live block of this heap.
+                match unsafe { heap.deallocate_unsized(m.live[i].ptr) } {
+                    Ok(()) => {
+                        let b = m.live.swap_remove(i);
+                        m.remove(&b);
+                    }
+                    // A heap that keeps no sizes refuses, changing nothing.
+                    Err(DeallocateError::SizeUnknown { .. }) if heap.stats().segments.first_fit => {}
+                    Err(e) => panic!("unsized free of a live block refused: {e}"),
+                }
+            }
             Op::Realloc { which, size } if !m.live.is_empty() => {
                 let i = which % m.live.len();
-                realloc(&mut heap, &mut m, region, i, size);
+                realloc(&mut heap, &mut m, region, i, size, true);
+            }
+            Op::ReallocUnsized { which, size } if !m.live.is_empty() => {
+                let i = which % m.live.len();
+                realloc(&mut heap, &mut m, region, i, size, false);
             }
             Op::Grow { which, times } if !m.live.is_empty() => {
                 let mut i = which % m.live.len();
                 for _ in 0..times {
                     let size = (m.live[i].layout.size() * 2).clamp(4096, 8 << 20);
-                    i = realloc(&mut heap, &mut m, region, i, size);
+                    i = realloc(&mut heap, &mut m, region, i, size, true);
                     heap.check_invariants();
                 }
             }
@@ -205,7 +279,7 @@ fn replay_on<S: common::BytesOut>(region: &Region, mut heap: Heap<S>, ops: &[Op]
         heap.check_invariants();
     }
     for b in m.live.drain(..) {
-        verify(&b, b.layout.size());
+        verify(&b, b.len);
         // SAFETY: live blocks of this heap.
         unsafe { heap.deallocate(b.ptr, b.layout) }.unwrap();
     }
@@ -270,8 +344,10 @@ fn a_long_seeded_program_churns_every_layer() {
                 align_shift: if rng.below(4) == 0 { rng.below(13) as u32 } else { 0 },
                 zeroed: rng.below(8) == 0,
             },
-            5..=7 => Op::Free { which: rng.next() as usize },
-            _ => Op::Realloc { which: rng.next() as usize, size: 1 + rng.below(4096) as usize },
+            5 | 6 => Op::Free { which: rng.next() as usize },
+            7 => Op::FreeUnsized { which: rng.next() as usize },
+            8 => Op::Realloc { which: rng.next() as usize, size: 1 + rng.below(4096) as usize },
+            _ => Op::ReallocUnsized { which: rng.next() as usize, size: 1 + rng.below(4096) as usize },
         })
         .collect();
     replay(256 << 20, &ops);

@@ -413,6 +413,27 @@ impl<S: PageSource> Heap<S> {
         }
     }
 
+    /// The layout the debug header before `ptr` records, and whether it
+    /// says the block is live: for the calls that come without a layout
+    /// (C's `free`, `realloc`, `malloc_usable_size`). `None` when the header
+    /// would not lie in memory of this heap.
+    pub(crate) fn debug_layout(&self, ptr: NonNull<u8>) -> Option<(Layout, bool)> {
+        let ptr = crate::source::reach(ptr);
+        let p = ptr.as_ptr() as usize;
+        let owner = self.owner(ptr.as_ptr())?;
+        let fields_owner = p.checked_sub(FIELDS).and_then(|b| self.owner(b as *const u8));
+        if fields_owner != Some(owner) || !p.is_multiple_of(16) {
+            return None;
+        }
+        let q = ptr.as_ptr();
+        // SAFETY: the fields lie in mapped memory of this heap (checked
+        // above) and are 8-aligned.
+        let (size, state, align_log2) =
+            unsafe { (q.sub(32).cast::<u64>().read() as usize, q.sub(15).read(), q.sub(14).read()) };
+        let align = 1usize.checked_shl(u32::from(align_log2))?;
+        Some((Layout::from_size_align(size, align).ok()?, state == LIVE))
+    }
+
     /// Runs the checks on a block about to be freed or reallocated: the
     /// violation found, if any.
     fn check(&self, ptr: NonNull<u8>, layout: Layout, domain: Domain) -> Option<Violation> {

@@ -570,6 +570,9 @@ struct ThreadCache {
     next: Cell<*const ThreadCache>,
     /// Whether this cache is on the registry's list (registry lock).
     registered: Cell<bool>,
+    /// Whether this thread is registering its exit guard (an allocation
+    /// made meanwhile does not attach again).
+    attaching: Cell<bool>,
 }
 
 struct Bins {
@@ -769,6 +772,7 @@ impl ThreadCache {
             }),
             next: Cell::new(ptr::null()),
             registered: Cell::new(false),
+            attaching: Cell::new(false),
         }
     }
 
@@ -802,7 +806,15 @@ impl ThreadCache {
     #[cold]
     fn attach(&self, link: &Link, geometry: Geometry) -> bool {
         // The thread's exit must give the cache back: register its guard.
-        if EXIT.try_with(|_| ()).is_err() {
+        // Registering may allocate (glibc's `__cxa_thread_atexit_impl`
+        // calls `calloc`): when strata is the C library's `malloc`, that
+        // call comes back here, and takes the locked path instead.
+        if self.attaching.replace(true) {
+            return false;
+        }
+        let registered = EXIT.try_with(|_| ()).is_ok();
+        self.attaching.set(false);
+        if !registered {
             return false;
         }
         let mut registry = REGISTRY.lock();
@@ -939,6 +951,54 @@ pub(crate) fn take(link: &Link, layout: Layout) -> Option<NonNull<u8>> {
                 }
                 let need = medium_need(layout)?;
                 bins.medium[medium_ceil(need)].pop()
+            })
+        })
+        .ok()
+        .flatten()
+}
+
+/// The layout of block `ptr` of the heap of `link`, found without its own
+/// and without the heap's lock, as [`Heap::usable_layout`] finds it: a
+/// block in an arena of +2 by its pool's class, a block of layer 0's
+/// committed window by its chunk header (header words are read
+/// atomically). `None` where that takes the lock (another block, or this
+/// thread's cache serving no heap yet); `geometry` as for [`put`].
+///
+/// [`Heap::usable_layout`]: super::Heap::usable_layout
+///
+/// # Safety
+///
+/// If the heap owns `ptr`, it must be a live block of it; `mirror` is the
+/// heap's.
+pub(crate) unsafe fn usable_layout(
+    link: &Link,
+    mirror: &ArenaMirror,
+    ptr: NonNull<u8>,
+    geometry: impl FnOnce() -> Option<Geometry>,
+) -> Option<Layout> {
+    CACHE
+        .try_with(|cache| {
+            if !cache.attached(link, geometry) {
+                return None;
+            }
+            cache.enter(link, None, |_, owner| {
+                let ptr = crate::source::reach(ptr);
+                let size = if owner.owns(mirror, ptr) {
+                    // SAFETY: in an arena of the owner; the caller's live
+                    // block, so its pool is in use.
+                    class_size(unsafe { block_class(ptr, owner.pool_shift) }?, owner.class_shift)
+                } else {
+                    let window = mirror.window();
+                    if window.1 == 0 {
+                        return None;
+                    }
+                    // SAFETY: the window is layer 0's committed span while
+                    // it holds it, and it holds it while any of its blocks
+                    // is live (see `medium_chunk`).
+                    let chunk = unsafe { segment::window_chunk(window, ptr) }?;
+                    super::layer_0_usable(chunk - segment::CHUNK_WORD, owner.threshold, owner.class_shift)
+                };
+                Some(super::usable_layout(size))
             })
         })
         .ok()

@@ -1,0 +1,341 @@
+//! Frees, reallocs and size queries without a layout — C's `free`,
+//! `realloc` and `malloc_usable_size` — on `Heap` and `LockedHeap`: the
+//! usable size covers the request and belongs to the block alone, and
+//! whatever a free with a layout refuses is refused here too. Run plain,
+//! with `std` (thread caches) and with `debug` (`make test` runs all three).
+#![cfg_attr(feature = "debug", allow(unused_imports))]
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::ptr::NonNull;
+
+use common::Region;
+use strata::segment::DeallocateError;
+use strata::{Heap, LockedHeap};
+
+/// A `LockedHeap` over a fresh region of `size` bytes, leaked.
+fn locked_heap(size: usize) -> &'static LockedHeap {
+    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(size)));
+    heap
+}
+
+#[cfg(not(feature = "debug"))]
+#[test]
+fn the_usable_size_covers_the_request_and_frees_the_block_at_every_size() {
+    let region = Region::new(16 << 20);
+    let mut heap = Heap::new(region.source());
+    let mut blocks = Vec::new();
+    for (i, size) in (1..=600).chain((601..70_000).step_by(997)).chain([200_000, 1 << 20]).enumerate() {
+        let align = if i % 5 == 0 { 1 << (i % 13) } else { 8 };
+        let layout = Layout::from_size_align(size, align).unwrap();
+        let p = heap.allocate(layout).unwrap();
+        let usable = heap.usable_size(p).unwrap();
+        assert!(usable >= size, "{layout:?}: usable {usable}");
+        // A request never gets more than a class or a chunk's rounding
+        // beyond what it asked for (plus a rest too small to split off).
+        assert!(usable <= size.next_multiple_of(16) + 64 + size / 4, "{layout:?}: usable {usable}");
+        // SAFETY: the usable bytes are the block's.
+        unsafe { p.as_ptr().write_bytes(i as u8, usable) };
+        blocks.push((p, usable, i as u8));
+    }
+    // No block's usable bytes overlap another's: every fill survived.
+    for &(p, usable, tag) in &blocks {
+        // SAFETY: as above.
+        let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), usable) };
+        assert!(bytes.iter().all(|&b| b == tag), "block {p:p} of {usable} bytes was overwritten");
+    }
+    for (p, _, _) in blocks {
+        // SAFETY: a live block of this heap.
+        unsafe { heap.deallocate_unsized(p) }.unwrap();
+        heap.check_invariants();
+    }
+    heap.trim();
+    assert_eq!(heap.stats().segments.allocated_bytes, 0, "{:?}", heap.stats());
+}
+
+#[cfg(not(feature = "debug"))]
+#[test]
+fn what_a_free_refuses_a_free_without_a_layout_refuses() {
+    let region = Region::new(16 << 20);
+    let mut heap = Heap::new(region.source());
+    heap.set_cold_limit(0);
+    let small = Layout::from_size_align(48, 8).unwrap();
+    let medium = Layout::from_size_align(2000, 8).unwrap();
+
+    // A pointer no layer owns.
+    let mut local = 0u64;
+    let foreign = NonNull::from(&mut local).cast::<u8>();
+    assert!(matches!(heap.usable_size(foreign), Err(DeallocateError::NotOwned { .. })));
+    // SAFETY: refused without being touched.
+    assert!(matches!(unsafe { heap.deallocate_unsized(foreign) }, Err(DeallocateError::NotOwned { .. })));
+
+    // Inside a +2 block, or a +2 block freed already.
+    let a = heap.allocate(small).unwrap();
+    let b = heap.allocate(small).unwrap();
+    // SAFETY: inside block `a`.
+    let inside = unsafe { a.add(8) };
+    assert!(matches!(heap.usable_size(inside), Err(DeallocateError::NotAllocated { .. })));
+    // SAFETY: a live block.
+    unsafe { heap.deallocate_unsized(a) }.unwrap();
+    // SAFETY: refused: the pool's last freed block.
+    assert!(matches!(unsafe { heap.deallocate_unsized(a) }, Err(DeallocateError::NotAllocated { .. })));
+    // SAFETY: a live block.
+    unsafe { heap.deallocate_unsized(b) }.unwrap();
+    // The pool is empty: both are refused.
+    assert!(heap.usable_size(a).is_err() && heap.usable_size(b).is_err());
+
+    // Layer 0: freed twice, or a pointer inside the block.
+    let m = heap.allocate_zeroed(medium).unwrap();
+    // SAFETY: inside the (zeroed) block.
+    let inside = unsafe { m.add(512) };
+    assert!(matches!(heap.usable_size(inside), Err(DeallocateError::NotAllocated { .. })));
+    // SAFETY: a live block.
+    unsafe { heap.deallocate_unsized(m) }.unwrap();
+    // SAFETY: refused: not a block in use.
+    assert!(matches!(unsafe { heap.deallocate_unsized(m) }, Err(DeallocateError::NotAllocated { .. })));
+    // SAFETY: as above.
+    assert!(unsafe { heap.reallocate_unsized(m, 4000) }.is_err());
+    heap.check_invariants();
+}
+
+#[cfg(not(feature = "debug"))]
+#[test]
+fn a_first_fit_heap_keeps_no_sizes_and_says_so() {
+    let region = Region::new(64 << 10);
+    let mut heap = Heap::new(region.source());
+    assert!(heap.stats().segments.first_fit);
+    let layout = Layout::from_size_align(100, 8).unwrap();
+    let p = heap.allocate(layout).unwrap();
+    assert!(matches!(heap.usable_size(p), Err(DeallocateError::SizeUnknown { .. })));
+    // SAFETY: refused, changing nothing.
+    assert!(matches!(unsafe { heap.deallocate_unsized(p) }, Err(DeallocateError::SizeUnknown { .. })));
+    // SAFETY: the block is still live, and frees with its layout.
+    unsafe { heap.deallocate(p, layout) }.unwrap();
+    assert_eq!(heap.stats().segments.allocated_bytes, 0);
+}
+
+#[test]
+fn a_locked_heap_frees_and_resizes_without_layouts() {
+    let heap = locked_heap(128 << 20);
+    let mut blocks: Vec<(*mut u8, usize, u8)> = Vec::new();
+    for i in 0..3000usize {
+        let size = [24, 100, 500, 1500, 5000, 100_000][i % 6] + i % 17;
+        // SAFETY: a valid layout.
+        let p = unsafe { heap.alloc(Layout::from_size_align(size, 8).unwrap()) };
+        // SAFETY: a live block of this heap.
+        let usable = unsafe { heap.usable_size(p) }.unwrap();
+        assert!(usable >= size);
+        // SAFETY: its usable bytes.
+        unsafe { p.write_bytes(i as u8, size) };
+        blocks.push((p, size, i as u8));
+        if i % 3 == 2 {
+            let (p, size, tag) = blocks.swap_remove(i * 7 % blocks.len());
+            let new = size * 3 / 2 + 1;
+            // SAFETY: a live block of this heap.
+            let q = unsafe { heap.realloc_unsized(p, new) };
+            assert!(!q.is_null());
+            // SAFETY: the kept prefix of the new block, then all of it.
+            unsafe {
+                assert!(std::slice::from_raw_parts(q, size).iter().all(|&b| b == tag));
+                q.write_bytes(tag, new);
+            }
+            blocks.push((q, new, tag));
+        }
+        if i % 2 == 1 {
+            let (p, size, tag) = blocks.swap_remove(i * 13 % blocks.len());
+            // SAFETY: the block's bytes.
+            assert!(unsafe { std::slice::from_raw_parts(p, size) }.iter().all(|&b| b == tag));
+            // SAFETY: a live block of this heap.
+            unsafe { heap.dealloc_unsized(p) };
+        }
+    }
+    for (p, size, tag) in blocks {
+        // SAFETY: as above.
+        assert!(unsafe { std::slice::from_raw_parts(p, size) }.iter().all(|&b| b == tag));
+        // SAFETY: as above.
+        unsafe { heap.dealloc_unsized(p) };
+    }
+    // Null is ignored; realloc of null allocates, to size 0 fails.
+    // SAFETY: null.
+    unsafe { heap.dealloc_unsized(std::ptr::null_mut()) };
+    // SAFETY: null, then a live block.
+    unsafe {
+        let p = heap.realloc_unsized(std::ptr::null_mut(), 40);
+        assert!(!p.is_null());
+        assert!(heap.realloc_unsized(p, 0).is_null());
+        heap.dealloc_unsized(p);
+    }
+    heap.trim();
+    let stats = heap.stats();
+    assert_eq!(stats.front.refused_frees, 0, "{stats:?}");
+    assert_eq!(stats.segments.allocated_bytes, 0, "every block went back: {stats:?}");
+    heap.with(|h| h.check_invariants());
+}
+
+#[cfg(not(feature = "debug"))]
+#[test]
+fn a_locked_heap_counts_the_unsized_frees_it_refuses() {
+    let heap = locked_heap(16 << 20);
+    let mut local = 0u64;
+    // SAFETY: refused: no layer owns it.
+    unsafe { heap.dealloc_unsized((&raw mut local).cast()) };
+    // SAFETY: as above.
+    assert!(unsafe { heap.usable_size((&raw const local).cast()) }.is_none());
+    // SAFETY: a valid layout; then a double free, refused.
+    unsafe {
+        let p = heap.alloc(Layout::from_size_align(3000, 8).unwrap());
+        heap.dealloc_unsized(p);
+        heap.dealloc_unsized(p);
+    }
+    assert_eq!(heap.stats().front.refused_frees, 2);
+    heap.with(|h| h.check_invariants());
+}
+
+/// Eight threads, caches on, every free and realloc without a layout, half
+/// the frees on another thread than the allocation, contents checked.
+#[cfg(all(feature = "std", not(feature = "debug")))]
+#[test]
+fn threads_free_without_layouts_through_their_caches() {
+    use std::sync::mpsc::channel;
+    use std::thread;
+
+    #[derive(Clone, Copy)]
+    struct Block(*mut u8, usize, u8);
+    // SAFETY: a heap block is plain memory; each goes to one thread.
+    unsafe impl Send for Block {}
+
+    let heap = locked_heap(64 << 20);
+    heap.set_thread_caches(true);
+    let (tx, rx) = channel::<Vec<Block>>();
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    let workers: Vec<_> = (0..8u8)
+        .map(|t| {
+            let (tx, rx) = (tx.clone(), rx.clone());
+            thread::spawn(move || {
+                let mut rng = common::Rng(0x51ee + u64::from(t));
+                let mut live: Vec<Block> = Vec::new();
+                for i in 0..20_000u32 {
+                    let size =
+                        if rng.below(8) == 0 { 513 + rng.below(6000) } else { 1 + rng.below(512) } as usize;
+                    let tag = (i as u8) ^ t;
+                    // SAFETY: a valid layout.
+                    let p = unsafe { heap.alloc(Layout::from_size_align(size, 8).unwrap()) };
+                    assert!(!p.is_null());
+                    // SAFETY: a live block.
+                    let usable = unsafe { heap.usable_size(p) }.expect("a live block's size");
+                    assert!(usable >= size);
+                    // SAFETY: its usable bytes.
+                    unsafe { p.write_bytes(tag, usable) };
+                    live.push(Block(p, usable, tag));
+                    if live.len() > 200 {
+                        let Block(p, len, tag) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                        // SAFETY: the block's bytes.
+                        assert!(unsafe { std::slice::from_raw_parts(p, len) }.iter().all(|&b| b == tag));
+                        if rng.below(4) == 0 {
+                            let new = 1 + rng.below(2000) as usize;
+                            // SAFETY: a live block.
+                            let q = unsafe { heap.realloc_unsized(p, new) };
+                            assert!(!q.is_null());
+                            // SAFETY: the kept prefix; the new block's bytes.
+                            unsafe {
+                                let kept = std::slice::from_raw_parts(q, len.min(new));
+                                assert!(kept.iter().all(|&b| b == tag));
+                                let usable = heap.usable_size(q).unwrap();
+                                q.write_bytes(tag, usable);
+                                live.push(Block(q, usable, tag));
+                            }
+                        } else {
+                            // SAFETY: a live block, not used again.
+                            unsafe { heap.dealloc_unsized(p) };
+                        }
+                    }
+                    if i % 1000 == 999 {
+                        // Half of what is live goes to another thread.
+                        let half = live.split_off(live.len() / 2);
+                        tx.send(half).unwrap();
+                        if let Ok(theirs) = rx.lock().unwrap().try_recv() {
+                            live.extend(theirs);
+                        }
+                    }
+                }
+                for Block(p, len, tag) in live {
+                    // SAFETY: as above.
+                    assert!(unsafe { std::slice::from_raw_parts(p, len) }.iter().all(|&b| b == tag));
+                    // SAFETY: as above.
+                    unsafe { heap.dealloc_unsized(p) };
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for w in workers {
+        w.join().unwrap();
+    }
+    for batch in rx.lock().unwrap().try_iter() {
+        for Block(p, len, tag) in batch {
+            // SAFETY: as above.
+            assert!(unsafe { std::slice::from_raw_parts(p, len) }.iter().all(|&b| b == tag));
+            // SAFETY: as above.
+            unsafe { heap.dealloc_unsized(p) };
+        }
+    }
+    heap.trim();
+    let stats = heap.stats();
+    assert_eq!(stats.front.refused_frees, 0, "{stats:?}");
+    assert_eq!(stats.segments.allocated_bytes, 0, "every block went back: {stats:?}");
+    heap.with(|h| h.check_invariants());
+}
+
+/// A block sitting in a thread's cache, freed again without a layout: the
+/// cache knows it, as it does for a free with one.
+#[cfg(all(feature = "std", not(feature = "debug")))]
+#[test]
+fn a_cached_block_freed_again_without_a_layout_is_refused() {
+    let heap = locked_heap(16 << 20);
+    heap.set_thread_caches(true);
+    for size in [40, 2000] {
+        // SAFETY: a valid layout; then a double free.
+        unsafe {
+            let p = heap.alloc(Layout::from_size_align(size, 8).unwrap());
+            heap.dealloc_unsized(p);
+            heap.dealloc_unsized(p);
+        }
+    }
+    assert_eq!(heap.stats().front.refused_frees, 2);
+    heap.trim();
+    assert_eq!(heap.stats().segments.allocated_bytes, 0);
+}
+
+/// Debug mode: the usable size is exactly what was asked for, and an
+/// unsized double free is reported as the double free it is.
+#[cfg(feature = "debug")]
+#[test]
+fn debug_mode_knows_the_exact_size_and_reports_a_double_free() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use strata::front::debug::{Policy, Violation, ViolationKind};
+
+    static DOUBLE_FREES: AtomicUsize = AtomicUsize::new(0);
+    fn report(v: &Violation) {
+        assert_eq!(v.kind, ViolationKind::DoubleFree, "{v}");
+        DOUBLE_FREES.fetch_add(1, Ordering::Relaxed);
+    }
+    let heap = locked_heap(16 << 20);
+    heap.set_debug_policy(Policy::Report(report));
+    for size in [1, 37, 500, 4000] {
+        // SAFETY: a valid layout.
+        let p = unsafe { heap.alloc(Layout::from_size_align(size, 8).unwrap()) };
+        // SAFETY: a live block.
+        assert_eq!(unsafe { heap.usable_size(p) }, Some(size));
+        // SAFETY: a live block, grown, then freed twice.
+        unsafe {
+            let q = heap.realloc_unsized(p, size + 10);
+            assert_eq!(heap.usable_size(q), Some(size + 10));
+            assert_eq!(heap.usable_size(p), None, "the old block is freed");
+            heap.dealloc_unsized(q);
+            heap.dealloc_unsized(q);
+        }
+    }
+    assert_eq!(DOUBLE_FREES.load(Ordering::Relaxed), 4);
+}
