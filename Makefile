@@ -4,7 +4,7 @@ KERNEL_TARGET := x86_64-unknown-none
 FIRMWARE_TARGET := thumbv7em-none-eabihf
 FIRMWARE_V6_TARGET := thumbv6m-none-eabi
 
-.PHONY: help deps run test test-host test-kernel test-firmware check fmt clippy build doc bench bench-kernel firmware-size miri fuzz clean
+.PHONY: help deps run test test-host test-kernel test-firmware test-malloc check fmt clippy build doc bench bench-kernel firmware-size miri fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ deps: ## Install what is missing: Rust targets/components, QEMU (apt-get)
 run: deps ## Boot the kernel in QEMU: boot report of every layer, then exit
 	$(CARGO) krun
 
-test: deps test-host test-kernel test-firmware ## Every test: host tests, the kernel suites in QEMU, the firmware in QEMU
+test: deps test-host test-malloc test-kernel test-firmware ## Every test: host tests, the C malloc, the kernel suites in QEMU, the firmware in QEMU
 	@echo "make test: all suites passed"
 
 test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing ones in debug mode
@@ -23,6 +23,11 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 	$(CARGO) test --features debug --test debug --test global_alloc --test cache --test unsized
 	$(CARGO) test --lib --no-default-features
 	$(CARGO) test --features std --test thread_cache --test global_alloc --test misuse --test unsized
+	$(CARGO) test --features os --test os_source
+	$(CARGO) test --features os --doc
+
+test-malloc: ## strata-malloc under C programs (preloaded and linked) and CPython's own tests (PYTHONMALLOC=malloc)
+	bash malloc/tests/run.sh
 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest
@@ -47,6 +52,8 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy -p strata-firmware --target $(FIRMWARE_TARGET) --bins -- -D warnings
 	$(CARGO) clippy -p strata-firmware --features debug --target $(FIRMWARE_TARGET) --bins -- -D warnings
 	$(CARGO) clippy -p strata-bench --all-targets -- -D warnings
+	$(CARGO) clippy -p strata-malloc -- -D warnings
+	$(CARGO) clippy --all-targets --features os -- -D warnings
 
 build: ## Build the library for host, kernel and firmware targets, and the kernel
 	$(CARGO) build --lib
@@ -55,10 +62,11 @@ build: ## Build the library for host, kernel and firmware targets, and the kerne
 	$(CARGO) build --lib --no-default-features --features critical-section --target $(FIRMWARE_TARGET)
 	$(CARGO) build --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET)
 	$(CARGO) build -p strata-firmware --target $(FIRMWARE_TARGET) --bins
+	$(CARGO) build -p strata-malloc
 	$(CARGO) kbuild
 
 doc: ## API docs (the README is the crate docs), warnings denied
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug,std
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug,std,os
 
 bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst case per call, threads, feature cost
 	$(CARGO) build --release -p strata-bench --bins

@@ -2,7 +2,8 @@
 # Installs what strata's builds and tests need, only where it is missing:
 #   - the Rust targets and components listed in rust-toolchain.toml (rustup
 #     installs the toolchain from that file, but not always its targets);
-#   - QEMU for x86_64 and Arm from Debian's packages (apt-get).
+#   - QEMU for x86_64 and Arm, a C compiler, and CPython's test suite (for
+#     strata-malloc's tests) from Debian's packages (apt-get).
 # Safe to run repeatedly; prints one line per thing it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,15 @@ done
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+# strata-malloc's tests: a C compiler, and CPython with its own test suite.
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
+if ! command -v python3 >/dev/null; then
+    missing+=(python3)
+fi
+if ! python3 -c 'import test.libregrtest' 2>/dev/null; then
+    version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo 3.11)
+    missing+=("libpython$version-testsuite")
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -1226,6 +1226,77 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         }
     }
 
+    /// Gives a heap made over a source with no memory yet (its window
+    /// empty: [`OsSource::unreserved`](crate::source::OsSource::unreserved),
+    /// [`RegionSource::empty`]) the source that has it: the form of
+    /// [`init`](LockedHeap::init) for any page source.
+    ///
+    /// # Panics
+    ///
+    /// If the heap has a window already: replacing a heap in use would
+    /// corrupt it.
+    pub fn init_with(&self, source: S) {
+        let mut heap = self.heap.lock();
+        assert_eq!(heap.source.window().1, 0, "strata::LockedHeap::init_with on a heap that has memory");
+        *heap = Heap::new(source);
+        self.initialized.store(true, Ordering::Release);
+    }
+
+    /// Before `fork()` (register with `pthread_atfork` as *prepare*, and
+    /// [`fork_parent`](Self::fork_parent) and
+    /// [`fork_child`](Self::fork_child) as the others): takes the heap's
+    /// lock and, with thread caches, every thread's cache, so that the
+    /// child inherits neither half-changed. The lock is held until the fork
+    /// is over.
+    ///
+    /// # Panics
+    ///
+    /// If another heap's fork hooks are running: the caches' registry is
+    /// one per process, so one heap per process uses these hooks (the C
+    /// library's `malloc`).
+    #[cfg(feature = "std")]
+    pub fn fork_prepare(&self) {
+        assert!(!FORKING.swap(true, Ordering::Acquire), "strata: fork hooks of two heaps");
+        core::mem::forget(self.heap.lock());
+        #[cfg(not(feature = "debug"))]
+        thread_cache::fork_prepare();
+    }
+
+    /// After `fork()`, in the parent: releases what
+    /// [`fork_prepare`](Self::fork_prepare) took.
+    ///
+    /// # Safety
+    ///
+    /// Once after each `fork_prepare`, on the thread that called it.
+    #[cfg(feature = "std")]
+    pub unsafe fn fork_parent(&self) {
+        // SAFETY: the caller's promise: after `fork_prepare`.
+        unsafe {
+            #[cfg(not(feature = "debug"))]
+            thread_cache::fork_parent();
+            self.heap.force_unlock();
+        }
+        FORKING.store(false, Ordering::Release);
+    }
+
+    /// After `fork()`, in the child, where only the forking thread lives
+    /// on: the blocks the other threads' caches held go back to the heap
+    /// (as when a thread exits), and the heap's lock is released.
+    ///
+    /// # Safety
+    ///
+    /// As [`fork_parent`](Self::fork_parent), in the child.
+    #[cfg(feature = "std")]
+    pub unsafe fn fork_child(&self) {
+        // SAFETY: the caller's promise: after `fork_prepare`, in the child.
+        unsafe {
+            #[cfg(not(feature = "debug"))]
+            thread_cache::fork_child();
+            self.heap.force_unlock();
+        }
+        FORKING.store(false, Ordering::Release);
+    }
+
     /// Runs `f` with the heap locked.
     pub fn with<R>(&self, f: impl FnOnce(&mut Heap<S>) -> R) -> R {
         let mut heap = self.lock();
@@ -1404,6 +1475,11 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         r
     }
 }
+
+/// Whether a heap's fork hooks are between *prepare* and *parent* or
+/// *child*.
+#[cfg(feature = "std")]
+static FORKING: AtomicBool = AtomicBool::new(false);
 
 /// [`LockedHeap`]'s thread caches are off.
 #[cfg(feature = "std")]

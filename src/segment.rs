@@ -844,7 +844,11 @@ impl SegmentAllocator {
             // SAFETY: forwarded contract.
             return unsafe { self.deallocate_first_fit(ptr, layout) };
         }
-        self.check_block(ptr, layout)?;
+        let chunk = self.check_block(ptr, layout)?;
+        if chunk >= source.discard_from() {
+            // SAFETY: a block in use of `chunk` bytes, checked.
+            unsafe { discard_inside(ptr, chunk, source) };
+        }
         // SAFETY: checked to be a block in use of the engine.
         if let Some(span) = unsafe { self.tlsf.free(ptr) } {
             self.span_freed(span, source);
@@ -869,6 +873,11 @@ impl SegmentAllocator {
     ) {
         let ptr = reach(ptr);
         if self.engine == Engine::Tlsf {
+            if layout.size() >= source.discard_from() {
+                // SAFETY: the caller's promise: a checked block in use,
+                // whose chunk holds `layout`.
+                unsafe { discard_inside(ptr, tlsf::chunk_size(layout.size()).unwrap_or(0), source) };
+            }
             // SAFETY: the caller's promise: a checked block in use.
             if let Some(span) = unsafe { self.tlsf.free(ptr) } {
                 self.span_freed(span, source);
@@ -1235,6 +1244,28 @@ pub(crate) unsafe fn window_chunk(window: (usize, usize), ptr: NonNull<u8>) -> O
     }
     // SAFETY: as just checked.
     unsafe { Tlsf::next_head(ptr, chunk) }.0.then_some(chunk)
+}
+
+/// Discards the whole pages inside block `ptr` (of a `chunk`-byte chunk)
+/// that is about to be freed: all of it but what a free writes — the
+/// chunk's header and free-list links at its start, its footer at its end.
+///
+/// # Safety
+///
+/// `ptr` must be a block in use of a TLSF span taken from `source`, whose
+/// chunk is at least `chunk` bytes, and about to be freed.
+#[cold]
+unsafe fn discard_inside(ptr: NonNull<u8>, chunk: usize, source: &mut impl PageSource) {
+    const KEEP: usize = 64;
+    let start = (ptr.as_ptr() as usize + KEEP).next_multiple_of(PAGE_SIZE);
+    let end = (ptr.as_ptr() as usize + chunk).saturating_sub(KEEP) & !(PAGE_SIZE - 1);
+    if start < end {
+        // SAFETY: whole pages inside the block, which the free does not
+        // write and which nobody reads before they are allocated again.
+        unsafe {
+            source.discard(reach(ptr).with_addr(core::num::NonZeroUsize::new(start).unwrap()), end - start)
+        };
+    }
 }
 
 /// The size `linked_list_allocator` really reserves for `layout`.

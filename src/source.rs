@@ -9,7 +9,10 @@
 //!   [`LockedHeap::init`](crate::LockedHeap::init)), kept as a first-fit list
 //!   of page runs (`linked_list_allocator` at page granularity);
 //! - in the kernel, the VMM (layer −1): pages mapped on demand in the kernel
-//!   heap range, with guard pages between them.
+//!   heap range, with guard pages between them;
+//! - on a Unix host (feature `os`), [`OsSource`]: a window of the address
+//!   space that the OS backs with memory as it is touched, whose freed large
+//!   blocks go back to the OS — what a C program's `malloc` grows from.
 //!
 //! Every page source also names a *window*, the address range all its pages
 //! lie in. Layer +2 keeps one bit per arena slot of that window, which is how
@@ -18,6 +21,11 @@
 use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
+
+#[cfg(all(feature = "os", unix))]
+pub mod os;
+#[cfg(all(feature = "os", unix))]
+pub use os::OsSource;
 
 /// Size of a page: the granularity of the VMM, and the default granularity
 /// of every page source.
@@ -106,6 +114,28 @@ pub unsafe trait PageSource {
     /// [`allocate_pages`](Self::allocate_pages) call whose pages are no longer
     /// used.
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize);
+
+    /// Freed blocks of at least this many bytes have the whole pages
+    /// inside them [discarded](Self::discard). `usize::MAX` (the default):
+    /// never.
+    fn discard_from(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Whole pages `[ptr, ptr + len)` of memory the layers took from this
+    /// source are free and their contents no longer needed: the source may
+    /// give the physical memory under them back (`madvise(MADV_DONTNEED)`).
+    /// They stay readable and writable, reading as zeros or as before.
+    /// Nothing by default.
+    ///
+    /// # Safety
+    ///
+    /// `[ptr, ptr + len)` must be page-aligned, inside memory taken from
+    /// this source with [`allocate_pages`](Self::allocate_pages) and not
+    /// given back, and hold nothing anyone reads before writing it again.
+    unsafe fn discard(&mut self, ptr: NonNull<u8>, len: usize) {
+        let _ = (ptr, len);
+    }
 
     /// Whether the whole window is memory that is already there (a static
     /// region, or a reservation the OS commits lazily), so that taking all

@@ -872,7 +872,13 @@ impl ThreadCache {
     /// until it is unlinked, which a `Drop` of the cache itself (a unique
     /// borrow of all of it) would contradict.
     fn exit(&self) {
-        let mut registry = REGISTRY.lock();
+        self.exit_locked(&mut REGISTRY.lock());
+    }
+
+    /// [`exit`](Self::exit) with the registry's lock held: also how a
+    /// child process after `fork` retires the caches of the threads it did
+    /// not inherit ([`fork_child`]).
+    fn exit_locked(&self, registry: &mut Registry) {
         if self.registered.get() {
             let me: *const ThreadCache = self;
             let mut link = &mut registry.caches;
@@ -1242,6 +1248,80 @@ pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) 
     unsafe {
         registry.each_cache_of(id, mine, |bins, owner| bins.drain(owner, false, free));
     }
+}
+
+/// Before `fork()` (`pthread_atfork`'s *prepare*, with the lock of every
+/// heap that has caches held): takes the registry's lock and every other
+/// thread's cache, waiting for a thread in the middle of using its own, so
+/// that the child inherits no cache half-changed. Ended by [`fork_parent`]
+/// or [`fork_child`].
+pub(crate) fn fork_prepare() {
+    let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
+    let registry = REGISTRY.lock();
+    let mut c = registry.caches;
+    while !c.is_null() {
+        // SAFETY: a cache on the list, live while it is (registry lock).
+        let cache = unsafe { &*c };
+        while c != mine
+            && cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed).is_err()
+        {
+            std::thread::yield_now();
+        }
+        c = cache.next.get();
+    }
+    // Held until the fork is over.
+    core::mem::forget(registry);
+}
+
+/// After `fork()`, in the parent: gives back what [`fork_prepare`] took.
+///
+/// # Safety
+///
+/// After a [`fork_prepare`] by this thread, once.
+pub(crate) unsafe fn fork_parent() {
+    // SAFETY: this thread holds the lock since `fork_prepare`.
+    let registry = unsafe { &*REGISTRY.as_mut_ptr() };
+    let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
+    let mut c = registry.caches;
+    while !c.is_null() {
+        // SAFETY: as in `fork_prepare`.
+        let cache = unsafe { &*c };
+        if c != mine {
+            cache.state.store(IDLE, Ordering::Release);
+        }
+        c = cache.next.get();
+    }
+    // SAFETY: the guard was forgotten in `fork_prepare`, by this thread.
+    unsafe { REGISTRY.force_unlock() };
+}
+
+/// After `fork()`, in the child, where only this thread lives on: the
+/// caches of the others are retired as if their threads had exited —
+/// their blocks go back to their heaps (freed at the heaps' next lock),
+/// and they leave the registry, whose list would otherwise lead into
+/// thread storage the child's C library may reuse.
+///
+/// # Safety
+///
+/// As [`fork_parent`], in the child.
+pub(crate) unsafe fn fork_child() {
+    // SAFETY: as in `fork_parent` (the child inherited the lock held).
+    let registry = unsafe { &mut *REGISTRY.as_mut_ptr() };
+    let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
+    let mut c = registry.caches;
+    while !c.is_null() {
+        // SAFETY: as in `fork_prepare`; taken in state DRAINING there, so
+        // its bins are ours.
+        let cache = unsafe { &*c };
+        let next = cache.next.get();
+        if c != mine {
+            cache.exit_locked(registry);
+            cache.state.store(IDLE, Ordering::Release);
+        }
+        c = next;
+    }
+    // SAFETY: as in `fork_parent`.
+    unsafe { REGISTRY.force_unlock() };
 }
 
 /// The blocks exiting threads gave back to the heap of `link`, linked

@@ -1,0 +1,298 @@
+/* The C allocation API of strata-malloc, checked from C: every function's
+ * contract as glibc has it, contents under 8 threads with cross-thread
+ * frees, fork() while other threads allocate, and the refusal of frees
+ * strata does not own. Built twice by `make test-malloc`: run under
+ * LD_PRELOAD=libstrata_malloc.so, and linked with libstrata_malloc.a. Exits
+ * non-zero on the first failed check. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int failures;
+
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            fprintf(stderr, "api.c:%d: check failed: %s: ", __LINE__, #cond);   \
+            fprintf(stderr, __VA_ARGS__);                                       \
+            fprintf(stderr, "\n");                                              \
+            failures++;                                                         \
+        }                                                                       \
+    } while (0)
+
+static size_t (*refused)(void);
+
+static uint64_t rng(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1DULL;
+}
+
+static int all(const unsigned char *p, size_t n, unsigned char v) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != v) return 0;
+    return 1;
+}
+
+static void basics(void) {
+    /* malloc(0): a unique pointer that can be freed. */
+    void *a = malloc(0), *b = malloc(0);
+    CHECK(a && b && a != b, "malloc(0) gave %p and %p", a, b);
+    free(a);
+    free(b);
+    free(NULL);
+
+    /* Every block is 16-aligned and holds its usable size. */
+    for (size_t n = 1; n < 300000; n = n * 5 / 4 + 1) {
+        unsigned char *p = malloc(n);
+        CHECK(p && ((uintptr_t)p & 15) == 0, "malloc(%zu) = %p", n, (void *)p);
+        size_t u = malloc_usable_size(p);
+        CHECK(u >= n, "malloc_usable_size = %zu for %zu", u, n);
+        memset(p, 0xAB, u);
+        free(p);
+    }
+    CHECK(malloc_usable_size(NULL) == 0, "usable size of NULL");
+
+    /* Exhaustion is null with ENOMEM, never a crash. */
+    errno = 0;
+    CHECK(malloc(SIZE_MAX) == NULL && errno == ENOMEM, "malloc(SIZE_MAX), errno %d", errno);
+    errno = 0;
+    CHECK(malloc((size_t)1 << 47) == NULL && errno == ENOMEM, "malloc(2^47), errno %d", errno);
+
+    /* calloc: zeroed, even on reused memory; overflow checked. */
+    for (int round = 0; round < 2; round++) {
+        unsigned char *p = malloc(5000);
+        memset(p, 0xFF, 5000);
+        free(p);
+        unsigned char *q = calloc(1000, 5);
+        CHECK(q && all(q, 5000, 0), "calloc returned dirty memory");
+        free(q);
+    }
+    errno = 0;
+    CHECK(calloc(SIZE_MAX / 2, 3) == NULL && errno == ENOMEM, "calloc overflow, errno %d", errno);
+    void *z = calloc(0, 10);
+    CHECK(z != NULL, "calloc(0, 10)");
+    free(z);
+}
+
+static void reallocs(void) {
+    /* realloc(NULL, n) allocates; realloc(p, 0) frees and returns NULL. */
+    unsigned char *p = realloc(NULL, 100);
+    CHECK(p != NULL, "realloc(NULL, 100)");
+    memset(p, 7, 100);
+    /* Grows and shrinks keep the prefix, through every layer. */
+    size_t sizes[] = {24, 600, 100000, 3000000, 40, 70000, 8};
+    size_t old = 100;
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        size_t n = sizes[i];
+        unsigned char *q = realloc(p, n);
+        CHECK(q != NULL, "realloc to %zu", n);
+        size_t keep = old < n ? old : n;
+        CHECK(all(q, keep, 7), "realloc to %zu lost the first %zu bytes", n, keep);
+        memset(q, 7, n);
+        p = q;
+        old = n;
+    }
+    errno = 0;
+    CHECK(realloc(p, 0) == NULL, "realloc(p, 0) returns NULL");
+
+    /* A failed realloc leaves the block as it was. */
+    p = malloc(64);
+    memset(p, 9, 64);
+    errno = 0;
+    CHECK(realloc(p, SIZE_MAX - 4096) == NULL && errno == ENOMEM, "huge realloc, errno %d", errno);
+    CHECK(all(p, 64, 9) && malloc_usable_size(p) >= 64, "a failed realloc changed the block");
+    errno = 0;
+    CHECK(reallocarray(p, SIZE_MAX / 2, 3) == NULL && errno == ENOMEM, "reallocarray overflow");
+    CHECK(all(p, 64, 9), "a failed reallocarray changed the block");
+    unsigned char *q = reallocarray(p, 10, 100);
+    CHECK(q && all(q, 64, 9), "reallocarray(p, 10, 100)");
+    free(q);
+}
+
+static void aligned(void) {
+    for (size_t align = sizeof(void *); align <= (1 << 20); align *= 2) {
+        void *p = (void *)1;
+        CHECK(posix_memalign(&p, align, 100) == 0 && p && ((uintptr_t)p & (align - 1)) == 0,
+              "posix_memalign(%zu) = %p", align, p);
+        CHECK(malloc_usable_size(p) >= 100, "usable size of an aligned block");
+        memset(p, 1, 100);
+        p = realloc(p, 5000);
+        CHECK(p != NULL, "realloc of an aligned block");
+        free(p);
+        void *q = aligned_alloc(align, align * 3);
+        CHECK(q && ((uintptr_t)q & (align - 1)) == 0, "aligned_alloc(%zu) = %p", align, q);
+        free(q);
+    }
+    void *p = (void *)1;
+    CHECK(posix_memalign(&p, 24, 100) == EINVAL && p == (void *)1, "posix_memalign(24) must be EINVAL");
+    CHECK(posix_memalign(&p, 4, 100) == EINVAL, "posix_memalign(4) must be EINVAL");
+    errno = 0;
+    CHECK(posix_memalign(&p, 64, SIZE_MAX - 100) == ENOMEM && p == (void *)1 && errno == 0,
+          "posix_memalign out of memory: ENOMEM returned, errno unchanged, *out untouched");
+    errno = 0;
+    CHECK(aligned_alloc(24, 100) == NULL && errno == EINVAL, "aligned_alloc(24), errno %d", errno);
+    void *m = memalign(24, 100);
+    CHECK(m && ((uintptr_t)m & 31) == 0, "memalign(24) rounds up to 32: %p", m);
+    free(m);
+    long page = sysconf(_SC_PAGESIZE);
+    void *v = valloc(10);
+    CHECK(v && ((uintptr_t)v & (page - 1)) == 0, "valloc: %p", v);
+    free(v);
+    void *pv = pvalloc(0);
+    CHECK(pv && ((uintptr_t)pv & (page - 1)) == 0 && malloc_usable_size(pv) >= (size_t)page, "pvalloc(0)");
+    free(pv);
+}
+
+static void refusals(void) {
+    size_t before = refused();
+    int local;
+    free(&local);                                   /* a stack address */
+    CHECK(refused() == before + 1, "a foreign free was not refused");
+    CHECK(malloc_usable_size(&local) == 0, "usable size of a foreign pointer");
+    char *p = malloc(3000);
+    free(p);
+    free(p);                                        /* a double free */
+    CHECK(refused() == before + 2, "a double free was not refused: %zu refusals, %zu before", refused(), before);
+    errno = 0;
+    CHECK(realloc(&local, 10) == NULL && errno == ENOMEM, "realloc of a foreign pointer");
+    /* The heap still works. */
+    char *q = malloc(3000);
+    CHECK(q != NULL, "malloc after refusals");
+    free(q);
+}
+
+#define THREADS 8
+#define LIVE 300
+
+struct block {
+    unsigned char *p;
+    size_t n;
+    unsigned char tag;
+};
+
+static struct block handoff[THREADS][LIVE];
+static pthread_barrier_t barrier;
+
+static void *churn(void *arg) {
+    int t = (int)(intptr_t)arg;
+    uint64_t s = 0x9E3779B97F4A7C15ULL * (t + 1);
+    struct block live[LIVE] = {0};
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 60000; i++) {
+            int k = rng(&s) % LIVE;
+            struct block *b = &live[k];
+            if (b->p) {
+                CHECK(all(b->p, b->n, b->tag), "thread %d: block %p of %zu lost its contents", t, (void *)b->p, b->n);
+                if (rng(&s) % 4 == 0) {
+                    size_t n = 1 + rng(&s) % 3000;
+                    unsigned char *q = realloc(b->p, n);
+                    CHECK(q && all(q, n < b->n ? n : b->n, b->tag), "thread %d: realloc", t);
+                    memset(q, b->tag, n);
+                    b->p = q;
+                    b->n = n;
+                    continue;
+                }
+                free(b->p);
+                b->p = NULL;
+            }
+            size_t n = rng(&s) % 8 == 0 ? 513 + rng(&s) % 20000 : 1 + rng(&s) % 512;
+            b->p = rng(&s) % 5 == 0 ? calloc(1, n) : malloc(n);
+            CHECK(b->p != NULL, "thread %d: malloc(%zu)", t, n);
+            b->n = n;
+            b->tag = (unsigned char)(i ^ t);
+            memset(b->p, b->tag, n);
+        }
+        /* Hand every block to the next thread, which frees it. */
+        memcpy(handoff[t], live, sizeof live);
+        memset(live, 0, sizeof live);
+        pthread_barrier_wait(&barrier);
+        int from = (t + 1) % THREADS;
+        for (int k = 0; k < LIVE; k++) {
+            struct block *b = &handoff[from][k];
+            if (b->p) {
+                CHECK(all(b->p, b->n, b->tag), "thread %d: a handed-off block lost its contents", t);
+                free(b->p);
+            }
+        }
+        pthread_barrier_wait(&barrier);
+    }
+    return NULL;
+}
+
+static void threads(void) {
+    pthread_t th[THREADS];
+    pthread_barrier_init(&barrier, NULL, THREADS);
+    for (int t = 0; t < THREADS; t++) pthread_create(&th[t], NULL, churn, (void *)(intptr_t)t);
+    for (int t = 0; t < THREADS; t++) pthread_join(th[t], NULL);
+    pthread_barrier_destroy(&barrier);
+}
+
+static volatile int stop;
+
+static void *busy(void *arg) {
+    (void)arg;
+    uint64_t s = 42;
+    void *keep[64] = {0};
+    while (!stop) {
+        int k = rng(&s) % 64;
+        free(keep[k]);
+        keep[k] = malloc(1 + rng(&s) % 4000);
+    }
+    for (int k = 0; k < 64; k++) free(keep[k]);
+    return NULL;
+}
+
+/* fork() while other threads allocate: the child must find a heap that
+ * works (no lock held by a thread it did not inherit). */
+static void forks(void) {
+    pthread_t th[3];
+    stop = 0;
+    for (int t = 0; t < 3; t++) pthread_create(&th[t], NULL, busy, NULL);
+    for (int i = 0; i < 20; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            for (int j = 0; j < 20000; j++) {
+                char *p = malloc(1 + j % 3000);
+                if (!p) _exit(3);
+                memset(p, 1, 1 + j % 3000);
+                free(p);
+            }
+            _exit(0);
+        }
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait");
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d ended with status %#x", i, status);
+    }
+    stop = 1;
+    for (int t = 0; t < 3; t++) pthread_join(th[t], NULL);
+}
+
+int main(void) {
+    refused = (size_t (*)(void))dlsym(RTLD_DEFAULT, "strata_malloc_refused");
+    if (!refused) {
+        fprintf(stderr, "api.c: not running on strata-malloc (no strata_malloc_refused)\n");
+        return 2;
+    }
+    basics();
+    reallocs();
+    aligned();
+    refusals();
+    threads();
+    forks();
+    if (failures) {
+        fprintf(stderr, "strata-malloc api: %d checks failed\n", failures);
+        return 1;
+    }
+    printf("strata-malloc api: PASS\n");
+    return 0;
+}

@@ -1,0 +1,192 @@
+//! [`OsSource`]: pages from the host's virtual memory (feature `os`, Unix),
+//! for a heap that grows with no size chosen up front — the role the VMM
+//! plays in the kernel, played by `mmap` on a host.
+
+extern crate std;
+
+use core::fmt;
+use core::ptr::NonNull;
+
+use super::{PAGE_SIZE, PageSource, PagesError, RegionSource};
+
+/// The window [`OsSource::reserve_default`] asks for first: 64 GiB of
+/// address space, of which only the pages the heap touches cost memory.
+pub const DEFAULT_WINDOW: usize = 64 << 30;
+
+/// The smallest window [`OsSource::reserve_default`] settles for, halving
+/// from [`DEFAULT_WINDOW`] when the OS refuses (a limit on address space,
+/// `ulimit -v`, or strict overcommit accounting).
+pub const MIN_WINDOW: usize = 64 << 20;
+
+/// [`OsSource::discard_from`] by default: freed blocks of 1 MiB or more
+/// give their pages back to the OS (glibc's `mmap` threshold starts at
+/// 128 KiB and rises, up to 32 MiB, to the size of the blocks a program
+/// frees; a fixed 1 MiB keeps churned buffers resident, and big ones not).
+pub const DEFAULT_DISCARD_FROM: usize = 1 << 20;
+
+/// Why the OS would not give a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReserveError {
+    /// Bytes asked for (the last size tried).
+    pub len: usize,
+    /// The OS's error number (`errno`).
+    pub errno: i32,
+}
+
+impl fmt::Display for ReserveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the OS refused a window of {} bytes (errno {})", self.len, self.errno)
+    }
+}
+
+impl core::error::Error for ReserveError {}
+
+/// A page source over one window of the host's address space, reserved
+/// with `mmap(MAP_NORESERVE)`: the OS gives a page memory when it is first
+/// written. The window is [committed](PageSource::COMMITTED) — layer 0 takes
+/// it whole and manages it, layer +2's arenas included — and freed blocks of
+/// at least [`discard_from`](PageSource::discard_from) bytes give their
+/// pages back with `madvise(MADV_DONTNEED)`, so the heap's resident memory
+/// follows what is live. The window is unmapped when the source is dropped.
+///
+/// ```
+/// use std::alloc::{GlobalAlloc, Layout};
+/// use strata::source::OsSource;
+///
+/// let heap: strata::LockedHeap<OsSource> = strata::LockedHeap::new(OsSource::unreserved(), (0, 0));
+/// heap.init_with(OsSource::reserve(1 << 30).expect("1 GiB of address space"));
+/// let layout = Layout::from_size_align(100, 8).unwrap();
+/// // SAFETY: a valid layout; the block is freed once.
+/// unsafe {
+///     let p = heap.alloc(layout);
+///     assert!(!p.is_null());
+///     heap.dealloc(p, layout);
+/// }
+/// ```
+pub struct OsSource {
+    /// The window's pages, handed out as a region's are.
+    region: RegionSource,
+    /// The mapping: `(start, len)`, `len` 0 when unreserved.
+    mapping: (usize, usize),
+    discard_from: usize,
+}
+
+// SAFETY: the source owns its mapping exclusively; moving it to another
+// thread moves that ownership with it.
+unsafe impl Send for OsSource {}
+
+impl fmt::Debug for OsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OsSource")
+            .field("window", &format_args!("{:#x}+{:#x}", self.mapping.0, self.mapping.1))
+            .field("discard_from", &self.discard_from)
+            .finish()
+    }
+}
+
+impl OsSource {
+    /// A source with no window yet: every request fails. For a heap in a
+    /// `static`, given its window later with
+    /// [`LockedHeap::init_with`](crate::LockedHeap::init_with).
+    pub const fn unreserved() -> Self {
+        Self { region: RegionSource::empty(), mapping: (0, 0), discard_from: DEFAULT_DISCARD_FROM }
+    }
+
+    /// Reserves a window of `len` bytes (rounded up to pages).
+    pub fn reserve(len: usize) -> Result<Self, ReserveError> {
+        let len = len.checked_next_multiple_of(PAGE_SIZE).ok_or(ReserveError { len, errno: libc::ENOMEM })?;
+        // SAFETY: a fresh anonymous private mapping at an address the OS
+        // chooses touches no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(ReserveError { len, errno: errno() });
+        }
+        // SAFETY: the mapping is ours alone, readable and writable, until
+        // `drop` unmaps it, which the region does not outlive.
+        let region = unsafe { RegionSource::new(p.cast(), len) };
+        Ok(Self { region, mapping: (p as usize, len), discard_from: DEFAULT_DISCARD_FROM })
+    }
+
+    /// Reserves [`DEFAULT_WINDOW`], or, where the OS refuses, the largest
+    /// half of it down to [`MIN_WINDOW`] that it grants.
+    pub fn reserve_default() -> Result<Self, ReserveError> {
+        let mut len = DEFAULT_WINDOW;
+        loop {
+            match Self::reserve(len) {
+                Err(_) if len / 2 >= MIN_WINDOW => len /= 2,
+                r => return r,
+            }
+        }
+    }
+
+    /// Sets the size from which freed blocks give their pages back
+    /// ([`DEFAULT_DISCARD_FROM`] by default; `usize::MAX` never).
+    pub fn with_discard_from(mut self, bytes: usize) -> Self {
+        self.discard_from = bytes;
+        self
+    }
+
+    /// The window `(start, len)`: `len` 0 for an unreserved source. (What
+    /// of it is resident is the OS's to tell: `/proc/self/statm`.)
+    pub fn mapping(&self) -> (usize, usize) {
+        self.mapping
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+impl Drop for OsSource {
+    fn drop(&mut self) {
+        if self.mapping.1 != 0 {
+            // SAFETY: the mapping is ours, and whoever took pages from this
+            // source has given them back or is gone with it (a heap drops
+            // its source last).
+            unsafe { libc::munmap(self.mapping.0 as *mut libc::c_void, self.mapping.1) };
+        }
+    }
+}
+
+// SAFETY: the region's promise, over a mapping that lives as long as the
+// source; `discard` keeps pages mapped, readable and writable.
+unsafe impl PageSource for OsSource {
+    fn window(&self) -> (usize, usize) {
+        self.region.window()
+    }
+
+    fn granularity(&self) -> usize {
+        self.region.granularity()
+    }
+
+    fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError> {
+        self.region.allocate_pages(size, align)
+    }
+
+    unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.region.deallocate_pages(ptr, size) }
+    }
+
+    fn discard_from(&self) -> usize {
+        self.discard_from
+    }
+
+    unsafe fn discard(&mut self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: whole pages of our mapping whose contents nobody needs
+        // (the caller's promise); a private anonymous mapping reads them
+        // as zeros afterwards.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+    }
+
+    const COMMITTED: bool = true;
+}

@@ -1,0 +1,95 @@
+//! `OsSource` (feature `os`): a heap over a window of the host's address
+//! space, whose freed large blocks give their pages back to the OS.
+#![cfg(all(feature = "os", target_os = "linux"))]
+
+use std::alloc::{GlobalAlloc, Layout};
+
+use strata::LockedHeap;
+use strata::source::os::{DEFAULT_DISCARD_FROM, OsSource, ReserveError};
+
+/// How many of the pages of `[p, p + len)` are resident, by `mincore`.
+fn resident_pages(p: *mut u8, len: usize) -> usize {
+    let page = 4096;
+    let start = (p as usize).next_multiple_of(page);
+    let end = (p as usize + len) & !(page - 1);
+    let mut vec = vec![0u8; (end - start) / page];
+    // SAFETY: a range of our own mapping, and a vector of one byte per page.
+    let r = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+fn os_heap(len: usize) -> LockedHeap<OsSource> {
+    let heap = LockedHeap::new(OsSource::unreserved(), (0, 0));
+    heap.init_with(OsSource::reserve(len).expect("address space for the test"));
+    heap
+}
+
+#[test]
+fn a_freed_large_block_gives_its_pages_back_and_a_small_one_keeps_them() {
+    let heap = os_heap(1 << 30);
+    let big = Layout::from_size_align(16 << 20, 16).unwrap();
+    let small = Layout::from_size_align(DEFAULT_DISCARD_FROM / 2, 16).unwrap();
+    // SAFETY: valid layouts; each block written, then freed once.
+    unsafe {
+        let p = heap.alloc(big);
+        let q = heap.alloc(small);
+        assert!(!p.is_null() && !q.is_null());
+        p.write_bytes(0xA5, big.size());
+        q.write_bytes(0x5A, small.size());
+        assert!(resident_pages(p, big.size()) >= big.size() / 4096 - 1, "written pages are resident");
+        heap.dealloc(p, big);
+        heap.dealloc(q, small);
+        // All but the pages that hold the free chunk's header and footer.
+        assert!(resident_pages(p, big.size()) <= 2, "{} pages still resident", resident_pages(p, big.size()));
+        assert!(
+            resident_pages(q, small.size()) >= small.size() / 4096 - 1,
+            "a block under the threshold stays"
+        );
+        // The memory is the heap's again, and reads as zeros or as before.
+        let r = heap.alloc(big);
+        assert!(!r.is_null());
+        r.write_bytes(1, big.size());
+        heap.dealloc(r, big);
+    }
+    heap.with(|h| h.check_invariants());
+}
+
+#[test]
+fn an_os_heap_serves_c_style_calls_and_grows_past_what_it_touched() {
+    let heap = os_heap(4 << 30);
+    let mut blocks = Vec::new();
+    // 1.5 GiB live in blocks of 1 KiB to 64 MiB: far more than the heap
+    // has touched, all from the window.
+    let mut total = 0usize;
+    let mut size = 1024usize;
+    while total < 1536 << 20 {
+        // SAFETY: a valid layout.
+        let p = unsafe { heap.alloc(Layout::from_size_align(size, 16).unwrap()) };
+        assert!(!p.is_null(), "{size} bytes with {total} live");
+        // SAFETY: the block's first and last bytes.
+        unsafe {
+            p.write(1);
+            p.add(size - 1).write(2);
+            assert!(heap.usable_size(p).unwrap() >= size);
+        }
+        blocks.push(p);
+        total += size;
+        size = (size * 3).min(64 << 20);
+    }
+    for p in blocks {
+        // SAFETY: live blocks of this heap.
+        unsafe { heap.dealloc_unsized(p) };
+    }
+    assert_eq!(heap.stats().front.refused_frees, 0);
+    heap.with(|h| h.check_invariants());
+}
+
+#[test]
+fn a_window_the_os_refuses_is_a_typed_error() {
+    let e: ReserveError = OsSource::reserve(usize::MAX / 2).unwrap_err();
+    assert_ne!(e.errno, 0);
+    assert!(e.to_string().contains("refused"), "{e}");
+    let default = OsSource::reserve_default().expect("some window");
+    assert!(default.mapping().1 >= strata::source::os::MIN_WINDOW);
+}
