@@ -26,7 +26,7 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 	$(CARGO) test --features os --test os_source
 	$(CARGO) test --features os --doc
 
-test-malloc: ## strata-malloc under C programs (preloaded and linked) and CPython's own tests (PYTHONMALLOC=malloc)
+test-malloc: ## strata-malloc under C programs (preloaded and linked), CPython's own tests (PYTHONMALLOC=malloc), C firmware on QEMU
 	bash malloc/tests/run.sh
 
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
@@ -53,6 +53,7 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy -p strata-firmware --features debug --target $(FIRMWARE_TARGET) --bins -- -D warnings
 	$(CARGO) clippy -p strata-bench --all-targets -- -D warnings
 	$(CARGO) clippy -p strata-malloc -- -D warnings
+	$(CARGO) clippy -p strata-malloc --target $(FIRMWARE_TARGET) -- -D warnings
 	$(CARGO) clippy --all-targets --features os -- -D warnings
 
 build: ## Build the library for host, kernel and firmware targets, and the kernel

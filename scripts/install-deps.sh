@@ -2,8 +2,9 @@
 # Installs what strata's builds and tests need, only where it is missing:
 #   - the Rust targets and components listed in rust-toolchain.toml (rustup
 #     installs the toolchain from that file, but not always its targets);
-#   - QEMU for x86_64 and Arm, a C compiler, and CPython's test suite (for
-#     strata-malloc's tests) from Debian's packages (apt-get).
+#   - QEMU for x86_64 and Arm, C compilers (host, and Arm with picolibc) and
+#     CPython's test suite (for strata-malloc's tests) from Debian's packages
+#     (apt-get).
 # Safe to run repeatedly; prints one line per thing it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,9 @@ command -v cc >/dev/null || missing+=(gcc libc6-dev)
 if ! command -v python3 >/dev/null; then
     missing+=(python3)
 fi
+# ... and for its firmware test, the Arm cross compiler and picolibc.
+command -v arm-none-eabi-gcc >/dev/null || missing+=(gcc-arm-none-eabi)
+[ -e /usr/lib/picolibc/arm-none-eabi/picolibc.specs ] || missing+=(picolibc-arm-none-eabi)
 if ! python3 -c 'import test.libregrtest' 2>/dev/null; then
     version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo 3.11)
     missing+=("libpython$version-testsuite")

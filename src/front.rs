@@ -1236,9 +1236,19 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// If the heap has a window already: replacing a heap in use would
     /// corrupt it.
     pub fn init_with(&self, source: S) {
+        self.init_heap(Heap::new(source));
+    }
+
+    /// [`init_with`](Self::init_with) for a heap built with its own
+    /// geometry and tunables ([`Heap::with_geometry`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`init_with`](Self::init_with).
+    pub fn init_heap(&self, new: Heap<S>) {
         let mut heap = self.heap.lock();
         assert_eq!(heap.source.window().1, 0, "strata::LockedHeap::init_with on a heap that has memory");
-        *heap = Heap::new(source);
+        *heap = new;
         self.initialized.store(true, Ordering::Release);
     }
 

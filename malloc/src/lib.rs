@@ -34,6 +34,13 @@
 //! `mmap`; nothing here calls Rust's `alloc`. A thread's first use of its
 //! cache registers an exit handler, which in glibc calls `calloc`: that call
 //! comes back here and is served through the lock.
+//!
+//! **In C firmware** (built for a bare-metal target such as
+//! `thumbv7em-none-eabihf`, as a static library that replaces picolibc's
+//! `malloc`): the heap is the region the program gives [`strata_init`]
+//! before its first allocation, behind a critical section (single core:
+//! `malloc` from an interrupt handler is safe), served by TLSF at every size
+//! so that `free` finds every block's size; `errno` is picolibc's.
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -42,112 +49,46 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::{c_int, c_void};
 use core::ptr;
-use core::sync::atomic::{AtomicU8, Ordering};
 
-use strata::LockedHeap;
-use strata::source::OsSource;
+#[cfg(unix)]
+mod host;
+#[cfg(unix)]
+use host::{heap, page_size, set_errno};
+
+#[cfg(target_os = "none")]
+mod firmware;
+#[cfg(target_os = "none")]
+pub use firmware::strata_init;
+#[cfg(target_os = "none")]
+use firmware::{heap, page_size, set_errno};
 
 /// What `malloc` promises every block: `alignof(max_align_t)` on x86_64 and
-/// aarch64 Linux.
+/// aarch64 Linux, and more than any Cortex-M type needs.
 const MIN_ALIGN: usize = 16;
 
-/// The process's heap: no window until the first call.
-static HEAP: LockedHeap<OsSource> = LockedHeap::new(OsSource::unreserved(), (0, 0));
-
-/// [`HEAP`]'s state: not yet set up, being set up, ready.
-static STATE: AtomicU8 = AtomicU8::new(UNSET);
-const UNSET: u8 = 0;
-const SETTING: u8 = 1;
-const READY: u8 = 2;
-
-/// The heap, its window reserved on the first call of any thread.
-#[inline(always)]
-fn heap() -> &'static LockedHeap<OsSource> {
-    if STATE.load(Ordering::Acquire) != READY {
-        set_up();
-    }
-    &HEAP
-}
-
-/// Reserves the heap's window (a heap without one fails every request,
-/// with `ENOMEM`), then registers the `fork` handlers and the exit report.
-/// A call made meanwhile by the thread setting up (the C library may
-/// allocate while registering) finds the heap ready.
-#[cold]
-fn set_up() {
-    match STATE.compare_exchange(UNSET, SETTING, Ordering::Acquire, Ordering::Acquire) {
-        Ok(_) => {
-            if let Ok(source) = OsSource::reserve_default() {
-                HEAP.init_with(source);
-            }
-            STATE.store(READY, Ordering::Release);
-            // SAFETY: plain functions of this library, which lives as long
-            // as the process.
-            unsafe {
-                libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
-                let stats = libc::getenv(c"STRATA_MALLOC_STATS".as_ptr());
-                if !stats.is_null() && *stats != 0 && *stats != b'0' as libc::c_char {
-                    libc::atexit(print_report);
-                }
-            }
-        }
-        // Another thread is setting up: wait for it.
-        Err(_) => {
-            while STATE.load(Ordering::Acquire) != READY {
-                core::hint::spin_loop();
-            }
-        }
-    }
-}
-
-extern "C" fn fork_prepare() {
-    heap().fork_prepare();
-}
-
-extern "C" fn fork_parent() {
-    // SAFETY: after `fork_prepare`, on the forking thread.
-    unsafe { heap().fork_parent() };
-}
-
-extern "C" fn fork_child() {
-    // SAFETY: as above, in the child.
-    unsafe { heap().fork_child() };
-}
-
-/// Writes the heap's report to standard error, through a buffer on the
-/// stack (no allocation at exit).
-extern "C" fn print_report() {
-    struct Stderr;
-    impl core::fmt::Write for Stderr {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            // SAFETY: writing bytes of a live string to fd 2.
-            unsafe { libc::write(2, s.as_ptr().cast(), s.len()) };
-            Ok(())
-        }
-    }
-    let report = heap().with(|h| h.report());
-    let _ = core::fmt::write(&mut Stderr, format_args!("strata-malloc:\n{report}"));
-}
-
-fn set_errno(e: c_int) {
-    // SAFETY: this thread's errno.
-    unsafe { *libc::__errno_location() = e };
-}
+/// `errno` values (the same on Linux and picolibc).
+const ENOMEM: c_int = 12;
+const EINVAL: c_int = 22;
 
 /// A block of `size` bytes aligned to `align` (a power of two), or null
 /// with `ENOMEM`.
 #[inline(always)]
 fn allocate(size: usize, align: usize) -> *mut c_void {
+    let p = allocate_quietly(size, align);
+    if p.is_null() {
+        set_errno(ENOMEM);
+    }
+    p
+}
+
+/// [`allocate`] without touching `errno`.
+#[inline(always)]
+fn allocate_quietly(size: usize, align: usize) -> *mut c_void {
     let Ok(layout) = Layout::from_size_align(size.max(1), align.max(MIN_ALIGN)) else {
-        set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
     // SAFETY: a layout of non-zero size.
-    let p = unsafe { heap().alloc(layout) };
-    if p.is_null() {
-        set_errno(libc::ENOMEM);
-    }
-    p.cast()
+    unsafe { heap().alloc(layout) }.cast()
 }
 
 /// C's `malloc`.
@@ -186,17 +127,17 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
 #[unsafe(no_mangle)]
 pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     let Some(bytes) = n.checked_mul(size) else {
-        set_errno(libc::ENOMEM);
+        set_errno(ENOMEM);
         return ptr::null_mut();
     };
     let Ok(layout) = Layout::from_size_align(bytes.max(1), MIN_ALIGN) else {
-        set_errno(libc::ENOMEM);
+        set_errno(ENOMEM);
         return ptr::null_mut();
     };
     // SAFETY: a layout of non-zero size.
     let p = unsafe { heap().alloc_zeroed(layout) };
     if p.is_null() {
-        set_errno(libc::ENOMEM);
+        set_errno(ENOMEM);
     }
     p.cast()
 }
@@ -222,7 +163,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: forwarded contract.
     let q = unsafe { heap().realloc_unsized(p.cast(), size) };
     if q.is_null() {
-        set_errno(libc::ENOMEM);
+        set_errno(ENOMEM);
     }
     q.cast()
 }
@@ -239,7 +180,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
         // SAFETY: forwarded contract.
         Some(bytes) => unsafe { realloc(p, bytes) },
         None => {
-            set_errno(libc::ENOMEM);
+            set_errno(ENOMEM);
             ptr::null_mut()
         }
     }
@@ -255,22 +196,15 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     if !align.is_power_of_two() || !align.is_multiple_of(size_of::<*mut c_void>()) {
-        return libc::EINVAL;
+        return EINVAL;
     }
-    let saved = errno();
-    let p = allocate(size, align);
+    let p = allocate_quietly(size, align);
     if p.is_null() {
-        set_errno(saved);
-        return libc::ENOMEM;
+        return ENOMEM;
     }
     // SAFETY: the caller's promise.
     unsafe { out.write(p) };
     0
-}
-
-fn errno() -> c_int {
-    // SAFETY: this thread's errno.
-    unsafe { *libc::__errno_location() }
 }
 
 /// C11's `aligned_alloc`: null with `EINVAL` for an alignment that is not a
@@ -278,7 +212,7 @@ fn errno() -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     if !align.is_power_of_two() {
-        set_errno(libc::EINVAL);
+        set_errno(EINVAL);
         return ptr::null_mut();
     }
     allocate(size, align)
@@ -291,7 +225,7 @@ pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     match align.checked_next_power_of_two() {
         Some(align) => allocate(size, align),
         None => {
-            set_errno(libc::EINVAL);
+            set_errno(EINVAL);
             ptr::null_mut()
         }
     }
@@ -311,22 +245,10 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
     match size.max(1).checked_next_multiple_of(page) {
         Some(size) => allocate(size, page),
         None => {
-            set_errno(libc::ENOMEM);
+            set_errno(ENOMEM);
             ptr::null_mut()
         }
     }
-}
-
-fn page_size() -> usize {
-    static CACHED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-    let page = CACHED.load(Ordering::Relaxed);
-    if page != 0 {
-        return page;
-    }
-    // SAFETY: a plain query.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096);
-    CACHED.store(page, Ordering::Relaxed);
-    page
 }
 
 /// `malloc_usable_size`: the bytes block `p` may use, at least what was

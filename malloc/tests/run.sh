@@ -4,7 +4,10 @@
 #      8 threads with cross-thread frees, fork while threads allocate,
 #      refused frees), preloaded over glibc's malloc and linked statically;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
-#      strata: a set of its own stdlib test modules (regrtest, two workers).
+#      strata: a set of its own stdlib test modules (regrtest, two workers);
+#   3. malloc/tests/firmware.c, C firmware for Cortex-M4F linked with picolibc
+#      and the static library built for thumbv7em-none-eabihf (picolibc's
+#      malloc replaced), on qemu-system-arm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -p strata-malloc
@@ -30,3 +33,17 @@ modules=(test_json test_dict test_list test_set test_re test_collections test_by
          test_struct test_mmap test_fork1)
 echo "strata-malloc: python3 -m test (PYTHONMALLOC=malloc) ${modules[*]}"
 LD_PRELOAD="$so" PYTHONMALLOC=malloc timeout 900 python3 -m test -j2 "${modules[@]}"
+
+echo "strata-malloc: C firmware on qemu-system-arm (picolibc, thumbv7em-none-eabihf)"
+cargo build --release -p strata-malloc --target thumbv7em-none-eabihf
+# QEMU's mps2-an386: 4 MiB of code memory at 0, 4 MiB of RAM at 0x20000000.
+arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -O2 -fno-builtin -w \
+    --specs=picolibc.specs --oslib=semihost --crt0=semihost \
+    -Wl,--defsym=__flash=0x0 -Wl,--defsym=__flash_size=0x400000 \
+    -Wl,--defsym=__ram=0x20000000 -Wl,--defsym=__ram_size=0x400000 -Wl,--defsym=__stack_size=0x10000 \
+    -Wl,--no-warn-rwx-segments -Wl,--no-warn-execstack \
+    -o target/malloc-firmware.elf malloc/tests/firmware.c \
+    target/thumbv7em-none-eabihf/release/libstrata_malloc.a
+# The firmware's malloc must be strata's, not picolibc's.
+arm-none-eabi-nm target/malloc-firmware.elf | grep ' T __strata_malloc_set_errno$' >/dev/null
+firmware/run-qemu-arm.sh target/malloc-firmware.elf

@@ -1,0 +1,102 @@
+//! The heap of a host process: a window of address space from the OS,
+//! reserved on the first call, with `fork` handlers and the exit report.
+
+use core::ffi::c_int;
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use strata::LockedHeap;
+use strata::source::OsSource;
+
+/// The process's heap: no window until the first call.
+static HEAP: LockedHeap<OsSource> = LockedHeap::new(OsSource::unreserved(), (0, 0));
+
+/// [`HEAP`]'s state: not yet set up, being set up, ready.
+static STATE: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = 0;
+const SETTING: u8 = 1;
+const READY: u8 = 2;
+
+/// The heap, its window reserved on the first call of any thread.
+#[inline(always)]
+pub(crate) fn heap() -> &'static LockedHeap<OsSource> {
+    if STATE.load(Ordering::Acquire) != READY {
+        set_up();
+    }
+    &HEAP
+}
+
+/// Reserves the heap's window (a heap without one fails every request,
+/// with `ENOMEM`), then registers the `fork` handlers and the exit report.
+/// A call made meanwhile by the thread setting up (the C library may
+/// allocate while registering) finds the heap ready.
+#[cold]
+fn set_up() {
+    match STATE.compare_exchange(UNSET, SETTING, Ordering::Acquire, Ordering::Acquire) {
+        Ok(_) => {
+            if let Ok(source) = OsSource::reserve_default() {
+                HEAP.init_with(source);
+            }
+            STATE.store(READY, Ordering::Release);
+            // SAFETY: plain functions of this library, which lives as long
+            // as the process; `getenv` returns null or a C string.
+            unsafe {
+                libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+                let stats = libc::getenv(c"STRATA_MALLOC_STATS".as_ptr());
+                if !stats.is_null() && *stats != 0 && *stats != b'0' as libc::c_char {
+                    libc::atexit(print_report);
+                }
+            }
+        }
+        // Another thread is setting up: wait for it.
+        Err(_) => {
+            while STATE.load(Ordering::Acquire) != READY {
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+extern "C" fn fork_prepare() {
+    heap().fork_prepare();
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: after `fork_prepare`, on the forking thread.
+    unsafe { heap().fork_parent() };
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: as above, in the child.
+    unsafe { heap().fork_child() };
+}
+
+/// Writes the heap's report to standard error (no allocation at exit).
+extern "C" fn print_report() {
+    struct Stderr;
+    impl core::fmt::Write for Stderr {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            // SAFETY: writing bytes of a live string to fd 2.
+            unsafe { libc::write(2, s.as_ptr().cast(), s.len()) };
+            Ok(())
+        }
+    }
+    let report = heap().with(|h| h.report());
+    let _ = core::fmt::write(&mut Stderr, format_args!("strata-malloc:\n{report}"));
+}
+
+pub(crate) fn set_errno(e: c_int) {
+    // SAFETY: this thread's errno.
+    unsafe { *libc::__errno_location() = e };
+}
+
+pub(crate) fn page_size() -> usize {
+    static CACHED: AtomicUsize = AtomicUsize::new(0);
+    let page = CACHED.load(Ordering::Relaxed);
+    if page != 0 {
+        return page;
+    }
+    // SAFETY: a plain query.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096);
+    CACHED.store(page, Ordering::Relaxed);
+    page
+}
