@@ -69,12 +69,13 @@ build: ## Build the library for host, kernel and firmware targets, and the kerne
 doc: ## API docs (the README is the crate docs), warnings denied
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug,std,os
 
-bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst case per call, threads, feature cost
+bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst case per call, threads, feature cost, strata-malloc vs glibc
 	$(CARGO) build --release -p strata-bench --bins
 	$(CARGO) run --release -p strata-bench --bin strata-bench
 	$(CARGO) run --release -p strata-bench --bin fill-sweep
 	$(CARGO) run --release -p strata-bench --bin latency
 	bash scripts/bench-cost.sh
+	bash scripts/bench-malloc.sh
 
 bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator, rdtsc under QEMU -icount
 	STRATA_QEMU_ARGS="-icount shift=0,sleep=off" $(CARGO) run --release -p strata-boot --no-default-features --bin strata-bench-kernel --target x86_64-unknown-none

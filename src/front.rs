@@ -788,8 +788,15 @@ impl<S: PageSource> Heap<S> {
     /// If any layer owns `ptr`, it must be a live block allocated by this
     /// heap, not used after this call.
     pub unsafe fn deallocate_unsized(&mut self, ptr: NonNull<u8>) -> Result<(), DeallocateError> {
-        let layout = self.usable_layout(ptr)?;
-        // SAFETY: forwarded contract; the layout is the block's own.
+        // A +2 block needs no size to be freed, only to be one.
+        // SAFETY: a pointer into an arena of ours.
+        if self.object.owns(ptr.as_ptr()) && !unsafe { self.object.is_block_start(reach(ptr)) } {
+            return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
+        }
+        let layout =
+            if self.object.owns(ptr.as_ptr()) { Layout::new::<u8>() } else { self.usable_layout(ptr)? };
+        // SAFETY: forwarded contract; the layout is the block's own (layer
+        // +2 frees by pool, whatever the layout).
         unsafe { self.deallocate(ptr, layout) }
     }
 
@@ -1377,6 +1384,12 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// this call.
     pub unsafe fn dealloc_unsized(&self, ptr: *mut u8) {
         let Some(p) = NonNull::new(ptr) else { return };
+        // SAFETY: forwarded contract; the quick path frees only a +2 block
+        // that starts where a block of its pool does.
+        #[cfg(not(feature = "debug"))]
+        if no_unwind(|| unsafe { self.free_quick_unsized(p) }) {
+            return;
+        }
         #[cfg(all(feature = "std", not(feature = "debug")))]
         if self.caches_on() {
             // Through the sized path, which knows the caches.
@@ -1804,6 +1817,26 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         // SAFETY: a block of an arena of ours is, by the caller's contract,
         // a live +2 block.
         heap.object.owns(ptr.as_ptr()) && unsafe { heap.object.deallocate_quick(ptr) }
+    }
+
+    /// [`free_quick`](Self::free_quick) for a free without a layout: the
+    /// block must also start where a block of its pool does.
+    ///
+    /// # Safety
+    ///
+    /// As [`Heap::deallocate_unsized`].
+    #[cfg(not(feature = "debug"))]
+    #[inline(always)]
+    unsafe fn free_quick_unsized(&self, ptr: NonNull<u8>) -> bool {
+        if !self.quick_allowed() {
+            return false;
+        }
+        let Some(mut heap) = self.heap.try_lock() else { return false };
+        let ptr = reach(ptr);
+        // SAFETY: a pointer into an arena of ours, checked to be a block of
+        // its pool, is by the caller's contract a live +2 block.
+        heap.object.owns(ptr.as_ptr())
+            && unsafe { heap.object.is_block_start(ptr) && heap.object.deallocate_quick(ptr) }
     }
 
     /// Allocates through the lock.

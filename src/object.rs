@@ -130,6 +130,35 @@ pub const fn class_size(class: usize, class_shift: u32) -> usize {
     (class + 1) << class_shift
 }
 
+/// Whether `d` (not 0) divides `x`, without a division (it sits on C's
+/// `free` path): with `d = m·2^k`, `m` odd and `inv` its inverse modulo
+/// 2^32 ([`odd_inverse`]), `x` divides when its low `k` bits are zero and
+/// `(x >> k)·inv mod 2^32` — the quotient, if there is one — times `m`
+/// still fits in 32 bits (Granlund and Montgomery's test).
+#[inline]
+pub(crate) const fn divides(d: u32, inv: u32, x: u32) -> bool {
+    let k = d.trailing_zeros();
+    if x & ((1 << k) - 1) != 0 {
+        return false;
+    }
+    let q = (x >> k).wrapping_mul(inv);
+    q as u64 * (d >> k) as u64 <= u32::MAX as u64
+}
+
+/// The inverse modulo 2^32 of the odd part of `d` (not 0), by Newton's
+/// iteration: an odd `m` is its own inverse to 3 bits, and each step
+/// doubles the bits.
+pub(crate) const fn odd_inverse(d: u32) -> u32 {
+    let m = d >> d.trailing_zeros();
+    let mut inv = m;
+    let mut i = 0;
+    while i < 4 {
+        inv = inv.wrapping_mul(2u32.wrapping_sub(m.wrapping_mul(inv)));
+        i += 1;
+    }
+    inv
+}
+
 /// The size class of the block at `ptr`, read from its pool's header
 /// without the allocator's lock (a thread cache files a freed block by what
 /// it is, not by the layout it was freed with); `None` for a pool not in
@@ -343,7 +372,12 @@ struct Pool {
     /// Size class, or `UNUSED_CLASS` for a pool with no block in use.
     /// Written only under the lock, while the pool has no block in use.
     class: AtomicU32,
+    /// The inverse modulo 2^32 of the block size's odd part ([`divides`]),
+    /// set with the class (in the header's padding).
+    block_inverse: u32,
 }
+
+const _: () = assert!(size_of::<Pool>() == 48, "the pool header stays three 16-byte units");
 
 /// The part of a pool's header only the lock holder touches.
 #[repr(C)]
@@ -769,6 +803,7 @@ impl ObjectAllocator {
                 *block.cast::<*mut u8>() = ptr::null_mut();
                 (*pool).class.store(class as u32, Relaxed);
                 p.block_size = size as u32;
+                (*pool).block_inverse = odd_inverse(size as u32);
                 p.ref_count = 0;
                 p.freeblock = block;
                 p.next_offset = (first + size) as u32;
@@ -912,13 +947,13 @@ impl ObjectAllocator {
         let pool = addr & self.pool_mask;
         // SAFETY: a pool of a live arena (the caller's promise) has an
         // initialised header.
-        let p = unsafe { &(*ptr::with_exposed_provenance::<Pool>(pool)).h };
-        let (first, offset) = (self.first_offset(pool), addr - pool);
+        let pool_ref = unsafe { &*ptr::with_exposed_provenance::<Pool>(pool) };
+        let (p, first, offset) = (&pool_ref.h, self.first_offset(pool), addr - pool);
         p.ref_count != 0
             && p.block_size != 0
             && offset >= first
             && offset < p.next_offset as usize
-            && (offset - first).is_multiple_of(p.block_size as usize)
+            && divides(p.block_size, pool_ref.block_inverse, (offset - first) as u32)
     }
 
     /// Whether [`deallocate`](Self::deallocate) would take `ptr` now: its
@@ -1334,5 +1369,22 @@ impl ObjectAllocator {
         let usage = self.usage();
         assert!(usage.balances(), "arena accounting identity broken: {usage:?}");
         assert_eq!(usage.arena_bytes, live * self.geometry.arena_size());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{divides, odd_inverse};
+
+    #[test]
+    fn divides_agrees_with_the_remainder() {
+        for d in (1..=600u32).chain((8..=1 << 20).step_by(8).filter(|d| d % 4093 < 8)) {
+            for x in (0..5000u32)
+                .chain((0..200).map(|i| u32::MAX - i))
+                .chain((1..64).map(|i| d.wrapping_mul(i * 1021)))
+            {
+                assert_eq!(divides(d, odd_inverse(d), x), x % d == 0, "{x} / {d}");
+            }
+        }
     }
 }
