@@ -4,7 +4,8 @@
 #      8 threads with cross-thread frees, fork while threads allocate,
 #      refused frees), preloaded over glibc's malloc and linked statically;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
-#      strata: a set of its own stdlib test modules (regrtest, two workers);
+#      strata: a set of its own stdlib test modules (regrtest, two workers),
+#      and sqlite3 with a million-row transaction (its results checked);
 #   3. malloc/tests/firmware.c, C firmware for Cortex-M4F linked with picolibc
 #      and the static library built for thumbv7em-none-eabihf (picolibc's
 #      malloc replaced), on qemu-system-arm.
@@ -33,6 +34,8 @@ modules=(test_json test_dict test_list test_set test_re test_collections test_by
          test_struct test_mmap test_fork1)
 echo "strata-malloc: python3 -m test (PYTHONMALLOC=malloc) ${modules[*]}"
 LD_PRELOAD="$so" PYTHONMALLOC=malloc timeout 900 python3 -m test -j2 "${modules[@]}"
+echo "strata-malloc: sqlite3, a million rows in one transaction, an index, queries"
+LD_PRELOAD="$so" PYTHONMALLOC=malloc timeout 300 python3 malloc/bench/sqlite_tx.py
 
 echo "strata-malloc: C firmware on qemu-system-arm (picolibc, thumbv7em-none-eabihf)"
 cargo build --release -p strata-malloc --target thumbv7em-none-eabihf
