@@ -66,7 +66,7 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError, reach};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, AtomicUsize};
 use core::sync::atomic::Ordering::Relaxed;
 
 /// Largest alignment served by this layer; requests aligned above it go to layer 0.
@@ -128,6 +128,87 @@ pub const fn size_class(size: usize, align: usize, class_shift: u32) -> usize {
 #[inline]
 pub const fn class_size(class: usize, class_shift: u32) -> usize {
     (class + 1) << class_shift
+}
+
+/// A free block of at least two words holds a *tag* in its second word —
+/// a key made once per process, XOR its address — from the time it is
+/// freed (onto its pool's free list, or into a thread's cache) until it is
+/// handed out again, which clears it: a second free of a block finds its
+/// tag and is refused, wherever the block sits in the free list (glibc's
+/// tcache keeps such a key). A live block never holds its own tag — it is
+/// cleared when the block leaves a pool or a cache, and no other block's
+/// tag matches its address.
+///
+/// The key of the tags, made once per process from addresses that differ
+/// from run to run (ASLR); 0 until then.
+pub(crate) static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes [`KEY`] if it is not made yet.
+#[cold]
+pub(crate) fn make_key() {
+    let here = 0u8;
+    let mut x = (&raw const here as usize as u64) ^ (&raw const KEY as usize as u64).rotate_left(29);
+    // splitmix64's finaliser.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let _ = KEY.compare_exchange(0, (x as usize) | 1, Relaxed, Relaxed);
+}
+
+/// Whether bins can be tagged: a block's second word is read with a frozen
+/// load (see [`frozen_word`]), which needs inline assembly; elsewhere, and
+/// under Miri, a second free is found by walking a thread's bin, and
+/// pools do not tag.
+pub(crate) const TAGS: bool =
+    cfg!(all(not(miri), target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")));
+
+/// The word at `p` as whatever bits it holds, initialised or not: a cached
+/// block's tag, or (in a block that is not cached) the caller's data, which
+/// may be uninitialised or padding. A plain read of uninitialised memory as
+/// an integer is undefined behaviour in Rust; a load in inline assembly
+/// yields the bits there, as glibc's C reads them.
+///
+/// # Safety
+///
+/// `p` must be valid for reading a word and aligned to one.
+#[cfg(all(not(miri), target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[inline(always)]
+pub(crate) unsafe fn frozen_word(p: *const usize) -> usize {
+    let v: usize;
+    // SAFETY: the caller's promise; the load only reads.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("mov {v}, qword ptr [{p}]", p = in(reg) p, v = out(reg) v,
+            options(nostack, preserves_flags, readonly));
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("ldr {v}, [{p}]", p = in(reg) p, v = out(reg) v, options(nostack, preserves_flags, readonly));
+    }
+    v
+}
+
+/// Never called: bins are not tagged where frozen loads are unavailable.
+///
+/// # Safety
+///
+/// None needed.
+#[cfg(not(all(
+    not(miri),
+    target_pointer_width = "64",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+#[inline(always)]
+pub(crate) unsafe fn frozen_word(_: *const usize) -> usize {
+    0
+}
+
+/// The tag a free block holds in its second word (see [`KEY`]).
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn free_tag(block: NonNull<u8>) -> usize {
+    KEY.load(Relaxed) ^ block.as_ptr() as usize
 }
 
 /// Whether `d` (not 0) divides `x`, without a division (it sits on C's
@@ -377,6 +458,9 @@ struct Pool {
     block_inverse: u32,
 }
 
+// The inverse sits in what was padding: on 64-bit targets the header stays
+// three 16-byte units.
+#[cfg(target_pointer_width = "64")]
 const _: () = assert!(size_of::<Pool>() == 48, "the pool header stays three 16-byte units");
 
 /// The part of a pool's header only the lock holder touches.
@@ -537,6 +621,10 @@ pub struct ObjectAllocator {
     counters: ArenaCounters,
     /// Pools holding at least one block, per class.
     class_pools: [u32; NUM_CLASSES],
+    /// The key free blocks are tagged with ([`KEY`]), made with the first
+    /// arena (before any block exists); unused where tags cannot be read
+    /// ([`TAGS`]).
+    key: usize,
 }
 
 // SAFETY: the allocator owns the arenas its pointers point into; it moves
@@ -586,6 +674,7 @@ impl ObjectAllocator {
                 borrowed: 0,
             },
             class_pools: [0; NUM_CLASSES],
+            key: 0,
         }
     }
 
@@ -716,8 +805,11 @@ impl ObjectAllocator {
         let block = p.freeblock;
         p.ref_count += 1;
         // SAFETY: `block` is a free block of this pool: its first word is the
-        // free-list link.
-        let next = unsafe { *block.cast::<*mut u8>() };
+        // free-list link, its second (if it has one) its tag, cleared now.
+        let next = unsafe {
+            self.set_free_tag(block, p.block_size, false);
+            *block.cast::<*mut u8>()
+        };
         if !next.is_null() {
             p.freeblock = next;
         } else if p.next_offset <= p.max_next_offset {
@@ -847,6 +939,13 @@ impl ObjectAllocator {
     }
 
     fn new_arena(&mut self, source: &mut impl PageSource) -> Result<*mut Arena, AllocateError> {
+        // Every block's tag is made with the key, before any block is freed.
+        if TAGS && self.key == 0 {
+            if KEY.load(Relaxed) == 0 {
+                make_key();
+            }
+            self.key = KEY.load(Relaxed);
+        }
         let size = self.geometry.arena_size();
         let base = source.allocate_pages(size, size).map_err(AllocateError::NoArena)?;
         let addr = base.as_ptr() as usize;
@@ -921,8 +1020,12 @@ impl ObjectAllocator {
         // SAFETY: a live block lies in an initialised pool of a live arena.
         let p = unsafe { &mut (*pool).h };
         let last = p.freeblock;
-        // SAFETY: the block is ours again; its first word becomes the link.
-        unsafe { *block.cast::<*mut u8>() = last };
+        // SAFETY: the block is ours again; its first word becomes the link,
+        // its second its tag.
+        unsafe {
+            *block.cast::<*mut u8>() = last;
+            self.set_free_tag(block, p.block_size, true);
+        }
         p.freeblock = block;
         p.ref_count -= 1;
         if !last.is_null() && p.ref_count != 0 {
@@ -931,6 +1034,37 @@ impl ObjectAllocator {
         // SAFETY: `pool` is live, and its list membership is as its state says.
         unsafe { self.pool_changed_state(pool, last.is_null(), source) };
         true
+    }
+
+    /// Whether `block` (of `block_size` bytes) holds its tag: it is free
+    /// (see [`KEY`]). Blocks of one word (the 8-byte class) have no tag.
+    ///
+    /// # Safety
+    ///
+    /// `block` must be a block of an arena of ours, word-aligned, of
+    /// `block_size` bytes.
+    #[inline(always)]
+    unsafe fn is_free_tagged(&self, block: *mut u8, block_size: u32) -> bool {
+        // (No block exists before the first arena, which makes the key.)
+        TAGS && block_size as usize >= 2 * size_of::<usize>()
+            // SAFETY: the caller's promise: the block has a second word.
+            && unsafe { frozen_word(block.cast::<usize>().add(1)) } == self.key ^ block as usize
+    }
+
+    /// Writes the tag of `block` (of `block_size` bytes: it is free now),
+    /// or clears it (`free` false: it is handed out).
+    ///
+    /// # Safety
+    ///
+    /// `block` must be a block of an arena of ours, word-aligned, of
+    /// `block_size` bytes, that is ours to write.
+    #[inline(always)]
+    unsafe fn set_free_tag(&self, block: *mut u8, block_size: u32, free: bool) {
+        if TAGS && block_size as usize >= 2 * size_of::<usize>() {
+            let tag = if free { self.key ^ block as usize } else { 0 };
+            // SAFETY: the caller's promise; the block has a second word.
+            unsafe { block.cast::<usize>().add(1).write(tag) };
+        }
     }
 
     /// Whether `ptr` is where a block of its pool starts, among the blocks
@@ -970,7 +1104,10 @@ impl ObjectAllocator {
         // SAFETY: a pool of a live arena (the caller's promise) has an
         // initialised header.
         let p = unsafe { &(*pool).h };
-        p.ref_count != 0 && p.freeblock != ptr.as_ptr()
+        // SAFETY: a block of the pool.
+        p.ref_count != 0
+            && p.freeblock != ptr.as_ptr()
+            && !unsafe { self.is_free_tagged(reach(ptr).as_ptr(), p.block_size) }
     }
 
     /// The common case of [`deallocate`](Self::deallocate), in a few
@@ -991,12 +1128,21 @@ impl ObjectAllocator {
         let p = unsafe { &mut (*pool).h };
         let last = p.freeblock;
         // `ref_count > 1`: in use before, and still after; `last` non-null:
-        // not full, so on `used[class]` already.
-        if p.ref_count <= 1 || last.is_null() || last == block {
+        // not full, so on `used[class]` already; no tag: not freed already.
+        if p.ref_count <= 1
+            || last.is_null()
+            || last == block
+            // SAFETY: a block of this pool, of its block size.
+            || unsafe { self.is_free_tagged(block, p.block_size) }
+        {
             return false;
         }
-        // SAFETY: the block is ours again; its first word becomes the link.
-        unsafe { *block.cast::<*mut u8>() = last };
+        // SAFETY: the block is ours again; its first word becomes the link,
+        // its second its tag.
+        unsafe {
+            *block.cast::<*mut u8>() = last;
+            self.set_free_tag(block, p.block_size, true);
+        }
         p.freeblock = block;
         p.ref_count -= 1;
         true

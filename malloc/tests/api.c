@@ -163,6 +163,24 @@ static void refusals(void) {
     free(p);
     free(p);                                        /* a double free */
     CHECK(refused() == before + 2, "a double free was not refused: %zu refusals, %zu before", refused(), before);
+    /* free(a); free(b); free(a): a double free deep in a free list. */
+    for (int i = 0; i < 300; i++) free(malloc(64));
+    char *a = malloc(64), *b = malloc(64), *c = malloc(64);
+    memset(c, 0xC3, 64);
+    before = refused();
+    free(a);
+    free(b);
+    free(a);
+    CHECK(refused() == before + 1, "free(a); free(b); free(a) was not refused");
+    char *fresh[32];
+    for (int i = 0; i < 32; i++) {
+        fresh[i] = malloc(64);
+        CHECK(fresh[i] != c, "a live block was handed out after a double free");
+        for (int j = 0; j < i; j++) CHECK(fresh[i] != fresh[j], "a block was handed out twice");
+    }
+    CHECK(all((unsigned char *)c, 64, 0xC3), "a live block was overwritten");
+    for (int i = 0; i < 32; i++) free(fresh[i]);
+    free(c);
     errno = 0;
     CHECK(realloc(&local, 10) == NULL && errno == ENOMEM, "realloc of a foreign pointer");
     /* The heap still works. */

@@ -63,7 +63,10 @@ use core::cell::{Cell, UnsafeCell};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-use crate::object::{ARENA_SLOTS, NUM_CLASSES, block_class, class_size, size_class};
+use crate::object::free_tag as tag;
+use crate::object::{
+    ARENA_SLOTS, KEY, NUM_CLASSES, TAGS, block_class, class_size, frozen_word, make_key, size_class,
+};
 use crate::segment::{self, MEDIUM_MAX, WindowBlock, chunk_size};
 
 /// Most blocks a thread keeps per size class.
@@ -124,70 +127,6 @@ struct Bin {
     tagged: bool,
 }
 
-/// The key of the tags, made once per process from addresses that differ
-/// from run to run (ASLR); 0 until then.
-static KEY: AtomicUsize = AtomicUsize::new(0);
-
-/// Makes [`KEY`] if it is not made yet.
-#[cold]
-fn make_key() {
-    let here = 0u8;
-    let mut x = (&raw const here as usize as u64) ^ (&raw const KEY as usize as u64).rotate_left(29);
-    // splitmix64's finaliser.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    let _ = KEY.compare_exchange(0, (x as usize) | 1, Ordering::Relaxed, Ordering::Relaxed);
-}
-
-/// Whether bins can be tagged: a block's second word is read with a frozen
-/// load (see [`frozen_word`]), which needs inline assembly; elsewhere, and
-/// under Miri, a second free is found by walking this thread's bin.
-const TAGS: bool =
-    cfg!(all(not(miri), target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")));
-
-/// The word at `p` as whatever bits it holds, initialised or not: a cached
-/// block's tag, or (in a block that is not cached) the caller's data, which
-/// may be uninitialised or padding. A plain read of uninitialised memory as
-/// an integer is undefined behaviour in Rust; a load in inline assembly
-/// yields the bits there, as glibc's C reads them.
-///
-/// # Safety
-///
-/// `p` must be valid for reading a word and aligned to one.
-#[cfg(all(not(miri), target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
-#[inline(always)]
-unsafe fn frozen_word(p: *const usize) -> usize {
-    let v: usize;
-    // SAFETY: the caller's promise; the load only reads.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        core::arch::asm!("mov {v}, qword ptr [{p}]", p = in(reg) p, v = out(reg) v,
-            options(nostack, preserves_flags, readonly));
-    }
-    // SAFETY: as above.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        core::arch::asm!("ldr {v}, [{p}]", p = in(reg) p, v = out(reg) v, options(nostack, preserves_flags, readonly));
-    }
-    v
-}
-
-/// Never called: bins are not tagged where frozen loads are unavailable.
-///
-/// # Safety
-///
-/// None needed.
-#[cfg(not(all(
-    not(miri),
-    target_pointer_width = "64",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-#[inline(always)]
-unsafe fn frozen_word(_: *const usize) -> usize {
-    0
-}
-
 /// Clears the tag of a block leaving a tagged bin.
 ///
 /// # Safety
@@ -239,12 +178,6 @@ fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bo
     // SAFETY: a word-aligned pair of words inside the heap's committed
     // window, which its source keeps readable.
     unsafe { frozen_word(crate::source::reach(ptr).as_ptr().cast::<usize>().add(1)) == tag(ptr) }
-}
-
-/// The tag a cached block of a tagged bin holds in its second word.
-#[inline(always)]
-fn tag(block: NonNull<u8>) -> usize {
-    KEY.load(Ordering::Relaxed) ^ block.as_ptr() as usize
 }
 
 impl Bin {
