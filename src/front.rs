@@ -891,7 +891,7 @@ impl<S: PageSource> Heap<S> {
             let target = if promote { old.size() } else { new.size() };
             // SAFETY: forwarded contract; layer 0 refuses what is not its
             // block in use (a promoted block is only checked: same size).
-            let in_place = unsafe { self.segment.resize_in_place(ptr, old, target) }
+            let in_place = unsafe { self.segment.resize_in_place(ptr, old, target, &mut self.source) }
                 .map_err(AllocError::Refused)?
                 && !promote;
             let backward = if in_place {

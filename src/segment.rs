@@ -982,13 +982,23 @@ impl SegmentAllocator {
         ptr: NonNull<u8>,
         layout: Layout,
         new_size: usize,
+        source: &mut impl PageSource,
     ) -> Result<bool, DeallocateError> {
         let ptr = reach(ptr);
         match self.engine {
             Engine::Tlsf => {
-                self.check_block(ptr, layout)?;
+                let chunk = self.check_block(ptr, layout)?;
                 // SAFETY: checked to be a block in use.
-                Ok(unsafe { self.tlsf.resize(ptr, new_size) })
+                let resized = unsafe { self.tlsf.resize(ptr, new_size) };
+                // A shrink gives its tail back: discarded as a freed block
+                // of that size would be (past the new chunk's end).
+                let kept = tlsf::chunk_size(new_size).unwrap_or(usize::MAX);
+                if resized && chunk > kept && chunk - kept >= source.discard_from() {
+                    // SAFETY: the tail is a free chunk now, of `chunk - kept`
+                    // bytes after the block's new chunk.
+                    unsafe { discard_inside(ptr.add(kept), chunk - kept, source) };
+                }
+                Ok(resized)
             }
             Engine::FirstFit if self.owns_addr(ptr.as_ptr() as usize) => {
                 Ok(Layout::from_size_align(new_size, layout.align())
@@ -1049,16 +1059,30 @@ impl SegmentAllocator {
                 }
                 _ => 0,
             },
-            Engine::Tlsf => match self.window_span {
-                // SAFETY: the window's span is a live span of the engine.
-                Some((start, _)) if unsafe { self.tlsf.span_is_free(start) } => {
-                    self.release_span(start, source);
-                    1
+            Engine::Tlsf => {
+                let released = match self.window_span {
+                    // SAFETY: the window's span is a live span of the engine.
+                    Some((start, _)) if unsafe { self.tlsf.span_is_free(start) } => {
+                        self.release_span(start, source);
+                        1
+                    }
+                    Some(_) => 0,
+                    // SAFETY: the caller's promise about `source`.
+                    None => usize::from(unsafe { self.release_spare(source) }),
+                };
+                // What stays: the pages inside free chunks go back too, where
+                // the source takes them (`malloc_trim`).
+                if source.discard_from() != usize::MAX {
+                    self.tlsf.each_free_chunk(|c, size| {
+                        if size >= 2 * PAGE_SIZE {
+                            // SAFETY: a free chunk of a live span of `source`;
+                            // its payload starts two words in.
+                            unsafe { discard_inside(NonNull::new_unchecked(c.add(2 * WORD)), size, source) };
+                        }
+                    });
                 }
-                Some(_) => 0,
-                // SAFETY: the caller's promise about `source`.
-                None => usize::from(unsafe { self.release_spare(source) }),
-            },
+                released
+            }
             Engine::Unset => 0,
         }
     }
@@ -1247,13 +1271,14 @@ pub(crate) unsafe fn window_chunk(window: (usize, usize), ptr: NonNull<u8>) -> O
 }
 
 /// Discards the whole pages inside block `ptr` (of a `chunk`-byte chunk)
-/// that is about to be freed: all of it but what a free writes — the
-/// chunk's header and free-list links at its start, its footer at its end.
+/// that is about to be freed, or that a shrink has just given back: all of
+/// it but what a free writes — the chunk's header and free-list links at
+/// its start, its footer at its end.
 ///
 /// # Safety
 ///
-/// `ptr` must be a block in use of a TLSF span taken from `source`, whose
-/// chunk is at least `chunk` bytes, and about to be freed.
+/// `ptr` must be the payload of a chunk of at least `chunk` bytes in a TLSF
+/// span taken from `source`, in use and about to be freed, or free.
 #[cold]
 unsafe fn discard_inside(ptr: NonNull<u8>, chunk: usize, source: &mut impl PageSource) {
     const KEEP: usize = 64;

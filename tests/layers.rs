@@ -306,17 +306,17 @@ fn blocks_grow_and_shrink_in_place_when_the_next_chunk_is_free() {
     // SAFETY: live blocks, each call with the current layout.
     unsafe {
         // `b` is boxed in: it can shrink, and grow back into what it gave.
-        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 200), Ok(true));
-        assert_eq!(seg.resize_in_place(b, layout(200, 8), 1000), Ok(true));
-        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 1100), Ok(false), "`c` is in the way");
+        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 200, &mut src), Ok(true));
+        assert_eq!(seg.resize_in_place(b, layout(200, 8), 1000, &mut src), Ok(true));
+        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 1100, &mut src), Ok(false), "`c` is in the way");
         // `c` has free space after it.
-        assert_eq!(seg.resize_in_place(c, layout(1000, 8), 100_000), Ok(true));
+        assert_eq!(seg.resize_in_place(c, layout(1000, 8), 100_000, &mut src), Ok(true));
         seg.check_invariants();
         // Free `c`: now `b` grows into it.
         seg.deallocate(c, layout(100_000, 8), &mut src).unwrap();
-        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 50_000), Ok(true));
+        assert_eq!(seg.resize_in_place(b, layout(1000, 8), 50_000, &mut src), Ok(true));
         seg.check_invariants();
-        let r = seg.resize_in_place(c, layout(100_000, 8), 10);
+        let r = seg.resize_in_place(c, layout(100_000, 8), 10, &mut src);
         assert!(r.is_err(), "a freed block cannot be resized: {r:?}");
         seg.deallocate(a, layout(1000, 8), &mut src).unwrap();
         seg.deallocate(b, layout(50_000, 8), &mut src).unwrap();

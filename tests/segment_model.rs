@@ -121,7 +121,7 @@ fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op
                 let i = which % live.len();
                 let b = &live[i];
                 // SAFETY: a live block with its layout.
-                match unsafe { seg.resize_in_place(b.ptr, b.layout, size) } {
+                match unsafe { seg.resize_in_place(b.ptr, b.layout, size, &mut source) } {
                     Ok(true) => {
                         verify(b, b.layout.size().min(size));
                         let b = &mut live[i];
@@ -139,7 +139,7 @@ fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op
                     continue;
                 }
                 // SAFETY: checked by resize_in_place first, as the front door does.
-                let checked = unsafe { seg.resize_in_place(ptr, layout, layout.size()) };
+                let checked = unsafe { seg.resize_in_place(ptr, layout, layout.size(), &mut source) };
                 assert_eq!(checked, Ok(true));
                 // SAFETY: a checked block; `keep` is its size.
                 if let Some(q) = unsafe { seg.grow_backward(ptr, layout, size, layout.size()) } {

@@ -4,10 +4,11 @@
 //! static one (`libstrata_malloc.a`, linked before the C library), it
 //! exports the C allocation API — `malloc`, `free`, `calloc`, `realloc`,
 //! `reallocarray`, `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`,
-//! `pvalloc`, `malloc_usable_size` — over one [`strata::LockedHeap`] whose
-//! page source is a window of the address space ([`OsSource`]): the heap
-//! grows from the OS with no size chosen up front, and freed blocks of a
-//! megabyte or more give their pages back.
+//! `pvalloc`, `malloc_usable_size`, `malloc_trim` — over one
+//! [`strata::LockedHeap`] whose page source is a window of the address
+//! space (`strata::source::OsSource`): the heap grows from the OS with no
+//! size chosen up front, and freed blocks of a megabyte or more give their
+//! pages back.
 //!
 //! **No header per block.** `free(p)` and `malloc_usable_size(p)` find the
 //! block's size in O(1) from what strata keeps anyway (layer +2's pool
@@ -262,6 +263,18 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     // SAFETY: forwarded contract.
     unsafe { heap().usable_size(p.cast()) }.unwrap_or(0)
+}
+
+/// glibc's `malloc_trim`: gives the heap's free memory back to the OS —
+/// wholly free arenas and spans, and the pages inside every free chunk
+/// (freed blocks of a megabyte or more go back as they are freed). Returns
+/// 1 if the heap had free memory to give back, 0 if not; `pad` is ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    let heap = heap();
+    let (arenas, spans) = heap.trim();
+    let free = heap.stats().segments.free_bytes;
+    c_int::from(arenas + spans > 0 || free >= 2 * page_size())
 }
 
 /// How many frees and reallocs strata has refused so far — pointers it does

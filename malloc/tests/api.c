@@ -189,6 +189,36 @@ static void refusals(void) {
     free(q);
 }
 
+static long rss_kb(void) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = -1;
+    if (f) fclose(f);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* Memory goes back to the OS: a freed block of a megabyte or more, the tail
+ * a shrinking realloc gives back, and, on malloc_trim, free space made of
+ * smaller blocks. */
+static void memory_back(void) {
+    long base = rss_kb();
+    char *big = malloc(64 << 20);
+    memset(big, 1, 64 << 20);
+    CHECK(rss_kb() - base > 60000, "64 MiB written: RSS %ld kB over the start", rss_kb() - base);
+    big = realloc(big, 4096);
+    CHECK(rss_kb() - base < 8000, "a 64 MiB block shrunk to 4 KiB keeps %ld kB resident", rss_kb() - base);
+    free(big);
+    char *blocks[128];
+    for (int i = 0; i < 128; i++) {
+        blocks[i] = malloc(256 << 10);
+        memset(blocks[i], 2, 256 << 10);
+    }
+    long full = rss_kb();
+    for (int i = 0; i < 128; i++) free(blocks[i]);
+    CHECK(malloc_trim(0) == 1, "malloc_trim found nothing to give back");
+    CHECK(full - rss_kb() > 24000, "malloc_trim gave back only %ld of 32 MiB", full - rss_kb());
+}
+
 #define THREADS 8
 #define LIVE 300
 
@@ -305,6 +335,7 @@ int main(void) {
     reallocs();
     aligned();
     refusals();
+    memory_back();
     threads();
     forks();
     if (failures) {

@@ -960,6 +960,20 @@ impl Tlsf {
         counts
     }
 
+    /// Calls `f` with the start and size of every free chunk.
+    pub fn each_free_chunk(&self, mut f: impl FnMut(*mut u8, usize)) {
+        for bin in 0..BINS {
+            let mut c = self.heads[bin];
+            while !c.is_null() {
+                // SAFETY: chunks on lists are free chunks of live spans.
+                let (h, (next, _)) = unsafe { (head(c), links(c)) };
+                f(c, size_of_head(h));
+                // SAFETY: as above.
+                c = unsafe { next.read() };
+            }
+        }
+    }
+
     /// Checks the lists against the bitmaps: every listed chunk lies in a
     /// span (`in_span`), is free, filed under its size, linked both ways;
     /// the free bytes add up. Returns how many chunks are listed: when the

@@ -117,9 +117,22 @@ impl OsSource {
     }
 
     /// Reserves [`DEFAULT_WINDOW`], or, where the OS refuses, the largest
-    /// half of it down to [`MIN_WINDOW`] that it grants.
+    /// half of it down to [`MIN_WINDOW`] that it grants. Under a limit on
+    /// address space (`ulimit -v`, `RLIMIT_AS`), at most a quarter of the
+    /// limit: the window counts against it whole, and the program's threads
+    /// and mappings need the rest.
     pub fn reserve_default() -> Result<Self, ReserveError> {
         let mut len = DEFAULT_WINDOW;
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `getrlimit` writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY
+        {
+            let quarter = usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX);
+            while len > quarter && len / 2 >= MIN_WINDOW {
+                len /= 2;
+            }
+        }
         loop {
             match Self::reserve(len) {
                 Err(_) if len / 2 >= MIN_WINDOW => len /= 2,
@@ -174,7 +187,15 @@ unsafe impl PageSource for OsSource {
 
     unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
         // SAFETY: forwarded contract.
-        unsafe { self.region.deallocate_pages(ptr, size) }
+        unsafe { self.region.deallocate_pages(ptr, size) };
+        // The region keeps its list of free runs in their first bytes: the
+        // pages after the first go back to the OS.
+        let start = (ptr.as_ptr() as usize + 1).next_multiple_of(PAGE_SIZE);
+        let end = (ptr.as_ptr() as usize + size) & !(PAGE_SIZE - 1);
+        if start < end {
+            // SAFETY: whole pages of our mapping that nobody uses now.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
     }
 
     fn discard_from(&self) -> usize {
