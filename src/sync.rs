@@ -100,3 +100,91 @@ unsafe impl lock_api::RawMutex for CriticalSectionLock {
         critical_section::with(|_| self.locked.get())
     }
 }
+
+/// The heap lock of host programs on Linux (feature `std`): a futex mutex,
+/// Drepper's three states (free, held, held with waiters). A waiter spins
+/// briefly — a holder runs for a few hundred instructions — then sleeps in
+/// the kernel until the holder wakes it. Where threads outnumber cores, a
+/// spin lock whose waiters yield keeps the holder off the CPU (measured on
+/// a 4-thread C churn through `strata-malloc` on 2 cores: 1.58× glibc's
+/// time with the yielding spin lock, about 1.2× with this one).
+#[cfg(all(feature = "std", target_os = "linux", not(feature = "critical-section")))]
+#[derive(Debug)]
+pub struct FutexLock(core::sync::atomic::AtomicU32);
+
+#[cfg(all(feature = "std", target_os = "linux", not(feature = "critical-section")))]
+mod futex {
+    use core::sync::atomic::AtomicU32;
+    use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+    use super::FutexLock;
+
+    const FREE: u32 = 0;
+    const HELD: u32 = 1;
+    const WAITED: u32 = 2;
+
+    // SAFETY: a thread owns the lock from a successful compare-and-swap (or
+    // swap from FREE) with Acquire until its Release swap in `unlock`.
+    unsafe impl lock_api::RawMutex for FutexLock {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const INIT: Self = Self(AtomicU32::new(FREE));
+        type GuardMarker = lock_api::GuardSend;
+
+        #[inline]
+        fn lock(&self) {
+            if !self.try_lock() {
+                self.lock_contended();
+            }
+        }
+
+        #[inline]
+        fn try_lock(&self) -> bool {
+            self.0.compare_exchange(FREE, HELD, Acquire, Relaxed).is_ok()
+        }
+
+        #[inline]
+        unsafe fn unlock(&self) {
+            if self.0.swap(FREE, Release) == WAITED {
+                // SAFETY: a futex wake on our own word.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_futex,
+                        self.0.as_ptr(),
+                        libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                        1,
+                    )
+                };
+            }
+        }
+
+        #[inline]
+        fn is_locked(&self) -> bool {
+            self.0.load(Relaxed) != FREE
+        }
+    }
+
+    impl FutexLock {
+        #[cold]
+        fn lock_contended(&self) {
+            for _ in 0..64 {
+                core::hint::spin_loop();
+                if self.0.load(Relaxed) == FREE && lock_api::RawMutex::try_lock(self) {
+                    return;
+                }
+            }
+            // Sleep, marking the lock as waited for, until it is free.
+            while self.0.swap(WAITED, Acquire) != FREE {
+                // SAFETY: a futex wait on our own word, while it says WAITED.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_futex,
+                        self.0.as_ptr(),
+                        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                        WAITED,
+                        core::ptr::null::<libc::timespec>(),
+                    )
+                };
+            }
+        }
+    }
+}

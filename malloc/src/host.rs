@@ -2,91 +2,14 @@
 //! reserved on the first call, with `fork` handlers and the exit report.
 
 use core::ffi::c_int;
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use strata::LockedHeap;
 use strata::source::OsSource;
 
-/// The process's heap: no window until the first call.
-static HEAP: LockedHeap<OsSource, FutexLock> = LockedHeap::new(OsSource::unreserved(), (0, 0));
-
-/// The heap's lock: a futex mutex (Drepper's three states: free, held,
-/// held with waiters) that spins briefly, then sleeps in the kernel until
-/// the holder wakes it — where threads outnumber cores, waiters that only
-/// yield keep the holder off the CPU.
-pub(crate) struct FutexLock(AtomicU32);
-
-const FREE: u32 = 0;
-const HELD: u32 = 1;
-const WAITED: u32 = 2;
-
-// SAFETY: a thread owns the lock from a successful compare-and-swap (or swap
-// from FREE) with Acquire until its Release store or swap in `unlock`.
-unsafe impl lock_api::RawMutex for FutexLock {
-    #[allow(clippy::declare_interior_mutable_const)]
-    const INIT: Self = Self(AtomicU32::new(FREE));
-    type GuardMarker = lock_api::GuardSend;
-
-    #[inline]
-    fn lock(&self) {
-        if self.0.compare_exchange(FREE, HELD, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            self.lock_contended();
-        }
-    }
-
-    #[inline]
-    fn try_lock(&self) -> bool {
-        self.0.compare_exchange(FREE, HELD, Ordering::Acquire, Ordering::Relaxed).is_ok()
-    }
-
-    #[inline]
-    unsafe fn unlock(&self) {
-        if self.0.swap(FREE, Ordering::Release) == WAITED {
-            // SAFETY: a futex wake on our own word.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.0.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    1,
-                );
-            }
-        }
-    }
-
-    #[inline]
-    fn is_locked(&self) -> bool {
-        self.0.load(Ordering::Relaxed) != FREE
-    }
-}
-
-impl FutexLock {
-    #[cold]
-    fn lock_contended(&self) {
-        // A holder runs for a few hundred instructions: worth a short spin.
-        for _ in 0..64 {
-            core::hint::spin_loop();
-            if self.0.load(Ordering::Relaxed) == FREE
-                && self.0.compare_exchange(FREE, HELD, Ordering::Acquire, Ordering::Relaxed).is_ok()
-            {
-                return;
-            }
-        }
-        // Then sleep, marking the lock as waited for.
-        while self.0.swap(WAITED, Ordering::Acquire) != FREE {
-            // SAFETY: a futex wait on our own word, while it says WAITED.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.0.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    WAITED,
-                    core::ptr::null::<libc::timespec>(),
-                );
-            }
-        }
-    }
-}
+/// The process's heap: no window until the first call. Its lock is
+/// strata's default on Linux, a futex mutex.
+static HEAP: LockedHeap<OsSource> = LockedHeap::new(OsSource::unreserved(), (0, 0));
 
 /// [`HEAP`]'s state: not yet set up, being set up, ready.
 static STATE: AtomicU8 = AtomicU8::new(UNSET);
@@ -96,7 +19,7 @@ const READY: u8 = 2;
 
 /// The heap, its window reserved on the first call of any thread.
 #[inline(always)]
-pub(crate) fn heap() -> &'static LockedHeap<OsSource, FutexLock> {
+pub(crate) fn heap() -> &'static LockedHeap<OsSource> {
     if STATE.load(Ordering::Acquire) != READY {
         set_up();
     }
