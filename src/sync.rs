@@ -101,7 +101,8 @@ unsafe impl lock_api::RawMutex for CriticalSectionLock {
     }
 }
 
-/// The heap lock of host programs on Linux (feature `std`): a futex mutex,
+/// A heap lock for host programs on Linux (feature `std`), what
+/// `strata-malloc` uses: a futex mutex,
 /// Drepper's three states (free, held, held with waiters). A waiter spins
 /// briefly — a holder runs for a few hundred instructions — then sleeps in
 /// the kernel until the holder wakes it. Where threads outnumber cores, a
@@ -145,15 +146,7 @@ mod futex {
         #[inline]
         unsafe fn unlock(&self) {
             if self.0.swap(FREE, Release) == WAITED {
-                // SAFETY: a futex wake on our own word.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_futex,
-                        self.0.as_ptr(),
-                        libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                        1,
-                    )
-                };
+                self.wake();
             }
         }
 
@@ -164,7 +157,24 @@ mod futex {
     }
 
     impl FutexLock {
+        /// Wakes one waiter (kept out of line: the common unlock is one
+        /// exchange).
         #[cold]
+        #[inline(never)]
+        fn wake(&self) {
+            // SAFETY: a futex wake on our own word.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.0.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    1,
+                )
+            };
+        }
+
+        #[cold]
+        #[inline(never)]
         fn lock_contended(&self) {
             for _ in 0..64 {
                 core::hint::spin_loop();

@@ -6,10 +6,11 @@ use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use strata::LockedHeap;
 use strata::source::OsSource;
+use strata::sync::FutexLock;
 
-/// The process's heap: no window until the first call. Its lock is
-/// strata's default on Linux, a futex mutex.
-static HEAP: LockedHeap<OsSource> = LockedHeap::new(OsSource::unreserved(), (0, 0));
+/// The process's heap: no window until the first call. Its lock is a
+/// futex mutex: C programs' threads outnumber cores and meet at the lock.
+static HEAP: LockedHeap<OsSource, FutexLock> = LockedHeap::new(OsSource::unreserved(), (0, 0));
 
 /// [`HEAP`]'s state: not yet set up, being set up, ready.
 static STATE: AtomicU8 = AtomicU8::new(UNSET);
@@ -19,7 +20,7 @@ const READY: u8 = 2;
 
 /// The heap, its window reserved on the first call of any thread.
 #[inline(always)]
-pub(crate) fn heap() -> &'static LockedHeap<OsSource> {
+pub(crate) fn heap() -> &'static LockedHeap<OsSource, FutexLock> {
     if STATE.load(Ordering::Acquire) != READY {
         set_up();
     }
