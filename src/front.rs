@@ -788,13 +788,16 @@ impl<S: PageSource> Heap<S> {
     /// If any layer owns `ptr`, it must be a live block allocated by this
     /// heap, not used after this call.
     pub unsafe fn deallocate_unsized(&mut self, ptr: NonNull<u8>) -> Result<(), DeallocateError> {
-        // A +2 block needs no size to be freed, only to be one.
-        // SAFETY: a pointer into an arena of ours.
-        if self.object.owns(ptr.as_ptr()) && !unsafe { self.object.is_block_start(reach(ptr)) } {
-            return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
-        }
-        let layout =
-            if self.object.owns(ptr.as_ptr()) { Layout::new::<u8>() } else { self.usable_layout(ptr)? };
+        let layout = if self.object.owns(ptr.as_ptr()) {
+            // A +2 block needs no size to be freed, only to be one.
+            // SAFETY: a pointer into an arena of ours.
+            if !unsafe { self.object.is_block_start(reach(ptr)) } {
+                return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
+            }
+            Layout::new::<u8>()
+        } else {
+            self.usable_layout(ptr)?
+        };
         // SAFETY: forwarded contract; the layout is the block's own (layer
         // +2 frees by pool, whatever the layout).
         unsafe { self.deallocate(ptr, layout) }
