@@ -21,7 +21,8 @@ test: deps test-host test-malloc test-kernel test-firmware ## Every test: host t
 test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing ones in debug mode
 	$(CARGO) test
 	$(CARGO) test --features debug --test debug --test global_alloc --test cache --test unsized
-	$(CARGO) test --lib --no-default-features
+	$(CARGO) test --lib --no-default-features --features tlsf,pools
+	$(CARGO) test --no-default-features --test firmware_build
 	$(CARGO) test --features std --test thread_cache --test global_alloc --test misuse --test unsized
 	$(CARGO) test --features os --test os_source
 	$(CARGO) test --features os --doc
@@ -32,9 +33,10 @@ test-malloc: ## strata-malloc under C programs (preloaded and linked), CPython's
 test-kernel: ## Kernel test suites in QEMU, one boot per suite
 	$(CARGO) ktest
 
-test-firmware: ## The Cortex-M4F firmware on qemu-system-arm (mps2-an386), plain and in debug mode; fails if any check fails
+test-firmware: ## The firmware on qemu-system-arm: Cortex-M4F (mps2-an386) plain and in debug mode, Cortex-M0 (micro:bit, 16 KiB RAM) at opt-level z; fails if any check fails
 	$(CARGO) fwrun
 	$(CARGO) fwrun --features debug
+	$(CARGO) run -p strata-firmware --bin strata-firmware --profile fw-z --target $(FIRMWARE_V6_TARGET)
 
 check: deps fmt clippy build doc ## fmt, clippy and builds for every target
 
@@ -51,6 +53,8 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET) -- -D warnings
 	$(CARGO) clippy -p strata-firmware --target $(FIRMWARE_TARGET) --bins -- -D warnings
 	$(CARGO) clippy -p strata-firmware --features debug --target $(FIRMWARE_TARGET) --bins -- -D warnings
+	$(CARGO) clippy -p strata-firmware --target $(FIRMWARE_V6_TARGET) --bins -- -D warnings
+	$(CARGO) clippy --lib --no-default-features --features critical-section,tlsf,pools,stats,debug --target $(FIRMWARE_V6_TARGET) -- -D warnings
 	$(CARGO) clippy -p strata-bench --all-targets -- -D warnings
 	$(CARGO) clippy -p strata-malloc -- -D warnings
 	$(CARGO) clippy -p strata-malloc --target $(FIRMWARE_TARGET) -- -D warnings
@@ -63,6 +67,7 @@ build: ## Build the library for host, kernel and firmware targets, and the kerne
 	$(CARGO) build --lib --no-default-features --features critical-section --target $(FIRMWARE_TARGET)
 	$(CARGO) build --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET)
 	$(CARGO) build -p strata-firmware --target $(FIRMWARE_TARGET) --bins
+	$(CARGO) build -p strata-firmware --target $(FIRMWARE_V6_TARGET) --bins
 	$(CARGO) build -p strata-malloc
 	$(CARGO) kbuild
 
@@ -96,7 +101,7 @@ fuzz: ## Coverage-guided fuzzing of Heap and LockedHeap against a shadow model (
 		$(CARGO) +nightly fuzz run -a locked_heap -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096; \
 		s=$$?; wait $$! && exit $$s )
 
-firmware-size: ## .text of a minimal firmware with strata, linked_list_allocator, embedded-alloc
+firmware-size: ## Footprint of a minimal firmware (M0, M4F): .text, heap static, init's stack at each opt-level; strata vs linked_list_allocator and embedded-alloc
 	@bash scripts/firmware-size.sh
 
 clean: ## Remove build output

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Cargo runner for thumbv7em-none-eabihf: runs a firmware ELF on QEMU's
-# mps2-an386 (Cortex-M4F) with semihosting, under a timeout. The firmware's
-# semihosting exit status is QEMU's: 0 pass, anything else fail.
+# Cargo runner for the thumb targets: runs a firmware ELF with semihosting,
+# under a timeout, on QEMU's mps2-an386 (Cortex-M4F, thumbv7em-none-eabihf)
+# or micro:bit (Cortex-M0 with 16 KiB of RAM, thumbv6m-none-eabi: the path
+# names the target). The firmware's semihosting exit status is QEMU's: 0
+# pass, anything else fail.
 set -u
 elf="$1"
 shift
@@ -10,7 +12,11 @@ if ! command -v qemu-system-arm >/dev/null; then
     echo "run-qemu-arm: qemu-system-arm is missing; run 'make deps'" >&2
     exit 1
 fi
-timeout -k 5 "$timeout_s" qemu-system-arm -cpu cortex-m4 -machine mps2-an386 \
+case "$elf" in
+    */thumbv6m-none-eabi/*) machine=(-cpu cortex-m0 -machine microbit) ;;
+    *) machine=(-cpu cortex-m4 -machine mps2-an386) ;;
+esac
+timeout -k 5 "$timeout_s" qemu-system-arm "${machine[@]}" \
     -nographic -monitor none -serial none \
     -semihosting-config enable=on,target=native \
     -kernel "$elf" </dev/null

@@ -1,19 +1,75 @@
 #!/usr/bin/env bash
-# Code size (.text) of the same minimal Cortex-M4F firmware with strata,
-# linked_list_allocator and embedded-alloc, built with the `size` profile
-# (opt-level "s", LTO). Prints a Markdown table.
+# Footprint of the same minimal firmware (a heap over an 8 KiB static, a Vec
+# of 100 u32) with strata, linked_list_allocator and embedded-alloc's two
+# heaps, on the Cortex-M0 (thumbv6m-none-eabi) and the Cortex-M4F
+# (thumbv7em-none-eabihf):
+# - `.text` bytes, built with the `size` profile (opt-level "s", LTO);
+# - the heap static: its bytes and its section (`.bss` costs no flash);
+# - the stack `init` takes, measured by painting the stack in QEMU
+#   (micro:bit, mps2-an386), built at opt-level 0, 3, "s" (with and
+#   without LTO) and "z".
+# Prints Markdown tables, then checks strata against the targets of the
+# README (exit 1 if one is missed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q -p strata-firmware --profile size --target thumbv7em-none-eabihf \
-    --bin size-strata --bin size-linked-list --bin size-embedded-alloc
-text() {
-    readelf -S -W "target/thumbv7em-none-eabihf/size/$1" |
-        awk '{ for (i = 1; i <= NF; i++) if ($i == ".text") { print $(i + 4); exit } }' |
-        { read -r hex; echo $((16#$hex)); }
+bins=(size-strata size-linked-list size-embedded-alloc size-embedded-alloc-tlsf)
+names=("strata" "linked_list_allocator" "embedded-alloc (LLFF)" "embedded-alloc (TLSF)")
+profiles=(fw-0 fw-3 size fw-s-nolto fw-z)
+bin_args=()
+for b in "${bins[@]}"; do bin_args+=(--bin "$b"); done
+section_size() { # elf section
+    local hex
+    hex=$(readelf -S -W "$1" | awk -v s="$2" '{ for (i = 1; i <= NF; i++) if ($i == s) { print $(i + 4); exit } }')
+    echo $((16#$hex))
 }
-s=$(text size-strata); l=$(text size-linked-list); e=$(text size-embedded-alloc)
-echo "| minimal firmware (Vec of 100 u32) | .text bytes | vs strata |"
-echo "|---|---|---|"
-echo "| strata | $s | 1.00× |"
-awk -v n="linked_list_allocator" -v x="$l" -v s="$s" 'BEGIN { printf "| %s | %d | %.2f× |\n", n, x, x / s }'
-awk -v n="embedded-alloc (LLFF)" -v x="$e" -v s="$s" 'BEGIN { printf "| %s | %d | %.2f× |\n", n, x, x / s }'
+static_of() { # elf -> "bytes section"
+    local hex t
+    read -r hex t < <(nm -S -C "$1" | awk '$4 ~ /::HEAP$/ { print $2, tolower($3); exit }')
+    case $t in b) t=.bss ;; d) t=.data ;; esac
+    echo "$((16#$hex)) $t"
+}
+fail=0
+for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
+    for p in "${profiles[@]}"; do
+        cargo build -q -p strata-firmware --profile "$p" --target "$target" "${bin_args[@]}"
+    done
+    declare -A text stat stack
+    for i in "${!bins[@]}"; do
+        b=${bins[$i]}
+        text[$b]=$(section_size "target/$target/size/$b" .text)
+        stat[$b]=$(static_of "target/$target/size/$b")
+        for p in "${profiles[@]}"; do
+            out=$(firmware/run-qemu-arm.sh "target/$target/$p/$b")
+            stack[$b,$p]=$(sed -n 's/^init stack: //p' <<<"$out")
+        done
+    done
+    case $target in
+        thumbv6m*) core="Cortex-M0 (thumbv6m-none-eabi, QEMU micro:bit)" ;;
+        *) core="Cortex-M4F (thumbv7em-none-eabihf, QEMU mps2-an386)" ;;
+    esac
+    echo
+    echo "**$core**"
+    echo
+    echo "| allocator | .text (s, LTO) | heap static | init stack: opt 0 | 3 | s | s, no LTO | z |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for i in "${!bins[@]}"; do
+        b=${bins[$i]}
+        read -r bytes sec <<<"${stat[$b]}"
+        echo "| ${names[$i]} | ${text[$b]} | $bytes B in \`$sec\` | ${stack[$b,fw-0]} | ${stack[$b,fw-3]} | ${stack[$b,size]} | ${stack[$b,fw-s-nolto]} | ${stack[$b,fw-z]} |"
+    done
+    # The targets: .text at most 2x embedded-alloc's TLSF heap, the heap
+    # static no larger than its one and in .bss, init under 256 bytes of
+    # stack at every level.
+    read -r sbytes ssec <<<"${stat[size-strata]}"
+    read -r tbytes _ <<<"${stat[size-embedded-alloc-tlsf]}"
+    echo
+    check() { if eval "$2"; then echo "- $1: met"; else echo "- $1: **not met**"; fail=1; fi; }
+    check ".text ${text[size-strata]} ≤ 2 × ${text[size-embedded-alloc-tlsf]}" \
+        "(( ${text[size-strata]} <= 2 * ${text[size-embedded-alloc-tlsf]} ))"
+    check "heap static $sbytes B ≤ $tbytes B, in .bss" "(( sbytes <= tbytes )) && [[ $ssec == .bss ]]"
+    worst=0
+    for p in "${profiles[@]}"; do (( stack[size-strata,$p] > worst )) && worst=${stack[size-strata,$p]}; done
+    check "init stack $worst B < 256 B at every level" "(( worst < 256 ))"
+    unset text stat stack
+done
+exit $fail

@@ -302,84 +302,99 @@ pub struct Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let g = self.stats.geometry;
-        if g.threshold == 0 {
-            writeln!(f, "Layer +2 is off on this heap size: every request is served by layer 0.")?;
-        } else {
-            writeln!(
-                f,
-                "Small block threshold = {}, in {} size classes ({} byte arenas of {} byte pools).",
-                g.threshold,
-                g.classes(),
-                g.arena_size(),
-                g.pool_size()
-            )?;
-        }
-        writeln!(f, "class   size   num pools   blocks in use  avail blocks")?;
-        writeln!(f, "-----   ----   ---------   -------------  ------------")?;
-        for (i, c) in self.classes.iter().enumerate().filter(|(_, c)| c.pools > 0) {
-            writeln!(
-                f,
-                "{i:>5}  {:>5}  {:>10}  {:>14}  {:>12}",
-                c.block_size, c.pools, c.blocks_in_use, c.blocks_free
-            )?;
-        }
-        let a = &self.stats.arenas;
-        writeln!(f, "\n# arenas allocated total           = {:>14}", a.allocated_total)?;
-        writeln!(f, "# arenas reclaimed                 = {:>14}", a.reclaimed)?;
-        writeln!(f, "# arenas highwater mark            = {:>14}", a.high_water)?;
-        writeln!(f, "# arenas allocated current         = {:>14}", a.current)?;
-        writeln!(f, "# blocks borrowed from larger class = {:>13}", a.borrowed)?;
-        let u = &self.usage;
-        writeln!(
-            f,
-            "{} arenas * {} bytes/arena          = {:>14}",
-            a.current,
-            g.arena_size(),
-            u.arena_bytes
-        )?;
-        writeln!(f, "\n# bytes in allocated blocks        = {:>14}", u.allocated)?;
-        writeln!(f, "# bytes in available blocks        = {:>14}", u.available)?;
-        writeln!(f, "# bytes in unused pools            = {:>14}", u.unused_pools)?;
-        writeln!(f, "# bytes lost to pool headers       = {:>14}", u.pool_headers)?;
-        writeln!(f, "# bytes lost to arena headers      = {:>14}", u.arena_headers)?;
-        writeln!(f, "# bytes lost to quantization       = {:>14}", u.quantization)?;
-        writeln!(
-            f,
-            "Total                              = {:>14}{}",
-            u.arena_bytes,
-            if u.balances() { "" } else { "  (DOES NOT BALANCE)" }
-        )?;
-        let s = &self.stats.segments;
-        writeln!(
-            f,
-            "\nlayer 0 ({}): {} spans, {} bytes: {} allocated, {} free in {} chunks; {} spans given back",
-            if s.first_fit { "first fit" } else { "TLSF" },
-            s.spans,
-            s.span_bytes,
-            s.allocated_bytes,
-            s.free_bytes,
-            s.free_chunks,
-            s.spans_released
-        )?;
-        let fr = &self.stats.front;
-        if !cfg!(feature = "stats") {
-            writeln!(f, "(event counters — bin hits, reallocs, cache hits — are off: feature `stats`)")?;
-        }
-        write!(
-            f,
-            "front door: {} failed allocations, {} refused frees, {} small fallbacks, realloc {} in place / {} moved",
-            fr.failed_allocations,
-            fr.refused_frees,
-            fr.small_fallbacks,
-            fr.realloc_in_place,
-            fr.realloc_moved
-        )?;
-        if cfg!(feature = "debug") {
-            write!(f, "\ndebug hooks: {} misuses caught", fr.debug_violations)?;
-        }
-        Ok(())
+        write_report(f, &self.stats, &self.usage, |class| self.classes[class])
     }
+}
+
+/// Writes the report of [`Heap::report`] from its parts, computing each
+/// class's row (`class`) as it goes.
+fn write_report(
+    f: &mut dyn fmt::Write,
+    stats: &HeapStats,
+    usage: &object::ArenaUsage,
+    class: impl Fn(usize) -> object::ClassStats,
+) -> fmt::Result {
+    if !object::ON {
+        writeln!(f, "Layer +2 is not built (feature `pools`): every request is served by layer 0.")?;
+    } else {
+        write_layer_2(f, stats, usage, class)?;
+    }
+    let s = &stats.segments;
+    writeln!(
+        f,
+        "\nlayer 0 ({}): {} spans, {} bytes: {} allocated, {} free in {} chunks; {} spans given back",
+        if s.first_fit { "first fit" } else { "TLSF" },
+        s.spans,
+        s.span_bytes,
+        s.allocated_bytes,
+        s.free_bytes,
+        s.free_chunks,
+        s.spans_released
+    )?;
+    let fr = &stats.front;
+    if !cfg!(feature = "stats") {
+        writeln!(f, "(event counters — bin hits, reallocs, cache hits — are off: feature `stats`)")?;
+    }
+    write!(
+        f,
+        "front door: {} failed allocations, {} refused frees, {} small fallbacks, realloc {} in place / {} moved",
+        fr.failed_allocations, fr.refused_frees, fr.small_fallbacks, fr.realloc_in_place, fr.realloc_moved
+    )?;
+    if cfg!(feature = "debug") {
+        write!(f, "\ndebug hooks: {} misuses caught", fr.debug_violations)?;
+    }
+    Ok(())
+}
+
+/// The layer +2 part of the report: classes, arenas, where their bytes go.
+fn write_layer_2(
+    f: &mut dyn fmt::Write,
+    stats: &HeapStats,
+    usage: &object::ArenaUsage,
+    class: impl Fn(usize) -> object::ClassStats,
+) -> fmt::Result {
+    let g = stats.geometry;
+    if g.threshold == 0 {
+        writeln!(f, "Layer +2 is off on this heap size: every request is served by layer 0.")?;
+    } else {
+        writeln!(
+            f,
+            "Small block threshold = {}, in {} size classes ({} byte arenas of {} byte pools).",
+            g.threshold,
+            g.classes(),
+            g.arena_size(),
+            g.pool_size()
+        )?;
+    }
+    writeln!(f, "class   size   num pools   blocks in use  avail blocks")?;
+    writeln!(f, "-----   ----   ---------   -------------  ------------")?;
+    for (i, c) in (0..object::NUM_CLASSES).map(|i| (i, class(i))).filter(|(_, c)| c.pools > 0) {
+        writeln!(
+            f,
+            "{i:>5}  {:>5}  {:>10}  {:>14}  {:>12}",
+            c.block_size, c.pools, c.blocks_in_use, c.blocks_free
+        )?;
+    }
+    let a = &stats.arenas;
+    writeln!(f, "\n# arenas allocated total           = {:>14}", a.allocated_total)?;
+    writeln!(f, "# arenas reclaimed                 = {:>14}", a.reclaimed)?;
+    writeln!(f, "# arenas highwater mark            = {:>14}", a.high_water)?;
+    writeln!(f, "# arenas allocated current         = {:>14}", a.current)?;
+    writeln!(f, "# blocks borrowed from larger class = {:>13}", a.borrowed)?;
+    let u = usage;
+    writeln!(f, "{} arenas * {} bytes/arena          = {:>14}", a.current, g.arena_size(), u.arena_bytes)?;
+    writeln!(f, "\n# bytes in allocated blocks        = {:>14}", u.allocated)?;
+    writeln!(f, "# bytes in available blocks        = {:>14}", u.available)?;
+    writeln!(f, "# bytes in unused pools            = {:>14}", u.unused_pools)?;
+    writeln!(f, "# bytes lost to pool headers       = {:>14}", u.pool_headers)?;
+    writeln!(f, "# bytes lost to arena headers      = {:>14}", u.arena_headers)?;
+    writeln!(f, "# bytes lost to quantization       = {:>14}", u.quantization)?;
+    writeln!(
+        f,
+        "Total                              = {:>14}{}",
+        u.arena_bytes,
+        if u.balances() { "" } else { "  (DOES NOT BALANCE)" }
+    )
 }
 
 /// The allocator stack over one page source: layers 0, +1 and +2.
@@ -395,10 +410,10 @@ pub struct Heap<S> {
     growing: [(usize, u32); 4],
     growing_next: usize,
     /// Small blocks served by layer 0, per size class.
-    small_in_layer_0: [u32; object::NUM_CLASSES],
+    small_in_layer_0: [u32; object::CLASS_TABLE],
     /// Requests of each size class served by layer 0 while it was cold, up
     /// to the limit.
-    cold_demand: [u32; object::NUM_CLASSES],
+    cold_demand: [u32; object::CLASS_TABLE],
     /// Requests of a class layer 0 serves before the class gets pools.
     cold_limit: u32,
     #[cfg(feature = "debug")]
@@ -471,9 +486,11 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<'_, S> {
 }
 
 impl Heap<RegionSource> {
-    /// A heap with no memory: every allocation fails until it is replaced.
+    /// A heap with no memory: every allocation fails until it is given a
+    /// region ([`LockedHeap::init`]). All zeros, so a static one costs no
+    /// flash and no copy at reset (it lies in `.bss`).
     pub const fn empty() -> Self {
-        Self::new_in_window(RegionSource::empty(), (0, 0))
+        Self::unset(RegionSource::empty())
     }
 }
 
@@ -509,18 +526,18 @@ impl<S: PageSource> Heap<S> {
         Self::from_parts(source, window, geometry, Config::for_window(window.1))
     }
 
-    /// The one constructor: a heap over `source` (whose window is `window`)
-    /// with the given layer +2 geometry and layer 0 tunables.
-    const fn from_parts(source: S, window: (usize, usize), geometry: Geometry, config: Config) -> Self {
+    /// A heap over `source` with no window yet: every layer zeroed, nothing
+    /// served until [`install`](Self::install).
+    const fn unset(source: S) -> Self {
+        const {
+            assert!(
+                S::COMMITTED || segment::TLSF,
+                "a page source that maps pages on demand needs layer 0's TLSF engine (feature `tlsf`)"
+            )
+        };
         Self {
-            object: match ObjectAllocator::new(geometry, window) {
-                Ok(object) => object,
-                Err(_) => panic!("the geometry was validated"),
-            },
-            segment: match SegmentAllocator::new(config, window) {
-                Ok(segment) => segment,
-                Err(_) => panic!("the tunables were validated"),
-            },
+            object: ObjectAllocator::UNSET,
+            segment: SegmentAllocator::UNSET,
             source,
             stats: FrontStats {
                 failed_allocations: 0,
@@ -534,18 +551,66 @@ impl<S: PageSource> Heap<S> {
             },
             growing: [(0, 0); 4],
             growing_next: 0,
-            small_in_layer_0: [0; object::NUM_CLASSES],
-            cold_demand: [0; object::NUM_CLASSES],
-            cold_limit: COLD_REQUESTS,
+            small_in_layer_0: [0; object::CLASS_TABLE],
+            cold_demand: [0; object::CLASS_TABLE],
+            cold_limit: 0,
             #[cfg(feature = "debug")]
             debug: debug::DebugState::new(),
         }
     }
 
+    /// Gives a heap that has never had memory (its source's window empty)
+    /// the page source that has it, in place: field by field, so that no
+    /// `Heap` value (kilobytes of tables) is ever a temporary on the stack,
+    /// at any optimisation level.
+    ///
+    /// # Panics
+    ///
+    /// If the heap's window is not empty.
+    fn install(&mut self, source: S) {
+        self.assert_unused();
+        self.source = source;
+        self.configure();
+    }
+
+    /// Panics if the heap has had memory.
+    fn assert_unused(&self) {
+        assert!(self.source.window().1 == 0, "strata: a heap that has memory cannot be given another source");
+    }
+
+    /// Sets the layers up for the window of the source just installed.
+    /// Layer 0 takes the window on the first allocation: no more stack
+    /// here than these few fields need.
+    fn configure(&mut self) {
+        let window = self.source.window();
+        let geometry =
+            if S::COMMITTED { Geometry::for_region(window.1) } else { Geometry::for_window(window.1) };
+        self.object.set_window(geometry, window);
+        self.segment.set_window(Config::for_window(window.1), window);
+        self.cold_limit = COLD_REQUESTS;
+    }
+
+    /// The one constructor: a heap over `source` (whose window is `window`)
+    /// with the given layer +2 geometry and layer 0 tunables.
+    const fn from_parts(source: S, window: (usize, usize), geometry: Geometry, config: Config) -> Self {
+        let mut heap = Self::unset(source);
+        heap.object = match ObjectAllocator::new(geometry, window) {
+            Ok(object) => object,
+            Err(_) => panic!("the geometry was validated"),
+        };
+        heap.segment = match SegmentAllocator::new(config, window) {
+            Ok(segment) => segment,
+            Err(_) => panic!("the tunables were validated"),
+        };
+        heap.cold_limit = COLD_REQUESTS;
+        heap
+    }
+
     /// Sets how many requests of a size class layer 0 serves before the
     /// class gets pools of layer +2: [`COLD_REQUESTS`] by default, so that a
     /// class asked for little costs no pool; 0 serves every small request
-    /// from pools at once, as CPython does.
+    /// from pools at once, as CPython does. A heap given its memory later
+    /// ([`LockedHeap::init`]) starts from the default again.
     pub fn set_cold_limit(&mut self, requests: u32) {
         self.cold_limit = requests;
     }
@@ -1023,6 +1088,14 @@ impl<S: PageSource> Heap<S> {
         Report { stats: self.stats(), classes: self.class_stats(), usage: self.object.usage() }
     }
 
+    /// Writes [`report`](Self::report)'s text to `out` without building a
+    /// [`Report`] (over a kilobyte): what a firmware with a small stack
+    /// prints. Each class's row is worked out as it is written (a walk of
+    /// the arenas per class).
+    pub fn write_report(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        write_report(out, &self.stats(), &self.object.usage(), |class| self.object.class_stat(class))
+    }
+
     /// Checks every layer's invariants, panicking on a broken one.
     pub fn check_invariants(&self) {
         self.object.check_invariants();
@@ -1209,9 +1282,11 @@ impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
         if self.initialized.swap(true, Ordering::AcqRel) {
             panic!("strata::LockedHeap::init called twice");
         }
-        // SAFETY: forwarded from the caller.
-        let source = unsafe { RegionSource::new(heap_bottom, heap_size) };
-        *self.heap.lock() = Heap::new(source);
+        let mut heap = self.heap.lock();
+        heap.assert_unused();
+        // SAFETY: forwarded from the caller; the source has never had memory.
+        unsafe { heap.source.reset(heap_bottom, heap_size) };
+        heap.configure();
     }
 
     /// Gives the heap a static region: the safe form of [`init`](Self::init).
@@ -1251,7 +1326,8 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// If the heap has a window already: replacing a heap in use would
     /// corrupt it.
     pub fn init_with(&self, source: S) {
-        self.init_heap(Heap::new(source));
+        self.heap.lock().install(source);
+        self.initialized.store(true, Ordering::Release);
     }
 
     /// [`init_with`](Self::init_with) for a heap built with its own

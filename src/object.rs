@@ -84,6 +84,17 @@ pub const REGION_POOLS_FROM: usize = 16 << 20;
 /// Arena slots tracked in the ownership bitmap (window / arena size at most).
 pub const ARENA_SLOTS: usize = 4096;
 const UNUSED_CLASS: u32 = u32::MAX;
+/// Whether this layer is built (the `pools` feature). Without it the
+/// layer serves nothing ([`Geometry::threshold`] is 0 in every geometry),
+/// owns nothing, and its tables take no room.
+pub const ON: bool = cfg!(feature = "pools");
+/// Entries of the per-class tables as stored: every class, or none when
+/// the layer is not built.
+pub(crate) const CLASS_TABLE: usize = if ON { NUM_CLASSES } else { 0 };
+/// Words of the arena ownership bitmap as stored.
+pub(crate) const ARENA_MAP_WORDS: usize = if ON { ARENA_SLOTS / 64 } else { 0 };
+/// Entries of the arenas-by-free-pools table as stored.
+const NFP_TABLE: usize = if ON { MAX_POOLS_PER_ARENA + 1 } else { 0 };
 /// Bytes at the end of every arena that this layer leaves unused. Where
 /// arenas are blocks of layer 0 (on a committed page source), layer 0 keeps
 /// the boundary tag of the chunk after an arena there, so arenas can sit
@@ -298,9 +309,11 @@ impl Geometry {
     /// the allocations served before the first failure by 3 % (by 8 % with a
     /// 64-byte threshold), because small objects no longer fill the holes
     /// that first fit leaves between larger ones.
+    ///
+    /// Without the `pools` feature the layer is off at every size.
     pub const fn for_window(len: usize) -> Self {
         let log = if len == 0 { 0 } else { usize::BITS - 1 - len.leading_zeros() };
-        if log < 18 {
+        if log < 18 || !ON {
             return Self { arena_shift: 11, pool_shift: 9, class_shift: 3, threshold: 0 };
         }
         if log < 20 {
@@ -350,9 +363,11 @@ impl Geometry {
     /// bytes and 91.5 % with CPython-like objects, against 93.7 % and 94.2 %
     /// from layer 0 alone).
     ///
+    /// Without the `pools` feature the layer is off at every size.
+    ///
     /// [`for_window`]: Self::for_window
     pub const fn for_region(len: usize) -> Self {
-        if len < REGION_POOLS_FROM {
+        if len < REGION_POOLS_FROM || !ON {
             return Self { arena_shift: 11, pool_shift: 9, class_shift: 3, threshold: 0 };
         }
         Self::for_window(len)
@@ -391,7 +406,10 @@ impl Geometry {
         if self.class_shift != 3 && self.class_shift != 4 {
             return Err(GeometryError::ClassShift(self.class_shift));
         }
-        if self.threshold > SMALL_REQUEST_THRESHOLD || !self.threshold.is_multiple_of(ALIGNMENT) {
+        if self.threshold > SMALL_REQUEST_THRESHOLD
+            || !self.threshold.is_multiple_of(ALIGNMENT)
+            || (self.threshold > 0 && !ON)
+        {
             return Err(GeometryError::Threshold(self.threshold));
         }
         if self.pool_shift > 31
@@ -415,8 +433,8 @@ impl Geometry {
 pub enum GeometryError {
     /// `class_shift` is neither 3 nor 4.
     ClassShift(u32),
-    /// `threshold` is above [`SMALL_REQUEST_THRESHOLD`] or not a multiple of
-    /// 16.
+    /// `threshold` is above [`SMALL_REQUEST_THRESHOLD`], not a multiple of
+    /// 16, or not 0 in a build without the `pools` feature.
     Threshold(usize),
     /// A pool of `1 << pool_shift` bytes is over 2 GiB, or cannot hold its
     /// headers and two blocks of the threshold's size.
@@ -609,18 +627,18 @@ pub struct ClassStats {
 
 /// Layer +2: arenas → pools → size-classed blocks.
 pub struct ObjectAllocator {
-    used: [*mut Pool; NUM_CLASSES],
+    used: [*mut Pool; CLASS_TABLE],
     usable_arenas: *mut Arena,
-    nfp2lasta: [*mut Arena; MAX_POOLS_PER_ARENA + 1],
+    nfp2lasta: [*mut Arena; NFP_TABLE],
     pool_mask: usize,
     arena_mask: usize,
     geometry: Geometry,
     window_start: usize,
     window_slots: usize,
-    arena_map: [u64; ARENA_SLOTS / 64],
+    arena_map: [u64; ARENA_MAP_WORDS],
     counters: ArenaCounters,
     /// Pools holding at least one block, per class.
-    class_pools: [u32; NUM_CLASSES],
+    class_pools: [u32; CLASS_TABLE],
     /// The key free blocks are tagged with ([`KEY`]), made with the first
     /// arena (before any block exists); unused where tags cannot be read
     /// ([`TAGS`]).
@@ -652,30 +670,57 @@ impl ObjectAllocator {
 
     /// [`new`](Self::new) with a geometry that passed [`Geometry::validate`].
     const fn with_valid(geometry: Geometry, window: (usize, usize)) -> Self {
-        // Slots are counted from the arena boundary at or below the window.
-        let start = window.0 & !(geometry.arena_size() - 1);
-        let end = window.0.saturating_add(window.1);
-        let slots = (end - start).div_ceil(geometry.arena_size());
-        Self {
-            used: [ptr::null_mut(); NUM_CLASSES],
-            usable_arenas: ptr::null_mut(),
-            nfp2lasta: [ptr::null_mut(); MAX_POOLS_PER_ARENA + 1],
-            pool_mask: !(geometry.pool_size() - 1),
-            arena_mask: !(geometry.arena_size() - 1),
-            geometry,
-            window_start: start,
-            window_slots: if slots > ARENA_SLOTS { ARENA_SLOTS } else { slots },
-            arena_map: [0; ARENA_SLOTS / 64],
-            counters: ArenaCounters {
-                allocated_total: 0,
-                reclaimed: 0,
-                high_water: 0,
-                current: 0,
-                borrowed: 0,
-            },
-            class_pools: [0; NUM_CLASSES],
-            key: 0,
+        let mut object = Self::UNSET;
+        object.set_window(geometry, window);
+        object
+    }
+
+    /// An allocator of no window and no geometry, all zeros (so that a heap
+    /// static lies in `.bss`): it serves and owns nothing until
+    /// [`set_window`](Self::set_window).
+    pub(crate) const UNSET: Self = Self {
+        used: [ptr::null_mut(); CLASS_TABLE],
+        usable_arenas: ptr::null_mut(),
+        nfp2lasta: [ptr::null_mut(); NFP_TABLE],
+        pool_mask: 0,
+        arena_mask: 0,
+        geometry: Geometry { arena_shift: 0, pool_shift: 0, class_shift: 0, threshold: 0 },
+        window_start: 0,
+        window_slots: 0,
+        arena_map: [0; ARENA_MAP_WORDS],
+        counters: ArenaCounters { allocated_total: 0, reclaimed: 0, high_water: 0, current: 0, borrowed: 0 },
+        class_pools: [0; CLASS_TABLE],
+        key: 0,
+    };
+
+    /// Gives an allocator that has never had an arena the window of its
+    /// page source and a geometry that passed [`Geometry::validate`], in
+    /// place (field by field: no table is a temporary on the stack).
+    ///
+    /// # Panics
+    ///
+    /// If it has had an arena.
+    pub(crate) const fn set_window(&mut self, geometry: Geometry, window: (usize, usize)) {
+        assert!(self.counters.allocated_total == 0, "layer +2 has had arenas");
+        self.geometry = geometry;
+        // Where the layer is not built, nothing else is read (and its map
+        // is empty: no slot at all).
+        if ON {
+            self.set_slots(window);
         }
+    }
+
+    /// The masks of the geometry, and the arena slots that cover `window`.
+    const fn set_slots(&mut self, window: (usize, usize)) {
+        let arena_size = self.geometry.arena_size();
+        // Slots are counted from the arena boundary at or below the window.
+        let start = window.0 & !(arena_size - 1);
+        let end = window.0.saturating_add(window.1);
+        let slots = (end - start).div_ceil(arena_size);
+        self.pool_mask = !(self.geometry.pool_size() - 1);
+        self.arena_mask = !(arena_size - 1);
+        self.window_start = start;
+        self.window_slots = if slots > ARENA_SLOTS { ARENA_SLOTS } else { slots };
     }
 
     /// The arena and pool sizes.
@@ -686,7 +731,7 @@ impl ObjectAllocator {
     /// Largest request this layer serves.
     #[inline]
     pub fn threshold(&self) -> usize {
-        self.geometry.threshold
+        if ON { self.geometry.threshold } else { 0 }
     }
 
     /// Arena counters.
@@ -698,6 +743,9 @@ impl ObjectAllocator {
     /// arena memory.
     #[inline]
     pub fn owns(&self, ptr: *const u8) -> bool {
+        if !ON {
+            return false;
+        }
         let slot = (ptr as usize).wrapping_sub(self.window_start) >> self.geometry.arena_shift;
         slot < self.window_slots && self.arena_map[slot / 64] & (1 << (slot % 64)) != 0
     }
@@ -706,7 +754,7 @@ impl ObjectAllocator {
     /// [`slots_start`](Self::slots_start) (for a copy threads read without
     /// the heap's lock).
     #[cfg(all(feature = "std", not(feature = "debug")))]
-    pub(crate) fn arena_bitmap(&self) -> [u64; ARENA_SLOTS / 64] {
+    pub(crate) fn arena_bitmap(&self) -> [u64; ARENA_MAP_WORDS] {
         self.arena_map
     }
 
@@ -1229,8 +1277,8 @@ impl ObjectAllocator {
                     (*a.next).prev = ao;
                 }
                 self.usable_arenas = ao;
-                if self.nfp2lasta[1].is_null() {
-                    self.nfp2lasta[1] = ao;
+                if self.nfp2lasta[nf].is_null() {
+                    self.nfp2lasta[nf] = ao;
                 }
                 return;
             }
@@ -1377,6 +1425,23 @@ impl ObjectAllocator {
         u
     }
 
+    /// Pools, blocks in use and free blocks of one size class (a walk of
+    /// every arena, O(pools)).
+    pub fn class_stat(&self, class: usize) -> ClassStats {
+        let mut s = ClassStats::default();
+        self.for_each_pool(|addr, p, _| {
+            if p.ref_count == 0 || p.class.load(Relaxed) as usize != class {
+                return;
+            }
+            let capacity = (self.pool_end(addr) - self.first_offset(addr)) / p.block_size as usize;
+            s.block_size = p.block_size as usize;
+            s.pools += 1;
+            s.blocks_in_use += p.ref_count as usize;
+            s.blocks_free += capacity - p.ref_count as usize;
+        });
+        s
+    }
+
     /// Pools, blocks in use and free blocks per size class (a walk of every
     /// arena, O(pools)).
     pub fn class_stats(&self) -> [ClassStats; NUM_CLASSES] {
@@ -1399,6 +1464,9 @@ impl ObjectAllocator {
     /// Checks every list, count and free list, panicking on a broken
     /// invariant. O(blocks): for tests and debug builds.
     pub fn check_invariants(&self) {
+        if !ON {
+            return;
+        }
         let pool_size = self.geometry.pool_size();
         // `used` lists: live pools of the right class, with a free block.
         let mut in_used = 0;
@@ -1457,7 +1525,7 @@ impl ObjectAllocator {
                 class_pools[p.class.load(Relaxed) as usize] += 1;
             }
         });
-        assert_eq!(class_pools, self.class_pools, "pools in use per class");
+        assert_eq!(class_pools[..CLASS_TABLE], self.class_pools, "pools in use per class");
         assert_eq!(in_used, partial, "pools on used lists vs pools in use with a free block");
         // `usable_arenas`: sorted by free pools, `nfp2lasta` marks each run's end.
         let mut prev: *mut Arena = ptr::null_mut();

@@ -74,8 +74,14 @@ pub const LARGE_THRESHOLD: usize = 128 << 10;
 /// arenas can sit next to each other. Layer +2 never uses them.
 pub const ARENA_TAIL: usize = GRANULE;
 
+/// Whether layer 0's TLSF engine is built (the `tlsf` feature).
+pub(crate) const TLSF: bool = tlsf::ON;
+
 /// Slots in the ownership map.
 const SLOTS: usize = 4096;
+/// Words of each ownership bitmap as stored: none without the TLSF engine,
+/// which alone takes spans of a page-mapping source.
+const MAP_WORDS: usize = if tlsf::ON { SLOTS / 64 } else { 0 };
 
 /// Tunables of layer 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +101,8 @@ pub struct Config {
 
 impl Config {
     /// Tunables for a page source whose window is `window_len` bytes: first
-    /// fit under [`FIRST_FIT_LIMIT`], spans of at least 1/16 of the window
+    /// fit under [`FIRST_FIT_LIMIT`] (and at every size in a build without
+    /// the `tlsf` feature), spans of at least 1/16 of the window
     /// (between a page and 1 MiB), spans of their own from
     /// [`LARGE_THRESHOLD`].
     pub const fn for_window(window_len: usize) -> Self {
@@ -106,13 +113,20 @@ impl Config {
         if span_min > 1 << 20 {
             span_min = 1 << 20;
         }
-        Self { first_fit: window_len < FIRST_FIT_LIMIT, span_min, large_threshold: LARGE_THRESHOLD }
+        Self {
+            first_fit: window_len < FIRST_FIT_LIMIT || !tlsf::ON,
+            span_min,
+            large_threshold: LARGE_THRESHOLD,
+        }
     }
 
     /// Checks that these tunables can serve: `span_min` is a whole number
-    /// of pages, at most 1 TiB. Every [`for_window`](Self::for_window)
-    /// passes.
+    /// of pages, at most 1 TiB; TLSF only where it is built. Every
+    /// [`for_window`](Self::for_window) passes.
     pub const fn validate(self) -> Result<Self, ConfigError> {
+        if !self.first_fit && !tlsf::ON {
+            return Err(ConfigError::TlsfNotBuilt);
+        }
         if self.span_min == 0 || !self.span_min.is_multiple_of(PAGE_SIZE) || self.span_min > MAX_SPAN_MIN {
             return Err(ConfigError::SpanMin(self.span_min));
         }
@@ -128,12 +142,16 @@ const MAX_SPAN_MIN: usize = if usize::BITS > 40 { 1 << 40 } else { 1 << (usize::
 pub enum ConfigError {
     /// `span_min` is zero, not a whole number of pages, or over 1 TiB.
     SpanMin(usize),
+    /// TLSF asked for (`first_fit` false) in a build without the `tlsf`
+    /// feature.
+    TlsfNotBuilt,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::SpanMin(n) => write!(f, "span_min {n} is not a whole number of pages up to 1 TiB"),
+            Self::TlsfNotBuilt => f.write_str("layer 0's TLSF engine is not built (feature `tlsf`)"),
         }
     }
 }
@@ -275,31 +293,53 @@ struct SpanMap {
     /// The window's start rounded down to a slot.
     base: usize,
     shift: u32,
-    full: [u64; SLOTS / 64],
-    start: [u64; SLOTS / 64],
+    full: [u64; MAP_WORDS],
+    start: [u64; MAP_WORDS],
 }
 
 impl SpanMap {
+    /// The map of no window (all zeros).
+    const EMPTY: Self =
+        Self { lo: 0, len: 0, base: 0, shift: 0, full: [0; MAP_WORDS], start: [0; MAP_WORDS] };
+
     const fn new(window: (usize, usize)) -> Self {
+        let mut map = Self::EMPTY;
+        map.set_window(window);
+        map
+    }
+
+    /// Covers `window` with the slots, changing no bit (written field by
+    /// field: the bitmaps are never a temporary on the stack).
+    const fn set_window(&mut self, window: (usize, usize)) {
         let (lo, len) = window;
-        let end = lo.saturating_add(len);
+        self.lo = lo;
+        self.len = lo.saturating_add(len) - lo;
+        // The slots serve the TLSF engine's spans only.
+        if tlsf::ON {
+            self.set_slots();
+        }
+    }
+
+    /// The smallest slots that cover the window in [`SLOTS`].
+    const fn set_slots(&mut self) {
+        let (lo, end) = (self.lo, self.lo + self.len);
         let mut shift = GRANULE.trailing_zeros();
         while shift < usize::BITS - 1 && ((end - (lo & !((1 << shift) - 1))) >> shift) >= SLOTS {
             shift += 1;
         }
-        let base = lo & !((1 << shift) - 1);
-        Self { lo, len: end - lo, base, shift, full: [0; SLOTS / 64], start: [0; SLOTS / 64] }
+        self.base = lo & !((1 << shift) - 1);
+        self.shift = shift;
     }
 
     fn slot_size(&self) -> usize {
         1 << self.shift
     }
 
-    fn bit(map: &[u64; SLOTS / 64], slot: usize) -> bool {
+    fn bit(map: &[u64; MAP_WORDS], slot: usize) -> bool {
         map[slot / 64] & (1 << (slot % 64)) != 0
     }
 
-    fn put(map: &mut [u64; SLOTS / 64], slot: usize, on: bool) {
+    fn put(map: &mut [u64; MAP_WORDS], slot: usize, on: bool) {
         if on {
             map[slot / 64] |= 1 << (slot % 64);
         } else {
@@ -358,7 +398,7 @@ impl SpanMap {
 
     /// The start addresses of the spans, in address order.
     fn span_starts(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..SLOTS).filter(|&s| Self::bit(&self.start, s)).map(|s| self.slot_start(s))
+        (0..MAP_WORDS * 64).filter(|&s| Self::bit(&self.start, s)).map(|s| self.slot_start(s))
     }
 }
 
@@ -413,19 +453,48 @@ impl SegmentAllocator {
 
     /// [`new`](Self::new) with tunables that passed [`Config::validate`].
     const fn with_valid(config: Config, window: (usize, usize)) -> Self {
-        Self {
-            tlsf: Tlsf::new(),
-            first_fit: linked_list_allocator::Heap::empty(),
-            engine: Engine::Unset,
-            whole: false,
-            map: SpanMap::new(window),
-            config,
-            window_span: None,
-            spare: None,
-            large: 0,
-            spans: 0,
-            span_bytes: 0,
-            released: 0,
+        Self { map: SpanMap::new(window), config, ..Self::UNSET }
+    }
+
+    /// An allocator of no window, all zeros (so that a heap static lies in
+    /// `.bss`): it serves nothing until [`set_window`](Self::set_window).
+    pub(crate) const UNSET: Self = Self {
+        tlsf: Tlsf::new(),
+        first_fit: linked_list_allocator::Heap::empty(),
+        engine: Engine::Unset,
+        whole: false,
+        map: SpanMap::EMPTY,
+        config: Config { first_fit: false, span_min: 0, large_threshold: 0 },
+        window_span: None,
+        spare: None,
+        large: 0,
+        spans: 0,
+        span_bytes: 0,
+        released: 0,
+    };
+
+    /// Gives an allocator that has never held a span the window of its page
+    /// source and tunables that passed [`Config::validate`], in place.
+    ///
+    /// # Panics
+    ///
+    /// If it holds or has held a span.
+    pub(crate) fn set_window(&mut self, config: Config, window: (usize, usize)) {
+        assert!(self.spans == 0 && self.released == 0, "layer 0 has held memory");
+        self.map.set_window(window);
+        self.config = config;
+        self.engine = Engine::Unset;
+        self.whole = false;
+        self.large = 0;
+    }
+
+    /// The engine serving the spans; never TLSF in a build without it, so
+    /// that its code is left out.
+    #[inline(always)]
+    fn engine(&self) -> Engine {
+        match self.engine {
+            Engine::Tlsf if !tlsf::ON => Engine::Unset,
+            engine => engine,
         }
     }
 
@@ -437,17 +506,22 @@ impl SegmentAllocator {
     /// Decides, on first use, how the source is managed: whole or by spans,
     /// first fit or TLSF. Takes the whole window of a committed source.
     pub(crate) fn prepare<S: PageSource>(&mut self, source: &mut S) {
-        if self.engine != Engine::Unset {
+        // Nothing to decide before there is a window.
+        if self.engine != Engine::Unset || self.map.len == 0 {
             return;
         }
-        self.engine = if self.config.first_fit { Engine::FirstFit } else { Engine::Tlsf };
+        self.engine = if self.config.first_fit || !tlsf::ON { Engine::FirstFit } else { Engine::Tlsf };
         self.whole = S::COMMITTED;
         if self.whole && self.take_window(source) {
-            self.large = if self.engine == Engine::Tlsf { usize::MAX } else { 0 };
+            self.large = if self.engine() == Engine::Tlsf { usize::MAX } else { 0 };
             return;
         }
         // A source that maps pages on demand, or a committed one that gave
-        // part of its window away before the heap took it: spans, by TLSF.
+        // part of its window away before the heap took it: spans, by TLSF
+        // (in a build without it, first fit, which then has no memory).
+        if !tlsf::ON {
+            return;
+        }
         self.engine = Engine::Tlsf;
         self.whole = false;
         self.large = self.config.large_threshold;
@@ -471,10 +545,10 @@ impl SegmentAllocator {
         self.window_span = Some((start, len));
         self.spans += 1;
         self.span_bytes += len;
-        if self.engine == Engine::Tlsf {
+        if self.engine() == Engine::Tlsf {
             // SAFETY: the span is ours, aligned, and at least MIN_SPAN long.
             unsafe { self.tlsf.add_span(start, len) };
-        } else if self.engine == Engine::FirstFit {
+        } else if self.engine() == Engine::FirstFit {
             // SAFETY: as above.
             unsafe { self.first_fit.init(start.as_ptr(), len) };
         }
@@ -509,7 +583,8 @@ impl SegmentAllocator {
     ) -> Result<NonNull<u8>, AllocateError> {
         // `large` is 0 unless TLSF serves: one test for the engine and the
         // large-block path.
-        if layout.size() < self.large
+        if tlsf::ON
+            && layout.size() < self.large
             && let Some(p) = self.tlsf.allocate(layout.size(), layout.align())
         {
             return Ok(p);
@@ -536,7 +611,7 @@ impl SegmentAllocator {
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
-        if self.engine == Engine::Tlsf
+        if self.engine() == Engine::Tlsf
             && self.whole
             && let Some(p) = self.tlsf.allocate_high(layout.size(), layout.align())
         {
@@ -556,14 +631,15 @@ impl SegmentAllocator {
         self.prepare(source);
         let oom = |source| AllocateError::OutOfMemory { layout, source };
         let exhausted = oom(PagesError::Exhausted { size: layout.size(), align: layout.align() });
-        match self.engine {
+        match self.engine() {
+            Engine::Unset => Err(exhausted),
             Engine::FirstFit => {
                 if self.window_span.is_none() && !self.take_window(source) {
                     return Err(exhausted);
                 }
                 self.first_fit.allocate_first_fit(layout).map_err(|()| exhausted)
             }
-            _ => {
+            Engine::Tlsf => {
                 if layout.size() >= self.large && layout.align() <= GRANULE {
                     let span = self.take_span(layout, 0, source).map_err(oom)?;
                     // SAFETY: a fresh span, one free chunk big enough.
@@ -663,7 +739,7 @@ impl SegmentAllocator {
         layout: Layout,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
-        if self.engine == Engine::Tlsf
+        if self.engine() == Engine::Tlsf
             && let Some(p) = self.tlsf.allocate_largest(layout.size(), layout.align())
         {
             return Ok(p);
@@ -678,7 +754,7 @@ impl SegmentAllocator {
     #[cfg_attr(feature = "debug", allow(dead_code))]
     #[inline]
     pub(crate) fn committed_window(&self) -> Option<(usize, usize)> {
-        self.window_span.filter(|_| self.engine == Engine::Tlsf).map(|(s, len)| (s.as_ptr() as usize, len))
+        self.window_span.filter(|_| self.engine() == Engine::Tlsf).map(|(s, len)| (s.as_ptr() as usize, len))
     }
 
     /// Whether `ptr` lies in a span of this allocator. O(1): bounds and a
@@ -696,7 +772,7 @@ impl SegmentAllocator {
         }
         match self.window_span {
             Some((start, len)) => addr.wrapping_sub(start.as_ptr() as usize) < len,
-            None => !self.whole && self.engine == Engine::Tlsf && self.map.owns(addr),
+            None => !self.whole && self.engine() == Engine::Tlsf && self.map.owns(addr),
         }
     }
 
@@ -783,7 +859,7 @@ impl SegmentAllocator {
     pub fn block_size(&self, ptr: NonNull<u8>) -> Result<usize, DeallocateError> {
         let ptr = reach(ptr);
         let addr = ptr.as_ptr() as usize;
-        if self.engine != Engine::Tlsf {
+        if self.engine() != Engine::Tlsf {
             return Err(if self.owns_addr(addr) {
                 DeallocateError::SizeUnknown { ptr: addr }
             } else {
@@ -840,7 +916,7 @@ impl SegmentAllocator {
         source: &mut impl PageSource,
     ) -> Result<(), DeallocateError> {
         let ptr = reach(ptr);
-        if self.engine != Engine::Tlsf {
+        if self.engine() != Engine::Tlsf {
             // SAFETY: forwarded contract.
             return unsafe { self.deallocate_first_fit(ptr, layout) };
         }
@@ -872,7 +948,7 @@ impl SegmentAllocator {
         source: &mut impl PageSource,
     ) {
         let ptr = reach(ptr);
-        if self.engine == Engine::Tlsf {
+        if self.engine() == Engine::Tlsf {
             if layout.size() >= source.discard_from() {
                 // SAFETY: the caller's promise: a checked block in use,
                 // whose chunk holds `layout`.
@@ -900,7 +976,7 @@ impl SegmentAllocator {
         ptr: NonNull<u8>,
         layout: Layout,
     ) -> Result<(), DeallocateError> {
-        if self.engine == Engine::FirstFit && self.owns_addr(ptr.as_ptr() as usize) {
+        if self.engine() == Engine::FirstFit && self.owns_addr(ptr.as_ptr() as usize) {
             // SAFETY: the caller's promise: a live block of this heap.
             unsafe { self.first_fit.deallocate(ptr, layout) };
             return Ok(());
@@ -985,7 +1061,7 @@ impl SegmentAllocator {
         source: &mut impl PageSource,
     ) -> Result<bool, DeallocateError> {
         let ptr = reach(ptr);
-        match self.engine {
+        match self.engine() {
             Engine::Tlsf => {
                 let chunk = self.check_block(ptr, layout)?;
                 // SAFETY: checked to be a block in use.
@@ -1029,7 +1105,7 @@ impl SegmentAllocator {
         keep: usize,
     ) -> Option<NonNull<u8>> {
         let ptr = reach(ptr);
-        if self.engine != Engine::Tlsf || layout.align() > GRANULE {
+        if self.engine() != Engine::Tlsf || layout.align() > GRANULE {
             return None;
         }
         // SAFETY: the caller's promise: a checked block in use.
@@ -1044,7 +1120,7 @@ impl SegmentAllocator {
     /// `source` must be the page source this allocator has taken every span
     /// from: the same one on every call since [`new`](Self::new).
     pub unsafe fn trim(&mut self, source: &mut impl PageSource) -> usize {
-        match self.engine {
+        match self.engine() {
             Engine::FirstFit => match self.window_span {
                 Some((start, len)) if self.first_fit.used() == 0 => {
                     self.first_fit = linked_list_allocator::Heap::empty();
@@ -1089,7 +1165,7 @@ impl SegmentAllocator {
 
     /// Current counters.
     pub fn stats(&self) -> SegmentStats {
-        match self.engine {
+        match self.engine() {
             Engine::FirstFit => SegmentStats {
                 first_fit: true,
                 spans: self.spans,
@@ -1116,7 +1192,7 @@ impl SegmentAllocator {
     /// Walks every span, checking the engine's invariants and the map,
     /// panicking on a broken one. O(chunks): for tests and debug builds.
     pub fn check_invariants(&self) {
-        if self.engine != Engine::Tlsf {
+        if self.engine() != Engine::Tlsf {
             assert!(self.spans <= 1, "first fit holds at most the window");
             return;
         }

@@ -31,9 +31,10 @@ pub use os::OsSource;
 /// of every page source.
 pub const PAGE_SIZE: usize = 4096;
 /// The granularity of a [`RegionSource`]: a region has no page tables, so it
-/// hands out any multiple of 16 bytes, and a small firmware heap loses
-/// nothing to page rounding.
-pub const REGION_GRANULE: usize = 16;
+/// hands out any multiple of two words (16 bytes on 64-bit targets, 8 on
+/// 32-bit ones, as first fit and TLSF round blocks), and a small firmware
+/// heap loses nothing to page rounding.
+pub const REGION_GRANULE: usize = 2 * core::mem::size_of::<usize>();
 
 /// Why a page source could not provide pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +165,7 @@ fn check_request(size: usize, align: usize, granule: usize) -> Result<Layout, Pa
 /// the free memory itself (each run starts with its size and the next run),
 /// so the source needs no memory of its own; allocation is first fit and
 /// every operation is O(free runs). Its granularity is [`REGION_GRANULE`],
-/// not a page: the region is used to its last 16 bytes. It is
+/// not a page: the region is used to its last granule. It is
 /// [committed](PageSource::COMMITTED): a heap over it takes the whole region
 /// at once and the list holds at most one run.
 pub struct RegionSource {
@@ -211,19 +212,40 @@ impl RegionSource {
     /// The region must be valid for reads and writes, and used by nothing
     /// else for as long as the source or any page taken from it lives.
     pub unsafe fn new(start: *mut u8, size: usize) -> Self {
+        let mut source = Self::empty();
+        // SAFETY: forwarded from the caller.
+        unsafe { source.reset(start, size) };
+        source
+    }
+
+    /// Makes this source [`new`](Self::new)'s over `[start, start + size)`,
+    /// in place (a firmware's heap initialises without a copy of its
+    /// source on the stack). Whatever it held before is forgotten.
+    ///
+    /// # Safety
+    ///
+    /// As [`new`](Self::new); and no page taken from this source before
+    /// may be in use.
+    pub(crate) unsafe fn reset(&mut self, start: *mut u8, size: usize) {
+        self.runs = core::ptr::null_mut();
+        self.window = (0, 0);
+        self.mapped = 0;
+        self.high_water = 0;
+        // The region trimmed inwards to whole granules; one too close to
+        // the top of the address space to hold one is an empty source, not
+        // an overflow.
         let addr = start as usize;
-        // A region too close to the top of the address space to hold a
-        // whole granule is an empty source, not an overflow.
-        let Some(first) = addr.checked_next_multiple_of(REGION_GRANULE) else { return Self::empty() };
+        let first = addr.wrapping_add(REGION_GRANULE - 1) & !(REGION_GRANULE - 1);
         let end = addr.saturating_add(size) & !(REGION_GRANULE - 1);
-        if end.saturating_sub(first) <= REGION_GRANULE {
-            return Self::empty();
+        if first < addr || end.saturating_sub(first) <= REGION_GRANULE {
+            return;
         }
         let run = start.wrapping_add(first - addr).cast::<Run>();
         // SAFETY: the caller gives us the region; `first` lies inside it,
-        // aligned to 16, with at least 16 bytes after it.
+        // aligned to 16, with more than 16 bytes after it.
         unsafe { run.write(Run { size: end - first, next: core::ptr::null_mut() }) };
-        Self { runs: run, window: (first, end - first), mapped: 0, high_water: 0 }
+        self.runs = run;
+        self.window = (first, end - first);
     }
 
     /// Writes a run header at `at`.

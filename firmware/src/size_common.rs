@@ -1,5 +1,10 @@
-// The body shared by the three code-size firmwares: the same program, only
-// the allocator differs. Each binary defines `init_heap(&'static mut [..])`.
+// The body shared by the code-size firmwares: the same program, only the
+// allocator differs. Each binary defines `HEAP` and
+// `init_heap(&'static mut [..])`.
+//
+// It paints the stack, initialises the heap and prints how many bytes of
+// stack `init_heap` used (`init stack: N`), then pushes 100 numbers into a
+// `Vec` and exits with success if their sum is right.
 use core::mem::MaybeUninit;
 
 use cortex_m_rt::entry;
@@ -9,17 +14,25 @@ use super::init_heap;
 use cortex_m as _;
 use cortex_m_semihosting::debug;
 
+#[path = "stack.rs"]
+mod stack;
+
 #[entry]
 fn main() -> ! {
-    static mut MEMORY: [MaybeUninit<u8>; 16 * 1024] = [MaybeUninit::uninit(); 16 * 1024];
+    static mut MEMORY: [MaybeUninit<u8>; 8 * 1024] = [MaybeUninit::uninit(); 8 * 1024];
+    let top = stack::sp();
+    stack::paint_below(top);
     init_heap(MEMORY);
+    let init_stack = top - stack::low_water();
     let mut v = alloc::vec::Vec::new();
     for i in 0..100u32 {
         v.push(i);
     }
     let sum: u32 = v.iter().sum();
     drop(v);
-    debug::exit(if sum == 4950 { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
+    stack::print(b"init stack: ", init_stack);
+    let ok = sum == 4950 && !stack::overrun();
+    debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
     loop {
         cortex_m::asm::wfi();
     }

@@ -89,6 +89,12 @@ const LEVELS: usize = (ADDRESS_BITS - GRANULE_SHIFT - LINEAR_SHIFT) as usize;
 pub const BINS: usize = LINEAR + LEVELS * SL;
 const BITS: usize = usize::BITS as usize;
 const WORDS: usize = BINS.div_ceil(BITS);
+/// Whether the engine is built (the `tlsf` feature). Without it, no span is
+/// ever added and its tables take no room.
+pub const ON: bool = cfg!(feature = "tlsf");
+/// Lists and bitmap words as stored: none when the engine is not built.
+const STORED_BINS: usize = if ON { BINS } else { 0 };
+const STORED_WORDS: usize = if ON { WORDS } else { 0 };
 const _: () = assert!(WORDS < BITS, "the summary word covers every bitmap word, with a bit to spare");
 
 /// `log2(units)` for `units >= LINEAR`, and the list index its level
@@ -237,8 +243,8 @@ const fn size_of_head(h: usize) -> usize {
 /// The TLSF engine: free lists and their bitmaps. The chunks themselves
 /// live in the spans.
 pub struct Tlsf {
-    heads: [*mut u8; BINS],
-    bitmap: [usize; WORDS],
+    heads: [*mut u8; STORED_BINS],
+    bitmap: [usize; STORED_WORDS],
     summary: usize,
     free_bytes: usize,
 }
@@ -246,7 +252,7 @@ pub struct Tlsf {
 impl Tlsf {
     /// An engine with no span.
     pub const fn new() -> Self {
-        Self { heads: [ptr::null_mut(); BINS], bitmap: [0; WORDS], summary: 0, free_bytes: 0 }
+        Self { heads: [ptr::null_mut(); STORED_BINS], bitmap: [0; STORED_WORDS], summary: 0, free_bytes: 0 }
     }
 
     /// Bytes in free chunks (headers included).
@@ -395,6 +401,11 @@ impl Tlsf {
     /// [`MIN_SPAN`] long, writable, and used by nothing else until
     /// [`remove_span`](Self::remove_span) takes it back.
     pub unsafe fn add_span(&mut self, start: NonNull<u8>, len: usize) {
+        // Every list and bitmap index below is in bounds once a span is
+        // in: none gets in where the tables are empty.
+        if !ON {
+            panic!("the TLSF engine is not built (feature `tlsf`)");
+        }
         debug_assert!(len >= MIN_SPAN && len.is_multiple_of(GRANULE));
         let c = start.as_ptr();
         let size = len - SPAN_OVERHEAD;

@@ -1,4 +1,5 @@
-//! The same minimal firmware with embedded-alloc (its LLFF heap).
+//! The same minimal firmware with embedded-alloc's first-fit heap (LLFF:
+//! linked_list_allocator behind a critical section).
 #![no_std]
 #![no_main]
 extern crate alloc;
