@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 use common::Region;
 use proptest::prelude::*;
 use strata::Heap;
-use strata::front::{AllocError, Layer};
+use strata::front::{AllocateError, Layer};
 use strata::segment::DeallocateError;
 use strata::source::PageSource;
 
@@ -176,7 +176,7 @@ fn realloc<S: PageSource>(
             && !heap.owner(old.ptr.as_ptr()).is_some_and(|l| l == Layer::Object)
         {
             assert!(
-                matches!(r, Err(AllocError::Refused(DeallocateError::SizeUnknown { .. }))),
+                matches!(r, Err(AllocateError::Refused(DeallocateError::SizeUnknown { .. }))),
                 "a first-fit block resized without its size: {r:?}"
             );
         }

@@ -606,3 +606,27 @@ fn a_double_free_deep_in_a_free_list_is_refused_and_no_live_block_is_handed_out(
         }
     }
 }
+
+/// A small request that fails keeps both causes: why layer +2 had no pool
+/// for it, and why layer 0 could not serve it then.
+#[test]
+fn a_failed_small_request_keeps_layer_2_and_layer_0_causes() {
+    use common::Region;
+    use strata::Heap;
+    use strata::front::AllocateError;
+
+    let region = Region::new(16 << 20);
+    let mut heap = Heap::new(region.source());
+    assert!(heap.stats().geometry.threshold > 0, "pools serve a 16 MiB region");
+    let layout = Layout::from_size_align(512, 8).unwrap();
+    let err = loop {
+        if let Err(e) = heap.allocate(layout) {
+            break e;
+        }
+    };
+    let AllocateError::Small { pools, segment } = err else { panic!("not both causes: {err:?}") };
+    let (text, cause) = described(&err);
+    assert!(text.contains(&pools.to_string()) && text.contains(&segment.to_string()), "{text}");
+    assert_eq!(cause, Some(segment.to_string()));
+    heap.check_invariants();
+}

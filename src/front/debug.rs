@@ -38,7 +38,7 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::{self, NonNull};
 
-use super::{AllocError, DeallocateError, Domain, Heap, Layer};
+use super::{AllocateError, DeallocateError, Domain, Heap, Layer};
 use crate::source::PageSource;
 use crate::sync::stat;
 
@@ -292,8 +292,8 @@ impl<S: PageSource> Heap<S> {
         layout: Layout,
         domain: Domain,
         zeroed: bool,
-    ) -> Result<NonNull<u8>, AllocError> {
-        let invalid = AllocError::InvalidLayout { size: layout.size(), align: layout.align() };
+    ) -> Result<NonNull<u8>, AllocateError> {
+        let invalid = AllocateError::InvalidLayout { size: layout.size(), align: layout.align() };
         let (inner, header) = inner_layout(layout).ok_or(invalid)?;
         let base = self.allocate(inner)?;
         // SAFETY: the block is `header + size + TRAILING_GUARD` bytes long.
@@ -305,7 +305,7 @@ impl<S: PageSource> Heap<S> {
             self.debug.pending = Some(v);
             // SAFETY: the block was just allocated with `inner`.
             unsafe { self.deallocate(base, inner) }.expect("a block just allocated");
-            return Err(AllocError::Misaligned { ptr: p.as_ptr() as usize, align: layout.align() });
+            return Err(AllocateError::Misaligned { ptr: p.as_ptr() as usize, align: layout.align() });
         }
         self.debug.serial += 1;
         let size = layout.size();
@@ -367,15 +367,15 @@ impl<S: PageSource> Heap<S> {
         layout: Layout,
         new_size: usize,
         domain: Domain,
-    ) -> Result<NonNull<u8>, AllocError> {
+    ) -> Result<NonNull<u8>, AllocateError> {
         // As in `debug_deallocate`.
         let ptr = crate::source::reach(ptr);
         let new_layout = Layout::from_size_align(new_size, layout.align())
-            .map_err(|_| AllocError::InvalidLayout { size: new_size, align: layout.align() })?;
+            .map_err(|_| AllocateError::InvalidLayout { size: new_size, align: layout.align() })?;
         if let Some(v) = self.check(ptr, layout, domain) {
             self.stats.debug_violations += 1;
             self.debug.pending = Some(v);
-            return Err(AllocError::Misuse { ptr: ptr.as_ptr() as usize });
+            return Err(AllocateError::Misuse { ptr: ptr.as_ptr() as usize });
         }
         let new = self.debug_allocate(new_layout, domain, false)?;
         // SAFETY: both blocks are live and distinct; the old one was checked.

@@ -1,0 +1,807 @@
+//! [`Heap`]: layers 0, +1 and +2 over one page source, through `&mut self`
+//! — the routing of every call, the out-of-memory resorts, realloc in place.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::ptr::{self, NonNull};
+
+#[cfg(feature = "debug")]
+use super::debug;
+use super::report::write_report;
+use super::{
+    AllocateError, COLD_REQUESTS, DeallocateError, FrontStats, GROWING_THRESHOLD, HeapStats, InvalidConfig,
+    PROMOTING_STREAK, Report, TIGHT_ARENAS,
+};
+use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator};
+use crate::segment::{self, Config, SegmentAllocator};
+use crate::source::{PageSource, PagesError, RegionSource, reach};
+use crate::sync::stat;
+
+/// The layer that owns a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// Layer +2, the object allocator.
+    Object,
+    /// Layer 0, the segment allocator.
+    Segment,
+}
+
+/// The allocator stack over one page source: layers 0, +1 and +2.
+///
+/// Works through `&mut self`; [`LockedHeap`] adds the lock and `GlobalAlloc`.
+pub struct Heap<S> {
+    pub(super) object: ObjectAllocator,
+    pub(super) segment: SegmentAllocator,
+    pub(super) source: S,
+    pub(super) stats: FrontStats,
+    /// The blocks most recently doubled by a realloc that moved them (see
+    /// [`GROWING_THRESHOLD`]).
+    pub(super) growing: [(usize, u32); 4],
+    pub(super) growing_next: usize,
+    /// Small blocks served by layer 0, per size class.
+    small_in_layer_0: [u32; object::CLASS_TABLE],
+    /// Requests of each size class served by layer 0 while it was cold, up
+    /// to the limit.
+    pub(super) cold_demand: [u32; object::CLASS_TABLE],
+    /// Requests of a class layer 0 serves before the class gets pools.
+    pub(super) cold_limit: u32,
+    #[cfg(feature = "debug")]
+    pub(super) debug: debug::DebugState,
+}
+
+impl<S> fmt::Debug for Heap<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Heap")
+            .field("object", &self.object)
+            .field("segment", &self.segment)
+            .field("front", &self.stats)
+            .finish()
+    }
+}
+
+/// Where layer +2 takes its arenas: the page source, or, where layer 0
+/// holds a committed source whole ([`SegmentAllocator::serves_arenas`]),
+/// layer 0, as aligned blocks that leave the arena's last
+/// [`object::ARENA_TAIL`] bytes to layer 0's boundary tag.
+struct ArenaPages<'a, S> {
+    segment: &'a mut SegmentAllocator,
+    source: &'a mut S,
+}
+
+const _: () = assert!(object::ARENA_TAIL == segment::ARENA_TAIL);
+
+impl<S: PageSource> ArenaPages<'_, S> {
+    /// The layout of an arena of `size` bytes as a block of layer 0.
+    fn arena_layout(size: usize) -> Result<Layout, PagesError> {
+        let invalid = PagesError::InvalidRequest { size, align: size };
+        let payload = size.checked_sub(object::ARENA_TAIL).ok_or(invalid)?;
+        Layout::from_size_align(payload, size).map_err(|_| invalid)
+    }
+}
+
+// SAFETY: either the page source's own promise, or blocks of layer 0, which
+// lie in its spans inside that same source's window, are aligned as asked
+// (the layout carries the alignment), and are ours until given back; layer
+// +2 leaves the last `ARENA_TAIL` bytes of each arena alone, which is all
+// that layer 0's block is short of `size`.
+unsafe impl<S: PageSource> PageSource for ArenaPages<'_, S> {
+    fn window(&self) -> (usize, usize) {
+        self.source.window()
+    }
+
+    fn allocate_pages(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, PagesError> {
+        // SAFETY: an `ArenaPages` holds the heap's layer 0 and the page
+        // source it has had on every call.
+        if !unsafe { self.segment.serves_arenas(self.source) } {
+            return self.source.allocate_pages(size, align);
+        }
+        debug_assert_eq!(size, align, "arenas are aligned to their size");
+        let layout = Self::arena_layout(size)?;
+        // SAFETY: as above.
+        unsafe { self.segment.allocate_high(layout, self.source) }
+            .map_err(|_| PagesError::Exhausted { size, align })
+    }
+
+    unsafe fn deallocate_pages(&mut self, ptr: NonNull<u8>, size: usize) {
+        // SAFETY: as in `allocate_pages`.
+        if !unsafe { self.segment.serves_arenas(self.source) } {
+            // SAFETY: forwarded contract.
+            return unsafe { self.source.deallocate_pages(ptr, size) };
+        }
+        let layout = Self::arena_layout(size).expect("an arena of layer 0");
+        // SAFETY: the arena came from `allocate` with this layout.
+        unsafe { self.segment.deallocate(ptr, layout, self.source) }.expect("an arena block of layer 0");
+    }
+}
+
+impl Heap<RegionSource> {
+    /// A heap with no memory: every allocation fails until it is given a
+    /// region ([`LockedHeap::init`]). All zeros, so a static one costs no
+    /// flash and no copy at reset (it lies in `.bss`).
+    pub const fn empty() -> Self {
+        Self::unset(RegionSource::empty())
+    }
+}
+
+impl<S: PageSource> Heap<S> {
+    /// A heap over `source`, with arena, pool and span sizes chosen for the
+    /// size of its window.
+    /// Layer 0 takes its memory now (a committed source's whole window), so
+    /// that the first allocation does not pay for it.
+    pub fn new(source: S) -> Self {
+        let window = source.window();
+        let mut heap = Self::new_in_window(source, window);
+        heap.segment.prepare(&mut heap.source);
+        heap
+    }
+
+    /// A heap over `source` with explicit layer +2 geometry and layer 0
+    /// tunables, or why they cannot serve ([`Geometry::validate`],
+    /// [`Config::validate`]); `source` is dropped then.
+    pub fn with_geometry(source: S, geometry: Geometry, config: Config) -> Result<Self, InvalidConfig> {
+        let geometry = geometry.validate().map_err(InvalidConfig::Geometry)?;
+        let config = config.validate().map_err(InvalidConfig::Segment)?;
+        let window = source.window();
+        Ok(Self::from_parts(source, window, geometry, config))
+    }
+}
+
+impl<S: PageSource> Heap<S> {
+    /// [`Heap::new`] for a source whose window is known in advance (`const`,
+    /// for statics).
+    pub const fn new_in_window(source: S, window: (usize, usize)) -> Self {
+        let geometry =
+            if S::COMMITTED { Geometry::for_region(window.1) } else { Geometry::for_window(window.1) };
+        Self::from_parts(source, window, geometry, Config::for_window(window.1))
+    }
+
+    /// A heap over `source` with no window yet: every layer zeroed, nothing
+    /// served until [`install`](Self::install).
+    const fn unset(source: S) -> Self {
+        const {
+            assert!(
+                S::COMMITTED || segment::TLSF,
+                "a page source that maps pages on demand needs layer 0's TLSF engine (feature `tlsf`)"
+            )
+        };
+        Self {
+            object: ObjectAllocator::UNSET,
+            segment: SegmentAllocator::UNSET,
+            source,
+            stats: FrontStats {
+                failed_allocations: 0,
+                refused_frees: 0,
+                small_fallbacks: 0,
+                cold_blocks: 0,
+                small_in_layer_0: 0,
+                realloc_in_place: 0,
+                realloc_moved: 0,
+                debug_violations: 0,
+            },
+            growing: [(0, 0); 4],
+            growing_next: 0,
+            small_in_layer_0: [0; object::CLASS_TABLE],
+            cold_demand: [0; object::CLASS_TABLE],
+            cold_limit: 0,
+            #[cfg(feature = "debug")]
+            debug: debug::DebugState::new(),
+        }
+    }
+
+    /// Gives a heap that has never had memory (its source's window empty)
+    /// the page source that has it, in place: field by field, so that no
+    /// `Heap` value (kilobytes of tables) is ever a temporary on the stack,
+    /// at any optimisation level.
+    ///
+    /// # Panics
+    ///
+    /// If the heap's window is not empty.
+    pub(super) fn install(&mut self, source: S) {
+        self.assert_unused();
+        self.source = source;
+        self.configure();
+    }
+
+    /// Panics if the heap has had memory.
+    pub(super) fn assert_unused(&self) {
+        assert!(self.source.window().1 == 0, "strata: a heap that has memory cannot be given another source");
+    }
+
+    /// Sets the layers up for the window of the source just installed.
+    /// Layer 0 takes the window on the first allocation: no more stack
+    /// here than these few fields need.
+    pub(super) fn configure(&mut self) {
+        let window = self.source.window();
+        let geometry =
+            if S::COMMITTED { Geometry::for_region(window.1) } else { Geometry::for_window(window.1) };
+        self.object.set_window(geometry, window);
+        self.segment.set_window(Config::for_window(window.1), window);
+        self.cold_limit = COLD_REQUESTS;
+    }
+
+    /// The one constructor: a heap over `source` (whose window is `window`)
+    /// with the given layer +2 geometry and layer 0 tunables.
+    const fn from_parts(source: S, window: (usize, usize), geometry: Geometry, config: Config) -> Self {
+        let mut heap = Self::unset(source);
+        heap.object = match ObjectAllocator::new(geometry, window) {
+            Ok(object) => object,
+            Err(_) => panic!("the geometry was validated"),
+        };
+        heap.segment = match SegmentAllocator::new(config, window) {
+            Ok(segment) => segment,
+            Err(_) => panic!("the tunables were validated"),
+        };
+        heap.cold_limit = COLD_REQUESTS;
+        heap
+    }
+
+    /// Sets how many requests of a size class layer 0 serves before the
+    /// class gets pools of layer +2: [`COLD_REQUESTS`] by default, so that a
+    /// class asked for little costs no pool; 0 serves every small request
+    /// from pools at once, as CPython does. A heap given its memory later
+    /// ([`LockedHeap::init`]) starts from the default again.
+    pub fn set_cold_limit(&mut self, requests: u32) {
+        self.cold_limit = requests;
+    }
+
+    /// The page source.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Which layer owns `ptr`, if any: the routing a free would take.
+    pub fn owner(&self, ptr: *const u8) -> Option<Layer> {
+        if self.object.owns(ptr) {
+            Some(Layer::Object)
+        } else if self.segment.owns(ptr) {
+            Some(Layer::Segment)
+        } else {
+            None
+        }
+    }
+
+    /// Allocates a block for `layout`.
+    #[inline(always)]
+    pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocateError> {
+        if self.is_small(layout) {
+            if let Some(p) = self.object.allocate_from_pools(layout.size(), layout.align()) {
+                return Ok(p);
+            }
+            return self.allocate_small(layout);
+        }
+        // SAFETY: `self.source` is the page source layer 0 has had on
+        // every call (the heap owns both).
+        match unsafe { self.segment.allocate(layout, &mut self.source) } {
+            Ok(p) => Ok(p),
+            Err(e) => self.allocate_when_exhausted(layout, e),
+        }
+    }
+
+    /// A small request whose class has no pool with a free block. A class
+    /// that has never had much demand stays in layer 0 — until the requests
+    /// of it served there reach [`set_cold_limit`](Self::set_cold_limit)
+    /// ([`FrontStats::cold_blocks`]): a pool per class is what pymalloc's
+    /// speed costs in memory, paid for the classes in demand. Demand is
+    /// counted in requests, not blocks live, so a class that churns gets its
+    /// pools at once, and a class with many objects leaves only a few
+    /// behind in layer 0. Otherwise a new pool; failing that, the
+    /// out-of-memory resorts (see the module docs).
+    #[cold]
+    fn allocate_small(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocateError> {
+        let class = self.class_of(layout);
+        let in_layer_0 = self.layer_0_layout(layout);
+        let demand = self.cold_demand[class];
+        let cold = demand < self.cold_limit && self.object.pools_in_use(layout.size(), layout.align()) == 0;
+        if cold {
+            self.cold_demand[class] = demand + 1;
+        }
+        let cold = cold
+            || (self.object.needs_arena()
+                && self.segment.holds_less_than(TIGHT_ARENAS * self.object.geometry().arena_size()));
+        // SAFETY: as in `allocate`.
+        let result = match cold.then(|| unsafe { self.segment.allocate(in_layer_0, &mut self.source) }) {
+            Some(Ok(p)) => {
+                stat!(self.stats.cold_blocks += 1);
+                Ok(p)
+            }
+            _ => {
+                let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+                // SAFETY: layer +2 takes every arena through an `ArenaPages`
+                // over this heap's layer 0 and page source.
+                match unsafe { self.object.allocate_new_pool(layout.size(), layout.align(), &mut pages) } {
+                    Ok(p) => return Ok(p),
+                    Err(pools) => match self.borrow_close_fit(layout) {
+                        Some(p) => return Ok(p),
+                        None => {
+                            self.stats.small_fallbacks += 1;
+                            // SAFETY: as in `allocate`.
+                            match unsafe { self.segment.allocate(in_layer_0, &mut self.source) } {
+                                Ok(p) => Ok(p),
+                                // Both causes are kept: no pool, then no room in layer 0.
+                                Err(e) => self.allocate_when_exhausted(in_layer_0, e).map_err(|e| match e {
+                                    AllocateError::Segment(segment) => {
+                                        AllocateError::Small { pools, segment }
+                                    }
+                                    other => other,
+                                }),
+                            }
+                        }
+                    },
+                }
+            }
+        };
+        if let Ok(p) = result
+            && !self.object.owns(p.as_ptr())
+        {
+            self.small_in_layer_0[class] += 1;
+        }
+        result
+    }
+
+    /// The size class of a small `layout`.
+    #[inline]
+    fn class_of(&self, layout: Layout) -> usize {
+        object::size_class(layout.size(), layout.align(), self.object.geometry().class_shift)
+    }
+
+    /// Counts a small block of layer 0 coming (`true`) or going.
+    #[inline]
+    fn note_small_in_layer_0(&mut self, layout: Layout, coming: bool) {
+        if self.is_small(layout) {
+            let n = &mut self.small_in_layer_0[self.class_of(layout)];
+            *n = if coming { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+
+    /// Layer +2 had no free block in the class and no arena for a new pool
+    /// (the page source has no aligned run of an arena's size left, which
+    /// on a fragmented source comes long before it runs out of pages): a
+    /// free block of a larger class that wastes at most 1/8 of the request
+    /// (the spacing tcmalloc allows its classes) beats taking fresh memory
+    /// from layer 0; a worse fit waits for the last resort.
+    #[cold]
+    fn borrow_close_fit(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.object.borrow(layout.size(), layout.align(), layout.size() + layout.size() / 8)
+    }
+
+    /// Layer 0 failed with `err`: the last resorts (see *Out of memory* in
+    /// the module docs).
+    #[cold]
+    fn allocate_when_exhausted(
+        &mut self,
+        layout: Layout,
+        err: segment::AllocateError,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        // Out of pages: the spare arena is worth more to layer 0 now.
+        let err = if self.trim_arenas() > 0 {
+            // SAFETY: as in `allocate`.
+            match unsafe { self.segment.allocate(layout, &mut self.source) } {
+                Ok(p) => return Ok(p),
+                Err(e) => e,
+            }
+        } else {
+            err
+        };
+        self.borrow_any(layout).ok_or(AllocateError::Segment(err))
+    }
+
+    /// The last resort for a small request: a free block of any larger +2
+    /// class, rather than a failure while such blocks sit free.
+    fn borrow_any(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.is_small(layout).then(|| self.object.borrow(layout.size(), layout.align(), usize::MAX)).flatten()
+    }
+
+    /// The layout layer 0 sees for `layout`: a small one rounded up to its
+    /// size class, so that a small block served by layer 0 fits every
+    /// request of its class, as a +2 block does (thread caches reuse blocks
+    /// by class), and frees and resizes with any layout of the class.
+    #[inline]
+    fn layer_0_layout(&self, layout: Layout) -> Layout {
+        if self.is_small(layout) { self.object.class_layout(layout) } else { layout }
+    }
+
+    /// Whether layer +2 serves `layout`.
+    #[inline]
+    pub(super) fn is_small(&self, layout: Layout) -> bool {
+        // `size - 1 < threshold`: sizes 1..=threshold; 0 and an off layer (0) skip it.
+        layout.size().wrapping_sub(1) < self.object.threshold() && layout.align() <= ALIGNMENT
+    }
+
+    /// Allocates a zeroed block for `layout`.
+    pub fn allocate_zeroed(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocateError> {
+        let p = self.allocate(layout)?;
+        // SAFETY: the block is ours and at least `layout.size()` bytes long.
+        unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
+        Ok(p)
+    }
+
+    /// Frees a block, routed by which layer owns it.
+    ///
+    /// # Safety
+    ///
+    /// If any layer owns `ptr`, it must be a live block allocated by this
+    /// heap with `layout`. Pointers that no layer owns are refused safely.
+    #[inline(always)]
+    pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), DeallocateError> {
+        if self.object.owns(ptr.as_ptr()) {
+            let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+            // SAFETY: the block lies in a +2 arena and the caller promises it
+            // is live.
+            if unsafe { self.object.deallocate(ptr, &mut pages) } {
+                return Ok(());
+            }
+            return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
+        }
+        // SAFETY: forwarded contract; layer 0 refuses what it does not own.
+        let result = unsafe { self.segment.deallocate(ptr, self.layer_0_layout(layout), &mut self.source) };
+        if result.is_ok() {
+            self.note_small_in_layer_0(layout, false);
+        }
+        result
+    }
+
+    /// The layout block `ptr` answers to when the caller does not know the
+    /// one it was allocated with (C's `free(p)` and `malloc_usable_size(p)`):
+    /// its size is the bytes the caller may use, at least the size asked
+    /// for, and the layout frees it ([`deallocate`](Self::deallocate)) and
+    /// resizes it ([`reallocate`](Self::reallocate)) as the original would.
+    /// Alignment is 16 (or the block's own, for the 8-byte classes of small
+    /// heaps), what `malloc` promises; a block allocated with more keeps its
+    /// address but not that promise across a realloc that moves.
+    ///
+    /// O(1), from what the layers keep anyway — layer +2's pool header,
+    /// layer 0's chunk header — with the refusals of a free: a pointer no
+    /// layer owns ([`DeallocateError::NotOwned`]), not a block in use
+    /// ([`DeallocateError::NotAllocated`]; a +2 block freed twice is caught
+    /// while its pool is empty or it heads the free list, as in a free), or
+    /// a block of a first-fit heap, which keeps no sizes
+    /// ([`DeallocateError::SizeUnknown`]).
+    pub fn usable_layout(&self, ptr: NonNull<u8>) -> Result<Layout, DeallocateError> {
+        let ptr = reach(ptr);
+        let size = if self.object.owns(ptr.as_ptr()) {
+            // SAFETY: a pointer into an arena of ours, checked to be a block
+            // of its pool before `may_free` asks about it as one.
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+                return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
+            }
+            // SAFETY: a block in use of an arena of ours (just checked).
+            unsafe { self.object.block_size(ptr) }
+        } else {
+            let g = self.object.geometry();
+            layer_0_usable(self.segment.block_size(ptr)?, g.threshold, g.class_shift)
+        };
+        Ok(usable_layout(size))
+    }
+
+    /// The bytes the caller may use of block `ptr` (C's
+    /// `malloc_usable_size`): the size of its [`usable_layout`](Self::usable_layout).
+    pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, DeallocateError> {
+        self.usable_layout(ptr).map(|l| l.size())
+    }
+
+    /// Frees a block without its layout (C's `free`), as
+    /// [`deallocate`](Self::deallocate) with its
+    /// [`usable_layout`](Self::usable_layout), and with the same refusals.
+    ///
+    /// # Safety
+    ///
+    /// If any layer owns `ptr`, it must be a live block allocated by this
+    /// heap, not used after this call.
+    pub unsafe fn deallocate_unsized(&mut self, ptr: NonNull<u8>) -> Result<(), DeallocateError> {
+        let layout = if self.object.owns(ptr.as_ptr()) {
+            // A +2 block needs no size to be freed, only to be one.
+            // SAFETY: a pointer into an arena of ours.
+            if !unsafe { self.object.is_block_start(reach(ptr)) } {
+                return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
+            }
+            Layout::new::<u8>()
+        } else {
+            self.usable_layout(ptr)?
+        };
+        // SAFETY: forwarded contract; the layout is the block's own (layer
+        // +2 frees by pool, whatever the layout).
+        unsafe { self.deallocate(ptr, layout) }
+    }
+
+    /// Resizes a block without its layout (C's `realloc`), as
+    /// [`reallocate`](Self::reallocate) with its
+    /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate_unsized`](Self::deallocate_unsized); on success the
+    /// old block is not used again.
+    pub unsafe fn reallocate_unsized(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        let layout = self.usable_layout(ptr).map_err(AllocateError::Refused)?;
+        // SAFETY: forwarded contract; the layout is the block's own.
+        unsafe { self.reallocate(ptr, layout, new_size) }
+    }
+
+    /// Resizes a block to `new_size` bytes (same alignment), in place when it
+    /// can, keeping the first `min(old, new)` bytes.
+    ///
+    /// A pointer no layer owns, or (in layer 0) a block that is not in use
+    /// or does not fit `layout`, is refused with [`AllocateError::Refused`]
+    /// before anything is allocated.
+    ///
+    /// # Safety
+    ///
+    /// If any layer owns `ptr`, it must be a live block allocated by this
+    /// heap with `layout`.
+    #[inline(always)]
+    pub unsafe fn reallocate(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        let align = layout.align();
+        if new_size > isize::MAX as usize - (align - 1) {
+            return Err(AllocateError::InvalidLayout { size: new_size, align });
+        }
+        // SAFETY: `align` is a layout's alignment, and the size was just
+        // checked not to overflow `isize` once rounded up to it.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        let keep = layout.size().min(new_size);
+        // A block doubling past GROWING_THRESHOLD for the third time in a
+        // row, in place or not, is a buffer being grown (a `Vec`): when it
+        // has to move, it moves to the start of layer 0's largest free
+        // chunk, where later growths happen in place. (Doing so for every
+        // large growth scatters blocks over the free space and fragments it:
+        // talc's random-realloc fill lost 11 points that way with large
+        // mappings, 3 at the second doubling, none at the third.)
+        let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
+        let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
+        let moved = if self.object.owns(ptr.as_ptr()) {
+            // A block its pool has taken back (freed already): refused, as
+            // a second free of it is.
+            // SAFETY: a block of an arena of ours.
+            if !unsafe { self.object.may_free(ptr) } {
+                return Err(AllocateError::Refused(DeallocateError::NotAllocated {
+                    ptr: ptr.as_ptr() as usize,
+                }));
+            }
+            // SAFETY: a live +2 block (caller contract).
+            let block = unsafe { self.object.block_size(ptr) };
+            if new_size <= block && (new_size > block / 2 || block <= ALIGNMENT) {
+                stat!(self.stats.realloc_in_place += 1);
+                return Ok(reach(ptr));
+            }
+            let new = self.allocate_moving(new_layout, growth)?;
+            let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+            // SAFETY: both blocks are live, distinct, and at least `keep`
+            // bytes long; the old one is a live +2 block, freed once.
+            unsafe {
+                move_data(ptr, new, keep);
+                let freed = self.object.deallocate(ptr, &mut pages);
+                debug_assert!(freed, "a live +2 block was refused");
+            }
+            new
+        } else {
+            let (old_small, new_small) = (self.is_small(layout), self.is_small(new_layout));
+            let old = if old_small { self.object.class_layout(layout) } else { layout };
+            let new = if new_small { self.object.class_layout(new_layout) } else { new_layout };
+            // The third doubling in a row of a buffer being grown: it moves
+            // now, while small, to the start of layer 0's largest free
+            // chunk, where the doublings to come happen in place (left
+            // where it is, it would grow in place until its neighbour
+            // stops it, and then be copied at its largest).
+            let promote = !new_small && matches!(growth, Some((_, streak)) if streak == PROMOTING_STREAK);
+            let target = if promote { old.size() } else { new.size() };
+            // SAFETY: forwarded contract; layer 0 refuses what is not its
+            // block in use (a promoted block is only checked: same size).
+            let in_place = unsafe { self.segment.resize_in_place(ptr, old, target, &mut self.source) }
+                .map_err(AllocateError::Refused)?
+                && !promote;
+            let backward = if in_place {
+                Some(ptr)
+            } else if promote {
+                None
+            } else {
+                // SAFETY: a layer 0 block, checked just above; `keep` fits
+                // both sizes.
+                unsafe { self.segment.grow_backward(ptr, old, new.size(), keep) }
+            };
+            let kept = backward.is_some();
+            let moved = match backward {
+                Some(q) => q,
+                None => {
+                    let q = self.allocate_moving(new_layout, growth)?;
+                    // SAFETY: both blocks are live, distinct, and at least
+                    // `keep` bytes long; the old one was checked above and
+                    // is freed once.
+                    unsafe {
+                        move_data(ptr, q, keep);
+                        self.segment.deallocate_checked(ptr, old, &mut self.source);
+                    }
+                    q
+                }
+            };
+            // Counted in layer 0: the old block goes; a block kept there
+            // (resized or grown backward) comes back under its new size
+            // (`allocate` counts the blocks it places itself).
+            if old_small {
+                self.note_small_in_layer_0(layout, false);
+            }
+            if kept && new_small {
+                self.note_small_in_layer_0(new_layout, true);
+            }
+            if in_place {
+                stat!(self.stats.realloc_in_place += 1);
+                if let Some((slot, streak)) = growth {
+                    self.growing[slot] = (ptr.as_ptr() as usize, streak);
+                }
+                return Ok(reach(ptr));
+            }
+            moved
+        };
+        if let Some((slot, streak)) = growth {
+            self.growing[slot] = (moved.as_ptr() as usize, streak);
+        }
+        stat!(self.stats.realloc_moved += 1);
+        Ok(moved)
+    }
+
+    /// The slot in the table of growing blocks for a doubling realloc of
+    /// `ptr`, and how many doublings in a row it has had with this one.
+    #[cold]
+    fn doubling_streak(&mut self, ptr: NonNull<u8>) -> (usize, u32) {
+        match self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize) {
+            Some(i) => (i, self.growing[i].1 + 1),
+            None => {
+                let next = self.growing_next;
+                self.growing_next = (next + 1) % self.growing.len();
+                (next, 1)
+            }
+        }
+    }
+
+    /// The new block of a realloc that moves: at the start of layer 0's
+    /// largest free chunk for a block on its [`PROMOTING_STREAK`]th
+    /// doubling in a row, else an ordinary allocation.
+    #[inline]
+    fn allocate_moving(
+        &mut self,
+        layout: Layout,
+        growth: Option<(usize, u32)>,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        match growth {
+            // Small blocks are never promoted: they belong to their size
+            // class (in layer +2, or in layer 0 under the class's layout,
+            // which every later free and resize of theirs assumes).
+            Some((_, streak)) if streak >= PROMOTING_STREAK && !self.is_small(layout) => {
+                // SAFETY: as in `allocate`.
+                unsafe { self.segment.allocate_growable(layout, &mut self.source) }
+                    .map_err(AllocateError::Segment)
+            }
+            _ => self.allocate(layout),
+        }
+    }
+
+    /// Gives the spares back to the page source, like `malloc_trim`: the
+    /// wholly free arena layer +2 keeps against thrashing, then layer 0's
+    /// wholly free span (its spare, or a committed source's whole window).
+    /// Returns how many arenas and spans went back.
+    pub fn trim(&mut self) -> (usize, usize) {
+        let arenas = self.trim_arenas();
+        // SAFETY: as in `allocate`.
+        (arenas, unsafe { self.segment.trim(&mut self.source) })
+    }
+
+    fn trim_arenas(&mut self) -> usize {
+        let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+        // SAFETY: as in `allocate_small`.
+        unsafe { self.object.trim(&mut pages) }
+    }
+
+    /// Counters of every layer.
+    pub fn stats(&self) -> HeapStats {
+        HeapStats {
+            front: FrontStats {
+                small_in_layer_0: self.small_in_layer_0.iter().map(|&n| n as usize).sum(),
+                ..self.stats
+            },
+            arenas: self.object.counters(),
+            geometry: self.object.geometry(),
+            segments: self.segment.stats(),
+        }
+    }
+
+    /// Per-size-class counts of layer +2.
+    pub fn class_stats(&self) -> [object::ClassStats; object::NUM_CLASSES] {
+        self.object.class_stats()
+    }
+
+    /// A snapshot of every layer, whose `Display` is a report in the style
+    /// of CPython's `sys._debugmallocstats()` (write it to a serial port,
+    /// semihosting or a buffer through `core::fmt::Write`).
+    pub fn report(&self) -> Report {
+        Report { stats: self.stats(), classes: self.class_stats(), usage: self.object.usage() }
+    }
+
+    /// Writes [`report`](Self::report)'s text to `out` without building a
+    /// [`Report`] (over a kilobyte): what a firmware with a small stack
+    /// prints. Each class's row is worked out as it is written (a walk of
+    /// the arenas per class).
+    pub fn write_report(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        write_report(out, &self.stats(), &self.object.usage(), |class| self.object.class_stat(class))
+    }
+
+    /// Checks every layer's invariants, panicking on a broken one.
+    pub fn check_invariants(&self) {
+        self.object.check_invariants();
+        self.segment.check_invariants();
+    }
+
+    /// The `GlobalAlloc` view of a result: the pointer, or null with the
+    /// failure counted.
+    #[inline]
+    pub(super) fn or_null(&mut self, result: Result<NonNull<u8>, AllocateError>) -> *mut u8 {
+        match result {
+            Ok(p) => p.as_ptr(),
+            Err(AllocateError::Refused(_)) => {
+                self.stats.refused_frees += 1;
+                ptr::null_mut()
+            }
+            Err(_) => {
+                self.stats.failed_allocations += 1;
+                ptr::null_mut()
+            }
+        }
+    }
+}
+
+/// What a caller may use of a layer 0 block whose payload is `size` bytes,
+/// under a heap whose layer +2 serves up to `threshold` bytes in classes of
+/// `1 << class_shift`. A small block there was allocated under its class's
+/// layout, which its chunk fits at most a granule over: the whole class
+/// granules in it name that class (or the next one up, which the chunk
+/// holds as well), so that every small path takes the block as one of the
+/// class it was allocated in.
+#[inline]
+pub(crate) fn layer_0_usable(size: usize, threshold: usize, class_shift: u32) -> usize {
+    if size <= threshold { size & !((1 << class_shift) - 1) } else { size }
+}
+
+/// The layout of a block of `size` usable bytes (a multiple of 8, not 0)
+/// found without its own: aligned to the largest power of two dividing the
+/// size, up to 16 (a +2 block of an 8-byte class is 8-aligned).
+#[inline]
+pub(crate) fn usable_layout(size: usize) -> Layout {
+    let align = (size & size.wrapping_neg()).min(ALIGNMENT);
+    Layout::from_size_align(size, align).expect("a block's size fits isize")
+}
+
+/// Copies `len` bytes of a block that moves by realloc from `src` to `dst`.
+///
+/// A large copy whose destination lies just after its source modulo 4 KiB
+/// is copied from the end: copied from the start, each load would follow a
+/// store to an address the CPU cannot tell apart from it (4K aliasing), and
+/// the string copy of the C library slows down several times (measured on
+/// the random-30000 trace: 66 KiB in 81 000 ticks against 25 000).
+///
+/// # Safety
+///
+/// `src` and `dst` must be valid for `len` bytes and not overlap.
+#[inline]
+unsafe fn move_data(src: NonNull<u8>, dst: NonNull<u8>, len: usize) {
+    let (s, d) = (src.as_ptr(), dst.as_ptr());
+    if len < 4096 || (d as usize).wrapping_sub(s as usize) % 4096 >= 256 {
+        // SAFETY: the caller's promise.
+        unsafe { ptr::copy_nonoverlapping(s, d, len) };
+        return;
+    }
+    // From the end, in pieces: each piece's loads come before the stores
+    // that alias them.
+    let mut left = len;
+    while left > 0 {
+        let piece = left.min(256);
+        left -= piece;
+        // SAFETY: `[left, left + piece)` lies in both blocks.
+        unsafe { ptr::copy_nonoverlapping(s.add(left), d.add(left), piece) };
+    }
+}
