@@ -24,7 +24,7 @@ impl fmt::Display for Domain {
 }
 
 /// A [`GlobalAlloc`] that knows which [`Domain`] each block is allocated and
-/// freed through. [`LockedHeap`] records it in debug mode and catches a block
+/// freed through. [`LockedHeap`](super::LockedHeap) records it in debug mode and catches a block
 /// freed through the wrong one; [`Untagged`] adapts any other allocator.
 ///
 /// # Safety

@@ -19,7 +19,7 @@ pub enum AllocateError {
         /// Why layer 0 could not serve it then.
         segment: segment::AllocateError,
     },
-    /// The requested size overflows a [`Layout`].
+    /// The requested size overflows a [`Layout`](core::alloc::Layout).
     InvalidLayout {
         /// The size asked for.
         size: usize,
@@ -69,7 +69,7 @@ impl core::error::Error for AllocateError {
     }
 }
 
-/// Why [`Heap::with_geometry`] refused its configuration.
+/// Why [`Heap::with_geometry`](super::Heap::with_geometry) refused its configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InvalidConfig {
     /// Layer +2's geometry cannot serve.

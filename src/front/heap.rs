@@ -28,7 +28,7 @@ pub enum Layer {
 
 /// The allocator stack over one page source: layers 0, +1 and +2.
 ///
-/// Works through `&mut self`; [`LockedHeap`] adds the lock and `GlobalAlloc`.
+/// Works through `&mut self`; [`LockedHeap`](super::LockedHeap) adds the lock and `GlobalAlloc`.
 pub struct Heap<S> {
     pub(super) object: ObjectAllocator,
     pub(super) segment: SegmentAllocator,
@@ -116,7 +116,7 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<'_, S> {
 
 impl Heap<RegionSource> {
     /// A heap with no memory: every allocation fails until it is given a
-    /// region ([`LockedHeap::init`]). All zeros, so a static one costs no
+    /// region ([`LockedHeap::init`](super::LockedHeap::init)). All zeros, so a static one costs no
     /// flash and no copy at reset (it lies in `.bss`).
     pub const fn empty() -> Self {
         Self::unset(RegionSource::empty())
@@ -239,7 +239,7 @@ impl<S: PageSource> Heap<S> {
     /// class gets pools of layer +2: [`COLD_REQUESTS`] by default, so that a
     /// class asked for little costs no pool; 0 serves every small request
     /// from pools at once, as CPython does. A heap given its memory later
-    /// ([`LockedHeap::init`]) starts from the default again.
+    /// ([`LockedHeap::init`](super::LockedHeap::init)) starts from the default again.
     pub fn set_cold_limit(&mut self, requests: u32) {
         self.cold_limit = requests;
     }

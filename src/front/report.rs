@@ -45,7 +45,7 @@ pub struct HeapStats {
     pub segments: segment::SegmentStats,
 }
 
-/// A snapshot of every layer; see [`Heap::report`].
+/// A snapshot of every layer; see [`Heap::report`](super::Heap::report).
 #[derive(Clone, Copy, Debug)]
 pub struct Report {
     /// Counters of every layer.
@@ -62,7 +62,7 @@ impl fmt::Display for Report {
     }
 }
 
-/// Writes the report of [`Heap::report`] from its parts, computing each
+/// Writes the report of [`Heap::report`](super::Heap::report) from its parts, computing each
 /// class's row (`class`) as it goes.
 pub(super) fn write_report(
     f: &mut dyn fmt::Write,
