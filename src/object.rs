@@ -49,8 +49,8 @@
 //! to 16: `class = ((size - 1) | 8·[align = 16]) >> 3`. Every block of a
 //! 16-multiple class is 16-aligned (pool headers are 16-multiples), so the
 //! 16-byte guarantee holds for every request that asks for it, and the
-//! quantization loss halves (measured on the CPython-like fill of a 32 MiB
-//! region: 1.46 % of the region with 16-byte classes). Heaps under 1 MiB keep
+//! quantization loss halves (see *Measured choices* in `docs/DESIGN.md`).
+//! Heaps under 1 MiB keep
 //! 32 classes of 16 bytes so that their few pools are not spread over 64
 //! classes.
 //!
@@ -304,11 +304,10 @@ impl Geometry {
     /// alone would fill 64 KiB). From 256 KiB to 1 MiB this layer serves
     /// requests of up to 256 bytes from 2 KiB pools in 8 KiB arenas. Under
     /// 256 KiB it is off (threshold 0) and every request goes to layer 0's
-    /// first fit: measured on a 64 KiB heap over 16 seeds of the firmware's
-    /// mixed workload, segregating even the 4–16-byte requests into pools cut
-    /// the allocations served before the first failure by 3 % (by 8 % with a
-    /// 64-byte threshold), because small objects no longer fill the holes
-    /// that first fit leaves between larger ones.
+    /// first fit: segregating even the smallest requests into pools serves
+    /// fewer allocations before the first failure, because small objects no
+    /// longer fill the holes that first fit leaves between larger ones
+    /// (*Measured choices* in `docs/DESIGN.md`).
     ///
     /// Without the `pools` feature the layer is off at every size.
     pub const fn for_window(len: usize) -> Self {
@@ -357,11 +356,9 @@ impl Geometry {
     /// The geometry for a [committed](crate::PageSource::COMMITTED) page
     /// source (a region) whose window is `len` bytes: [`for_window`]'s
     /// from [`REGION_POOLS_FROM`] up, and this layer off below it, where
-    /// layer 0 serves every request. Measured on the fill sweep, a pool per
-    /// size class strands more of a smaller region than layer 0's headers
-    /// cost (at 4 MiB, 4 KiB pools filled 92.4 % with blocks up to 512
-    /// bytes and 91.5 % with CPython-like objects, against 93.7 % and 94.2 %
-    /// from layer 0 alone).
+    /// layer 0 serves every request: on a smaller region a pool per size
+    /// class strands more memory than layer 0's headers cost (*Measured
+    /// choices* in `docs/DESIGN.md`).
     ///
     /// Without the `pools` feature the layer is off at every size.
     ///

@@ -106,9 +106,8 @@ unsafe impl lock_api::RawMutex for CriticalSectionLock {
 /// Drepper's three states (free, held, held with waiters). A waiter spins
 /// briefly — a holder runs for a few hundred instructions — then sleeps in
 /// the kernel until the holder wakes it. Where threads outnumber cores, a
-/// spin lock whose waiters yield keeps the holder off the CPU (measured on
-/// a 4-thread C churn through `strata-malloc` on 2 cores: 1.58× glibc's
-/// time with the yielding spin lock, about 1.2× with this one).
+/// spin lock whose waiters yield keeps the holder off the CPU (*Measured
+/// choices* in `docs/DESIGN.md`).
 #[cfg(all(feature = "std", target_os = "linux", not(feature = "critical-section")))]
 #[derive(Debug)]
 pub struct FutexLock(core::sync::atomic::AtomicU32);

@@ -2,17 +2,18 @@
 //! whose entries are naked-function trampolines (stable Rust, no
 //! `abi_x86_interrupt`), and one dispatcher that reports faults.
 //!
-//! A breakpoint is counted, reported and resumed. Any other exception prints
-//! a report — vector, name, error code, instruction pointer, and for a page
-//! fault the address from CR2 and what the VMM knows of it (guard page of
-//! which region, unmapped page, unreserved) — then hands over to the test
-//! framework (which may expect it) or exits QEMU with failure. With
-//! `-no-reboot`, even a triple fault ends the run instead of looping.
+//! A breakpoint is counted, reported and resumed, a timer tick goes to the
+//! timer. Any other exception becomes a [`Fault`] — vector, error code,
+//! instruction pointer, and for a page fault the address from CR2, what the
+//! VMM knows of it and which sampled allocation it hit — for
+//! [`faults`](crate::faults) to report and hand over. With `-no-reboot`,
+//! even a triple fault ends the run instead of looping.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use spin::LazyLock as Lazy;
-use strata::vmm::AddressInfo;
+
+use crate::faults::Fault;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::load_tss;
@@ -78,23 +79,6 @@ pub struct TrapFrame {
     /// Stack pointer at the time of the exception.
     pub rsp: u64,
     ss: u64,
-}
-
-/// What the fault handler knows of an exception it could not resolve.
-#[derive(Clone, Copy, Debug)]
-pub struct Fault {
-    /// Exception vector.
-    pub vector: u64,
-    /// Error code pushed by the CPU, or 0.
-    pub error_code: u64,
-    /// Faulting instruction.
-    pub rip: u64,
-    /// CR2, for page faults and double faults.
-    pub address: Option<VirtAddr>,
-    /// What the VMM knows of `address`, when it could be asked.
-    pub info: Option<AddressInfo>,
-    /// Which sampled allocation `address` hit, if it lies in the sampling pool.
-    pub sample: Option<crate::sampling::Hit>,
 }
 
 /// Breakpoints handled so far.
@@ -221,31 +205,6 @@ pub fn init() {
     IDT.load();
 }
 
-/// Name of an exception vector.
-pub fn vector_name(vector: u64) -> &'static str {
-    match vector {
-        0 => "divide error",
-        1 => "debug",
-        2 => "non-maskable interrupt",
-        3 => "breakpoint",
-        4 => "overflow",
-        5 => "bound range exceeded",
-        6 => "invalid opcode",
-        7 => "device not available",
-        8 => "double fault",
-        10 => "invalid TSS",
-        11 => "segment not present",
-        12 => "stack-segment fault",
-        13 => "general protection fault",
-        14 => "page fault",
-        16 => "x87 floating-point",
-        17 => "alignment check",
-        18 => "machine check",
-        19 => "SIMD floating-point",
-        _ => "unknown",
-    }
-}
-
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if frame.vector == u64::from(crate::timer::TIMER_VECTOR) {
         crate::timer::on_tick();
@@ -261,42 +220,5 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let sample = address.and_then(|a| crate::sampling::describe(a.as_u64()));
     let fault =
         Fault { vector: frame.vector, error_code: frame.error_code, rip: frame.rip, address, info, sample };
-    crate::serial::force_unlock();
-    report(&fault);
-    crate::test::on_fault(&fault)
-}
-
-/// Prints the report of an unresolved exception.
-pub fn report(fault: &Fault) {
-    crate::println!(
-        "\n!!! EXCEPTION: {} (vector {}), error code {:#x}, rip={:#x}",
-        vector_name(fault.vector),
-        fault.vector,
-        fault.error_code,
-        fault.rip
-    );
-    if fault.vector == 14 {
-        let e = fault.error_code;
-        crate::println!(
-            "    {} access, {}{}",
-            if e & 0x10 != 0 {
-                "instruction fetch"
-            } else if e & 2 != 0 {
-                "write"
-            } else {
-                "read"
-            },
-            if e & 1 != 0 { "protection violation" } else { "page not present" },
-            if e & 8 != 0 { ", reserved bit set" } else { "" }
-        );
-    }
-    if let Some(addr) = fault.address {
-        match fault.info {
-            Some(info) => crate::println!("    address {:#x}: {info}", addr.as_u64()),
-            None => crate::println!("    address {:#x} (VMM unavailable)", addr.as_u64()),
-        }
-    }
-    if let Some(hit) = fault.sample {
-        crate::println!("    sampling: {hit}");
-    }
+    crate::faults::unresolved(&fault)
 }

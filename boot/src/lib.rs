@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod entry;
+pub mod faults;
 pub mod heap;
 pub mod interrupts;
 pub mod memory;
@@ -99,8 +100,5 @@ pub unsafe fn switch_stack(top: VirtAddr, f: extern "C" fn() -> !) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    serial::force_unlock();
-    test::on_panic(info);
-    println!("\n!!! KERNEL PANIC: {info}");
-    exit_failure()
+    faults::panicked(info)
 }

@@ -20,7 +20,7 @@ use spin::{Mutex, Once};
 use strata::vmm::AddressInfo;
 use x86_64::VirtAddr;
 
-use crate::interrupts::Fault;
+use crate::faults::{self, Fault, Hooks};
 use crate::{BootInfo, println};
 
 /// What a test case expects to happen.
@@ -210,6 +210,7 @@ pub fn main(boot: &'static BootInfo) -> ! {
         order[..n].sort_unstable_by_key(|&i| KERNEL_TESTS[usize::from(i)].name);
         (order, n)
     });
+    faults::install(Hooks { on_fault, on_panic });
     RUNNING.store(true, Ordering::SeqCst);
     println!("\nrunning {} kernel tests", ORDER.get().map_or(0, |o| o.1));
     run_remaining()
@@ -309,8 +310,8 @@ pub fn last_released_locks(f: impl FnOnce(&str)) {
     f(RELEASED.lock().as_str());
 }
 
-/// Called by the panic handler.
-pub(crate) fn on_panic(info: &core::panic::PanicInfo<'_>) {
+/// The framework's panic hook: a case expected to panic passes.
+fn on_panic(info: &core::panic::PanicInfo<'_>) {
     let Some(test) = take_current() else { return };
     match test.expect {
         Expect::Panic => {
@@ -331,8 +332,8 @@ pub(crate) fn on_panic(info: &core::panic::PanicInfo<'_>) {
     resume()
 }
 
-/// Called by the exception dispatcher after it printed the report.
-pub(crate) fn on_fault(fault: &Fault) -> ! {
+/// The framework's fault hook: a case expected to fault passes.
+fn on_fault(fault: &Fault) -> ! {
     let Some(test) = take_current() else { crate::exit_failure() };
     let expected = EXPECTED_FAULT.lock().take();
     let sample = EXPECTED_SAMPLE.lock().take();

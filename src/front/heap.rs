@@ -781,8 +781,8 @@ pub(crate) fn usable_layout(size: usize) -> Layout {
 /// A large copy whose destination lies just after its source modulo 4 KiB
 /// is copied from the end: copied from the start, each load would follow a
 /// store to an address the CPU cannot tell apart from it (4K aliasing), and
-/// the string copy of the C library slows down several times (measured on
-/// the random-30000 trace: 66 KiB in 81 000 ticks against 25 000).
+/// the string copy of the C library slows down several times (*Measured
+/// choices* in `docs/DESIGN.md`).
 ///
 /// # Safety
 ///

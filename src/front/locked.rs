@@ -34,8 +34,8 @@ type Relax = spin::Spin;
 /// outnumber cores and meet at the lock often, a
 /// [`FutexLock`](crate::sync::FutexLock) (Linux, `std`) does better; its
 /// unlock is an exchange where this one's is a store, which costs the
-/// single-threaded quick path about 10 instructions per call (callgrind,
-/// cpython-churn: 155 against 145), so it is not the default.
+/// single-threaded quick path more (*Measured choices* in
+/// `docs/DESIGN.md`), so it is not the default.
 #[cfg(not(feature = "critical-section"))]
 pub type DefaultLock = spin::mutex::SpinMutex<(), Relax>;
 /// The lock [`LockedHeap`] uses unless told otherwise: with the

@@ -904,10 +904,8 @@ impl Tlsf {
             let nh = head(n);
             let nsize = if nh & IN_USE == 0 { size_of_head(nh) } else { 0 };
             let total = psize + have + nsize;
-            // Moving much data down is slow (measured on the random-30000
-            // trace: 55 KiB moved down took 7 times the copy to a fresh
-            // block, 75 KiB moved by a few hundred bytes as much): only
-            // small blocks grow backward.
+            // Moving much data down is slow (*Measured choices* in
+            // `docs/DESIGN.md`): only small blocks grow backward.
             if total < need || keep > MAX_SHIFT {
                 return None;
             }
