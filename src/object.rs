@@ -445,6 +445,9 @@ impl fmt::Display for GeometryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ClassShift(s) => write!(f, "class_shift {s} is neither 3 nor 4"),
+            Self::Threshold(t) if !ON && *t > 0 => {
+                write!(f, "threshold {t}: layer +2 is not built (feature `pools`)")
+            }
             Self::Threshold(t) => {
                 write!(f, "threshold {t} is over {SMALL_REQUEST_THRESHOLD} or not a multiple of 16")
             }

@@ -595,7 +595,18 @@ impl SegmentAllocator {
     /// Whether this layer holds its source's whole window and has fewer
     /// than `bytes` free in it.
     pub(crate) fn holds_less_than(&self, bytes: usize) -> bool {
-        self.whole && self.tlsf.free_bytes() < bytes
+        let free =
+            if self.engine() == Engine::FirstFit { self.first_fit.free() } else { self.tlsf.free_bytes() };
+        self.whole && free < bytes
+    }
+
+    /// What this layer keeps of every arena it gives layer +2: TLSF keeps
+    /// [`ARENA_TAIL`] bytes for the boundary tag of the chunk after it;
+    /// first fit keeps nothing (a tail left free would be a hole in which
+    /// layer 0 places blocks that lie in the arena's slot, which layer +2
+    /// then takes for its own), so its arenas are whole.
+    pub(crate) fn arena_tail(&self) -> usize {
+        if self.engine() == Engine::FirstFit { 0 } else { ARENA_TAIL }
     }
 
     /// Allocates a long-lived block (an arena of layer +2) for `layout`: as

@@ -86,6 +86,7 @@ fn asking_for_a_layer_not_built_is_refused() {
     let region = Region::new(1 << 20);
     let refused = Heap::with_geometry(region.source(), Geometry::CPYTHON, Config::for_window(1 << 20));
     assert_eq!(refused.err(), Some(InvalidConfig::Geometry(GeometryError::Threshold(512))));
+    assert!(GeometryError::Threshold(512).to_string().contains("not built (feature `pools`)"));
     let tlsf = Config { first_fit: false, ..Config::for_window(1 << 20) };
     let off = Geometry { threshold: 0, ..Geometry::for_region(1 << 20) };
     let refused = Heap::with_geometry(region.source(), off, tlsf);

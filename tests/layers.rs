@@ -736,3 +736,50 @@ fn a_growing_buffer_is_never_copied_when_large() {
     assert_eq!(late_large_moves, 0, "blocks of 64 KiB and more were copied");
     heap.check_invariants();
 }
+
+/// Layer +2 over a first-fit layer 0 holding a region whole: the arenas are
+/// whole blocks of layer 0, so no block of layer 0 ever lies in an arena's
+/// slot (a free tail there once let layer +2 take a layer 0 block into a
+/// pool and hand out memory past the arena), and layer +2 gets its arenas
+/// (first fit's free bytes count, where TLSF's once did alone).
+#[test]
+fn pools_over_first_fit_take_whole_arenas_and_never_a_layer_0_block() {
+    #[cfg(feature = "pools")]
+    {
+        let size = 32 << 20;
+        let region = Region::new(size);
+        let config = Config { first_fit: true, ..Config::for_window(size) };
+        let mut heap = Heap::with_geometry(region.source(), Geometry::CPYTHON, config).unwrap();
+        heap.set_cold_limit(0);
+        let mut rng = common::Rng(0xa7e4);
+        let mut live: Vec<(NonNull<u8>, Layout, u8)> = Vec::new();
+        for step in 0..60_000u32 {
+            if !live.is_empty() && (rng.below(3) == 0 || live.len() > 4000) {
+                let (p, l, tag) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                // SAFETY: a live block of `l.size()` bytes.
+                let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), l.size()) };
+                assert!(bytes.iter().all(|&b| b == tag), "step {step}: a block's contents changed");
+                // SAFETY: allocated with this layout.
+                unsafe { heap.deallocate(p, l) }.unwrap_or_else(|e| panic!("step {step}: {e}"));
+            } else {
+                let size =
+                    if rng.below(2) == 0 { 1 + rng.below(512) } else { 513 + rng.below(1500) } as usize;
+                let l = Layout::from_size_align(size, 8).unwrap();
+                let Ok(p) = heap.allocate(l) else { continue };
+                let expected = if size <= 512 { Layer::Object } else { Layer::Segment };
+                assert_eq!(heap.owner(p.as_ptr()), Some(expected), "step {step}: {size} bytes at {p:p}");
+                let tag = step as u8;
+                // SAFETY: a fresh block of `size` bytes.
+                unsafe { p.as_ptr().write_bytes(tag, size) };
+                live.push((p, l, tag));
+            }
+        }
+        heap.check_invariants();
+        assert!(heap.stats().arenas.allocated_total > 0, "layer +2 never got an arena: {:?}", heap.stats());
+        for (p, l, _) in live {
+            // SAFETY: allocated with this layout.
+            unsafe { heap.deallocate(p, l) }.unwrap();
+        }
+        heap.check_invariants();
+    }
+}

@@ -62,7 +62,8 @@ impl<S> fmt::Debug for Heap<S> {
 /// Where layer +2 takes its arenas: the page source, or, where layer 0
 /// holds a committed source whole ([`SegmentAllocator::serves_arenas`]),
 /// layer 0, as aligned blocks that leave the arena's last
-/// [`object::ARENA_TAIL`] bytes to layer 0's boundary tag.
+/// [`object::ARENA_TAIL`] bytes to layer 0's boundary tag (TLSF), or whole
+/// (first fit: [`SegmentAllocator::arena_tail`]).
 struct ArenaPages<'a, S> {
     segment: &'a mut SegmentAllocator,
     source: &'a mut S,
@@ -71,10 +72,11 @@ struct ArenaPages<'a, S> {
 const _: () = assert!(object::ARENA_TAIL == segment::ARENA_TAIL);
 
 impl<S: PageSource> ArenaPages<'_, S> {
-    /// The layout of an arena of `size` bytes as a block of layer 0.
-    fn arena_layout(size: usize) -> Result<Layout, PagesError> {
+    /// The layout of an arena of `size` bytes as a block of layer 0, which
+    /// keeps its last `tail` bytes.
+    fn arena_layout(size: usize, tail: usize) -> Result<Layout, PagesError> {
         let invalid = PagesError::InvalidRequest { size, align: size };
-        let payload = size.checked_sub(object::ARENA_TAIL).ok_or(invalid)?;
+        let payload = size.checked_sub(tail).ok_or(invalid)?;
         Layout::from_size_align(payload, size).map_err(|_| invalid)
     }
 }
@@ -83,7 +85,7 @@ impl<S: PageSource> ArenaPages<'_, S> {
 // lie in its spans inside that same source's window, are aligned as asked
 // (the layout carries the alignment), and are ours until given back; layer
 // +2 leaves the last `ARENA_TAIL` bytes of each arena alone, which is all
-// that layer 0's block is short of `size`.
+// that layer 0's block is short of `size` (nothing, under first fit).
 unsafe impl<S: PageSource> PageSource for ArenaPages<'_, S> {
     fn window(&self) -> (usize, usize) {
         self.source.window()
@@ -96,7 +98,7 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<'_, S> {
             return self.source.allocate_pages(size, align);
         }
         debug_assert_eq!(size, align, "arenas are aligned to their size");
-        let layout = Self::arena_layout(size)?;
+        let layout = Self::arena_layout(size, self.segment.arena_tail())?;
         // SAFETY: as above.
         unsafe { self.segment.allocate_high(layout, self.source) }
             .map_err(|_| PagesError::Exhausted { size, align })
@@ -108,7 +110,7 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<'_, S> {
             // SAFETY: forwarded contract.
             return unsafe { self.source.deallocate_pages(ptr, size) };
         }
-        let layout = Self::arena_layout(size).expect("an arena of layer 0");
+        let layout = Self::arena_layout(size, self.segment.arena_tail()).expect("an arena of layer 0");
         // SAFETY: the arena came from `allocate` with this layout.
         unsafe { self.segment.deallocate(ptr, layout, self.source) }.expect("an arena block of layer 0");
     }
