@@ -479,7 +479,7 @@ impl SegmentAllocator {
     /// # Panics
     ///
     /// If it holds or has held a span.
-    pub(crate) fn set_window(&mut self, config: Config, window: (usize, usize)) {
+    pub(crate) const fn set_window(&mut self, config: Config, window: (usize, usize)) {
         assert!(self.spans == 0 && self.released == 0, "layer 0 has held memory");
         self.map.set_window(window);
         self.config = config;

@@ -216,24 +216,23 @@ impl<S: PageSource> Heap<S> {
         let window = self.source.window();
         let geometry =
             if S::COMMITTED { Geometry::for_region(window.1) } else { Geometry::for_window(window.1) };
+        self.set_layers(window, geometry, Config::for_window(window.1));
+    }
+
+    /// Gives the layers of a heap that has never had memory the source's
+    /// window, a layer +2 geometry and layer 0 tunables (both valid), in
+    /// place.
+    const fn set_layers(&mut self, window: (usize, usize), geometry: Geometry, config: Config) {
         self.object.set_window(geometry, window);
-        self.segment.set_window(Config::for_window(window.1), window);
+        self.segment.set_window(config, window);
         self.cold_limit = COLD_REQUESTS;
     }
 
     /// The one constructor: a heap over `source` (whose window is `window`)
-    /// with the given layer +2 geometry and layer 0 tunables.
+    /// with the given layer +2 geometry and layer 0 tunables, both valid.
     const fn from_parts(source: S, window: (usize, usize), geometry: Geometry, config: Config) -> Self {
         let mut heap = Self::unset(source);
-        heap.object = match ObjectAllocator::new(geometry, window) {
-            Ok(object) => object,
-            Err(_) => panic!("the geometry was validated"),
-        };
-        heap.segment = match SegmentAllocator::new(config, window) {
-            Ok(segment) => segment,
-            Err(_) => panic!("the tunables were validated"),
-        };
-        heap.cold_limit = COLD_REQUESTS;
+        heap.set_layers(window, geometry, config);
         heap
     }
 

@@ -189,7 +189,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// As [`init_with`](Self::init_with).
     pub fn init_heap(&self, new: Heap<S>) {
         let mut heap = self.heap.lock();
-        assert_eq!(heap.source.window().1, 0, "strata::LockedHeap::init_with on a heap that has memory");
+        heap.assert_unused();
         *heap = new;
         self.initialized.store(true, Ordering::Release);
     }
