@@ -36,9 +36,7 @@
 //! **The common call.** [`LockedHeap`]'s `alloc` and `dealloc` first try,
 //! under `try_lock`, the call most programs make most: a small block from
 //! the head pool of its class, or the free of a +2 block whose pool stays on
-//! its lists. That much fits in a few registers; everything else — layer 0,
-//! pools changing state, thread caches, a held lock — goes to an
-//! out-of-line path, so the common call pays for no large stack frame.
+//! its lists (`quick.rs`); everything else goes to an out-of-line path.
 //!
 //! **Domains and debug hooks.** [`LockedHeap`]'s entry points take the
 //! [`Domain`] a block is allocated through ([`DomainAlloc`]): `GlobalAlloc`
@@ -51,13 +49,16 @@
 //! per-thread cache of freed blocks up to 4 KiB in front of its lock
 //! ([`thread_cache`], glibc's tcache), unless switched off with
 //! [`LockedHeap::set_thread_caches`].
-
 //!
 //! One file per concern: [`Heap`] and its routing (`heap.rs`), the
-//! lock and `GlobalAlloc` ([`LockedHeap`], `locked.rs`), domains
-//! ([`Domain`], `domain.rs`), the statistics and their report
-//! (`report.rs`), and the errors (`error.rs`).
+//! lock and `GlobalAlloc` ([`LockedHeap`], `locked.rs`), what a call goes
+//! through around the lock (`hooks.rs`: the contract and the one type the
+//! features select — `quick.rs`, `cached.rs` with [`thread_cache`], or
+//! [`debug`]), domains ([`Domain`], `domain.rs`), the statistics and their
+//! report (`report.rs`), and the errors (`error.rs`).
 
+#[cfg(all(feature = "std", not(feature = "debug")))]
+mod cached;
 #[cfg(feature = "debug")]
 pub mod debug;
 #[cfg(feature = "std")]
@@ -66,7 +67,10 @@ pub mod thread_cache;
 mod domain;
 mod error;
 mod heap;
+mod hooks;
 mod locked;
+#[cfg(not(feature = "debug"))]
+mod quick;
 mod report;
 
 pub use domain::{Domain, DomainAlloc, Untagged};

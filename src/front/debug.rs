@@ -38,6 +38,7 @@ use core::alloc::Layout;
 use core::fmt;
 use core::ptr::{self, NonNull};
 
+use super::hooks::{Guard, Hooks, Lock, no_unwind};
 use super::{AllocateError, DeallocateError, Domain, Heap, Layer};
 use crate::source::PageSource;
 use crate::sync::stat;
@@ -570,5 +571,156 @@ impl Violation {
             self.bad[self.bad_count] = BadByte { offset, value };
         }
         self.bad_count += 1;
+    }
+}
+
+/// The hooks of a `debug` build: every call of a
+/// [`LockedHeap`](super::LockedHeap) takes the lock and goes through the
+/// checks above (no quick path, no thread caches), and a violation is acted
+/// on once the lock is released.
+#[derive(Debug)]
+pub(super) struct Checked;
+
+impl Hooks for Checked {
+    const NEW: Self = Checked;
+
+    fn lock<'a, S: PageSource, L: lock_api::RawMutex>(&self, heap: &'a Lock<S, L>) -> Guard<'a, S, L> {
+        heap.lock()
+    }
+
+    /// A panicking policy must not leave the heap locked.
+    fn settle<S: PageSource, L: lock_api::RawMutex>(&self, mut heap: Guard<'_, S, L>) {
+        if let Some((violation, policy)) = heap.take_violation() {
+            drop(heap);
+            policy.apply(&violation);
+        }
+    }
+
+    fn alloc<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        layout: Layout,
+        domain: Domain,
+    ) -> *mut u8 {
+        self.allocate(heap, layout, domain, false)
+    }
+
+    fn alloc_zeroed<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        layout: Layout,
+    ) -> *mut u8 {
+        self.allocate(heap, layout, Domain::HEAP, true)
+    }
+
+    unsafe fn dealloc<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        domain: Domain,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { self.free(heap, p, |_| layout, domain) }
+    }
+
+    unsafe fn realloc<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        no_unwind(|| {
+            let mut h = self.lock(heap);
+            // SAFETY: forwarded contract; the checks verify the block.
+            let result = unsafe { h.debug_reallocate(p, layout, new_size, Domain::HEAP) };
+            // SAFETY: as above: a failed realloc left the block as it was.
+            let p = self.block_or_null(&mut h, result, |h| unsafe {
+                h.debug_reallocate(p, layout, new_size, Domain::HEAP)
+            });
+            self.settle(h);
+            p
+        })
+    }
+
+    /// Any pointer is checked and reported; one without a header of this
+    /// heap is checked as a byte, and refused.
+    unsafe fn dealloc_unsized<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+    ) {
+        let recorded = |h: &Heap<S>| h.debug_layout(p).map_or(Layout::new::<u8>(), |(layout, _)| layout);
+        // SAFETY: forwarded contract.
+        unsafe { self.free(heap, p, recorded, Domain::HEAP) }
+    }
+
+    /// The size a live block's header records.
+    unsafe fn usable_layout<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+    ) -> Option<Layout> {
+        let h = self.lock(heap);
+        let layout = h.debug_layout(p).and_then(|(layout, live)| live.then_some(layout));
+        self.settle(h);
+        layout
+    }
+
+    /// Whatever layout the header records, live or not, so that the realloc
+    /// checks the block and reports what it finds.
+    unsafe fn realloc_layout<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+    ) -> Option<Layout> {
+        let h = self.lock(heap);
+        let layout = h.debug_layout(p).map(|(layout, _)| layout);
+        self.settle(h);
+        layout
+    }
+}
+
+impl Checked {
+    /// Frees `p` through `domain` with the layout `layout` gives under the
+    /// lock, counting a refusal.
+    ///
+    /// # Safety
+    ///
+    /// As [`Hooks::dealloc`]: the checks verify the layout and the domain.
+    unsafe fn free<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: impl FnOnce(&Heap<S>) -> Layout,
+        domain: Domain,
+    ) {
+        no_unwind(|| {
+            let mut h = self.lock(heap);
+            let layout = layout(&h);
+            // SAFETY: forwarded contract.
+            if unsafe { h.debug_deallocate(p, layout, domain) }.is_err() {
+                h.stats.refused_frees += 1;
+            }
+            self.settle(h);
+        })
+    }
+
+    /// A debug block for `layout` through `domain`, or null, counted.
+    fn allocate<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        layout: Layout,
+        domain: Domain,
+        zeroed: bool,
+    ) -> *mut u8 {
+        no_unwind(|| {
+            let mut h = self.lock(heap);
+            let result = h.debug_allocate(layout, domain, zeroed);
+            let p = self.block_or_null(&mut h, result, |h| h.debug_allocate(layout, domain, zeroed));
+            self.settle(h);
+            p
+        })
     }
 }

@@ -1,5 +1,7 @@
 //! [`LockedHeap`]: a [`Heap`] behind a lock, as `GlobalAlloc` and
-//! [`DomainAlloc`] — the quick paths, the thread caches, `fork`.
+//! [`DomainAlloc`]. What a call goes through around the lock — the quick
+//! paths, the thread caches, the debug checks — is the hooks' business
+//! ([`hooks`](super::hooks)), chosen by the features in one place.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
@@ -9,17 +11,10 @@ use core::sync::atomic::Ordering;
 
 #[cfg(feature = "debug")]
 use super::debug;
-#[cfg(all(feature = "std", not(feature = "debug")))]
-use super::thread_cache;
-use super::{AllocateError, Domain, DomainAlloc, Heap, HeapStats};
-#[cfg(all(feature = "std", not(feature = "debug")))]
-use crate::object;
+use super::hooks::{Guard, Hooks, Selected};
+use super::{Domain, DomainAlloc, Heap, HeapStats};
 use crate::object::ALIGNMENT;
-#[cfg(not(feature = "debug"))]
-use crate::source::reach;
 use crate::source::{PageSource, RegionSource};
-#[cfg(all(feature = "std", not(feature = "debug")))]
-use crate::sync::stat;
 use crate::sync::{AtomicBool, Padded};
 
 /// How a waiter for the heap lock passes time: yielding to the OS with the
@@ -70,18 +65,8 @@ pub struct LockedHeap<S = RegionSource, L: lock_api::RawMutex = DefaultLock> {
     /// slow the threads that read the fields below from their caches.
     heap: Padded<lock_api::Mutex<L, Heap<S>>>,
     initialized: AtomicBool,
-    /// Whether threads cache this heap's blocks (`std`): [`CACHES_AUTO`]
-    /// until two threads first meet at the lock, then [`CACHES_ON`];
-    /// [`CACHES_OFF`] or on when set so.
-    #[cfg(feature = "std")]
-    #[cfg_attr(feature = "debug", allow(dead_code))]
-    thread_caches: core::sync::atomic::AtomicU8,
-    /// The heap's identity for the thread caches.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    link: thread_cache::Link,
-    /// Layer +2's arena bitmap, for threads to read without the lock.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    arena_mirror: thread_cache::ArenaMirror,
+    /// What the calls go through around the lock ([`Selected`]).
+    hooks: Selected,
 }
 
 impl<S, L: lock_api::RawMutex> fmt::Debug for LockedHeap<S, L> {
@@ -110,12 +95,7 @@ impl<L: lock_api::RawMutex> LockedHeap<RegionSource, L> {
         Self {
             heap: Padded(lock_api::Mutex::new(Heap::empty())),
             initialized: AtomicBool::new(false),
-            #[cfg(feature = "std")]
-            thread_caches: core::sync::atomic::AtomicU8::new(CACHES_AUTO),
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            link: thread_cache::Link::new(),
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            arena_mirror: thread_cache::ArenaMirror::new(),
+            hooks: Selected::NEW,
         }
     }
 
@@ -158,12 +138,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         Self {
             heap: Padded(lock_api::Mutex::new(Heap::new_in_window(source, window))),
             initialized: AtomicBool::new(true),
-            #[cfg(feature = "std")]
-            thread_caches: core::sync::atomic::AtomicU8::new(CACHES_AUTO),
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            link: thread_cache::Link::new(),
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            arena_mirror: thread_cache::ArenaMirror::new(),
+            hooks: Selected::NEW,
         }
     }
 
@@ -210,8 +185,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     pub fn fork_prepare(&self) {
         assert!(!FORKING.swap(true, Ordering::Acquire), "strata: fork hooks of two heaps");
         core::mem::forget(self.heap.lock());
-        #[cfg(not(feature = "debug"))]
-        thread_cache::fork_prepare();
+        self.hooks.fork_prepare();
     }
 
     /// After `fork()`, in the parent: releases what
@@ -222,10 +196,10 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// Once after each `fork_prepare`, on the thread that called it.
     #[cfg(feature = "std")]
     pub unsafe fn fork_parent(&self) {
-        // SAFETY: the caller's promise: after `fork_prepare`.
+        // SAFETY: the caller's promise: after `fork_prepare`, which holds
+        // the lock.
         unsafe {
-            #[cfg(not(feature = "debug"))]
-            thread_cache::fork_parent();
+            self.hooks.fork_parent();
             self.heap.force_unlock();
         }
         FORKING.store(false, Ordering::Release);
@@ -242,8 +216,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     pub unsafe fn fork_child(&self) {
         // SAFETY: the caller's promise: after `fork_prepare`, in the child.
         unsafe {
-            #[cfg(not(feature = "debug"))]
-            thread_cache::fork_child();
+            self.hooks.fork_child();
             self.heap.force_unlock();
         }
         FORKING.store(false, Ordering::Release);
@@ -253,7 +226,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     pub fn with<R>(&self, f: impl FnOnce(&mut Heap<S>) -> R) -> R {
         let mut heap = self.lock();
         let r = f(&mut heap);
-        self.settle(heap);
+        self.hooks.settle(heap);
         r
     }
 
@@ -280,14 +253,8 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// Counters of every layer (with thread caches, including the reallocs
     /// they did without the lock, in place or into a cached block).
     pub fn stats(&self) -> HeapStats {
-        #[allow(unused_mut)]
-        let mut stats = self.lock().stats();
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        {
-            let cached = thread_cache::realloc_counts(&self.link);
-            stats.front.realloc_in_place += cached.in_place;
-            stats.front.realloc_moved += cached.moved;
-        }
+        let mut stats = self.with(|heap| heap.stats());
+        self.hooks.add_counts(&mut stats);
         stats
     }
 
@@ -305,7 +272,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     pub unsafe fn usable_size(&self, ptr: *const u8) -> Option<usize> {
         let p = NonNull::new(ptr.cast_mut())?;
         // SAFETY: forwarded contract.
-        unsafe { self.usable_layout(p) }.map(|l| l.size())
+        unsafe { self.hooks.usable_layout(&self.heap, p) }.map(|l| l.size())
     }
 
     /// Frees a block without its layout (C's `free`): null is ignored, and
@@ -318,42 +285,10 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// If the heap owns `ptr`, it must be a live block of it, not used after
     /// this call.
     pub unsafe fn dealloc_unsized(&self, ptr: *mut u8) {
-        let Some(p) = NonNull::new(ptr) else { return };
-        // SAFETY: forwarded contract; the quick path frees only a +2 block
-        // that starts where a block of its pool does.
-        #[cfg(not(feature = "debug"))]
-        if no_unwind(|| unsafe { self.free_quick_unsized(p) }) {
-            return;
-        }
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if self.caches_on() {
-            // Through the sized path, which knows the caches.
+        if let Some(p) = NonNull::new(ptr) {
             // SAFETY: forwarded contract.
-            return match unsafe { self.usable_layout(p) } {
-                // SAFETY: forwarded contract; the layout is the block's own.
-                Some(layout) => unsafe { self.dealloc(ptr, layout) },
-                None => self.refuse(),
-            };
+            unsafe { self.hooks.dealloc_unsized(&self.heap, p) }
         }
-        no_unwind(|| {
-            let mut heap = self.lock();
-            // Debug mode checks and reports any pointer; one without a
-            // header of this heap is checked as a byte, and refused.
-            #[cfg(feature = "debug")]
-            // SAFETY: forwarded contract; the checks verify the layout.
-            let refused = unsafe {
-                let layout = heap.debug_layout(p).map_or(Layout::new::<u8>(), |(layout, _)| layout);
-                heap.debug_deallocate(p, layout, Domain::HEAP)
-            }
-            .is_err();
-            // SAFETY: forwarded contract.
-            #[cfg(not(feature = "debug"))]
-            let refused = unsafe { heap.deallocate_unsized(p) }.is_err();
-            if refused {
-                heap.stats.refused_frees += 1;
-            }
-            self.settle(heap);
-        })
     }
 
     /// Resizes a block without its layout (C's `realloc`), keeping its first
@@ -377,47 +312,16 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         if new_size == 0 {
             return ptr::null_mut();
         }
-        // Debug mode checks and reports any block it is given, as `realloc`.
-        #[cfg(feature = "debug")]
-        let layout = self.with(|heap| heap.debug_layout(p).map(|(layout, _)| layout));
         // SAFETY: forwarded contract.
-        #[cfg(not(feature = "debug"))]
-        let layout = unsafe { self.usable_layout(p) };
-        match layout {
+        match unsafe { self.hooks.realloc_layout(&self.heap, p) } {
             // SAFETY: forwarded contract; the layout is the block's own,
             // the size not zero (`realloc` refuses one that overflows).
             Some(layout) => unsafe { self.realloc(ptr, layout, new_size) },
             None => {
-                self.refuse();
+                self.hooks.refuse(&self.heap);
                 ptr::null_mut()
             }
         }
-    }
-
-    /// The layout block `p` answers to ([`Heap::usable_layout`]; with
-    /// `debug`, the one its header records): without the lock where the
-    /// thread caches can tell.
-    ///
-    /// # Safety
-    ///
-    /// As [`usable_size`](Self::usable_size).
-    unsafe fn usable_layout(&self, p: NonNull<u8>) -> Option<Layout> {
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if self.caches_on()
-            // SAFETY: forwarded contract.
-            && let Some(layout) = unsafe {
-                thread_cache::usable_layout(&self.link, &self.arena_mirror, p, || self.cache_geometry())
-            }
-        {
-            return Some(layout);
-        }
-        let heap = self.lock();
-        #[cfg(feature = "debug")]
-        let layout = heap.debug_layout(p).and_then(|(layout, live)| live.then_some(layout));
-        #[cfg(not(feature = "debug"))]
-        let layout = heap.usable_layout(p).ok();
-        self.settle(heap);
-        layout
     }
 
     /// Gives the spares back to the page source (see [`Heap::trim`]), after
@@ -425,12 +329,45 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// caches).
     pub fn trim(&self) -> (usize, usize) {
         let mut heap = self.lock();
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        Self::reclaim_cached(&self.link, &mut heap);
+        self.hooks.reclaim(&mut heap);
         let r = heap.trim();
         // The spare arena may have gone: threads must stop caching its blocks.
-        self.settle(heap);
+        self.hooks.settle(heap);
         r
+    }
+
+    /// Switches the thread caches on or off for good. By default (with
+    /// `std`) they come on by themselves the first time two threads meet at
+    /// the heap's lock: a program that allocates from one thread keeps the
+    /// plain locked path, which is as fast when nobody waits. Off, every
+    /// call takes the lock, and the blocks threads' caches hold for this
+    /// heap come back at once. With the `debug` feature the caches are
+    /// always off: every block must pass through the debug hooks.
+    #[cfg(feature = "std")]
+    pub fn set_thread_caches(&self, on: bool) {
+        let mut heap = self.lock();
+        self.hooks.set_thread_caches(&mut heap, on);
+        self.hooks.settle(heap);
+    }
+
+    /// Whether threads cache this heap's blocks now (see
+    /// [`set_thread_caches`](Self::set_thread_caches)).
+    #[cfg(feature = "std")]
+    pub fn thread_caches_on(&self) -> bool {
+        self.hooks.thread_caches_on()
+    }
+
+    /// Debug mode: sets what the heap does with a violation (a panic by
+    /// default).
+    #[cfg(feature = "debug")]
+    pub fn set_debug_policy(&self, policy: debug::Policy) {
+        self.heap.lock().set_debug_policy(policy);
+    }
+
+    /// Takes the lock, as the hooks take it.
+    #[inline(always)]
+    fn lock(&self) -> Guard<'_, S, L> {
+        self.hooks.lock(&self.heap)
     }
 }
 
@@ -439,31 +376,11 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
 #[cfg(feature = "std")]
 static FORKING: AtomicBool = AtomicBool::new(false);
 
-/// [`LockedHeap`]'s thread caches are off.
-#[cfg(feature = "std")]
-#[cfg_attr(feature = "debug", allow(dead_code))]
-const CACHES_OFF: u8 = 0;
-/// They come on the first time two threads meet at the lock.
-#[cfg(feature = "std")]
-const CACHES_AUTO: u8 = 1;
-/// They are on.
-#[cfg(feature = "std")]
-const CACHES_ON: u8 = 2;
-
-/// A heap that goes takes its blocks out of every thread's cache (they
-/// are forgotten: their memory goes with the heap) and frees its place in
-/// the caches' registry.
-#[cfg(all(feature = "std", not(feature = "debug")))]
-impl<S, L: lock_api::RawMutex> Drop for LockedHeap<S, L> {
-    fn drop(&mut self) {
-        thread_cache::detach(&mut self.link);
-    }
-}
-
-// SAFETY: every method takes the lock, and `Heap` upholds the `GlobalAlloc`
-// contract: blocks are aligned to `layout.align()`, at least `layout.size()`
-// long, and disjoint while live; failures return null. In debug mode the
-// block handed out is the data part of a larger block of the same heap.
+// SAFETY: every call goes through the hooks, which take the lock, and
+// `Heap` upholds the `GlobalAlloc` contract: blocks are aligned to
+// `layout.align()`, at least `layout.size()` long, and disjoint while live;
+// failures return null. In debug mode the block handed out is the data part
+// of a larger block of the same heap.
 unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, L> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -478,570 +395,33 @@ unsafe impl<S: PageSource, L: lock_api::RawMutex> GlobalAlloc for LockedHeap<S, 
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // The block as `alloc` finds it (the quick path, a thread's cache),
-        // zeroed outside the lock.
-        #[cfg(not(feature = "debug"))]
-        {
-            // SAFETY: forwarded contract.
-            let p = unsafe { self.alloc(layout) };
-            if !p.is_null() {
-                // SAFETY: a fresh block at least `layout.size()` long.
-                unsafe { ptr::write_bytes(p, 0, layout.size()) };
-            }
-            p
-        }
-        #[cfg(feature = "debug")]
-        no_unwind(|| {
-            let mut heap = self.lock();
-            let result = heap.debug_allocate(layout, Domain::HEAP, true);
-            let p = self.block_or_null(&mut heap, result, |h| h.allocate_zeroed(layout));
-            self.settle(heap);
-            p
-        })
+        self.hooks.alloc_zeroed(&self.heap, layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        no_unwind(|| {
-            let Some(p) = NonNull::new(ptr) else {
-                return ptr::null_mut();
-            };
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            if self.caches_on() {
-                // SAFETY: forwarded contract.
-                match unsafe { thread_cache::realloc(&self.link, &self.arena_mirror, p, layout, new_size) } {
-                    // A block freed into a cache (this thread's or
-                    // another's): refused, as the heap refuses a block it
-                    // has freed.
-                    thread_cache::Realloc::Cached => {
-                        self.refuse();
-                        return ptr::null_mut();
-                    }
-                    thread_cache::Realloc::Locked => {}
-                    thread_cache::Realloc::InPlace => {
-                        return reach(p).as_ptr();
-                    }
-                    thread_cache::Realloc::Refill { new } => {
-                        let new = self.alloc_stocking(new, Some(p));
-                        if !new.is_null() {
-                            // SAFETY: both blocks are live, distinct, and at
-                            // least this long; the old one is freed once,
-                            // and not used afterwards.
-                            unsafe {
-                                ptr::copy_nonoverlapping(p.as_ptr(), new, layout.size().min(new_size));
-                                self.dealloc_in(p.as_ptr(), layout, Domain::HEAP);
-                            }
-                        }
-                        return new;
-                    }
-                    thread_cache::Realloc::Moved { new, free_old } => {
-                        if free_old {
-                            // SAFETY: the old block, live until now, freed once.
-                            unsafe { self.free_locked(p, layout) };
-                        }
-                        return new.as_ptr();
-                    }
-                }
-            }
-            let mut heap = self.lock();
-            // SAFETY: `GlobalAlloc`'s contract: a live block of ours with `layout`.
-            #[cfg(feature = "debug")]
-            let result = unsafe { heap.debug_reallocate(p, layout, new_size, Domain::HEAP) };
-            // SAFETY: as above.
-            #[cfg(not(feature = "debug"))]
-            let result = unsafe { heap.reallocate(p, layout, new_size) };
-            // SAFETY: as above: a failed realloc left the block as it was.
-            let p = self.block_or_null(&mut heap, result, |h| unsafe { h.reallocate(p, layout, new_size) });
-            self.settle(heap);
-            p
-        })
-    }
-}
-
-/// Runs an allocator entry point so that a panic inside it aborts the
-/// program instead of unwinding out of it (undefined behaviour under
-/// `GlobalAlloc`'s contract): for instance `linked_list_allocator`'s own
-/// check of a double free on a first-fit heap. Free on the normal path; with
-/// `panic = "abort"` (the kernel, firmware) the guard never runs.
-#[inline(always)]
-fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
-    /// Dropped only while a panic unwinds through the entry point: its own
-    /// panic is a panic during unwinding, which aborts.
-    struct Abort;
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            panic!("strata: a panic inside the allocator cannot unwind out of GlobalAlloc; aborting");
+        match NonNull::new(ptr) {
+            // SAFETY: `GlobalAlloc`'s contract: a live block of ours with
+            // `layout`, and a non-zero `new_size`.
+            Some(p) => unsafe { self.hooks.realloc(&self.heap, p, layout, new_size) },
+            None => ptr::null_mut(),
         }
     }
-    let guard = Abort;
-    let r = f();
-    core::mem::forget(guard);
-    r
 }
 
 // SAFETY: as the `GlobalAlloc` impl, of which this is the general form.
 unsafe impl<S: PageSource, L: lock_api::RawMutex> DomainAlloc for LockedHeap<S, L> {
     #[inline]
     unsafe fn alloc_in(&self, layout: Layout, domain: Domain) -> *mut u8 {
-        #[cfg(not(feature = "debug"))]
-        if let Some(p) = no_unwind(|| self.alloc_quick(layout)) {
-            return p.as_ptr();
-        }
-        self.alloc_rest(layout, domain)
+        self.hooks.alloc(&self.heap, layout, domain)
     }
 
     #[inline]
     unsafe fn dealloc_in(&self, ptr: *mut u8, layout: Layout, domain: Domain) {
-        let Some(p) = NonNull::new(ptr) else { return };
-        // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this allocator
-        // with `layout`, and is not used after this call.
-        #[cfg(not(feature = "debug"))]
-        if no_unwind(|| unsafe { self.free_quick(p) }) {
-            return;
+        if let Some(p) = NonNull::new(ptr) {
+            // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this
+            // allocator with `layout`, and is not used after this call.
+            unsafe { self.hooks.dealloc(&self.heap, p, layout, domain) }
         }
-        // SAFETY: as above; the quick path left the block as it was.
-        unsafe { self.dealloc_rest(p, layout, domain) }
-    }
-}
-
-impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
-    /// Every allocation the quick path leaves: through this thread's cache
-    /// when the caches are on, else under the lock.
-    #[inline(never)]
-    fn alloc_rest(&self, layout: Layout, domain: Domain) -> *mut u8 {
-        no_unwind(|| {
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            if domain == Domain::HEAP && self.caches_on() {
-                return match thread_cache::take(&self.link, layout) {
-                    Some(p) => p.as_ptr(),
-                    None => self.alloc_stocking(layout, None),
-                };
-            }
-            self.alloc_locked(layout, domain)
-        })
-    }
-
-    /// An allocation this thread's cache could not serve: through the lock,
-    /// and, for a small request from a pool, up to
-    /// [`thread_cache::REFILL`] more blocks of its class from the same pool
-    /// go into the cache under the same lock, for the requests to come.
-    ///
-    /// `moving`: the block of a realloc that moves (counted as such). It is
-    /// checked under the lock first, as the heap checks a block it frees: a
-    /// block the heap has freed already is refused (null, counted), and
-    /// nothing is allocated.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    #[inline(never)]
-    fn alloc_stocking(&self, layout: Layout, moving: Option<NonNull<u8>>) -> *mut u8 {
-        let stocking = thread_cache::attached(&self.link, || self.cache_geometry());
-        let mut heap = self.lock();
-        if let Some(old) = moving
-            // SAFETY: `may_free` is asked of a block of an arena of ours.
-            && !(heap.object.owns(old.as_ptr()) && unsafe { heap.object.may_free(old) })
-        {
-            heap.stats.refused_frees += 1;
-            self.settle(heap);
-            return ptr::null_mut();
-        }
-        let result = heap.allocate(layout);
-        let p = self.block_or_null(&mut heap, result, |h| h.allocate(layout));
-        if moving.is_some() && !p.is_null() {
-            stat!(heap.stats.realloc_moved += 1);
-        }
-        if stocking && heap.is_small(layout) && heap.object.owns(p) {
-            let object = &mut heap.object;
-            // SAFETY: blocks fresh from the pools of the class of `layout`.
-            unsafe {
-                thread_cache::stock(&self.link, layout, || {
-                    object.allocate_from_pools(layout.size(), layout.align())
-                })
-            };
-        }
-        self.settle(heap);
-        p
-    }
-
-    /// Every free the quick path leaves, as [`alloc_rest`](Self::alloc_rest).
-    ///
-    /// # Safety
-    ///
-    /// As [`DomainAlloc::dealloc_in`].
-    #[inline(never)]
-    unsafe fn dealloc_rest(&self, p: NonNull<u8>, layout: Layout, domain: Domain) {
-        no_unwind(|| {
-            #[cfg(all(feature = "std", not(feature = "debug")))]
-            if domain == Domain::HEAP && self.caches_on() {
-                // SAFETY: `GlobalAlloc`'s contract: a live block of this heap
-                // with `layout`, not used after this call.
-                match unsafe {
-                    thread_cache::put(&self.link, &self.arena_mirror, p, layout, || self.cache_geometry())
-                } {
-                    Ok(()) => return,
-                    Err(thread_cache::Declined::DoubleFree) => return self.refuse(),
-                    Err(thread_cache::Declined::Pass) => {}
-                }
-            }
-            #[cfg(feature = "debug")]
-            {
-                let mut heap = self.lock();
-                // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this
-                // allocator with `layout` (through `domain`, which debug mode
-                // checks).
-                if unsafe { heap.debug_deallocate(p, layout, domain) }.is_err() {
-                    heap.stats.refused_frees += 1;
-                }
-                self.settle(heap);
-            }
-            #[cfg(not(feature = "debug"))]
-            {
-                let _ = domain;
-                // SAFETY: `GlobalAlloc`'s contract: `ptr` came from this
-                // allocator with `layout`.
-                unsafe { self.free_locked(p, layout) };
-            }
-        })
-    }
-}
-
-impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
-    /// Whether the quick paths may serve a call: with `std`, only while the
-    /// thread caches wait for a second thread. (Once they have been on,
-    /// blocks that exiting threads gave back wait for the full lock to free
-    /// them; while on, the caches serve first.)
-    #[cfg(not(feature = "debug"))]
-    #[inline(always)]
-    fn quick_allowed(&self) -> bool {
-        #[cfg(feature = "std")]
-        return self.thread_caches.load(Ordering::Relaxed) == CACHES_AUTO;
-        #[cfg(not(feature = "std"))]
-        return true;
-    }
-
-    /// The common allocation, kept small enough to need no stack frame: a
-    /// small request served from the head pool of its class, under the lock
-    /// if it is free. `None` (nothing done) sends the call on to
-    /// [`alloc_rest`](Self::alloc_rest), which does everything else —
-    /// the same choice [`Heap::allocate`] makes, so the quick path changes
-    /// no block's placement.
-    #[cfg(not(feature = "debug"))]
-    #[inline(always)]
-    fn alloc_quick(&self, layout: Layout) -> Option<NonNull<u8>> {
-        if !self.quick_allowed() {
-            return None;
-        }
-        let mut heap = self.heap.try_lock()?;
-        if !heap.is_small(layout) {
-            return None;
-        }
-        heap.object.allocate_from_pools(layout.size(), layout.align())
-    }
-
-    /// The common free, as [`alloc_quick`](Self::alloc_quick): a block of
-    /// layer +2 whose pool stays on its lists. `false` (nothing done) sends
-    /// the call on to [`dealloc_rest`](Self::dealloc_rest).
-    ///
-    /// # Safety
-    ///
-    /// As [`Heap::deallocate`].
-    #[cfg(not(feature = "debug"))]
-    #[inline(always)]
-    unsafe fn free_quick(&self, ptr: NonNull<u8>) -> bool {
-        if !self.quick_allowed() {
-            return false;
-        }
-        let Some(mut heap) = self.heap.try_lock() else { return false };
-        // SAFETY: a block of an arena of ours is, by the caller's contract,
-        // a live +2 block.
-        heap.object.owns(ptr.as_ptr()) && unsafe { heap.object.deallocate_quick(ptr) }
-    }
-
-    /// [`free_quick`](Self::free_quick) for a free without a layout: the
-    /// block must also start where a block of its pool does.
-    ///
-    /// # Safety
-    ///
-    /// As [`Heap::deallocate_unsized`].
-    #[cfg(not(feature = "debug"))]
-    #[inline(always)]
-    unsafe fn free_quick_unsized(&self, ptr: NonNull<u8>) -> bool {
-        if !self.quick_allowed() {
-            return false;
-        }
-        let Some(mut heap) = self.heap.try_lock() else { return false };
-        let ptr = reach(ptr);
-        // SAFETY: a pointer into an arena of ours, checked to be a block of
-        // its pool, is by the caller's contract a live +2 block.
-        heap.object.owns(ptr.as_ptr())
-            && unsafe { heap.object.is_block_start(ptr) && heap.object.deallocate_quick(ptr) }
-    }
-
-    /// Allocates through the lock.
-    #[inline(always)]
-    fn alloc_locked(&self, layout: Layout, domain: Domain) -> *mut u8 {
-        let mut heap = self.lock();
-        #[cfg(feature = "debug")]
-        let result = heap.debug_allocate(layout, domain, false);
-        #[cfg(not(feature = "debug"))]
-        let result = {
-            let _ = domain;
-            heap.allocate(layout)
-        };
-        let p = self.block_or_null(&mut heap, result, |h| h.allocate(layout));
-        self.settle(heap);
-        p
-    }
-
-    /// Frees `ptr` through the lock, counting a refusal in `refused_frees`.
-    ///
-    /// # Safety
-    ///
-    /// As [`Heap::deallocate`].
-    #[cfg(not(feature = "debug"))]
-    #[inline(always)]
-    unsafe fn free_locked(&self, ptr: NonNull<u8>, layout: Layout) {
-        let mut heap = self.lock();
-        // SAFETY: forwarded contract.
-        if unsafe { heap.deallocate(ptr, layout) }.is_err() {
-            heap.stats.refused_frees += 1;
-        }
-        self.settle(heap);
-    }
-
-    /// Takes the lock. With thread caches, first frees the blocks that
-    /// exiting threads gave back, so that whoever holds the lock sees them
-    /// free.
-    ///
-    /// While the caches wait for a second thread ([`CACHES_AUTO`]), the
-    /// lock is tried first: the first time it is found held by another
-    /// thread, the caches come on.
-    #[inline(always)]
-    fn lock(&self) -> lock_api::MutexGuard<'_, L, Heap<S>> {
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if self.thread_caches.load(Ordering::Relaxed) == CACHES_AUTO {
-            // No cache has held a block yet: none to free.
-            return self.heap.try_lock().unwrap_or_else(|| self.contended());
-        }
-        #[allow(unused_mut)]
-        let mut heap = self.heap.lock();
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        Self::free_returned(&self.link, &mut heap);
-        heap
-    }
-
-    /// Two threads met at the lock while the caches waited for it: takes
-    /// the lock and switches the caches on.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    #[cold]
-    #[inline(never)]
-    fn contended(&self) -> lock_api::MutexGuard<'_, L, Heap<S>> {
-        let heap = self.heap.lock();
-        if self.thread_caches.load(Ordering::Relaxed) == CACHES_AUTO {
-            self.caches_come_on(&heap);
-        }
-        heap
-    }
-
-    /// Brings the lock-free copies of the heap's state up to date, then
-    /// lets threads cache (with the lock held): a thread that sees the
-    /// caches on sees the copies made.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    fn caches_come_on(&self, heap: &Heap<S>) {
-        self.sync_mirror(heap, true);
-        self.thread_caches.store(CACHES_ON, Ordering::Release);
-    }
-
-    /// Brings the lock-free copies of the heap's state up to date (with the
-    /// lock held): the arena bitmap if its counters moved (or, `always`,
-    /// whatever they say) and layer 0's window.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    #[inline(always)]
-    fn sync_mirror(&self, heap: &Heap<S>, always: bool) {
-        let c = heap.object.counters();
-        let counters = (c.allocated_total, c.reclaimed);
-        if always {
-            self.arena_mirror.force_sync(|| heap.object.arena_bitmap(), counters);
-        } else {
-            self.arena_mirror.sync(counters, || heap.object.arena_bitmap());
-        }
-        self.arena_mirror.sync_window(heap.segment.committed_window());
-    }
-
-    /// Whether threads cache this heap's blocks now.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    #[inline(always)]
-    fn caches_on(&self) -> bool {
-        self.thread_caches.load(Ordering::Acquire) == CACHES_ON
-    }
-
-    /// Acts on a violation the debug checks found, once the lock is released
-    /// (a panicking policy must not leave the heap locked).
-    ///
-    /// With thread caches, it first brings the copy of layer +2's arena
-    /// bitmap that threads read without the lock up to date.
-    #[inline(always)]
-    #[allow(unused_mut)]
-    fn settle(&self, mut heap: lock_api::MutexGuard<'_, L, Heap<S>>) {
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if self.caches_on() {
-            self.sync_mirror(&heap, false);
-        }
-        #[cfg(feature = "debug")]
-        {
-            let mut heap = heap;
-            if let Some((violation, policy)) = heap.take_violation() {
-                drop(heap);
-                policy.apply(&violation);
-            }
-        }
-        #[cfg(not(feature = "debug"))]
-        drop(heap);
-    }
-
-    /// Switches the thread caches on or off for good. By default (with
-    /// `std`) they come on by themselves the first time two threads meet at
-    /// the heap's lock: a program that allocates from one thread keeps the
-    /// plain locked path, which is as fast when nobody waits. Off, every
-    /// call takes the lock, and the blocks threads' caches hold for this
-    /// heap come back at once. With the `debug` feature the caches are
-    /// always off: every block must pass through the debug hooks.
-    #[cfg(feature = "std")]
-    pub fn set_thread_caches(&self, on: bool) {
-        #[allow(unused_mut)]
-        let mut heap = self.lock();
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if on {
-            self.caches_come_on(&heap);
-        } else {
-            self.thread_caches.store(CACHES_OFF, Ordering::Release);
-            Self::reclaim_cached(&self.link, &mut heap);
-        }
-        #[cfg(feature = "debug")]
-        let _ = on;
-        self.settle(heap);
-    }
-
-    /// Whether threads cache this heap's blocks now (see
-    /// [`set_thread_caches`](Self::set_thread_caches)).
-    #[cfg(feature = "std")]
-    pub fn thread_caches_on(&self) -> bool {
-        cfg!(not(feature = "debug")) && self.thread_caches.load(Ordering::Acquire) == CACHES_ON
-    }
-
-    /// Counts a refused free (or realloc) found before the heap was asked.
-    #[cold]
-    fn refuse(&self) {
-        let mut heap = self.lock();
-        heap.stats.refused_frees += 1;
-        self.settle(heap);
-    }
-
-    /// Frees, with the lock held, the blocks that exiting threads gave back.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    #[inline(always)]
-    fn free_returned(link: &thread_cache::Link, heap: &mut Heap<S>) {
-        let block = thread_cache::take_returned(link);
-        if !block.is_null() {
-            Self::free_returned_list(block, heap);
-        }
-    }
-
-    /// Frees a list of returned blocks (see [`free_returned`](Self::free_returned)).
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    #[cold]
-    #[inline(never)]
-    fn free_returned_list(mut block: *mut u8, heap: &mut Heap<S>) {
-        while let Some(b) = NonNull::new(block) {
-            // SAFETY: returned blocks are linked through their first word,
-            // and are live blocks of this heap: small ones of +2 (freed by
-            // address), medium ones of layer 0 keeping their chunk size.
-            unsafe {
-                block = b.as_ptr().cast::<*mut u8>().read();
-                let layout = if heap.object.owns(b.as_ptr()) {
-                    let g = heap.object.geometry();
-                    let class = object::block_class(reach(b), g.pool_shift).unwrap_or(0);
-                    Layout::from_size_align_unchecked(object::class_size(class, g.class_shift), 8)
-                } else {
-                    thread_cache::medium_layout(b)
-                };
-                thread_cache::untag_returned(b, layout.size());
-                if heap.deallocate(b, layout).is_err() {
-                    heap.stats.refused_frees += 1;
-                }
-            }
-        }
-    }
-
-    /// Frees, with the lock held, every block that threads' caches hold for
-    /// this heap, and those that exiting threads gave back.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    fn reclaim_cached(link: &thread_cache::Link, heap: &mut Heap<S>) {
-        thread_cache::drain_all(link, &mut |block, layout| {
-            // SAFETY: a cached block is a live block of this heap, which
-            // `layout` frees.
-            if unsafe { heap.deallocate(block, layout) }.is_err() {
-                heap.stats.refused_frees += 1;
-            }
-        });
-        Self::free_returned(link, heap);
-    }
-
-    /// The block of an allocation's `result`, or null, counted.
-    #[inline(always)]
-    fn block_or_null(
-        &self,
-        heap: &mut Heap<S>,
-        result: Result<NonNull<u8>, AllocateError>,
-        again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocateError>,
-    ) -> *mut u8 {
-        match result {
-            Ok(p) => p.as_ptr(),
-            Err(e) => self.failed(heap, e, again),
-        }
-    }
-
-    /// An allocation failed with `e`: with thread caches, takes back what
-    /// they hold for this heap and tries `again`, once, so that no request
-    /// fails while cached memory could serve it; else null, counted.
-    #[cold]
-    #[inline(never)]
-    fn failed(
-        &self,
-        heap: &mut Heap<S>,
-        e: AllocateError,
-        again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocateError>,
-    ) -> *mut u8 {
-        #[cfg(all(feature = "std", not(feature = "debug")))]
-        if !matches!(e, AllocateError::Refused(_) | AllocateError::InvalidLayout { .. }) {
-            Self::reclaim_cached(&self.link, heap);
-            let result = again(heap);
-            return heap.or_null(result);
-        }
-        let _ = again;
-        heap.or_null(Err(e))
-    }
-
-    /// What a thread cache needs to know of this heap's layer +2.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
-    #[cold]
-    fn cache_geometry(&self) -> Option<thread_cache::Geometry> {
-        let heap = self.lock();
-        let g = heap.object.geometry();
-        // A heap before `init` has no memory, and not yet its geometry.
-        let geometry = (heap.source.window().1 != 0).then(|| thread_cache::Geometry {
-            threshold: g.threshold,
-            class_shift: g.class_shift,
-            slots_start: heap.object.slots_start(),
-            arena_shift: g.arena_shift,
-            pool_shift: g.pool_shift,
-        });
-        self.settle(heap);
-        geometry
-    }
-
-    /// Debug mode: sets what the heap does with a violation (a panic by
-    /// default).
-    #[cfg(feature = "debug")]
-    pub fn set_debug_policy(&self, policy: debug::Policy) {
-        self.heap.lock().set_debug_policy(policy);
     }
 }
 

@@ -1,0 +1,238 @@
+//! How a [`LockedHeap`](super::LockedHeap) serves its calls around the
+//! heap's lock: the [`Hooks`] contract, and [`Selected`], the one type the
+//! cargo features choose to fulfil it.
+//!
+//! | features | hooks | what a call goes through |
+//! |---|---|---|
+//! | `debug` (with or without `std`) | [`Checked`](super::debug::Checked) | the lock and the debug checks, every call |
+//! | `std`, not `debug` | [`Cached`](super::cached::Cached) | the quick path until two threads meet, then the thread caches, then the lock |
+//! | neither | [`Quick`](super::quick::Quick) | the quick path, then the lock |
+//!
+//! `debug` wins over `std` by rule, not by accident: every block must pass
+//! through the debug checks, so no thread keeps blocks of its own and no
+//! quick path skips the checks (stated in the README's feature table).
+//! [`LockedHeap`](super::LockedHeap) itself carries no `cfg` on these paths.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use super::{AllocateError, Domain, Heap, HeapStats};
+use crate::source::PageSource;
+
+/// The heap's lock, as the hooks are handed it.
+pub(super) type Lock<S, L> = lock_api::Mutex<L, Heap<S>>;
+/// The heap, locked.
+pub(super) type Guard<'a, S, L> = lock_api::MutexGuard<'a, L, Heap<S>>;
+
+/// The hooks the features select: with `debug`, the checks.
+#[cfg(feature = "debug")]
+pub(super) type Selected = super::debug::Checked;
+/// The hooks the features select: with `std`, the thread caches.
+#[cfg(all(feature = "std", not(feature = "debug")))]
+pub(super) type Selected = super::cached::Cached;
+/// The hooks the features select: the quick paths and the lock.
+#[cfg(not(any(feature = "std", feature = "debug")))]
+pub(super) type Selected = super::quick::Quick;
+
+/// What a [`LockedHeap`](super::LockedHeap) does on each of its calls. The
+/// implementations keep `GlobalAlloc`'s contract: blocks aligned and long
+/// enough, disjoint while live, null on failure (counted), and a free that
+/// no layer owns refused (counted in `refused_frees`), never passed on.
+pub(super) trait Hooks: Sized {
+    /// The hooks' state in a heap just made.
+    const NEW: Self;
+
+    /// Takes the heap's lock (with thread caches, first frees what exiting
+    /// threads gave back).
+    fn lock<'a, S: PageSource, L: lock_api::RawMutex>(&self, heap: &'a Lock<S, L>) -> Guard<'a, S, L>;
+
+    /// Releases the lock, after the bookkeeping done with it held; acts on a
+    /// debug violation once it is released.
+    fn settle<S: PageSource, L: lock_api::RawMutex>(&self, heap: Guard<'_, S, L>);
+
+    /// `GlobalAlloc::alloc` through `domain`.
+    fn alloc<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        layout: Layout,
+        domain: Domain,
+    ) -> *mut u8;
+
+    /// `GlobalAlloc::alloc_zeroed`: by default the block `alloc` finds,
+    /// zeroed outside the lock.
+    fn alloc_zeroed<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        layout: Layout,
+    ) -> *mut u8 {
+        let p = self.alloc(heap, layout, Domain::HEAP);
+        if !p.is_null() {
+            // SAFETY: a fresh block at least `layout.size()` long.
+            unsafe { core::ptr::write_bytes(p, 0, layout.size()) };
+        }
+        p
+    }
+
+    /// `GlobalAlloc::dealloc` through `domain`.
+    ///
+    /// # Safety
+    ///
+    /// If the heap owns `p`, it is a live block of it allocated with
+    /// `layout` (through `domain`), not used after this call.
+    unsafe fn dealloc<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        domain: Domain,
+    );
+
+    /// `GlobalAlloc::realloc` of a non-null block.
+    ///
+    /// # Safety
+    ///
+    /// As [`dealloc`](Self::dealloc) through [`Domain::HEAP`]; `new_size`
+    /// is not zero.
+    unsafe fn realloc<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8;
+
+    /// A free without a layout (C's `free`).
+    ///
+    /// # Safety
+    ///
+    /// If the heap owns `p`, it is a live block of it, not used after this
+    /// call.
+    unsafe fn dealloc_unsized<S: PageSource, L: lock_api::RawMutex>(&self, heap: &Lock<S, L>, p: NonNull<u8>);
+
+    /// The layout live block `p` answers to, if the heap can tell.
+    ///
+    /// # Safety
+    ///
+    /// If the heap owns `p`, it is a live block of it.
+    unsafe fn usable_layout<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+    ) -> Option<Layout>;
+
+    /// The layout a realloc without one hands on with block `p`: by
+    /// default [`usable_layout`](Self::usable_layout)'s.
+    ///
+    /// # Safety
+    ///
+    /// As [`usable_layout`](Self::usable_layout).
+    unsafe fn realloc_layout<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+    ) -> Option<Layout> {
+        // SAFETY: forwarded contract.
+        unsafe { self.usable_layout(heap, p) }
+    }
+
+    /// An allocation failed with `e` (the lock held): by default null,
+    /// counted; hooks that hold blocks outside the heap take them back and
+    /// try `again` first.
+    fn failed<S: PageSource>(
+        &self,
+        heap: &mut Heap<S>,
+        e: AllocateError,
+        again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocateError>,
+    ) -> *mut u8 {
+        let _ = again;
+        heap.or_null(Err(e))
+    }
+
+    /// Before a trim (the lock held): every block the hooks hold goes back
+    /// to the heap.
+    fn reclaim<S: PageSource>(&self, heap: &mut Heap<S>) {
+        let _ = heap;
+    }
+
+    /// Adds what the hooks counted without the lock to the heap's counters.
+    fn add_counts(&self, stats: &mut HeapStats) {
+        let _ = stats;
+    }
+
+    /// Switches thread caches on or off for good, if the hooks have any.
+    #[cfg(feature = "std")]
+    fn set_thread_caches<S: PageSource>(&self, heap: &mut Heap<S>, on: bool) {
+        let _ = (heap, on);
+    }
+
+    /// Whether threads cache the heap's blocks now.
+    #[cfg(feature = "std")]
+    fn thread_caches_on(&self) -> bool {
+        false
+    }
+
+    /// Before `fork()`, the heap's lock held: the hooks' own state is
+    /// made safe to inherit.
+    #[cfg(feature = "std")]
+    fn fork_prepare(&self) {}
+
+    /// After `fork()`, in the parent.
+    ///
+    /// # Safety
+    ///
+    /// Once after each [`fork_prepare`](Self::fork_prepare), on its thread.
+    #[cfg(feature = "std")]
+    unsafe fn fork_parent(&self) {}
+
+    /// After `fork()`, in the child.
+    ///
+    /// # Safety
+    ///
+    /// As [`fork_parent`](Self::fork_parent), in the child.
+    #[cfg(feature = "std")]
+    unsafe fn fork_child(&self) {}
+
+    /// Counts a refused free (or realloc) found before the heap was asked.
+    #[cold]
+    fn refuse<S: PageSource, L: lock_api::RawMutex>(&self, heap: &Lock<S, L>) {
+        let mut h = self.lock(heap);
+        h.stats.refused_frees += 1;
+        self.settle(h);
+    }
+
+    /// The block of an allocation's `result`, or null, counted (see
+    /// [`failed`](Self::failed)).
+    #[inline(always)]
+    fn block_or_null<S: PageSource>(
+        &self,
+        heap: &mut Heap<S>,
+        result: Result<NonNull<u8>, AllocateError>,
+        again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocateError>,
+    ) -> *mut u8 {
+        match result {
+            Ok(p) => p.as_ptr(),
+            Err(e) => self.failed(heap, e, again),
+        }
+    }
+}
+
+/// Runs an allocator entry point so that a panic inside it aborts the
+/// program instead of unwinding out of it (undefined behaviour under
+/// `GlobalAlloc`'s contract): for instance `linked_list_allocator`'s own
+/// check of a double free on a first-fit heap. Free on the normal path; with
+/// `panic = "abort"` (the kernel, firmware) the guard never runs.
+#[inline(always)]
+pub(super) fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
+    /// Dropped only while a panic unwinds through the entry point: its own
+    /// panic is a panic during unwinding, which aborts.
+    struct Abort;
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            panic!("strata: a panic inside the allocator cannot unwind out of GlobalAlloc; aborting");
+        }
+    }
+    let guard = Abort;
+    let r = f();
+    core::mem::forget(guard);
+    r
+}
