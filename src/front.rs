@@ -1,7 +1,7 @@
 //! # Layer +1: the front door (CPython's raw allocator, `PyMem`)
 //!
-//! **Takes from below:** layer +2 ([`ObjectAllocator`](crate::object::ObjectAllocator)) for small requests,
-//! layer 0 ([`SegmentAllocator`](crate::segment::SegmentAllocator)) for everything else, and the page source
+//! **Takes from below:** layer +2 (`ObjectAllocator`) for small requests,
+//! layer 0 (`SegmentAllocator`) for everything else, and the page source
 //! both draw on.
 //!
 //! **Gives above:** `allocate` / `deallocate` / `reallocate` /
@@ -20,7 +20,7 @@
 //! **Out of memory.** A small request never fails while a larger size
 //! class has a free block. When +2 has no free block of a small request's
 //! class and no arena for a new pool, the request takes, in this order: a free block of a larger class at most 1/8 bigger
-//! ([`ObjectAllocator::borrow`](crate::object::ObjectAllocator::borrow)); layer 0 (a counted *small fallback*); once
+//! (`ObjectAllocator::borrow`); layer 0 (a counted *small fallback*); once
 //! layer 0 cannot get pages either, +2's spare arena goes back to the page
 //! source and layer 0 retries; last, a free block of any larger class.
 //!
@@ -84,7 +84,7 @@ pub use report::{FrontStats, HeapStats, Report};
 /// A block that doubles by realloc past this size [`PROMOTING_STREAK`]
 /// times in a row moves to the start of layer 0's largest free chunk, where
 /// the next growths happen in place (see
-/// [`SegmentAllocator::allocate_growable`](crate::segment::SegmentAllocator::allocate_growable)).
+/// `SegmentAllocator::allocate_growable`).
 pub const GROWING_THRESHOLD: usize = 256;
 
 /// How many doublings in a row past [`GROWING_THRESHOLD`] make a block a

@@ -33,13 +33,13 @@
 //!   count, most used first, so allocation comes from the fullest arenas and
 //!   nearly empty ones drain. `nfp2lasta[n]` points at the last arena with `n`
 //!   free pools, keeping the re-sort O(1) (CPython bpo-37029).
-//! - Out of arenas, [`ObjectAllocator::borrow`] serves a request from the
+//! - Out of arenas, `ObjectAllocator::borrow` serves a request from the
 //!   smallest larger class with a free block (the front door decides when:
 //!   a close fit before falling back to layer 0, any fit as a last resort).
 //! - A wholly free arena goes back to the page source unless it is the last
 //!   in `usable_arenas`: one spare is kept against thrashing (bpo-37257).
 //! - Ownership: one bit per arena-sized slot of the page source's window says
-//!   whether an arena lives there, so [`ObjectAllocator::owns`] is O(1) and
+//!   whether an arena lives there, so `ObjectAllocator::owns` is O(1) and
 //!   reads no memory that might not be mapped.
 //!
 //! **Size classes.** CPython rounds every request to 16 bytes (since 3.8,
@@ -87,7 +87,7 @@ const UNUSED_CLASS: u32 = u32::MAX;
 /// Whether this layer is built (the `pools` feature). Without it the
 /// layer serves nothing ([`Geometry::threshold`] is 0 in every geometry),
 /// owns nothing, and its tables take no room.
-pub const ON: bool = cfg!(feature = "pools");
+pub(crate) const ON: bool = cfg!(feature = "pools");
 /// Entries of the per-class tables as stored: every class, or none when
 /// the layer is not built.
 pub(crate) const CLASS_TABLE: usize = if ON { NUM_CLASSES } else { 0 };
@@ -99,7 +99,7 @@ const NFP_TABLE: usize = if ON { MAX_POOLS_PER_ARENA + 1 } else { 0 };
 /// arenas are blocks of layer 0 (on a committed page source), layer 0 keeps
 /// the boundary tag of the chunk after an arena there, so arenas can sit
 /// side by side; the last pool of an arena stops short of it.
-pub const ARENA_TAIL: usize = 2 * size_of::<usize>();
+pub(crate) const ARENA_TAIL: usize = 2 * size_of::<usize>();
 
 const _: () = assert!(NUM_CLASSES == 64 && SMALL_REQUEST_THRESHOLD.is_multiple_of(ALIGNMENT));
 const _: () = assert!(POOL_HEADER.is_multiple_of(ALIGNMENT) && ARENA_HEADER.is_multiple_of(ALIGNMENT));
@@ -131,13 +131,13 @@ const _: () = {
 /// The size class serving `size` bytes aligned to `align` (at most 16) with
 /// class granularity `1 << class_shift` (8 or 16). A size of 0 is served as 1.
 #[inline]
-pub const fn size_class(size: usize, align: usize, class_shift: u32) -> usize {
+pub(crate) const fn size_class(size: usize, align: usize, class_shift: u32) -> usize {
     (size.saturating_sub(1) | ((align >> 1) & 8)) >> class_shift
 }
 
 /// Block size of size class `class` with granularity `1 << class_shift`.
 #[inline]
-pub const fn class_size(class: usize, class_shift: u32) -> usize {
+pub(crate) const fn class_size(class: usize, class_shift: u32) -> usize {
     (class + 1) << class_shift
 }
 
@@ -573,14 +573,14 @@ pub struct ArenaCounters {
     pub current: usize,
     /// Blocks served from a larger size class because their own class had
     /// no free block and no arena could be had
-    /// ([`ObjectAllocator::borrow`]).
+    /// (`ObjectAllocator::borrow`).
     pub borrowed: usize,
 }
 
 /// Where every byte of the arenas goes, as `sys._debugmallocstats()` shows
 /// it. The identity `allocated + available + unused_pools + pool_headers +
 /// arena_headers + quantization == arena_bytes` always holds (checked by
-/// [`ObjectAllocator::check_invariants`]).
+/// `ObjectAllocator::check_invariants`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArenaUsage {
     /// Bytes in blocks handed out (block sizes, not requested sizes).
@@ -626,6 +626,10 @@ pub struct ClassStats {
 }
 
 /// Layer +2: arenas → pools → size-classed blocks.
+///
+/// The layer's engine, public for the layer tests and benchmarks and hidden
+/// from the API: programs use it through [`Heap`](crate::Heap).
+#[doc(hidden)]
 pub struct ObjectAllocator {
     used: [*mut Pool; CLASS_TABLE],
     usable_arenas: *mut Arena,
@@ -897,68 +901,156 @@ impl ObjectAllocator {
             self.nfp2lasta[nf] = arena;
         }
         let ao = self.usable_arenas;
-        // SAFETY: arenas on `usable_arenas` are live, initialised headers, and
-        // their pools lie inside them.
+        // SAFETY: arenas on `usable_arenas` are live, initialised headers.
+        let pool = unsafe { self.take_pool(ao) };
+        // SAFETY: `take_pool` gives a pool of a live arena that is on no
+        // list; after `lay_out`, it has a free block.
         unsafe {
-            let a = &mut *ao;
-            let nf = a.nfreepools as usize;
-            // Taking a pool moves the arena from count `nf` to `nf - 1`; it is
-            // the first arena of the list, so it becomes the last with `nf - 1`.
-            if self.nfp2lasta[nf] == ao {
-                self.nfp2lasta[nf] = ptr::null_mut();
-            }
-            if nf > 1 {
-                self.nfp2lasta[nf - 1] = ao;
-            }
-            let pool = if !a.freepools.is_null() {
-                let pool = a.freepools;
-                a.freepools = (*pool).h.next;
-                pool
-            } else {
-                let pool = a.pool_address.cast::<Pool>();
+            self.lay_out(pool, class);
+            self.push_used(pool, class);
+            Ok(self.pop(pool, class))
+        }
+    }
+
+    /// Takes an empty pool from arena `ao` (one it has carved before, else
+    /// the next it has not), and keeps `usable_arenas` sorted by free
+    /// pools: `ao`, the first arena, becomes the last with one fewer, or
+    /// leaves the list when it has none left.
+    ///
+    /// # Safety
+    ///
+    /// `ao` is the first arena of `usable_arenas`.
+    unsafe fn take_pool(&mut self, ao: *mut Arena) -> *mut Pool {
+        // SAFETY: the caller's promise: a live arena header.
+        let a = unsafe { &mut *ao };
+        let nf = a.nfreepools as usize;
+        if self.nfp2lasta[nf] == ao {
+            self.nfp2lasta[nf] = ptr::null_mut();
+        }
+        if nf > 1 {
+            self.nfp2lasta[nf - 1] = ao;
+        }
+        let pool = if !a.freepools.is_null() {
+            let pool = a.freepools;
+            // SAFETY: pools on an arena's free list are live headers.
+            a.freepools = unsafe { (*pool).h.next };
+            pool
+        } else {
+            let pool = a.pool_address.cast::<Pool>();
+            // SAFETY: an arena with free pools and none on its list has
+            // room for the next pool at `pool_address`, inside the arena.
+            unsafe {
                 a.pool_address = a.pool_address.add(self.geometry.pool_size());
                 ptr::write(&raw mut (*pool).class, AtomicU32::new(UNUSED_CLASS));
-                pool
-            };
-            a.nfreepools -= 1;
-            if a.nfreepools == 0 {
-                // Wholly allocated: it leaves `usable_arenas`.
-                self.usable_arenas = a.next;
-                if !a.next.is_null() {
-                    (*a.next).prev = ptr::null_mut();
-                }
-                a.next = ptr::null_mut();
-                a.prev = ptr::null_mut();
             }
+            pool
+        };
+        a.nfreepools -= 1;
+        if a.nfreepools == 0 {
+            // Wholly allocated: it leaves `usable_arenas`.
+            // SAFETY: `ao` is on the list.
+            unsafe { self.unlink_arena(ao) };
+        }
+        pool
+    }
+
+    /// Lays out pool `pool` for `class`, unless it was last used for that
+    /// class (then all its carved blocks are on its free list already).
+    ///
+    /// # Safety
+    ///
+    /// `pool` is a live, empty pool of a live arena.
+    unsafe fn lay_out(&mut self, pool: *mut Pool, class: usize) {
+        // SAFETY: the caller's promise.
+        if unsafe { (*pool).class.load(Relaxed) } == class as u32 {
+            return;
+        }
+        // Fresh, or last used for another class: lay out its first block.
+        let first = if pool.addr() & self.arena_mask == pool.addr() {
+            POOL_HEADER + ARENA_HEADER
+        } else {
+            POOL_HEADER
+        };
+        let size = class_size(class, self.geometry.class_shift);
+        let end = self.pool_end(pool.addr());
+        // SAFETY: the caller's promise: the pool's header and its first
+        // block (the pool holds at least one of any class) are ours.
+        unsafe {
+            let block = pool.cast::<u8>().add(first);
+            *block.cast::<*mut u8>() = ptr::null_mut();
+            (*pool).class.store(class as u32, Relaxed);
+            (*pool).block_inverse = odd_inverse(size as u32);
             let p = &mut (*pool).h;
-            if (*pool).class.load(Relaxed) != class as u32 {
-                // Fresh, or last used for another class: lay out its first block.
-                let first = if pool.addr() & self.arena_mask == pool.addr() {
-                    POOL_HEADER + ARENA_HEADER
-                } else {
-                    POOL_HEADER
-                };
-                let size = class_size(class, self.geometry.class_shift);
-                let block = pool.cast::<u8>().add(first);
-                *block.cast::<*mut u8>() = ptr::null_mut();
-                (*pool).class.store(class as u32, Relaxed);
-                p.block_size = size as u32;
-                (*pool).block_inverse = odd_inverse(size as u32);
-                p.ref_count = 0;
-                p.freeblock = block;
-                p.next_offset = (first + size) as u32;
-                p.max_next_offset = (self.pool_end(pool.addr()) - size) as u32;
+            p.block_size = size as u32;
+            p.ref_count = 0;
+            p.freeblock = block;
+            p.next_offset = (first + size) as u32;
+            p.max_next_offset = (end - size) as u32;
+        }
+    }
+
+    /// Puts pool `pool` at the head of `class`'s list of used pools.
+    ///
+    /// # Safety
+    ///
+    /// `pool` is a live pool laid out for `class`, on no list.
+    unsafe fn push_used(&mut self, pool: *mut Pool, class: usize) {
+        self.class_pools[class] += 1;
+        let next = self.used[class];
+        // SAFETY: the caller's promise; pools on `used` lists are live.
+        unsafe {
+            (*pool).h.next = next;
+            (*pool).h.prev = ptr::null_mut();
+            if !next.is_null() {
+                (*next).h.prev = pool;
             }
-            // (A pool reused for its old class keeps its free list: all its
-            // carved blocks are on it.)
-            self.class_pools[class] += 1;
-            p.next = self.used[class];
-            p.prev = ptr::null_mut();
-            if !p.next.is_null() {
-                (*p.next).h.prev = pool;
+        }
+        self.used[class] = pool;
+    }
+
+    /// Takes arena `ao` off `usable_arenas`.
+    ///
+    /// # Safety
+    ///
+    /// `ao` is a live arena on the list (whose neighbours are live too).
+    unsafe fn unlink_arena(&mut self, ao: *mut Arena) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            let a = &mut *ao;
+            if a.prev.is_null() {
+                self.usable_arenas = a.next;
+            } else {
+                (*a.prev).next = a.next;
             }
-            self.used[class] = pool;
-            Ok(self.pop(pool, class))
+            if !a.next.is_null() {
+                (*a.next).prev = a.prev;
+            }
+            a.next = ptr::null_mut();
+            a.prev = ptr::null_mut();
+        }
+    }
+
+    /// Puts arena `ao` on `usable_arenas` right after `after`, or at the
+    /// front if `after` is null.
+    ///
+    /// # Safety
+    ///
+    /// `ao` is a live arena on no list; `after` is null or a live arena on
+    /// the list.
+    unsafe fn link_arena_after(&mut self, ao: *mut Arena, after: *mut Arena) {
+        // SAFETY: the caller's promise; arenas on the list are live.
+        unsafe {
+            let a = &mut *ao;
+            a.prev = after;
+            a.next = if after.is_null() { self.usable_arenas } else { (*after).next };
+            if !a.next.is_null() {
+                (*a.next).prev = ao;
+            }
+            if after.is_null() {
+                self.usable_arenas = ao;
+            } else {
+                (*after).next = ao;
+            }
         }
     }
 
@@ -1239,69 +1331,52 @@ impl ObjectAllocator {
 
     /// Puts an empty pool on its arena's free list and re-sorts the arena,
     /// freeing the arena when it is wholly free and not the spare.
+    ///
+    /// # Safety
+    ///
+    /// `pool` is a live, empty pool, on no list.
     unsafe fn insert_to_freepool(&mut self, pool: *mut Pool, source: &mut impl PageSource) {
         let base = pool.cast::<u8>().map_addr(|a| a & self.arena_mask);
         let ao = base.wrapping_add(POOL_HEADER).cast::<Arena>();
-        // SAFETY: the arena of a live pool is live, and every arena reached
-        // through its links is live too.
-        unsafe {
-            let a = &mut *ao;
-            (*pool).h.next = a.freepools;
-            a.freepools = pool;
-            let mut nf = a.nfreepools as usize;
-            let lastnf = self.nfp2lasta[nf];
-            if lastnf == ao {
-                let prev = a.prev;
-                self.nfp2lasta[nf] =
-                    if !prev.is_null() && (*prev).nfreepools as usize == nf { prev } else { ptr::null_mut() };
+        // SAFETY: the arena of a live pool is live.
+        let a = unsafe { &mut *ao };
+        // SAFETY: the caller's promise.
+        unsafe { (*pool).h.next = a.freepools };
+        a.freepools = pool;
+        let nf = a.nfreepools as usize + 1;
+        a.nfreepools = nf as u32;
+        // The last arena with `nf - 1` free pools, before this one moves.
+        let lastnf = self.nfp2lasta[nf - 1];
+        if lastnf == ao {
+            let prev = a.prev;
+            // SAFETY: arenas on the list are live.
+            let prev_same = !prev.is_null() && unsafe { (*prev).nfreepools } as usize == nf - 1;
+            self.nfp2lasta[nf - 1] = if prev_same { prev } else { ptr::null_mut() };
+        }
+        if nf == a.ntotalpools as usize && !a.next.is_null() {
+            // Wholly free, and not the last arena: give it back.
+            // SAFETY: `ao` is on the list (it had a free pool before, or
+            // `next` would be null).
+            unsafe { self.unlink_arena(ao) };
+            self.free_arena(base, source);
+            return;
+        }
+        if self.nfp2lasta[nf].is_null() {
+            self.nfp2lasta[nf] = ao;
+        }
+        if nf == 1 {
+            // Was wholly allocated (on no list): it rejoins at the front.
+            // SAFETY: `ao` is live and on no list.
+            unsafe { self.link_arena_after(ao, ptr::null_mut()) };
+        } else if ao != lastnf {
+            // Move it right after `lastnf`, the last arena with `nf - 1`
+            // (still in order if it was that arena).
+            // SAFETY: both are live arenas on the list; `ao` comes off it
+            // before it goes back.
+            unsafe {
+                self.unlink_arena(ao);
+                self.link_arena_after(ao, lastnf);
             }
-            nf += 1;
-            a.nfreepools = nf as u32;
-
-            if nf == a.ntotalpools as usize && !a.next.is_null() {
-                // Wholly free, and not the last arena: give it back.
-                if a.prev.is_null() {
-                    self.usable_arenas = a.next;
-                } else {
-                    (*a.prev).next = a.next;
-                }
-                (*a.next).prev = a.prev;
-                self.free_arena(base, source);
-                return;
-            }
-            if nf == 1 {
-                // Was wholly allocated: it rejoins `usable_arenas` at the front.
-                a.next = self.usable_arenas;
-                a.prev = ptr::null_mut();
-                if !a.next.is_null() {
-                    (*a.next).prev = ao;
-                }
-                self.usable_arenas = ao;
-                if self.nfp2lasta[nf].is_null() {
-                    self.nfp2lasta[nf] = ao;
-                }
-                return;
-            }
-            if self.nfp2lasta[nf].is_null() {
-                self.nfp2lasta[nf] = ao;
-            }
-            if ao == lastnf {
-                // Still in order: it was the last with `nf - 1` free pools.
-                return;
-            }
-            // Move it right after `lastnf`, the last arena with `nf - 1`.
-            if a.prev.is_null() {
-                self.usable_arenas = a.next;
-            } else {
-                (*a.prev).next = a.next;
-            }
-            (*a.next).prev = a.prev;
-            a.prev = lastnf;
-            a.next = (*lastnf).next;
-            if !a.next.is_null() {
-                (*a.next).prev = ao;
-            }
-            (*lastnf).next = ao;
         }
     }
 

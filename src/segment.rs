@@ -40,7 +40,7 @@
 //! walks stay short.
 //!
 //! **Ownership.** One bit per slot of the window says whether a span covers
-//! it, so [`SegmentAllocator::owns`] is O(1) and reads no memory. A free is
+//! it, so `SegmentAllocator::owns` is O(1) and reads no memory. A free is
 //! refused with a typed [`DeallocateError`] when no span holds the pointer,
 //! when the block is not in use (a double free whose memory has not been
 //! reused), or when its size does not fit the layout given; in the TLSF
@@ -72,7 +72,7 @@ pub const LARGE_THRESHOLD: usize = 128 << 10;
 /// What layer 0 keeps of every arena it gives layer +2: the last
 /// `ARENA_TAIL` bytes hold the boundary tag of the chunk after it, so that
 /// arenas can sit next to each other. Layer +2 never uses them.
-pub const ARENA_TAIL: usize = GRANULE;
+pub(crate) const ARENA_TAIL: usize = GRANULE;
 
 /// Whether layer 0's TLSF engine is built (the `tlsf` feature).
 pub(crate) const TLSF: bool = tlsf::ON;
@@ -403,6 +403,10 @@ impl SpanMap {
 }
 
 /// Layer 0: one allocator over every span it holds.
+///
+/// The layer's engine, public for the layer tests and benchmarks and hidden
+/// from the API: programs use it through [`Heap`](crate::Heap).
+#[doc(hidden)]
 pub struct SegmentAllocator {
     tlsf: Tlsf,
     first_fit: linked_list_allocator::Heap,

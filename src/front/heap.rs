@@ -60,10 +60,10 @@ impl<S> fmt::Debug for Heap<S> {
 }
 
 /// Where layer +2 takes its arenas: the page source, or, where layer 0
-/// holds a committed source whole ([`SegmentAllocator::serves_arenas`]),
+/// holds a committed source whole (`SegmentAllocator::serves_arenas`),
 /// layer 0, as aligned blocks that leave the arena's last
 /// [`object::ARENA_TAIL`] bytes to layer 0's boundary tag (TLSF), or whole
-/// (first fit: [`SegmentAllocator::arena_tail`]).
+/// (first fit: `SegmentAllocator::arena_tail`).
 struct ArenaPages<'a, S> {
     segment: &'a mut SegmentAllocator,
     source: &'a mut S,
