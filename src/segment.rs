@@ -309,7 +309,9 @@ impl SpanMap {
     }
 
     /// Covers `window` with the slots, changing no bit (written field by
-    /// field: the bitmaps are never a temporary on the stack).
+    /// field: the bitmaps are never a temporary on the stack; inlined even
+    /// at opt-level 0, for `init`'s stack on a microcontroller).
+    #[inline(always)]
     const fn set_window(&mut self, window: (usize, usize)) {
         let (lo, len) = window;
         self.lo = lo;
