@@ -210,13 +210,19 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// Sets the layers up for the window of the source just installed.
-    /// Layer 0 takes the window on the first allocation: no more stack
-    /// here than these few fields need.
+    /// Where layer 0's TLSF engine is built (hosts, the kernel), layer 0
+    /// takes its memory now, as [`new`](Self::new) does, so that the first
+    /// allocation does not pay for it (the largest single cost a call would
+    /// see). A build without it (firmware) leaves that to the first
+    /// allocation: `init` then needs no more stack than these few fields.
     pub(super) fn configure(&mut self) {
         let window = self.source.window();
         let geometry =
             if S::COMMITTED { Geometry::for_region(window.1) } else { Geometry::for_window(window.1) };
         self.set_layers(window, geometry, Config::for_window(window.1));
+        if segment::TLSF {
+            self.segment.prepare(&mut self.source);
+        }
     }
 
     /// Gives the layers of a heap that has never had memory the source's
