@@ -630,3 +630,38 @@ fn a_failed_small_request_keeps_layer_2_and_layer_0_causes() {
     assert_eq!(cause, Some(segment.to_string()));
     heap.check_invariants();
 }
+
+/// A pointer into the middle of a live small block (as C code passes by
+/// mistake): `free`, `realloc` (with or without a layout) and
+/// `malloc_usable_size` refuse it, and no allocation overlaps the live
+/// block afterwards.
+#[test]
+fn a_pointer_into_a_live_small_block_is_refused_by_free_realloc_and_usable_size() {
+    let heap = heap(32 << 20);
+    heap.with(|h| h.set_cold_limit(0));
+    let l = layout(48, 16);
+    // SAFETY: `p` is a live block; `inner` points into it, which every
+    // call below must refuse without touching the block.
+    unsafe {
+        let p = heap.alloc(l);
+        p.write_bytes(0xA5, 48);
+        let inner = p.add(16);
+        let refused = heap.stats().front.refused_frees;
+        heap.dealloc_unsized(inner);
+        assert_eq!(heap.usable_size(inner), None);
+        assert!(heap.realloc_unsized(inner, 40).is_null());
+        assert!(heap.realloc_unsized(inner, 300).is_null());
+        assert!(heap.realloc(inner, l, 300).is_null());
+        assert_eq!(heap.stats().front.refused_frees, refused + 4, "each refusal is counted");
+        let others: Vec<*mut u8> = (0..64).map(|_| heap.alloc(l)).collect();
+        for &q in &others {
+            let (a, b) = (q as usize, p as usize);
+            assert!(a + 48 <= b || b + 48 <= a, "{q:p} overlaps the live block {p:p}");
+        }
+        assert!((0..48).all(|i| *p.add(i) == 0xA5), "the live block was written");
+        for q in others {
+            heap.dealloc(q, l);
+        }
+        heap.dealloc(p, l);
+    }
+}

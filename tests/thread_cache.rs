@@ -911,3 +911,36 @@ fn switching_the_caches_off_gives_their_blocks_back() {
     heap.set_thread_caches(true);
     assert!(a_free_is_cached(heap));
 }
+
+/// With the caches on, a pointer into a live small block is refused by
+/// every unsized call (the caches check that a block starts there from its
+/// pool's class), and a freed block a cache holds has no usable size.
+#[test]
+fn the_caches_refuse_a_pointer_into_a_block_and_know_a_cached_block_is_free() {
+    let heap = heap();
+    let l = Layout::from_size_align(48, 16).unwrap();
+    // SAFETY: `p` is a live block; `inner` points into it and must be
+    // refused; `q` is freed into this thread's cache.
+    unsafe {
+        let p = heap.alloc(l);
+        p.write_bytes(0x5A, 48);
+        let inner = p.add(16);
+        let refused = heap.stats().front.refused_frees;
+        heap.dealloc_unsized(inner);
+        assert_eq!(heap.usable_size(inner), None);
+        assert!(heap.realloc_unsized(inner, 40).is_null());
+        assert!(heap.realloc_unsized(inner, 300).is_null());
+        assert_eq!(heap.stats().front.refused_frees, refused + 3, "each refusal is counted");
+        for _ in 0..2 * DEPTH as usize {
+            let q = heap.alloc(l);
+            let (a, b) = (q as usize, p as usize);
+            assert!(a + 48 <= b || b + 48 <= a, "{q:p} overlaps the live block {p:p}");
+        }
+        assert!((0..48).all(|i| *p.add(i) == 0x5A), "the live block was written");
+        let q = heap.alloc(Layout::from_size_align(200, 8).unwrap());
+        assert_eq!(heap.usable_size(q), Some(200));
+        heap.dealloc(q, Layout::from_size_align(200, 8).unwrap());
+        assert_eq!(heap.usable_size(q), None, "a block in this thread's cache is not in use");
+        heap.dealloc(p, l);
+    }
+}

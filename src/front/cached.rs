@@ -179,21 +179,23 @@ impl Hooks for Cached {
         no_unwind(|| unsafe { free_unsized_locked(self, heap, p) })
     }
 
-    /// Without the lock where the thread caches can tell.
+    /// Without the lock where the thread caches can tell. A block a thread
+    /// has cached is in use as far as the heap knows, but freed as far as
+    /// its caller is concerned: not in use (as a free of it would tell).
     unsafe fn usable_layout<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,
         p: NonNull<u8>,
     ) -> Option<Layout> {
-        if self.on()
-            // SAFETY: forwarded contract.
-            && let Some(layout) = unsafe {
-                thread_cache::usable_layout(&self.link, &self.arena_mirror, p, || self.cache_geometry(heap))
-            }
-        {
-            return Some(layout);
+        if !self.on() {
+            return usable_layout_locked(self, heap, p);
         }
-        usable_layout_locked(self, heap, p)
+        // SAFETY: forwarded contract.
+        let lock_free = unsafe {
+            thread_cache::usable_layout(&self.link, &self.arena_mirror, p, || self.cache_geometry(heap))
+        };
+        let layout = lock_free.or_else(|| usable_layout_locked(self, heap, p))?;
+        (!thread_cache::cached_anywhere(&self.arena_mirror, p, layout)).then_some(layout)
     }
 
     /// Takes back what the caches hold for this heap and tries `again`,
@@ -350,8 +352,8 @@ impl Cached {
         let stocking = thread_cache::attached(&self.link, || self.cache_geometry(heap));
         let mut h = self.lock(heap);
         if let Some(old) = moving
-            // SAFETY: `may_free` is asked of a block of an arena of ours.
-            && !(h.object.owns(old.as_ptr()) && unsafe { h.object.may_free(old) })
+            // SAFETY: `may_free` is asked of a block start of an arena of ours.
+            && !(h.object.owns(old.as_ptr()) && unsafe { h.object.is_block_start(old) && h.object.may_free(old) })
         {
             h.stats.refused_frees += 1;
             self.settle(h);
@@ -431,7 +433,7 @@ impl Cached {
                 block = b.as_ptr().cast::<*mut u8>().read();
                 let layout = if heap.object.owns(b.as_ptr()) {
                     let g = heap.object.geometry();
-                    let class = object::block_class(reach(b), g.pool_shift).unwrap_or(0);
+                    let class = object::block_class(reach(b), g).unwrap_or(0);
                     Layout::from_size_align_unchecked(object::class_size(class, g.class_shift), 8)
                 } else {
                     thread_cache::medium_layout(b)

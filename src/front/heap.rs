@@ -566,10 +566,11 @@ impl<S: PageSource> Heap<S> {
         let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
         let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
         let moved = if self.object.owns(ptr.as_ptr()) {
-            // A block its pool has taken back (freed already): refused, as
-            // a second free of it is.
-            // SAFETY: a block of an arena of ours.
-            if !unsafe { self.object.may_free(ptr) } {
+            // A block its pool has taken back (freed already), or a pointer
+            // into a block: refused, as a free of it is.
+            // SAFETY: a pointer into an arena of ours, checked to be a
+            // block of its pool before `may_free` asks more.
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
                 return Err(AllocateError::Refused(DeallocateError::NotAllocated {
                     ptr: ptr.as_ptr() as usize,
                 }));

@@ -160,7 +160,7 @@ pub(crate) unsafe fn untag_returned(block: NonNull<u8>, size: usize) {
 /// cache serves another heap, or has none, is refused too. Reads only inside the heap's committed window (as last
 /// recorded in `mirror`), and only blocks of at least two words.
 #[inline]
-fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bool {
+pub(crate) fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bool {
     const WORD: usize = size_of::<usize>();
     let (start, len) = mirror.window();
     let off = (ptr.as_ptr() as usize).wrapping_sub(start);
@@ -367,6 +367,17 @@ impl Owner {
     fn owns(&self, mirror: &ArenaMirror, ptr: NonNull<u8>) -> bool {
         let slot = (ptr.as_ptr() as usize).wrapping_sub(self.slots_start) >> self.arena_shift;
         mirror.holds(slot)
+    }
+
+    /// Layer +2's geometry, as [`block_class`] takes it.
+    #[inline]
+    fn blocks(&self) -> crate::object::Geometry {
+        crate::object::Geometry {
+            arena_shift: self.arena_shift,
+            pool_shift: self.pool_shift,
+            class_shift: self.class_shift,
+            threshold: self.threshold,
+        }
     }
 
     /// Whether a layout is small (served by +2's classes).
@@ -925,7 +936,7 @@ pub(crate) unsafe fn usable_layout(
                 let size = if owner.owns(mirror, ptr) {
                     // SAFETY: in an arena of the owner; the caller's live
                     // block, so its pool is in use.
-                    class_size(unsafe { block_class(ptr, owner.pool_shift) }?, owner.class_shift)
+                    class_size(unsafe { block_class(ptr, owner.blocks()) }?, owner.class_shift)
                 } else {
                     let window = mirror.window();
                     if window.1 == 0 {
@@ -1052,7 +1063,7 @@ pub(crate) unsafe fn realloc(
                 }
                 // SAFETY: in an arena of the owner (just checked): its pool
                 // header is there to read.
-                let Some(class) = (unsafe { block_class(ptr, owner.pool_shift) }) else {
+                let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
                     return Realloc::Locked;
                 };
                 // SAFETY: the caller's block, of the class's size.
@@ -1142,7 +1153,7 @@ pub(crate) unsafe fn put(
                 // another layout finds the block in the same bin.
                 // SAFETY: in an arena of the owner (just checked); the
                 // caller's live block, so its pool is in use.
-                let Some(class) = (unsafe { block_class(ptr, owner.pool_shift) }) else {
+                let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
                     return Err(Declined::Pass);
                 };
                 let bin = &mut bins.small[class];
