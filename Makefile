@@ -30,8 +30,9 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 test-malloc: ## strata-malloc under C programs (preloaded and linked), CPython's own tests (PYTHONMALLOC=malloc), C firmware on QEMU
 	bash malloc/tests/run.sh
 
-test-kernel: ## Kernel test suites in QEMU, one boot per suite
+test-kernel: ## Kernel test suites in QEMU on 4 CPUs, one boot per suite; the boot and SMP suites again on one CPU
 	$(CARGO) ktest
+	STRATA_SMP=1 $(CARGO) ktest --test boot --test smp
 
 test-firmware: ## The firmware on qemu-system-arm: Cortex-M4F (mps2-an386) plain and in debug mode, Cortex-M0 (micro:bit, 16 KiB RAM) at opt-level z; fails if any check fails
 	$(CARGO) fwrun

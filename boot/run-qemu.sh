@@ -7,6 +7,8 @@
 #   exit 33  ->  0  (the kernel called exit_success: (0x10 << 1) | 1)
 #   timeout  ->  1  (a hung kernel fails fast; STRATA_QEMU_TIMEOUT seconds)
 #   other    ->  1  (exit_failure, a triple fault with -no-reboot, a QEMU error)
+#
+# Four CPUs unless STRATA_SMP says otherwise (STRATA_SMP=1: the boot CPU alone).
 set -u
 elf="$1"
 shift
@@ -16,7 +18,7 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
     exit 1
 fi
 timeout -k 5 "$timeout_s" qemu-system-x86_64 \
-    -machine pc -cpu qemu64 -m 256M \
+    -machine pc -cpu qemu64 -m 256M -smp "${STRATA_SMP:-4}" \
     -kernel "$elf" -append "$*" \
     -serial stdio -display none -monitor none -no-reboot \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \

@@ -126,6 +126,7 @@ pvh_start32:
 
     .section .rodata
     .balign 8
+    .global boot_gdt_ptr
 boot_gdt:
     .quad 0
     .quad 0x00AF9A000000FFFF   /* 0x08: 64-bit code */
@@ -137,6 +138,7 @@ boot_gdt_ptr:
 
     .section .bss
     .balign 4096
+    .global boot_pml4
 boot_pml4: .skip 4096
 boot_pdpt: .skip 4096
 boot_pd:   .skip 4096 * 4

@@ -49,22 +49,29 @@ pub fn install(hooks: Hooks) {
 }
 
 /// An exception the dispatcher could not resolve: report, then the hook.
+///
+/// The hooks run on the boot CPU only: a test framework abandons the case
+/// running there. A fault on another CPU ends the run after its report.
 pub(crate) fn unresolved(fault: &Fault) -> ! {
     crate::serial::force_unlock();
     report(fault);
     match HOOKS.get() {
-        Some(hooks) => (hooks.on_fault)(fault),
-        None => crate::exit_failure(),
+        Some(hooks) if crate::smp::current().index() == 0 => (hooks.on_fault)(fault),
+        _ => crate::exit_failure(),
     }
 }
 
 /// The panic handler's body: the hook, then the report and a failed exit.
+/// (As for faults, the hook runs on the boot CPU only.)
 pub(crate) fn panicked(info: &PanicInfo<'_>) -> ! {
     crate::serial::force_unlock();
-    if let Some(hooks) = HOOKS.get() {
+    let cpu = crate::smp::current().index();
+    if let Some(hooks) = HOOKS.get()
+        && cpu == 0
+    {
         (hooks.on_panic)(info);
     }
-    println!("\n!!! KERNEL PANIC: {info}");
+    println!("\n!!! KERNEL PANIC on CPU {cpu}: {info}");
     crate::exit_failure()
 }
 
@@ -96,7 +103,8 @@ pub fn vector_name(vector: u64) -> &'static str {
 /// Prints the report of an unresolved exception.
 pub fn report(fault: &Fault) {
     println!(
-        "\n!!! EXCEPTION: {} (vector {}), error code {:#x}, rip={:#x}",
+        "\n!!! EXCEPTION on CPU {}: {} (vector {}), error code {:#x}, rip={:#x}",
+        crate::smp::current().index(),
         vector_name(fault.vector),
         fault.vector,
         fault.error_code,

@@ -9,6 +9,8 @@
 //! [`faults`](crate::faults) to report and hand over. With `-no-reboot`,
 //! even a triple fault ends the run instead of looping.
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use spin::LazyLock as Lazy;
@@ -32,12 +34,19 @@ struct Stack([u8; DF_STACK_SIZE]);
 static mut DOUBLE_FAULT_STACK: Stack = Stack([0; DF_STACK_SIZE]);
 
 static TSS: Lazy<TaskStateSegment> = Lazy::new(|| {
-    let mut tss = TaskStateSegment::new();
     let bottom = VirtAddr::from_ptr(&raw const DOUBLE_FAULT_STACK);
-    tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = bottom + DF_STACK_SIZE as u64;
-    tss
+    tss_with_stack(bottom + DF_STACK_SIZE as u64)
 });
 
+/// A TSS whose double-fault IST slot is the stack ending at `top`.
+fn tss_with_stack(top: VirtAddr) -> TaskStateSegment {
+    let mut tss = TaskStateSegment::new();
+    tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = top;
+    tss
+}
+
+/// A CPU's GDT and the selectors in it. Each CPU has its own: a TSS
+/// descriptor is marked busy when loaded, so two CPUs cannot share one.
 struct Gdt {
     table: GlobalDescriptorTable,
     code: SegmentSelector,
@@ -45,15 +54,20 @@ struct Gdt {
     tss: SegmentSelector,
 }
 
-static GDT: Lazy<Gdt> = Lazy::new(|| {
-    let mut table = GlobalDescriptorTable::new();
-    // Null, code 0x08, data 0x10, then the TSS: `iretq` reloads SS, so the
-    // data selector must stay at 0x10, never on the TSS descriptor.
-    let code = table.append(Descriptor::kernel_code_segment());
-    let data = table.append(Descriptor::kernel_data_segment());
-    let tss = table.append(Descriptor::tss_segment(&TSS));
-    Gdt { table, code, data, tss }
-});
+impl Gdt {
+    fn new(tss: &'static TaskStateSegment) -> Self {
+        let mut table = GlobalDescriptorTable::new();
+        // Null, code 0x08, data 0x10, then the TSS: `iretq` reloads SS, so
+        // the data selector must stay at 0x10, never on the TSS descriptor.
+        let code = table.append(Descriptor::kernel_code_segment());
+        let data = table.append(Descriptor::kernel_data_segment());
+        let tss = table.append(Descriptor::tss_segment(tss));
+        Gdt { table, code, data, tss }
+    }
+}
+
+/// The boot CPU's GDT.
+static GDT: Lazy<Gdt> = Lazy::new(|| Gdt::new(&TSS));
 
 /// Registers pushed by the trampolines, then the CPU's interrupt frame.
 #[repr(C)]
@@ -159,6 +173,8 @@ trampoline!(alignment_check, 17, error_code);
 trampoline!(machine_check, 18);
 trampoline!(simd_floating_point, 19);
 trampoline!(timer_irq, 32);
+trampoline!(wake_ipi, 0xF0);
+trampoline!(spurious, 0xFF);
 
 static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     let mut idt = InterruptDescriptorTable::new();
@@ -186,21 +202,37 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
         idt.machine_check.set_handler_addr(addr(machine_check));
         idt.simd_floating_point.set_handler_addr(addr(simd_floating_point));
         idt[crate::timer::TIMER_VECTOR].set_handler_addr(addr(timer_irq));
+        idt[crate::smp::WAKE_VECTOR].set_handler_addr(addr(wake_ipi));
+        idt[crate::apic::SPURIOUS_VECTOR].set_handler_addr(addr(spurious));
     }
     idt
 });
 
-/// Loads the GDT, the TSS and the IDT.
+/// Loads the boot CPU's GDT and TSS, and the IDT.
 pub fn init() {
-    GDT.table.load();
+    load(&GDT);
+}
+
+/// Loads the GDT, the TSS (with a double-fault stack of its own) and the
+/// IDT of an application processor, made on the heap and kept for good.
+pub fn init_ap() {
+    let stack: &'static mut [u128] = Vec::leak(alloc::vec![0u128; DF_STACK_SIZE / 16]);
+    let top = VirtAddr::from_ptr(stack.as_ptr_range().end);
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss_with_stack(top)));
+    load(Box::leak(Box::new(Gdt::new(tss))));
+}
+
+fn load(gdt: &'static Gdt) {
+    gdt.table.load();
     // SAFETY: the selectors index the GDT loaded just above, whose code and
-    // data descriptors are the flat 64-bit kernel segments.
+    // data descriptors are the flat 64-bit kernel segments, and whose TSS
+    // descriptor is this CPU's alone.
     unsafe {
-        CS::set_reg(GDT.code);
-        SS::set_reg(GDT.data);
-        DS::set_reg(GDT.data);
-        ES::set_reg(GDT.data);
-        load_tss(GDT.tss);
+        CS::set_reg(gdt.code);
+        SS::set_reg(gdt.data);
+        DS::set_reg(gdt.data);
+        ES::set_reg(gdt.data);
+        load_tss(gdt.tss);
     }
     IDT.load();
 }
@@ -208,6 +240,13 @@ pub fn init() {
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if frame.vector == u64::from(crate::timer::TIMER_VECTOR) {
         crate::timer::on_tick();
+        return;
+    }
+    if frame.vector == u64::from(crate::smp::WAKE_VECTOR) {
+        crate::smp::on_wake_ipi();
+        return;
+    }
+    if frame.vector == u64::from(crate::apic::SPURIOUS_VECTOR) {
         return;
     }
     if frame.vector == 3 {

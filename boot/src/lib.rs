@@ -6,9 +6,10 @@
 //! ([`strata::vmm`]) over the live page tables — and the in-kernel test
 //! framework ([`test`]).
 //!
-//! Boot order, in [`start`]: serial console, GDT/TSS/IDT, memory map, frame
-//! allocator, VMM, a guarded kernel stack from the VMM, then the binary's
-//! `main` on that stack.
+//! Boot order, in [`start`]: serial console, GDT/TSS/IDT, the boot CPU's
+//! per-CPU data, memory map, frame allocator, VMM, the other CPUs
+//! ([`smp`]), a guarded kernel stack from the VMM, then the binary's `main`
+//! on that stack.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -16,6 +17,7 @@
 
 extern crate alloc;
 
+pub mod apic;
 pub mod entry;
 pub mod faults;
 pub mod heap;
@@ -24,6 +26,7 @@ pub mod memory;
 pub mod report;
 pub mod sampling;
 pub mod serial;
+pub mod smp;
 pub mod sync;
 pub mod test;
 pub mod timer;
@@ -57,6 +60,7 @@ pub fn exit_failure() -> ! {
 pub fn start(start_info: u32, main: fn(&'static BootInfo) -> !) -> ! {
     serial::init();
     interrupts::init();
+    smp::init_boot_cpu();
     timer::init();
     // SAFETY: called once, at boot, with the loader's pointer, on the boot
     // identity map.
@@ -67,6 +71,16 @@ pub fn start(start_info: u32, main: fn(&'static BootInfo) -> !) -> ! {
             exit_failure()
         }
     };
+    // SAFETY: once, on the boot CPU, with the heap and layers −2 and −1 up;
+    // the first MiB is the kernel's.
+    match unsafe { smp::init(boot.rsdp) } {
+        Ok(_) => {}
+        Err(smp::SmpError::NoRsdp) => println!("strata: no ACPI tables: running on the boot CPU alone"),
+        Err(e) => {
+            println!("strata: cannot start the other CPUs: {e}");
+            exit_failure()
+        }
+    }
     MAIN.call_once(|| main);
     // SAFETY: the kernel stack is mapped, writable, guarded, and unused.
     unsafe { switch_stack(boot.kernel_stack_top(), run_main) }

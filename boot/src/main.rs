@@ -15,7 +15,7 @@ use strata::frame::MemoryKind;
 use strata::vmm::{PAGE_SIZE, PageFlags};
 use strata_boot::heap::{HEAP, TASKS, Task, TaskState};
 use strata_boot::memory::{with_frames, with_memory};
-use strata_boot::{BootInfo, entry_point, println, report, sampling, timer};
+use strata_boot::{BootInfo, entry_point, println, report, sampling, smp, timer};
 
 entry_point!(main);
 
@@ -79,6 +79,21 @@ fn main(boot: &'static BootInfo) -> ! {
     let free_after = with_frames(|f| f.free_frames());
     println!("  free frames before {free_before}, after release {free_after}");
 
+    // The CPUs: each one's APIC ID and stack, then every CPU allocating at
+    // once through the whole stack.
+    println!("\nCPUs: {} online of {} the MADT lists", smp::count(), smp::listed());
+    let cpu_ok = every_cpu_allocates();
+    for cpu in smp::online() {
+        println!(
+            "  cpu {}: APIC ID {}, {} jobs run, {} wake IPIs{}",
+            cpu.index(),
+            cpu.apic_id(),
+            cpu.jobs_done(),
+            cpu.wakeups(),
+            if cpu.index() == 0 { " (boot CPU)" } else { "" }
+        );
+    }
+
     // The whole stack, -2 to +3: Box, Vec, String, BTreeMap and Task churn.
     let before = report::snapshot();
     report::print("heap: before the workload", &before);
@@ -132,6 +147,7 @@ fn main(boot: &'static BootInfo) -> ! {
         if frames_after >= frames_before { "every slot page's" } else { "NOT all slot pages'" }
     );
     let ok = sum
+        && cpu_ok
         && free_before == free_after
         && trimmed.frames_used == before.frames_used
         && checksum != 0
@@ -150,6 +166,38 @@ fn main(boot: &'static BootInfo) -> ! {
     println!("\n--- strata's sys._debugmallocstats() at the end ---\n{}", HEAP.with(|h| h.report()));
     println!("\nboot report done; exiting QEMU");
     if ok { strata_boot::exit_success() } else { strata_boot::exit_failure() }
+}
+
+/// Every CPU at once: 2000 blocks of its own, each filled with its CPU's
+/// pattern and checked before it is freed; then the heap is trimmed. True
+/// when every pattern held and every frame came back.
+fn every_cpu_allocates() -> bool {
+    use core::sync::atomic::AtomicUsize;
+    let frames_before = report::snapshot().frames_used;
+    let bad = AtomicUsize::new(0);
+    smp::run_on_all(&|cpu| {
+        let tag = cpu.index() as u8 + 1;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(tag);
+        let blocks: Vec<Vec<u8>> = (0..2000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                alloc::vec![tag; 8 + (x % 3000) as usize]
+            })
+            .collect();
+        if !blocks.iter().all(|b| b.iter().all(|&v| v == tag)) {
+            bad.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    HEAP.trim();
+    let frames_after = report::snapshot().frames_used;
+    let ok = bad.load(Ordering::Relaxed) == 0 && frames_after == frames_before;
+    println!(
+        "  every CPU allocated 2000 blocks at once: {}; frames in use {frames_before} before, {frames_after} after trim",
+        if ok { "patterns intact" } else { "CORRUPTED OR LEAKED" }
+    );
+    ok
 }
 
 /// A burst through every layer, printed at its peak, then freed.

@@ -69,6 +69,9 @@ pub struct BootInfo {
     pub heap: PageRange,
     /// The guarded kernel stack the kernel runs on after boot.
     pub kernel_stack: Region,
+    /// Physical address of ACPI's RSDP (PVH `rsdp_paddr`; 0 if the loader
+    /// gave none): where the CPUs are listed.
+    pub rsdp: u64,
 }
 
 impl BootInfo {
@@ -155,6 +158,7 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
         return Err(BootError::NoMemoryMap { version: si.version });
     }
     let entries = si.memmap_entries as usize;
+    let rsdp = si.rsdp_paddr;
     if entries > MAX_MAP_ENTRIES {
         return Err(BootError::TooManyEntries(si.memmap_entries));
     }
@@ -232,7 +236,7 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
     let heap = Page::range(start, start + HEAP_SIZE / 4096);
     let nxe = Efer::read().contains(EferFlags::NO_EXECUTE_ENABLE);
     // SAFETY: nothing else maps or uses the heap range.
-    let mut vmm = unsafe { Vmm::new(mapper, heap, x86_64::instructions::tlb::flush, nxe) };
+    let mut vmm = unsafe { Vmm::new(mapper, heap, crate::smp::flush_page, nxe) };
     let kernel_stack = vmm
         .allocate(KERNEL_STACK_PAGES, 4096, PageFlags::WRITABLE, &mut frames)
         .map_err(BootError::KernelStack)?;
@@ -249,6 +253,7 @@ pub unsafe fn init(start_info: u32) -> Result<&'static BootInfo, BootError> {
         frame_metadata,
         heap,
         kernel_stack,
+        rsdp,
     }))
 }
 
@@ -270,13 +275,19 @@ pub fn clip_entry(addr: u64, size: u64, kind: MemoryKind) -> Result<Option<Memor
     Ok((end > start).then(|| MemoryRegion { start: PhysAddr::new(start), len: end - start, kind }))
 }
 
-/// Runs `f` with the VMM and the frame allocator locked (in that order).
+/// Runs `f` with the VMM and the frame allocator locked (in that order);
+/// pages it unmapped are shot down from every CPU's TLB before the locks
+/// are released ([`smp::shootdown`](crate::smp::shootdown)).
 pub fn with_memory<R>(
     f: impl FnOnce(&mut Vmm<'static, MAX_REGIONS>, &mut BuddyAllocator<'static>) -> R,
 ) -> R {
     let mut vmm = VMM.lock();
     let mut frames = FRAMES.lock();
-    f(vmm.as_mut().expect("memory initialised"), frames.as_mut().expect("memory initialised"))
+    let r = f(vmm.as_mut().expect("memory initialised"), frames.as_mut().expect("memory initialised"));
+    // Before the frames and addresses of unmapped pages can be reused: no
+    // other CPU may still translate through them.
+    crate::smp::shootdown();
+    r
 }
 
 /// Runs `f` with the frame allocator locked.

@@ -7,7 +7,6 @@
 //! allocates cannot deadlock against the code it interrupted. Nested locks
 //! restore the flag in reverse order, as guards drop.
 
-use core::hint::spin_loop;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use x86_64::instructions::interrupts;
@@ -34,7 +33,8 @@ unsafe impl lock_api::RawMutex for IrqSpinLock {
         let enabled = interrupts::are_enabled();
         interrupts::disable();
         while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            spin_loop();
+            // The holder may be waiting for this CPU to flush its TLB.
+            crate::smp::spin_wait();
         }
         self.saved_if.store(enabled, Ordering::Relaxed);
     }

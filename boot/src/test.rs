@@ -275,9 +275,12 @@ fn take_current() -> Option<&'static KernelTest> {
 /// released.
 fn recover() {
     crate::timer::reset();
+    // The other CPUs finish what the case gave them first: they may hold
+    // locks of the registry, and read the case's frames.
+    crate::smp::quiesce();
     let mut names = TextBuffer::<256>::new();
     // SAFETY: the case is abandoned: `resume` drops its stack and it never
-    // runs again, and the kernel runs on one CPU, so no other holder exists.
+    // runs again, and the other CPUs are idle, so no other holder exists.
     unsafe {
         crate::sync::release_abandoned_locks(|name| {
             let _ = core::fmt::Write::write_fmt(&mut names, format_args!(" {name};"));

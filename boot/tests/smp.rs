@@ -1,0 +1,179 @@
+//! QEMU suite: several CPUs (the runner boots `-smp 4`; `STRATA_SMP=1`
+//! runs it on one): every CPU the MADT lists comes online with its own
+//! per-CPU data, stack and descriptor tables; all of them allocate through
+//! the kernel heap at once, freeing each other's blocks; and a page
+//! unmapped by one CPU is gone from every CPU's TLB before its frame or its
+//! address is reused.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use spin::Mutex;
+use strata::vmm::{PAGE_SIZE, PageFlags};
+use strata_boot::heap::HEAP;
+use strata_boot::memory::{with_frames, with_memory};
+use strata_boot::smp::{self, MAX_CPUS};
+use strata_boot::{apic, entry_point, kernel_test};
+use x86_64::VirtAddr;
+use x86_64::structures::paging::Page;
+
+entry_point!(strata_boot::test::main);
+
+/// One slot per CPU, for what each CPU reports from `run_on_all`.
+fn slots() -> [AtomicU64; MAX_CPUS] {
+    [const { AtomicU64::new(0) }; MAX_CPUS]
+}
+
+kernel_test! {
+    fn every_listed_cpu_is_online_and_knows_itself() {
+        assert_eq!(smp::count(), smp::listed(), "CPUs the MADT lists did not come online");
+        let ids: Vec<u32> = smp::online().map(|c| c.apic_id()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert!(!ids[..i].contains(id), "two CPUs with APIC ID {id}");
+        }
+        let seen = slots();
+        let visits = AtomicUsize::new(0);
+        smp::run_on_all(&|cpu| {
+            // What GS says this CPU is, and what its local APIC says.
+            let me = smp::current();
+            assert!(core::ptr::eq(me, cpu), "GS points at another CPU's data");
+            seen[me.index()].store(u64::from(apic::id()) + 1, Ordering::Relaxed);
+            visits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(visits.load(Ordering::Relaxed), smp::count());
+        for cpu in smp::online() {
+            assert_eq!(seen[cpu.index()].load(Ordering::Relaxed), u64::from(cpu.apic_id()) + 1);
+        }
+    }
+}
+
+kernel_test! {
+    fn each_cpu_has_its_own_stack_and_descriptor_tables() {
+        let stacks = slots();
+        let gdts = slots();
+        smp::run_on_all(&|cpu| {
+            let local = 0u64;
+            stacks[cpu.index()].store(&raw const local as u64, Ordering::Relaxed);
+            gdts[cpu.index()].store(x86_64::instructions::tables::sgdt().base.as_u64(), Ordering::Relaxed);
+        });
+        let n = smp::count();
+        for i in 0..n {
+            for j in 0..i {
+                let (a, b) = (stacks[i].load(Ordering::Relaxed), stacks[j].load(Ordering::Relaxed));
+                assert!(a.abs_diff(b) >= smp::AP_STACK_PAGES * PAGE_SIZE / 2, "CPUs {i} and {j} share a stack");
+                assert_ne!(gdts[i].load(Ordering::Relaxed), gdts[j].load(Ordering::Relaxed), "CPUs {i} and {j} share a GDT");
+            }
+        }
+        // An AP's stack is a VMM region with a guard page below it.
+        for (i, stack) in stacks.iter().enumerate().take(n).skip(1) {
+            let sp = VirtAddr::new(stack.load(Ordering::Relaxed));
+            let region = match strata_boot::memory::lookup(sp) {
+                Some(strata::vmm::AddressInfo::Mapped { region, .. }) => region,
+                other => panic!("AP {i}'s stack is not in a VMM region: {other:?}"),
+            };
+            let below = region.start.start_address() - 1u64;
+            let info = strata_boot::memory::lookup(below).expect("the VMM answers");
+            assert!(matches!(info, strata::vmm::AddressInfo::Guard { .. }), "no guard page below AP {i}'s stack: {info:?}");
+        }
+    }
+}
+
+kernel_test! {
+    fn every_cpu_allocates_at_once_and_frees_the_others_blocks() {
+        HEAP.trim();
+        let frames = with_frames(|f| f.free_frames());
+        // Blocks handed from CPU to CPU: each is freed by another CPU than
+        // the one that allocated it.
+        let exchange: Mutex<Vec<(usize, Box<[u8]>)>> = Mutex::new(Vec::new());
+        let bad = AtomicUsize::new(0);
+        for round in 0..3u64 {
+            smp::run_on_all(&|cpu| {
+                let tag = cpu.index() as u8 + 1;
+                let mut x = 0x2545_f491_4f6c_dd1du64 ^ (u64::from(tag) << 32) ^ round;
+                let mut mine: Vec<Box<[u8]>> = Vec::new();
+                for i in 0..3000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let size = if i % 50 == 0 { 4096 + (x % 60_000) as usize } else { 1 + (x % 700) as usize };
+                    mine.push(alloc::vec![tag; size].into_boxed_slice());
+                    if i % 7 == 0 {
+                        let b = mine.swap_remove((x as usize / 7) % mine.len());
+                        if b.iter().any(|&v| v != tag) {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if i % 11 == 0
+                        && let Some(b) = mine.pop()
+                    {
+                        let theirs = {
+                            let mut ex = exchange.lock();
+                            ex.push((cpu.index(), b));
+                            let at = ex.iter().position(|(from, _)| *from != cpu.index());
+                            at.map(|at| ex.swap_remove(at))
+                        };
+                        if let Some((from, b)) = theirs
+                            && b.iter().any(|&v| v != from as u8 + 1)
+                        {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if mine.iter().any(|b| b.iter().any(|&v| v != tag)) {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        assert_eq!(bad.load(Ordering::Relaxed), 0, "a block was overwritten while live");
+        drop(exchange);
+        HEAP.with(|h| h.check_invariants());
+        HEAP.trim();
+        assert_eq!(with_frames(|f| f.free_frames()), frames, "frames were not all given back after trim");
+    }
+}
+
+kernel_test! {
+    fn a_page_unmapped_by_one_cpu_is_gone_from_every_tlb() {
+        // A page every CPU reads (so its translation is in every TLB)...
+        let region = with_memory(|vmm, frames| vmm.allocate(1, PAGE_SIZE, PageFlags::WRITABLE, frames)).unwrap();
+        let page: Page = region.start;
+        let word = page.start_address().as_mut_ptr::<u64>();
+        // (The closures take the address: a raw pointer is not `Sync`.)
+        let addr = word as usize;
+        // SAFETY: the page is mapped writable for this test alone.
+        unsafe { word.write_volatile(0xA) };
+        let seen = slots();
+        smp::run_on_all(&|cpu| {
+            // SAFETY: mapped, and only read.
+            seen[cpu.index()].store(unsafe { (addr as *const u64).read_volatile() }, Ordering::Relaxed);
+        });
+        assert!(smp::online().all(|c| seen[c.index()].load(Ordering::Relaxed) == 0xA));
+        // ...is unmapped by this CPU. Its frame goes to another page at once
+        // (holding 0xC), and the address gets a new frame (holding 0xB): a
+        // CPU still translating through the old entry would read 0xC.
+        with_memory(|vmm, frames| vmm.unmap(page, 1, frames)).unwrap();
+        let other = with_memory(|vmm, frames| vmm.allocate(1, PAGE_SIZE, PageFlags::WRITABLE, frames)).unwrap();
+        let other_word = other.start.start_address().as_mut_ptr::<u64>();
+        // SAFETY: mapped writable for this test alone.
+        unsafe { other_word.write_volatile(0xC) };
+        with_memory(|vmm, frames| vmm.map(page, 1, PageFlags::WRITABLE, frames)).unwrap();
+        // SAFETY: mapped again, writable, for this test alone.
+        unsafe { word.write_volatile(0xB) };
+        smp::run_on_all(&|cpu| {
+            // SAFETY: as above.
+            seen[cpu.index()].store(unsafe { (addr as *const u64).read_volatile() }, Ordering::Relaxed);
+        });
+        for cpu in smp::online() {
+            assert_eq!(seen[cpu.index()].load(Ordering::Relaxed), 0xB, "CPU {} read through a stale TLB entry", cpu.index());
+        }
+        with_memory(|vmm, frames| {
+            vmm.release(region, frames).unwrap();
+            vmm.release(other, frames).unwrap();
+        });
+    }
+}
