@@ -339,3 +339,23 @@ fn debug_mode_knows_the_exact_size_and_reports_a_double_free() {
     }
     assert_eq!(DOUBLE_FREES.load(Ordering::Relaxed), 4);
 }
+
+/// The count of small blocks in layer 0 goes back to zero when such a
+/// block grows in place and is then freed without its layout (it was
+/// counted under its class and uncounted under a neighbouring one).
+#[cfg(not(feature = "debug"))]
+#[test]
+fn small_blocks_of_layer_0_resized_and_freed_without_a_layout_are_all_uncounted() {
+    let heap = locked_heap(32 << 20);
+    // SAFETY: each block is live until freed once; sizes are not zero.
+    unsafe {
+        let before = heap.stats().front.small_in_layer_0;
+        let p = heap.alloc(Layout::from_size_align(100, 8).unwrap());
+        assert_eq!(heap.stats().front.small_in_layer_0, before + 1, "a cold class is served by layer 0");
+        let q = heap.realloc_unsized(p, 300);
+        assert!(!q.is_null());
+        heap.dealloc_unsized(q);
+        assert_eq!(heap.stats().front.small_in_layer_0, before, "the count drifted");
+        assert_eq!(heap.stats().segments.allocated_bytes, 0);
+    }
+}

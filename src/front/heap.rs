@@ -38,8 +38,11 @@ pub struct Heap<S> {
     /// [`GROWING_THRESHOLD`]).
     pub(super) growing: [(usize, u32); 4],
     pub(super) growing_next: usize,
-    /// Small blocks served by layer 0, per size class.
-    small_in_layer_0: [u32; object::CLASS_TABLE],
+    /// Small blocks served by layer 0. One count, not one per class: a
+    /// block resized in place, or freed without its layout, may be named by
+    /// a neighbouring class (see [`layer_0_usable`]), which a count per
+    /// class would let drift.
+    small_in_layer_0: usize,
     /// Requests of each size class served by layer 0 while it was cold, up
     /// to the limit.
     pub(super) cold_demand: [u32; object::CLASS_TABLE],
@@ -182,7 +185,7 @@ impl<S: PageSource> Heap<S> {
             },
             growing: [(0, 0); 4],
             growing_next: 0,
-            small_in_layer_0: [0; object::CLASS_TABLE],
+            small_in_layer_0: 0,
             cold_demand: [0; object::CLASS_TABLE],
             cold_limit: 0,
             #[cfg(feature = "debug")]
@@ -342,7 +345,7 @@ impl<S: PageSource> Heap<S> {
         if let Ok(p) = result
             && !self.object.owns(p.as_ptr())
         {
-            self.small_in_layer_0[class] += 1;
+            self.small_in_layer_0 += 1;
         }
         result
     }
@@ -357,7 +360,7 @@ impl<S: PageSource> Heap<S> {
     #[inline]
     fn note_small_in_layer_0(&mut self, layout: Layout, coming: bool) {
         if self.is_small(layout) {
-            let n = &mut self.small_in_layer_0[self.class_of(layout)];
+            let n = &mut self.small_in_layer_0;
             *n = if coming { *n + 1 } else { n.saturating_sub(1) };
         }
     }
@@ -711,10 +714,7 @@ impl<S: PageSource> Heap<S> {
     /// Counters of every layer.
     pub fn stats(&self) -> HeapStats {
         HeapStats {
-            front: FrontStats {
-                small_in_layer_0: self.small_in_layer_0.iter().map(|&n| n as usize).sum(),
-                ..self.stats
-            },
+            front: FrontStats { small_in_layer_0: self.small_in_layer_0, ..self.stats },
             arenas: self.object.counters(),
             geometry: self.object.geometry(),
             segments: self.segment.stats(),
