@@ -1,7 +1,7 @@
 //! The local APIC in xAPIC mode (memory-mapped at `0xFEE0_0000`; x2APIC is
-//! not offered by QEMU's TCG): this CPU's APIC ID, end of interrupt, and
-//! inter-processor interrupts — INIT and start-up IPIs to bring an
-//! application processor up, fixed IPIs to wake one.
+//! not offered by QEMU's TCG): this CPU's APIC ID, end of interrupt, its
+//! timer, and inter-processor interrupts — INIT and start-up IPIs to bring
+//! an application processor up, fixed IPIs to wake one.
 //!
 //! Every CPU sees its own local APIC at the same physical address, which the
 //! boot stub's identity map covers (2 MiB pages below 4 GiB).
@@ -17,6 +17,13 @@ const EOI: usize = 0xB0;
 const SPURIOUS: usize = 0xF0;
 const ICR_LOW: usize = 0x300;
 const ICR_HIGH: usize = 0x310;
+const LVT_TIMER: usize = 0x320;
+const TIMER_INITIAL: usize = 0x380;
+const TIMER_DIVIDE: usize = 0x3E0;
+/// LVT: the entry is masked.
+const MASKED: u32 = 1 << 16;
+/// LVT timer mode: periodic.
+const PERIODIC: u32 = 1 << 17;
 
 /// ICR delivery status: the last IPI is still being sent.
 const DELIVERY_PENDING: u32 = 1 << 12;
@@ -29,6 +36,8 @@ const STARTUP: u32 = 6 << 8;
 
 /// Vector of spurious interrupts (its handler sends no EOI).
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// Vector of every CPU's local APIC timer.
+pub const TIMER_VECTOR: u8 = 0xEF;
 
 /// Sets where the registers are (the MADT's local APIC address).
 pub fn set_base(phys: u64) {
@@ -59,6 +68,20 @@ pub fn id() -> u32 {
 /// register), so that it accepts fixed IPIs.
 pub fn enable() {
     write(SPURIOUS, (1 << 8) | u32::from(SPURIOUS_VECTOR));
+}
+
+/// Starts this CPU's local APIC timer: periodic, an interrupt on
+/// [`TIMER_VECTOR`] every `count` ticks of the bus clock divided by 16.
+pub fn start_timer(count: u32) {
+    write(TIMER_DIVIDE, 0b0011);
+    write(LVT_TIMER, PERIODIC | u32::from(TIMER_VECTOR));
+    write(TIMER_INITIAL, count);
+}
+
+/// Stops this CPU's local APIC timer.
+pub fn stop_timer() {
+    write(LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));
+    write(TIMER_INITIAL, 0);
 }
 
 /// Signals the end of the interrupt being handled.

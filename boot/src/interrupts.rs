@@ -174,6 +174,7 @@ trampoline!(machine_check, 18);
 trampoline!(simd_floating_point, 19);
 trampoline!(timer_irq, 32);
 trampoline!(wake_ipi, 0xF0);
+trampoline!(apic_timer, 0xEF);
 trampoline!(spurious, 0xFF);
 
 static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
@@ -203,6 +204,7 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
         idt.simd_floating_point.set_handler_addr(addr(simd_floating_point));
         idt[crate::timer::TIMER_VECTOR].set_handler_addr(addr(timer_irq));
         idt[crate::smp::WAKE_VECTOR].set_handler_addr(addr(wake_ipi));
+        idt[crate::apic::TIMER_VECTOR].set_handler_addr(addr(apic_timer));
         idt[crate::apic::SPURIOUS_VECTOR].set_handler_addr(addr(spurious));
     }
     idt
@@ -244,6 +246,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     }
     if frame.vector == u64::from(crate::smp::WAKE_VECTOR) {
         crate::smp::on_wake_ipi();
+        return;
+    }
+    if frame.vector == u64::from(crate::apic::TIMER_VECTOR) {
+        crate::smp::on_timer();
         return;
     }
     if frame.vector == u64::from(crate::apic::SPURIOUS_VECTOR) {

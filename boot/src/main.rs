@@ -85,11 +85,13 @@ fn main(boot: &'static BootInfo) -> ! {
     let cpu_ok = every_cpu_allocates();
     for cpu in smp::online() {
         println!(
-            "  cpu {}: APIC ID {}, {} jobs run, {} wake IPIs{}",
+            "  cpu {}: APIC ID {}, {} jobs run, {} wake IPIs, {} timer ticks with {} allocations in the handler{}",
             cpu.index(),
             cpu.apic_id(),
             cpu.jobs_done(),
             cpu.wakeups(),
+            cpu.ticks(),
+            cpu.handler_allocations(),
             if cpu.index() == 0 { " (boot CPU)" } else { "" }
         );
     }
@@ -169,13 +171,17 @@ fn main(boot: &'static BootInfo) -> ! {
 }
 
 /// Every CPU at once: 2000 blocks of its own, each filled with its CPU's
-/// pattern and checked before it is freed; then the heap is trimmed. True
-/// when every pattern held and every frame came back.
+/// pattern and checked before it is freed, while every CPU's timer handler
+/// allocates too; then the heap is trimmed. True when every pattern held
+/// and every frame came back.
 fn every_cpu_allocates() -> bool {
     use core::sync::atomic::AtomicUsize;
     let frames_before = report::snapshot().frames_used;
     let bad = AtomicUsize::new(0);
+    // Every CPU's local APIC timer allocates in its handler meanwhile.
+    smp::start_timers(20_000, true);
     smp::run_on_all(&|cpu| {
+        x86_64::instructions::interrupts::enable();
         let tag = cpu.index() as u8 + 1;
         let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(tag);
         let blocks: Vec<Vec<u8>> = (0..2000)
@@ -189,7 +195,9 @@ fn every_cpu_allocates() -> bool {
         if !blocks.iter().all(|b| b.iter().all(|&v| v == tag)) {
             bad.fetch_add(1, Ordering::Relaxed);
         }
+        x86_64::instructions::interrupts::disable();
     });
+    smp::stop_timers();
     HEAP.trim();
     let frames_after = report::snapshot().frames_used;
     let ok = bad.load(Ordering::Relaxed) == 0 && frames_after == frames_before;

@@ -69,6 +69,10 @@ pub struct Cpu {
     tlb_seen: AtomicU64,
     /// Wake IPIs taken.
     wakeups: AtomicU64,
+    /// Interrupts of this CPU's local APIC timer.
+    ticks: AtomicU64,
+    /// Allocations its timer handler made ([`start_timers`]).
+    handler_allocations: AtomicU64,
 }
 
 /// A closure of [`run_on_all`], borrowed for the duration of the call.
@@ -91,6 +95,8 @@ impl Cpu {
             jobs_done: AtomicU64::new(0),
             tlb_seen: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            handler_allocations: AtomicU64::new(0),
         }
     }
 
@@ -108,6 +114,16 @@ impl Cpu {
     /// Wake IPIs the CPU has taken.
     pub fn wakeups(&self) -> u64 {
         self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Interrupts of the CPU's local APIC timer so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// Allocations the CPU's timer handler has made.
+    pub fn handler_allocations(&self) -> u64 {
+        self.handler_allocations.load(Ordering::Relaxed)
     }
 
     /// Jobs of [`run_on_all`] the CPU has run (as an AP).
@@ -363,6 +379,39 @@ pub(crate) fn on_wake_ipi() {
     apic::end_of_interrupt();
 }
 
+/// Whether the timer handlers allocate.
+static TIMERS_ALLOCATE: AtomicBool = AtomicBool::new(false);
+
+/// Starts every CPU's local APIC timer (an interrupt every `count` ticks
+/// of the bus clock divided by 16), whose handler, if `allocate`, allocates
+/// and frees through the whole stack on its CPU: every CPU's interrupts
+/// allocate while every CPU's code does. Interrupts stay as they are: they
+/// tick while enabled.
+pub fn start_timers(count: u32, allocate: bool) {
+    TIMERS_ALLOCATE.store(allocate, Ordering::SeqCst);
+    run_on_all(&|_| apic::start_timer(count));
+}
+
+/// Stops every CPU's local APIC timer.
+pub fn stop_timers() {
+    run_on_all(&|_| apic::stop_timer());
+    TIMERS_ALLOCATE.store(false, Ordering::SeqCst);
+}
+
+/// The local APIC timer's handler: counts the tick on its CPU and, when
+/// asked, allocates and frees a small and a medium block.
+pub(crate) fn on_timer() {
+    let cpu = current();
+    let tick = cpu.ticks.fetch_add(1, Ordering::Relaxed);
+    if TIMERS_ALLOCATE.load(Ordering::Relaxed) {
+        let small = alloc::boxed::Box::new([tick; 4]);
+        let medium: alloc::vec::Vec<u64> = (0..100 + tick % 400).collect();
+        core::hint::black_box((&small, &medium));
+        cpu.handler_allocations.fetch_add(2, Ordering::Relaxed);
+    }
+    apic::end_of_interrupt();
+}
+
 /// Runs `f` on every online CPU at once, this one included, and returns
 /// when every CPU has run it.
 ///
@@ -399,6 +448,8 @@ pub fn run_on_all(f: &(dyn Fn(&Cpu) + Sync)) {
 /// next caller. Ends the run if a CPU does not finish within five seconds
 /// (it may wait for a lock the abandoned code holds).
 pub fn quiesce() {
+    TIMERS_ALLOCATE.store(false, Ordering::SeqCst);
+    apic::stop_timer();
     let start = tsc();
     for cpu in online().skip(1) {
         while cpu.jobs_done() < cpu.jobs_given.load(Ordering::Relaxed) {
@@ -416,6 +467,9 @@ pub fn quiesce() {
         // SAFETY: the holder was the abandoned `run_on_all`, which never
         // resumes, and every CPU it gave work to is done with it.
         unsafe { RUNNING.force_unlock() };
+    }
+    if count() > 1 {
+        run_on_all(&|_| apic::stop_timer());
     }
 }
 

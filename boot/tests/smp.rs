@@ -177,3 +177,32 @@ kernel_test! {
         });
     }
 }
+
+kernel_test! {
+    fn every_cpu_allocates_in_its_timer_interrupt_while_its_code_allocates() {
+        let ticks: Vec<u64> = smp::online().map(|c| c.ticks()).collect();
+        let made: Vec<u64> = smp::online().map(|c| c.handler_allocations()).collect();
+        smp::start_timers(20_000, true);
+        smp::run_on_all(&|cpu| {
+            x86_64::instructions::interrupts::enable();
+            let start = cpu.ticks();
+            let mut v: Vec<Box<[u64]>> = Vec::new();
+            // Until this CPU's timer has fired 20 times, its interrupted code
+            // holding the heap's lock or not.
+            while cpu.ticks() < start + 20 {
+                v.push(alloc::vec![cpu.index() as u64; 1 + v.len() % 300].into_boxed_slice());
+                if v.len() > 200 {
+                    assert!(v.iter().all(|b| b.iter().all(|&x| x == cpu.index() as u64)), "a block was overwritten");
+                    v.clear();
+                }
+            }
+            x86_64::instructions::interrupts::disable();
+        });
+        smp::stop_timers();
+        for (i, cpu) in smp::online().enumerate() {
+            assert!(cpu.ticks() >= ticks[i] + 20, "CPU {i}'s timer did not tick");
+            assert!(cpu.handler_allocations() > made[i], "CPU {i}'s timer handler did not allocate");
+        }
+        HEAP.with(|h| h.check_invariants());
+    }
+}
