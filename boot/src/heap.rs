@@ -20,13 +20,17 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 
+use core::mem::MaybeUninit;
 use strata::source::{PAGE_SIZE, PageSource, PagesError};
 use strata::vmm::PageFlags;
+
+use strata::cache::{CacheError, CacheStats, CachedBox};
 use strata::{LockedHeap, ObjectCache};
 use x86_64::VirtAddr;
 
 use crate::memory::{ALLOC_WINDOW, with_memory};
 use crate::sampling;
+use crate::smp::{MAX_CPUS, PerCpu};
 use crate::sync::IrqSpinLock;
 
 /// The VMM as the page source of layers 0 and +2.
@@ -166,9 +170,93 @@ pub enum TaskState {
     Exited,
 }
 
-/// The typed cache of [`Task`] records: up to 64 freed records are kept,
-/// behind an interrupt-masking lock (the timer handler uses the cache).
-pub static TASKS: ObjectCache<'static, Task, KernelHeap, 64, IrqSpinLock> = ObjectCache::new(&HEAP);
+/// One CPU's typed cache of [`Task`] records: up to 64 freed records,
+/// behind an interrupt-masking lock (timer handlers use it).
+pub type TaskCache = ObjectCache<'static, Task, KernelHeap, 64, IrqSpinLock>;
+
+/// The typed caches of [`Task`] records (layer +3), one per CPU, as Linux's
+/// SLUB keeps a slab per CPU: a CPU takes records from its own cache, whose
+/// lock no other CPU takes in the common case. A record goes back to the
+/// cache it came from, whichever CPU drops it (its box remembers), so a
+/// record freed on another CPU is never lost.
+#[derive(Debug)]
+pub struct TaskCaches(PerCpu<TaskCache>);
+
+/// The kernel's task caches.
+pub static TASKS: TaskCaches = TaskCaches(PerCpu::new([const { ObjectCache::new(&HEAP) }; MAX_CPUS]));
+
+impl TaskCaches {
+    /// This CPU's cache.
+    pub fn local(&self) -> &TaskCache {
+        self.0.local()
+    }
+
+    /// CPU `index`'s cache.
+    pub fn of_cpu(&self, index: usize) -> &TaskCache {
+        self.0.get(index)
+    }
+
+    /// A record holding `value`, from this CPU's cache (see
+    /// [`ObjectCache::boxed`]).
+    pub fn boxed(
+        &self,
+        value: Task,
+    ) -> Result<CachedBox<'_, 'static, Task, KernelHeap, 64, IrqSpinLock>, CacheError> {
+        self.local().boxed(value)
+    }
+
+    /// A block for one record, from this CPU's cache (see
+    /// [`ObjectCache::allocate`]); give it back with [`deallocate`](Self::deallocate).
+    pub fn allocate(&self) -> Result<NonNull<MaybeUninit<Task>>, CacheError> {
+        self.local().allocate()
+    }
+
+    /// Gives a block back, to this CPU's cache (every CPU's cache takes the
+    /// same blocks from the same heap).
+    ///
+    /// # Safety
+    ///
+    /// As [`ObjectCache::deallocate`]: a block from [`allocate`](Self::allocate),
+    /// not used afterwards.
+    pub unsafe fn deallocate(&self, block: NonNull<MaybeUninit<Task>>) {
+        // SAFETY: forwarded contract; the caches differ only in which CPU
+        // uses them.
+        unsafe { self.local().deallocate(block) }
+    }
+
+    /// Gives every CPU's cached records back to the heap (`trim`, memory
+    /// pressure).
+    pub fn clear(&self) {
+        self.0.all().iter().for_each(ObjectCache::clear);
+    }
+
+    /// Hits, misses and cached records over every CPU's cache.
+    pub fn stats(&self) -> CacheStats {
+        self.0.all().iter().map(ObjectCache::stats).fold(CacheStats::default(), |a, s| CacheStats {
+            hits: a.hits + s.hits,
+            misses: a.misses + s.misses,
+            cached: a.cached + s.cached,
+            capacity: a.capacity + s.capacity,
+        })
+    }
+
+    /// Whether any CPU's cache lock is held.
+    pub fn is_locked(&self) -> bool {
+        self.0.all().iter().any(ObjectCache::is_locked)
+    }
+
+    /// Releases every cache lock that is held.
+    ///
+    /// # Safety
+    ///
+    /// Their holders never resume.
+    pub unsafe fn force_unlock(&self) {
+        for cache in self.0.all().iter().filter(|c| c.is_locked()) {
+            // SAFETY: the caller's promise.
+            unsafe { cache.force_unlock() };
+        }
+    }
+}
 
 crate::abandonable_lock!("kernel heap", HEAP);
 crate::abandonable_lock!("task cache", TASKS);

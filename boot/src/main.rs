@@ -84,14 +84,17 @@ fn main(boot: &'static BootInfo) -> ! {
     println!("\nCPUs: {} online of {} the MADT lists", smp::count(), smp::listed());
     let cpu_ok = every_cpu_allocates();
     for cpu in smp::online() {
+        let tasks = TASKS.of_cpu(cpu.index()).stats();
         println!(
-            "  cpu {}: APIC ID {}, {} jobs run, {} wake IPIs, {} timer ticks with {} allocations in the handler{}",
+            "  cpu {}: APIC ID {}, {} jobs run, {} wake IPIs, {} timer ticks with {} allocations in the handler, task cache {} hits / {} misses{}",
             cpu.index(),
             cpu.apic_id(),
             cpu.jobs_done(),
             cpu.wakeups(),
             cpu.ticks(),
             cpu.handler_allocations(),
+            tasks.hits,
+            tasks.misses,
             if cpu.index() == 0 { " (boot CPU)" } else { "" }
         );
     }
@@ -170,9 +173,10 @@ fn main(boot: &'static BootInfo) -> ! {
     if ok { strata_boot::exit_success() } else { strata_boot::exit_failure() }
 }
 
-/// Every CPU at once: 2000 blocks of its own, each filled with its CPU's
-/// pattern and checked before it is freed, while every CPU's timer handler
-/// allocates too; then the heap is trimmed. True when every pattern held
+/// Every CPU at once: task records from its own typed cache, and 2000
+/// blocks of its own, each filled with its CPU's pattern and checked before
+/// it is freed, while every CPU's timer handler allocates too; then every
+/// CPU's task cache is emptied and the heap is trimmed. True when every pattern held
 /// and every frame came back.
 fn every_cpu_allocates() -> bool {
     use core::sync::atomic::AtomicUsize;
@@ -184,6 +188,14 @@ fn every_cpu_allocates() -> bool {
         x86_64::instructions::interrupts::enable();
         let tag = cpu.index() as u8 + 1;
         let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(tag);
+        for round in 0..2 {
+            let tasks: Vec<_> = (0..20)
+                .map(|i| TASKS.boxed(Task { id: round * 20 + i, state: TaskState::Ready, ..Task::default() }))
+                .collect();
+            if tasks.iter().any(|t| t.is_err()) {
+                bad.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let blocks: Vec<Vec<u8>> = (0..2000)
             .map(|_| {
                 x ^= x << 13;
@@ -198,6 +210,7 @@ fn every_cpu_allocates() -> bool {
         x86_64::instructions::interrupts::disable();
     });
     smp::stop_timers();
+    TASKS.clear();
     HEAP.trim();
     let frames_after = report::snapshot().frames_used;
     let ok = bad.load(Ordering::Relaxed) == 0 && frames_after == frames_before;

@@ -153,6 +153,33 @@ static RUNNING: spin::Mutex<()> = spin::Mutex::new(());
 static AP_STACK_TOP: AtomicU64 = AtomicU64::new(0);
 static AP_INDEX: AtomicUsize = AtomicUsize::new(0);
 
+/// One value per CPU, as Linux's per-CPU variables: each CPU works on its
+/// own ([`local`](Self::local)); anyone may visit them all.
+#[derive(Debug)]
+pub struct PerCpu<T>([T; MAX_CPUS]);
+
+impl<T> PerCpu<T> {
+    /// One value for each possible CPU.
+    pub const fn new(values: [T; MAX_CPUS]) -> Self {
+        Self(values)
+    }
+
+    /// The value of the CPU this code runs on.
+    pub fn local(&self) -> &T {
+        &self.0[current().index()]
+    }
+
+    /// The value of CPU `index`.
+    pub fn get(&self, index: usize) -> &T {
+        &self.0[index]
+    }
+
+    /// The values of every possible CPU (those never started are untouched).
+    pub fn all(&self) -> &[T; MAX_CPUS] {
+        &self.0
+    }
+}
+
 /// The CPUs online, the boot CPU first.
 pub fn online() -> impl Iterator<Item = &'static Cpu> {
     CPUS[..ONLINE.load(Ordering::Acquire)].iter()

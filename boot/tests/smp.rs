@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 use strata::vmm::{PAGE_SIZE, PageFlags};
-use strata_boot::heap::HEAP;
+use strata_boot::heap::{HEAP, TASKS, Task};
 use strata_boot::memory::{with_frames, with_memory};
 use strata_boot::smp::{self, MAX_CPUS};
 use strata_boot::{apic, entry_point, kernel_test};
@@ -204,5 +204,52 @@ kernel_test! {
             assert!(cpu.handler_allocations() > made[i], "CPU {i}'s timer handler did not allocate");
         }
         HEAP.with(|h| h.check_invariants());
+    }
+}
+
+kernel_test! {
+    fn each_cpu_takes_task_records_from_its_own_cache_and_none_are_lost() {
+        let before: Vec<_> = smp::online().map(|c| TASKS.of_cpu(c.index()).stats()).collect();
+        TASKS.clear();
+        HEAP.trim();
+        // (Counted after `before` is allocated: it stays live to the end.)
+        let frames = with_frames(|f| f.free_frames());
+        smp::run_on_all(&|cpu| {
+            for round in 0..2u64 {
+                let tasks: Vec<_> = (0..10)
+                    .map(|i| TASKS.boxed(Task { id: cpu.index() as u64 * 100 + round * 10 + i, ..Task::default() }))
+                    .collect::<Result<_, _>>()
+                    .expect("task records");
+                assert!(tasks.iter().enumerate().all(|(i, t)| t.id == cpu.index() as u64 * 100 + round * 10 + i as u64));
+            }
+        });
+        for (cpu, before) in smp::online().zip(&before) {
+            let s = TASKS.of_cpu(cpu.index()).stats();
+            // The first round missed, the second took the first's records
+            // back: from this CPU's cache, which no other CPU touched.
+            assert_eq!(s.misses - before.misses, 10, "CPU {}", cpu.index());
+            assert_eq!(s.hits - before.hits, 10, "CPU {}", cpu.index());
+            assert_eq!(s.cached, 10, "CPU {}", cpu.index());
+        }
+        if smp::count() > 1 {
+            // A record boxed on CPU 1 and dropped on the boot CPU goes back
+            // to CPU 1's cache.
+            let handed: Mutex<Option<strata::cache::CachedBox<'static, 'static, Task, _, 64, _>>> = Mutex::new(None);
+            smp::run_on_all(&|cpu| {
+                if cpu.index() == 1 {
+                    *handed.lock() = Some(TASKS.boxed(Task { id: 42, ..Task::default() }).expect("a record"));
+                }
+            });
+            let cached = TASKS.of_cpu(1).stats().cached;
+            let task = handed.lock().take().expect("CPU 1 boxed a record");
+            assert_eq!(task.id, 42);
+            drop(task);
+            assert_eq!(TASKS.of_cpu(1).stats().cached, cached + 1, "the record went back to its own CPU's cache");
+            assert_eq!(TASKS.of_cpu(0).stats().cached, 10);
+        }
+        TASKS.clear();
+        assert_eq!(TASKS.stats().cached, 0, "clear empties every CPU's cache");
+        HEAP.trim();
+        assert_eq!(with_frames(|f| f.free_frames()), frames, "records were lost");
     }
 }
