@@ -162,3 +162,35 @@ kernel_test! {
         assert_eq!(v.iter().sum::<u64>(), 499_500);
     }
 }
+
+/// CPUs on which the hooks caught a misuse (a bit per CPU).
+static CAUGHT_ON: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn caught_here(_: &Violation) {
+    CAUGHT_ON.fetch_or(1 << strata_boot::smp::current().index(), core::sync::atomic::Ordering::Relaxed);
+}
+
+kernel_test! {
+    fn a_double_free_is_caught_on_every_cpu() {
+        use core::sync::atomic::Ordering;
+        use strata_boot::smp;
+        // The debug hooks: a double free on each CPU is caught there.
+        CAUGHT_ON.store(0, Ordering::Relaxed);
+        HEAP.set_debug_policy(Policy::Report(caught_here));
+        smp::run_on_all(&|_| {
+            let layout = core::alloc::Layout::new::<[u64; 4]>();
+            // SAFETY: a block of the heap freed twice: the hooks refuse the
+            // second free and report it (the block is kept out of use).
+            unsafe {
+                let p = alloc::alloc::alloc(layout);
+                assert!(!p.is_null());
+                alloc::alloc::dealloc(p, layout);
+                alloc::alloc::dealloc(p, layout);
+            }
+        });
+        HEAP.set_debug_policy(Policy::Panic);
+        let all = (1u64 << smp::count()) - 1;
+        assert_eq!(CAUGHT_ON.load(Ordering::Relaxed), all, "a CPU's double free was not caught");
+        HEAP.with(|h| h.check_invariants());
+    }
+}

@@ -18,7 +18,7 @@ use strata::vmm::{PAGE_SIZE, PageFlags};
 use strata_boot::heap::{HEAP, TASKS, Task};
 use strata_boot::memory::{with_frames, with_memory};
 use strata_boot::smp::{self, MAX_CPUS};
-use strata_boot::{apic, entry_point, kernel_test};
+use strata_boot::{apic, entry_point, kernel_test, sampling};
 use x86_64::VirtAddr;
 use x86_64::structures::paging::Page;
 
@@ -251,5 +251,24 @@ kernel_test! {
         assert_eq!(TASKS.stats().cached, 0, "clear empties every CPU's cache");
         HEAP.trim();
         assert_eq!(with_frames(|f| f.free_frames()), frames, "records were lost");
+    }
+}
+
+kernel_test! {
+    fn sampling_works_on_every_cpu() {
+        // Guarded sampling: one small allocation in 4, on every CPU at once;
+        // freeing unmaps the slot pages (shot down from every TLB).
+        let (sampled_before, _) = sampling::stats();
+        sampling::set_interval(4);
+        smp::run_on_all(&|cpu| {
+            let words: Vec<alloc::string::String> =
+                (0..100).map(|i| alloc::format!("cpu {} word {i}", cpu.index())).collect();
+            assert!(words.iter().enumerate().all(|(i, w)| *w == alloc::format!("cpu {} word {i}", cpu.index())));
+        });
+        sampling::set_interval(0);
+        let (sampled, live) = sampling::stats();
+        assert!(sampled > sampled_before, "nothing was sampled");
+        assert_eq!(live, 0, "sampled blocks are still live");
+        HEAP.with(|h| h.check_invariants());
     }
 }
