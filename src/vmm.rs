@@ -32,9 +32,10 @@
 //! looking up the region of an address (the page-fault handler does it) is a
 //! binary search; map, unmap and protect are O(pages).
 //!
-//! Every change to the page tables is followed by a TLB flush through the
-//! function given at construction (`invlpg` in the kernel, nothing in host
-//! tests, where the tables live in ordinary memory and are never loaded).
+//! Every unmap and change of rights is followed by a TLB flush through the
+//! function given at construction (`invlpg` and a shootdown in the kernel,
+//! nothing in host tests, where the tables live in ordinary memory and are
+//! never loaded); a new mapping of a page that was not present needs none.
 
 use core::fmt;
 
@@ -295,9 +296,11 @@ impl<const N: usize> fmt::Debug for Vmm<'_, N> {
 impl<'pt, const N: usize> Vmm<'pt, N> {
     /// Creates a VMM that manages `heap` through `mapper`.
     ///
-    /// `flush` is called with the address of every page whose mapping changed
-    /// (`x86_64::instructions::tlb::flush` when `mapper` is the live page
-    /// table). `no_execute` says whether `EFER.NXE` is on, so that pages
+    /// `flush` is called with the address of every page whose mapping was
+    /// removed or changed — not for a new mapping of a page that was not
+    /// present, which no TLB holds — (`x86_64::instructions::tlb::flush`
+    /// when `mapper` is the live page table, plus a shootdown of the other
+    /// CPUs' TLBs on several CPUs). `no_execute` says whether `EFER.NXE` is on, so that pages
     /// without [`PageFlags::EXECUTABLE`] may be marked no-execute.
     ///
     /// # Safety
@@ -487,7 +490,11 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
             Ok(flush) => {
                 self.stats.table_frames += tables;
                 self.stats.mapped_pages += 1;
-                self.flushed(flush, page);
+                // A page that was not present is in no TLB (x86 caches no
+                // not-present translation), so a new mapping needs no
+                // flush, here or on any other CPU; unmapping and changing
+                // rights do.
+                flush.ignore();
                 Ok(())
             }
             Err(e) => {

@@ -14,6 +14,8 @@ static BASE: AtomicU64 = AtomicU64::new(0xFEE0_0000);
 
 const ID: usize = 0x20;
 const EOI: usize = 0xB0;
+/// The in-service register: eight 32-bit words, 16 bytes apart.
+const ISR: usize = 0x100;
 const SPURIOUS: usize = 0xF0;
 const ICR_LOW: usize = 0x300;
 const ICR_HIGH: usize = 0x310;
@@ -89,14 +91,30 @@ pub fn end_of_interrupt() {
     write(EOI, 0);
 }
 
+/// Ends every interrupt this CPU's local APIC has in service (after a
+/// handler was abandoned before its end of interrupt): each EOI ends the
+/// highest one, until none is left.
+pub fn end_every_interrupt() {
+    for _ in 0..256 {
+        if (0..8).all(|i| read(ISR + 16 * i) == 0) {
+            return;
+        }
+        end_of_interrupt();
+    }
+}
+
 /// Sends `low` (mode, level, vector) to the CPU whose APIC ID is `apic_id`
 /// and waits until the local APIC has sent it.
 fn send(apic_id: u32, low: u32) {
-    write(ICR_HIGH, apic_id << 24);
-    write(ICR_LOW, low);
-    while read(ICR_LOW) & DELIVERY_PENDING != 0 {
-        core::hint::spin_loop();
-    }
+    // With interrupts masked: a handler sending an IPI between the two
+    // writes would send this one to its destination.
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        write(ICR_HIGH, apic_id << 24);
+        write(ICR_LOW, low);
+        while read(ICR_LOW) & DELIVERY_PENDING != 0 {
+            core::hint::spin_loop();
+        }
+    });
 }
 
 /// Sends the fixed interrupt `vector` to CPU `apic_id`.

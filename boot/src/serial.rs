@@ -1,13 +1,15 @@
-//! COM1 serial console (`uart_16550`), behind a spin lock, with
+//! COM1 serial console (`uart_16550`), behind a spin lock shared by every CPU, with
 //! [`print!`](crate::print) and [`println!`](crate::println).
 
 use core::fmt::{self, Write};
 
-use spin::Mutex;
+use crate::sync::SpinMutex;
 use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550Tty};
 
-static COM1: Mutex<Option<Uart16550Tty<PioBackend>>> = Mutex::new(None);
+/// Its waiters answer TLB shootdowns: a CPU printing with interrupts masked
+/// may wait for one that shoots down while it holds the console.
+static COM1: SpinMutex<Option<Uart16550Tty<PioBackend>>> = SpinMutex::new(None);
 crate::abandonable_lock!("serial console", COM1);
 
 /// Initialises COM1 at 115200 baud. Output before this call is dropped.

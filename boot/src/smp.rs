@@ -39,6 +39,7 @@ use x86_64::registers::model_specific::GsBase;
 
 use crate::apic;
 use crate::memory::with_memory;
+use crate::sync::SpinMutex;
 
 /// CPUs the kernel can run on (more in the MADT are left halted).
 pub const MAX_CPUS: usize = 16;
@@ -62,7 +63,7 @@ pub struct Cpu {
     online: AtomicBool,
     /// The job [`run_on_all`] gave this CPU, as a fat pointer's two words
     /// (null data: none).
-    job: spin::Mutex<Option<Job>>,
+    job: SpinMutex<Option<Job>>,
     jobs_given: AtomicU64,
     jobs_done: AtomicU64,
     /// The TLB generation this CPU has flushed up to ([`shootdown`]).
@@ -90,7 +91,7 @@ impl Cpu {
             index: AtomicUsize::new(0),
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
-            job: spin::Mutex::new(None),
+            job: SpinMutex::new(None),
             jobs_given: AtomicU64::new(0),
             jobs_done: AtomicU64::new(0),
             tlb_seen: AtomicU64::new(0),
@@ -145,7 +146,7 @@ static TLB_GEN: AtomicU64 = AtomicU64::new(0);
 /// VMM lock, cleared by [`shootdown`]).
 static TLB_DIRTY: AtomicBool = AtomicBool::new(false);
 /// One [`run_on_all`] at a time.
-static RUNNING: spin::Mutex<()> = spin::Mutex::new(());
+static RUNNING: SpinMutex<()> = SpinMutex::new(());
 
 /// The stack top and index the next AP takes (read by the trampoline's
 /// 64-bit code and by [`ap_entry`]).
@@ -287,11 +288,14 @@ fn find_cpus(rsdp: u64) -> Result<([u32; MAX_CPUS], usize, u64), SmpError> {
     let mut listed = 0;
     for entry in madt.get().entries() {
         if let MadtEntry::LocalApic(e) = entry {
-            // Bit 0: enabled; bit 1: online capable.
-            if e.flags & 3 != 0 {
+            // Bit 0: enabled (an "online capable" entry without it is a
+            // CPU that may be hot-plugged later, absent now). A repeated
+            // APIC ID is started once.
+            let id = u32::from(e.apic_id);
+            if e.flags & 1 != 0 && !ids[..n].contains(&id) {
                 listed += 1;
                 if n < MAX_CPUS {
-                    ids[n] = u32::from(e.apic_id);
+                    ids[n] = id;
                     n += 1;
                 }
             }
@@ -327,6 +331,7 @@ pub unsafe fn init(rsdp: u64) -> Result<usize, SmpError> {
     let (ids, n, lapic) = find_cpus(rsdp)?;
     apic::set_base(lapic);
     apic::enable();
+    CPUS[0].apic_id.store(apic::id(), Ordering::Relaxed);
     let me = apic::id();
     if n <= 1 {
         return Ok(count());
@@ -350,6 +355,9 @@ pub unsafe fn init(rsdp: u64) -> Result<usize, SmpError> {
         AP_INDEX.store(index, Ordering::Relaxed);
         CPUS[index].apic_id.store(apic_id, Ordering::Relaxed);
         CPUS[index].index.store(index, Ordering::Release);
+        // What the AP reads first is written before the IPIs start it (a
+        // volatile MMIO write orders nothing for the compiler).
+        core::sync::atomic::fence(Ordering::SeqCst);
         apic::start_cpu(apic_id, (TRAMPOLINE >> 12) as u8, delay_us);
         let start = tsc();
         while !CPUS[index].online.load(Ordering::Acquire) {
@@ -460,11 +468,18 @@ pub fn run_on_all(f: &(dyn Fn(&Cpu) + Sync)) {
         *cpu.job.lock() = Some(job);
         apic::send_ipi(cpu.apic_id(), WAKE_VECTOR);
     }
+    // This CPU's share, with interrupts on as the others have them: a wake
+    // IPI (a shootdown by another CPU) is answered wherever it waits.
+    let masked = !interrupts::are_enabled();
+    interrupts::enable();
     f(current());
     for cpu in online().skip(1) {
         while cpu.jobs_done() < cpu.jobs_given.load(Ordering::Relaxed) {
             spin_wait();
         }
+    }
+    if masked {
+        interrupts::disable();
     }
 }
 
@@ -477,6 +492,9 @@ pub fn run_on_all(f: &(dyn Fn(&Cpu) + Sync)) {
 pub fn quiesce() {
     TIMERS_ALLOCATE.store(false, Ordering::SeqCst);
     apic::stop_timer();
+    // An interrupt abandoned in its handler never sent its end: without it
+    // the local APIC would hold back that vector and every lower one.
+    apic::end_every_interrupt();
     let start = tsc();
     for cpu in online().skip(1) {
         while cpu.jobs_done() < cpu.jobs_given.load(Ordering::Relaxed) {
@@ -528,7 +546,7 @@ pub fn shootdown() {
             core::hint::spin_loop();
         }
     }
-    current().tlb_seen.store(generation, Ordering::Release);
+    current().tlb_seen.fetch_max(generation, Ordering::Release);
 }
 
 /// Flushes this CPU's TLB if a shootdown asked for it since it last did.
@@ -540,7 +558,9 @@ pub fn poll_shootdown() {
     let generation = TLB_GEN.load(Ordering::Acquire);
     if cpu.tlb_seen.load(Ordering::Relaxed) < generation {
         x86_64::instructions::tlb::flush_all();
-        cpu.tlb_seen.store(generation, Ordering::Release);
+        // (A wake IPI taken between the check and here may have stored a
+        // later generation: never go back.)
+        cpu.tlb_seen.fetch_max(generation, Ordering::Release);
     }
 }
 
@@ -609,8 +629,9 @@ ap_start32:
     rdmsr
     orl %edi, %eax
     wrmsr
-    movl %cr0, %eax
-    orl $0x80010001, %eax
+    /* CR0 whole, not OR-ed: after INIT an AP has CD and NW set (caches
+     * off); the boot CPU's value is PG | WP | ET | PE. */
+    movl $0x80010011, %eax
     movl %eax, %cr0
     lgdt boot_gdt_ptr
     ljmp $0x08, $2f

@@ -69,6 +69,24 @@ unsafe impl lock_api::RawMutex for IrqSpinLock {
 /// A mutex whose lock masks interrupts while held.
 pub type IrqMutex<T> = lock_api::Mutex<IrqSpinLock, T>;
 
+/// How a kernel spin-wait passes a turn: it first answers a pending TLB
+/// shootdown ([`smp::spin_wait`](crate::smp::spin_wait)). A CPU waiting with
+/// interrupts masked must wait this way, or the CPU it waits for may be
+/// waiting for it to flush.
+#[derive(Debug)]
+pub struct Shootdown;
+
+impl spin::RelaxStrategy for Shootdown {
+    #[inline]
+    fn relax() {
+        crate::smp::spin_wait();
+    }
+}
+
+/// A spin lock for what no interrupt handler takes (the console, test
+/// state shared between CPUs), whose waiters answer shootdowns.
+pub type SpinMutex<T> = spin::mutex::SpinMutex<T, Shootdown>;
+
 /// A lock that code abandoned by the test framework may hold, and how to
 /// release it: registered with [`abandonable_lock!`](crate::abandonable_lock).
 #[derive(Debug)]

@@ -288,6 +288,9 @@ fn recover() {
             x86_64::instructions::interrupts::disable();
         })
     };
+    // A case abandoned between an unmap and its shootdown: the other CPUs'
+    // TLBs are flushed before anything can reuse the frames.
+    crate::smp::shootdown();
     let mut released = RELEASED.lock();
     released.clear();
     let _ = core::fmt::Write::write_str(&mut *released, names.as_str());

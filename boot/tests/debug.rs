@@ -177,7 +177,13 @@ kernel_test! {
         // The debug hooks: a double free on each CPU is caught there.
         CAUGHT_ON.store(0, Ordering::Relaxed);
         HEAP.set_debug_policy(Policy::Report(caught_here));
-        smp::run_on_all(&|_| {
+        // One CPU at a time: run at once, another CPU could take the block
+        // between the two frees, and the second would free its live block.
+        let turn = core::sync::atomic::AtomicUsize::new(0);
+        smp::run_on_all(&|cpu| {
+            while turn.load(Ordering::Acquire) != cpu.index() {
+                smp::spin_wait();
+            }
             let layout = core::alloc::Layout::new::<[u64; 4]>();
             // SAFETY: a block of the heap freed twice: the hooks refuse the
             // second free and report it (the block is kept out of use).
@@ -187,6 +193,7 @@ kernel_test! {
                 alloc::alloc::dealloc(p, layout);
                 alloc::alloc::dealloc(p, layout);
             }
+            turn.fetch_add(1, Ordering::Release);
         });
         HEAP.set_debug_policy(Policy::Panic);
         let all = (1u64 << smp::count()) - 1;

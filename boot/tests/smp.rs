@@ -13,11 +13,11 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use spin::Mutex;
 use strata::vmm::{PAGE_SIZE, PageFlags};
 use strata_boot::heap::{HEAP, TASKS, Task};
 use strata_boot::memory::{with_frames, with_memory};
 use strata_boot::smp::{self, MAX_CPUS};
+use strata_boot::sync::SpinMutex;
 use strata_boot::{apic, entry_point, kernel_test, sampling};
 use x86_64::VirtAddr;
 use x86_64::structures::paging::Page;
@@ -89,7 +89,7 @@ kernel_test! {
         let frames = with_frames(|f| f.free_frames());
         // Blocks handed from CPU to CPU: each is freed by another CPU than
         // the one that allocated it.
-        let exchange: Mutex<Vec<(usize, Box<[u8]>)>> = Mutex::new(Vec::new());
+        let exchange: SpinMutex<Vec<(usize, Box<[u8]>)>> = SpinMutex::new(Vec::new());
         let bad = AtomicUsize::new(0);
         for round in 0..3u64 {
             smp::run_on_all(&|cpu| {
@@ -234,7 +234,7 @@ kernel_test! {
         if smp::count() > 1 {
             // A record boxed on CPU 1 and dropped on the boot CPU goes back
             // to CPU 1's cache.
-            let handed: Mutex<Option<strata::cache::CachedBox<'static, 'static, Task, _, 64, _>>> = Mutex::new(None);
+            let handed: SpinMutex<Option<strata::cache::CachedBox<'static, 'static, Task, _, 64, _>>> = SpinMutex::new(None);
             smp::run_on_all(&|cpu| {
                 if cpu.index() == 1 {
                     *handed.lock() = Some(TASKS.boxed(Task { id: 42, ..Task::default() }).expect("a record"));
@@ -270,5 +270,123 @@ kernel_test! {
         assert!(sampled > sampled_before, "nothing was sampled");
         assert_eq!(live, 0, "sampled blocks are still live");
         HEAP.with(|h| h.check_invariants());
+    }
+}
+
+kernel_test! {
+    fn a_cpu_reading_a_page_in_a_loop_never_sees_it_after_its_unmap() {
+        if smp::count() < 2 {
+            return;
+        }
+        // The other CPUs read the page without pause, interrupts on, while
+        // this one, in one critical section, gives the page's frame to a
+        // spare page (writing 0xC there) and the page a new frame (0xB):
+        // any read of 0xC went through a TLB entry the unmap left behind.
+        let region = with_memory(|vmm, frames| vmm.allocate(1, PAGE_SIZE, PageFlags::WRITABLE, frames)).unwrap();
+        let spare = with_memory(|vmm, _| vmm.reserve(1, PAGE_SIZE)).unwrap();
+        let page: Page = region.start;
+        let addr = page.start_address().as_u64() as usize;
+        // SAFETY: mapped writable for this test alone.
+        unsafe { (addr as *mut u64).write_volatile(0xA) };
+        let old = with_memory(|vmm, _| vmm.translate(page.start_address())).unwrap();
+        let started = AtomicUsize::new(0);
+        let done = core::sync::atomic::AtomicBool::new(false);
+        let stale = slots();
+        let reads = slots();
+        smp::run_on_all(&|cpu| {
+            if cpu.index() != 0 {
+                started.fetch_add(1, Ordering::SeqCst);
+                let mut after = 0u64;
+                loop {
+                    // SAFETY: the page stays mapped (to one frame or the
+                    // other) throughout.
+                    let v = unsafe { (addr as *const u64).read_volatile() };
+                    if v == 0xC {
+                        stale[cpu.index()].fetch_add(1, Ordering::Relaxed);
+                    }
+                    reads[cpu.index()].fetch_add(1, Ordering::Relaxed);
+                    if done.load(Ordering::Acquire) {
+                        after += 1;
+                        if after > 100_000 {
+                            break;
+                        }
+                    }
+                }
+                return;
+            }
+            while started.load(Ordering::SeqCst) < smp::count() - 1 {
+                smp::spin_wait();
+            }
+            let (spare_frame, new_frame) = with_memory(|vmm, frames| {
+                vmm.unmap(page, 1, frames).unwrap();
+                vmm.map(spare.start, 1, PageFlags::WRITABLE, frames).unwrap();
+                vmm.map(page, 1, PageFlags::WRITABLE, frames).unwrap();
+                (vmm.translate(spare.start.start_address()).unwrap(), vmm.translate(page.start_address()).unwrap())
+            });
+            assert_eq!(spare_frame, old, "the old frame went to the spare page (the case's premise)");
+            assert_ne!(new_frame, old);
+            // SAFETY: both pages are mapped writable for this test alone.
+            unsafe {
+                (spare.start.start_address().as_u64() as *mut u64).write_volatile(0xC);
+                (addr as *mut u64).write_volatile(0xB);
+            }
+            done.store(true, Ordering::Release);
+        });
+        for cpu in smp::online().skip(1) {
+            assert_eq!(
+                stale[cpu.index()].load(Ordering::Relaxed),
+                0,
+                "CPU {} read the reused frame through a stale TLB entry ({} reads)",
+                cpu.index(),
+                reads[cpu.index()].load(Ordering::Relaxed)
+            );
+        }
+        with_memory(|vmm, frames| {
+            vmm.release(region, frames).unwrap();
+            vmm.release(spare, frames).unwrap();
+        });
+    }
+}
+
+/// Formats after telling the boot CPU it holds the console, then frees a
+/// large buffer (its pages unmapped: a shootdown) while still holding it.
+struct ShootsWhilePrinting<'a>(&'a AtomicUsize);
+
+impl core::fmt::Display for ShootsWhilePrinting<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.store(1, Ordering::SeqCst);
+        while self.0.load(Ordering::SeqCst) != 2 {
+            core::hint::spin_loop();
+        }
+        let v = alloc::vec![7u8; 8 << 20];
+        let len = v.len();
+        drop(v);
+        HEAP.trim();
+        write!(f, "(a CPU shot down {len} bytes of pages while holding the console)")
+    }
+}
+
+kernel_test! {
+    fn a_cpu_waiting_for_the_console_answers_a_shootdown_from_its_holder() {
+        if smp::count() < 2 {
+            return;
+        }
+        // CPU 1 holds the console and shoots down; the boot CPU waits for
+        // the console with interrupts masked. Without the console's lock
+        // answering shootdowns, neither moves and the run times out.
+        let step = AtomicUsize::new(0);
+        smp::run_on_all(&|cpu| {
+            if cpu.index() == 1 {
+                strata_boot::println!("{}", ShootsWhilePrinting(&step));
+            } else if cpu.index() == 0 {
+                while step.load(Ordering::SeqCst) != 1 {
+                    smp::spin_wait();
+                }
+                x86_64::instructions::interrupts::without_interrupts(|| {
+                    step.store(2, Ordering::SeqCst);
+                    strata_boot::println!("(the boot CPU printed after it)");
+                });
+            }
+        });
     }
 }
