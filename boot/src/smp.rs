@@ -46,7 +46,7 @@ pub const MAX_CPUS: usize = 16;
 /// Vector of the IPI that wakes an idle CPU (for work or a shootdown).
 pub const WAKE_VECTOR: u8 = 0xF0;
 /// Pages of each application processor's stack (plus its guard page).
-pub const AP_STACK_PAGES: u64 = 16;
+pub const AP_STACK_PAGES: u64 = 32;
 /// Where the trampoline is copied: the start-up IPI's vector is its page.
 const TRAMPOLINE: usize = 0x8000;
 /// How long the boot CPU waits for an AP to come online.

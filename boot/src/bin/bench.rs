@@ -2,18 +2,20 @@
 //! full stack (−2 to +3) and on a plain `linked_list_allocator` heap over the
 //! same amount of VMM-mapped memory, in the same boot, timed with `rdtsc`.
 //! Run under QEMU's `-icount shift=0,sleep=off`, where the TSC counts guest
-//! instructions, the figures repeat exactly from run to run.
+//! instructions, the figures repeat exactly from run to run. Then the same
+//! churn on every CPU at once, both heaps shared.
 #![no_std]
 #![no_main]
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::arch::x86_64::_rdtsc;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use strata::vmm::PageFlags;
 use strata_boot::heap::HEAP;
 use strata_boot::memory::with_memory;
 use strata_boot::sync::IrqMutex;
-use strata_boot::{BootInfo, entry_point, println};
+use strata_boot::{BootInfo, entry_point, println, smp};
 
 entry_point!(main);
 
@@ -30,7 +32,10 @@ fn tsc() -> u64 {
 /// The same seeded churn for both heaps: CPython-like sizes (most 16–512
 /// bytes, a tail to 4 KiB), 2048 live blocks replaced at random.
 #[inline(never)]
-fn churn(alloc: &dyn Fn(Layout) -> *mut u8, dealloc: &dyn Fn(*mut u8, Layout)) -> (u64, usize) {
+fn churn(
+    alloc: &(dyn Fn(Layout) -> *mut u8 + Sync),
+    dealloc: &(dyn Fn(*mut u8, Layout) + Sync),
+) -> (u64, usize) {
     let mut live = [(core::ptr::null_mut::<u8>(), Layout::new::<u8>()); LIVE];
     let mut x: u64 = 0x5eed_1234_abcd;
     let mut next = || {
@@ -90,6 +95,30 @@ fn main(_boot: &'static BootInfo) -> ! {
     println!("strata full stack     : {s:>10.1} TSC ticks per operation ({s_ops} operations)");
     println!("linked_list_allocator : {l:>10.1} TSC ticks per operation ({l_ops} operations)");
     println!("linked_list_allocator / strata: {:.1}x", l / s);
+    // Every CPU at once, each on its own blocks, both heaps shared by all:
+    // operations per 1000 ticks of the whole run, against one CPU alone.
+    // (Under -icount the CPUs take turns, so the ticks count every CPU's
+    // instructions: what the shared lock costs shows as spinning.)
+    let n = smp::count();
+    let at_once = |alloc: &(dyn Fn(Layout) -> *mut u8 + Sync), dealloc: &(dyn Fn(*mut u8, Layout) + Sync)| {
+        let total = AtomicUsize::new(0);
+        let start = tsc();
+        smp::run_on_all(&|_| {
+            let (_, ops) = churn(alloc, dealloc);
+            total.fetch_add(ops, Ordering::Relaxed);
+        });
+        1000.0 * total.load(Ordering::Relaxed) as f64 / (tsc() - start) as f64
+    };
+    // SAFETY: as above.
+    let s_all = at_once(&|l| unsafe { HEAP.alloc(l) }, &|p, l| unsafe { HEAP.dealloc(p, l) });
+    let l_all = at_once(
+        &|l| lla.lock().allocate_first_fit(l).map_or(core::ptr::null_mut(), |p| p.as_ptr()),
+        // SAFETY: the pointer came from this heap with this layout.
+        &|p, l| unsafe { lla.lock().deallocate(core::ptr::NonNull::new_unchecked(p), l) },
+    );
+    println!("{n} CPUs at once, operations per 1000 ticks (one CPU alone):");
+    println!("  strata full stack     : {s_all:>8.2} ({:.2})", 1000.0 / s);
+    println!("  linked_list_allocator : {l_all:>8.2} ({:.2})", 1000.0 / l);
     println!("(under -icount shift=0,sleep=off a TSC tick is one guest instruction)");
     strata_boot::exit_success()
 }
