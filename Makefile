@@ -30,9 +30,10 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 test-malloc: ## strata-malloc under C programs (preloaded and linked), CPython's own tests (PYTHONMALLOC=malloc), C firmware on QEMU
 	bash malloc/tests/run.sh
 
-test-kernel: ## Kernel test suites in QEMU on 4 CPUs, one boot per suite; the boot and SMP suites again on one CPU
+test-kernel: ## Kernel test suites in QEMU on 4 CPUs, one boot per suite; the boot and SMP suites again on one CPU; the heap and SMP suites without debug (per-CPU caches on)
 	$(CARGO) ktest
 	STRATA_SMP=1 $(CARGO) ktest --test boot --test smp
+	$(CARGO) ktest --no-default-features --test heap --test smp
 
 test-firmware: ## The firmware on qemu-system-arm: Cortex-M4F (mps2-an386) plain and in debug mode, Cortex-M0 (micro:bit, 16 KiB RAM) at opt-level z; fails if any check fails
 	$(CARGO) fwrun
@@ -50,6 +51,8 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --lib --tests --no-default-features -- -D warnings
 	$(CARGO) clippy --all-targets --features std -- -D warnings
 	$(CARGO) clippy -p strata-boot --target $(KERNEL_TARGET) --bins --tests -- -D warnings
+	$(CARGO) clippy -p strata-boot --no-default-features --target $(KERNEL_TARGET) --bins --tests -- -D warnings
+	$(CARGO) clippy --lib --no-default-features --features cpu-caches --target $(KERNEL_TARGET) -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --target $(FIRMWARE_TARGET) -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --features critical-section --target $(FIRMWARE_V6_TARGET) -- -D warnings
 	$(CARGO) clippy -p strata-firmware --target $(FIRMWARE_TARGET) --bins -- -D warnings

@@ -57,11 +57,11 @@
 //! [`debug`]), domains ([`Domain`], `domain.rs`), the statistics and their
 //! report (`report.rs`), and the errors (`error.rs`).
 
-#[cfg(all(feature = "std", not(feature = "debug")))]
+#[cfg(all(feature = "caches", not(feature = "debug")))]
 mod cached;
 #[cfg(feature = "debug")]
 pub mod debug;
-#[cfg(feature = "std")]
+#[cfg(feature = "caches")]
 pub mod thread_cache;
 
 mod domain;
@@ -76,7 +76,7 @@ mod report;
 pub use domain::{Domain, DomainAlloc, Untagged};
 pub use error::{AllocateError, DeallocateError, InvalidConfig};
 pub use heap::{Heap, Layer};
-#[cfg(feature = "std")]
+#[cfg(feature = "caches")]
 pub(crate) use heap::{layer_0_usable, usable_layout};
 pub use locked::{DefaultLock, LockedHeap};
 pub use report::{FrontStats, HeapStats, Report};

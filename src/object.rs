@@ -221,7 +221,7 @@ pub(crate) unsafe fn frozen_word(_: *const usize) -> usize {
 }
 
 /// The tag a free block holds in its second word (see [`KEY`]).
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[cfg_attr(not(feature = "caches"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn free_tag(block: NonNull<u8>) -> usize {
     KEY.load(Relaxed) ^ block.as_ptr() as usize
@@ -281,7 +281,7 @@ pub(crate) const fn odd_inverse(d: u32) -> u32 {
 /// `ptr` must lie in a live arena of an allocator of geometry `g`, in a
 /// pool with a block in use (so its class is not being written), and carry
 /// the provenance of the arena's pages.
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
+#[cfg_attr(not(feature = "caches"), allow(dead_code))]
 #[inline(always)]
 pub(crate) unsafe fn block_class(ptr: NonNull<u8>, g: Geometry) -> Option<usize> {
     let addr = ptr.as_ptr() as usize;
@@ -782,13 +782,13 @@ impl ObjectAllocator {
     /// The ownership bitmap: one bit per arena slot from
     /// [`slots_start`](Self::slots_start) (for a copy threads read without
     /// the heap's lock).
-    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[cfg(all(feature = "caches", not(feature = "debug")))]
     pub(crate) fn arena_bitmap(&self) -> [u64; ARENA_MAP_WORDS] {
         self.arena_map
     }
 
     /// The address arena slot 0 starts at.
-    #[cfg(all(feature = "std", not(feature = "debug")))]
+    #[cfg(all(feature = "caches", not(feature = "debug")))]
     pub(crate) fn slots_start(&self) -> usize {
         self.window_start
     }

@@ -60,7 +60,7 @@ use core::ptr::NonNull;
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError, reach};
 use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
-#[cfg(feature = "std")]
+#[cfg(feature = "caches")]
 pub(crate) use tlsf::{GRANULE as CHUNK_GRANULE, WORD as CHUNK_WORD, chunk_size};
 
 /// Windows smaller than this are served by first fit over the whole window.
@@ -767,7 +767,7 @@ impl SegmentAllocator {
 
     /// The committed window's span, as `(start, len)`, while the TLSF
     /// engine holds it: where [`window_block`] may look without the lock.
-    #[cfg(feature = "std")]
+    #[cfg(feature = "caches")]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     #[inline]
     pub(crate) fn committed_window(&self) -> Option<(usize, usize)> {
@@ -1345,7 +1345,7 @@ pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layo
 /// # Safety
 ///
 /// As [`window_block`].
-#[cfg(feature = "std")]
+#[cfg(feature = "caches")]
 pub(crate) unsafe fn window_chunk(window: (usize, usize), ptr: NonNull<u8>) -> Option<usize> {
     let (start, len) = window;
     let addr = ptr.as_ptr() as usize;

@@ -99,6 +99,17 @@ fn main(boot: &'static BootInfo) -> ! {
         );
     }
 
+    println!(
+        "  heap caches per CPU: {}",
+        if HEAP.thread_caches_on() {
+            "on (small blocks freed and taken again without the heap's lock)"
+        } else if cfg!(feature = "debug") {
+            "off (a debug build: every block passes through the debug hooks)"
+        } else {
+            "waiting for two CPUs to meet at the heap's lock"
+        }
+    );
+
     // The whole stack, -2 to +3: Box, Vec, String, BTreeMap and Task churn.
     let before = report::snapshot();
     report::print("heap: before the workload", &before);

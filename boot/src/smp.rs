@@ -218,14 +218,32 @@ fn set_gs(cpu: &'static Cpu) {
 }
 
 /// Sets the boot CPU's per-CPU data up (early in boot, before any fault can
-/// ask which CPU it is on).
+/// ask which CPU it is on), and tells the heap's per-CPU caches how to find
+/// the running CPU.
 pub fn init_boot_cpu() {
     let cpu = &CPUS[0];
     cpu.apic_id.store(apic::id(), Ordering::Relaxed);
     cpu.online.store(true, Ordering::Relaxed);
     set_gs(cpu);
     GS_READY.store(true, Ordering::Release);
+    strata::front::thread_cache::set_cpu_home(&CPU_HOME);
 }
+
+/// The heap's per-CPU caches (strata's `cpu-caches`): this CPU's index,
+/// and its interrupts masked while it uses its cache.
+static CPU_HOME: strata::front::thread_cache::CpuHome = strata::front::thread_cache::CpuHome {
+    current: || Some(current().index()),
+    mask: || {
+        let enabled = interrupts::are_enabled();
+        interrupts::disable();
+        enabled
+    },
+    restore: |enabled| {
+        if enabled {
+            interrupts::enable();
+        }
+    },
+};
 
 /// Why the other CPUs could not all be started.
 #[derive(Debug)]

@@ -390,3 +390,31 @@ kernel_test! {
         });
     }
 }
+
+// The heap's per-CPU caches (strata's `cpu-caches`) are in use in a build
+// without `debug` (the debug hooks see every block, so they turn caches
+// off): `make test-kernel` runs this suite both ways.
+#[cfg(not(feature = "debug"))]
+kernel_test! {
+    fn every_cpu_caches_its_freed_blocks_and_trim_takes_them_all_back() {
+        let in_use = || HEAP.with(|h| h.class_stats().iter().map(|c| c.blocks_in_use).sum::<usize>());
+        HEAP.set_thread_caches(true);
+        assert!(HEAP.thread_caches_on());
+        HEAP.trim();
+        let before = in_use();
+        smp::run_on_all(&|cpu| {
+            for _ in 0..50 {
+                let v: Vec<Box<[u8; 48]>> = (0..20).map(|_| Box::new([cpu.index() as u8; 48])).collect();
+                assert!(v.iter().all(|b| b.iter().all(|&x| x == cpu.index() as u8)), "a block was overwritten");
+            }
+        });
+        // Freed blocks wait in each CPU's cache, taken again without the
+        // heap's lock: the heap still counts them in use.
+        let cached = in_use() - before;
+        assert!(cached >= smp::count(), "the CPUs kept {cached} freed blocks");
+        // `trim` takes every CPU's cached blocks back.
+        HEAP.trim();
+        assert_eq!(in_use(), before, "trim left blocks in a CPU's cache");
+        HEAP.with(|h| h.check_invariants());
+    }
+}

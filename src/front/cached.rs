@@ -249,15 +249,18 @@ impl Hooks for Cached {
         self.on()
     }
 
+    #[cfg(feature = "std")]
     fn fork_prepare(&self) {
         thread_cache::fork_prepare();
     }
 
+    #[cfg(feature = "std")]
     unsafe fn fork_parent(&self) {
         // SAFETY: forwarded contract.
         unsafe { thread_cache::fork_parent() }
     }
 
+    #[cfg(feature = "std")]
     unsafe fn fork_child(&self) {
         // SAFETY: forwarded contract.
         unsafe { thread_cache::fork_child() }

@@ -27,11 +27,12 @@ pub(super) type Guard<'a, S, L> = lock_api::MutexGuard<'a, L, Heap<S>>;
 /// The hooks the features select: with `debug`, the checks.
 #[cfg(feature = "debug")]
 pub(super) type Selected = super::debug::Checked;
-/// The hooks the features select: with `std`, the thread caches.
-#[cfg(all(feature = "std", not(feature = "debug")))]
+/// The hooks the features select: with `std` (or `cpu-caches`), the
+/// thread (or CPU) caches.
+#[cfg(all(feature = "caches", not(feature = "debug")))]
 pub(super) type Selected = super::cached::Cached;
 /// The hooks the features select: the quick paths and the lock.
-#[cfg(not(any(feature = "std", feature = "debug")))]
+#[cfg(not(any(feature = "caches", feature = "debug")))]
 pub(super) type Selected = super::quick::Quick;
 
 /// What a [`LockedHeap`](super::LockedHeap) does on each of its calls. The
@@ -160,13 +161,13 @@ pub(super) trait Hooks: Sized {
     }
 
     /// Switches thread caches on or off for good, if the hooks have any.
-    #[cfg(feature = "std")]
+    #[cfg(feature = "caches")]
     fn set_thread_caches<S: PageSource>(&self, heap: &mut Heap<S>, on: bool) {
         let _ = (heap, on);
     }
 
     /// Whether threads cache the heap's blocks now.
-    #[cfg(feature = "std")]
+    #[cfg(feature = "caches")]
     fn thread_caches_on(&self) -> bool {
         false
     }

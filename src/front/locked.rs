@@ -343,7 +343,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// call takes the lock, and the blocks threads' caches hold for this
     /// heap come back at once. With the `debug` feature the caches are
     /// always off: every block must pass through the debug hooks.
-    #[cfg(feature = "std")]
+    #[cfg(feature = "caches")]
     pub fn set_thread_caches(&self, on: bool) {
         let mut heap = self.lock();
         self.hooks.set_thread_caches(&mut heap, on);
@@ -352,7 +352,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
 
     /// Whether threads cache this heap's blocks now (see
     /// [`set_thread_caches`](Self::set_thread_caches)).
-    #[cfg(feature = "std")]
+    #[cfg(feature = "caches")]
     pub fn thread_caches_on(&self) -> bool {
         self.hooks.thread_caches_on()
     }

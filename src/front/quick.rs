@@ -13,9 +13,9 @@
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(feature = "caches"))]
 use super::Domain;
-#[cfg(not(feature = "std"))]
+#[cfg(not(feature = "caches"))]
 use super::hooks::{Guard, no_unwind};
 use super::hooks::{Hooks, Lock};
 use crate::source::{PageSource, reach};
@@ -159,11 +159,11 @@ pub(super) fn usable_layout_locked<H: Hooks, S: PageSource, L: lock_api::RawMute
 
 /// The hooks of a build without `std` or `debug`: the quick path, then the
 /// lock.
-#[cfg(not(feature = "std"))]
+#[cfg(not(feature = "caches"))]
 #[derive(Debug)]
 pub(super) struct Quick;
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(feature = "caches"))]
 impl Hooks for Quick {
     const NEW: Self = Quick;
 
@@ -239,7 +239,7 @@ impl Hooks for Quick {
     }
 }
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(feature = "caches"))]
 impl Quick {
     /// Every allocation the quick path leaves (the arguments in the order
     /// the caller holds them: the quick path moves no register for it).

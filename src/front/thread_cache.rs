@@ -1,5 +1,13 @@
 //! Per-thread caches in front of a [`LockedHeap`](super::LockedHeap)'s lock
-//! (feature `std`; inactive with `debug`): glibc's tcache for strata.
+//! (feature `std`; per CPU in a `no_std` kernel with `cpu-caches`; inactive
+//! with `debug`): glibc's tcache for strata.
+//!
+//! **Per CPU** (`cpu-caches`): the same caches, one per CPU instead of one
+//! per thread, once the kernel has said how to find the running CPU and
+//! mask its interrupts (`set_cpu_home`, up to `CPUS` CPUs). A CPU uses
+//! its bins with interrupts masked, so a CPU that drains the caches under
+//! the heap's lock never waits for one whose interrupt handler waits for
+//! that lock; CPUs never exit, so nothing is returned on exit.
 //!
 //! A thread that frees a block of layer +2 keeps it in a bin of its own,
 //! up to [`DEPTH`] blocks per size class; its next request of that class
@@ -56,6 +64,7 @@
 
 #![cfg_attr(feature = "debug", allow(dead_code))]
 
+#[cfg(feature = "std")]
 extern crate std;
 
 use core::alloc::Layout;
@@ -334,6 +343,7 @@ pub(crate) struct Owner {
     /// The heap's [`Link`] id.
     id: u64,
     /// The heap's registry entry.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     entry: usize,
     /// Layer +2's threshold and class granularity on that heap.
     pub(crate) threshold: usize,
@@ -469,7 +479,7 @@ impl Registry {
                         Ok(_) => break true,
                         // This thread, interrupted in its own cache.
                         Err(_) if c == skip => break false,
-                        Err(_) => std::thread::yield_now(),
+                        Err(_) => home::relax(),
                     }
                 };
                 if taken {
@@ -488,7 +498,7 @@ impl Registry {
     }
 }
 
-static REGISTRY: spin::mutex::SpinMutex<Registry, spin::Yield> =
+static REGISTRY: spin::mutex::SpinMutex<Registry, home::Relax> =
     spin::mutex::SpinMutex::new(Registry { heaps: [0; HEAPS], caches: ptr::null() });
 
 /// A cache's state: its thread using it, another thread draining it, or
@@ -724,16 +734,18 @@ impl ThreadCache {
     /// other thread is draining them; `default` otherwise.
     #[inline(always)]
     fn enter<R>(&self, link: &Link, default: R, f: impl FnOnce(&mut Bins, &Owner) -> R) -> R {
-        if self.state.compare_exchange(IDLE, OWNER, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            return default;
-        }
-        // SAFETY: in state OWNER the bins and the owner are this thread's
-        // alone, and the owner is not written.
-        let (bins, owner) = unsafe { (&mut *self.bins.get(), &*self.owner.get()) };
-        // Ids start at 1: a cache that serves no heap (id 0) serves none.
-        let r = if owner.id == link.id() { f(bins, owner) } else { default };
-        self.state.store(IDLE, Ordering::Release);
-        r
+        home::masked(|| {
+            if self.state.compare_exchange(IDLE, OWNER, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                return default;
+            }
+            // SAFETY: in state OWNER the bins and the owner are this
+            // thread's alone, and the owner is not written.
+            let (bins, owner) = unsafe { (&mut *self.bins.get(), &*self.owner.get()) };
+            // Ids start at 1: a cache that serves no heap (id 0) serves none.
+            let r = if owner.id == link.id() { f(bins, owner) } else { default };
+            self.state.store(IDLE, Ordering::Release);
+            r
+        })
     }
 
     /// Whether this cache serves a heap, attaching it to the heap of `link`
@@ -756,7 +768,7 @@ impl ThreadCache {
         if self.attaching.replace(true) {
             return false;
         }
-        let registered = EXIT.try_with(|_| ()).is_ok();
+        let registered = home::guard_exit();
         self.attaching.set(false);
         if !registered {
             return false;
@@ -815,6 +827,7 @@ impl ThreadCache {
     /// `&self`: other threads may be reading this cache through the list
     /// until it is unlinked, which a `Drop` of the cache itself (a unique
     /// borrow of all of it) would contradict.
+    #[cfg(feature = "std")]
     fn exit(&self) {
         self.exit_locked(&mut REGISTRY.lock());
     }
@@ -822,6 +835,7 @@ impl ThreadCache {
     /// [`exit`](Self::exit) with the registry's lock held: also how a
     /// child process after `fork` retires the caches of the threads it did
     /// not inherit ([`fork_child`]).
+    #[cfg(feature = "std")]
     fn exit_locked(&self, registry: &mut Registry) {
         if self.registered.get() {
             let me: *const ThreadCache = self;
@@ -873,38 +887,159 @@ impl ThreadCache {
     }
 }
 
-/// Gives this thread's cache back when the thread exits (its destructor is
-/// registered when the cache first attaches to a heap).
-struct ExitGuard;
+/// Where a thread finds its cache: a thread-local with `std`, this CPU's
+/// slot with `cpu-caches`.
+#[cfg(feature = "std")]
+mod home {
+    extern crate std;
 
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        let _ = CACHE.try_with(ThreadCache::exit);
+    use super::ThreadCache;
+
+    /// How the registry's waiters pass time.
+    pub(super) type Relax = spin::Yield;
+
+    /// Gives this thread's cache back when the thread exits (its destructor
+    /// is registered when the cache first attaches to a heap).
+    struct ExitGuard;
+
+    impl Drop for ExitGuard {
+        fn drop(&mut self) {
+            let _ = CACHE.try_with(ThreadCache::exit);
+        }
+    }
+
+    std::thread_local! {
+        /// The cache itself has no destructor (see [`ThreadCache::exit`]).
+        static CACHE: ThreadCache = const { ThreadCache::new() };
+        static EXIT: ExitGuard = const { ExitGuard };
+    }
+
+    /// Runs `f` on this thread's cache; `Err` while the thread is going.
+    #[inline(always)]
+    pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
+        CACHE.try_with(f).map_err(|_| ())
+    }
+
+    /// Registers the guard that gives the cache back when the thread exits.
+    pub(super) fn guard_exit() -> bool {
+        EXIT.try_with(|_| ()).is_ok()
+    }
+
+    /// Runs `f`, the thread's use of its bins (nothing to mask: no
+    /// interrupt handler of a host thread allocates).
+    #[inline(always)]
+    pub(super) fn masked<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    /// A turn of a wait for another thread's cache.
+    pub(super) fn relax() {
+        std::thread::yield_now();
     }
 }
 
-std::thread_local! {
-    /// The cache itself has no destructor (see [`ThreadCache::exit`]).
-    static CACHE: ThreadCache = const { ThreadCache::new() };
-    static EXIT: ExitGuard = const { ExitGuard };
+/// How a `no_std` kernel tells the CPU caches (feature `cpu-caches`) which
+/// CPU runs and how to mask its interrupts ([`set_cpu_home`]).
+#[cfg(not(feature = "std"))]
+#[derive(Debug)]
+pub struct CpuHome {
+    /// The index of the CPU running, below [`CPUS`]; `None` before the
+    /// kernel can tell (the caches are then not used).
+    pub current: fn() -> Option<usize>,
+    /// Masks this CPU's interrupts; returns whether they were enabled.
+    pub mask: fn() -> bool,
+    /// Restores what `mask` returned.
+    pub restore: fn(bool),
+}
+
+/// CPUs the CPU caches serve (`cpu-caches`): a CPU of a higher index takes
+/// the locked path.
+#[cfg(not(feature = "std"))]
+pub const CPUS: usize = 64;
+
+/// Tells the CPU caches (`cpu-caches`) how to find the running CPU and mask
+/// its interrupts. Until it is called, every call takes the locked path.
+#[cfg(not(feature = "std"))]
+pub fn set_cpu_home(home: &'static CpuHome) {
+    home::HOME.store(core::ptr::from_ref(home).cast_mut(), Ordering::Release);
+}
+
+/// Where a CPU finds its cache: its slot (`cpu-caches`). A CPU uses its
+/// bins with its interrupts masked: an interrupt handler that allocated in
+/// the middle would take the locked path, and a CPU draining the caches
+/// under the heap's lock would then wait for this one, which waits for the
+/// lock.
+#[cfg(not(feature = "std"))]
+mod home {
+    use core::sync::atomic::{AtomicPtr, Ordering};
+
+    use super::{CPUS, CpuHome, ThreadCache};
+
+    /// How the registry's waiters pass time.
+    pub(super) type Relax = spin::Spin;
+
+    pub(super) static HOME: AtomicPtr<CpuHome> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// One cache per CPU.
+    struct Caches([ThreadCache; CPUS]);
+
+    // SAFETY: a CPU uses only its own slot's bins (with its interrupts
+    // masked, in state OWNER); the slot's other fields are read and written
+    // under the registry's lock, as a thread's cache's are.
+    unsafe impl Sync for Caches {}
+
+    static CACHES: Caches = Caches([const { ThreadCache::new() }; CPUS]);
+
+    fn home() -> Option<&'static CpuHome> {
+        // SAFETY: null, or a `&'static CpuHome` stored by `set_cpu_home`.
+        unsafe { HOME.load(Ordering::Acquire).as_ref() }
+    }
+
+    /// Runs `f` on this CPU's cache; `Err` before the kernel has said how
+    /// to find it, or on a CPU past [`CPUS`].
+    #[inline(always)]
+    pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
+        let cpu = home().and_then(|h| (h.current)()).ok_or(())?;
+        CACHES.0.get(cpu).map(f).ok_or(())
+    }
+
+    /// A CPU never exits: nothing to register.
+    pub(super) fn guard_exit() -> bool {
+        true
+    }
+
+    /// Runs `f`, the CPU's use of its bins, with its interrupts masked.
+    #[inline(always)]
+    pub(super) fn masked<R>(f: impl FnOnce() -> R) -> R {
+        let Some(h) = home() else { return f() };
+        let enabled = (h.mask)();
+        let r = f();
+        (h.restore)(enabled);
+        r
+    }
+
+    /// A turn of a wait for another CPU's cache (it has interrupts masked
+    /// and waits for nothing: it is done soon).
+    pub(super) fn relax() {
+        core::hint::spin_loop();
+    }
 }
 
 /// A cached block for `layout` of the heap of `link`, if this thread has one.
 #[inline]
 pub(crate) fn take(link: &Link, layout: Layout) -> Option<NonNull<u8>> {
-    CACHE
-        .try_with(|cache| {
-            cache.enter(link, None, |bins, owner| {
-                if owner.is_small(layout) {
-                    // The class a request needs: its alignment may round it up.
-                    return bins.small[size_class(layout.size(), layout.align(), owner.class_shift)].pop();
-                }
-                let need = medium_need(layout)?;
-                bins.medium[medium_ceil(need)].pop()
-            })
+    home::with(|cache| {
+        cache.enter(link, None, |bins, owner| {
+            if owner.is_small(layout) {
+                // The class a request needs: its alignment may round it up.
+                return bins.small[size_class(layout.size(), layout.align(), owner.class_shift)].pop();
+            }
+            let need = medium_need(layout)?;
+            bins.medium[medium_ceil(need)].pop()
         })
-        .ok()
-        .flatten()
+    })
+    .ok()
+    .flatten()
 }
 
 /// The layout of block `ptr` of the heap of `link`, found without its own
@@ -926,33 +1061,32 @@ pub(crate) unsafe fn usable_layout(
     ptr: NonNull<u8>,
     geometry: impl FnOnce() -> Option<Geometry>,
 ) -> Option<Layout> {
-    CACHE
-        .try_with(|cache| {
-            if !cache.attached(link, geometry) {
-                return None;
-            }
-            cache.enter(link, None, |_, owner| {
-                let ptr = crate::source::reach(ptr);
-                let size = if owner.owns(mirror, ptr) {
-                    // SAFETY: in an arena of the owner; the caller's live
-                    // block, so its pool is in use.
-                    class_size(unsafe { block_class(ptr, owner.blocks()) }?, owner.class_shift)
-                } else {
-                    let window = mirror.window();
-                    if window.1 == 0 {
-                        return None;
-                    }
-                    // SAFETY: the window is layer 0's committed span while
-                    // it holds it, and it holds it while any of its blocks
-                    // is live (see `medium_chunk`).
-                    let chunk = unsafe { segment::window_chunk(window, ptr) }?;
-                    super::layer_0_usable(chunk - segment::CHUNK_WORD, owner.threshold, owner.class_shift)
-                };
-                Some(super::usable_layout(size))
-            })
+    home::with(|cache| {
+        if !cache.attached(link, geometry) {
+            return None;
+        }
+        cache.enter(link, None, |_, owner| {
+            let ptr = crate::source::reach(ptr);
+            let size = if owner.owns(mirror, ptr) {
+                // SAFETY: in an arena of the owner; the caller's live
+                // block, so its pool is in use.
+                class_size(unsafe { block_class(ptr, owner.blocks()) }?, owner.class_shift)
+            } else {
+                let window = mirror.window();
+                if window.1 == 0 {
+                    return None;
+                }
+                // SAFETY: the window is layer 0's committed span while
+                // it holds it, and it holds it while any of its blocks
+                // is live (see `medium_chunk`).
+                let chunk = unsafe { segment::window_chunk(window, ptr) }?;
+                super::layer_0_usable(chunk - segment::CHUNK_WORD, owner.threshold, owner.class_shift)
+            };
+            Some(super::usable_layout(size))
         })
-        .ok()
-        .flatten()
+    })
+    .ok()
+    .flatten()
 }
 
 /// How many blocks beyond the one requested a miss in a small bin brings
@@ -965,10 +1099,7 @@ pub const REFILL: usize = DEPTH as usize / 2;
 /// it serves none yet (`geometry` as for [`put`]). Call without the heap's
 /// lock: `geometry` may take it.
 pub(crate) fn attached(link: &Link, geometry: impl FnOnce() -> Option<Geometry>) -> bool {
-    CACHE
-        .try_with(|cache| {
-            cache.attached(link, geometry) && cache.owner_id.load(Ordering::Relaxed) == link.id()
-        })
+    home::with(|cache| cache.attached(link, geometry) && cache.owner_id.load(Ordering::Relaxed) == link.id())
         .unwrap_or(false)
 }
 
@@ -988,28 +1119,27 @@ pub(crate) unsafe fn stock(
     layout: Layout,
     mut fill: impl FnMut() -> Option<NonNull<u8>>,
 ) -> usize {
-    CACHE
-        .try_with(|cache| {
-            cache.enter(link, 0, |bins, owner| {
-                if !owner.is_small(layout) {
-                    return 0;
-                }
-                let bin = &mut bins.small[size_class(layout.size(), layout.align(), owner.class_shift)];
-                let mut n = 0;
-                while n < REFILL
-                    && bin.len < DEPTH
-                    && let Some(block) = fill()
-                {
-                    // SAFETY: the caller's promise: a fresh block of this
-                    // bin's class; the bin has room (checked).
-                    let kept = unsafe { bin.push(block, DEPTH) };
-                    debug_assert!(kept.is_ok());
-                    n += 1;
-                }
-                n
-            })
+    home::with(|cache| {
+        cache.enter(link, 0, |bins, owner| {
+            if !owner.is_small(layout) {
+                return 0;
+            }
+            let bin = &mut bins.small[size_class(layout.size(), layout.align(), owner.class_shift)];
+            let mut n = 0;
+            while n < REFILL
+                && bin.len < DEPTH
+                && let Some(block) = fill()
+            {
+                // SAFETY: the caller's promise: a fresh block of this
+                // bin's class; the bin has room (checked).
+                let kept = unsafe { bin.push(block, DEPTH) };
+                debug_assert!(kept.is_ok());
+                n += 1;
+            }
+            n
         })
-        .unwrap_or(0)
+    })
+    .unwrap_or(0)
 }
 
 /// What [`realloc`] did.
@@ -1049,52 +1179,50 @@ pub(crate) unsafe fn realloc(
     old: Layout,
     new_size: usize,
 ) -> Realloc {
-    let r = CACHE
-        .try_with(|cache| {
-            cache.enter(link, Realloc::Locked, |bins, owner| {
-                let ptr = crate::source::reach(ptr);
-                if !owner.is_small(old) {
-                    // SAFETY: forwarded contract.
-                    let cached = unsafe { bins.holds_medium(mirror, owner, ptr, old) };
-                    return if cached { Realloc::Cached } else { Realloc::Locked };
-                }
-                if !owner.owns(mirror, ptr) {
-                    return Realloc::Locked;
-                }
-                // SAFETY: in an arena of the owner (just checked): its pool
-                // header is there to read.
-                let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
-                    return Realloc::Locked;
-                };
-                // SAFETY: the caller's block, of the class's size.
-                if unsafe { bins.small[class].holds(ptr) } {
-                    return Realloc::Cached;
-                }
-                let Ok(new) = Layout::from_size_align(new_size, old.align()) else { return Realloc::Locked };
-                if !owner.is_small(new) {
-                    return Realloc::Locked;
-                }
-                let size = class_size(class, owner.class_shift);
-                if new_size <= size && new_size > size / 2 {
-                    crate::sync::stat!(bins.reallocs.in_place += 1);
-                    return Realloc::InPlace;
-                }
-                let Some(block) = bins.small[size_class(new_size, old.align(), owner.class_shift)].pop()
-                else {
-                    return Realloc::Refill { new };
-                };
-                // SAFETY: both blocks are live, distinct and at least this
-                // long; the old one is ours to keep afterwards (not cached:
-                // checked above), of its class's size.
-                unsafe {
-                    ptr::copy_nonoverlapping(ptr.as_ptr(), block.as_ptr(), old.size().min(new_size));
-                    let free_old = bins.small[class].push(ptr, DEPTH).is_err();
-                    crate::sync::stat!(bins.reallocs.moved += 1);
-                    Realloc::Moved { new: block, free_old }
-                }
-            })
+    let r = home::with(|cache| {
+        cache.enter(link, Realloc::Locked, |bins, owner| {
+            let ptr = crate::source::reach(ptr);
+            if !owner.is_small(old) {
+                // SAFETY: forwarded contract.
+                let cached = unsafe { bins.holds_medium(mirror, owner, ptr, old) };
+                return if cached { Realloc::Cached } else { Realloc::Locked };
+            }
+            if !owner.owns(mirror, ptr) {
+                return Realloc::Locked;
+            }
+            // SAFETY: in an arena of the owner (just checked): its pool
+            // header is there to read.
+            let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
+                return Realloc::Locked;
+            };
+            // SAFETY: the caller's block, of the class's size.
+            if unsafe { bins.small[class].holds(ptr) } {
+                return Realloc::Cached;
+            }
+            let Ok(new) = Layout::from_size_align(new_size, old.align()) else { return Realloc::Locked };
+            if !owner.is_small(new) {
+                return Realloc::Locked;
+            }
+            let size = class_size(class, owner.class_shift);
+            if new_size <= size && new_size > size / 2 {
+                crate::sync::stat!(bins.reallocs.in_place += 1);
+                return Realloc::InPlace;
+            }
+            let Some(block) = bins.small[size_class(new_size, old.align(), owner.class_shift)].pop() else {
+                return Realloc::Refill { new };
+            };
+            // SAFETY: both blocks are live, distinct and at least this
+            // long; the old one is ours to keep afterwards (not cached:
+            // checked above), of its class's size.
+            unsafe {
+                ptr::copy_nonoverlapping(ptr.as_ptr(), block.as_ptr(), old.size().min(new_size));
+                let free_old = bins.small[class].push(ptr, DEPTH).is_err();
+                crate::sync::stat!(bins.reallocs.moved += 1);
+                Realloc::Moved { new: block, free_old }
+            }
         })
-        .unwrap_or(Realloc::Locked);
+    })
+    .unwrap_or(Realloc::Locked);
     match r {
         // In another thread's cache (or none serves this heap here).
         Realloc::Locked if cached_anywhere(mirror, ptr, old) => Realloc::Cached,
@@ -1130,44 +1258,43 @@ pub(crate) unsafe fn put(
     layout: Layout,
     geometry: impl FnOnce() -> Option<Geometry>,
 ) -> Result<(), Declined> {
-    let r = CACHE
-        .try_with(|cache| {
-            if !cache.attached(link, geometry) {
+    let r = home::with(|cache| {
+        if !cache.attached(link, geometry) {
+            return Err(Declined::Pass);
+        }
+        cache.enter(link, Err(Declined::Pass), |bins, owner| {
+            // Kept with the provenance of the heap's pages, not the
+            // caller's: it will serve requests of its whole class.
+            let ptr = crate::source::reach(ptr);
+            if !owner.is_small(layout) {
+                // SAFETY: forwarded contract.
+                return unsafe { bins.put_medium(owner, mirror, ptr, layout) };
+            }
+            if !owner.owns(mirror, ptr) {
                 return Err(Declined::Pass);
             }
-            cache.enter(link, Err(Declined::Pass), |bins, owner| {
-                // Kept with the provenance of the heap's pages, not the
-                // caller's: it will serve requests of its whole class.
-                let ptr = crate::source::reach(ptr);
-                if !owner.is_small(layout) {
-                    // SAFETY: forwarded contract.
-                    return unsafe { bins.put_medium(owner, mirror, ptr, layout) };
-                }
-                if !owner.owns(mirror, ptr) {
-                    return Err(Declined::Pass);
-                }
-                // Filed by what the block is (its pool's class), never by
-                // the layout it is freed with: every block of a bin then
-                // holds every request of the bin's class, blocks of
-                // 16-multiple classes are 16-aligned, and a second free with
-                // another layout finds the block in the same bin.
-                // SAFETY: in an arena of the owner (just checked); the
-                // caller's live block, so its pool is in use.
-                let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
-                    return Err(Declined::Pass);
-                };
-                let bin = &mut bins.small[class];
-                // A block cached already: freed twice.
-                // SAFETY: the caller's block, of the class's size.
-                if unsafe { bin.holds(ptr) } {
-                    return Err(Declined::DoubleFree);
-                }
-                // SAFETY: the block is ours again, in an arena of +2, and at
-                // least 8 bytes long and aligned (every class is).
-                unsafe { bin.push(ptr, DEPTH) }
-            })
+            // Filed by what the block is (its pool's class), never by
+            // the layout it is freed with: every block of a bin then
+            // holds every request of the bin's class, blocks of
+            // 16-multiple classes are 16-aligned, and a second free with
+            // another layout finds the block in the same bin.
+            // SAFETY: in an arena of the owner (just checked); the
+            // caller's live block, so its pool is in use.
+            let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
+                return Err(Declined::Pass);
+            };
+            let bin = &mut bins.small[class];
+            // A block cached already: freed twice.
+            // SAFETY: the caller's block, of the class's size.
+            if unsafe { bin.holds(ptr) } {
+                return Err(Declined::DoubleFree);
+            }
+            // SAFETY: the block is ours again, in an arena of +2, and at
+            // least 8 bytes long and aligned (every class is).
+            unsafe { bin.push(ptr, DEPTH) }
         })
-        .unwrap_or(Err(Declined::Pass));
+    })
+    .unwrap_or(Err(Declined::Pass));
     match r {
         // In another thread's cache (or none serves this heap here): freed
         // already.
@@ -1186,7 +1313,7 @@ pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) 
     if id == 0 {
         return;
     }
-    let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
+    let mine = home::with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
     let registry = REGISTRY.lock();
     // SAFETY: the registry's lock is held.
     unsafe {
@@ -1199,8 +1326,9 @@ pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) 
 /// thread's cache, waiting for a thread in the middle of using its own, so
 /// that the child inherits no cache half-changed. Ended by [`fork_parent`]
 /// or [`fork_child`].
+#[cfg(feature = "std")]
 pub(crate) fn fork_prepare() {
-    let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
+    let mine = home::with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
     let registry = REGISTRY.lock();
     let mut c = registry.caches;
     while !c.is_null() {
@@ -1209,7 +1337,7 @@ pub(crate) fn fork_prepare() {
         while c != mine
             && cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed).is_err()
         {
-            std::thread::yield_now();
+            home::relax();
         }
         c = cache.next.get();
     }
@@ -1222,10 +1350,11 @@ pub(crate) fn fork_prepare() {
 /// # Safety
 ///
 /// After a [`fork_prepare`] by this thread, once.
+#[cfg(feature = "std")]
 pub(crate) unsafe fn fork_parent() {
     // SAFETY: this thread holds the lock since `fork_prepare`.
     let registry = unsafe { &*REGISTRY.as_mut_ptr() };
-    let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
+    let mine = home::with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
     let mut c = registry.caches;
     while !c.is_null() {
         // SAFETY: as in `fork_prepare`.
@@ -1248,10 +1377,11 @@ pub(crate) unsafe fn fork_parent() {
 /// # Safety
 ///
 /// As [`fork_parent`], in the child.
+#[cfg(feature = "std")]
 pub(crate) unsafe fn fork_child() {
     // SAFETY: as in `fork_parent` (the child inherited the lock held).
     let registry = unsafe { &mut *REGISTRY.as_mut_ptr() };
-    let mine = CACHE.try_with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
+    let mine = home::with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
     let mut c = registry.caches;
     while !c.is_null() {
         // SAFETY: as in `fork_prepare`; taken in state DRAINING there, so
