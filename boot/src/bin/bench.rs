@@ -111,13 +111,23 @@ fn main(_boot: &'static BootInfo) -> ! {
     };
     // SAFETY: as above.
     let s_all = at_once(&|l| unsafe { HEAP.alloc(l) }, &|p, l| unsafe { HEAP.dealloc(p, l) });
+    let caches = HEAP.thread_caches_on();
+    // The same with the heap's per-CPU caches off: every call takes the lock.
+    HEAP.set_thread_caches(false);
+    // SAFETY: as above.
+    let s_locked = at_once(&|l| unsafe { HEAP.alloc(l) }, &|p, l| unsafe { HEAP.dealloc(p, l) });
     let l_all = at_once(
         &|l| lla.lock().allocate_first_fit(l).map_or(core::ptr::null_mut(), |p| p.as_ptr()),
         // SAFETY: the pointer came from this heap with this layout.
         &|p, l| unsafe { lla.lock().deallocate(core::ptr::NonNull::new_unchecked(p), l) },
     );
     println!("{n} CPUs at once, operations per 1000 ticks (one CPU alone):");
-    println!("  strata full stack     : {s_all:>8.2} ({:.2})", 1000.0 / s);
+    println!(
+        "  strata full stack     : {s_all:>8.2} ({:.2}), per-CPU caches {}",
+        1000.0 / s,
+        if caches { "on" } else { "off" }
+    );
+    println!("  strata, caches off    : {s_locked:>8.2}");
     println!("  linked_list_allocator : {l_all:>8.2} ({:.2})", 1000.0 / l);
     println!("(under -icount shift=0,sleep=off a TSC tick is one guest instruction)");
     strata_boot::exit_success()
