@@ -296,9 +296,10 @@ pub fn with_frames<R>(f: impl FnOnce(&mut BuddyAllocator<'static>) -> R) -> R {
 }
 
 /// What the VMM knows of `addr`, for fault reports. `None` when the VMM is
-/// not set up or its lock is held (the fault interrupted it).
+/// not set up or its lock stays held (the fault interrupted its holder on
+/// this CPU; another CPU's holder is waited for, a bounded time).
 pub fn lookup(addr: VirtAddr) -> Option<AddressInfo> {
-    VMM.try_lock()?.as_ref().map(|vmm| vmm.lookup(addr))
+    crate::sync::lock_soon(&VMM)?.as_ref().map(|vmm| vmm.lookup(addr))
 }
 
 crate::abandonable_lock!("VMM", VMM, acquire);

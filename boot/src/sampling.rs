@@ -252,12 +252,13 @@ pub unsafe fn deallocate(ptr: *mut u8, _layout: Layout) {
 }
 
 /// What an access at `addr` hits, if `addr` lies in the pool. Used by the
-/// page-fault handler, so it does not wait for the pool's lock.
+/// page-fault handler, so it waits for the pool's lock only a bounded time
+/// (the fault may have interrupted its holder).
 pub fn describe(addr: u64) -> Option<Hit> {
     if !contains(addr as *const u8) {
         return None;
     }
-    let pool = POOL.try_lock()?;
+    let pool = crate::sync::lock_soon(&POOL)?;
     Some(describe_locked(&pool, addr))
 }
 

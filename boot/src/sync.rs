@@ -69,6 +69,19 @@ unsafe impl lock_api::RawMutex for IrqSpinLock {
 /// A mutex whose lock masks interrupts while held.
 pub type IrqMutex<T> = lock_api::Mutex<IrqSpinLock, T>;
 
+/// Takes `lock` if it comes free within a bounded wait, for the fault
+/// handler: another CPU may hold it for a moment (wait for it), or the
+/// fault may have interrupted this CPU's own holder (give up: `None`).
+pub fn lock_soon<T>(lock: &IrqMutex<T>) -> Option<lock_api::MutexGuard<'_, IrqSpinLock, T>> {
+    for _ in 0..100_000 {
+        if let Some(guard) = lock.try_lock() {
+            return Some(guard);
+        }
+        crate::smp::spin_wait();
+    }
+    None
+}
+
 /// How a kernel spin-wait passes a turn: it first answers a pending TLB
 /// shootdown ([`smp::spin_wait`](crate::smp::spin_wait)). A CPU waiting with
 /// interrupts masked must wait this way, or the CPU it waits for may be
