@@ -323,13 +323,23 @@ fn find_cpus(rsdp: u64) -> Result<([u32; MAX_CPUS], usize, u64), SmpError> {
     Ok((ids, n, u64::from(madt.get().local_apic_address)))
 }
 
-/// A busy wait of at least `us` microseconds (the TSC counts at most 4 GHz
-/// on the machines this runs on; the exact time does not matter).
-fn delay_us(us: u64) {
+/// Spin-waits until `done`, for at most `us` microseconds (the TSC counts at
+/// most 4 GHz on the machines this runs on; the exact time does not
+/// matter): whether `done` came true.
+fn wait_until(done: impl Fn() -> bool, us: u64) -> bool {
     let start = tsc();
-    while tsc() - start < us * 4000 {
-        core::hint::spin_loop();
+    while !done() {
+        if tsc() - start > us * 4000 {
+            return false;
+        }
+        spin_wait();
     }
+    true
+}
+
+/// A busy wait of at least `us` microseconds.
+fn delay_us(us: u64) {
+    wait_until(|| false, us);
 }
 
 fn tsc() -> u64 {
@@ -377,12 +387,8 @@ pub unsafe fn init(rsdp: u64) -> Result<usize, SmpError> {
         // volatile MMIO write orders nothing for the compiler).
         core::sync::atomic::fence(Ordering::SeqCst);
         apic::start_cpu(apic_id, (TRAMPOLINE >> 12) as u8, delay_us);
-        let start = tsc();
-        while !CPUS[index].online.load(Ordering::Acquire) {
-            if tsc() - start > START_TIMEOUT_US * 4000 {
-                return Err(SmpError::Timeout { apic_id });
-            }
-            spin_wait();
+        if !wait_until(|| CPUS[index].online.load(Ordering::Acquire), START_TIMEOUT_US) {
+            return Err(SmpError::Timeout { apic_id });
         }
         ONLINE.store(index + 1, Ordering::Release);
     }
@@ -513,17 +519,10 @@ pub fn quiesce() {
     // An interrupt abandoned in its handler never sent its end: without it
     // the local APIC would hold back that vector and every lower one.
     apic::end_every_interrupt();
-    let start = tsc();
     for cpu in online().skip(1) {
-        while cpu.jobs_done() < cpu.jobs_given.load(Ordering::Relaxed) {
-            if tsc() - start > START_TIMEOUT_US * 4000 {
-                crate::println!(
-                    "strata: CPU {} did not finish its work after the boot CPU gave up",
-                    cpu.index()
-                );
-                crate::exit_failure();
-            }
-            spin_wait();
+        if !wait_until(|| cpu.jobs_done() >= cpu.jobs_given.load(Ordering::Relaxed), START_TIMEOUT_US) {
+            crate::println!("strata: CPU {} did not finish its work after the boot CPU gave up", cpu.index());
+            crate::exit_failure();
         }
     }
     if RUNNING.is_locked() {

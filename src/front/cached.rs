@@ -13,7 +13,9 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::hooks::{Guard, Hooks, Lock, no_unwind};
-use super::quick::{alloc_locked, alloc_quick, free_locked, free_quick, free_quick_unsized, realloc_locked};
+use super::quick::{
+    alloc_locked, alloc_quick, block_or_null, free_locked, free_quick, free_quick_unsized, realloc_locked,
+};
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::{AllocateError, Domain, Heap, HeapStats, thread_cache};
 use crate::object;
@@ -363,7 +365,7 @@ impl Cached {
             return ptr::null_mut();
         }
         let result = h.allocate(layout);
-        let p = self.block_or_null(&mut h, result, |h| h.allocate(layout));
+        let p = block_or_null(self, &mut h, result, |h| h.allocate(layout));
         if moving.is_some() && !p.is_null() {
             stat!(h.stats.realloc_moved += 1);
         }

@@ -635,10 +635,7 @@ impl Hooks for Checked {
             let mut h = self.lock(heap);
             // SAFETY: forwarded contract; the checks verify the block.
             let result = unsafe { h.debug_reallocate(p, layout, new_size, Domain::HEAP) };
-            // SAFETY: as above: a failed realloc left the block as it was.
-            let p = self.block_or_null(&mut h, result, |h| unsafe {
-                h.debug_reallocate(p, layout, new_size, Domain::HEAP)
-            });
+            let p = h.or_null(result);
             self.settle(h);
             p
         })
@@ -718,7 +715,7 @@ impl Checked {
         no_unwind(|| {
             let mut h = self.lock(heap);
             let result = h.debug_allocate(layout, domain, zeroed);
-            let p = self.block_or_null(&mut h, result, |h| h.debug_allocate(layout, domain, zeroed));
+            let p = h.or_null(result);
             self.settle(h);
             p
         })

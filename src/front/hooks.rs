@@ -138,7 +138,8 @@ pub(super) trait Hooks: Sized {
 
     /// An allocation failed with `e` (the lock held): by default null,
     /// counted; hooks that hold blocks outside the heap take them back and
-    /// try `again` first.
+    /// try `again` first. (The debug hooks hold none, and never ask.)
+    #[cfg_attr(feature = "debug", allow(dead_code))]
     fn failed<S: PageSource>(
         &self,
         heap: &mut Heap<S>,
@@ -199,21 +200,6 @@ pub(super) trait Hooks: Sized {
         let mut h = self.lock(heap);
         h.stats.refused_frees += 1;
         self.settle(h);
-    }
-
-    /// The block of an allocation's `result`, or null, counted (see
-    /// [`failed`](Self::failed)).
-    #[inline(always)]
-    fn block_or_null<S: PageSource>(
-        &self,
-        heap: &mut Heap<S>,
-        result: Result<NonNull<u8>, AllocateError>,
-        again: impl FnOnce(&mut Heap<S>) -> Result<NonNull<u8>, AllocateError>,
-    ) -> *mut u8 {
-        match result {
-            Ok(p) => p.as_ptr(),
-            Err(e) => self.failed(heap, e, again),
-        }
     }
 }
 

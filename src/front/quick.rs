@@ -70,6 +70,21 @@ pub(super) unsafe fn free_quick_unsized<S: PageSource, L: lock_api::RawMutex>(
         && unsafe { heap.object.is_block_start(ptr) && heap.object.deallocate_quick(ptr) }
 }
 
+/// The block of an allocation's `result`, or null, counted: a failure goes
+/// to [`Hooks::failed`], which may take blocks back and try `again`.
+#[inline(always)]
+pub(super) fn block_or_null<H: Hooks, S: PageSource>(
+    hooks: &H,
+    heap: &mut super::Heap<S>,
+    result: Result<NonNull<u8>, super::AllocateError>,
+    again: impl FnOnce(&mut super::Heap<S>) -> Result<NonNull<u8>, super::AllocateError>,
+) -> *mut u8 {
+    match result {
+        Ok(p) => p.as_ptr(),
+        Err(e) => hooks.failed(heap, e, again),
+    }
+}
+
 /// Allocates through `hooks`' lock.
 #[inline(always)]
 pub(super) fn alloc_locked<H: Hooks, S: PageSource, L: lock_api::RawMutex>(
@@ -79,7 +94,7 @@ pub(super) fn alloc_locked<H: Hooks, S: PageSource, L: lock_api::RawMutex>(
 ) -> *mut u8 {
     let mut h = hooks.lock(heap);
     let result = h.allocate(layout);
-    let p = hooks.block_or_null(&mut h, result, |h| h.allocate(layout));
+    let p = block_or_null(hooks, &mut h, result, |h| h.allocate(layout));
     hooks.settle(h);
     p
 }
@@ -139,7 +154,7 @@ pub(super) unsafe fn realloc_locked<H: Hooks, S: PageSource, L: lock_api::RawMut
     // SAFETY: forwarded contract.
     let result = unsafe { h.reallocate(p, layout, new_size) };
     // SAFETY: as above: a failed realloc left the block as it was.
-    let p = hooks.block_or_null(&mut h, result, |h| unsafe { h.reallocate(p, layout, new_size) });
+    let p = block_or_null(hooks, &mut h, result, |h| unsafe { h.reallocate(p, layout, new_size) });
     hooks.settle(h);
     p
 }
