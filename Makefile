@@ -86,8 +86,9 @@ bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst
 	bash scripts/bench-cost.sh
 	bash scripts/bench-malloc.sh
 
-bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator, rdtsc under QEMU -icount
+bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator on 1, 2 and 4 CPUs (instructions under -icount, then wall clock)
 	STRATA_QEMU_ARGS="-icount shift=0,sleep=off" $(CARGO) run --release -p strata-boot --no-default-features --bin strata-bench-kernel --target x86_64-unknown-none
+	$(CARGO) run --release -p strata-boot --no-default-features --bin strata-bench-kernel --target x86_64-unknown-none -- wall
 
 miri: ## Unit, layer, typed-cache and thread-cache tests under Miri (nightly; not part of `make test`: ~20 min)
 	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

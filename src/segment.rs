@@ -81,7 +81,7 @@ pub(crate) const TLSF: bool = tlsf::ON;
 const SLOTS: usize = 4096;
 /// Words of each ownership bitmap as stored: none without the TLSF engine,
 /// which alone takes spans of a page-mapping source.
-const MAP_WORDS: usize = if tlsf::ON { SLOTS / 64 } else { 0 };
+pub(crate) const MAP_WORDS: usize = if tlsf::ON { SLOTS / 64 } else { 0 };
 
 /// Tunables of layer 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,6 +402,34 @@ impl SpanMap {
     fn span_starts(&self) -> impl Iterator<Item = usize> + '_ {
         (0..MAP_WORDS * 64).filter(|&s| Self::bit(&self.start, s)).map(|s| self.slot_start(s))
     }
+}
+
+/// Layer 0's map of spans as [`SegmentAllocator::span_slots`] shows it:
+/// the window from `lo`, its slots (`1 << shift` bytes from `base`), the
+/// slots spans start in (a span starts where its slot does, or at `lo`,
+/// and holds its length in its first word: [`span_len_at`]), and a count
+/// that changes whenever a span comes or goes.
+#[cfg(feature = "caches")]
+pub(crate) struct SpanSlots<'a> {
+    pub(crate) lo: usize,
+    pub(crate) base: usize,
+    pub(crate) shift: u32,
+    pub(crate) starts: &'a [u64; MAP_WORDS],
+    pub(crate) changes: usize,
+}
+
+/// The length of the span of layer 0 that starts at `addr`.
+///
+/// # Safety
+///
+/// A span must start at `addr` and stay held for the call (its address
+/// was exposed when it was taken).
+#[cfg(feature = "caches")]
+#[inline]
+pub(crate) unsafe fn span_len_at(addr: usize) -> usize {
+    let span = core::ptr::with_exposed_provenance_mut::<u8>(addr);
+    // SAFETY: the caller's promise; a span's address is never null.
+    unsafe { Tlsf::span_len(NonNull::new_unchecked(span)) }
 }
 
 /// Layer 0: one allocator over every span it holds.
@@ -772,6 +800,24 @@ impl SegmentAllocator {
     #[inline]
     pub(crate) fn committed_window(&self) -> Option<(usize, usize)> {
         self.window_span.filter(|_| self.engine() == Engine::Tlsf).map(|(s, len)| (s.as_ptr() as usize, len))
+    }
+
+    /// Where the spans of a page-mapping source lie, for the thread
+    /// caches' lock-free copy (`None` for a committed window, whose span
+    /// [`committed_window`](Self::committed_window) gives).
+    #[cfg(feature = "caches")]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    #[inline]
+    pub(crate) fn span_slots(&self) -> Option<SpanSlots<'_>> {
+        (!self.whole && self.engine() == Engine::Tlsf).then_some(SpanSlots {
+            lo: self.map.lo,
+            base: self.map.base,
+            shift: self.map.shift,
+            starts: &self.map.start,
+            // Moves whenever a span comes (`spans` up) or goes (`spans`
+            // down, `released` up).
+            changes: self.spans + 2 * self.released,
+        })
     }
 
     /// Whether `ptr` lies in a span of this allocator. O(1): bounds and a

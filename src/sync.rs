@@ -17,11 +17,12 @@ macro_rules! stat {
 }
 pub(crate) use stat;
 
-/// A value on cache lines of its own when threads share it (`std`): what
-/// its holder writes does not evict what other threads only read next to
-/// it. (128 bytes: two lines, as the adjacent-line prefetcher of x86_64
-/// pairs them.) Without `std` it is the bare value, at no cost in RAM.
-#[cfg_attr(feature = "std", repr(align(128)))]
+/// A value on cache lines of its own when threads or CPUs share it (`std`,
+/// `cpu-caches`): what its holder writes does not evict what other threads
+/// only read next to it. (128 bytes: two lines, as the adjacent-line
+/// prefetcher of x86_64 pairs them.) Otherwise it is the bare value, at no
+/// cost in RAM.
+#[cfg_attr(feature = "caches", repr(align(128)))]
 #[derive(Debug)]
 pub(crate) struct Padded<T>(pub(crate) T);
 

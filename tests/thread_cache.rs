@@ -11,6 +11,8 @@ use std::sync::mpsc::channel;
 use strata::LockedHeap;
 use strata::front::thread_cache::{DEPTH, HEAPS, MEDIUM_DEPTH, REFILL};
 
+mod common;
+
 /// A block handed to another thread.
 #[derive(Clone, Copy)]
 struct Block(*mut u8);
@@ -117,6 +119,13 @@ fn a_block_shrunk_in_place_never_serves_a_16_aligned_request_misaligned() {
     }
 }
 
+/// How many blocks a bin holding `left` blocks holds after `frees` frees:
+/// a free that finds it at `depth` first gives up the older half.
+fn cached_after(frees: usize, left: usize, depth: u16) -> usize {
+    let depth = usize::from(depth);
+    (0..frees).fold(left, |bin, _| if bin == depth { depth / 2 + 1 } else { bin + 1 })
+}
+
 #[test]
 fn a_bin_holds_at_most_depth_blocks_and_an_exiting_thread_gives_its_blocks_back() {
     let heap = heap();
@@ -128,7 +137,16 @@ fn a_bin_holds_at_most_depth_blocks_and_an_exiting_thread_gives_its_blocks_back(
             // SAFETY: as above.
             unsafe { heap.dealloc(b, layout) };
         }
-        assert_eq!(in_use(heap), usize::from(DEPTH), "the bin must stop at its depth");
+        // The last refill left some blocks in the bin (a miss takes one
+        // block and REFILL more); then a full bin gives up its older half
+        // at each free that finds it full.
+        let n = blocks.len();
+        let left = (REFILL + 1 - n % (REFILL + 1)) % (REFILL + 1);
+        assert_eq!(
+            in_use(heap),
+            cached_after(n, left, DEPTH),
+            "the bin must stop at its depth and spill half"
+        );
     })
     .join()
     .unwrap();
@@ -154,6 +172,8 @@ fn blocks_freed_on_other_threads_and_large_ones_take_the_locked_path() {
     })
     .join()
     .unwrap();
+    // (Trim takes back what this thread's last refill left in its bin.)
+    heap.trim();
     assert_eq!(in_use(heap), 0);
     let s = heap.stats();
     assert_eq!((s.front.refused_frees, s.front.failed_allocations), (0, 0));
@@ -515,7 +535,7 @@ fn alloc_zeroed_zeroes_blocks_reused_from_a_cache_and_from_the_quick_path() {
 }
 
 /// Finding of the adversarial pass: a block freed to the heap (its bin
-/// was full) and then reallocated into a class whose bin is empty must be
+/// spilled) and then reallocated into a class whose bin is empty must be
 /// refused, as the locked path refuses it, not moved and cached while it
 /// is still on its pool's free list (it would be handed out twice).
 #[test]
@@ -536,11 +556,12 @@ fn refused_realloc_of_a_freed_block(size: usize, new: usize) {
     unsafe {
         let live: Vec<*mut u8> = (0..40).map(|_| heap.alloc(layout)).collect();
         let p = heap.alloc(layout);
+        // `p` first: the bin fills, and gives up its older half, `p` with
+        // it, back to its pool.
+        heap.dealloc(p, layout);
         for &b in &live[..usize::from(DEPTH)] {
             heap.dealloc(b, layout);
         }
-        // The bin is full: `p` goes back to its pool.
-        heap.dealloc(p, layout);
         let keep = heap.alloc(layout);
         let refused = heap.stats().front.refused_frees;
         assert!(heap.realloc(p, layout, new).is_null(), "{size} -> {new}: a freed block was moved");
@@ -688,11 +709,15 @@ fn medium_blocks_are_reused_without_the_lock_and_go_back_when_the_thread_exits()
         let cached = heap.stats().segments.allocated_bytes;
         assert!(cached > base, "no block was cached");
         let chunk = (held - base) / 20;
-        assert_eq!(held - cached, chunk * (20 - usize::from(MEDIUM_DEPTH)), "the bin must stop at its depth");
+        assert_eq!(
+            held - cached,
+            chunk * (20 - cached_after(20, 0, MEDIUM_DEPTH)),
+            "the bin must stop at its depth and spill half"
+        );
         // The last block freed comes back first, to a smaller request too,
         // without layer 0 allocating anything.
         let p = heap.alloc(l900);
-        assert_eq!(p, blocks[MEDIUM_DEPTH as usize - 1]);
+        assert_eq!(p, blocks[19]);
         assert!((p as usize).is_multiple_of(16));
         assert_eq!(heap.stats().segments.allocated_bytes, cached);
         p.write_bytes(7, 900);
@@ -718,6 +743,60 @@ fn medium_blocks_are_reused_without_the_lock_and_go_back_when_the_thread_exits()
     heap.trim();
     assert_eq!(heap.stats().segments.allocated_bytes, 0);
     heap.with(|h| h.check_invariants());
+}
+
+/// Over a page source that maps pages when asked (as the kernel's VMM
+/// does), layer 0's medium blocks are cached as well: the caches find them
+/// through a lock-free copy of layer 0's span map. A full bin gives its
+/// older half back in one trip to the lock; a second free of a cached
+/// block is refused; trim takes every block back and every span goes back
+/// to the source.
+/// Windows of 64 MiB and of 4 GiB (the kernel's, whose map slots are as
+/// large as its spans, or larger when the window is not aligned).
+#[test]
+fn medium_blocks_over_a_page_mapping_source_are_cached_and_spill_in_halves() {
+    for window in [64 << 20, 4 << 30] {
+        thread::spawn(move || medium_blocks_over_a_page_mapping_source(window)).join().unwrap();
+    }
+}
+
+fn medium_blocks_over_a_page_mapping_source(window: usize) {
+    // Leaked with the heap: this thread's cache may refer to it until the
+    // thread exits.
+    let region: &'static common::Region = Box::leak(Box::new(common::Region::new(window)));
+    let heap: &'static LockedHeap<common::Mapped> =
+        Box::leak(Box::new(LockedHeap::new(region.mapped(), (region.ptr() as usize, region.len()))));
+    heap.set_thread_caches(true);
+    let l = Layout::from_size_align(1000, 8).unwrap();
+    let depth = usize::from(MEDIUM_DEPTH);
+    // SAFETY: blocks of this heap with their layout, each freed once (the
+    // second free below is the refusal under test).
+    unsafe {
+        let blocks: Vec<*mut u8> = (0..=depth).map(|_| heap.alloc(l)).collect();
+        assert!(blocks.iter().all(|p| !p.is_null()));
+        let held = heap.stats().segments.allocated_bytes;
+        let chunk = held / blocks.len();
+        for &b in &blocks[..depth] {
+            heap.dealloc(b, l);
+        }
+        assert_eq!(heap.stats().segments.allocated_bytes, held, "a full bin's worth of frees was cached");
+        // One more: the bin gives up its older half, then keeps this one.
+        heap.dealloc(blocks[depth], l);
+        assert_eq!(heap.stats().segments.allocated_bytes, held - chunk * (depth / 2));
+        assert_eq!(heap.alloc(l), blocks[depth], "the last block freed comes back first");
+        heap.dealloc(blocks[depth], l);
+        heap.dealloc(blocks[depth], l);
+        assert_eq!(heap.stats().front.refused_frees, 1, "a second free of a cached block");
+        // The older half went back to layer 0: a free of one of them now
+        // is refused by the locked path.
+        heap.dealloc(blocks[0], l);
+        assert_eq!(heap.stats().front.refused_frees, 2, "a second free of a spilled block");
+    }
+    heap.trim();
+    let s = heap.stats();
+    assert_eq!(s.segments.allocated_bytes, 0, "trim takes the cached blocks back: {s:?}");
+    heap.with(|h| h.check_invariants());
+    assert_eq!(heap.with(|h| h.source().0.bytes_out()), 0, "every span went back to the source");
 }
 
 /// Whether this thread's free of a 1000-byte block of `heap` stayed in its

@@ -229,21 +229,9 @@ pub fn init_boot_cpu() {
     strata::front::thread_cache::set_cpu_home(&CPU_HOME);
 }
 
-/// The heap's per-CPU caches (strata's `cpu-caches`): this CPU's index,
-/// and its interrupts masked while it uses its cache.
-static CPU_HOME: strata::front::thread_cache::CpuHome = strata::front::thread_cache::CpuHome {
-    current: || Some(current().index()),
-    mask: || {
-        let enabled = interrupts::are_enabled();
-        interrupts::disable();
-        enabled
-    },
-    restore: |enabled| {
-        if enabled {
-            interrupts::enable();
-        }
-    },
-};
+/// The heap's per-CPU caches (strata's `cpu-caches`): this CPU's index.
+static CPU_HOME: strata::front::thread_cache::CpuHome =
+    strata::front::thread_cache::CpuHome { current: || Some(current().index()) };
 
 /// Why the other CPUs could not all be started.
 #[derive(Debug)]
@@ -422,6 +410,10 @@ fn idle(cpu: &'static Cpu) -> ! {
                 // CPU reports it done.
                 unsafe { f.as_ref()(cpu) };
                 cpu.jobs_done.fetch_add(1, Ordering::Release);
+                // The boot CPU halts until the last AP is done.
+                if let Some(boot) = online().next() {
+                    apic::send_ipi(boot.apic_id(), WAKE_VECTOR);
+                }
             }
             // Interrupts come on with the `hlt`: a wake IPI sent after the
             // check above ends the halt.
@@ -478,6 +470,16 @@ pub(crate) fn on_timer() {
 ///
 /// If called from inside `f` (one `run_on_all` at a time), or from an AP.
 pub fn run_on_all(f: &(dyn Fn(&Cpu) + Sync)) {
+    run_on(count(), f);
+}
+
+/// [`run_on_all`] on the first `cpus` online CPUs (the boot CPU and
+/// `cpus - 1` APs; all of them if there are fewer), the others idle.
+///
+/// # Panics
+///
+/// As [`run_on_all`].
+pub fn run_on(cpus: usize, f: &(dyn Fn(&Cpu) + Sync)) {
     assert_eq!(current().index(), 0, "run_on_all is called from the boot CPU");
     let _one = RUNNING.try_lock().expect("run_on_all is not reentrant");
     // SAFETY: only the lifetime is erased; every CPU given the pointer has
@@ -487,7 +489,7 @@ pub fn run_on_all(f: &(dyn Fn(&Cpu) + Sync)) {
             NonNull::from(f),
         )
     });
-    for cpu in online().skip(1) {
+    for cpu in online().skip(1).take(cpus.saturating_sub(1)) {
         cpu.jobs_given.fetch_add(1, Ordering::Relaxed);
         *cpu.job.lock() = Some(job);
         apic::send_ipi(cpu.apic_id(), WAKE_VECTOR);
@@ -497,13 +499,22 @@ pub fn run_on_all(f: &(dyn Fn(&Cpu) + Sync)) {
     let masked = !interrupts::are_enabled();
     interrupts::enable();
     f(current());
-    for cpu in online().skip(1) {
-        while cpu.jobs_done() < cpu.jobs_given.load(Ordering::Relaxed) {
-            spin_wait();
+    // Then it halts (rather than spin on a host core another CPU could
+    // use) until each AP has done its share: an AP that finishes sends it a
+    // wake IPI, which also answers any shootdown meanwhile.
+    for cpu in online().skip(1).take(cpus.saturating_sub(1)) {
+        loop {
+            interrupts::disable();
+            if cpu.jobs_done() >= cpu.jobs_given.load(Ordering::Relaxed) {
+                break;
+            }
+            // Interrupts come on with the `hlt`: an IPI sent after the
+            // check ends the halt.
+            interrupts::enable_and_hlt();
         }
     }
-    if masked {
-        interrupts::disable();
+    if !masked {
+        interrupts::enable();
     }
 }
 
@@ -670,3 +681,7 @@ ap_start32:
 "#,
     options(att_syntax)
 );
+/// TEMP
+pub fn shootdowns() -> u64 {
+    TLB_GEN.load(Ordering::Relaxed)
+}

@@ -17,6 +17,7 @@ use super::quick::{
     alloc_locked, alloc_quick, block_or_null, free_locked, free_quick, free_quick_unsized, realloc_locked,
 };
 use super::quick::{free_unsized_locked, usable_layout_locked};
+use super::thread_cache::Spill;
 use super::{AllocateError, Domain, Heap, HeapStats, thread_cache};
 use crate::object;
 use crate::source::{PageSource, reach};
@@ -327,7 +328,12 @@ impl Cached {
                 match unsafe {
                     thread_cache::put(&self.link, &self.arena_mirror, p, layout, || self.cache_geometry(heap))
                 } {
-                    Ok(()) => return,
+                    Ok(Spill(spill)) => {
+                        if !spill.is_null() {
+                            self.free_spill(heap, spill);
+                        }
+                        return;
+                    }
                     Err(thread_cache::Declined::DoubleFree) => return self.refuse(heap),
                     Err(thread_cache::Declined::Pass) => {}
                 }
@@ -415,6 +421,7 @@ impl Cached {
             self.arena_mirror.sync(counters, || heap.object.arena_bitmap());
         }
         self.arena_mirror.sync_window(heap.segment.committed_window());
+        self.arena_mirror.sync_spans(heap.segment.span_slots());
     }
 
     /// Frees, with the lock held, the blocks that exiting threads gave back.
@@ -426,7 +433,18 @@ impl Cached {
         }
     }
 
-    /// Frees a list of returned blocks (see [`free_returned`](Self::free_returned)).
+    /// Frees, through the lock in one trip, the blocks a full bin of this
+    /// thread's cache gave up ([`thread_cache::Spill`]).
+    #[cold]
+    #[inline(never)]
+    fn free_spill<S: PageSource, L: lock_api::RawMutex>(&self, heap: &Lock<S, L>, spill: *mut u8) {
+        let mut h = self.lock(heap);
+        Self::free_returned_list(spill, &mut h);
+        self.settle(h);
+    }
+
+    /// Frees a list of returned blocks (see [`free_returned`](Self::free_returned)),
+    /// or of blocks a bin spilled.
     #[cold]
     #[inline(never)]
     fn free_returned_list<S: PageSource>(mut block: *mut u8, heap: &mut Heap<S>) {

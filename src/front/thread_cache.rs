@@ -3,22 +3,27 @@
 //! with `debug`): glibc's tcache for strata.
 //!
 //! **Per CPU** (`cpu-caches`): the same caches, one per CPU instead of one
-//! per thread, once the kernel has said how to find the running CPU and
-//! mask its interrupts (`set_cpu_home`, up to `CPUS` CPUs). A CPU uses
-//! its bins with interrupts masked, so a CPU that drains the caches under
-//! the heap's lock never waits for one whose interrupt handler waits for
-//! that lock; CPUs never exit, so nothing is returned on exit.
+//! per thread, once the kernel has said how to find the running CPU
+//! (`set_cpu_home`, up to `CPUS` CPUs). An interrupt handler that
+//! allocates while the code it interrupted is using the bins takes the
+//! locked path, and a CPU that drains the caches under the heap's lock
+//! waits for another CPU's bins only for a bounded time (that CPU may be in
+//! such a handler, waiting for the lock); CPUs never exit, so nothing is
+//! returned on exit.
 //!
 //! A thread that frees a block of layer +2 keeps it in a bin of its own,
 //! up to [`DEPTH`] blocks per size class; its next request of that class
 //! takes it back without the heap lock. Blocks of layer 0 up to
 //! [`MEDIUM_MAX`] bytes are kept the same way, up to [`MEDIUM_DEPTH`] per
 //! *medium bin* (chunk sizes eight to a power of two, TLSF's spacing): a
-//! request takes from the first bin all of whose chunks hold it, so a block
-//! may serve a request up to a quarter smaller than its chunk, which layer
-//! 0's free check allows for. Blocks in a thread's bins stay allocated as
-//! far as the heap knows. A block goes to the heap through the lock when
-//! its bin is full. A request that finds its small bin empty takes the
+//! request takes from the first bin all of whose chunks hold it, else the
+//! latest block of its own bin if that one holds it (as a block freed by a
+//! request of the same size does), so a block may serve a request up to a
+//! quarter smaller than its chunk, which layer 0's free check allows for. Blocks in a thread's bins stay allocated as
+//! far as the heap knows. A bin that is full gives up its older half to
+//! the heap in one trip to the lock (jemalloc's tcache flushes the same
+//! way), so a thread that frees more than it allocates takes the lock once
+//! every few frees, not at every one. A request that finds its small bin empty takes the
 //! lock once for itself and [`REFILL`] more blocks of its class, the next
 //! ones of the same pool (jemalloc's tcache fills half a bin the same way):
 //! fewer trips to the lock, and a thread's blocks lie next to each other
@@ -79,10 +84,10 @@ use crate::object::{
 use crate::segment::{self, MEDIUM_MAX, WindowBlock, chunk_size};
 
 /// Most blocks a thread keeps per size class.
-pub const DEPTH: u16 = 16;
+pub const DEPTH: u16 = 32;
 
 /// Most blocks a thread keeps per medium bin.
-pub const MEDIUM_DEPTH: u16 = 8;
+pub const MEDIUM_DEPTH: u16 = 16;
 
 /// Medium bins hold layer 0's chunks from `1 << MEDIUM_SHIFT` bytes, eight
 /// bins per power of two (TLSF's spacing), up to those that serve
@@ -166,12 +171,13 @@ pub(crate) unsafe fn untag_returned(block: NonNull<u8>, size: usize) {
 /// is in some thread's cache (or on the heap's stack of returned blocks):
 /// its second word holds its tag. [`put`] and [`realloc`] ask this of a
 /// block they leave to the lock, so that a second free by a thread whose
-/// cache serves another heap, or has none, is refused too. Reads only inside the heap's committed window (as last
-/// recorded in `mirror`), and only blocks of at least two words.
+/// cache serves another heap, or has none, is refused too. Reads only
+/// layer 0's memory as last recorded in `mirror` (the committed window, or
+/// slots its spans cover whole), and only blocks of at least two words.
 #[inline]
 pub(crate) fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bool {
     const WORD: usize = size_of::<usize>();
-    let (start, len) = mirror.window();
+    let (start, len) = mirror.medium_window(ptr.as_ptr() as usize);
     let off = (ptr.as_ptr() as usize).wrapping_sub(start);
     if !TAGS
         || KEY.load(Ordering::Relaxed) == 0
@@ -201,6 +207,19 @@ impl Bin {
             unsafe { untag(block) };
         }
         Some(block)
+    }
+
+    /// Takes the first block of a medium bin if its chunk holds `need`
+    /// bytes.
+    #[inline]
+    fn pop_holding(&mut self, need: usize) -> Option<NonNull<u8>> {
+        let head = NonNull::new(self.head)?;
+        // SAFETY: a cached medium block keeps its chunk size there.
+        let chunk = unsafe { head.as_ptr().cast::<usize>().add(MEDIUM_SIZE_WORD).read() };
+        if chunk < need {
+            return None;
+        }
+        self.pop()
     }
 
     /// Takes the first block, leaving its tag (if any) in place: for a
@@ -238,6 +257,41 @@ impl Bin {
         false
     }
 
+    /// Keeps `block`; a full bin (`depth` blocks) first gives up its
+    /// older half, returned as a list for the caller to free through the
+    /// lock in one trip (jemalloc's tcache flushes the same way), rather
+    /// than one trip for every free while the bin stays full.
+    ///
+    /// # Safety
+    ///
+    /// As [`push`](Self::push).
+    #[inline]
+    unsafe fn keep(&mut self, block: NonNull<u8>, depth: u16) -> Spill {
+        let spill = if self.len >= depth { self.cut(depth / 2) } else { Spill::NONE };
+        // SAFETY: the caller's promise; the bin has room now.
+        let kept = unsafe { self.push(block, depth) };
+        debug_assert!(kept.is_ok());
+        spill
+    }
+
+    /// Leaves the `keep` most recently cached blocks (`keep >= 1`) and
+    /// returns the rest, still linked through their first word and still
+    /// tagged (a second free finds them cached until the heap frees them).
+    #[cold]
+    fn cut(&mut self, keep: u16) -> Spill {
+        debug_assert!(keep >= 1 && self.len > keep);
+        let mut last = self.head;
+        for _ in 1..keep {
+            // SAFETY: the bin holds more than `keep` blocks, linked through
+            // their first word.
+            last = unsafe { last.cast::<*mut u8>().read() };
+        }
+        // SAFETY: as above: `last` is a cached block.
+        let rest = unsafe { last.cast::<*mut u8>().replace(ptr::null_mut()) };
+        self.len = keep;
+        Spill(rest)
+    }
+
     /// Keeps `block`, unless this bin holds `depth` blocks already.
     ///
     /// # Safety
@@ -263,6 +317,19 @@ impl Bin {
     }
 }
 
+/// Blocks a full bin gave up to make room ([`Bin::keep`]): a list linked
+/// through their first word, null-terminated, each still tagged (if its
+/// bin is), for the heap to free through its lock
+/// ([`LockedHeap`](super::LockedHeap) frees them as it frees the blocks
+/// of exited threads). Empty when its pointer is null.
+#[must_use]
+pub(crate) struct Spill(pub(crate) *mut u8);
+
+impl Spill {
+    /// No blocks.
+    pub(crate) const NONE: Self = Self(ptr::null_mut());
+}
+
 /// A copy of layer +2's arena bitmap that threads read without the heap's
 /// lock: one bit per arena slot of the window, written only under the lock.
 pub(crate) struct ArenaMirror {
@@ -273,6 +340,12 @@ pub(crate) struct ArenaMirror {
     /// Layer 0's committed window while it holds it, as `(start, len)`
     /// (`len` 0 otherwise): where its medium blocks are.
     window: [AtomicUsize; 2],
+    /// Over a page-mapping source, where the medium blocks are instead:
+    /// one bit per slot of layer 0's span map that a span starts in ...
+    spans: [AtomicU64; segment::MAP_WORDS],
+    /// ... and the map's geometry: `[lo, base, shift, changes + 1]` (the
+    /// last 0 until first recorded).
+    span_geo: [AtomicUsize; 4],
 }
 
 impl ArenaMirror {
@@ -281,7 +354,73 @@ impl ArenaMirror {
             bits: [const { AtomicU64::new(0) }; ARENA_SLOTS / 64],
             seen: [const { AtomicU64::new(0) }; 2],
             window: [const { AtomicUsize::new(0) }; 2],
+            spans: [const { AtomicU64::new(0) }; segment::MAP_WORDS],
+            span_geo: [const { AtomicUsize::new(0) }; 4],
         }
+    }
+
+    /// Records where layer 0's spans lie, if they came or went since last
+    /// time (call with the heap locked).
+    #[inline]
+    pub(crate) fn sync_spans(&self, spans: Option<segment::SpanSlots<'_>>) {
+        let Some(map) = spans else { return };
+        if self.span_geo[3].load(Ordering::Relaxed) == map.changes.wrapping_add(1) {
+            return;
+        }
+        self.sync_spans_now(&map);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sync_spans_now(&self, map: &segment::SpanSlots<'_>) {
+        // The geometry first: a reader that sees a bit (acquire) sees it.
+        let geo = [map.lo, map.base, map.shift as usize];
+        for (word, value) in self.span_geo.iter().zip(geo) {
+            word.store(value, Ordering::Relaxed);
+        }
+        for (word, &value) in self.spans.iter().zip(map.starts) {
+            word.store(value, Ordering::Release);
+        }
+        self.span_geo[3].store(map.changes.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Memory of layer 0 around `addr` that is readable while the block
+    /// at `addr`, if it is one, is live, as `(start, len)` (`len` 0 if
+    /// none): the committed window, or else the span that holds `addr`, as
+    /// last recorded — found by the nearest span start at or below `addr`'s
+    /// slot (a scan of at most the map's words; the word of `addr`'s slot
+    /// itself, where spans are slots or more apart) and that span's length.
+    #[inline]
+    fn medium_window(&self, addr: usize) -> (usize, usize) {
+        let window = self.window();
+        if window.1 != 0 {
+            return window;
+        }
+        let base = self.span_geo[1].load(Ordering::Relaxed);
+        let shift = self.span_geo[2].load(Ordering::Relaxed) as u32;
+        let slot = addr.wrapping_sub(base).checked_shr(shift).unwrap_or(usize::MAX);
+        if slot >= segment::MAP_WORDS * 64 {
+            return (0, 0);
+        }
+        let mut w = slot / 64;
+        let mut bits = self.spans[w].load(Ordering::Acquire) & (u64::MAX >> (63 - slot % 64));
+        while bits == 0 {
+            if w == 0 {
+                return (0, 0);
+            }
+            w -= 1;
+            bits = self.spans[w].load(Ordering::Acquire);
+        }
+        let first = w * 64 + 63 - bits.leading_zeros() as usize;
+        let start = (base + (first << shift)).max(self.span_geo[0].load(Ordering::Relaxed));
+        // SAFETY: a start bit, read with acquire after the heap recorded
+        // it, marks a span held then, which starts where its slot does (or
+        // at the window's start); a span stays held while any block of it
+        // is live, so only a free of a block already freed, racing with
+        // the release of its span, could find it gone (and fault rather
+        // than corrupt).
+        let len = unsafe { segment::span_len_at(start) };
+        if addr - start < len { (start, len) } else { (0, 0) }
     }
 
     /// Records layer 0's committed window (call with the heap locked).
@@ -474,12 +613,15 @@ impl Registry {
             // SAFETY: a cache on the list, live while it is.
             let cache = unsafe { &*c };
             if cache.owner_id.load(Ordering::Relaxed) == id {
+                let mut turns = 0;
                 let taken = loop {
                     match cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed) {
                         Ok(_) => break true,
                         // This thread, interrupted in its own cache.
                         Err(_) if c == skip => break false,
-                        Err(_) => home::relax(),
+                        // (A CPU that may wait for us: left for next time.)
+                        Err(_) if !home::keep_waiting(&mut turns) => break false,
+                        Err(_) => {}
                     }
                 };
                 if taken {
@@ -510,7 +652,8 @@ const DRAINING: u8 = 2;
 /// One thread's cache. Its thread uses the bins in state `OWNER` (entered
 /// with one compare-and-swap, so that a thread draining the caches can take
 /// them in state `DRAINING` meanwhile), everything else under the registry
-/// lock.
+/// lock. On cache lines of its own: the CPU caches lie side by side.
+#[repr(align(128))]
 struct ThreadCache {
     state: AtomicU8,
     /// The id of the heap the bins belong to (0: none).
@@ -639,7 +782,7 @@ impl Bins {
         mirror: &ArenaMirror,
         ptr: NonNull<u8>,
         layout: Layout,
-    ) -> Result<(), Declined> {
+    ) -> Result<Spill, Declined> {
         // SAFETY: forwarded contract.
         let Some((chunk, bin)) = (unsafe { medium_chunk(mirror, owner, ptr, layout) }) else {
             return Err(Declined::Pass);
@@ -652,10 +795,9 @@ impl Bins {
         // SAFETY: a live block of layer 0 of at least `1 << MEDIUM_SHIFT`
         // bytes, ours again: its third word keeps the chunk size.
         unsafe {
-            bin.push(ptr, MEDIUM_DEPTH)?;
             ptr.as_ptr().cast::<usize>().add(MEDIUM_SIZE_WORD).write(chunk);
+            Ok(bin.keep(ptr, MEDIUM_DEPTH))
         }
-        Ok(())
     }
 }
 
@@ -675,14 +817,21 @@ unsafe fn medium_chunk(
     ptr: NonNull<u8>,
     layout: Layout,
 ) -> Option<(usize, usize)> {
-    let window = mirror.window();
-    if medium_need(layout).is_none() || window.1 == 0 || owner.owns(mirror, ptr) {
+    if medium_need(layout).is_none() || owner.owns(mirror, ptr) {
+        return None;
+    }
+    let window = mirror.medium_window(ptr.as_ptr() as usize);
+    if window.1 == 0 {
         return None;
     }
     // SAFETY: the window is layer 0's committed span while it holds it,
     // and it holds it while any of its blocks is live; a pointer the
     // caller did not get from this heap but within the window reads the
-    // heap's own memory, which a committed source keeps.
+    // heap's own memory, which a committed source keeps. Over a
+    // page-mapping source it is memory of spans that the copy of layer 0's
+    // map says are held; a live block's span stays held, so only a free
+    // of a block already freed, racing with the release of its span,
+    // could find it gone (and fault rather than corrupt).
     let WindowBlock::Fits(chunk) = (unsafe { segment::window_block(window, ptr, layout) }) else {
         return None;
     };
@@ -734,18 +883,16 @@ impl ThreadCache {
     /// other thread is draining them; `default` otherwise.
     #[inline(always)]
     fn enter<R>(&self, link: &Link, default: R, f: impl FnOnce(&mut Bins, &Owner) -> R) -> R {
-        home::masked(|| {
-            if self.state.compare_exchange(IDLE, OWNER, Ordering::Acquire, Ordering::Relaxed).is_err() {
-                return default;
-            }
-            // SAFETY: in state OWNER the bins and the owner are this
-            // thread's alone, and the owner is not written.
-            let (bins, owner) = unsafe { (&mut *self.bins.get(), &*self.owner.get()) };
-            // Ids start at 1: a cache that serves no heap (id 0) serves none.
-            let r = if owner.id == link.id() { f(bins, owner) } else { default };
-            self.state.store(IDLE, Ordering::Release);
-            r
-        })
+        if self.state.compare_exchange(IDLE, OWNER, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return default;
+        }
+        // SAFETY: in state OWNER the bins and the owner are this
+        // thread's alone, and the owner is not written.
+        let (bins, owner) = unsafe { (&mut *self.bins.get(), &*self.owner.get()) };
+        // Ids start at 1: a cache that serves no heap (id 0) serves none.
+        let r = if owner.id == link.id() { f(bins, owner) } else { default };
+        self.state.store(IDLE, Ordering::Release);
+        r
     }
 
     /// Whether this cache serves a heap, attaching it to the heap of `link`
@@ -925,31 +1072,24 @@ mod home {
         EXIT.try_with(|_| ()).is_ok()
     }
 
-    /// Runs `f`, the thread's use of its bins (nothing to mask: no
-    /// interrupt handler of a host thread allocates).
-    #[inline(always)]
-    pub(super) fn masked<R>(f: impl FnOnce() -> R) -> R {
-        f()
-    }
-
-    /// A turn of a wait for another thread's cache.
-    pub(super) fn relax() {
+    /// A turn of a wait for another thread in the middle of using its
+    /// cache; always worth waiting for (a preempted thread runs again).
+    pub(super) fn keep_waiting(_turns: &mut u32) -> bool {
         std::thread::yield_now();
+        true
     }
 }
 
 /// How a `no_std` kernel tells the CPU caches (feature `cpu-caches`) which
-/// CPU runs and how to mask its interrupts ([`set_cpu_home`]).
+/// CPU runs ([`set_cpu_home`]).
 #[cfg(not(feature = "std"))]
 #[derive(Debug)]
 pub struct CpuHome {
     /// The index of the CPU running, below [`CPUS`]; `None` before the
-    /// kernel can tell (the caches are then not used).
+    /// kernel can tell (the caches are then not used). Called at every
+    /// allocation and free: keep it to a load or two (a per-CPU variable
+    /// through the GS base, say).
     pub current: fn() -> Option<usize>,
-    /// Masks this CPU's interrupts; returns whether they were enabled.
-    pub mask: fn() -> bool,
-    /// Restores what `mask` returned.
-    pub restore: fn(bool),
 }
 
 /// CPUs the CPU caches serve (`cpu-caches`): a CPU of a higher index takes
@@ -957,18 +1097,23 @@ pub struct CpuHome {
 #[cfg(not(feature = "std"))]
 pub const CPUS: usize = 64;
 
-/// Tells the CPU caches (`cpu-caches`) how to find the running CPU and mask
-/// its interrupts. Until it is called, every call takes the locked path.
+/// Tells the CPU caches (`cpu-caches`) how to find the running CPU. Until it
+/// is called, every call takes the locked path.
 #[cfg(not(feature = "std"))]
 pub fn set_cpu_home(home: &'static CpuHome) {
     home::HOME.store(core::ptr::from_ref(home).cast_mut(), Ordering::Release);
 }
 
-/// Where a CPU finds its cache: its slot (`cpu-caches`). A CPU uses its
-/// bins with its interrupts masked: an interrupt handler that allocated in
-/// the middle would take the locked path, and a CPU draining the caches
-/// under the heap's lock would then wait for this one, which waits for the
-/// lock.
+/// Where a CPU finds its cache: its slot (`cpu-caches`).
+///
+/// A CPU uses its bins with interrupts as they are. An interrupt handler
+/// that allocates or frees while the code it interrupted is in the middle
+/// of using the bins finds them taken (state `OWNER`) and takes the locked
+/// path. A CPU draining the caches under the heap's lock waits for another
+/// CPU in the middle of using its bins only for a bounded time
+/// ([`keep_waiting`]): that CPU may be in such a handler, waiting for the
+/// very lock the drainer holds. Its bins are then left as they are, to be
+/// drained the next time (they hold at most a few dozen blocks).
 #[cfg(not(feature = "std"))]
 mod home {
     use core::sync::atomic::{AtomicPtr, Ordering};
@@ -983,23 +1128,21 @@ mod home {
     /// One cache per CPU.
     struct Caches([ThreadCache; CPUS]);
 
-    // SAFETY: a CPU uses only its own slot's bins (with its interrupts
-    // masked, in state OWNER); the slot's other fields are read and written
-    // under the registry's lock, as a thread's cache's are.
+    // SAFETY: a CPU uses only its own slot's bins (in state OWNER, which an
+    // interrupt handler on it cannot enter); the slot's other fields are
+    // read and written under the registry's lock, as a thread's cache's
+    // are.
     unsafe impl Sync for Caches {}
 
     static CACHES: Caches = Caches([const { ThreadCache::new() }; CPUS]);
-
-    fn home() -> Option<&'static CpuHome> {
-        // SAFETY: null, or a `&'static CpuHome` stored by `set_cpu_home`.
-        unsafe { HOME.load(Ordering::Acquire).as_ref() }
-    }
 
     /// Runs `f` on this CPU's cache; `Err` before the kernel has said how
     /// to find it, or on a CPU past [`CPUS`].
     #[inline(always)]
     pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
-        let cpu = home().and_then(|h| (h.current)()).ok_or(())?;
+        // SAFETY: null, or a `&'static CpuHome` stored by `set_cpu_home`.
+        let home = unsafe { HOME.load(Ordering::Acquire).as_ref() }.ok_or(())?;
+        let cpu = (home.current)().ok_or(())?;
         CACHES.0.get(cpu).map(f).ok_or(())
     }
 
@@ -1008,20 +1151,17 @@ mod home {
         true
     }
 
-    /// Runs `f`, the CPU's use of its bins, with its interrupts masked.
-    #[inline(always)]
-    pub(super) fn masked<R>(f: impl FnOnce() -> R) -> R {
-        let Some(h) = home() else { return f() };
-        let enabled = (h.mask)();
-        let r = f();
-        (h.restore)(enabled);
-        r
-    }
+    /// Turns of [`keep_waiting`] before a drain gives up on a CPU's cache:
+    /// far longer than any use of the bins takes (tens of instructions),
+    /// unless the CPU was interrupted in the middle.
+    const TURNS: u32 = 1 << 16;
 
-    /// A turn of a wait for another CPU's cache (it has interrupts masked
-    /// and waits for nothing: it is done soon).
-    pub(super) fn relax() {
+    /// A turn of a wait for another CPU in the middle of using its cache:
+    /// whether to go on waiting.
+    pub(super) fn keep_waiting(turns: &mut u32) -> bool {
         core::hint::spin_loop();
+        *turns += 1;
+        *turns < TURNS
     }
 }
 
@@ -1035,7 +1175,14 @@ pub(crate) fn take(link: &Link, layout: Layout) -> Option<NonNull<u8>> {
                 return bins.small[size_class(layout.size(), layout.align(), owner.class_shift)].pop();
             }
             let need = medium_need(layout)?;
-            bins.medium[medium_ceil(need)].pop()
+            let bin = medium_ceil(need);
+            // Else the bin of `need` itself, whose latest block may hold it
+            // (a block freed by a request of the same size does).
+            bins.medium[bin].pop().or_else(|| {
+                // (`need` lies in bin `bin - 1` when that bin's floor is
+                // below it.)
+                (medium_floor(bin) > need).then(|| bins.medium[bin - 1].pop_holding(need)).flatten()
+            })
         })
     })
     .ok()
@@ -1234,17 +1381,18 @@ pub(crate) unsafe fn realloc(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Declined {
     /// Not for the cache (not small or medium, not the heap's, another
-    /// heap's cache, the bin full, the thread exiting): the locked path
-    /// decides.
+    /// heap's cache, the thread exiting): the locked path decides.
     Pass,
     /// The block is in a cache already (this thread's or, by its tag,
     /// another's): a double free.
     DoubleFree,
 }
 
-/// Keeps a freed block of the heap of `link` in this thread's cache.
-/// `geometry` describes the heap, asked when this thread's cache serves no
-/// heap yet (`None` while the heap has no memory: nothing is cached).
+/// Keeps a freed block of the heap of `link` in this thread's cache; if
+/// its bin was full, returns the older half of the bin for the caller to
+/// free through the lock. `geometry` describes the heap, asked when this
+/// thread's cache serves no heap yet (`None` while the heap has no memory:
+/// nothing is cached).
 ///
 /// # Safety
 ///
@@ -1257,7 +1405,7 @@ pub(crate) unsafe fn put(
     ptr: NonNull<u8>,
     layout: Layout,
     geometry: impl FnOnce() -> Option<Geometry>,
-) -> Result<(), Declined> {
+) -> Result<Spill, Declined> {
     let r = home::with(|cache| {
         if !cache.attached(link, geometry) {
             return Err(Declined::Pass);
@@ -1291,7 +1439,7 @@ pub(crate) unsafe fn put(
             }
             // SAFETY: the block is ours again, in an arena of +2, and at
             // least 8 bytes long and aligned (every class is).
-            unsafe { bin.push(ptr, DEPTH) }
+            Ok(unsafe { bin.keep(ptr, DEPTH) })
         })
     })
     .unwrap_or(Err(Declined::Pass));
@@ -1337,7 +1485,7 @@ pub(crate) fn fork_prepare() {
         while c != mine
             && cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed).is_err()
         {
-            home::relax();
+            home::keep_waiting(&mut 0);
         }
         c = cache.next.get();
     }

@@ -1,9 +1,16 @@
 //! `make bench-kernel`: the CPython-like small-object churn on the kernel's
 //! full stack (−2 to +3) and on a plain `linked_list_allocator` heap over the
 //! same amount of VMM-mapped memory, in the same boot, timed with `rdtsc`.
-//! Run under QEMU's `-icount shift=0,sleep=off`, where the TSC counts guest
-//! instructions, the figures repeat exactly from run to run. Then the same
-//! churn on every CPU at once, both heaps shared.
+//! Then the same churn on 1, 2 and 4 CPUs at once, every heap shared: the
+//! per-CPU front end (the heap's per-CPU caches), the same heap behind one
+//! global lock (caches off), `linked_list_allocator` behind its lock, and,
+//! as the ceiling the host allows, a strata heap of its own for each CPU.
+//!
+//! `make bench-kernel` boots it twice: under QEMU's `-icount
+//! shift=0,sleep=off`, where the TSC counts guest instructions and the
+//! figures repeat exactly from run to run (the CPUs take turns on one host
+//! thread), then with `wall` on the command line, in real time with every
+//! CPU on a host thread of its own, for the scaling.
 #![no_std]
 #![no_main]
 
@@ -11,8 +18,9 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::arch::x86_64::_rdtsc;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use strata::LockedHeap;
 use strata::vmm::PageFlags;
-use strata_boot::heap::HEAP;
+use strata_boot::heap::{HEAP, KernelHeap, KernelPages};
 use strata_boot::memory::with_memory;
 use strata_boot::sync::IrqMutex;
 use strata_boot::{BootInfo, entry_point, println, smp};
@@ -22,6 +30,9 @@ entry_point!(main);
 const OPS: usize = 200_000;
 const LIVE: usize = 2048;
 const HEAP_BYTES: u64 = 16 << 20;
+/// The kernel heap's window, for heaps of the same kind.
+const KERNEL_WINDOW: (usize, usize) =
+    (strata_boot::memory::ALLOC_WINDOW.0 as usize, strata_boot::memory::ALLOC_WINDOW.1 as usize);
 
 /// The time-stamp counter.
 fn tsc() -> u64 {
@@ -75,8 +86,14 @@ fn churn(
     (cycles, ops)
 }
 
-fn main(_boot: &'static BootInfo) -> ! {
-    println!("kernel benchmark: {OPS} churn steps, {LIVE} live blocks, CPython-like sizes");
+fn main(boot: &'static BootInfo) -> ! {
+    // `wall` on the command line: real time, the CPUs in parallel (else
+    // instruction counts, run under -icount).
+    let wall = boot.cmdline.split_whitespace().any(|w| w == "wall");
+    println!(
+        "kernel benchmark ({}): {OPS} churn steps, {LIVE} live blocks, CPython-like sizes",
+        if wall { "wall clock" } else { "instructions" }
+    );
     // SAFETY: GlobalAlloc calls with the layouts the blocks were allocated with.
     let (s_cycles, s_ops) = churn(&|l| unsafe { HEAP.alloc(l) }, &|p, l| unsafe { HEAP.dealloc(p, l) });
     let region =
@@ -95,40 +112,85 @@ fn main(_boot: &'static BootInfo) -> ! {
     println!("strata full stack     : {s:>10.1} TSC ticks per operation ({s_ops} operations)");
     println!("linked_list_allocator : {l:>10.1} TSC ticks per operation ({l_ops} operations)");
     println!("linked_list_allocator / strata: {:.1}x", l / s);
-    // Every CPU at once, each on its own blocks, both heaps shared by all:
-    // operations per 1000 ticks of the whole run, against one CPU alone.
-    // (Under -icount the CPUs take turns, so the ticks count every CPU's
-    // instructions: what the shared lock costs shows as spinning.)
+    // The churn on 1, 2 and 4 CPUs at once, each on its own blocks, every
+    // heap shared by all: total operations per 1000 ticks of the run.
     let n = smp::count();
-    let at_once = |alloc: &(dyn Fn(Layout) -> *mut u8 + Sync), dealloc: &(dyn Fn(*mut u8, Layout) + Sync)| {
+    let cpus = [1, 2, 4].map(|c: usize| c.min(n));
+    let at_once = |cpus: usize,
+                   alloc: &(dyn Fn(Layout) -> *mut u8 + Sync),
+                   dealloc: &(dyn Fn(*mut u8, Layout) + Sync)| {
         let total = AtomicUsize::new(0);
         let start = tsc();
-        smp::run_on_all(&|_| {
+        smp::run_on(cpus, &|_| {
             let (_, ops) = churn(alloc, dealloc);
             total.fetch_add(ops, Ordering::Relaxed);
         });
         1000.0 * total.load(Ordering::Relaxed) as f64 / (tsc() - start) as f64
     };
-    // SAFETY: as above.
-    let s_all = at_once(&|l| unsafe { HEAP.alloc(l) }, &|p, l| unsafe { HEAP.dealloc(p, l) });
-    let caches = HEAP.thread_caches_on();
-    // The same with the heap's per-CPU caches off: every call takes the lock.
+    // SAFETY (both closures): GlobalAlloc calls with the layouts the blocks
+    // were allocated with.
+    let strata_at_once =
+        |cpus: usize| at_once(cpus, &|l| unsafe { HEAP.alloc(l) }, &|p, l| unsafe { HEAP.dealloc(p, l) });
+    // The per-CPU front end: every CPU's caches in front of the heap's lock.
+    HEAP.set_thread_caches(true);
+    let front = cpus.map(strata_at_once);
+    // The same heap behind one global lock: every call takes it.
     HEAP.set_thread_caches(false);
-    // SAFETY: as above.
-    let s_locked = at_once(&|l| unsafe { HEAP.alloc(l) }, &|p, l| unsafe { HEAP.dealloc(p, l) });
-    let l_all = at_once(
-        &|l| lla.lock().allocate_first_fit(l).map_or(core::ptr::null_mut(), |p| p.as_ptr()),
-        // SAFETY: the pointer came from this heap with this layout.
-        &|p, l| unsafe { lla.lock().deallocate(core::ptr::NonNull::new_unchecked(p), l) },
-    );
-    println!("{n} CPUs at once, operations per 1000 ticks (one CPU alone):");
+    let locked = cpus.map(strata_at_once);
+    let lla_at_once = |cpus: usize| {
+        at_once(
+            cpus,
+            &|l| lla.lock().allocate_first_fit(l).map_or(core::ptr::null_mut(), |p| p.as_ptr()),
+            // SAFETY: the pointer came from this heap with this layout.
+            &|p, l| unsafe { lla.lock().deallocate(core::ptr::NonNull::new_unchecked(p), l) },
+        )
+    };
+    let lla_rates = cpus.map(lla_at_once);
+    // The ceiling: a heap of its own for each CPU (nothing shared; the
+    // calls take their heap's lock, never contended), its memory taken in
+    // a first round on every CPU.
+    static OWN: [KernelHeap; 4] = [const { LockedHeap::new(KernelPages, KERNEL_WINDOW) }; 4];
+    // SAFETY (both closures): as above, each CPU on its own heap.
+    let own_at_once = |cpus: usize| {
+        at_once(cpus, &|l| unsafe { OWN[smp::current().index() % 4].alloc(l) }, &|p, l| unsafe {
+            OWN[smp::current().index() % 4].dealloc(p, l)
+        })
+    };
+    let _ = own_at_once(n);
+    let own = cpus.map(own_at_once);
+    println!("the churn on several CPUs at once, operations per 1000 ticks (all CPUs together):");
     println!(
-        "  strata full stack     : {s_all:>8.2} ({:.2}), per-CPU caches {}",
-        1000.0 / s,
-        if caches { "on" } else { "off" }
+        "  CPUs   per-CPU front   one global lock   linked_list_allocator   a heap per CPU   front / lock"
     );
-    println!("  strata, caches off    : {s_locked:>8.2}");
-    println!("  linked_list_allocator : {l_all:>8.2} ({:.2})", 1000.0 / l);
-    println!("(under -icount shift=0,sleep=off a TSC tick is one guest instruction)");
+    for i in 0..cpus.len() {
+        println!(
+            "  {:>4}   {:>13.2}   {:>15.2}   {:>21.2}   {:>14.2}   {:>11.1}x",
+            cpus[i],
+            front[i],
+            locked[i],
+            lla_rates[i],
+            own[i],
+            front[i] / locked[i]
+        );
+    }
+    println!(
+        "per-CPU front on {} CPUs: {:.2}x its own 1-CPU total; {:.1}x one global lock",
+        cpus[2],
+        front[2] / front[0],
+        front[2] / locked[2]
+    );
+    println!(
+        "(a heap per CPU, nothing shared, is what the host allows: {:.2}x on {} CPUs)",
+        own[2] / own[0],
+        cpus[2]
+    );
+    if wall {
+        println!("(wall clock: QEMU runs each CPU on a host thread; more CPUs than host cores share them)");
+    } else {
+        println!(
+            "(under -icount shift=0,sleep=off a TSC tick is one guest instruction, and the CPUs take turns"
+        );
+        println!(" on one host thread: the table shows instructions, spinning included, not parallel speed)");
+    }
     strata_boot::exit_success()
 }
