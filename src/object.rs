@@ -1181,6 +1181,44 @@ impl ObjectAllocator {
         if !unsafe { self.is_block_start(ptr) && self.may_free(ptr) } {
             return false;
         }
+        // SAFETY: a live block of ours (just checked).
+        unsafe { self.release(ptr, source) };
+        true
+    }
+
+    /// [`deallocate`](Self::deallocate) for a block that a thread cache
+    /// held, which holds its tag (the mark of a free block, see [`KEY`])
+    /// and keeps it: a second free racing with this one, made without the
+    /// lock, finds the block tagged at every moment. Checked as
+    /// `deallocate` checks a block, but for the tag.
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate`](Self::deallocate); the block may hold its tag.
+    #[cfg(feature = "caches")]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub(crate) unsafe fn deallocate_cached(
+        &mut self,
+        ptr: NonNull<u8>,
+        source: &mut impl PageSource,
+    ) -> bool {
+        // SAFETY: as in `deallocate`.
+        if !unsafe { self.is_block_start(ptr) && self.may_free_untagged(ptr) } {
+            return false;
+        }
+        // SAFETY: a block of ours that a cache held live (just checked).
+        unsafe { self.release(ptr, source) };
+        true
+    }
+
+    /// Puts block `ptr` on its pool's free list (tagged), and the pool on
+    /// the lists its new state calls for.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block of an arena of ours.
+    #[inline(always)]
+    unsafe fn release(&mut self, ptr: NonNull<u8>, source: &mut impl PageSource) {
         let block = reach(ptr).as_ptr();
         let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a live block lies in an initialised pool of a live arena.
@@ -1195,11 +1233,10 @@ impl ObjectAllocator {
         p.freeblock = block;
         p.ref_count -= 1;
         if !last.is_null() && p.ref_count != 0 {
-            return true;
+            return;
         }
         // SAFETY: `pool` is live, and its list membership is as its state says.
         unsafe { self.pool_changed_state(pool, last.is_null(), source) };
-        true
     }
 
     /// Whether `block` (of `block_size` bytes) holds its tag: it is free
@@ -1277,6 +1314,21 @@ impl ObjectAllocator {
         p.ref_count != 0
             && p.freeblock != ptr.as_ptr()
             && !unsafe { self.is_free_tagged(reach(ptr).as_ptr(), p.block_size) }
+    }
+
+    /// [`may_free`](Self::may_free) but for the tag (a cached block's).
+    ///
+    /// # Safety
+    ///
+    /// As [`may_free`](Self::may_free).
+    #[cfg(feature = "caches")]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    unsafe fn may_free_untagged(&self, ptr: NonNull<u8>) -> bool {
+        let pool = ptr.as_ptr().map_addr(|a| a & self.pool_mask).cast::<Pool>();
+        // SAFETY: a pool of a live arena (the caller's promise) has an
+        // initialised header.
+        let p = unsafe { &(*pool).h };
+        p.ref_count != 0 && p.freeblock != ptr.as_ptr()
     }
 
     /// The common case of [`deallocate`](Self::deallocate), in a few

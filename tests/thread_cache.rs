@@ -1023,3 +1023,100 @@ fn the_caches_refuse_a_pointer_into_a_block_and_know_a_cached_block_is_free() {
         heap.dealloc(p, l);
     }
 }
+
+/// A second free made on another thread while the block's first free is
+/// on its way from a cache to the heap (a full bin giving its older half
+/// back) is refused, whenever it comes: the block keeps its tag until the
+/// heap has marked it free. (Before, a window between the two let such a
+/// free through, and the block was then handed out twice.)
+#[test]
+fn a_double_free_racing_with_a_spill_is_refused() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+    for size in [1000, 64] {
+        let region: &'static common::Region = Box::leak(Box::new(common::Region::new(64 << 20)));
+        let heap: &'static LockedHeap<common::Mapped> =
+            Box::leak(Box::new(LockedHeap::new(region.mapped(), (region.ptr() as usize, region.len()))));
+        heap.set_thread_caches(true);
+        let l = Layout::from_size_align(size, 8).unwrap();
+        let depth = usize::from(if size > 512 { MEDIUM_DEPTH } else { DEPTH });
+        let targets: &'static [AtomicUsize] =
+            Box::leak((0..depth / 2).map(|_| AtomicUsize::new(0)).collect());
+        let (round, done, stop) = (
+            &*Box::leak(Box::new(AtomicUsize::new(0))),
+            &*Box::leak(Box::new(AtomicUsize::new(0))),
+            &*Box::leak(Box::new(AtomicBool::new(false))),
+        );
+        let attempts = &*Box::leak(Box::new(AtomicUsize::new(0)));
+        let ack = &*Box::leak(Box::new(AtomicUsize::new(0)));
+        let before = heap.stats().front.refused_frees;
+        let second = thread::spawn(move || {
+            // SAFETY: this thread's cache serves the heap from here on; the
+            // frees below are the second frees under test.
+            unsafe { heap.dealloc(heap.alloc(l), l) };
+            let mut seen = 0;
+            while !stop.load(Acquire) {
+                let r = round.load(Acquire);
+                if r == seen {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                while done.load(Acquire) != r {
+                    for t in targets {
+                        // SAFETY: a block freed already: refused.
+                        unsafe { heap.dealloc(t.load(Relaxed) as *mut u8, l) };
+                        attempts.fetch_add(1, Relaxed);
+                    }
+                }
+                seen = r;
+                ack.store(r, Release);
+            }
+        });
+        let mut kept = Vec::new();
+        for r in 1..=200 {
+            // SAFETY: blocks of this heap with their layout, each freed once
+            // here (the other thread's frees are the second ones).
+            unsafe {
+                let blocks: Vec<*mut u8> = (0..=depth).map(|_| heap.alloc(l)).collect();
+                for &p in &blocks[..depth] {
+                    heap.dealloc(p, l);
+                }
+                // The bin is full: the next free gives back its older half,
+                // which the other thread frees again meanwhile.
+                for (t, &p) in targets.iter().zip(&blocks) {
+                    t.store(p as usize, Relaxed);
+                }
+                round.store(r, Release);
+                thread::sleep(std::time::Duration::from_micros(20));
+                heap.dealloc(blocks[depth], l);
+                thread::sleep(std::time::Duration::from_micros(20));
+                done.store(r, Release);
+                // (The other thread is done with this round's blocks.)
+                while ack.load(Acquire) != r {
+                    std::hint::spin_loop();
+                }
+                // Empty the bin, holding its blocks until the end (so no
+                // block freed above is handed out while the other thread
+                // frees it again).
+                kept.extend((0..depth / 2 + 1).map(|_| heap.alloc(l)));
+            }
+        }
+        stop.store(true, Release);
+        second.join().unwrap();
+        let refused = heap.stats().front.refused_frees - before;
+        assert_eq!(refused, attempts.load(Relaxed), "{size} B: a second free was taken");
+        // Nothing is handed out twice: every block held is distinct from
+        // every block the heap hands out now.
+        // SAFETY: blocks of this heap with their layout, each freed once.
+        unsafe {
+            let fresh: Vec<*mut u8> = (0..2000).map(|_| heap.alloc(l)).collect();
+            let mut all: Vec<usize> = kept.iter().chain(&fresh).map(|&p| p as usize).collect();
+            all.sort_unstable();
+            assert!(all.windows(2).all(|w| w[1] - w[0] >= size), "{size} B: a block handed out twice");
+            for p in kept.into_iter().chain(fresh) {
+                heap.dealloc(p, l);
+            }
+        }
+        heap.trim();
+        heap.with(|h| h.check_invariants());
+    }
+}

@@ -19,7 +19,6 @@ use super::quick::{
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::thread_cache::Spill;
 use super::{AllocateError, Domain, Heap, HeapStats, thread_cache};
-use crate::object;
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
 
@@ -224,8 +223,8 @@ impl Hooks for Cached {
     fn reclaim<S: PageSource>(&self, heap: &mut Heap<S>) {
         thread_cache::drain_all(&self.link, &mut |block, layout| {
             // SAFETY: a cached block is a live block of this heap, which
-            // `layout` frees.
-            if unsafe { heap.deallocate(block, layout) }.is_err() {
+            // `layout` frees, still tagged.
+            if unsafe { heap.deallocate_cached(block, layout) }.is_err() {
                 heap.stats.refused_frees += 1;
             }
         });
@@ -450,19 +449,17 @@ impl Cached {
     fn free_returned_list<S: PageSource>(mut block: *mut u8, heap: &mut Heap<S>) {
         while let Some(b) = NonNull::new(block) {
             // SAFETY: returned blocks are linked through their first word,
-            // and are live blocks of this heap: small ones of +2 (freed by
-            // address), medium ones of layer 0 keeping their chunk size.
+            // and are live blocks of this heap, still tagged: small ones of
+            // +2 (freed by pool, whatever the layout), medium ones of layer
+            // 0 keeping their chunk size.
             unsafe {
                 block = b.as_ptr().cast::<*mut u8>().read();
                 let layout = if heap.object.owns(b.as_ptr()) {
-                    let g = heap.object.geometry();
-                    let class = object::block_class(reach(b), g).unwrap_or(0);
-                    Layout::from_size_align_unchecked(object::class_size(class, g.class_shift), 8)
+                    Layout::new::<u8>()
                 } else {
                     thread_cache::medium_layout(b)
                 };
-                thread_cache::untag_returned(b, layout.size());
-                if heap.deallocate(b, layout).is_err() {
+                if heap.deallocate_cached(b, layout).is_err() {
                     heap.stats.refused_frees += 1;
                 }
             }

@@ -281,6 +281,7 @@ impl<S: PageSource> Heap<S> {
             }
             return self.allocate_small(layout);
         }
+        let layout = self.layer_0_layout(layout);
         // SAFETY: `self.source` is the page source layer 0 has had on
         // every call (the heap owns both).
         match unsafe { self.segment.allocate(layout, &mut self.source) } {
@@ -406,10 +407,21 @@ impl<S: PageSource> Heap<S> {
     /// The layout layer 0 sees for `layout`: a small one rounded up to its
     /// size class, so that a small block served by layer 0 fits every
     /// request of its class, as a +2 block does (thread caches reuse blocks
-    /// by class), and frees and resizes with any layout of the class.
+    /// by class), and frees and resizes with any layout of the class. A
+    /// request of a small size but a larger alignment is rounded up to the
+    /// class granule too: the usable size of a small-sized block of layer 0
+    /// is its whole class granules ([`layer_0_usable`]), which then still
+    /// holds the size asked for.
     #[inline]
     fn layer_0_layout(&self, layout: Layout) -> Layout {
-        if self.is_small(layout) { self.object.class_layout(layout) } else { layout }
+        if self.is_small(layout) {
+            self.object.class_layout(layout)
+        } else if layout.size() <= self.object.threshold() {
+            let granule = 1 << self.object.geometry().class_shift;
+            Layout::from_size_align(layout.size().next_multiple_of(granule), layout.align()).unwrap_or(layout)
+        } else {
+            layout
+        }
     }
 
     /// Whether layer +2 serves `layout`.
@@ -450,6 +462,42 @@ impl<S: PageSource> Heap<S> {
             self.note_small_in_layer_0(layout, false);
         }
         result
+    }
+
+    /// Frees a block that a thread cache held, its tag still in place (see
+    /// [`thread_cache`](super::thread_cache)), with the lock held. The tag
+    /// stays until the block is free — a second free racing with this one,
+    /// made without the lock, reads the tag before the block's header, and
+    /// so finds the block cached or free at every moment — and then goes,
+    /// where layer 0's free-list links did not overwrite it and the span
+    /// is still held.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a block this heap's thread caches held, with a layout
+    /// that frees it.
+    #[cfg(feature = "caches")]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub(crate) unsafe fn deallocate_cached(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> Result<(), DeallocateError> {
+        if self.object.owns(ptr.as_ptr()) {
+            let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+            // SAFETY: a cached block of a +2 arena: live, tagged.
+            if unsafe { self.object.deallocate_cached(ptr, &mut pages) } {
+                return Ok(());
+            }
+            return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
+        }
+        // SAFETY: the caller's promise.
+        unsafe { self.deallocate(ptr, layout) }?;
+        if self.segment.owns(ptr.as_ptr()) {
+            // SAFETY: a block of a span still held: its memory is there.
+            unsafe { super::thread_cache::clear_tag(ptr, layout.size()) };
+        }
+        Ok(())
     }
 
     /// The layout block `ptr` answers to when the caller does not know the
@@ -596,8 +644,7 @@ impl<S: PageSource> Heap<S> {
             new
         } else {
             let (old_small, new_small) = (self.is_small(layout), self.is_small(new_layout));
-            let old = if old_small { self.object.class_layout(layout) } else { layout };
-            let new = if new_small { self.object.class_layout(new_layout) } else { new_layout };
+            let (old, new) = (self.layer_0_layout(layout), self.layer_0_layout(new_layout));
             // The third doubling in a row of a buffer being grown: it moves
             // now, while small, to the start of layer 0's largest free
             // chunk, where the doublings to come happen in place (left

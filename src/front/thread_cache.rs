@@ -152,18 +152,25 @@ unsafe fn untag(block: NonNull<u8>) {
     unsafe { block.as_ptr().cast::<usize>().add(1).write(0) };
 }
 
-/// Clears the tag of a block of `size` bytes from the heap's stack of
-/// returned blocks (those of tagged bins keep their tags there).
+/// Clears the tag a block of layer 0 of `size` bytes kept through its free
+/// ([`Heap::deallocate_cached`](super::Heap::deallocate_cached)), if its
+/// second word still holds it.
 ///
 /// # Safety
 ///
-/// `block` must be a returned block of `size` bytes, ours (the heap's lock
-/// held).
+/// `block` must be a block of `size` bytes just freed with the heap's lock
+/// held, in memory the heap still holds.
 #[inline]
-pub(crate) unsafe fn untag_returned(block: NonNull<u8>, size: usize) {
+pub(crate) unsafe fn clear_tag(block: NonNull<u8>, size: usize) {
     if TAGS && size >= 2 * size_of::<usize>() {
-        // SAFETY: the caller's promise: the block has a second word.
-        unsafe { untag(block) };
+        let word = crate::source::reach(block).as_ptr().cast::<usize>().wrapping_add(1);
+        // SAFETY: the caller's promise: the word is the heap's memory,
+        // written only under the lock, which is held.
+        unsafe {
+            if frozen_word(word) == tag(block) {
+                word.write(0);
+            }
+        }
     }
 }
 
@@ -719,11 +726,11 @@ const MEDIUM_SIZE_WORD: usize = 2;
 
 impl Bins {
     /// Hands every block to `free` with a layout that frees it (the class's
-    /// size, the chunk's), leaving the bins empty.
-    /// With `keep_tags`, the blocks keep their tags (see
-    /// [`Bin::pop_tagged`]).
-    fn drain(&mut self, owner: &Owner, keep_tags: bool, free: &mut dyn FnMut(NonNull<u8>, Layout)) {
-        let pop = if keep_tags { Bin::pop_tagged } else { Bin::pop };
+    /// size, the chunk's), leaving the bins empty. The blocks keep their
+    /// tags (see [`Bin::pop_tagged`]): the heap frees them with
+    /// [`Heap::deallocate_cached`](super::Heap::deallocate_cached).
+    fn drain(&mut self, owner: &Owner, free: &mut dyn FnMut(NonNull<u8>, Layout)) {
+        let pop = Bin::pop_tagged;
         for (class, bin) in self.small.iter_mut().enumerate() {
             let layout =
                 Layout::from_size_align(class_size(class, owner.class_shift), 8).expect("class layout");
@@ -783,6 +790,14 @@ impl Bins {
         ptr: NonNull<u8>,
         layout: Layout,
     ) -> Result<Spill, Declined> {
+        // The tag first, then the chunk's header (in `medium_chunk`): a
+        // block that the heap is freeing from a cache meanwhile keeps its
+        // tag until its header says free (`Heap::deallocate_cached`), so
+        // one of the two tells, whenever this free comes.
+        if !owner.owns(mirror, ptr) && cached_anywhere(mirror, ptr, layout) {
+            return Err(Declined::DoubleFree);
+        }
+        core::sync::atomic::fence(Ordering::Acquire);
         // SAFETY: forwarded contract.
         let Some((chunk, bin)) = (unsafe { medium_chunk(mirror, owner, ptr, layout) }) else {
             return Err(Declined::Pass);
@@ -1019,7 +1034,7 @@ impl ThreadCache {
         exited[1].fetch_add(bins.reallocs.moved, Ordering::Relaxed);
         bins.reallocs = Reallocs::default();
         let stack = &RETURNED[heap.entry];
-        bins.drain(&heap, true, &mut |block, _| {
+        bins.drain(&heap, &mut |block, _| {
             let mut head = stack.load(Ordering::Relaxed);
             loop {
                 // SAFETY: a block of the heap, ours to link through.
@@ -1452,7 +1467,9 @@ pub(crate) unsafe fn put(
 }
 
 /// Takes every block that every thread's cache holds for the heap of
-/// `link` and hands it to `free`, with a layout that frees it. For the
+/// `link` and hands it to `free`, with a layout that frees it, still
+/// tagged ([`Heap::deallocate_cached`](super::Heap::deallocate_cached)
+/// frees it). For the
 /// heap, with its lock held: on `trim`, before an allocation fails, when
 /// caching is switched off. Waits (yielding) for a thread that is in the
 /// middle of using its cache; never for its own.
@@ -1465,7 +1482,7 @@ pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) 
     let registry = REGISTRY.lock();
     // SAFETY: the registry's lock is held.
     unsafe {
-        registry.each_cache_of(id, mine, |bins, owner| bins.drain(owner, false, free));
+        registry.each_cache_of(id, mine, |bins, owner| bins.drain(owner, free));
     }
 }
 

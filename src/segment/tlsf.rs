@@ -776,6 +776,11 @@ impl Tlsf {
             // into its predecessor, so that a second free of this block is
             // refused while its memory has not been reused.
             set_head(c, h & !IN_USE);
+            // Before the links below may overwrite a thread cache's tag in
+            // the block: a thread checking a free without the lock reads
+            // the tag, then this header (see `Heap::deallocate_cached`).
+            #[cfg(feature = "caches")]
+            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
             let mut size = size_of_head(h);
             let mut flags = h & (PREV_IN_USE | FIRST);
             let n = c.add(size);
