@@ -1120,3 +1120,65 @@ fn a_double_free_racing_with_a_spill_is_refused() {
         heap.with(|h| h.check_invariants());
     }
 }
+
+/// A block's tag left in memory that is no longer that block — a freed
+/// block of +2 whose arena went back to layer 0, a cached block of a span
+/// given back — is never taken for a cached block: layer 0 clears the
+/// second word of every block it hands out. (Before, an aligned block
+/// carved inside a free chunk, whose second word its program had not
+/// written yet, was refused at its free and at its realloc.)
+#[test]
+fn stale_tags_never_refuse_a_valid_free_or_realloc() {
+    fn rounds<S: strata::PageSource>(heap: &LockedHeap<S>, len: usize, first: usize) {
+        heap.set_thread_caches(true);
+        for (size, align) in [(64, 64), (200, 128), (1000, 64), (32, 32)] {
+            // Blocks of +2 (or of layer 0) filled, freed, given back.
+            let l1 = Layout::from_size_align(first, 8).unwrap();
+            // SAFETY: blocks of this heap with their layouts, each freed
+            // once; the aligned blocks' second words left unwritten.
+            unsafe {
+                let v: Vec<*mut u8> = (0..len / 2 / first.max(16))
+                    .map(|_| heap.alloc(l1))
+                    .take_while(|p| !p.is_null())
+                    .collect();
+                for &p in &v {
+                    p.write_bytes(0xaa, first);
+                }
+                for p in v {
+                    heap.dealloc(p, l1);
+                }
+                heap.trim();
+                let l2 = Layout::from_size_align(size, align).unwrap();
+                let w: Vec<*mut u8> = (0..len / 2 / (size + align))
+                    .map(|_| heap.alloc(l2))
+                    .take_while(|p| !p.is_null())
+                    .collect();
+                let before = heap.stats().front.refused_frees;
+                for (i, p) in w.into_iter().enumerate() {
+                    if i % 2 == 0 {
+                        heap.dealloc(p, l2);
+                    } else {
+                        let q = heap.realloc(p, l2, 2 * size);
+                        assert!(!q.is_null(), "{size}/{align}: a valid realloc was refused");
+                        heap.dealloc(q, Layout::from_size_align(2 * size, align).unwrap());
+                    }
+                }
+                assert_eq!(
+                    heap.stats().front.refused_frees,
+                    before,
+                    "{size}/{align}: a valid free was refused"
+                );
+            }
+            heap.trim();
+            assert_eq!(heap.stats().segments.allocated_bytes, 0, "{size}/{align}: blocks leaked");
+            heap.with(|h| h.check_invariants());
+        }
+    }
+    for first in [16, 1024] {
+        let region: &'static common::Region = Box::leak(Box::new(common::Region::new(1 << 20)));
+        let mapped: &'static LockedHeap<common::Mapped> =
+            Box::leak(Box::new(LockedHeap::new(region.mapped(), (region.ptr() as usize, region.len()))));
+        rounds(mapped, 1 << 20, first);
+    }
+    rounds(cached_heap(16 << 20), 16 << 20, 16);
+}

@@ -414,13 +414,14 @@ impl<S: PageSource> Heap<S> {
     /// holds the size asked for.
     #[inline]
     fn layer_0_layout(&self, layout: Layout) -> Layout {
-        if self.is_small(layout) {
+        // Sizes 1..=threshold (one comparison for the others).
+        if layout.size().wrapping_sub(1) >= self.object.threshold() {
+            layout
+        } else if layout.align() <= ALIGNMENT {
             self.object.class_layout(layout)
-        } else if layout.size() <= self.object.threshold() {
+        } else {
             let granule = 1 << self.object.geometry().class_shift;
             Layout::from_size_align(layout.size().next_multiple_of(granule), layout.align()).unwrap_or(layout)
-        } else {
-            layout
         }
     }
 

@@ -626,20 +626,32 @@ impl Tlsf {
     /// `c` must be a free chunk of a live span, on no list, with
     /// `lead + need <= have` and `lead` 0 or at least [`MIN_CHUNK`].
     unsafe fn carve(&mut self, c: *mut u8, have: usize, lead: usize, need: usize) -> NonNull<u8> {
-        if lead == 0 {
+        let payload = if lead == 0 {
             // SAFETY: the caller's promise.
-            return unsafe { self.use_chunk(c, have, need) };
-        }
-        // SAFETY: the caller's promise: both parts lie in the chunk.
+            unsafe { self.use_chunk(c, have, need) }
+        } else {
+            // SAFETY: the caller's promise: both parts lie in the chunk.
+            unsafe {
+                let flags = head(c) & (PREV_IN_USE | FIRST);
+                set_head(c, lead | flags);
+                set_foot(c, lead);
+                self.insert(c, lead);
+                let nc = c.add(lead);
+                set_head(nc, have - lead);
+                self.use_chunk(nc, have - lead, need)
+            }
+        };
+        // A thread cache takes a block whose second word holds its tag for
+        // one it holds (`front::thread_cache`): a block handed out clears
+        // whatever an earlier block left there (a freed block of +2, a
+        // cached block of a span since given back, met again at an aligned
+        // block's start inside a free chunk).
+        // SAFETY: a payload holds at least two words (MIN_CHUNK), ours now.
+        #[cfg(feature = "caches")]
         unsafe {
-            let flags = head(c) & (PREV_IN_USE | FIRST);
-            set_head(c, lead | flags);
-            set_foot(c, lead);
-            self.insert(c, lead);
-            let nc = c.add(lead);
-            set_head(nc, have - lead);
-            self.use_chunk(nc, have - lead, need)
-        }
+            payload.as_ptr().cast::<usize>().add(1).write(0)
+        };
+        payload
     }
 
     /// Marks chunk `c` (`have` bytes, on no list) in use for a request of
