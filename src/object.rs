@@ -1310,10 +1310,8 @@ impl ObjectAllocator {
         // SAFETY: a pool of a live arena (the caller's promise) has an
         // initialised header.
         let p = unsafe { &(*pool).h };
-        // SAFETY: a block of the pool.
-        p.ref_count != 0
-            && p.freeblock != ptr.as_ptr()
-            && !unsafe { self.is_free_tagged(reach(ptr).as_ptr(), p.block_size) }
+        // SAFETY: the caller's promise; a block of the pool.
+        unsafe { self.may_free_untagged(ptr) && !self.is_free_tagged(reach(ptr).as_ptr(), p.block_size) }
     }
 
     /// [`may_free`](Self::may_free) but for the tag (a cached block's).
@@ -1321,8 +1319,7 @@ impl ObjectAllocator {
     /// # Safety
     ///
     /// As [`may_free`](Self::may_free).
-    #[cfg(feature = "caches")]
-    #[cfg_attr(feature = "debug", allow(dead_code))]
+    #[inline]
     unsafe fn may_free_untagged(&self, ptr: NonNull<u8>) -> bool {
         let pool = ptr.as_ptr().map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a pool of a live arena (the caller's promise) has an

@@ -1004,12 +1004,7 @@ fn the_caches_refuse_a_pointer_into_a_block_and_know_a_cached_block_is_free() {
         let p = heap.alloc(l);
         p.write_bytes(0x5A, 48);
         let inner = p.add(16);
-        let refused = heap.stats().front.refused_frees;
-        heap.dealloc_unsized(inner);
-        assert_eq!(heap.usable_size(inner), None);
-        assert!(heap.realloc_unsized(inner, 40).is_null());
-        assert!(heap.realloc_unsized(inner, 300).is_null());
-        assert_eq!(heap.stats().front.refused_frees, refused + 3, "each refusal is counted");
+        common::assert_unsized_calls_refused(heap, inner);
         for _ in 0..2 * DEPTH as usize {
             let q = heap.alloc(l);
             let (a, b) = (q as usize, p as usize);

@@ -97,6 +97,7 @@ pub(crate) use bin::clear_tag;
 use bin::{Bin, MEDIUM_BINS, MEDIUM_SHIFT, medium_bin, medium_ceil, medium_floor};
 #[cfg(not(feature = "std"))]
 pub use home::{CPUS, CpuHome, set_cpu_home};
+use mirror::cached_in;
 pub(crate) use mirror::{ArenaMirror, cached_anywhere};
 
 /// Most blocks a thread keeps per size class.
@@ -389,8 +390,9 @@ impl Bins {
         ptr: NonNull<u8>,
         layout: Layout,
     ) -> bool {
+        let Some(window) = medium_window(mirror, owner, ptr, layout) else { return false };
         // SAFETY: forwarded contract.
-        match unsafe { medium_chunk(mirror, owner, ptr, layout) } {
+        match unsafe { medium_chunk(window, ptr, layout) } {
             // SAFETY: a block of the bin's size.
             Some((_, bin)) => unsafe { self.medium[bin].holds(ptr) },
             None => false,
@@ -413,16 +415,17 @@ impl Bins {
         ptr: NonNull<u8>,
         layout: Layout,
     ) -> Result<Spill, Declined> {
+        let Some(window) = medium_window(mirror, owner, ptr, layout) else { return Err(Declined::Pass) };
         // The tag first, then the chunk's header (in `medium_chunk`): a
         // block that the heap is freeing from a cache meanwhile keeps its
         // tag until its header says free (`Heap::deallocate_cached`), so
         // one of the two tells, whenever this free comes.
-        if !owner.owns(mirror, ptr) && cached_anywhere(mirror, ptr, layout) {
+        if cached_in(window, ptr, layout) {
             return Err(Declined::DoubleFree);
         }
         core::sync::atomic::fence(Ordering::Acquire);
         // SAFETY: forwarded contract.
-        let Some((chunk, bin)) = (unsafe { medium_chunk(mirror, owner, ptr, layout) }) else {
+        let Some((chunk, bin)) = (unsafe { medium_chunk(window, ptr, layout) }) else {
             return Err(Declined::Pass);
         };
         let bin = &mut self.medium[bin];
@@ -439,17 +442,12 @@ impl Bins {
     }
 }
 
-/// The chunk size and medium bin of `ptr`, freed with `layout`, if layer
-/// 0's free checks would pass it (made without the lock, on header words
-/// accessed atomically): in layer 0's committed window, not in an arena of
-/// +2, a chunk in use that fits `layout`, of a size a medium bin holds.
-///
-/// # Safety
-///
-/// If the heap owns `ptr`, it must be a live block of it allocated with
-/// `layout`; `mirror` and `owner` are the heap's.
+/// Layer 0's memory around `ptr` that a free of it with `layout` may read
+/// without the lock, as [`ArenaMirror::medium_window`] gives it: `None`
+/// for a layout no medium bin serves, a pointer in an arena of +2, or one
+/// outside layer 0's memory as last recorded.
 #[inline]
-unsafe fn medium_chunk(
+fn medium_window(
     mirror: &ArenaMirror,
     owner: &Owner,
     ptr: NonNull<u8>,
@@ -459,9 +457,20 @@ unsafe fn medium_chunk(
         return None;
     }
     let window = mirror.medium_window(ptr.as_ptr() as usize);
-    if window.1 == 0 {
-        return None;
-    }
+    (window.1 != 0).then_some(window)
+}
+
+/// The chunk size and medium bin of `ptr`, freed with `layout`, if layer
+/// 0's free checks would pass it (made without the lock, on header words
+/// accessed atomically): a chunk in use in `window` that fits `layout`, of
+/// a size a medium bin holds.
+///
+/// # Safety
+///
+/// If the heap owns `ptr`, it must be a live block of it allocated with
+/// `layout`; `window` is what [`medium_window`] gave for it.
+#[inline]
+unsafe fn medium_chunk(window: (usize, usize), ptr: NonNull<u8>, layout: Layout) -> Option<(usize, usize)> {
     // SAFETY: the window is layer 0's committed span while it holds it,
     // and it holds it while any of its blocks is live; a pointer the
     // caller did not get from this heap but within the window reads the

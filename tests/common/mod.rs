@@ -121,3 +121,23 @@ impl Region {
         Mapped(self.source())
     }
 }
+
+/// Refuses, and counts, every unsized call on `inner`, a pointer into the
+/// middle of a live block of `heap`: a free, a size query, and reallocs
+/// within and beyond the block's class.
+///
+/// # Safety
+///
+/// `inner` must point into a live block of `heap`, which the calls must
+/// leave alone.
+pub unsafe fn assert_unsized_calls_refused(heap: &strata::LockedHeap, inner: *mut u8) {
+    let refused = heap.stats().front.refused_frees;
+    // SAFETY: the caller's promise: calls the heap must refuse.
+    unsafe {
+        heap.dealloc_unsized(inner);
+        assert_eq!(heap.usable_size(inner), None);
+        assert!(heap.realloc_unsized(inner, 40).is_null());
+        assert!(heap.realloc_unsized(inner, 300).is_null());
+    }
+    assert_eq!(heap.stats().front.refused_frees, refused + 3, "each refusal is counted");
+}

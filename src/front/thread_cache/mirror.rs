@@ -166,8 +166,16 @@ impl ArenaMirror {
 /// the span that holds the block), and only blocks of at least two words.
 #[inline]
 pub(crate) fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bool {
+    cached_in(mirror.medium_window(ptr.as_ptr() as usize), ptr, layout)
+}
+
+/// [`cached_anywhere`] for a block whose memory of layer 0, `window`
+/// (`(start, len)`, as [`ArenaMirror::medium_window`] gives it), the
+/// caller has found already.
+#[inline]
+pub(crate) fn cached_in(window: (usize, usize), ptr: NonNull<u8>, layout: Layout) -> bool {
     const WORD: usize = size_of::<usize>();
-    let (start, len) = mirror.medium_window(ptr.as_ptr() as usize);
+    let (start, len) = window;
     let off = (ptr.as_ptr() as usize).wrapping_sub(start);
     if !TAGS
         || KEY.load(Ordering::Relaxed) == 0
@@ -180,7 +188,7 @@ pub(crate) fn cached_anywhere(mirror: &ArenaMirror, ptr: NonNull<u8>, layout: La
     if !(ptr.as_ptr() as usize).is_multiple_of(WORD) {
         return false;
     }
-    // SAFETY: a word-aligned pair of words inside the heap's committed
-    // window, which its source keeps readable.
+    // SAFETY: a word-aligned pair of words inside layer 0's memory as last
+    // recorded, which stays readable while the heap holds it.
     unsafe { frozen_word(crate::source::reach(ptr).as_ptr().cast::<usize>().add(1)) == tag(ptr) }
 }
