@@ -104,7 +104,7 @@ impl Hooks for Cached {
         domain: Domain,
     ) {
         // SAFETY: forwarded contract.
-        if self.quick_allowed() && no_unwind(|| unsafe { free_quick(heap, p) }) {
+        if self.quick_allowed() && no_unwind(|| unsafe { free_quick(heap, p, layout) }) {
             return;
         }
         // SAFETY: as above; the quick path left the block as it was.

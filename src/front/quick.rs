@@ -18,7 +18,17 @@ use super::Domain;
 #[cfg(not(feature = "caches"))]
 use super::hooks::{Guard, no_unwind};
 use super::hooks::{Hooks, Lock};
+use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
 use crate::source::{PageSource, reach};
+
+/// Whether `layout` could be small in any geometry: at most
+/// [`SMALL_REQUEST_THRESHOLD`] bytes, aligned to at most [`ALIGNMENT`]. The
+/// quick paths try the lock only for these, so that a call bound for layer
+/// 0 takes the lock once, not twice.
+#[inline(always)]
+const fn may_be_small(layout: Layout) -> bool {
+    layout.size().wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && layout.align() <= ALIGNMENT
+}
 
 /// The common allocation: a small request served from the head pool of its
 /// class, if the lock is free. `None`: nothing was done.
@@ -27,6 +37,9 @@ pub(super) fn alloc_quick<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     layout: Layout,
 ) -> Option<NonNull<u8>> {
+    if !may_be_small(layout) {
+        return None;
+    }
     let mut heap = heap.try_lock()?;
     if !heap.is_small(layout) {
         return None;
@@ -44,7 +57,12 @@ pub(super) fn alloc_quick<S: PageSource, L: lock_api::RawMutex>(
 pub(super) unsafe fn free_quick<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
+    layout: Layout,
 ) -> bool {
+    // A +2 block's layout is small: others go straight to the locked path.
+    if !may_be_small(layout) {
+        return false;
+    }
     let Some(mut heap) = heap.try_lock() else { return false };
     // SAFETY: a block of an arena of ours is, by the caller's contract, a
     // live +2 block.
@@ -214,7 +232,7 @@ impl Hooks for Quick {
         _: Domain,
     ) {
         // SAFETY: forwarded contract.
-        if !no_unwind(|| unsafe { free_quick(heap, p) }) {
+        if !no_unwind(|| unsafe { free_quick(heap, p, layout) }) {
             // SAFETY: as above; the quick path left the block as it was.
             unsafe { self.dealloc_rest(p, layout, heap) }
         }
