@@ -1,0 +1,100 @@
+//! A block of the committed window checked without the lock: what the
+//! thread caches use to file a freed medium block.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use super::tlsf::{self, GRANULE, MIN_CHUNK, Tlsf, WORD};
+
+/// Requests of up to this many bytes may be served a chunk up to a quarter
+/// larger than they need, and freed with their own layout: the spacing of
+/// the thread caches' medium bins.
+pub const MEDIUM_MAX: usize = 4096;
+
+/// How much larger than `need` (a [`chunk_size`]) a block's chunk may be
+/// and still fit the layout it is freed with: less than the smallest chunk
+/// (a rest too small to split off), or, up to [`MEDIUM_MAX`], a quarter of
+/// the need (a thread cache serves a request from a bin of chunks up to two
+/// eighth-of-a-power-of-two steps larger).
+#[inline(always)]
+pub(crate) const fn slack(need: usize) -> usize {
+    if need <= MEDIUM_MAX + GRANULE && need / 4 > MIN_CHUNK { need / 4 } else { MIN_CHUNK }
+}
+
+/// What [`window_block`] found at a pointer.
+pub(crate) enum WindowBlock {
+    /// A block in use whose chunk (this many bytes) fits the layout.
+    Fits(usize),
+    /// Not in the window at all.
+    Outside,
+    /// A chunk in use that is no tight fit for the layout: a whole span's
+    /// block, a size mismatch, or (if not `in_span`) no block at all.
+    Loose { chunk: usize, first: bool, in_span: bool },
+    /// Not a block in use.
+    Refused,
+}
+
+/// Whether `ptr` is a TLSF block in use, in the committed window's span
+/// `window` (`(start, len)`), that fits `layout` with at most [`slack`]
+/// to spare. Reads only chunk header words, which are read and written
+/// atomically, so that threads can run this check without the heap's lock
+/// (the thread caches do) as long as the block, if it is one, is theirs.
+///
+/// # Safety
+///
+/// `window` must be the span of a committed window, readable for as long
+/// as the call runs.
+#[inline(always)]
+pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layout: Layout) -> WindowBlock {
+    let (start, len) = window;
+    let addr = ptr.as_ptr() as usize;
+    let off = addr.wrapping_sub(start);
+    if off >= len {
+        return WindowBlock::Outside;
+    }
+    // What the layout needs, known before any memory is read.
+    let need = tlsf::chunk_size(layout.size()).unwrap_or(usize::MAX);
+    // A payload is GRANULE-aligned, after its chunk's two words, and the
+    // chunk (at least `need` bytes) ends where the span's sentinel starts
+    // at the latest: `chunk <= len - off`, the next chunk's header (at
+    // `addr + chunk - WORD`) then lying in the span.
+    let room = len - off;
+    if off < 2 * WORD || !addr.is_multiple_of(GRANULE) || need > room {
+        return WindowBlock::Refused;
+    }
+    // SAFETY: `ptr` is aligned and its header word lies in the span.
+    let Ok((chunk, first)) = (unsafe { Tlsf::in_use_chunk(ptr) }) else { return WindowBlock::Refused };
+    if chunk.wrapping_sub(need) >= slack(need) || chunk > room {
+        return WindowBlock::Loose { chunk, first, in_span: chunk <= room };
+    }
+    // SAFETY: the next header lies in the span (`chunk <= room`).
+    if !unsafe { Tlsf::next_head(ptr, chunk) }.0 {
+        return WindowBlock::Refused;
+    }
+    WindowBlock::Fits(chunk)
+}
+
+/// The chunk of the TLSF block in use at `ptr`, in the committed window's
+/// span `window`, found without a layout: [`window_block`]'s checks but
+/// the fit. `None` if `ptr` is no block in use there.
+///
+/// # Safety
+///
+/// As [`window_block`].
+#[cfg(feature = "caches")]
+pub(crate) unsafe fn window_chunk(window: (usize, usize), ptr: NonNull<u8>) -> Option<usize> {
+    let (start, len) = window;
+    let addr = ptr.as_ptr() as usize;
+    let off = addr.wrapping_sub(start);
+    if off >= len || off < 2 * WORD || !addr.is_multiple_of(GRANULE) {
+        return None;
+    }
+    // SAFETY: `ptr` is aligned and its header word lies in the span.
+    let (chunk, _) = unsafe { Tlsf::in_use_chunk(ptr) }.ok()?;
+    // The next chunk's header, at `addr + chunk - WORD`, lies in the span.
+    if chunk < MIN_CHUNK || chunk > len - off {
+        return None;
+    }
+    // SAFETY: as just checked.
+    unsafe { Tlsf::next_head(ptr, chunk) }.0.then_some(chunk)
+}
