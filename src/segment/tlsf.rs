@@ -31,8 +31,8 @@
 //! 0 marked in use, so no chunk ever looks past its span.
 //!
 //! Free chunks sit in segregated lists: one per size up to `LINEAR`
-//! granules, then eight per power of two (TLSF's second level; talc uses the
-//! same spacing). A bitmap of non-empty lists (with a summary word over it)
+//! granules, then sixteen per power of two (TLSF's second level). A bitmap
+//! of non-empty lists (with a summary word over it)
 //! finds the first list whose chunks all fit in a few instructions. When
 //! that finds nothing, the list the request itself falls in is searched
 //! first fit: a request fails only when no free chunk can hold it, which
@@ -85,8 +85,9 @@ const SL: usize = 1 << SL_SHIFT;
 /// x86_64 are 47 bits each; a 32-bit address space is all of it).
 const ADDRESS_BITS: u32 = if usize::BITS == 64 { 48 } else { usize::BITS };
 const LEVELS: usize = (ADDRESS_BITS - GRANULE_SHIFT - LINEAR_SHIFT) as usize;
-/// Number of free lists (344 on 64-bit targets, 224 on 32-bit ones).
+/// Number of free lists (656 on 64-bit targets, 416 on 32-bit ones).
 pub const BINS: usize = LINEAR + LEVELS * SL;
+const _: () = assert!(BINS == if usize::BITS == 64 { 656 } else { 416 }, "the count above is stale");
 const BITS: usize = usize::BITS as usize;
 const WORDS: usize = BINS.div_ceil(BITS);
 /// Whether the engine is built (the `tlsf` feature). Without it, no span is
