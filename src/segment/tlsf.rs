@@ -32,8 +32,8 @@
 //!
 //! Free chunks sit in segregated lists: one per size up to `LINEAR`
 //! granules, then sixteen per power of two (TLSF's second level). A bitmap
-//! of non-empty lists (with a summary word over it)
-//! finds the first list whose chunks all fit in a few instructions. When
+//! of non-empty lists (with a summary word over it) finds the first list
+//! whose chunks all fit in a few instructions. When
 //! that finds nothing, the list the request itself falls in is searched
 //! first fit: a request fails only when no free chunk can hold it, which
 //! makes the capacity guarantee exact, at the price of a walk on the way to
