@@ -1177,3 +1177,64 @@ fn stale_tags_never_refuse_a_valid_free_or_realloc() {
     }
     rounds(cached_heap(16 << 20), 16 << 20, 16);
 }
+
+/// The heap of [`a_first_free_from_a_key_destructor_leaves_no_cache_behind`].
+#[cfg(unix)]
+static KEY_HEAP: std::sync::atomic::AtomicPtr<LockedHeap> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Frees the 32-byte block a thread held under a `pthread_key`.
+#[cfg(unix)]
+extern "C" fn free_key_block(block: *mut libc::c_void) {
+    // SAFETY: set before any thread sets the key.
+    let heap = unsafe { &*KEY_HEAP.load(std::sync::atomic::Ordering::Acquire) };
+    // SAFETY: a live block of this heap, with this layout, freed once.
+    unsafe { heap.dealloc(block.cast(), Layout::from_size_align(32, 8).unwrap()) };
+}
+
+/// A thread whose first call to the heap is a free from a `pthread_key`
+/// destructor — after its thread-local destructors have run, too late for
+/// one of them to see the thread go — still gives its cache back when it
+/// exits. (A cache left on the registry's list in the storage of a dead
+/// thread became a cycle once a new thread reused that storage: `trim`,
+/// and every thread's exit, then looped for ever; or, with the storage
+/// unmapped, read freed memory.)
+#[cfg(unix)]
+#[test]
+fn a_first_free_from_a_key_destructor_leaves_no_cache_behind() {
+    let heap = heap();
+    KEY_HEAP.store(std::ptr::from_ref(heap).cast_mut(), std::sync::atomic::Ordering::Release);
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is written by the call; the destructor is a plain fn.
+    assert_eq!(unsafe { libc::pthread_key_create(&mut key, Some(free_key_block)) }, 0);
+    let layout = Layout::from_size_align(32, 8).unwrap();
+    // This thread caches for the heap.
+    // SAFETY: a block of this heap, freed once.
+    unsafe { heap.dealloc(heap.alloc(layout), layout) };
+    // More threads than the caches have slots, one after another, each
+    // reusing the last one's stack: none calls the heap but from the key's
+    // destructor.
+    for _ in 0..2 * strata::front::thread_cache::THREADS {
+        // SAFETY: a non-zero layout.
+        let block = Block(unsafe { heap.alloc(layout) });
+        assert!(!block.0.is_null());
+        thread::spawn(move || {
+            let block = block;
+            // SAFETY: a key of this process; the destructor frees the block.
+            assert_eq!(unsafe { libc::pthread_setspecific(key, block.0.cast()) }, 0);
+        })
+        .join()
+        .unwrap();
+    }
+    // `trim` drains every cache on the registry's list: it comes back, and
+    // every block is free.
+    let (done, finished) = channel();
+    thread::spawn(move || {
+        heap.trim();
+        done.send(in_use(heap)).unwrap();
+    });
+    let left = finished.recv_timeout(std::time::Duration::from_secs(60)).expect("trim came back");
+    assert_eq!(left, 0, "blocks still in use after trim");
+    // SAFETY: no thread uses the key any more.
+    unsafe { libc::pthread_key_delete(key) };
+}

@@ -3,6 +3,7 @@
 #   1. malloc/tests/api.c, the C allocation API checked from C (contracts,
 #      8 threads with cross-thread frees, fork while threads allocate,
 #      refused frees), preloaded over glibc's malloc and linked statically;
+#      malloc/tests/exit.c, threads whose first free comes during their exit;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
 #      strata: a set of its own stdlib test modules (regrtest, two workers),
 #      and sqlite3 with a million-row transaction (its results checked);
@@ -22,6 +23,9 @@ echo "strata-malloc: api.c, preloaded"
 LD_PRELOAD="$so" timeout 300 target/malloc-api
 echo "strata-malloc: api.c, statically linked"
 timeout 300 target/malloc-api-static
+echo "strata-malloc: exit.c, first frees from pthread_key destructors, preloaded"
+cc "${cflags[@]}" -o target/malloc-exit malloc/tests/exit.c
+LD_PRELOAD="$so" timeout 60 target/malloc-exit
 
 # The interpreter must really be on strata (the preload took) ...
 LD_PRELOAD="$so" python3 -c 'import ctypes; ctypes.CDLL(None).strata_malloc_refused' \
@@ -31,7 +35,7 @@ LD_PRELOAD="$so" python3 -c 'import ctypes; ctypes.CDLL(None).strata_malloc_refu
 modules=(test_json test_dict test_list test_set test_re test_collections test_bytes
          test_unicode test_sqlite3 test_threading_local test_weakref test_gc test_deque
          test_heapq test_itertools test_functools test_pickle test_decimal test_array
-         test_struct test_mmap test_fork1)
+         test_struct test_mmap test_fork1 test_io)
 echo "strata-malloc: python3 -m test (PYTHONMALLOC=malloc) ${modules[*]}"
 LD_PRELOAD="$so" PYTHONMALLOC=malloc timeout 900 python3 -m test -j2 "${modules[@]}"
 echo "strata-malloc: sqlite3, a million rows in one transaction, an index, queries"

@@ -39,7 +39,9 @@
 //! is known to the caches by an id that is never reused (so a heap may be
 //! moved, and a new heap at a dropped one's address is a stranger), and
 //! has an entry in a registry ([`HEAPS`] at once) that also lists every
-//! thread's cache. Through it the blocks get back:
+//! thread's cache (with `std`, a slot of a static table, `THREADS` at
+//! once, so that the list never leads into a dead thread's storage).
+//! Through it the blocks get back:
 //! - a thread that exits pushes its blocks onto its heap's stack of
 //!   returned blocks (lock-free), which the heap frees at its next locked
 //!   operation;
@@ -83,7 +85,7 @@ use crate::segment::{self, MEDIUM_MAX, WindowBlock, chunk_size};
 mod bin;
 mod mirror;
 
-/// Where a thread finds its cache: a thread-local with `std`, this CPU's
+/// Where a thread finds its cache: a slot it takes with `std`, this CPU's
 /// slot with `cpu-caches`.
 #[cfg(feature = "std")]
 #[path = "thread_cache/thread_home.rs"]
@@ -95,6 +97,8 @@ mod home;
 pub(crate) use bin::Spill;
 pub(crate) use bin::clear_tag;
 use bin::{Bin, MEDIUM_BINS, MEDIUM_SHIFT, medium_bin, medium_ceil, medium_floor};
+#[cfg(feature = "std")]
+pub use home::THREADS;
 #[cfg(not(feature = "std"))]
 pub use home::{CPUS, CpuHome, set_cpu_home};
 use mirror::cached_in;
@@ -616,14 +620,34 @@ impl ThreadCache {
 impl ThreadCache {
     /// The thread exits: its blocks go to their heap's stack of returned
     /// blocks (if the heap is still there), and the cache leaves the list
-    /// and serves no heap again (a later thread-local destructor that frees
-    /// takes the locked path). Runs from [`ExitGuard`]'s destructor, with
+    /// and serves no heap again (a later destructor that frees takes the
+    /// locked path). Runs from the thread's exit hooks (see `home`), with
     /// `&self`: other threads may be reading this cache through the list
-    /// until it is unlinked, which a `Drop` of the cache itself (a unique
-    /// borrow of all of it) would contradict.
+    /// until it is unlinked.
     #[cfg(feature = "std")]
     fn exit(&self) {
         self.exit_locked(&mut REGISTRY.lock());
+    }
+
+    /// Makes a cache that has left ([`exit_locked`](Self::exit_locked)) as
+    /// [`new`](Self::new) made it, for another thread to take.
+    ///
+    /// # Safety
+    ///
+    /// The cache must be off the registry's list, with its bins emptied,
+    /// and no thread may use it during the call.
+    #[cfg(feature = "std")]
+    unsafe fn reset(&self) {
+        // SAFETY: the caller's promise: nobody else reaches the cache.
+        unsafe {
+            (*self.bins.get()).forget();
+            *self.owner.get() = Owner::NONE;
+        }
+        self.owner_id.store(0, Ordering::Relaxed);
+        self.next.set(ptr::null());
+        self.registered.set(false);
+        self.attaching.set(false);
+        self.state.store(IDLE, Ordering::Relaxed);
     }
 
     /// [`exit`](Self::exit) with the registry's lock held: also how a
@@ -724,7 +748,7 @@ pub(crate) unsafe fn usable_layout(
     ptr: NonNull<u8>,
     geometry: impl FnOnce() -> Option<Geometry>,
 ) -> Option<Layout> {
-    home::with(|cache| {
+    home::with_taking(|cache| {
         if !cache.attached(link, geometry) {
             return None;
         }
@@ -762,8 +786,10 @@ pub const REFILL: usize = DEPTH as usize / 2;
 /// it serves none yet (`geometry` as for [`put`]). Call without the heap's
 /// lock: `geometry` may take it.
 pub(crate) fn attached(link: &Link, geometry: impl FnOnce() -> Option<Geometry>) -> bool {
-    home::with(|cache| cache.attached(link, geometry) && cache.owner_id.load(Ordering::Relaxed) == link.id())
-        .unwrap_or(false)
+    home::with_taking(|cache| {
+        cache.attached(link, geometry) && cache.owner_id.load(Ordering::Relaxed) == link.id()
+    })
+    .unwrap_or(false)
 }
 
 /// Stocks this thread's bin of the small class of `layout` with up to
@@ -922,7 +948,7 @@ pub(crate) unsafe fn put(
     layout: Layout,
     geometry: impl FnOnce() -> Option<Geometry>,
 ) -> Result<Spill, Declined> {
-    let r = home::with(|cache| {
+    let r = home::with_taking(|cache| {
         if !cache.attached(link, geometry) {
             return Err(Declined::Pass);
         }
@@ -1037,8 +1063,8 @@ pub(crate) unsafe fn fork_parent() {
 /// After `fork()`, in the child, where only this thread lives on: the
 /// caches of the others are retired as if their threads had exited —
 /// their blocks go back to their heaps (freed at the heaps' next lock),
-/// and they leave the registry, whose list would otherwise lead into
-/// thread storage the child's C library may reuse.
+/// they leave the registry, and their slots go back for the child's
+/// threads to take.
 ///
 /// # Safety
 ///
@@ -1056,7 +1082,9 @@ pub(crate) unsafe fn fork_child() {
         let next = cache.next.get();
         if c != mine {
             cache.exit_locked(registry);
-            cache.state.store(IDLE, Ordering::Release);
+            // SAFETY: off the list, its bins given back, and its thread is
+            // not in this process.
+            unsafe { home::release(cache) };
         }
         c = next;
     }

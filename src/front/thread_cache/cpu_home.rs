@@ -60,6 +60,12 @@ pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
     CACHES.0.get(cpu).map(f).ok_or(())
 }
 
+/// [`with`]: a CPU's cache is always there.
+#[inline(always)]
+pub(super) fn with_taking<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
+    with(f)
+}
+
 /// A CPU never exits: nothing to register.
 pub(super) fn guard_exit() -> bool {
     true
