@@ -93,3 +93,36 @@ fn a_window_the_os_refuses_is_a_typed_error() {
     let default = OsSource::reserve_default().expect("some window");
     assert!(default.mapping().1 >= strata::source::os::MIN_WINDOW);
 }
+
+/// Under a limit on address space the window is a quarter of the limit in
+/// whole MiB — not the power of two below it, nor a 64 MiB floor that a
+/// small limit refuses (every allocation of a `ulimit -v 40000` program
+/// failed): run in a child process of this test binary, whose limit is set
+/// before it starts.
+#[test]
+fn a_window_under_an_address_space_limit_is_a_quarter_of_it() {
+    const LIMIT: u64 = 600 << 20;
+    if std::env::var_os("STRATA_RLIMIT_CHILD").is_some() {
+        let window = OsSource::reserve_default().expect("a window under the limit").mapping().1;
+        assert_eq!(window, (LIMIT as usize / 4) & !((1 << 20) - 1), "window under a {LIMIT}-byte limit");
+        return;
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args(["--exact", "a_window_under_an_address_space_limit_is_a_quarter_of_it", "--test-threads=1"]);
+    child.env("STRATA_RLIMIT_CHILD", "1");
+    // SAFETY: `setrlimit` is async-signal-safe, as code between `fork` and
+    // `exec` must be.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut child, || {
+            let limit = libc::rlimit { rlim_cur: LIMIT, rlim_max: LIMIT };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = child.output().expect("the test binary runs again");
+    assert!(out.status.success(), "child: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the child ran the test");
+}

@@ -16,7 +16,7 @@ pub const DEFAULT_WINDOW: usize = 64 << 30;
 /// The smallest window [`OsSource::reserve_default`] settles for, halving
 /// from [`DEFAULT_WINDOW`] when the OS refuses (a limit on address space,
 /// `ulimit -v`, or strict overcommit accounting).
-pub const MIN_WINDOW: usize = 64 << 20;
+pub const MIN_WINDOW: usize = 1 << 20;
 
 /// [`OsSource::discard_from`] by default: freed blocks of 1 MiB or more
 /// give their pages back to the OS (glibc's `mmap` threshold starts at
@@ -118,9 +118,10 @@ impl OsSource {
 
     /// Reserves [`DEFAULT_WINDOW`], or, where the OS refuses, the largest
     /// half of it down to [`MIN_WINDOW`] that it grants. Under a limit on
-    /// address space (`ulimit -v`, `RLIMIT_AS`), at most a quarter of the
-    /// limit: the window counts against it whole, and the program's threads
-    /// and mappings need the rest.
+    /// address space (`ulimit -v`, `RLIMIT_AS`), a quarter of the limit (in
+    /// whole MiB, at least [`MIN_WINDOW`]) first: the window counts against
+    /// the limit whole, and the program's threads and mappings need the
+    /// rest.
     pub fn reserve_default() -> Result<Self, ReserveError> {
         let mut len = DEFAULT_WINDOW;
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -128,10 +129,8 @@ impl OsSource {
         if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
             && limit.rlim_cur != libc::RLIM_INFINITY
         {
-            let quarter = usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX);
-            while len > quarter && len / 2 >= MIN_WINDOW {
-                len /= 2;
-            }
+            let quarter = usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX) & !(MIN_WINDOW - 1);
+            len = quarter.clamp(MIN_WINDOW, DEFAULT_WINDOW);
         }
         loop {
             match Self::reserve(len) {
