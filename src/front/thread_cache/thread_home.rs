@@ -7,10 +7,11 @@
 //! destructor, which runs after the thread-local ones (a thread whose
 //! first allocation comes from another key's destructor still gives its
 //! slot back). A thread whose exit goes unseen all the same (its first
-//! call came after both, from the C library's own clean-up) keeps its
-//! slot: the blocks in it wait for the next drain, but no other thread can
-//! be handed that slot while it is on the list — as a cache in a reused
-//! thread stack would be, making the list a cycle.
+//! call came after both: from the C library's own clean-up, or from the
+//! last round of key destructors) keeps its slot: the blocks in it wait
+//! for the next drain, but no other thread can be handed that slot while
+//! it is on the list — as a cache in a reused thread stack would be,
+//! making the list a cycle.
 
 extern crate std;
 
