@@ -302,9 +302,6 @@ struct ThreadCache {
     next: Cell<*const ThreadCache>,
     /// Whether this cache is on the registry's list (registry lock).
     registered: Cell<bool>,
-    /// Whether this thread is registering its exit guard (an allocation
-    /// made meanwhile does not attach again).
-    attaching: Cell<bool>,
 }
 
 struct Bins {
@@ -526,7 +523,6 @@ impl ThreadCache {
             }),
             next: Cell::new(ptr::null()),
             registered: Cell::new(false),
-            attaching: Cell::new(false),
         }
     }
 
@@ -557,20 +553,10 @@ impl ThreadCache {
     /// Makes this cache serve the heap of `link` (it serves none): gives
     /// the heap an entry in the registry if it has none, and puts this
     /// cache on the registry's list. False if every entry is taken.
+    /// (The thread's exit hooks are in place: `home` registers them before
+    /// it hands out a cache.)
     #[cold]
     fn attach(&self, link: &Link, geometry: Geometry) -> bool {
-        // The thread's exit must give the cache back: register its guard.
-        // Registering may allocate (glibc's `__cxa_thread_atexit_impl`
-        // calls `calloc`): when strata is the C library's `malloc`, that
-        // call comes back here, and takes the locked path instead.
-        if self.attaching.replace(true) {
-            return false;
-        }
-        let registered = home::guard_exit();
-        self.attaching.set(false);
-        if !registered {
-            return false;
-        }
         let mut registry = REGISTRY.lock();
         let entry = match link.entry() {
             Some(entry) => entry,
@@ -646,7 +632,6 @@ impl ThreadCache {
         self.owner_id.store(0, Ordering::Relaxed);
         self.next.set(ptr::null());
         self.registered.set(false);
-        self.attaching.set(false);
         self.state.store(IDLE, Ordering::Relaxed);
     }
 

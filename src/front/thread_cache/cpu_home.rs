@@ -66,11 +66,6 @@ pub(super) fn with_taking<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()>
     with(f)
 }
 
-/// A CPU never exits: nothing to register.
-pub(super) fn guard_exit() -> bool {
-    true
-}
-
 /// Turns of [`keep_waiting`] before a drain gives up on a CPU's cache:
 /// far longer than any use of the bins takes (tens of instructions),
 /// unless the CPU was interrupted in the middle.

@@ -82,11 +82,8 @@ pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
 /// (taking a slot may allocate, which takes that lock).
 #[inline(always)]
 pub(super) fn with_taking<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
-    let p = MINE.try_with(Cell::get).map_err(|_| ())?;
-    if p.addr() == NONE
-        && let Some(cache) = take()
-    {
-        return Ok(f(cache));
+    if MINE.try_with(Cell::get).map_err(|_| ())?.addr() == NONE {
+        return take().map(f).ok_or(());
     }
     with(f)
 }
@@ -143,12 +140,6 @@ pub(super) unsafe fn release(cache: &ThreadCache) {
     // SAFETY: the caller's promise.
     unsafe { cache.reset() };
     TAKEN[i].store(false, Ordering::Release);
-}
-
-/// Registers the guard that gives the cache back when the thread exits;
-/// false once the thread-local destructors have run.
-pub(super) fn guard_exit() -> bool {
-    EXIT.try_with(|_| ()).is_ok()
 }
 
 /// Sets this thread's value of the exit key, so that its destructor runs
