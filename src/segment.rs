@@ -34,10 +34,14 @@
 //! thrashing, which an allocation that would otherwise fail gives back too
 //! before asking again.
 //!
-//! **Small heaps.** Under [`FIRST_FIT_LIMIT`] (firmware heaps) the engine is
-//! `linked_list_allocator`'s first fit over the whole window instead: it
-//! keeps no header at all, so on heaps this small it fills best, and its
-//! walks stay short.
+//! **Heaps under 16 MiB.** Under [`FIRST_FIT_LIMIT`] a committed window is
+//! served by first fit by address instead, with no header on blocks in use:
+//! a header word and TLSF's 16-byte rounding cost 3 to 4 points of fill on
+//! such heaps (*Fill sweep* in `docs/PERFORMANCE.md`), which first fit does
+//! not pay. `segment/fit_tree.rs` keeps the free blocks in a tree by
+//! address (O(log holes) per call, double frees refused); a build without
+//! the `tlsf` feature uses `linked_list_allocator`'s list (O(holes) per call,
+//! the smallest code, and blocks of 8 bytes on 32-bit targets).
 //!
 //! **Ownership.** One bit per slot of the window says whether a span covers
 //! it, so `SegmentAllocator::owns` is O(1) and reads no memory. A free is
@@ -45,7 +49,10 @@
 //! when the block is not in use (a double free whose memory has not been
 //! reused), or when its size does not fit the layout given; in the TLSF
 //! engine those checks are O(1) reads of the block's header and its
-//! neighbour's. Blocks of the first-fit engine carry no header to check.
+//! neighbour's. Blocks of first fit carry no header to check: the tree
+//! refuses a free that overlaps a free block (a double free, while the
+//! memory is free), in O(log holes), but cannot see a wrong size that
+//! overlaps none.
 //!
 //! **Invariants:** spans are disjoint, each covering whole slots (the
 //! window's span excepted) and marked in the map exactly; at most one span is
@@ -54,12 +61,14 @@
 //!
 //! **Files.** Taking spans and allocating are here; `free` holds the O(1)
 //! checks of a free or resize, the frees and resizes, and spans going back;
-//! `tlsf` the chunk engine, `span_map` the ownership map, `window` the
+//! `tlsf` the chunk engine, `fit_tree` first fit by address for heaps under
+//! 16 MiB, `span_map` the ownership map, `window` the
 //! checks the thread caches make without the lock, `config` and `error`
 //! the tunables and the refusals.
 
 mod config;
 mod error;
+mod fit_tree;
 mod free;
 mod span_map;
 mod tlsf;
@@ -70,6 +79,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError};
+use fit_tree::FitTree;
 use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
 #[cfg(feature = "caches")]
 pub(crate) use tlsf::{GRANULE as CHUNK_GRANULE, WORD as CHUNK_WORD, chunk_size};
@@ -85,8 +95,10 @@ pub use window::MEDIUM_MAX;
 pub(crate) use window::window_chunk;
 pub(crate) use window::{WindowBlock, slack, window_block};
 
-/// Windows smaller than this are served by first fit over the whole window.
-pub const FIRST_FIT_LIMIT: usize = 1 << 20;
+/// Committed windows smaller than this are served by first fit over the
+/// whole window (where the pools of layer +2 are off too): the fill sweep's
+/// mid-size heaps (1 to 4 MiB) are 2 to 4 points fuller than with TLSF.
+pub const FIRST_FIT_LIMIT: usize = 16 << 20;
 
 /// The default [`Config::large_threshold`]: glibc's default mmap threshold.
 pub const LARGE_THRESHOLD: usize = 128 << 10;
@@ -108,7 +120,7 @@ pub(crate) const MAP_WORDS: usize = if tlsf::ON { SLOTS / 64 } else { 0 };
 /// Counters of layer 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentStats {
-    /// Whether the first-fit engine serves this heap (else TLSF).
+    /// Whether first fit serves this heap (else TLSF).
     pub first_fit: bool,
     /// Spans held.
     pub spans: usize,
@@ -119,10 +131,12 @@ pub struct SegmentStats {
     pub allocated_bytes: usize,
     /// Bytes in free chunks.
     pub free_bytes: usize,
-    /// Free chunks (TLSF; 0 for first fit).
+    /// Free chunks (0 for `linked_list_allocator`'s first fit, which does
+    /// not count them).
     pub free_chunks: usize,
-    /// The most bytes one more block could get (TLSF: the largest free
-    /// chunk less its header word; 0 for first fit, which does not tell).
+    /// The most bytes one more block aligned to at most 8 could get (TLSF:
+    /// the largest free chunk less its header word; first fit: the largest
+    /// free block; 0 for `linked_list_allocator`, which does not tell).
     pub largest_free: usize,
     /// Spans given back to the page source so far.
     pub spans_released: usize,
@@ -133,8 +147,11 @@ pub struct SegmentStats {
 enum Engine {
     /// Not decided yet: no memory has been taken.
     Unset,
-    /// `linked_list_allocator` over the whole window.
+    /// `linked_list_allocator` over the whole window (builds without the
+    /// `tlsf` feature).
     FirstFit,
+    /// First fit by address over the whole window, free blocks in a tree.
+    Tree,
     /// TLSF over spans.
     Tlsf,
 }
@@ -146,6 +163,7 @@ enum Engine {
 #[doc(hidden)]
 pub struct SegmentAllocator {
     tlsf: Tlsf,
+    tree: FitTree,
     first_fit: linked_list_allocator::Heap,
     engine: Engine,
     /// The source is committed: the whole window is (or will be) one span,
@@ -201,6 +219,7 @@ impl SegmentAllocator {
     /// `.bss`): it serves nothing until [`set_window`](Self::set_window).
     pub(crate) const UNSET: Self = Self {
         tlsf: Tlsf::new(),
+        tree: FitTree::new(),
         first_fit: linked_list_allocator::Heap::empty(),
         engine: Engine::Unset,
         whole: false,
@@ -234,7 +253,7 @@ impl SegmentAllocator {
     #[inline(always)]
     fn engine(&self) -> Engine {
         match self.engine {
-            Engine::Tlsf if !tlsf::ON => Engine::Unset,
+            Engine::Tlsf | Engine::Tree if !tlsf::ON => Engine::Unset,
             engine => engine,
         }
     }
@@ -251,7 +270,12 @@ impl SegmentAllocator {
         if self.engine != Engine::Unset || self.map.len == 0 {
             return;
         }
-        self.engine = if self.config.first_fit || !tlsf::ON { Engine::FirstFit } else { Engine::Tlsf };
+        self.engine = match (self.config.first_fit, tlsf::ON) {
+            (_, false) => Engine::FirstFit,
+            (true, true) if self.map.len <= fit_tree::MAX_WINDOW => Engine::Tree,
+            (true, true) => Engine::FirstFit,
+            (false, true) => Engine::Tlsf,
+        };
         self.whole = S::COMMITTED;
         if self.whole && self.take_window(source) {
             self.large = if self.engine() == Engine::Tlsf { usize::MAX } else { 0 };
@@ -289,6 +313,9 @@ impl SegmentAllocator {
         if self.engine() == Engine::Tlsf {
             // SAFETY: the span is ours, aligned, and at least MIN_SPAN long.
             unsafe { self.tlsf.add_span(start, len) };
+        } else if self.engine() == Engine::Tree {
+            // SAFETY: as above (GRANULE is a multiple of the tree's unit).
+            unsafe { self.tree.init(start, len) };
         } else if self.engine() == Engine::FirstFit {
             // SAFETY: as above.
             unsafe { self.first_fit.init(start.as_ptr(), len) };
@@ -336,8 +363,11 @@ impl SegmentAllocator {
     /// Whether this layer holds its source's whole window and has fewer
     /// than `bytes` free in it.
     pub(crate) fn holds_less_than(&self, bytes: usize) -> bool {
-        let free =
-            if self.engine() == Engine::FirstFit { self.first_fit.free() } else { self.tlsf.free_bytes() };
+        let free = match self.engine() {
+            Engine::FirstFit => self.first_fit.free(),
+            Engine::Tree => self.tree.free_bytes(),
+            _ => self.tlsf.free_bytes(),
+        };
         self.whole && free < bytes
     }
 
@@ -347,7 +377,7 @@ impl SegmentAllocator {
     /// layer 0 places blocks that lie in the arena's slot, which layer +2
     /// then takes for its own), so its arenas are whole.
     pub(crate) fn arena_tail(&self) -> usize {
-        if self.engine() == Engine::FirstFit { 0 } else { ARENA_TAIL }
+        if matches!(self.engine(), Engine::FirstFit | Engine::Tree) { 0 } else { ARENA_TAIL }
     }
 
     /// Allocates a long-lived block (an arena of layer +2) for `layout`: as
@@ -390,6 +420,12 @@ impl SegmentAllocator {
                     return Err(exhausted);
                 }
                 self.first_fit.allocate_first_fit(layout).map_err(|()| exhausted)
+            }
+            Engine::Tree => {
+                if self.window_span.is_none() && !self.take_window(source) {
+                    return Err(exhausted);
+                }
+                self.tree.allocate(layout).ok_or(exhausted)
             }
             Engine::Tlsf => {
                 if layout.size() >= self.large && layout.align() <= GRANULE {
@@ -496,6 +532,12 @@ impl SegmentAllocator {
         {
             return Ok(p);
         }
+        if self.engine() == Engine::Tree
+            && self.window_span.is_some()
+            && let Some(p) = self.tree.allocate_largest(layout)
+        {
+            return Ok(p);
+        }
         // SAFETY: the caller's promise about `source`.
         unsafe { self.allocate(layout, source) }
     }
@@ -555,9 +597,10 @@ impl SegmentAllocator {
     /// from: the same one on every call since [`new`](Self::new).
     pub unsafe fn trim(&mut self, source: &mut impl PageSource) -> usize {
         match self.engine() {
-            Engine::FirstFit => match self.window_span {
-                Some((start, len)) if self.first_fit.used() == 0 => {
+            Engine::FirstFit | Engine::Tree => match self.window_span {
+                Some((start, len)) if self.stats().allocated_bytes == 0 => {
                     self.first_fit = linked_list_allocator::Heap::empty();
+                    self.tree = FitTree::new();
                     self.window_span = None;
                     self.spans -= 1;
                     self.span_bytes -= len;
@@ -610,6 +653,16 @@ impl SegmentAllocator {
                 largest_free: 0,
                 spans_released: self.released,
             },
+            Engine::Tree => SegmentStats {
+                first_fit: true,
+                spans: self.spans,
+                span_bytes: self.span_bytes,
+                allocated_bytes: if self.spans == 0 { 0 } else { self.tree.used_bytes() },
+                free_bytes: if self.spans == 0 { 0 } else { self.tree.free_bytes() },
+                free_chunks: if self.spans == 0 { 0 } else { self.tree.holes() },
+                largest_free: if self.spans == 0 { 0 } else { self.tree.largest_free() },
+                spans_released: self.released,
+            },
             _ => SegmentStats {
                 first_fit: false,
                 spans: self.spans,
@@ -628,6 +681,9 @@ impl SegmentAllocator {
     pub fn check_invariants(&self) {
         if self.engine() != Engine::Tlsf {
             assert!(self.spans <= 1, "first fit holds at most the window");
+            if self.engine() == Engine::Tree && self.spans == 1 {
+                self.tree.check();
+            }
             return;
         }
         let (mut spans, mut bytes, mut free_bytes, mut free_chunks, mut wholly_free) = (0, 0, 0, 0, 0);
@@ -669,6 +725,13 @@ impl SegmentAllocator {
         if !self.whole {
             assert!(wholly_free <= 1, "{wholly_free} wholly free spans kept");
         }
+    }
+
+    /// The depth of the first-fit tree (nodes on its longest path), from
+    /// a walk of it, or `None` when the tree does not serve: for tests of
+    /// its balance. O(holes).
+    pub fn first_fit_depth(&self) -> Option<usize> {
+        (self.engine() == Engine::Tree && self.spans == 1).then(|| self.tree.check().depth)
     }
 
     /// The length of the span at `start`, from a walk of its chunks.

@@ -256,7 +256,8 @@ fn layer_0_refuses_foreign_double_and_mismatched_frees() {
     let region = Region::new(4 << 20);
     let mut src = region.source();
     let window = src.window();
-    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window).unwrap();
+    let tlsf = Config { first_fit: false, ..Config::for_window(window.1) };
+    let mut seg = SegmentAllocator::new(tlsf, window).unwrap();
     // SAFETY: `src` is this layer's one page source.
     let p = unsafe { seg.allocate(layout(1000, 8), &mut src) }.unwrap();
     // SAFETY: `src` is this layer's one page source.
@@ -289,6 +290,108 @@ fn layer_0_refuses_foreign_double_and_mismatched_frees() {
     }
     seg.check_invariants();
     assert_eq!(seg.stats().allocated_bytes, 0);
+}
+
+/// First fit keeps no header, so a size that does not fit is seen only
+/// where it overlaps a free block; what it does see it refuses with the
+/// same typed errors, and changes nothing.
+#[test]
+fn layer_0_first_fit_refuses_foreign_double_and_overlapping_frees() {
+    let region = Region::new(4 << 20);
+    let mut src = region.source();
+    let window = src.window();
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    let p = unsafe { seg.allocate(layout(1000, 8), &mut src) }.unwrap();
+    // SAFETY: as above.
+    let q = unsafe { seg.allocate(layout(3000, 16), &mut src) }.unwrap();
+    // SAFETY: as above.
+    let r = unsafe { seg.allocate(layout(64, 8), &mut src) }.unwrap();
+    assert!(seg.stats().first_fit);
+    let mut local = 0u64;
+    let foreign = NonNull::from(&mut local).cast::<u8>();
+    // SAFETY: each call is one the allocator must refuse without touching a
+    // block: a pointer outside its window, a misaligned one, a free
+    // overlapping a free block, a second free.
+    unsafe {
+        let r0 = seg.deallocate(foreign, layout(8, 8), &mut src);
+        assert_eq!(r0, Err(DeallocateError::NotOwned { ptr: foreign.as_ptr() as usize }));
+        let odd = NonNull::new(q.as_ptr().add(3)).unwrap();
+        assert_eq!(
+            seg.deallocate(odd, layout(8, 1), &mut src),
+            Err(DeallocateError::NotAllocated { ptr: odd.as_ptr() as usize })
+        );
+        let past_end = NonNull::new(q.as_ptr().add(8)).unwrap();
+        assert!(seg.deallocate(past_end, layout(8, 16), &mut src).is_err(), "misaligned for its layout");
+        seg.deallocate(q, layout(3000, 16), &mut src).unwrap();
+        let before = seg.stats();
+        for (ptr, size) in [(q, 3000), (q, 8), (NonNull::new(q.as_ptr().add(1024)).unwrap(), 100), (p, 1100)]
+        {
+            let r1 = seg.deallocate(ptr, layout(size, 8), &mut src);
+            assert_eq!(r1, Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize }), "{size}");
+            assert!(!seg.resize_in_place(ptr, layout(size, 8), size * 2, &mut src).unwrap_or(false));
+        }
+        assert_eq!(seg.stats(), before, "a refused free changed the heap");
+        seg.check_invariants();
+        seg.deallocate(p, layout(1000, 8), &mut src).unwrap();
+        seg.deallocate(r, layout(64, 8), &mut src).unwrap();
+        assert_eq!(
+            seg.deallocate(r, layout(64, 8), &mut src),
+            Err(DeallocateError::NotAllocated { ptr: r.as_ptr() as usize })
+        );
+    }
+    seg.check_invariants();
+    let s = seg.stats();
+    assert_eq!((s.allocated_bytes, s.free_chunks, s.largest_free), (0, 1, s.span_bytes), "{s:?}");
+}
+
+/// The first-fit tree stays shallow whatever order blocks are freed in:
+/// every other block of a full heap freed from the bottom up, then the rest
+/// from the top down (a tree ordered by address with no balancing would
+/// be a list after either), and a reversed, interleaved order.
+#[test]
+fn the_first_fit_tree_stays_shallow_in_any_order_of_frees() {
+    let region = Region::new(4 << 20);
+    let mut src = region.source();
+    let window = src.window();
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window).unwrap();
+    let l = layout(16, 8);
+    let mut blocks = Vec::new();
+    // SAFETY: `src` is this layer's one page source.
+    while let Ok(p) = unsafe { seg.allocate(l, &mut src) } {
+        blocks.push(p);
+    }
+    assert_eq!(blocks.len(), window.1 / 16, "every 16 bytes of the window handed out");
+    assert!(blocks.windows(2).all(|w| w[0] < w[1]), "first fit hands out the window in order");
+    let bound = |holes: usize| 4 * (usize::BITS - holes.leading_zeros()) as usize + 8;
+    for order in 0..3 {
+        let (first, second): (Vec<_>, Vec<_>) = match order {
+            0 => (blocks.iter().step_by(2).collect(), blocks.iter().skip(1).step_by(2).rev().collect()),
+            1 => (blocks.iter().rev().step_by(2).collect(), blocks.iter().rev().skip(1).step_by(2).collect()),
+            _ => (
+                blocks.iter().step_by(3).rev().collect(),
+                blocks.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, p)| p).collect(),
+            ),
+        };
+        for &&p in &first {
+            // SAFETY: a live block with its layout.
+            unsafe { seg.deallocate(p, l, &mut src) }.unwrap();
+        }
+        let holes = seg.stats().free_chunks;
+        assert_eq!(holes, first.len(), "order {order}: freed blocks apart stay apart");
+        let depth = seg.first_fit_depth().unwrap();
+        assert!(depth <= bound(holes), "order {order}: depth {depth} for {holes} holes");
+        for &&p in &second {
+            // SAFETY: as above.
+            unsafe { seg.deallocate(p, l, &mut src) }.unwrap();
+        }
+        seg.check_invariants();
+        assert_eq!(seg.stats().free_chunks, 1, "order {order}: all merged");
+        for p in blocks.iter_mut() {
+            // SAFETY: `src` is this layer's one page source.
+            *p = unsafe { seg.allocate(l, &mut src) }.unwrap();
+        }
+    }
 }
 
 #[test]

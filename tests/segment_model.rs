@@ -99,11 +99,15 @@ fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op
                     }
                     Err(_) => {
                         // A failure over a region held whole leaves no free
-                        // chunk of the request and 64 bytes (first fit keeps
-                        // no such count; large alignments need more).
+                        // chunk of the request and 64 bytes (first fit: of
+                        // the request rounded and 16 bytes; large
+                        // alignments need more).
                         let s = seg.stats();
+                        let first_fit_full = s.first_fit && (align > 8 || s.largest_free < size.max(16) + 24);
                         assert!(
-                            s.first_fit || align > 16 || s.largest_free < size + 64 || !S::COMMITTED,
+                            first_fit_full
+                                || (!s.first_fit && (align > 16 || s.largest_free < size + 64))
+                                || !S::COMMITTED,
                             "{size} bytes failed with a free chunk of {}",
                             s.largest_free
                         );
@@ -151,9 +155,7 @@ fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op
                 }
             }
             Op::DoubleFree => {
-                if let Some((ptr, layout)) = freed.take()
-                    && !config.first_fit
-                {
+                if let Some((ptr, layout)) = freed.take() {
                     // SAFETY: the block freed by the step just before: the
                     // layer must refuse it (nothing reused its memory since).
                     let r = unsafe { seg.deallocate(ptr, layout, &mut source) };
@@ -210,7 +212,16 @@ proptest! {
     fn tlsf_over_a_region_held_whole(ops in prop::collection::vec(op(), 1..400)) {
         let region = Region::new(8 << 20);
         let source = region.source();
+        let config = Config { first_fit: false, ..Config::for_window(source.window().1) };
+        replay(&region, source, config, &ops);
+    }
+
+    #[test]
+    fn first_fit_on_a_mid_size_region(ops in prop::collection::vec(op(), 1..400)) {
+        let region = Region::new(4 << 20);
+        let source = region.source();
         let config = Config::for_window(source.window().1);
+        assert!(config.first_fit);
         replay(&region, source, config, &ops);
     }
 
@@ -223,7 +234,7 @@ proptest! {
 
     #[test]
     fn first_fit_on_a_small_region(ops in prop::collection::vec(op(), 1..300)) {
-        let region = Region::new(512 << 10);
+        let region = Region::new(256 << 10);
         let source = region.source();
         let config = Config::for_window(source.window().1);
         assert!(config.first_fit);
@@ -234,7 +245,7 @@ proptest! {
     fn tlsf_on_a_region_too_small_for_its_requests(ops in prop::collection::vec(op(), 1..300)) {
         let region = Region::new(1 << 20);
         let source = region.source();
-        let config = Config::for_window(source.window().1);
+        let config = Config { first_fit: false, ..Config::for_window(source.window().1) };
         replay(&region, source, config, &ops);
     }
 }

@@ -37,8 +37,33 @@ fn cached_heap(size: usize) -> &'static LockedHeap {
 /// As [`cached_heap`], its caches left to come on by themselves.
 fn plain_heap(size: usize) -> &'static LockedHeap {
     let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
-    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(size)));
+    init_tlsf(heap, Box::leak(Box::<[u8]>::new_uninit_slice(size)));
     heap
+}
+
+/// Initialises `heap` over `mem` with layer 0 by TLSF at any size: under
+/// 16 MiB a region is served by first fit by default, whose blocks carry
+/// no header for a cache to check, so it has no thread caches (checked in
+/// `a_first_fit_heap_has_no_thread_caches`).
+fn init_tlsf(heap: &LockedHeap, mem: &'static mut [MaybeUninit<u8>]) {
+    // SAFETY: a leaked slice: valid and the heap's alone forever.
+    let source = unsafe { strata::RegionSource::new(mem.as_mut_ptr().cast(), mem.len()) };
+    let window = strata::PageSource::window(&source).1;
+    let config = strata::segment::Config { first_fit: false, ..strata::segment::Config::for_window(window) };
+    let geometry = strata::object::Geometry::for_window(window);
+    heap.init_heap(strata::Heap::with_geometry(source, geometry, config).unwrap());
+}
+
+/// The default layer 0 of a region under 16 MiB is first fit, which keeps
+/// no header: its heap takes the locked path, caches asked for or not.
+#[test]
+fn a_first_fit_heap_has_no_thread_caches() {
+    let heap: &'static LockedHeap = Box::leak(Box::new(LockedHeap::empty()));
+    heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
+    heap.set_thread_caches(true);
+    assert!(heap.stats().segments.first_fit);
+    thread::spawn(move || assert!(!a_free_is_cached(heap), "a first-fit block cached")).join().unwrap();
+    heap.with(|h| h.check_invariants());
 }
 
 fn heap() -> &'static LockedHeap {
@@ -824,7 +849,7 @@ fn a_free_is_cached(heap: &LockedHeap) -> bool {
 fn heaps_made_and_dropped_in_turn_each_get_thread_caches() {
     for round in 0..2 * HEAPS {
         let heap = Box::new(LockedHeap::empty());
-        heap.init_from_slice(Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
+        init_tlsf(&heap, Box::leak(Box::<[u8]>::new_uninit_slice(2 << 20)));
         heap.set_thread_caches(true);
         // A fresh thread: its cache serves the first heap it frees to.
         thread::scope(|s| {
@@ -878,7 +903,7 @@ fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
     let new_range = new_range.start as usize..new_range.end as usize;
     thread::spawn(move || {
         let old = slot.write(LockedHeap::empty());
-        old.init_from_slice(old_region);
+        init_tlsf(old, old_region);
         old.set_thread_caches(true);
         // SAFETY: blocks of the heap in use with their layout, each freed
         // once; the old heap is dropped with one of its blocks cached.
@@ -887,7 +912,7 @@ fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
             old.dealloc(p, l);
             slot.assume_init_drop();
             let new = slot.write(LockedHeap::empty());
-            new.init_from_slice(new_region);
+            init_tlsf(new, new_region);
             new.set_thread_caches(true);
             let q = new.alloc(l);
             assert!(new_range.contains(&(q as usize)), "{q:p} is not the new heap's");

@@ -9,8 +9,9 @@ use crate::source::PAGE_SIZE;
 /// Tunables of layer 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Serve every block by first fit over the whole window
-    /// (`linked_list_allocator`) instead of TLSF.
+    /// Serve every block by first fit over the whole window of a
+    /// committed source (the tree of `fit_tree`, or `linked_list_allocator`
+    /// in a build without the `tlsf` feature) instead of TLSF.
     pub first_fit: bool,
     /// Smallest span asked of a page source that is not
     /// [committed](crate::PageSource::COMMITTED).

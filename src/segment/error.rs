@@ -64,8 +64,8 @@ pub enum DeallocateError {
         /// The size given.
         given: usize,
     },
-    /// A free or size query without a layout, of a block of the first-fit
-    /// engine (heaps under [`FIRST_FIT_LIMIT`](super::FIRST_FIT_LIMIT)), which keeps no block sizes.
+    /// A free or size query without a layout, of a block of first fit
+    /// (heaps under [`FIRST_FIT_LIMIT`](super::FIRST_FIT_LIMIT)), which keeps no block sizes.
     SizeUnknown {
         /// The pointer.
         ptr: usize,

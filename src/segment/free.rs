@@ -4,6 +4,7 @@
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
+use super::fit_tree::{self, Located, Refusal};
 use super::tlsf::{self, GRANULE, MIN_CHUNK, Tlsf, WORD};
 use super::{DeallocateError, Engine, SegmentAllocator, WindowBlock, first_fit_size, slack, window_block};
 use crate::source::{PAGE_SIZE, PageSource, reach};
@@ -209,12 +210,31 @@ impl SegmentAllocator {
         ptr: NonNull<u8>,
         layout: Layout,
     ) -> Result<(), DeallocateError> {
+        if self.engine() == Engine::Tree {
+            let block = self.tree_block(ptr, layout)?;
+            // SAFETY: the caller's promise: a live block of this heap,
+            // checked just now.
+            unsafe { self.tree.free(block) };
+            return Ok(());
+        }
         if self.engine() == Engine::FirstFit && self.owns_addr(ptr.as_ptr() as usize) {
             // SAFETY: the caller's promise: a live block of this heap.
             unsafe { self.first_fit.deallocate(ptr, layout) };
             return Ok(());
         }
         Err(DeallocateError::NotOwned { ptr: ptr.as_ptr() as usize })
+    }
+
+    /// Checks that `ptr` could be a block of the first-fit tree in use
+    /// with `layout`: in the window, aligned, overlapping no free block.
+    fn tree_block(&self, ptr: NonNull<u8>, layout: Layout) -> Result<Located, DeallocateError> {
+        let addr = ptr.as_ptr() as usize;
+        match self.tree.check_block(ptr, layout.size()) {
+            Ok(_) if !addr.is_multiple_of(layout.align()) => Err(DeallocateError::NotAllocated { ptr: addr }),
+            Ok(block) => Ok(block),
+            Err(Refusal::Outside) => Err(DeallocateError::NotOwned { ptr: addr }),
+            Err(Refusal::NotAllocated) => Err(DeallocateError::NotAllocated { ptr: addr }),
+        }
     }
 
     /// Span `span` has just become wholly free: it goes back, unless it is
@@ -309,6 +329,11 @@ impl SegmentAllocator {
                 }
                 Ok(resized)
             }
+            Engine::Tree => {
+                let block = self.tree_block(ptr, layout)?;
+                // SAFETY: the caller's promise: a live block, checked.
+                Ok(unsafe { self.tree.resize(block, new_size, layout.align()) })
+            }
             Engine::FirstFit if self.owns_addr(ptr.as_ptr() as usize) => {
                 Ok(Layout::from_size_align(new_size, layout.align())
                     .is_ok_and(|new| first_fit_size(layout) == first_fit_size(new)))
@@ -338,6 +363,11 @@ impl SegmentAllocator {
         keep: usize,
     ) -> Option<NonNull<u8>> {
         let ptr = reach(ptr);
+        if self.engine() == Engine::Tree && layout.align() <= fit_tree::UNIT {
+            let block = self.tree_block(ptr, layout).ok()?;
+            // SAFETY: the caller's promise: a checked block in use.
+            return unsafe { self.tree.grow_backward(block, new_size, keep) };
+        }
         if self.engine() != Engine::Tlsf || layout.align() > GRANULE {
             return None;
         }
