@@ -82,6 +82,7 @@ bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst
 	$(CARGO) build --release -p strata-bench --bins
 	$(CARGO) run --release -p strata-bench --bin strata-bench
 	$(CARGO) run --release -p strata-bench --bin fill-sweep
+	$(CARGO) run --release -p strata-bench --bin mid-size
 	$(CARGO) run --release -p strata-bench --bin latency
 	bash scripts/bench-cost.sh
 	bash scripts/bench-malloc.sh

@@ -296,7 +296,8 @@ impl SegmentAllocator {
     fn take_window(&mut self, source: &mut impl PageSource) -> bool {
         let granule = source.granularity().max(GRANULE);
         let len = self.map.len & !(granule - 1);
-        if len < MIN_SPAN || !self.map.lo.is_multiple_of(granule) {
+        let min = if self.engine() == Engine::Tree { fit_tree::MIN_BLOCK } else { MIN_SPAN };
+        if len < min || !self.map.lo.is_multiple_of(granule) {
             return false;
         }
         let Ok(start) = source.allocate_pages(len, granule) else { return false };

@@ -345,10 +345,11 @@ fn layer_0_first_fit_refuses_foreign_double_and_overlapping_frees() {
     assert_eq!((s.allocated_bytes, s.free_chunks, s.largest_free), (0, 1, s.span_bytes), "{s:?}");
 }
 
-/// The first-fit tree stays shallow whatever order blocks are freed in:
+/// The first-fit tree stays balanced whatever order blocks are freed in:
 /// every other block of a full heap freed from the bottom up, then the rest
 /// from the top down (a tree ordered by address with no balancing would
-/// be a list after either), and a reversed, interleaved order.
+/// be a list after either), and a reversed, interleaved order. Its height
+/// stays within AVL's bound.
 #[test]
 fn the_first_fit_tree_stays_shallow_in_any_order_of_frees() {
     let region = Region::new(4 << 20);
@@ -363,7 +364,8 @@ fn the_first_fit_tree_stays_shallow_in_any_order_of_frees() {
     }
     assert_eq!(blocks.len(), window.1 / 16, "every 16 bytes of the window handed out");
     assert!(blocks.windows(2).all(|w| w[0] < w[1]), "first fit hands out the window in order");
-    let bound = |holes: usize| 4 * (usize::BITS - holes.leading_zeros()) as usize + 8;
+    // An AVL tree of n nodes is under 1.4405·log2(n + 2) high.
+    let bound = |holes: usize| (1.4405 * ((holes + 2) as f64).log2()) as usize;
     for order in 0..3 {
         let (first, second): (Vec<_>, Vec<_>) = match order {
             0 => (blocks.iter().step_by(2).collect(), blocks.iter().skip(1).step_by(2).rev().collect()),
@@ -392,6 +394,68 @@ fn the_first_fit_tree_stays_shallow_in_any_order_of_frees() {
             *p = unsafe { seg.allocate(l, &mut src) }.unwrap();
         }
     }
+}
+
+/// A first-fit block that shrinks by 8 bytes with no free neighbour
+/// leaves a free unit too small for a free block: it becomes a sliver, so
+/// the shrink succeeds in place even on a full heap, and the unit comes
+/// back when its neighbours are freed (found by a hostile pass: it used to
+/// fail with out-of-memory).
+#[test]
+fn a_first_fit_shrink_by_one_unit_succeeds_on_a_full_heap_and_loses_nothing() {
+    for (size, new) in [(24, 16), (40, 32), (41, 40), (24, 17)] {
+        let region = Region::new(64 << 10);
+        let mut heap = Heap::new(region.source());
+        let l = layout(size, 8);
+        let mut blocks = Vec::new();
+        while let Ok(p) = heap.allocate(l) {
+            // SAFETY: a fresh block of `size` bytes.
+            unsafe { p.as_ptr().write_bytes(blocks.len() as u8, size) };
+            blocks.push(p);
+        }
+        assert!(heap.stats().segments.first_fit);
+        let mut shrunk = Vec::new();
+        for (i, p) in blocks.iter_mut().enumerate().skip(1).step_by(7) {
+            // SAFETY: a live block with its layout.
+            let q =
+                unsafe { heap.reallocate(*p, l, new) }.unwrap_or_else(|e| panic!("{size} -> {new}: {e:?}"));
+            assert_eq!(q, *p, "{size} -> {new}: moved on a full heap");
+            // SAFETY: the block now holds `new` bytes.
+            assert!(unsafe { std::slice::from_raw_parts(q.as_ptr(), new) }.iter().all(|&b| b == i as u8));
+            shrunk.push(i);
+        }
+        heap.check_invariants();
+        for (i, p) in blocks.into_iter().enumerate() {
+            let s = if shrunk.contains(&i) { new } else { size };
+            // SAFETY: a live block with its (possibly new) size.
+            unsafe { heap.deallocate(p, layout(s, 8)) }.unwrap();
+        }
+        heap.check_invariants();
+        let s = heap.stats().segments;
+        assert_eq!((s.allocated_bytes, s.free_chunks, s.largest_free), (0, 1, s.span_bytes), "{size}: {s:?}");
+    }
+}
+
+/// Blocks aligned to 16 whose size is an odd number of 8-byte units pack
+/// with an 8-byte sliver between them, not a 24-byte gap.
+#[test]
+fn first_fit_blocks_aligned_above_their_rounding_pack_with_slivers() {
+    let region = Region::new(64 << 10);
+    let mut heap = Heap::new(region.source());
+    let l = layout(40, 16);
+    let mut blocks = Vec::new();
+    while let Ok(p) = heap.allocate(l) {
+        assert!(p.as_ptr().cast::<u128>().is_aligned());
+        blocks.push(p);
+    }
+    assert!(blocks.len() >= (64 << 10) / 48 - 1, "{} blocks of 40 bytes aligned to 16", blocks.len());
+    heap.check_invariants();
+    for p in blocks {
+        // SAFETY: a live block with its layout.
+        unsafe { heap.deallocate(p, l) }.unwrap();
+    }
+    let s = heap.stats().segments;
+    assert_eq!((s.allocated_bytes, s.free_chunks), (0, 1), "{s:?}");
 }
 
 #[test]

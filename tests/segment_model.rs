@@ -19,13 +19,33 @@ use strata::source::PageSource;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { size: usize, align_shift: u32 },
-    Free { which: usize },
-    Resize { which: usize, size: usize },
-    Backward { which: usize, size: usize },
-    Growable { size: usize },
+    Alloc {
+        size: usize,
+        align_shift: u32,
+    },
+    Free {
+        which: usize,
+    },
+    Resize {
+        which: usize,
+        size: usize,
+    },
+    /// A resize 8 bytes down (a first-fit block's tail then becomes a
+    /// sliver, or joins a free neighbour).
+    ShrinkByEight {
+        which: usize,
+    },
+    Backward {
+        which: usize,
+        size: usize,
+    },
+    Growable {
+        size: usize,
+    },
     DoubleFree,
-    WrongSize { which: usize },
+    WrongSize {
+        which: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -35,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<usize>().prop_map(|which| Op::Free { which }),
         2 => (any::<usize>(), size.clone()).prop_map(|(which, size)| Op::Resize { which, size }),
         1 => (any::<usize>(), 1usize..4000).prop_map(|(which, size)| Op::Backward { which, size }),
+        2 => any::<usize>().prop_map(|which| Op::ShrinkByEight { which }),
         1 => (4096usize..100_000).prop_map(|size| Op::Growable { size }),
         1 => Just(Op::DoubleFree),
         1 => any::<usize>().prop_map(|which| Op::WrongSize { which }),
@@ -121,8 +142,12 @@ fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op
                 unsafe { seg.deallocate(b.ptr, b.layout, &mut source) }.expect("free of a live block");
                 freed = Some((b.ptr, b.layout));
             }
-            Op::Resize { which, size } if !live.is_empty() => {
+            Op::Resize { which, .. } | Op::ShrinkByEight { which } if !live.is_empty() => {
                 let i = which % live.len();
+                let size = match *op {
+                    Op::Resize { size, .. } => size,
+                    _ => live[i].layout.size().saturating_sub(8).max(1),
+                };
                 let b = &live[i];
                 // SAFETY: a live block with its layout.
                 match unsafe { seg.resize_in_place(b.ptr, b.layout, size, &mut source) } {
