@@ -436,6 +436,66 @@ fn a_first_fit_shrink_by_one_unit_succeeds_on_a_full_heap_and_loses_nothing() {
     }
 }
 
+/// First fit finds an aligned place wherever one exists: a free block
+/// just long enough and already aligned serves a request aligned to 32 or
+/// more although the leftmost block long enough cannot align it (found by
+/// a hostile pass: such requests failed).
+#[test]
+fn a_first_fit_aligned_request_takes_any_free_block_it_fits() {
+    for align in [32, 64, 128] {
+        let region = Region::new(64 << 10);
+        let mut heap = Heap::new(region.source());
+        let l = layout(24, 8);
+        let mut blocks = Vec::new();
+        while let Ok(p) = heap.allocate(l) {
+            blocks.push(p);
+        }
+        // A 24-byte hole that a 16-byte block aligned to `align` does not
+        // fit (it would start two units or more in), then an aligned one.
+        let off = |i: usize| blocks[i].as_ptr().addr() % align;
+        let misaligned = (0..blocks.len()).find(|&i| off(i) != 0 && off(i) != align - 8).unwrap();
+        let aligned = (misaligned + 2..blocks.len()).find(|&i| off(i) == 0).unwrap();
+        for i in [misaligned, aligned] {
+            // SAFETY: a live block with its layout.
+            unsafe { heap.deallocate(blocks[i], l) }.unwrap();
+        }
+        let p = heap.allocate(layout(16, align)).unwrap_or_else(|e| panic!("align {align}: {e:?}"));
+        assert_eq!(p, blocks[aligned], "align {align}");
+        heap.check_invariants();
+    }
+}
+
+/// A block grows backwards into a sliver before it, moving its contents,
+/// and forwards into a sliver after it, in place (found by a hostile pass:
+/// the first did not).
+#[test]
+fn a_first_fit_block_grows_into_the_slivers_around_it() {
+    let region = Region::new(64 << 10);
+    let mut heap = Heap::new(region.source());
+    let [a, b, c] = [24, 32, 24].map(|size| heap.allocate(layout(size, 8)).unwrap());
+    let rest = heap.stats().segments.largest_free;
+    let fence = heap.allocate(layout(rest, 8)).unwrap();
+    // SAFETY: live blocks with their layouts. On the full heap, `a` and `c`
+    // shrink by 8 bytes in place and leave a sliver after each.
+    unsafe {
+        assert_eq!(heap.reallocate(a, layout(24, 8), 16).unwrap(), a);
+        assert_eq!(heap.reallocate(c, layout(24, 8), 16).unwrap(), c);
+        assert_eq!(heap.stats().segments.free_chunks, 2, "two slivers");
+        b.as_ptr().write_bytes(0xb0, 32);
+        let q = heap.reallocate(b, layout(32, 8), 40).expect("b into the sliver before it");
+        assert_eq!(q.as_ptr(), b.as_ptr().sub(8), "moved back onto the sliver");
+        assert!(std::slice::from_raw_parts(q.as_ptr(), 32).iter().all(|&x| x == 0xb0));
+        assert_eq!(heap.reallocate(c, layout(16, 8), 24).expect("c into the sliver after it"), c);
+        assert_eq!(heap.stats().segments.free_chunks, 0);
+        heap.check_invariants();
+        for (p, l) in [(a, layout(16, 8)), (q, layout(40, 8)), (c, layout(24, 8)), (fence, layout(rest, 8))] {
+            heap.deallocate(p, l).unwrap();
+        }
+    }
+    let s = heap.stats().segments;
+    assert_eq!((s.allocated_bytes, s.free_chunks), (0, 1), "{s:?}");
+}
+
 /// Blocks aligned to 16 whose size is an odd number of 8-byte units pack
 /// with an 8-byte sliver between them, not a 24-byte gap.
 #[test]

@@ -120,11 +120,14 @@ fn replay<S: BytesOut>(region: &Region, mut source: S, config: Config, ops: &[Op
                     }
                     Err(_) => {
                         // A failure over a region held whole leaves no free
-                        // chunk of the request and 64 bytes (first fit: of
-                        // the request rounded and 16 bytes; large
-                        // alignments need more).
+                        // chunk of the request and 64 bytes (large
+                        // alignments need more); first fit leaves no free
+                        // block of the request rounded to 8 bytes, plus the
+                        // largest pad its alignment may need.
                         let s = seg.stats();
-                        let first_fit_full = s.first_fit && (align > 8 || s.largest_free < size.max(16) + 24);
+                        let pad = align.max(8) - 8;
+                        let first_fit_full =
+                            s.first_fit && s.largest_free < size.max(16).next_multiple_of(8) + pad;
                         assert!(
                             first_fit_full
                                 || (!s.first_fit && (align > 16 || s.largest_free < size + 64))

@@ -39,7 +39,10 @@
 //! - *Allocate*: the leftmost free block with `size ≥ need` is found by
 //!   descending where `max` says one is: O(log holes). If alignment or an
 //!   8-byte rest spoils that block, the leftmost block large enough for any
-//!   placement is taken instead (a second descent), so a call never walks.
+//!   placement is taken instead (a second descent). Only an aligned request
+//!   that would otherwise fail walks the blocks long enough for it, in
+//!   address order, so that it fails only when no free block can hold it
+//!   (as TLSF searches its own list on the way to failure).
 //! - *Free*: one descent finds the free blocks before and after; a block
 //!   overlapping either, or a sliver, is refused (a double free is caught
 //!   while its memory is still free), and the block merges with the free
@@ -47,9 +50,9 @@
 //!   front and joining one from below keep its node's place in the tree:
 //!   the node moves, one link is redirected, and the maxima above it are
 //!   recomputed as far as they change.
-//! - *Resize*: a block grows into the free block after it, shrinks by
-//!   giving its tail back, and grows backwards into the free block before it
-//!   (moving its contents), all in O(log holes).
+//! - *Resize*: a block grows into the free block or sliver after it,
+//!   shrinks by giving its tail back, and grows backwards into the free
+//!   block or sliver before it (moving its contents), all in O(log holes).
 //!
 //! **Invariants** ([`FitTree::check`]): nodes and slivers lie in the window,
 //! in ascending address order in their trees, each tree AVL-balanced with
@@ -634,7 +637,10 @@ impl FitTree {
     /// Finds the free block and the offset in it where a block of `need`
     /// units aligned to `align` goes: the leftmost free block that fits
     /// it, unless that would leave a sliver after it and another block
-    /// fits without one; never more than three descents.
+    /// fits without one, in at most three descents; only when those find
+    /// nothing (an aligned request about to fail) are the blocks that
+    /// might fit looked at one by one, so that a request fails only when no
+    /// free block can hold it.
     fn find(&self, need: u32, align: usize) -> Option<(u32, u32)> {
         let first = self.leftmost_at_least(need);
         if first == NIL {
@@ -660,7 +666,32 @@ impl FitTree {
             return Some((first, pad));
         }
         let third = self.leftmost_at_least(sure);
-        (third != NIL).then(|| self.placement(third, need, align).map(|(pad, _)| (third, pad))).flatten()
+        if third != NIL {
+            return self.placement(third, need, align).map(|(pad, _)| (third, pad));
+        }
+        self.first_placement(need, align)
+    }
+
+    /// The leftmost free block in which a block of `need` units aligned to
+    /// `align` fits, by an in-order walk of the blocks of at least `need`
+    /// units (subtrees without one are skipped).
+    #[cold]
+    fn first_placement(&self, need: u32, align: usize) -> Option<(u32, u32)> {
+        let mut stack = [NIL; PATH + 1];
+        let (mut depth, mut t) = (0, self.root);
+        loop {
+            while t != NIL && self.max_of(t) >= need {
+                stack[depth] = t;
+                depth += 1;
+                t = self.get(t).left;
+            }
+            depth = depth.checked_sub(1)?;
+            let n = stack[depth];
+            if let Some((pad, _)) = self.placement(n, need, align) {
+                return Some((n, pad));
+            }
+            t = self.get(n).right;
+        }
     }
 
     // ---- blocks ------------------------------------------------------
@@ -829,8 +860,9 @@ impl FitTree {
     }
 
     /// Grows a located block (aligned to at most [`UNIT`]) to `new_size`
-    /// bytes into the free block before it, and the free block or sliver
-    /// after it if one touches it, moving its first `keep` bytes down. Returns the new
+    /// bytes into the free block or sliver before it, and the free block or
+    /// sliver after it if one touches it, moving its first `keep` bytes
+    /// down. Returns the new
     /// address, or `None` (nothing changed) when they are too small.
     ///
     /// # Safety
@@ -842,32 +874,38 @@ impl FitTree {
         new_size: usize,
         keep: usize,
     ) -> Option<NonNull<u8>> {
-        let Located { at, units, pred, succ, sliver_after, .. } = block;
+        let Located { at, units, pred, succ, sliver_before, sliver_after } = block;
         let new = units_for(new_size)?;
-        if pred == NIL || pred + self.size(pred) != at {
-            return None;
-        }
+        let before = match () {
+            () if pred != NIL && pred + self.size(pred) == at => self.size(pred),
+            () if sliver_before => 1,
+            () => return None,
+        };
         let touching = succ != NIL && at + units == succ;
         let after = if touching { self.size(succ) } else { u32::from(sliver_after) };
-        let total = self.size(pred) + units + after;
-        let rest = total.checked_sub(new)?;
-        self.take(pred);
+        let rest = (before + units + after).checked_sub(new)?;
+        let start = at - before;
+        if sliver_before {
+            self.take_sliver(start);
+        } else {
+            self.take(pred);
+        }
         if touching {
             self.take(succ);
         } else if sliver_after {
             self.take_sliver(at + units);
         }
         // SAFETY: both ranges lie in the window (the block and the free
-        // block before it); `keep` bytes of the block are live. The nodes
-        // of the two free blocks taken are out of the tree, so nothing
-        // else lives in the destination.
-        unsafe { ptr::copy(self.at(at), self.at(pred), keep) };
+        // block or sliver before it); `keep` bytes of the block are live.
+        // The free space taken is out of the trees, so nothing else lives
+        // in the destination.
+        unsafe { ptr::copy(self.at(at), self.at(start), keep) };
         match rest {
             0 => {}
-            1 => self.add_sliver(pred + new),
-            _ => self.add_free(pred + new, rest),
+            1 => self.add_sliver(start + new),
+            _ => self.add_free(start + new, rest),
         }
-        NonNull::new(self.at(pred))
+        NonNull::new(self.at(start))
     }
 
     /// Walks both trees, checking every invariant of the module
