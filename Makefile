@@ -22,7 +22,7 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 	$(CARGO) test
 	$(CARGO) test --features debug --test debug --test global_alloc --test cache --test unsized
 	$(CARGO) test --lib --no-default-features --features tlsf,pools
-	$(CARGO) test --no-default-features --test firmware_build
+	$(CARGO) test --no-default-features --test firmware_build --test footprint
 	$(CARGO) test --features std --test thread_cache --test global_alloc --test misuse --test unsized
 	$(CARGO) test --features os --test os_source
 	$(CARGO) test --features os --doc

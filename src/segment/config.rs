@@ -10,8 +10,9 @@ use crate::source::PAGE_SIZE;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Serve every block by first fit over the whole window of a
-    /// committed source (the tree of `fit_tree`, or `linked_list_allocator`
-    /// in a build without the `tlsf` feature) instead of TLSF.
+    /// committed source instead of TLSF: by address in a tree (windows up
+    /// to 512 MiB), or by `linked_list_allocator` (larger windows, and every
+    /// window in a build without the `tlsf` feature).
     pub first_fit: bool,
     /// Smallest span asked of a page source that is not
     /// [committed](crate::PageSource::COMMITTED).

@@ -127,9 +127,11 @@ pub struct FitTree {
     base: *mut u8,
     /// The window's length in units.
     units: u32,
-    /// The root of the free blocks' tree.
+    /// The root of the free blocks' tree, XOR `NIL` (so that a tree of no
+    /// window is all zeros, and a heap static lies in `.bss`): read it
+    /// with [`root`](Self::root).
     root: u32,
-    /// The root of the slivers' tree.
+    /// The root of the slivers' tree, XOR `NIL` (as `root`).
     slivers: u32,
     free_units: usize,
     holes: usize,
@@ -176,8 +178,8 @@ impl FitTree {
         Self {
             base: ptr::null_mut(),
             units: 0,
-            root: NIL,
-            slivers: NIL,
+            root: 0,
+            slivers: 0,
             free_units: 0,
             holes: 0,
             sliver_count: 0,
@@ -196,8 +198,8 @@ impl FitTree {
         debug_assert!((MIN_BLOCK..=MAX_WINDOW).contains(&len));
         self.base = start.as_ptr();
         self.units = (len >> UNIT_SHIFT) as u32;
-        self.root = NIL;
-        self.slivers = NIL;
+        self.root = 0;
+        self.slivers = 0;
         self.free_units = 0;
         self.holes = 0;
         self.sliver_count = 0;
@@ -222,7 +224,7 @@ impl FitTree {
     /// The largest free block, in bytes: the largest request that can
     /// succeed (aligned to at most [`UNIT`]).
     pub fn largest_free(&self) -> usize {
-        (self.max_of(self.root) as usize) << UNIT_SHIFT
+        (self.max_of(self.root()) as usize) << UNIT_SHIFT
     }
 
     // ---- nodes -------------------------------------------------------
@@ -260,6 +262,18 @@ impl FitTree {
         debug_assert!(o < self.units);
         // SAFETY: as in `sliver`.
         unsafe { self.at(o).cast::<Sliver>().write(sliver) }
+    }
+
+    /// The root of the free blocks' tree.
+    #[inline(always)]
+    fn root(&self) -> u32 {
+        self.root ^ NIL
+    }
+
+    /// The root of the slivers' tree.
+    #[inline(always)]
+    fn sliver_root(&self) -> u32 {
+        self.slivers ^ NIL
     }
 
     #[inline(always)]
@@ -302,7 +316,7 @@ impl FitTree {
             return self.reshape_larger(old, new, size);
         }
         let mut path = [NIL; PATH];
-        let (mut depth, mut t) = (0, self.root);
+        let (mut depth, mut t) = (0, self.root());
         while t != old {
             path[depth] = t;
             depth += 1;
@@ -313,7 +327,7 @@ impl FitTree {
         self.put(new, Node { size, ..n });
         self.pull::<false>(new);
         match depth.checked_sub(1).map(|i| path[i]) {
-            None => self.root = new,
+            None => self.root = new ^ NIL,
             Some(p) if new < p => self.set_left::<false>(p, new),
             Some(p) => self.set_right::<false>(p, new),
         }
@@ -329,7 +343,7 @@ impl FitTree {
     /// [`reshape`](Self::reshape) to a larger size: the `max`es on the path
     /// only rise, so they are raised on the way down.
     fn reshape_larger(&mut self, old: u32, new: u32, size: u32) {
-        let (mut parent, mut t) = (NIL, self.root);
+        let (mut parent, mut t) = (NIL, self.root());
         while t != old {
             let n = self.get(t);
             if n.meta & NIL < size {
@@ -342,7 +356,7 @@ impl FitTree {
         self.free_units += (size - n.size) as usize;
         self.put(new, Node { size, meta: (n.meta & !NIL) | (n.meta & NIL).max(size), ..n });
         match parent {
-            NIL => self.root = new,
+            NIL => self.root = new ^ NIL,
             p if new < p => self.set_left::<false>(p, new),
             p => self.set_right::<false>(p, new),
         }
@@ -368,7 +382,7 @@ impl FitTree {
     /// The last sliver before unit `o` and the first at or after it (`NIL`
     /// for none).
     fn slivers_around(&self, o: u32) -> (u32, u32) {
-        let (mut before, mut after, mut t) = (NIL, NIL, self.slivers);
+        let (mut before, mut after, mut t) = (NIL, NIL, self.sliver_root());
         while t != NIL {
             if t >= o {
                 after = t;
@@ -419,7 +433,7 @@ impl FitTree {
 
     /// The leftmost free block of at least `need` units, or `NIL`.
     fn leftmost_at_least(&self, need: u32) -> u32 {
-        let mut t = self.root;
+        let mut t = self.root();
         if self.max_of(t) < need {
             return NIL;
         }
@@ -488,7 +502,7 @@ impl FitTree {
     #[cold]
     fn first_placement(&self, need: u32, align: usize) -> Option<(u32, u32)> {
         let mut stack = [NIL; PATH + 1];
-        let (mut depth, mut t) = (0, self.root);
+        let (mut depth, mut t) = (0, self.root());
         loop {
             while t != NIL && self.max_of(t) >= need {
                 stack[depth] = t;
@@ -548,7 +562,7 @@ impl FitTree {
     /// growing in place; first fit if that one cannot take it.
     pub fn allocate_largest(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let need = units_for(layout.size())?;
-        let mut t = self.root;
+        let mut t = self.root();
         let largest = self.max_of(t);
         while t != NIL {
             let n = self.get(t);
@@ -582,7 +596,7 @@ impl FitTree {
         if units > self.units - at {
             return Err(Refusal::NotAllocated);
         }
-        let (mut pred, mut succ, mut t) = (NIL, NIL, self.root);
+        let (mut pred, mut succ, mut t) = (NIL, NIL, self.root());
         while t != NIL {
             let n = self.get(t);
             if t <= at {
@@ -596,7 +610,7 @@ impl FitTree {
         if (pred != NIL && pred + self.size(pred) > at) || (succ != NIL && at + units > succ) {
             return Err(Refusal::NotAllocated);
         }
-        let (before, after) = if self.slivers == NIL { (NIL, NIL) } else { self.slivers_around(at) };
+        let (before, after) = if self.sliver_root() == NIL { (NIL, NIL) } else { self.slivers_around(at) };
         if after < at + units {
             return Err(Refusal::NotAllocated);
         }

@@ -12,12 +12,12 @@ use super::{FitTree, NIL, Node, OFFSET_BITS, PATH, Sliver};
 impl FitTree {
     #[inline(always)]
     fn root_of<const S: bool>(&self) -> u32 {
-        if S { self.slivers } else { self.root }
+        if S { self.sliver_root() } else { self.root() }
     }
 
     #[inline(always)]
     fn set_root<const S: bool>(&mut self, t: u32) {
-        if S { self.slivers = t } else { self.root = t }
+        if S { self.slivers = t ^ NIL } else { self.root = t ^ NIL }
     }
 
     #[inline(always)]

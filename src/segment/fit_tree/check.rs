@@ -9,9 +9,9 @@ impl FitTree {
     pub fn check(&self) -> TreeCounts {
         let mut counts = TreeCounts::default();
         let mut last_end = None;
-        self.check_blocks(self.root, 1, &mut last_end, &mut counts);
+        self.check_blocks(self.root(), 1, &mut last_end, &mut counts);
         let mut last = None;
-        self.check_slivers(self.slivers, &mut last, &mut counts);
+        self.check_slivers(self.sliver_root(), &mut last, &mut counts);
         assert_eq!(counts.holes, self.holes(), "free block count");
         assert_eq!(counts.slivers, self.sliver_count, "sliver count");
         assert_eq!(counts.free_bytes, self.free_bytes(), "free bytes");
@@ -61,7 +61,7 @@ impl FitTree {
         }
         *last = Some(t);
         // No free block touches or holds it.
-        let (mut pred, mut succ, mut b) = (NIL, NIL, self.root);
+        let (mut pred, mut succ, mut b) = (NIL, NIL, self.root());
         while b != NIL {
             if b <= t {
                 pred = b;
