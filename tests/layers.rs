@@ -465,6 +465,55 @@ fn a_first_fit_aligned_request_takes_any_free_block_it_fits() {
     }
 }
 
+/// An alignment past any window's size (2^35 bytes and more) is served
+/// where a free block starts on it (found by a hostile pass: such requests
+/// failed before the search for any fitting block). The window is mapped
+/// at the first free multiple of 2^35 tried.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_first_fit_alignment_past_every_window_is_served_where_a_block_starts_on_it() {
+    const LEN: usize = 64 << 10;
+    let base = (35..46)
+        .map(|shift| 1usize << shift)
+        .find_map(|addr| {
+            // SAFETY: a fresh anonymous mapping at an address nothing else
+            // holds (MAP_FIXED_NOREPLACE fails rather than replace one).
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::without_provenance_mut(addr),
+                    LEN,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            (p as usize == addr).then_some(p.cast::<u8>())
+        })
+        .expect("a free 2^35-aligned address below 2^46");
+    // SAFETY: the mapping is ours until the munmap below.
+    let mut src = unsafe { strata::RegionSource::new(base, LEN) };
+    let window = src.window();
+    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window).unwrap();
+    // SAFETY: `src` is this layer's one page source.
+    unsafe {
+        let x = seg.allocate(layout(24, 8), &mut src).unwrap();
+        assert_eq!(x.as_ptr(), base);
+        let rest = seg.stats().largest_free;
+        let y = seg.allocate(layout(rest, 8), &mut src).unwrap();
+        seg.deallocate(x, layout(24, 8), &mut src).unwrap();
+        let align = 1 << base.addr().trailing_zeros();
+        let p =
+            seg.allocate(layout(16, align), &mut src).unwrap_or_else(|e| panic!("align {align:#x}: {e:?}"));
+        assert_eq!(p.as_ptr(), base);
+        seg.check_invariants();
+        seg.deallocate(p, layout(16, align), &mut src).unwrap();
+        seg.deallocate(y, layout(rest, 8), &mut src).unwrap();
+        assert_eq!(seg.stats().free_chunks, 1);
+        libc::munmap(base.cast(), LEN);
+    }
+}
+
 /// A block grows backwards into a sliver before it, moving its contents,
 /// and forwards into a sliver after it, in place (found by a hostile pass:
 /// the first did not).

@@ -200,8 +200,9 @@ impl Hooks for Cached {
         (!thread_cache::cached_anywhere(&self.arena_mirror, p, layout)).then_some(layout)
     }
 
-    /// Takes back what the caches hold for this heap and tries `again`,
-    /// once, so that no request fails while cached memory could serve it.
+    /// Takes back what the caches hold for this heap and, if anything came
+    /// back, tries `again`, once, so that no request fails while cached
+    /// memory could serve it.
     #[cold]
     #[inline(never)]
     fn failed<S: PageSource>(
@@ -213,7 +214,9 @@ impl Hooks for Cached {
         if matches!(e, AllocateError::Refused(_) | AllocateError::InvalidLayout { .. }) {
             return heap.or_null(Err(e));
         }
-        self.reclaim(heap);
+        if !self.take_back(heap) {
+            return heap.or_null(Err(e));
+        }
         let result = again(heap);
         heap.or_null(result)
     }
@@ -221,14 +224,7 @@ impl Hooks for Cached {
     /// Frees every block that threads' caches hold for this heap, and those
     /// that exiting threads gave back.
     fn reclaim<S: PageSource>(&self, heap: &mut Heap<S>) {
-        thread_cache::drain_all(&self.link, &mut |block, layout| {
-            // SAFETY: a cached block is a live block of this heap, which
-            // `layout` frees, still tagged.
-            if unsafe { heap.deallocate_cached(block, layout) }.is_err() {
-                heap.stats.refused_frees += 1;
-            }
-        });
-        self.free_returned(heap);
+        self.take_back(heap);
     }
 
     /// The reallocs done without the lock, in place or into a cached block.
@@ -270,6 +266,21 @@ impl Hooks for Cached {
 }
 
 impl Cached {
+    /// Frees every block that threads' caches hold for this heap, and those
+    /// that exiting threads gave back. Returns whether there were any.
+    fn take_back<S: PageSource>(&self, heap: &mut Heap<S>) -> bool {
+        let mut any = false;
+        thread_cache::drain_all(&self.link, &mut |block, layout| {
+            any = true;
+            // SAFETY: a cached block is a live block of this heap, which
+            // `layout` frees, still tagged.
+            if unsafe { heap.deallocate_cached(block, layout) }.is_err() {
+                heap.stats.refused_frees += 1;
+            }
+        });
+        self.free_returned(heap) || any
+    }
+
     /// Whether threads cache this heap's blocks now.
     #[inline(always)]
     fn on(&self) -> bool {
@@ -425,11 +436,12 @@ impl Cached {
 
     /// Frees, with the lock held, the blocks that exiting threads gave back.
     #[inline(always)]
-    fn free_returned<S: PageSource>(&self, heap: &mut Heap<S>) {
+    fn free_returned<S: PageSource>(&self, heap: &mut Heap<S>) -> bool {
         let block = thread_cache::take_returned(&self.link);
         if !block.is_null() {
             Self::free_returned_list(block, heap);
         }
+        !block.is_null()
     }
 
     /// Frees, through the lock in one trip, the blocks a full bin of this

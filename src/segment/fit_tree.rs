@@ -477,10 +477,11 @@ impl FitTree {
             return Some((first, pad));
         }
         // Any block this long fits with no sliver after: the largest pad
-        // is one unit short of the alignment.
-        let worst_pad = u32::try_from((align >> UNIT_SHIFT).saturating_sub(1)).ok()?;
-        let sure = need.checked_add(worst_pad)?;
-        if let Some(clean) = sure.checked_add(MIN_UNITS) {
+        // is one unit short of the alignment (none for an alignment past
+        // every window).
+        let worst_pad = u32::try_from((align >> UNIT_SHIFT).saturating_sub(1)).ok();
+        let sure = worst_pad.and_then(|pad| need.checked_add(pad));
+        if let Some(clean) = sure.and_then(|sure| sure.checked_add(MIN_UNITS)) {
             let second = self.leftmost_at_least(clean);
             if second != NIL {
                 return self.placement(second, need, align).map(|(pad, _)| (second, pad));
@@ -489,9 +490,11 @@ impl FitTree {
         if let Some((pad, _)) = fits {
             return Some((first, pad));
         }
-        let third = self.leftmost_at_least(sure);
-        if third != NIL {
-            return self.placement(third, need, align).map(|(pad, _)| (third, pad));
+        if let Some(sure) = sure {
+            let third = self.leftmost_at_least(sure);
+            if third != NIL {
+                return self.placement(third, need, align).map(|(pad, _)| (third, pad));
+            }
         }
         self.first_placement(need, align)
     }
