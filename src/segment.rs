@@ -70,6 +70,7 @@ mod config;
 mod error;
 mod fit_tree;
 mod free;
+mod quick;
 mod span_map;
 mod tlsf;
 mod window;
@@ -174,6 +175,9 @@ pub struct SegmentAllocator {
     /// Pointer provenance for the whole window's span, and its length, while
     /// it is held.
     window_span: Option<(NonNull<u8>, usize)>,
+    /// The window's span as `(start, len)` while TLSF serves it whole, else
+    /// `(0, 0)`: the one test of the quick calls (`segment/quick.rs`).
+    quick_window: (usize, usize),
     /// A wholly free span kept against thrashing (page-mapping sources).
     spare: Option<NonNull<u8>>,
     /// Requests from this size take the slow path: a span of their own
@@ -226,6 +230,7 @@ impl SegmentAllocator {
         map: SpanMap::EMPTY,
         config: Config { first_fit: false, span_min: 0, large_threshold: 0 },
         window_span: None,
+        quick_window: (0, 0),
         spare: None,
         large: 0,
         spans: 0,
@@ -308,7 +313,7 @@ impl SegmentAllocator {
         }
         // Blocks are reached through the window's provenance (`reach`).
         let _ = start.as_ptr().expose_provenance();
-        self.window_span = Some((start, len));
+        self.set_window_span(Some((start, len)));
         self.spans += 1;
         self.span_bytes += len;
         if self.engine() == Engine::Tlsf {
@@ -322,6 +327,15 @@ impl SegmentAllocator {
             unsafe { self.first_fit.init(start.as_ptr(), len) };
         }
         true
+    }
+
+    /// Holds (or, `None`, no longer holds) the window's span.
+    fn set_window_span(&mut self, span: Option<(NonNull<u8>, usize)>) {
+        self.window_span = span;
+        self.quick_window = match span {
+            Some((start, len)) if self.engine() == Engine::Tlsf => (start.as_ptr() as usize, len),
+            _ => (0, 0),
+        };
     }
 
     /// Whether layer +2 takes its arenas from this layer (a committed
@@ -602,7 +616,7 @@ impl SegmentAllocator {
                 Some((start, len)) if self.stats().allocated_bytes == 0 => {
                     self.first_fit = linked_list_allocator::Heap::empty();
                     self.tree = FitTree::new();
-                    self.window_span = None;
+                    self.set_window_span(None);
                     self.spans -= 1;
                     self.span_bytes -= len;
                     self.released += 1;

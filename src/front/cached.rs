@@ -14,7 +14,8 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::hooks::{Guard, Hooks, Lock, no_unwind};
 use super::quick::{
-    alloc_locked, alloc_quick, block_or_null, free_locked, free_quick, free_quick_unsized, realloc_locked,
+    alloc_locked, alloc_quick, alloc_quick_layer_0, beyond_small, block_or_null, free_locked, free_quick,
+    free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked, realloc_quick,
 };
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::thread_cache::Spill;
@@ -87,10 +88,14 @@ impl Hooks for Cached {
         layout: Layout,
         domain: Domain,
     ) -> *mut u8 {
-        if self.quick_allowed()
-            && let Some(p) = no_unwind(|| alloc_quick(heap, layout))
-        {
-            return p.as_ptr();
+        if self.quick_allowed() {
+            if may_be_small(layout) {
+                if let Some(p) = no_unwind(|| alloc_quick(heap, layout)) {
+                    return p.as_ptr();
+                }
+            } else if beyond_small(layout) {
+                return self.alloc_beyond_small(layout, domain, heap);
+            }
         }
         self.alloc_rest(layout, domain, heap)
     }
@@ -103,9 +108,16 @@ impl Hooks for Cached {
         layout: Layout,
         domain: Domain,
     ) {
-        // SAFETY: forwarded contract.
-        if self.quick_allowed() && no_unwind(|| unsafe { free_quick(heap, p, layout) }) {
-            return;
+        if self.quick_allowed() {
+            if may_be_small(layout) {
+                // SAFETY: forwarded contract.
+                if no_unwind(|| unsafe { free_quick(heap, p, layout) }) {
+                    return;
+                }
+            } else if beyond_small(layout) {
+                // SAFETY: forwarded contract.
+                return unsafe { self.dealloc_beyond_small(p, layout, domain, heap) };
+            }
         }
         // SAFETY: as above; the quick path left the block as it was.
         unsafe { self.dealloc_rest(p, layout, domain, heap) }
@@ -119,6 +131,13 @@ impl Hooks for Cached {
         new_size: usize,
     ) -> *mut u8 {
         no_unwind(|| {
+            if self.quick_allowed()
+                // SAFETY: forwarded contract; the quick path left the block
+                // as it was if it declined.
+                && let Some(q) = unsafe { realloc_quick(heap, p, layout, new_size) }
+            {
+                return q.as_ptr();
+            }
             if self.on() {
                 // SAFETY: forwarded contract.
                 match unsafe { thread_cache::realloc(&self.link, &self.arena_mirror, p, layout, new_size) } {
@@ -316,6 +335,44 @@ impl Cached {
             }
             alloc_locked(self, heap, layout)
         })
+    }
+
+    /// An allocation [`beyond_small`] while the quick paths serve: layer
+    /// 0's quick call, else [`alloc_rest`](Self::alloc_rest) (out of line,
+    /// so that the small request's path keeps its few registers).
+    #[inline(never)]
+    fn alloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        layout: Layout,
+        domain: Domain,
+        heap: &Lock<S, L>,
+    ) -> *mut u8 {
+        match no_unwind(|| alloc_quick_layer_0(heap, layout)) {
+            Some(p) => p.as_ptr(),
+            None => self.alloc_rest(layout, domain, heap),
+        }
+    }
+
+    /// A free [`beyond_small`] while the quick paths serve, as
+    /// [`alloc_beyond_small`](Self::alloc_beyond_small).
+    ///
+    /// # Safety
+    ///
+    /// As [`Hooks::dealloc`].
+    #[inline(never)]
+    unsafe fn dealloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        p: NonNull<u8>,
+        layout: Layout,
+        domain: Domain,
+        heap: &Lock<S, L>,
+    ) {
+        // SAFETY: forwarded contract; the quick call left the block as it
+        // was if it declined.
+        if !no_unwind(|| unsafe { free_quick_layer_0(heap, p, layout) }) {
+            // SAFETY: as above.
+            unsafe { self.dealloc_rest(p, layout, domain, heap) }
+        }
     }
 
     /// Every free the quick path leaves, as [`alloc_rest`](Self::alloc_rest).

@@ -12,7 +12,7 @@ use super::{
     AllocateError, COLD_REQUESTS, DeallocateError, FrontStats, GROWING_THRESHOLD, HeapStats, InvalidConfig,
     PROMOTING_STREAK, Report, TIGHT_ARENAS,
 };
-use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator};
+use crate::object::{self, ALIGNMENT, Geometry, ObjectAllocator, SMALL_REQUEST_THRESHOLD};
 use crate::segment::{self, Config, SegmentAllocator};
 use crate::source::{PageSource, PagesError, RegionSource, reach};
 use crate::sync::stat;
@@ -707,9 +707,136 @@ impl<S: PageSource> Heap<S> {
         Ok(moved)
     }
 
+    /// [`reallocate`](Self::reallocate) to a size layer 0 serves as given
+    /// (above every geometry's threshold), through layer 0's quick calls
+    /// (`segment/quick.rs`), of a block of layer +2 or of a block of layer 0
+    /// whose size is above the thresholds too: the same result, or `None`,
+    /// having changed nothing, where they decline — and for a block on the
+    /// streak of doublings that promotes it, and every refusal.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate`](Self::reallocate).
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub(super) unsafe fn reallocate_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let align = layout.align();
+        if new_size <= SMALL_REQUEST_THRESHOLD
+            || align > ALIGNMENT
+            || new_size > isize::MAX as usize - (align - 1)
+        {
+            return None;
+        }
+        // SAFETY: `align` and `new_size` passed the overflow check above.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        let ptr = reach(ptr);
+        let in_object = self.object.owns(ptr.as_ptr());
+        if in_object {
+            // As `reallocate` checks a +2 block. It cannot stay: its class
+            // is below `new_size`.
+            // SAFETY: a pointer into an arena of ours, checked to be a
+            // block of its pool before `may_free` asks more.
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+                return None;
+            }
+        } else if layout.size() <= SMALL_REQUEST_THRESHOLD {
+            // (Layer 0 sees a small layout rounded to its class.)
+            return None;
+        } else {
+            self.segment.quick_block(ptr, layout, self.source.discard_from())?;
+        }
+        // The doubling streak, as `reallocate` keeps it; a block on the
+        // streak that promotes it was found in the table (which then did
+        // not change) and goes the full way.
+        let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
+        let next = self.growing_next;
+        let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
+        if matches!(growth, Some((_, streak)) if streak >= PROMOTING_STREAK) {
+            return None;
+        }
+        let keep = layout.size().min(new_size);
+        let moved = if in_object {
+            let Some(q) = self.segment.allocate_quick(new_layout) else {
+                self.growing_next = next;
+                return None;
+            };
+            // SAFETY: both blocks are live, distinct, and at least `keep`
+            // bytes long; the old one is a live +2 block (checked), freed
+            // once: by the common case if it serves, else in full.
+            unsafe {
+                move_data(ptr, q, keep);
+                if !self.object.deallocate_quick(ptr) {
+                    let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+                    let freed = self.object.deallocate(ptr, &mut pages);
+                    debug_assert!(freed, "a live +2 block was refused");
+                }
+            }
+            q
+        } else {
+            // SAFETY: a block of layer 0 just checked by `quick_block`.
+            if unsafe { self.segment.resize_quick(ptr, new_size) } {
+                stat!(self.stats.realloc_in_place += 1);
+                if let Some((slot, streak)) = growth {
+                    self.growing[slot] = (ptr.as_ptr() as usize, streak);
+                }
+                return Some(ptr);
+            }
+            // SAFETY: as above, `keep` at most both sizes.
+            match unsafe { self.move_quick(ptr, new_layout, keep) } {
+                Some(q) => q,
+                None => {
+                    self.growing_next = next;
+                    return None;
+                }
+            }
+        };
+        if let Some((slot, streak)) = growth {
+            self.growing[slot] = (moved.as_ptr() as usize, streak);
+        }
+        stat!(self.stats.realloc_moved += 1);
+        Some(moved)
+    }
+
+    /// The end of [`reallocate_quick`](Self::reallocate_quick) for a block
+    /// of layer 0 that cannot resize in place: grown backward into the free
+    /// chunk before it, or moved to a new block of layer 0's lists, as
+    /// [`reallocate`](Self::reallocate) would; `None` (nothing changed)
+    /// where that needs the full path.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a block that layer 0's `quick_block` accepted, with
+    /// `keep` at most its size and `new_layout.size()`.
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    unsafe fn move_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_layout: Layout,
+        keep: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promise.
+        if let Some(q) = unsafe { self.segment.grow_backward_quick(ptr, new_layout.size(), keep) } {
+            return Some(q);
+        }
+        let q = self.segment.allocate_quick(new_layout)?;
+        // SAFETY: both blocks are live, distinct, and at least `keep` bytes
+        // long; the old one was checked and is freed once.
+        unsafe {
+            move_data(ptr, q, keep);
+            self.segment.free_quick_block(ptr);
+        }
+        Some(q)
+    }
+
     /// The slot in the table of growing blocks for a doubling realloc of
     /// `ptr`, and how many doublings in a row it has had with this one.
-    #[cold]
+    #[inline]
     fn doubling_streak(&mut self, ptr: NonNull<u8>) -> (usize, u32) {
         match self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize) {
             Some(i) => (i, self.growing[i].1 + 1),

@@ -26,8 +26,48 @@ use crate::source::{PageSource, reach};
 /// quick paths try the lock only for these, so that a call bound for layer
 /// 0 takes the lock once, not twice.
 #[inline(always)]
-const fn may_be_small(layout: Layout) -> bool {
+pub(super) const fn may_be_small(layout: Layout) -> bool {
     layout.size().wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && layout.align() <= ALIGNMENT
+}
+
+/// Whether `layout` is larger than a small request in every geometry: what
+/// layer 0 serves as given. The quick paths try layer 0's quick calls for
+/// these (`segment/quick.rs`), out of line from the small request's path
+/// (which then keeps its few registers).
+#[inline(always)]
+pub(super) const fn beyond_small(layout: Layout) -> bool {
+    layout.size() > SMALL_REQUEST_THRESHOLD
+}
+
+/// The common allocation of a request [`beyond_small`]: from layer 0's
+/// lists in O(1), if the lock is free. `None`: nothing was done.
+#[inline(always)]
+pub(super) fn alloc_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
+    heap: &Lock<S, L>,
+    layout: Layout,
+) -> Option<NonNull<u8>> {
+    heap.try_lock()?.segment.allocate_quick(layout)
+}
+
+/// The common free of a block whose layout is [`beyond_small`]: a block of
+/// layer 0's committed window, checked as the full path checks it, if the
+/// lock is free. `false`: nothing was done.
+///
+/// # Safety
+///
+/// As [`Heap::deallocate`](super::Heap::deallocate).
+#[inline(always)]
+pub(super) unsafe fn free_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
+    heap: &Lock<S, L>,
+    ptr: NonNull<u8>,
+    layout: Layout,
+) -> bool {
+    let Some(mut heap) = heap.try_lock() else { return false };
+    let discard_from = heap.source.discard_from();
+    // A pointer into an arena is no block of layer 0 (the full path
+    // refuses it); others are layer 0's to check.
+    // SAFETY: forwarded contract.
+    !heap.object.owns(ptr.as_ptr()) && unsafe { heap.segment.deallocate_quick(ptr, layout, discard_from) }
 }
 
 /// The common allocation: a small request served from the head pool of its
@@ -67,6 +107,28 @@ pub(super) unsafe fn free_quick<S: PageSource, L: lock_api::RawMutex>(
     // SAFETY: a block of an arena of ours is, by the caller's contract, a
     // live +2 block.
     heap.object.owns(ptr.as_ptr()) && unsafe { heap.object.deallocate_quick(ptr) }
+}
+
+/// The common realloc: a block resized to a size layer 0 serves as given,
+/// through layer 0's quick calls, if the lock is free
+/// ([`Heap::reallocate_quick`](super::Heap::reallocate_quick)). `None`:
+/// nothing was done.
+///
+/// # Safety
+///
+/// As [`Heap::reallocate`](super::Heap::reallocate).
+#[inline(always)]
+pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
+    heap: &Lock<S, L>,
+    ptr: NonNull<u8>,
+    layout: Layout,
+    new_size: usize,
+) -> Option<NonNull<u8>> {
+    if new_size <= SMALL_REQUEST_THRESHOLD {
+        return None;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { heap.try_lock()?.reallocate_quick(ptr, layout, new_size) }
 }
 
 /// [`free_quick`] for a free without a layout: the block must also start
@@ -217,6 +279,9 @@ impl Hooks for Quick {
         layout: Layout,
         _: Domain,
     ) -> *mut u8 {
+        if !may_be_small(layout) && beyond_small(layout) {
+            return self.alloc_beyond_small(layout, heap);
+        }
         match no_unwind(|| alloc_quick(heap, layout)) {
             Some(p) => p.as_ptr(),
             None => self.alloc_rest(layout, heap),
@@ -231,6 +296,10 @@ impl Hooks for Quick {
         layout: Layout,
         _: Domain,
     ) {
+        if !may_be_small(layout) && beyond_small(layout) {
+            // SAFETY: forwarded contract.
+            return unsafe { self.dealloc_beyond_small(p, layout, heap) };
+        }
         // SAFETY: forwarded contract.
         if !no_unwind(|| unsafe { free_quick(heap, p, layout) }) {
             // SAFETY: as above; the quick path left the block as it was.
@@ -245,8 +314,14 @@ impl Hooks for Quick {
         layout: Layout,
         new_size: usize,
     ) -> *mut u8 {
-        // SAFETY: forwarded contract.
-        no_unwind(|| unsafe { realloc_locked(self, heap, p, layout, new_size) })
+        // SAFETY: forwarded contract; the quick path left the block as it
+        // was if it declined.
+        no_unwind(|| unsafe {
+            match realloc_quick(heap, p, layout, new_size) {
+                Some(q) => q.as_ptr(),
+                None => realloc_locked(self, heap, p, layout, new_size),
+            }
+        })
     }
 
     unsafe fn dealloc_unsized<S: PageSource, L: lock_api::RawMutex>(
@@ -279,6 +354,40 @@ impl Quick {
     #[inline(never)]
     fn alloc_rest<S: PageSource, L: lock_api::RawMutex>(&self, layout: Layout, heap: &Lock<S, L>) -> *mut u8 {
         no_unwind(|| alloc_locked(self, heap, layout))
+    }
+
+    /// An allocation [`beyond_small`]: layer 0's quick call, else the
+    /// lock.
+    #[inline(never)]
+    fn alloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        layout: Layout,
+        heap: &Lock<S, L>,
+    ) -> *mut u8 {
+        match no_unwind(|| alloc_quick_layer_0(heap, layout)) {
+            Some(p) => p.as_ptr(),
+            None => self.alloc_rest(layout, heap),
+        }
+    }
+
+    /// A free [`beyond_small`]: layer 0's quick call, else the lock.
+    ///
+    /// # Safety
+    ///
+    /// As [`Heap::deallocate`](super::Heap::deallocate).
+    #[inline(never)]
+    unsafe fn dealloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        p: NonNull<u8>,
+        layout: Layout,
+        heap: &Lock<S, L>,
+    ) {
+        // SAFETY: forwarded contract; the quick call left the block as it
+        // was if it declined.
+        if !no_unwind(|| unsafe { free_quick_layer_0(heap, p, layout) }) {
+            // SAFETY: as above.
+            unsafe { self.dealloc_rest(p, layout, heap) }
+        }
     }
 
     /// Every free the quick path leaves.

@@ -265,7 +265,7 @@ impl SegmentAllocator {
             self.spare = None;
         }
         if self.window_span.is_some_and(|(s, _)| s == span) {
-            self.window_span = None;
+            self.set_window_span(None);
         } else {
             self.map.set(span.as_ptr() as usize, len, false);
         }

@@ -478,18 +478,31 @@ impl Tlsf {
     pub fn allocate(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
         if align <= GRANULE {
-            let (c, have) = self.take_fit(need)?;
+            let (c, have) = self.take_fit::<true>(need)?;
             // SAFETY: `c` is a free chunk of `have >= need` bytes, just unlinked.
             return Some(unsafe { self.use_chunk(c, have, need) });
         }
         self.allocate_aligned(need, align)
     }
 
-    /// Finds and unlinks a free chunk of at least `need` bytes: from the
-    /// first list whose chunks all fit, else first fit in `need`'s own
-    /// list.
+    /// [`allocate`](Self::allocate) for a request aligned to at most
+    /// [`GRANULE`], when a list lookup serves it: the same chunk, or `None`
+    /// (nothing changed) where `allocate` would search the lists
+    /// exhaustively. O(1): the front's quick path.
     #[inline(always)]
-    fn take_fit(&mut self, need: usize) -> Option<(*mut u8, usize)> {
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub fn allocate_quick(&mut self, size: usize) -> Option<NonNull<u8>> {
+        let need = chunk_size(size)?;
+        let (c, have) = self.take_fit::<false>(need)?;
+        // SAFETY: `c` is a free chunk of `have >= need` bytes, just unlinked.
+        Some(unsafe { self.use_chunk(c, have, need) })
+    }
+
+    /// Finds and unlinks a free chunk of at least `need` bytes: from the
+    /// first list whose chunks all fit, else (if `EXHAUSTIVE`) first fit in
+    /// `need`'s own list and up.
+    #[inline(always)]
+    fn take_fit<const EXHAUSTIVE: bool>(&mut self, need: usize) -> Option<(*mut u8, usize)> {
         let ceil = bin_ceil(need);
         let floor = bin_of(need);
         if floor != ceil && !self.head_mut(floor).is_null() {
@@ -516,6 +529,9 @@ impl Tlsf {
         {
             // SAFETY: `bin` is a non-empty list.
             return Some(unsafe { self.pop(bin) });
+        }
+        if !EXHAUSTIVE {
+            return None;
         }
         self.take_first_fit(floor, need, 0)
     }
@@ -724,6 +740,7 @@ impl Tlsf {
     ///
     /// `payload` must be [`GRANULE`]-aligned with its header word in a live
     /// span.
+    #[inline(always)]
     pub unsafe fn in_use_chunk(payload: NonNull<u8>) -> Result<(usize, bool), ChunkError> {
         // SAFETY: the caller's promise.
         let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
@@ -742,6 +759,7 @@ impl Tlsf {
     ///
     /// `payload`'s chunk must be `chunk` bytes long in a live span, and the
     /// header after it must lie in that span.
+    #[inline(always)]
     pub unsafe fn next_head(payload: NonNull<u8>, chunk: usize) -> (bool, bool) {
         let c = payload.as_ptr().wrapping_sub(2 * WORD);
         // SAFETY: the caller's promise.

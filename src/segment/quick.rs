@@ -1,0 +1,125 @@
+//! Layer 0's quick calls: the common allocation, free and resize of a TLSF
+//! block, for the front door's quick path (`front/quick.rs`), which makes
+//! them under `try_lock` in a small stack frame and falls back to the full
+//! call on anything else.
+//!
+//! Each makes the choice its full call would make —
+//! [`allocate`](SegmentAllocator::allocate),
+//! [`deallocate`](SegmentAllocator::deallocate),
+//! [`resize_in_place`](SegmentAllocator::resize_in_place),
+//! [`grow_backward`](SegmentAllocator::grow_backward) — with the same
+//! checks, or declines having changed nothing: no block is placed
+//! differently, and nothing the full call refuses gets through. They
+//! decline whatever needs more than a list lookup or the block's own
+//! headers: a span from the source, the exhaustive search before a
+//! failure, an alignment above [`GRANULE`], pages to discard, the
+//! first-fit engines, the spans of a page-mapping source, and every
+//! refusal (the full call then says why).
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use super::SegmentAllocator;
+use super::tlsf::{self, GRANULE};
+use super::window::{WindowBlock, window_block};
+use crate::source::reach;
+
+// (The debug hooks take the full path on every call.)
+#[cfg_attr(feature = "debug", allow(dead_code))]
+impl SegmentAllocator {
+    /// [`allocate`](Self::allocate) when TLSF's lists serve `layout` in
+    /// O(1): the same block, or `None`, having changed nothing.
+    #[inline(always)]
+    pub(crate) fn allocate_quick(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        // `large` is 0 unless TLSF serves (see `allocate`).
+        if !tlsf::ON || layout.size() >= self.large || layout.align() > GRANULE {
+            return None;
+        }
+        self.tlsf.allocate_quick(layout.size())
+    }
+
+    /// The chunk size of `ptr`, a TLSF block in use in the committed
+    /// window that fits `layout`, as [`deallocate`](Self::deallocate)
+    /// checks it; `None` for anything else, or a chunk of at least
+    /// `discard_from` bytes (the source's [`discard_from`](crate::PageSource::discard_from)),
+    /// whose free discards pages.
+    #[inline(always)]
+    pub(crate) fn quick_block(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<usize> {
+        // SAFETY: `quick_window` is the span of the window TLSF holds, or
+        // empty, in which case no pointer lies in it and nothing is read.
+        match unsafe { window_block(self.quick_window, ptr, layout) } {
+            WindowBlock::Fits(chunk) if chunk < discard_from => Some(chunk),
+            _ => None,
+        }
+    }
+
+    /// [`deallocate`](Self::deallocate) of a block [`quick_block`](Self::quick_block)
+    /// accepts: `true` once freed, or `false`, having changed nothing.
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate`](Self::deallocate).
+    #[inline(always)]
+    pub(crate) unsafe fn deallocate_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        discard_from: usize,
+    ) -> bool {
+        let ptr = reach(ptr);
+        if self.quick_block(ptr, layout, discard_from).is_none() {
+            return false;
+        }
+        // SAFETY: checked to be a block in use of the engine.
+        unsafe { self.free_quick_block(ptr) };
+        true
+    }
+
+    /// Frees a block [`quick_block`](Self::quick_block) accepted. The
+    /// window is held whole, so no span goes back.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be such a block, reached through the window's provenance
+    /// (`reach`), not used after this call.
+    #[inline(always)]
+    pub(crate) unsafe fn free_quick_block(&mut self, ptr: NonNull<u8>) {
+        // SAFETY: the caller's promise.
+        let span = unsafe { self.tlsf.free(ptr) };
+        debug_assert!(self.whole, "the quick window is a committed source's, held whole");
+        let _ = span;
+    }
+
+    /// [`resize_in_place`](Self::resize_in_place) of a block
+    /// [`quick_block`](Self::quick_block) accepted: whether it now serves
+    /// `new_size` bytes (on `false` nothing changed).
+    ///
+    /// # Safety
+    ///
+    /// As for [`free_quick_block`](Self::free_quick_block), the block kept.
+    #[inline(always)]
+    pub(crate) unsafe fn resize_quick(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool {
+        // SAFETY: the caller's promise. (A tail given back is shorter than
+        // the chunk, which is below `discard_from`: no page to discard.)
+        unsafe { self.tlsf.resize(ptr, new_size) }
+    }
+
+    /// [`grow_backward`](Self::grow_backward) of a block
+    /// [`quick_block`](Self::quick_block) accepted, allocated aligned to at
+    /// most [`GRANULE`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`resize_quick`](Self::resize_quick), with `keep` at most
+    /// the block's size and `new_size`.
+    #[inline(always)]
+    pub(crate) unsafe fn grow_backward_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_size: usize,
+        keep: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promise.
+        unsafe { self.tlsf.grow_backward(ptr, new_size, keep) }
+    }
+}

@@ -1,0 +1,239 @@
+//! The quick paths of `LockedHeap` (`front/quick.rs`, `segment/quick.rs`):
+//! the calls they serve without the full path place every block where the
+//! full path (`Heap`'s own calls) places it, keep its contents, count what
+//! it counts, and refuse every misuse it refuses.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, alloc, dealloc};
+use std::ptr::NonNull;
+
+use common::Rng;
+use strata::LockedHeap;
+
+/// A region aligned to 4 MiB, so that two heaps over two of them lay out
+/// their arenas alike.
+struct Aligned {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl Aligned {
+    fn new(size: usize) -> Self {
+        let layout = Layout::from_size_align(size, 4 << 20).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = unsafe { alloc(layout) };
+        assert!(!ptr.is_null());
+        Self { ptr, layout }
+    }
+
+    /// A heap over the region (which must outlive it).
+    fn heap(&self) -> Box<LockedHeap> {
+        let heap = Box::new(LockedHeap::empty());
+        // SAFETY: the region is ours, and each test drops its heap first.
+        unsafe { heap.init(self.ptr, self.layout.size()) };
+        heap
+    }
+
+    fn offset(&self, p: *mut u8) -> Option<usize> {
+        (!p.is_null()).then(|| p as usize - self.ptr as usize)
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// A request size: mostly small (layer +2), a third between the small
+/// threshold and 8 KiB, some up to 256 KiB.
+fn size(rng: &mut Rng) -> usize {
+    match rng.below(10) {
+        0..=5 => 1 + rng.below(512) as usize,
+        6..=8 => 513 + rng.below(8 << 10) as usize,
+        _ => 1 + rng.below(256 << 10) as usize,
+    }
+}
+
+fn align(rng: &mut Rng) -> usize {
+    match rng.below(16) {
+        0 => 1 << (5 + rng.below(8)),
+        1..=7 => 16,
+        _ => 8,
+    }
+}
+
+/// Fills `len` bytes of a block with a pattern of its tag.
+unsafe fn fill(p: *mut u8, len: usize, tag: u64) {
+    // SAFETY: the caller's block.
+    unsafe { std::ptr::write_bytes(p, tag as u8, len) };
+}
+
+/// Whether the first `len` bytes of a block still hold its pattern.
+unsafe fn holds(p: *mut u8, len: usize, tag: u64) -> bool {
+    // SAFETY: the caller's block.
+    unsafe { std::slice::from_raw_parts(p, len) }.iter().all(|&b| b == tag as u8)
+}
+
+/// Replays one random program on two heaps of `region` bytes: `quick`
+/// through `GlobalAlloc` (its quick paths serve what they can) and `full`
+/// through `Heap`'s calls under its lock (never a quick path), checking
+/// that every block lands at the same offset.
+fn replay(region: usize, seed: u64, steps: usize) {
+    let (ra, rb) = (Aligned::new(region), Aligned::new(region));
+    let (quick, full) = (ra.heap(), rb.heap());
+    let mut rng = Rng(seed);
+    // (offset, layout, tag) of each live block.
+    let mut live: Vec<(usize, Layout, u64)> = Vec::new();
+    // `Heap`'s calls return failures; `GlobalAlloc` counts them.
+    let mut failures = 0;
+    for step in 0..steps {
+        let choice = rng.below(10);
+        if live.is_empty() || choice < 4 {
+            let layout = Layout::from_size_align(size(&mut rng), align(&mut rng)).unwrap();
+            // SAFETY: a non-zero size.
+            let a = ra.offset(unsafe { quick.alloc(layout) });
+            let b =
+                rb.offset(full.with(|h| h.allocate(layout)).map_or(std::ptr::null_mut(), NonNull::as_ptr));
+            assert_eq!(a, b, "step {step}: alloc {layout:?} placed differently");
+            failures += usize::from(b.is_none());
+            if let Some(off) = a {
+                // SAFETY: a fresh block of `layout`.
+                unsafe { fill(ra.ptr.add(off), layout.size(), step as u64) };
+                live.push((off, layout, step as u64));
+            }
+        } else if choice < 7 {
+            let (off, layout, tag) = live.swap_remove(rng.below(live.len() as u64) as usize);
+            // SAFETY: live blocks of each heap with their layout.
+            unsafe {
+                assert!(holds(ra.ptr.add(off), layout.size(), tag), "step {step}: contents lost");
+                quick.dealloc(ra.ptr.add(off), layout);
+                full.with(|h| h.deallocate(NonNull::new_unchecked(rb.ptr.add(off)), layout)).unwrap();
+            }
+        } else {
+            let i = rng.below(live.len() as u64) as usize;
+            let (off, layout, tag) = live[i];
+            let new_size = size(&mut rng);
+            // SAFETY: live blocks of each heap with their layout.
+            let (a, b) = unsafe {
+                let a = ra.offset(quick.realloc(ra.ptr.add(off), layout, new_size));
+                let b =
+                    full.with(|h| h.reallocate(NonNull::new_unchecked(rb.ptr.add(off)), layout, new_size));
+                (a, rb.offset(b.map_or(std::ptr::null_mut(), NonNull::as_ptr)))
+            };
+            assert_eq!(a, b, "step {step}: realloc of {layout:?} to {new_size} placed differently");
+            failures += usize::from(b.is_none());
+            if let Some(new) = a {
+                let kept = layout.size().min(new_size);
+                // SAFETY: the block, live at its new offset.
+                unsafe { assert!(holds(ra.ptr.add(new), kept, tag), "step {step}: realloc lost contents") };
+                let layout = Layout::from_size_align(new_size, layout.align()).unwrap();
+                // SAFETY: as above, `new_size` long.
+                unsafe { fill(ra.ptr.add(new), new_size, tag) };
+                live[i] = (new, layout, tag);
+            }
+        }
+    }
+    quick.with(|h| h.check_invariants());
+    full.with(|h| h.check_invariants());
+    let counted = |heap: &LockedHeap| {
+        let mut stats = heap.stats();
+        stats.front.failed_allocations = 0;
+        (heap.stats().front.failed_allocations, stats)
+    };
+    assert_eq!(counted(&quick), (failures, counted(&full).1), "the counters differ");
+    for (off, layout, _) in live {
+        // SAFETY: live blocks with their layout.
+        unsafe {
+            quick.dealloc(ra.ptr.add(off), layout);
+            full.with(|h| h.deallocate(NonNull::new_unchecked(rb.ptr.add(off)), layout)).unwrap();
+        }
+    }
+    assert_eq!(counted(&quick), (failures, counted(&full).1), "the counters differ once all is freed");
+    drop((quick, full));
+}
+
+#[test]
+fn quick_paths_place_blocks_as_the_full_path_does() {
+    for seed in 1..=4 {
+        replay(32 << 20, seed, if cfg!(miri) { 300 } else { 20_000 });
+    }
+}
+
+/// Under 16 MiB first fit serves layer 0: its quick calls decline every
+/// block, and the heap behaves as before.
+#[test]
+fn first_fit_heaps_take_the_full_path_alike() {
+    replay(4 << 20, 7, if cfg!(miri) { 300 } else { 10_000 });
+}
+
+/// A heap near exhaustion: the quick calls decline what only the full
+/// path's last resorts serve, and failures come at the same step.
+#[test]
+fn an_exhausted_heap_fails_alike() {
+    replay(17 << 20, 11, if cfg!(miri) { 300 } else { 20_000 });
+}
+
+/// Every misuse the full path refuses with a layout past the small sizes
+/// (served by layer 0's quick calls when used correctly) is refused,
+/// counted, and leaves the heap whole.
+#[test]
+fn quick_paths_refuse_what_the_full_path_refuses() {
+    let region = Aligned::new(32 << 20);
+    let heap = region.heap();
+    let layout = Layout::from_size_align(4096, 16).unwrap();
+    let mut refused = 0;
+    let mut check = |heap: &LockedHeap, what: &str| {
+        refused += 1;
+        assert_eq!(heap.stats().front.refused_frees, refused, "{what} was not refused");
+        heap.with(|h| h.check_invariants());
+    };
+    // SAFETY (all below): misuse the heap must refuse, on pointers whose
+    // memory is ours (the region, or a live block of the test).
+    unsafe {
+        let keep = heap.alloc(layout);
+        let p = heap.alloc(layout);
+        let after = heap.alloc(layout);
+        assert!(!keep.is_null() && !p.is_null() && !after.is_null());
+        // A wrong size, larger and smaller: the block stays live.
+        heap.dealloc(p, Layout::from_size_align(20_000, 16).unwrap());
+        check(&heap, "a free with too large a size");
+        heap.dealloc(p, Layout::from_size_align(1024, 16).unwrap());
+        check(&heap, "a free with too small a size");
+        // Interior pointers.
+        heap.dealloc(p.add(16), Layout::from_size_align(1024, 16).unwrap());
+        check(&heap, "a free of an interior pointer");
+        assert!(heap.realloc(p.add(64), Layout::from_size_align(1024, 16).unwrap(), 8192).is_null());
+        check(&heap, "a realloc of an interior pointer");
+        // A foreign pointer.
+        let mut foreign = vec![0u8; 8192];
+        heap.dealloc(foreign.as_mut_ptr().add(16), layout);
+        check(&heap, "a foreign free");
+        assert!(heap.realloc(foreign.as_mut_ptr().add(16), layout, 10_000).is_null());
+        check(&heap, "a foreign realloc");
+        // The block is intact, then freed twice.
+        std::ptr::write_bytes(p, 0xa5, 4096);
+        let q = heap.realloc(p, layout, 6000);
+        assert!(!q.is_null());
+        assert!(std::slice::from_raw_parts(q, 4096).iter().all(|&b| b == 0xa5));
+        let layout = Layout::from_size_align(6000, 16).unwrap();
+        heap.dealloc(q, layout);
+        heap.dealloc(q, layout);
+        check(&heap, "a double free");
+        assert!(heap.realloc(q, layout, 9000).is_null());
+        check(&heap, "a realloc of a freed block");
+        // A freed +2 block, reallocated past the small sizes.
+        let small = Layout::from_size_align(64, 8).unwrap();
+        let s = heap.alloc(small);
+        let s2 = heap.alloc(small);
+        heap.dealloc(s, small);
+        assert!(heap.realloc(s, small, 4096).is_null());
+        check(&heap, "a realloc of a freed small block");
+        heap.dealloc(s2, small);
+        heap.dealloc(keep, Layout::from_size_align(4096, 16).unwrap());
+        heap.dealloc(after, Layout::from_size_align(4096, 16).unwrap());
+    }
+    heap.with(|h| h.check_invariants());
+}
