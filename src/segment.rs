@@ -175,8 +175,10 @@ pub struct SegmentAllocator {
     /// Pointer provenance for the whole window's span, and its length, while
     /// it is held.
     window_span: Option<(NonNull<u8>, usize)>,
-    /// The window's span as `(start, len)` while TLSF serves it whole, else
-    /// `(0, 0)`: the one test of the quick calls (`segment/quick.rs`).
+    /// While TLSF serves the window's span whole, its payload addresses,
+    /// `(first, len)`: from the first chunk's payload to the sentinel's
+    /// header; else `(0, 0)`. The quick calls' one test of a pointer
+    /// (`segment/quick.rs`).
     quick_window: (usize, usize),
     /// A wholly free span kept against thrashing (page-mapping sources).
     spare: Option<NonNull<u8>>,
@@ -333,7 +335,9 @@ impl SegmentAllocator {
     fn set_window_span(&mut self, span: Option<(NonNull<u8>, usize)>) {
         self.window_span = span;
         self.quick_window = match span {
-            Some((start, len)) if self.engine() == Engine::Tlsf => (start.as_ptr() as usize, len),
+            Some((start, len)) if self.engine() == Engine::Tlsf => {
+                (start.as_ptr() as usize + SPAN_OVERHEAD, len - SPAN_OVERHEAD)
+            }
             _ => (0, 0),
         };
     }

@@ -20,6 +20,7 @@ use super::quick::{
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::thread_cache::Spill;
 use super::{AllocateError, Domain, Heap, HeapStats, thread_cache};
+use crate::object::SMALL_REQUEST_THRESHOLD;
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
 
@@ -123,6 +124,7 @@ impl Hooks for Cached {
         unsafe { self.dealloc_rest(p, layout, domain, heap) }
     }
 
+    #[inline(always)]
     unsafe fn realloc<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,
@@ -130,51 +132,12 @@ impl Hooks for Cached {
         layout: Layout,
         new_size: usize,
     ) -> *mut u8 {
-        no_unwind(|| {
-            if self.quick_allowed()
-                // SAFETY: forwarded contract; the quick path left the block
-                // as it was if it declined.
-                && let Some(q) = unsafe { realloc_quick(heap, p, layout, new_size) }
-            {
-                return q.as_ptr();
-            }
-            if self.on() {
-                // SAFETY: forwarded contract.
-                match unsafe { thread_cache::realloc(&self.link, &self.arena_mirror, p, layout, new_size) } {
-                    // A block freed into a cache (this thread's or
-                    // another's): refused, as the heap refuses a block it
-                    // has freed.
-                    thread_cache::Realloc::Cached => {
-                        self.refuse(heap);
-                        return ptr::null_mut();
-                    }
-                    thread_cache::Realloc::Locked => {}
-                    thread_cache::Realloc::InPlace => return reach(p).as_ptr(),
-                    thread_cache::Realloc::Refill { new } => {
-                        let new = self.alloc_stocking(heap, new, Some(p));
-                        if !new.is_null() {
-                            // SAFETY: both blocks are live, distinct, and at
-                            // least this long; the old one is freed once,
-                            // and not used afterwards.
-                            unsafe {
-                                ptr::copy_nonoverlapping(p.as_ptr(), new, layout.size().min(new_size));
-                                self.dealloc(heap, p, layout, Domain::HEAP);
-                            }
-                        }
-                        return new;
-                    }
-                    thread_cache::Realloc::Moved { new, free_old } => {
-                        if free_old {
-                            // SAFETY: the old block, live until now, freed once.
-                            unsafe { free_locked(self, heap, p, layout) };
-                        }
-                        return new.as_ptr();
-                    }
-                }
-            }
+        if self.quick_allowed() && new_size > SMALL_REQUEST_THRESHOLD {
             // SAFETY: forwarded contract.
-            unsafe { realloc_locked(self, heap, p, layout, new_size) }
-        })
+            return unsafe { self.realloc_beyond_small(heap, p, layout, new_size) };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.realloc_rest(heap, p, layout, new_size) }
     }
 
     unsafe fn dealloc_unsized<S: PageSource, L: lock_api::RawMutex>(
@@ -373,6 +336,84 @@ impl Cached {
             // SAFETY: as above.
             unsafe { self.dealloc_rest(p, layout, domain, heap) }
         }
+    }
+
+    /// A realloc to a size past the small sizes while the quick paths
+    /// serve: layer 0's quick calls, else [`realloc_rest`](Self::realloc_rest)
+    /// (out of line, in a frame of its own).
+    ///
+    /// # Safety
+    ///
+    /// As [`Hooks::realloc`].
+    #[inline(never)]
+    unsafe fn realloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded contract; the quick path left the block as it
+        // was if it declined.
+        match no_unwind(|| unsafe { realloc_quick(heap, p, layout, new_size) }) {
+            Some(q) => q.as_ptr(),
+            // SAFETY: as above.
+            None => unsafe { self.realloc_rest(heap, p, layout, new_size) },
+        }
+    }
+
+    /// Every realloc the quick paths leave: through this thread's cache
+    /// when the caches are on, else under the lock.
+    ///
+    /// # Safety
+    ///
+    /// As [`Hooks::realloc`].
+    #[inline(never)]
+    unsafe fn realloc_rest<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        no_unwind(|| {
+            if self.on() {
+                // SAFETY: forwarded contract.
+                match unsafe { thread_cache::realloc(&self.link, &self.arena_mirror, p, layout, new_size) } {
+                    // A block freed into a cache (this thread's or
+                    // another's): refused, as the heap refuses a block it
+                    // has freed.
+                    thread_cache::Realloc::Cached => {
+                        self.refuse(heap);
+                        return ptr::null_mut();
+                    }
+                    thread_cache::Realloc::Locked => {}
+                    thread_cache::Realloc::InPlace => return reach(p).as_ptr(),
+                    thread_cache::Realloc::Refill { new } => {
+                        let new = self.alloc_stocking(heap, new, Some(p));
+                        if !new.is_null() {
+                            // SAFETY: both blocks are live, distinct, and at
+                            // least this long; the old one is freed once,
+                            // and not used afterwards.
+                            unsafe {
+                                ptr::copy_nonoverlapping(p.as_ptr(), new, layout.size().min(new_size));
+                                self.dealloc(heap, p, layout, Domain::HEAP);
+                            }
+                        }
+                        return new;
+                    }
+                    thread_cache::Realloc::Moved { new, free_old } => {
+                        if free_old {
+                            // SAFETY: the old block, live until now, freed once.
+                            unsafe { free_locked(self, heap, p, layout) };
+                        }
+                        return new.as_ptr();
+                    }
+                }
+            }
+            // SAFETY: forwarded contract.
+            unsafe { realloc_locked(self, heap, p, layout, new_size) }
+        })
     }
 
     /// Every free the quick path leaves, as [`alloc_rest`](Self::alloc_rest).

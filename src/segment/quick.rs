@@ -20,8 +20,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use super::SegmentAllocator;
-use super::tlsf::{self, GRANULE};
-use super::window::{WindowBlock, window_block};
+use super::tlsf::{self, GRANULE, MIN_CHUNK, Tlsf};
 use crate::source::reach;
 
 // (The debug hooks take the full path on every call.)
@@ -39,18 +38,36 @@ impl SegmentAllocator {
     }
 
     /// The chunk size of `ptr`, a TLSF block in use in the committed
-    /// window that fits `layout`, as [`deallocate`](Self::deallocate)
-    /// checks it; `None` for anything else, or a chunk of at least
-    /// `discard_from` bytes (the source's [`discard_from`](crate::PageSource::discard_from)),
-    /// whose free discards pages.
+    /// window whose chunk is a tight fit for `layout` (what TLSF hands out:
+    /// at most a rest too small to split off), as
+    /// [`deallocate`](Self::deallocate) checks it; `None` for anything
+    /// else — every refusal, looser fits (blocks that a thread cache
+    /// served), and chunks of at least `discard_from` bytes (the source's
+    /// [`discard_from`](crate::PageSource::discard_from)), whose free
+    /// discards pages — which the full path then checks and serves or
+    /// refuses.
     #[inline(always)]
     pub(crate) fn quick_block(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<usize> {
-        // SAFETY: `quick_window` is the span of the window TLSF holds, or
-        // empty, in which case no pointer lies in it and nothing is read.
-        match unsafe { window_block(self.quick_window, ptr, layout) } {
-            WindowBlock::Fits(chunk) if chunk < discard_from => Some(chunk),
-            _ => None,
+        // The window's payload addresses: past the first chunk's two words.
+        let (first, len) = self.quick_window;
+        let addr = ptr.as_ptr() as usize;
+        let off = addr.wrapping_sub(first);
+        if off >= len || !addr.is_multiple_of(GRANULE) {
+            return None;
         }
+        // SAFETY: `ptr` is aligned, and its chunk's header lies in the span
+        // (at or after the first chunk's).
+        let (chunk, _) = unsafe { Tlsf::in_use_chunk(ptr) }.ok()?;
+        // The chunk ends by the sentinel (`chunk <= len - off`), so the
+        // header after it lies in the span.
+        if chunk.wrapping_sub(tlsf::layout_chunk(layout)) >= MIN_CHUNK
+            || chunk > len - off
+            || chunk >= discard_from
+        {
+            return None;
+        }
+        // SAFETY: as just checked.
+        unsafe { Tlsf::next_head(ptr, chunk) }.0.then_some(chunk)
     }
 
     /// [`deallocate`](Self::deallocate) of a block [`quick_block`](Self::quick_block)

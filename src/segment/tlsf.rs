@@ -175,6 +175,14 @@ pub const fn chunk_size(size: usize) -> Option<usize> {
     }
 }
 
+/// [`chunk_size`] of a request that a [`Layout`](core::alloc::Layout)
+/// holds, whose size (at most `isize::MAX`) cannot overflow it.
+#[inline(always)]
+pub const fn layout_chunk(layout: core::alloc::Layout) -> usize {
+    let s = (layout.size() + WORD + GRANULE - 1) & !(GRANULE - 1);
+    if s < MIN_CHUNK { MIN_CHUNK } else { s }
+}
+
 /// Why a block handed back to the engine was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkError {
