@@ -36,7 +36,10 @@
 //! **The common call.** [`LockedHeap`]'s `alloc` and `dealloc` first try,
 //! under `try_lock`, the call most programs make most: a small block from
 //! the head pool of its class, or the free of a +2 block whose pool stays on
-//! its lists (`quick.rs`); everything else goes to an out-of-line path.
+//! its lists; past the small sizes, layer 0's O(1) calls on TLSF's lists and
+//! a committed window's blocks, `realloc` included (`quick.rs`). Each makes
+//! the full path's choice with its checks, or declines untouched, and
+//! everything else goes to an out-of-line path.
 //!
 //! **Domains and debug hooks.** [`LockedHeap`]'s entry points take the
 //! [`Domain`] a block is allocated through ([`DomainAlloc`]): `GlobalAlloc`

@@ -5,10 +5,20 @@
 //! **The common call.** `alloc` and `dealloc` first try, under `try_lock`,
 //! the call most programs make most: a small block from the head pool of its
 //! class, or the free of a +2 block whose pool stays on its lists. That much
-//! fits in a few registers; everything else — layer 0, pools changing
-//! state, a held lock — goes to an out-of-line locked path, so the common
-//! call pays for no large stack frame. The quick path makes the choice
+//! fits in a few registers; everything else — pools changing state, a held
+//! lock — goes to an out-of-line locked path, so the common call pays for no
+//! large stack frame. The quick path makes the choice
 //! [`Heap::allocate`](super::Heap::allocate) makes, so it changes no block's placement.
+//!
+//! **Layer 0's common call.** A request past the small sizes (above 512
+//! bytes, so layer 0's in every geometry) tries layer 0's quick calls in a
+//! frame of its own (`segment/quick.rs`): an allocation from TLSF's lists
+//! in O(1), the free of a block of a committed window that its header and
+//! its neighbour's say is in use and of that size, a realloc in place,
+//! backward or to a new block, all with the checks of the full path. They
+//! make the full path's choices or decline untouched, and a declined call
+//! takes the lock again on the full path: a few instructions, against the
+//! full path's frame on every call.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -23,8 +33,7 @@ use crate::source::{PageSource, reach};
 
 /// Whether `layout` could be small in any geometry: at most
 /// [`SMALL_REQUEST_THRESHOLD`] bytes, aligned to at most [`ALIGNMENT`]. The
-/// quick paths try the lock only for these, so that a call bound for layer
-/// 0 takes the lock once, not twice.
+/// small quick paths try the lock only for these.
 #[inline(always)]
 pub(super) const fn may_be_small(layout: Layout) -> bool {
     layout.size().wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && layout.align() <= ALIGNMENT
