@@ -65,6 +65,14 @@ fn align(rng: &mut Rng) -> usize {
     }
 }
 
+/// The alignment that marks a block reallocated without its layout, which
+/// the test then frees and reallocates without one only.
+const UNSIZED: usize = 1;
+
+fn unsized_only(layout: Layout) -> bool {
+    layout.align() == UNSIZED
+}
+
 /// Fills `len` bytes of a block with a pattern of its tag.
 unsafe fn fill(p: *mut u8, len: usize, tag: u64) {
     // SAFETY: the caller's block.
@@ -78,10 +86,10 @@ unsafe fn holds(p: *mut u8, len: usize, tag: u64) -> bool {
 }
 
 /// Replays one random program on two heaps of `region` bytes: `quick`
-/// through `GlobalAlloc` (its quick paths serve what they can) and `full`
-/// through `Heap`'s calls under its lock (never a quick path), checking
-/// that every block lands at the same offset.
-fn replay(region: usize, seed: u64, steps: usize) {
+/// through `GlobalAlloc` and the unsized calls of C (its quick paths serve
+/// what they can) and `full` through `Heap`'s calls under its lock (never a
+/// quick path), checking that every block lands at the same offset.
+fn replay(region: usize, seed: u64, steps: usize, unsized_calls: bool) {
     let (ra, rb) = (Aligned::new(region), Aligned::new(region));
     let (quick, full) = (ra.heap(), rb.heap());
     let mut rng = Rng(seed);
@@ -106,22 +114,40 @@ fn replay(region: usize, seed: u64, steps: usize) {
             }
         } else if choice < 7 {
             let (off, layout, tag) = live.swap_remove(rng.below(live.len() as u64) as usize);
-            // SAFETY: live blocks of each heap with their layout.
+            // SAFETY: live blocks of each heap with their layout (or
+            // without one: C's `free`).
             unsafe {
                 assert!(holds(ra.ptr.add(off), layout.size(), tag), "step {step}: contents lost");
-                quick.dealloc(ra.ptr.add(off), layout);
-                full.with(|h| h.deallocate(NonNull::new_unchecked(rb.ptr.add(off)), layout)).unwrap();
+                let b = NonNull::new_unchecked(rb.ptr.add(off));
+                if unsized_only(layout) || (unsized_calls && rng.below(2) == 0) {
+                    quick.dealloc_unsized(ra.ptr.add(off));
+                    full.with(|h| h.deallocate_unsized(b)).unwrap();
+                } else {
+                    quick.dealloc(ra.ptr.add(off), layout);
+                    full.with(|h| h.deallocate(b, layout)).unwrap();
+                }
             }
         } else {
             let i = rng.below(live.len() as u64) as usize;
             let (off, layout, tag) = live[i];
             let new_size = size(&mut rng);
-            // SAFETY: live blocks of each heap with their layout.
+            let without = unsized_only(layout) || (unsized_calls && rng.below(4) == 0);
+            // SAFETY: live blocks of each heap with their layout (or
+            // without one: C's `realloc`).
             let (a, b) = unsafe {
-                let a = ra.offset(quick.realloc(ra.ptr.add(off), layout, new_size));
-                let b =
-                    full.with(|h| h.reallocate(NonNull::new_unchecked(rb.ptr.add(off)), layout, new_size));
-                (a, rb.offset(b.map_or(std::ptr::null_mut(), NonNull::as_ptr)))
+                let b = NonNull::new_unchecked(rb.ptr.add(off));
+                let (a, b) = if without {
+                    (
+                        quick.realloc_unsized(ra.ptr.add(off), new_size),
+                        full.with(|h| h.reallocate_unsized(b, new_size)),
+                    )
+                } else {
+                    (
+                        quick.realloc(ra.ptr.add(off), layout, new_size),
+                        full.with(|h| h.reallocate(b, layout, new_size)),
+                    )
+                };
+                (ra.offset(a), rb.offset(b.map_or(std::ptr::null_mut(), NonNull::as_ptr)))
             };
             assert_eq!(a, b, "step {step}: realloc of {layout:?} to {new_size} placed differently");
             failures += usize::from(b.is_none());
@@ -129,7 +155,10 @@ fn replay(region: usize, seed: u64, steps: usize) {
                 let kept = layout.size().min(new_size);
                 // SAFETY: the block, live at its new offset.
                 unsafe { assert!(holds(ra.ptr.add(new), kept, tag), "step {step}: realloc lost contents") };
-                let layout = Layout::from_size_align(new_size, layout.align()).unwrap();
+                // A block reallocated without its layout has the alignment
+                // `malloc` promises, no more: it is freed without one too.
+                let align = if without { UNSIZED } else { layout.align() };
+                let layout = Layout::from_size_align(new_size, align).unwrap();
                 // SAFETY: as above, `new_size` long.
                 unsafe { fill(ra.ptr.add(new), new_size, tag) };
                 live[i] = (new, layout, tag);
@@ -147,8 +176,14 @@ fn replay(region: usize, seed: u64, steps: usize) {
     for (off, layout, _) in live {
         // SAFETY: live blocks with their layout.
         unsafe {
-            quick.dealloc(ra.ptr.add(off), layout);
-            full.with(|h| h.deallocate(NonNull::new_unchecked(rb.ptr.add(off)), layout)).unwrap();
+            let b = NonNull::new_unchecked(rb.ptr.add(off));
+            if unsized_only(layout) {
+                quick.dealloc_unsized(ra.ptr.add(off));
+                full.with(|h| h.deallocate_unsized(b)).unwrap();
+            } else {
+                quick.dealloc(ra.ptr.add(off), layout);
+                full.with(|h| h.deallocate(b, layout)).unwrap();
+            }
         }
     }
     assert_eq!(counted(&quick), (failures, counted(&full).1), "the counters differ once all is freed");
@@ -158,22 +193,23 @@ fn replay(region: usize, seed: u64, steps: usize) {
 #[test]
 fn quick_paths_place_blocks_as_the_full_path_does() {
     for seed in 1..=4 {
-        replay(32 << 20, seed, if cfg!(miri) { 300 } else { 20_000 });
+        replay(32 << 20, seed, if cfg!(miri) { 300 } else { 20_000 }, true);
     }
 }
 
 /// Under 16 MiB first fit serves layer 0: its quick calls decline every
-/// block, and the heap behaves as before.
+/// block, and the heap behaves as before. (Its blocks keep no size, so C's
+/// calls without one are not made.)
 #[test]
 fn first_fit_heaps_take_the_full_path_alike() {
-    replay(4 << 20, 7, if cfg!(miri) { 300 } else { 10_000 });
+    replay(4 << 20, 7, if cfg!(miri) { 300 } else { 10_000 }, false);
 }
 
 /// A heap near exhaustion: the quick calls decline what only the full
 /// path's last resorts serve, and failures come at the same step.
 #[test]
 fn an_exhausted_heap_fails_alike() {
-    replay(17 << 20, 11, if cfg!(miri) { 300 } else { 20_000 });
+    replay(17 << 20, 11, if cfg!(miri) { 300 } else { 20_000 }, true);
 }
 
 /// Every misuse the full path refuses with a layout past the small sizes
@@ -232,6 +268,18 @@ fn quick_paths_refuse_what_the_full_path_refuses() {
         assert!(heap.realloc(s, small, 4096).is_null());
         check(&heap, "a realloc of a freed small block");
         heap.dealloc(s2, small);
+        // C's calls, without a layout.
+        let u = heap.alloc(Layout::from_size_align(8192, 16).unwrap());
+        assert!(!u.is_null());
+        heap.dealloc_unsized(u.add(32));
+        check(&heap, "an unsized free of an interior pointer");
+        assert!(heap.realloc_unsized(u.add(32), 10_000).is_null());
+        check(&heap, "an unsized realloc of an interior pointer");
+        heap.dealloc_unsized(u);
+        heap.dealloc_unsized(u);
+        check(&heap, "an unsized double free");
+        assert!(heap.realloc_unsized(u, 10_000).is_null());
+        check(&heap, "an unsized realloc of a freed block");
         heap.dealloc(keep, Layout::from_size_align(4096, 16).unwrap());
         heap.dealloc(after, Layout::from_size_align(4096, 16).unwrap());
     }

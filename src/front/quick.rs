@@ -29,6 +29,7 @@ use super::Domain;
 use super::hooks::{Guard, no_unwind};
 use super::hooks::{Hooks, Lock};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
+use crate::segment::CHUNK_WORD;
 use crate::source::{PageSource, reach};
 
 /// Whether `layout` could be small in any geometry: at most
@@ -140,8 +141,11 @@ pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
     unsafe { heap.try_lock()?.reallocate_quick(ptr, layout, new_size) }
 }
 
-/// [`free_quick`] for a free without a layout: the block must also start
-/// where a block of its pool does.
+/// [`free_quick`] for a free without a layout (C's `free`): a +2 block
+/// must also start where a block of its pool does; a block of layer 0 is
+/// freed by its quick calls when its size is past the small sizes, as
+/// [`Heap::deallocate_unsized`](super::Heap::deallocate_unsized) frees it
+/// with the layout its chunk gives.
 ///
 /// # Safety
 ///
@@ -153,10 +157,20 @@ pub(super) unsafe fn free_quick_unsized<S: PageSource, L: lock_api::RawMutex>(
 ) -> bool {
     let Some(mut heap) = heap.try_lock() else { return false };
     let ptr = reach(ptr);
-    // SAFETY: a pointer into an arena of ours, checked to be a block of its
-    // pool, is by the caller's contract a live +2 block.
-    heap.object.owns(ptr.as_ptr())
-        && unsafe { heap.object.is_block_start(ptr) && heap.object.deallocate_quick(ptr) }
+    if heap.object.owns(ptr.as_ptr()) {
+        // SAFETY: a pointer into an arena of ours, checked to be a block of
+        // its pool, is by the caller's contract a live +2 block.
+        return unsafe { heap.object.is_block_start(ptr) && heap.object.deallocate_quick(ptr) };
+    }
+    let discard_from = heap.source.discard_from();
+    match heap.segment.quick_chunk(ptr, discard_from) {
+        Some(chunk) if chunk - CHUNK_WORD > SMALL_REQUEST_THRESHOLD => {
+            // SAFETY: a block of layer 0 in use, just checked, freed once.
+            unsafe { heap.segment.free_quick_block(ptr) };
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The block of an allocation's `result`, or null, counted: a failure goes

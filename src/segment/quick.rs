@@ -38,16 +38,14 @@ impl SegmentAllocator {
     }
 
     /// The chunk size of `ptr`, a TLSF block in use in the committed
-    /// window whose chunk is a tight fit for `layout` (what TLSF hands out:
-    /// at most a rest too small to split off), as
-    /// [`deallocate`](Self::deallocate) checks it; `None` for anything
-    /// else — every refusal, looser fits (blocks that a thread cache
-    /// served), and chunks of at least `discard_from` bytes (the source's
+    /// window, as [`deallocate`](Self::deallocate) checks it but for the
+    /// fit to a layout; `None` for anything else — every refusal, and
+    /// chunks of at least `discard_from` bytes (the source's
     /// [`discard_from`](crate::PageSource::discard_from)), whose free
     /// discards pages — which the full path then checks and serves or
     /// refuses.
     #[inline(always)]
-    pub(crate) fn quick_block(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<usize> {
+    pub(crate) fn quick_chunk(&self, ptr: NonNull<u8>, discard_from: usize) -> Option<usize> {
         // The window's payload addresses: past the first chunk's two words.
         let (first, len) = self.quick_window;
         let addr = ptr.as_ptr() as usize;
@@ -60,14 +58,21 @@ impl SegmentAllocator {
         let (chunk, _) = unsafe { Tlsf::in_use_chunk(ptr) }.ok()?;
         // The chunk ends by the sentinel (`chunk <= len - off`), so the
         // header after it lies in the span.
-        if chunk.wrapping_sub(tlsf::layout_chunk(layout)) >= MIN_CHUNK
-            || chunk > len - off
-            || chunk >= discard_from
-        {
+        if chunk > len - off || chunk >= discard_from {
             return None;
         }
         // SAFETY: as just checked.
         unsafe { Tlsf::next_head(ptr, chunk) }.0.then_some(chunk)
+    }
+
+    /// [`quick_chunk`](Self::quick_chunk) of a block whose chunk is also a
+    /// tight fit for `layout` (what TLSF hands out: at most a rest too
+    /// small to split off); looser fits (blocks that a thread cache
+    /// served) take the full path.
+    #[inline(always)]
+    pub(crate) fn quick_block(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<usize> {
+        let chunk = self.quick_chunk(ptr, discard_from)?;
+        (chunk.wrapping_sub(tlsf::layout_chunk(layout)) < MIN_CHUNK).then_some(chunk)
     }
 
     /// [`deallocate`](Self::deallocate) of a block [`quick_block`](Self::quick_block)
