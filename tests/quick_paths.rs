@@ -267,6 +267,8 @@ fn quick_paths_refuse_what_the_full_path_refuses() {
         heap.dealloc(s, small);
         assert!(heap.realloc(s, small, 4096).is_null());
         check(&heap, "a realloc of a freed small block");
+        assert!(heap.realloc_unsized(s, 4096).is_null());
+        check(&heap, "an unsized realloc of a freed small block");
         heap.dealloc(s2, small);
         // C's calls, without a layout.
         let u = heap.alloc(Layout::from_size_align(8192, 16).unwrap());

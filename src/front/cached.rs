@@ -12,10 +12,11 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use super::hooks::{Guard, Hooks, Lock, no_unwind};
+use super::hooks::{Guard, Hooks, Lock, no_unwind, realloc_own_layout};
 use super::quick::{
     alloc_locked, alloc_quick, alloc_quick_layer_0, beyond_small, block_or_null, free_locked, free_quick,
     free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked, realloc_quick,
+    realloc_unsized_quick,
 };
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::thread_cache::Spill;
@@ -138,6 +139,22 @@ impl Hooks for Cached {
         }
         // SAFETY: forwarded contract.
         unsafe { self.realloc_rest(heap, p, layout, new_size) }
+    }
+
+    unsafe fn realloc_unsized<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        new_size: usize,
+    ) -> *mut u8 {
+        if self.quick_allowed()
+            // SAFETY: forwarded contract.
+            && let Some(q) = no_unwind(|| unsafe { realloc_unsized_quick(heap, p, new_size) })
+        {
+            return q.as_ptr();
+        }
+        // SAFETY: as above; the quick path left the block as it was.
+        unsafe { realloc_own_layout(self, heap, p, new_size) }
     }
 
     unsafe fn dealloc_unsized<S: PageSource, L: lock_api::RawMutex>(

@@ -802,6 +802,43 @@ impl<S: PageSource> Heap<S> {
         Some(moved)
     }
 
+    /// [`reallocate_unsized`](Self::reallocate_unsized) through
+    /// [`reallocate_quick`](Self::reallocate_quick), with the layout
+    /// [`usable_layout`](Self::usable_layout) gives a +2 block or a block
+    /// of layer 0's committed window past the small sizes; `None`, having
+    /// changed nothing, where either declines.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate_unsized`](Self::reallocate_unsized).
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub(super) unsafe fn reallocate_unsized_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let ptr = reach(ptr);
+        let size = if self.object.owns(ptr.as_ptr()) {
+            // SAFETY: as in `usable_layout`.
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+                return None;
+            }
+            // SAFETY: a block in use of an arena of ours (just checked).
+            unsafe { self.object.block_size(ptr) }
+        } else {
+            let chunk = self.segment.quick_chunk(ptr, self.source.discard_from())?;
+            // (A small size is rounded to its class: the full path.)
+            let size = chunk - segment::CHUNK_WORD;
+            if size <= SMALL_REQUEST_THRESHOLD {
+                return None;
+            }
+            size
+        };
+        // SAFETY: forwarded contract, with the block's own layout.
+        unsafe { self.reallocate_quick(ptr, usable_layout(size), new_size) }
+    }
+
     /// The end of [`reallocate_quick`](Self::reallocate_quick) for a block
     /// of layer 0 that cannot resize in place: grown backward into the free
     /// chunk before it, or moved to a new block of layer 0's lists, as

@@ -136,6 +136,24 @@ pub(super) trait Hooks: Sized {
         unsafe { self.usable_layout(heap, p) }
     }
 
+    /// C's `realloc` of a non-null block without its layout: by default
+    /// [`realloc`](Self::realloc) with [`realloc_layout`](Self::realloc_layout)'s
+    /// layout, a block that has none refused (null, counted).
+    ///
+    /// # Safety
+    ///
+    /// As [`dealloc_unsized`](Self::dealloc_unsized); `new_size` is not
+    /// zero.
+    unsafe fn realloc_unsized<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { realloc_own_layout(self, heap, p, new_size) }
+    }
+
     /// An allocation failed with `e` (the lock held): by default null,
     /// counted; hooks that hold blocks outside the heap take them back and
     /// try `again` first. (The debug hooks hold none, and never ask.)
@@ -200,6 +218,30 @@ pub(super) trait Hooks: Sized {
         let mut h = self.lock(heap);
         h.stats.refused_frees += 1;
         self.settle(h);
+    }
+}
+
+/// [`Hooks::realloc_unsized`]'s default: `hooks`' realloc of `p` with the
+/// layout [`Hooks::realloc_layout`] gives it, or null, refused and counted,
+/// when it has none.
+///
+/// # Safety
+///
+/// As [`Hooks::realloc_unsized`].
+pub(super) unsafe fn realloc_own_layout<H: Hooks, S: PageSource, L: lock_api::RawMutex>(
+    hooks: &H,
+    heap: &Lock<S, L>,
+    p: NonNull<u8>,
+    new_size: usize,
+) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    match unsafe { hooks.realloc_layout(heap, p) } {
+        // SAFETY: forwarded contract; the layout is the block's own.
+        Some(layout) => unsafe { hooks.realloc(heap, p, layout, new_size) },
+        None => {
+            hooks.refuse(heap);
+            core::ptr::null_mut()
+        }
     }
 }
 

@@ -312,16 +312,9 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         if new_size == 0 {
             return ptr::null_mut();
         }
-        // SAFETY: forwarded contract.
-        match unsafe { self.hooks.realloc_layout(&self.heap, p) } {
-            // SAFETY: forwarded contract; the layout is the block's own,
-            // the size not zero (`realloc` refuses one that overflows).
-            Some(layout) => unsafe { self.realloc(ptr, layout, new_size) },
-            None => {
-                self.hooks.refuse(&self.heap);
-                ptr::null_mut()
-            }
-        }
+        // SAFETY: forwarded contract; the size is not zero (`realloc`
+        // refuses one that overflows).
+        unsafe { self.hooks.realloc_unsized(&self.heap, p, new_size) }
     }
 
     /// Gives the spares back to the page source (see [`Heap::trim`]), after

@@ -26,7 +26,7 @@ use core::ptr::NonNull;
 #[cfg(not(feature = "caches"))]
 use super::Domain;
 #[cfg(not(feature = "caches"))]
-use super::hooks::{Guard, no_unwind};
+use super::hooks::{Guard, no_unwind, realloc_own_layout};
 use super::hooks::{Hooks, Lock};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
 use crate::segment::CHUNK_WORD;
@@ -139,6 +139,26 @@ pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
     }
     // SAFETY: forwarded contract.
     unsafe { heap.try_lock()?.reallocate_quick(ptr, layout, new_size) }
+}
+
+/// [`realloc_quick`] without a layout (C's `realloc`), if the lock is free
+/// ([`Heap::reallocate_unsized_quick`](super::Heap::reallocate_unsized_quick)).
+/// `None`: nothing was done.
+///
+/// # Safety
+///
+/// As [`Heap::reallocate_unsized`](super::Heap::reallocate_unsized).
+#[inline(always)]
+pub(super) unsafe fn realloc_unsized_quick<S: PageSource, L: lock_api::RawMutex>(
+    heap: &Lock<S, L>,
+    ptr: NonNull<u8>,
+    new_size: usize,
+) -> Option<NonNull<u8>> {
+    if new_size <= SMALL_REQUEST_THRESHOLD {
+        return None;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { heap.try_lock()?.reallocate_unsized_quick(ptr, new_size) }
 }
 
 /// [`free_quick`] for a free without a layout (C's `free`): a +2 block
@@ -345,6 +365,20 @@ impl Hooks for Quick {
                 None => realloc_locked(self, heap, p, layout, new_size),
             }
         })
+    }
+
+    unsafe fn realloc_unsized<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        if let Some(q) = no_unwind(|| unsafe { realloc_unsized_quick(heap, p, new_size) }) {
+            return q.as_ptr();
+        }
+        // SAFETY: as above; the quick path left the block as it was.
+        unsafe { realloc_own_layout(self, heap, p, new_size) }
     }
 
     unsafe fn dealloc_unsized<S: PageSource, L: lock_api::RawMutex>(
