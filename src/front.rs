@@ -53,8 +53,9 @@
 //! ([`thread_cache`], glibc's tcache), unless switched off with
 //! [`LockedHeap::set_thread_caches`].
 //!
-//! One file per concern: [`Heap`] and its routing (`heap.rs`), the
-//! lock and `GlobalAlloc` ([`LockedHeap`], `locked.rs`), what a call goes
+//! One file per concern: [`Heap`] and its routing (`heap.rs`, its realloc
+//! in `heap/realloc.rs`), the lock and `GlobalAlloc` ([`LockedHeap`],
+//! `locked.rs`), what a call goes
 //! through around the lock (`hooks.rs`: the contract and the one type the
 //! features select — `quick.rs`, `cached.rs` with [`thread_cache`], or
 //! [`debug`]), domains ([`Domain`], `domain.rs`), the statistics and their

@@ -1,0 +1,388 @@
+//! [`Heap`]'s realloc: in place when the block can stay, grown into its
+//! free neighbours, or moved — and the quick forms of it that the front's
+//! quick paths make (`reallocate_quick`), which take the same decisions.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+
+use super::{ArenaPages, Heap, usable_layout};
+use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK};
+use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
+use crate::segment;
+use crate::source::{PageSource, reach};
+use crate::sync::stat;
+
+impl<S: PageSource> Heap<S> {
+    /// Resizes a block without its layout (C's `realloc`), as
+    /// [`reallocate`](Self::reallocate) with its
+    /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate_unsized`](Self::deallocate_unsized); on success the
+    /// old block is not used again.
+    pub unsafe fn reallocate_unsized(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        let layout = self.usable_layout(ptr).map_err(AllocateError::Refused)?;
+        // SAFETY: forwarded contract; the layout is the block's own.
+        unsafe { self.reallocate(ptr, layout, new_size) }
+    }
+
+    /// Resizes a block to `new_size` bytes (same alignment), in place when it
+    /// can, keeping the first `min(old, new)` bytes.
+    ///
+    /// A pointer no layer owns, or (in layer 0) a block that is not in use
+    /// or does not fit `layout`, is refused with [`AllocateError::Refused`]
+    /// before anything is allocated.
+    ///
+    /// # Safety
+    ///
+    /// If any layer owns `ptr`, it must be a live block allocated by this
+    /// heap with `layout`.
+    #[inline(always)]
+    pub unsafe fn reallocate(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        let align = layout.align();
+        if new_size > isize::MAX as usize - (align - 1) {
+            return Err(AllocateError::InvalidLayout { size: new_size, align });
+        }
+        // SAFETY: `align` is a layout's alignment, and the size was just
+        // checked not to overflow `isize` once rounded up to it.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        let keep = layout.size().min(new_size);
+        // A block doubling past GROWING_THRESHOLD for the third time in a
+        // row, in place or not, is a buffer being grown (a `Vec`): when it
+        // has to move, it moves to the start of layer 0's largest free
+        // chunk, where later growths happen in place. (Doing so for every
+        // large growth scatters blocks over the free space and fragments it:
+        // talc's random-realloc fill lost 11 points that way with large
+        // mappings, 3 at the second doubling, none at the third.)
+        let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
+        let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
+        let moved = if self.object.owns(ptr.as_ptr()) {
+            // A block its pool has taken back (freed already), or a pointer
+            // into a block: refused, as a free of it is.
+            // SAFETY: a pointer into an arena of ours, checked to be a
+            // block of its pool before `may_free` asks more.
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+                return Err(AllocateError::Refused(DeallocateError::NotAllocated {
+                    ptr: ptr.as_ptr() as usize,
+                }));
+            }
+            // SAFETY: a live +2 block (caller contract).
+            let block = unsafe { self.object.block_size(ptr) };
+            if new_size <= block && (new_size > block / 2 || block <= ALIGNMENT) {
+                stat!(self.stats.realloc_in_place += 1);
+                return Ok(reach(ptr));
+            }
+            let new = self.allocate_moving(new_layout, growth)?;
+            let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+            // SAFETY: both blocks are live, distinct, and at least `keep`
+            // bytes long; the old one is a live +2 block, freed once.
+            unsafe {
+                move_data(ptr, new, keep);
+                let freed = self.object.deallocate(ptr, &mut pages);
+                debug_assert!(freed, "a live +2 block was refused");
+            }
+            new
+        } else {
+            let (old_small, new_small) = (self.is_small(layout), self.is_small(new_layout));
+            let (old, new) = (self.layer_0_layout(layout), self.layer_0_layout(new_layout));
+            // The third doubling in a row of a buffer being grown: it moves
+            // now, while small, to the start of layer 0's largest free
+            // chunk, where the doublings to come happen in place (left
+            // where it is, it would grow in place until its neighbour
+            // stops it, and then be copied at its largest).
+            let promote = !new_small && matches!(growth, Some((_, streak)) if streak == PROMOTING_STREAK);
+            let target = if promote { old.size() } else { new.size() };
+            // SAFETY: forwarded contract; layer 0 refuses what is not its
+            // block in use (a promoted block is only checked: same size).
+            let in_place = unsafe { self.segment.resize_in_place(ptr, old, target, &mut self.source) }
+                .map_err(AllocateError::Refused)?
+                && !promote;
+            let backward = if in_place {
+                Some(ptr)
+            } else if promote {
+                None
+            } else {
+                // SAFETY: a layer 0 block, checked just above; `keep` fits
+                // both sizes.
+                unsafe { self.segment.grow_backward(ptr, old, new.size(), keep) }
+            };
+            let kept = backward.is_some();
+            let moved = match backward {
+                Some(q) => q,
+                None => {
+                    let q = self.allocate_moving(new_layout, growth)?;
+                    // SAFETY: both blocks are live, distinct, and at least
+                    // `keep` bytes long; the old one was checked above and
+                    // is freed once.
+                    unsafe {
+                        move_data(ptr, q, keep);
+                        self.segment.deallocate_checked(ptr, old, &mut self.source);
+                    }
+                    q
+                }
+            };
+            // Counted in layer 0: the old block goes; a block kept there
+            // (resized or grown backward) comes back under its new size
+            // (`allocate` counts the blocks it places itself).
+            if old_small {
+                self.note_small_in_layer_0(layout, false);
+            }
+            if kept && new_small {
+                self.note_small_in_layer_0(new_layout, true);
+            }
+            if in_place {
+                stat!(self.stats.realloc_in_place += 1);
+                if let Some((slot, streak)) = growth {
+                    self.growing[slot] = (ptr.as_ptr() as usize, streak);
+                }
+                return Ok(reach(ptr));
+            }
+            moved
+        };
+        if let Some((slot, streak)) = growth {
+            self.growing[slot] = (moved.as_ptr() as usize, streak);
+        }
+        stat!(self.stats.realloc_moved += 1);
+        Ok(moved)
+    }
+
+    /// [`reallocate`](Self::reallocate) to a size layer 0 serves as given
+    /// (above every geometry's threshold), through layer 0's quick calls
+    /// (`segment/quick.rs`), of a block of layer +2 or of a block of layer 0
+    /// whose size is above the thresholds too: the same result, or `None`,
+    /// having changed nothing, where they decline — and for a block on the
+    /// streak of doublings that promotes it, and every refusal.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate`](Self::reallocate).
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub(in crate::front) unsafe fn reallocate_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let align = layout.align();
+        if new_size <= SMALL_REQUEST_THRESHOLD
+            || align > ALIGNMENT
+            || new_size > isize::MAX as usize - (align - 1)
+        {
+            return None;
+        }
+        // SAFETY: `align` and `new_size` passed the overflow check above.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        let ptr = reach(ptr);
+        let in_object = self.object.owns(ptr.as_ptr());
+        if in_object {
+            // As `reallocate` checks a +2 block. It cannot stay: its class
+            // is below `new_size`.
+            // SAFETY: a pointer into an arena of ours, checked to be a
+            // block of its pool before `may_free` asks more.
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+                return None;
+            }
+        } else if layout.size() <= SMALL_REQUEST_THRESHOLD {
+            // (Layer 0 sees a small layout rounded to its class.)
+            return None;
+        } else {
+            self.segment.quick_block(ptr, layout, self.source.discard_from())?;
+        }
+        // The doubling streak, as `reallocate` keeps it; a block on the
+        // streak that promotes it was found in the table (which then did
+        // not change) and goes the full way.
+        let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
+        let next = self.growing_next;
+        let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
+        if matches!(growth, Some((_, streak)) if streak >= PROMOTING_STREAK) {
+            return None;
+        }
+        let keep = layout.size().min(new_size);
+        let moved = if in_object {
+            let Some(q) = self.segment.allocate_quick(new_layout) else {
+                self.growing_next = next;
+                return None;
+            };
+            // SAFETY: both blocks are live, distinct, and at least `keep`
+            // bytes long; the old one is a live +2 block (checked), freed
+            // once: by the common case if it serves, else in full.
+            unsafe {
+                move_data(ptr, q, keep);
+                if !self.object.deallocate_quick(ptr) {
+                    let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+                    let freed = self.object.deallocate(ptr, &mut pages);
+                    debug_assert!(freed, "a live +2 block was refused");
+                }
+            }
+            q
+        } else {
+            // SAFETY: a block of layer 0 just checked by `quick_block`.
+            if unsafe { self.segment.resize_quick(ptr, new_size) } {
+                stat!(self.stats.realloc_in_place += 1);
+                if let Some((slot, streak)) = growth {
+                    self.growing[slot] = (ptr.as_ptr() as usize, streak);
+                }
+                return Some(ptr);
+            }
+            // SAFETY: as above, `keep` at most both sizes.
+            match unsafe { self.move_quick(ptr, new_layout, keep) } {
+                Some(q) => q,
+                None => {
+                    self.growing_next = next;
+                    return None;
+                }
+            }
+        };
+        if let Some((slot, streak)) = growth {
+            self.growing[slot] = (moved.as_ptr() as usize, streak);
+        }
+        stat!(self.stats.realloc_moved += 1);
+        Some(moved)
+    }
+
+    /// [`reallocate_unsized`](Self::reallocate_unsized) through
+    /// [`reallocate_quick`](Self::reallocate_quick), with the layout
+    /// [`usable_layout`](Self::usable_layout) gives a +2 block or a block
+    /// of layer 0's committed window past the small sizes; `None`, having
+    /// changed nothing, where either declines.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate_unsized`](Self::reallocate_unsized).
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub(in crate::front) unsafe fn reallocate_unsized_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let ptr = reach(ptr);
+        let size = if self.object.owns(ptr.as_ptr()) {
+            // SAFETY: as in `usable_layout`.
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+                return None;
+            }
+            // SAFETY: a block in use of an arena of ours (just checked).
+            unsafe { self.object.block_size(ptr) }
+        } else {
+            let chunk = self.segment.quick_chunk(ptr, self.source.discard_from())?;
+            // (A small size is rounded to its class: the full path.)
+            let size = chunk - segment::CHUNK_WORD;
+            if size <= SMALL_REQUEST_THRESHOLD {
+                return None;
+            }
+            size
+        };
+        // SAFETY: forwarded contract, with the block's own layout.
+        unsafe { self.reallocate_quick(ptr, usable_layout(size), new_size) }
+    }
+
+    /// The end of [`reallocate_quick`](Self::reallocate_quick) for a block
+    /// of layer 0 that cannot resize in place: grown backward into the free
+    /// chunk before it, or moved to a new block of layer 0's lists, as
+    /// [`reallocate`](Self::reallocate) would; `None` (nothing changed)
+    /// where that needs the full path.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a block that layer 0's `quick_block` accepted, with
+    /// `keep` at most its size and `new_layout.size()`.
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    unsafe fn move_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_layout: Layout,
+        keep: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promise.
+        if let Some(q) = unsafe { self.segment.grow_backward_quick(ptr, new_layout.size(), keep) } {
+            return Some(q);
+        }
+        let q = self.segment.allocate_quick(new_layout)?;
+        // SAFETY: both blocks are live, distinct, and at least `keep` bytes
+        // long; the old one was checked and is freed once.
+        unsafe {
+            move_data(ptr, q, keep);
+            self.segment.free_quick_block(ptr);
+        }
+        Some(q)
+    }
+
+    /// The slot in the table of growing blocks for a doubling realloc of
+    /// `ptr`, and how many doublings in a row it has had with this one.
+    #[inline]
+    fn doubling_streak(&mut self, ptr: NonNull<u8>) -> (usize, u32) {
+        match self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize) {
+            Some(i) => (i, self.growing[i].1 + 1),
+            None => {
+                let next = self.growing_next;
+                self.growing_next = (next + 1) % self.growing.len();
+                (next, 1)
+            }
+        }
+    }
+
+    /// The new block of a realloc that moves: at the start of layer 0's
+    /// largest free chunk for a block on its [`PROMOTING_STREAK`]th
+    /// doubling in a row, else an ordinary allocation.
+    #[inline]
+    fn allocate_moving(
+        &mut self,
+        layout: Layout,
+        growth: Option<(usize, u32)>,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        match growth {
+            // Small blocks are never promoted: they belong to their size
+            // class (in layer +2, or in layer 0 under the class's layout,
+            // which every later free and resize of theirs assumes).
+            Some((_, streak)) if streak >= PROMOTING_STREAK && !self.is_small(layout) => {
+                // SAFETY: as in `allocate`.
+                unsafe { self.segment.allocate_growable(layout, &mut self.source) }
+                    .map_err(AllocateError::Segment)
+            }
+            _ => self.allocate(layout),
+        }
+    }
+}
+
+/// Copies `len` bytes of a block that moves by realloc from `src` to `dst`.
+///
+/// A large copy whose destination lies just after its source modulo 4 KiB
+/// is copied from the end: copied from the start, each load would follow a
+/// store to an address the CPU cannot tell apart from it (4K aliasing), and
+/// the string copy of the C library slows down several times (*Measured
+/// choices* in `docs/DESIGN.md`).
+///
+/// # Safety
+///
+/// `src` and `dst` must be valid for `len` bytes and not overlap.
+#[inline]
+unsafe fn move_data(src: NonNull<u8>, dst: NonNull<u8>, len: usize) {
+    let (s, d) = (src.as_ptr(), dst.as_ptr());
+    if len < 4096 || (d as usize).wrapping_sub(s as usize) % 4096 >= 256 {
+        // SAFETY: the caller's promise.
+        unsafe { ptr::copy_nonoverlapping(s, d, len) };
+        return;
+    }
+    // From the end, in pieces: each piece's loads come before the stores
+    // that alias them.
+    let mut left = len;
+    while left > 0 {
+        let piece = left.min(256);
+        left -= piece;
+        // SAFETY: `[left, left + piece)` lies in both blocks.
+        unsafe { ptr::copy_nonoverlapping(s.add(left), d.add(left), piece) };
+    }
+}
