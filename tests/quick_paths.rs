@@ -287,3 +287,86 @@ fn quick_paths_refuse_what_the_full_path_refuses() {
     }
     heap.with(|h| h.check_invariants());
 }
+
+/// A block grown backward into the free chunk before it leaves its old
+/// address behind: a free or realloc of the old pointer is refused (its
+/// header went out of use as it moved), on the quick path and the full.
+#[test]
+fn the_old_pointer_of_a_block_grown_backward_is_refused() {
+    let l = |size| Layout::from_size_align(size, 16).unwrap();
+    for quick in [true, false] {
+        let region = Aligned::new(32 << 20);
+        let heap = region.heap();
+        // SAFETY (all below): blocks of this heap with their layouts, the
+        // misuse being the point (refused before anything is read past
+        // the heap's own headers).
+        unsafe {
+            let (a, b, n, c) =
+                (heap.alloc(l(4000)), heap.alloc(l(600)), heap.alloc(l(600)), heap.alloc(l(4000)));
+            assert!(!a.is_null() && !b.is_null() && !n.is_null() && !c.is_null());
+            std::ptr::write_bytes(b, 0x5a, 600);
+            heap.dealloc(a, l(4000));
+            heap.dealloc(n, l(600));
+            let grown = if quick {
+                heap.realloc(b, l(600), 1300)
+            } else {
+                heap.with(|h| h.reallocate(NonNull::new_unchecked(b), l(600), 1300)).unwrap().as_ptr()
+            };
+            assert!(grown < b, "the block was to grow backward");
+            assert!(std::slice::from_raw_parts(grown, 600).iter().all(|&x| x == 0x5a));
+            if quick {
+                assert!(heap.realloc(b, l(600), 700).is_null(), "a realloc of the old pointer was served");
+                heap.dealloc(b, l(600));
+            } else {
+                assert!(heap.with(|h| h.reallocate(NonNull::new_unchecked(b), l(600), 700)).is_err());
+                assert!(heap.with(|h| h.deallocate(NonNull::new_unchecked(b), l(600))).is_err());
+            }
+            if quick {
+                assert_eq!(heap.stats().front.refused_frees, 2, "the old pointer was not refused");
+            }
+            heap.with(|h| h.check_invariants());
+            // Nothing handed out over the grown block.
+            let d = heap.alloc(l(3000));
+            assert!(d.is_null() || d >= grown.add(1300) || d.add(3000) <= grown);
+            assert!(std::slice::from_raw_parts(grown, 600).iter().all(|&x| x == 0x5a));
+            heap.dealloc(grown, l(1300));
+            heap.dealloc(c, l(4000));
+            if !d.is_null() {
+                heap.dealloc(d, l(3000));
+            }
+            heap.with(|h| h.check_invariants());
+        }
+    }
+}
+
+/// A small block reallocated with a layout larger than the block is
+/// refused, with the thread caches off (quick and full paths) and on: the
+/// move would copy past the block, into its neighbours.
+#[test]
+fn a_small_block_reallocated_with_a_larger_layout_is_refused() {
+    let small = Layout::from_size_align(64, 16).unwrap();
+    // (Thread caches come with `std`.)
+    let modes: &[bool] = if cfg!(feature = "std") { &[false, true] } else { &[false] };
+    for &caches in modes {
+        for new_size in [200, 4096] {
+            let region = Aligned::new(32 << 20);
+            let heap = region.heap();
+            #[cfg(feature = "std")]
+            heap.set_thread_caches(caches);
+            // SAFETY: blocks of this heap; the wrong layout is the misuse.
+            unsafe {
+                let v: Vec<*mut u8> = (0..300).map(|_| heap.alloc(small)).collect();
+                assert!(v.iter().all(|p| !p.is_null()));
+                let p = v[200];
+                let before = heap.stats().front.refused_frees;
+                let q = heap.realloc(p, Layout::from_size_align(256, 16).unwrap(), new_size);
+                assert!(q.is_null(), "caches {caches}, to {new_size}: a realloc past the block was served");
+                assert_eq!(heap.stats().front.refused_frees, before + 1, "caches {caches}: not counted");
+                for p in v {
+                    heap.dealloc(p, small);
+                }
+            }
+            heap.with(|h| h.check_invariants());
+        }
+    }
+}

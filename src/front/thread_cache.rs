@@ -873,11 +873,12 @@ pub(crate) unsafe fn realloc(
             if unsafe { bins.small[class].holds(ptr) } {
                 return Realloc::Cached;
             }
+            let size = class_size(class, owner.class_shift);
             let Ok(new) = Layout::from_size_align(new_size, old.align()) else { return Realloc::Locked };
-            if !owner.is_small(new) {
+            // A layout larger than the block goes to the lock, which refuses it.
+            if !owner.is_small(new) || old.size() > size {
                 return Realloc::Locked;
             }
-            let size = class_size(class, owner.class_shift);
             if new_size <= size && new_size > size / 2 {
                 crate::sync::stat!(bins.reallocs.in_place += 1);
                 return Realloc::InPlace;

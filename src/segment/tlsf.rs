@@ -961,6 +961,10 @@ impl Tlsf {
             } else {
                 set_head(n, nh & !PREV_IN_USE);
             }
+            // The old header goes out of use where it stands, as a free
+            // leaves it, so that the old pointer is refused (while the moved
+            // data or a later block has not written over it).
+            set_head(c, h & !IN_USE);
             let moved = p.add(2 * WORD);
             ptr::copy(payload.as_ptr(), moved, keep);
             set_head(p, total | (head(p) & (PREV_IN_USE | FIRST)));

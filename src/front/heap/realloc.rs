@@ -78,6 +78,15 @@ impl<S: PageSource> Heap<S> {
             }
             // SAFETY: a live +2 block (caller contract).
             let block = unsafe { self.object.block_size(ptr) };
+            // A layout larger than the block is not the block's: refused, as
+            // layer 0 refuses one (the move would copy past the block).
+            if layout.size() > block {
+                return Err(AllocateError::Refused(DeallocateError::SizeMismatch {
+                    ptr: ptr.as_ptr() as usize,
+                    block,
+                    given: layout.size(),
+                }));
+            }
             if new_size <= block && (new_size > block / 2 || block <= ALIGNMENT) {
                 stat!(self.stats.realloc_in_place += 1);
                 return Ok(reach(ptr));
@@ -190,7 +199,11 @@ impl<S: PageSource> Heap<S> {
             // is below `new_size`.
             // SAFETY: a pointer into an arena of ours, checked to be a
             // block of its pool before `may_free` asks more.
-            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+            // (A layout larger than the block is refused there too.)
+            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) }
+                // SAFETY: a live +2 block, just checked.
+                || layout.size() > unsafe { self.object.block_size(ptr) }
+            {
                 return None;
             }
         } else if layout.size() <= SMALL_REQUEST_THRESHOLD {
