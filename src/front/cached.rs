@@ -149,7 +149,7 @@ impl Hooks for Cached {
     ) -> *mut u8 {
         if self.quick_allowed()
             // SAFETY: forwarded contract.
-            && let Some(q) = no_unwind(|| unsafe { realloc_unsized_quick(heap, p, new_size) })
+            && let Some(q) = no_unwind(|| unsafe { realloc_unsized_quick(heap, p, new_size, || self.quick_allowed()) })
         {
             return q.as_ptr();
         }
@@ -162,9 +162,12 @@ impl Hooks for Cached {
         heap: &Lock<S, L>,
         p: NonNull<u8>,
     ) {
-        // SAFETY: forwarded contract; the quick path frees only a +2 block
-        // that starts where a block of its pool does.
-        if self.quick_allowed() && no_unwind(|| unsafe { free_quick_unsized(heap, p) }) {
+        if self.quick_allowed()
+            // SAFETY: forwarded contract; the quick path frees only a +2
+            // block that starts where a block of its pool does, or a block
+            // of layer 0 that its headers say is in use.
+            && no_unwind(|| unsafe { free_quick_unsized(heap, p, || self.quick_allowed()) })
+        {
             return;
         }
         if self.on() {
@@ -349,7 +352,7 @@ impl Cached {
     ) {
         // SAFETY: forwarded contract; the quick call left the block as it
         // was if it declined.
-        if !no_unwind(|| unsafe { free_quick_layer_0(heap, p, layout) }) {
+        if !no_unwind(|| unsafe { free_quick_layer_0(heap, p, layout, || self.quick_allowed()) }) {
             // SAFETY: as above.
             unsafe { self.dealloc_rest(p, layout, domain, heap) }
         }
@@ -372,7 +375,7 @@ impl Cached {
     ) -> *mut u8 {
         // SAFETY: forwarded contract; the quick path left the block as it
         // was if it declined.
-        match no_unwind(|| unsafe { realloc_quick(heap, p, layout, new_size) }) {
+        match no_unwind(|| unsafe { realloc_quick(heap, p, layout, new_size, || self.quick_allowed()) }) {
             Some(q) => q.as_ptr(),
             // SAFETY: as above.
             None => unsafe { self.realloc_rest(heap, p, layout, new_size) },

@@ -18,7 +18,11 @@
 //! backward or to a new block, all with the checks of the full path. They
 //! make the full path's choices or decline untouched, and a declined call
 //! takes the lock again on the full path: a few instructions, against the
-//! full path's frame on every call.
+//! full path's frame on every call. The frees and reallocs among them take
+//! an `allowed` check that the hooks answer with the lock held: with
+//! thread caches, whether they are still off (they come on under the lock),
+//! so that no quick call frees a block a cache may hold — which only the
+//! caches' own checks would see.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -63,6 +67,8 @@ pub(super) fn alloc_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
 /// layer 0's committed window, checked as the full path checks it, if the
 /// lock is free. `false`: nothing was done.
 ///
+/// `allowed` is asked with the lock held (see the module docs).
+///
 /// # Safety
 ///
 /// As [`Heap::deallocate`](super::Heap::deallocate).
@@ -71,8 +77,12 @@ pub(super) unsafe fn free_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
     layout: Layout,
+    allowed: impl Fn() -> bool,
 ) -> bool {
     let Some(mut heap) = heap.try_lock() else { return false };
+    if !allowed() {
+        return false;
+    }
     let discard_from = heap.source.discard_from();
     // A pointer into an arena is no block of layer 0 (the full path
     // refuses it); others are layer 0's to check.
@@ -124,6 +134,8 @@ pub(super) unsafe fn free_quick<S: PageSource, L: lock_api::RawMutex>(
 /// ([`Heap::reallocate_quick`](super::Heap::reallocate_quick)). `None`:
 /// nothing was done.
 ///
+/// `allowed` is asked with the lock held (see the module docs).
+///
 /// # Safety
 ///
 /// As [`Heap::reallocate`](super::Heap::reallocate).
@@ -133,17 +145,21 @@ pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
     ptr: NonNull<u8>,
     layout: Layout,
     new_size: usize,
+    allowed: impl Fn() -> bool,
 ) -> Option<NonNull<u8>> {
     if new_size <= SMALL_REQUEST_THRESHOLD {
         return None;
     }
+    let mut heap = heap.try_lock()?;
     // SAFETY: forwarded contract.
-    unsafe { heap.try_lock()?.reallocate_quick(ptr, layout, new_size) }
+    allowed().then(|| unsafe { heap.reallocate_quick(ptr, layout, new_size) }).flatten()
 }
 
 /// [`realloc_quick`] without a layout (C's `realloc`), if the lock is free
 /// ([`Heap::reallocate_unsized_quick`](super::Heap::reallocate_unsized_quick)).
 /// `None`: nothing was done.
+///
+/// `allowed` is asked with the lock held (see the module docs).
 ///
 /// # Safety
 ///
@@ -153,12 +169,14 @@ pub(super) unsafe fn realloc_unsized_quick<S: PageSource, L: lock_api::RawMutex>
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
     new_size: usize,
+    allowed: impl Fn() -> bool,
 ) -> Option<NonNull<u8>> {
     if new_size <= SMALL_REQUEST_THRESHOLD {
         return None;
     }
+    let mut heap = heap.try_lock()?;
     // SAFETY: forwarded contract.
-    unsafe { heap.try_lock()?.reallocate_unsized_quick(ptr, new_size) }
+    allowed().then(|| unsafe { heap.reallocate_unsized_quick(ptr, new_size) }).flatten()
 }
 
 /// [`free_quick`] for a free without a layout (C's `free`): a +2 block
@@ -167,6 +185,8 @@ pub(super) unsafe fn realloc_unsized_quick<S: PageSource, L: lock_api::RawMutex>
 /// [`Heap::deallocate_unsized`](super::Heap::deallocate_unsized) frees it
 /// with the layout its chunk gives.
 ///
+/// `allowed` is asked with the lock held (see the module docs).
+///
 /// # Safety
 ///
 /// As [`Heap::deallocate_unsized`](super::Heap::deallocate_unsized).
@@ -174,8 +194,12 @@ pub(super) unsafe fn realloc_unsized_quick<S: PageSource, L: lock_api::RawMutex>
 pub(super) unsafe fn free_quick_unsized<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
+    allowed: impl Fn() -> bool,
 ) -> bool {
     let Some(mut heap) = heap.try_lock() else { return false };
+    if !allowed() {
+        return false;
+    }
     let ptr = reach(ptr);
     if heap.object.owns(ptr.as_ptr()) {
         // SAFETY: a pointer into an arena of ours, checked to be a block of
@@ -360,7 +384,7 @@ impl Hooks for Quick {
         // SAFETY: forwarded contract; the quick path left the block as it
         // was if it declined.
         no_unwind(|| unsafe {
-            match realloc_quick(heap, p, layout, new_size) {
+            match realloc_quick(heap, p, layout, new_size, || true) {
                 Some(q) => q.as_ptr(),
                 None => realloc_locked(self, heap, p, layout, new_size),
             }
@@ -374,7 +398,7 @@ impl Hooks for Quick {
         new_size: usize,
     ) -> *mut u8 {
         // SAFETY: forwarded contract.
-        if let Some(q) = no_unwind(|| unsafe { realloc_unsized_quick(heap, p, new_size) }) {
+        if let Some(q) = no_unwind(|| unsafe { realloc_unsized_quick(heap, p, new_size, || true) }) {
             return q.as_ptr();
         }
         // SAFETY: as above; the quick path left the block as it was.
@@ -389,7 +413,7 @@ impl Hooks for Quick {
         // SAFETY: forwarded contract; the quick path left the block as it
         // was if it declined.
         no_unwind(|| unsafe {
-            if !free_quick_unsized(heap, p) {
+            if !free_quick_unsized(heap, p, || true) {
                 free_unsized_locked(self, heap, p);
             }
         })
@@ -441,7 +465,7 @@ impl Quick {
     ) {
         // SAFETY: forwarded contract; the quick call left the block as it
         // was if it declined.
-        if !no_unwind(|| unsafe { free_quick_layer_0(heap, p, layout) }) {
+        if !no_unwind(|| unsafe { free_quick_layer_0(heap, p, layout, || true) }) {
             // SAFETY: as above.
             unsafe { self.dealloc_rest(p, layout, heap) }
         }
