@@ -936,8 +936,11 @@ fn check_memory_map(map: &[MemoryRegion], reserved: &[PhysRange], short: u64, si
                     let (lo, hi) = usable.fold((u128::MAX, 0), |(lo, hi), (s, e)| (lo.min(s), hi.max(e)));
                     if hi.saturating_sub(lo) <= u128::from(2 * WINDOW) && align >= FRAME {
                         let align = u128::from(align);
+                        // (A start is a physical address: below the limit,
+                        // even for an empty range.)
                         let free = (lo / align..=hi / align)
                             .map(|i| i * align)
+                            .filter(|&s| s < u128::from(LIMIT))
                             .find(|&s| fits(map, &blockers, s, size));
                         assert_eq!(free, None, "find_free_range missed {size:#x} bytes");
                     }
