@@ -81,6 +81,7 @@ use core::ptr::NonNull;
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError};
 use fit_tree::FitTree;
+#[cfg(any(feature = "caches", not(feature = "debug")))]
 pub(crate) use tlsf::WORD as CHUNK_WORD;
 use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
 #[cfg(feature = "caches")]

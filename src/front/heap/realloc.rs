@@ -5,10 +5,9 @@
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
-use super::{ArenaPages, Heap, usable_layout};
+use super::{ArenaPages, Heap};
 use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
-use crate::segment;
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
 
@@ -266,9 +265,8 @@ impl<S: PageSource> Heap<S> {
 
     /// [`reallocate_unsized`](Self::reallocate_unsized) through
     /// [`reallocate_quick`](Self::reallocate_quick), with the layout
-    /// [`usable_layout`](Self::usable_layout) gives a +2 block or a block
-    /// of layer 0's committed window past the small sizes; `None`, having
-    /// changed nothing, where either declines.
+    /// [`usable_layout`](Self::usable_layout) gives the block; `None`,
+    /// having changed nothing, where either declines.
     ///
     /// # Safety
     ///
@@ -280,25 +278,9 @@ impl<S: PageSource> Heap<S> {
         ptr: NonNull<u8>,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
-        let ptr = reach(ptr);
-        let size = if self.object.owns(ptr.as_ptr()) {
-            // SAFETY: as in `usable_layout`.
-            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
-                return None;
-            }
-            // SAFETY: a block in use of an arena of ours (just checked).
-            unsafe { self.object.block_size(ptr) }
-        } else {
-            let chunk = self.segment.quick_chunk(ptr, self.source.discard_from())?;
-            // (A small size is rounded to its class: the full path.)
-            let size = chunk - segment::CHUNK_WORD;
-            if size <= SMALL_REQUEST_THRESHOLD {
-                return None;
-            }
-            size
-        };
+        let layout = self.usable_layout(ptr).ok()?;
         // SAFETY: forwarded contract, with the block's own layout.
-        unsafe { self.reallocate_quick(ptr, usable_layout(size), new_size) }
+        unsafe { self.reallocate_quick(ptr, layout, new_size) }
     }
 
     /// The end of [`reallocate_quick`](Self::reallocate_quick) for a block
