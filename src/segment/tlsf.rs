@@ -100,12 +100,44 @@ const STORED_BINS: usize = if ON { BINS } else { 0 };
 const STORED_WORDS: usize = if ON { WORDS } else { 0 };
 const _: () = assert!(WORDS < BITS, "the summary word covers every bitmap word, with a bit to spare");
 
-/// `log2(units)` for `units >= LINEAR`, and the list index its level
-/// starts from: list `(fl << SL_SHIFT) + (units >> (fl - SL_SHIFT)) - BASE`
-/// for `units` in `[2^fl, 2^(fl+1))`, the shifted value being `SL + sl`.
+/// The list index a level starts from: list `(fl << SL_SHIFT) + (units >>
+/// (fl - SL_SHIFT)) - BASE` for `units` in `[2^fl, 2^(fl+1))`, the shifted
+/// value being `SL + sl`. With `LINEAR == 2 * SL`, the same formula with
+/// `fl` raised to `SL_SHIFT` gives `units` itself below `LINEAR`: one
+/// formula, without a branch, for every size (which side of `LINEAR` a
+/// chunk falls is as good as random, and a mispredicted branch costs more
+/// than the few instructions of the formula).
 const BASE: usize = (LINEAR_SHIFT as usize + 1) * SL - LINEAR;
+const _: () = assert!(LINEAR == 2 * SL);
 
-/// The list of `units` granules (`units >= LINEAR`), clamped to the last.
+/// `log2(units)`, raised to `SL_SHIFT`: the level of `units` granules.
+#[inline(always)]
+const fn level(units: usize) -> usize {
+    // SAFETY: the operand has bit SL_SHIFT set.
+    (usize::BITS - 1 - unsafe { core::num::NonZeroUsize::new_unchecked(units | SL) }.leading_zeros()) as usize
+}
+
+/// The free list of a chunk of `size` bytes (a multiple of [`GRANULE`])
+/// that lies in a span: shorter than `2^ADDRESS_BITS`, which no list index
+/// exceeds (requests, of any size, take [`bin_of`]).
+#[inline(always)]
+const fn chunk_bin(size: usize) -> usize {
+    let units = size >> GRANULE_SHIFT;
+    let fl = level(units);
+    let bin = (fl << SL_SHIFT) + (units >> (fl - SL_SHIFT as usize)) - BASE;
+    debug_assert!(bin < BINS, "a chunk longer than the address space");
+    bin
+}
+
+/// Whether `size` is shorter than `2^ADDRESS_BITS` (on 32-bit targets,
+/// every size is): whether [`chunk_bin`] takes it.
+#[inline(always)]
+const fn fits_address_space(size: usize) -> bool {
+    ADDRESS_BITS == usize::BITS || size >> (ADDRESS_BITS % usize::BITS) == 0
+}
+
+/// The list of `units` granules for `units >= LINEAR`, clamped to the
+/// last: for requests, of any size.
 #[inline(always)]
 const fn level_bin(units: usize) -> usize {
     // SAFETY: `units >= LINEAR > 0`.
@@ -115,7 +147,9 @@ const fn level_bin(units: usize) -> usize {
     if bin < BINS { bin } else { BINS - 1 }
 }
 
-/// The free list of a chunk of `size` bytes (a multiple of [`GRANULE`]).
+/// The list of a request's chunk size `size`, clamped to the last. (A
+/// request's size is the same from call to call more often than a freed
+/// chunk's: a branch serves it better than [`chunk_bin`]'s formula.)
 #[inline(always)]
 const fn bin_of(size: usize) -> usize {
     let units = size >> GRANULE_SHIFT;
@@ -156,6 +190,8 @@ const _: () = {
     let mut bin = 2;
     while bin < BINS {
         assert!(bin_of(bin_floor(bin)) == bin);
+        assert!(chunk_bin(bin_floor(bin)) == bin);
+        assert!(chunk_bin(bin_floor(bin) - GRANULE) == bin - 1 || bin == 2);
         assert!(bin_of(bin_floor(bin) - GRANULE) == bin - 1 || bin == 2);
         assert!(bin_ceil(bin_floor(bin)) == bin);
         assert!(bin_ceil(bin_floor(bin) + GRANULE) == bin + 1 || bin >= BINS - 2);
@@ -258,12 +294,21 @@ pub struct Tlsf {
     bitmap: [usize; STORED_WORDS],
     summary: usize,
     free_bytes: usize,
+    /// Where a list's last chunk's successor's back link would be: a slot
+    /// written and never read (see [`back_link`](Self::back_link)).
+    sink: *mut u8,
 }
 
 impl Tlsf {
     /// An engine with no span.
     pub const fn new() -> Self {
-        Self { heads: [ptr::null_mut(); STORED_BINS], bitmap: [0; STORED_WORDS], summary: 0, free_bytes: 0 }
+        Self {
+            heads: [ptr::null_mut(); STORED_BINS],
+            bitmap: [0; STORED_WORDS],
+            summary: 0,
+            free_bytes: 0,
+            sink: ptr::null_mut(),
+        }
     }
 
     /// Bytes in free chunks (headers included).
@@ -341,16 +386,14 @@ impl Tlsf {
     /// `c` must be a free chunk of a live span, on no list.
     #[inline]
     unsafe fn insert(&mut self, c: *mut u8, size: usize) {
-        let bin = bin_of(size);
+        let bin = chunk_bin(size);
         let next = *self.head_mut(bin);
         // SAFETY: `c` and `next` (if any) are free chunks of live spans.
         unsafe {
             let (n, p) = links(c);
             n.write(next);
             p.write(ptr::null_mut());
-            if !next.is_null() {
-                links(next).1.write(c);
-            }
+            self.back_link(next).write(c);
         }
         *self.head_mut(bin) = c;
         self.mark(bin);
@@ -370,7 +413,7 @@ impl Tlsf {
             let (next, prev) = (n.read(), p.read());
             if prev.is_null() {
                 // The list head: only then is the list's index needed.
-                let bin = bin_of(size);
+                let bin = chunk_bin(size);
                 *self.head_mut(bin) = next;
                 if next.is_null() {
                     self.unmark(bin);
@@ -378,11 +421,20 @@ impl Tlsf {
             } else {
                 links(prev).0.write(next);
             }
-            if !next.is_null() {
-                links(next).1.write(prev);
-            }
+            self.back_link(next).write(prev);
         }
         self.free_bytes -= size;
+    }
+
+    /// The back link of list successor `next`, or, when `next` is null (a
+    /// list's end), [`sink`](Self::sink): a store through it needs no
+    /// branch on whether a list goes on, which is as good as random.
+    #[inline(always)]
+    fn back_link(&mut self, next: *mut u8) -> *mut *mut u8 {
+        let sink: *mut *mut u8 = &raw mut self.sink;
+        // (Offset with wrapping arithmetic: `next` may be null.)
+        let link = next.wrapping_add(3 * WORD).cast();
+        if next.is_null() { sink } else { link }
     }
 
     /// The head of list `bin` (`bin < BINS`, as every list index computed
@@ -418,6 +470,8 @@ impl Tlsf {
             panic!("the TLSF engine is not built (feature `tlsf`)");
         }
         debug_assert!(len >= MIN_SPAN && len.is_multiple_of(GRANULE));
+        // Every chunk's list index is then in bounds (`chunk_bin`).
+        assert!(fits_address_space(len), "a span longer than the address space");
         let c = start.as_ptr();
         let size = len - SPAN_OVERHEAD;
         // SAFETY: the caller gives us the span; the chunk and the sentinel
