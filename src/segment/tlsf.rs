@@ -270,7 +270,15 @@ unsafe fn set_foot(c: *mut u8, size: usize) {
     unsafe { c.add(size).cast::<usize>().write(size) }
 }
 
-/// The free-list links of free chunk `c`: `(next, prev)` slots.
+/// The back link of a list's first chunk: the list's index, tagged in the
+/// low bit, which no chunk's address has set (chunks are [`GRANULE`]-aligned).
+#[inline(always)]
+fn head_tag(bin: usize) -> *mut u8 {
+    ptr::without_provenance_mut((bin << 1) | 1)
+}
+
+/// The free-list links of free chunk `c`: `(next, prev)` slots (`prev`
+/// is the list's [`head_tag`] for the first chunk).
 ///
 /// # Safety
 ///
@@ -392,7 +400,7 @@ impl Tlsf {
         unsafe {
             let (n, p) = links(c);
             n.write(next);
-            p.write(ptr::null_mut());
+            p.write(head_tag(bin));
             self.back_link(next).write(c);
         }
         *self.head_mut(bin) = c;
@@ -411,9 +419,10 @@ impl Tlsf {
         unsafe {
             let (n, p) = links(c);
             let (next, prev) = (n.read(), p.read());
-            if prev.is_null() {
-                // The list head: only then is the list's index needed.
-                let bin = chunk_bin(size);
+            if prev.addr() & 1 != 0 {
+                // The list's first chunk: its back link is its list's tag
+                // (no need to compute the list from the size).
+                let bin = prev.addr() >> 1;
                 *self.head_mut(bin) = next;
                 if next.is_null() {
                     self.unmark(bin);
@@ -616,7 +625,7 @@ impl Tlsf {
             if next.is_null() {
                 self.unmark(bin);
             } else {
-                links(next).1.write(ptr::null_mut());
+                links(next).1.write(head_tag(bin));
             }
             let have = size_of_head(head(c));
             self.free_bytes -= have;

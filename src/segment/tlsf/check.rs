@@ -2,11 +2,11 @@
 //! walk of the free lists against the bitmaps (`check_invariants`, the
 //! property tests after every step).
 
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 
 use super::{
-    BINS, BITS, FIRST, GRANULE, IN_USE, MIN_CHUNK, PREV_IN_USE, Tlsf, WORD, WORDS, bin_of, head, links,
-    size_of_head,
+    BINS, BITS, FIRST, GRANULE, IN_USE, MIN_CHUNK, PREV_IN_USE, Tlsf, WORD, WORDS, bin_of, head, head_tag,
+    links, size_of_head,
 };
 
 impl Tlsf {
@@ -81,7 +81,7 @@ impl Tlsf {
         for bin in 0..BINS {
             let marked = self.bitmap[bin / BITS] & (1 << (bin % BITS)) != 0;
             assert_eq!(marked, !self.heads[bin].is_null(), "bitmap bit of list {bin}");
-            let mut prev = ptr::null_mut();
+            let mut prev = head_tag(bin);
             let mut c = self.heads[bin];
             while !c.is_null() {
                 assert!(in_span(c), "list {bin} holds {c:p}, outside every span");
