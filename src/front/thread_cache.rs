@@ -83,7 +83,10 @@ use crate::object::{KEY, NUM_CLASSES, TAGS, block_class, class_size, make_key, s
 use crate::segment::{self, MEDIUM_MAX, WindowBlock, chunk_size};
 
 mod bin;
+#[cfg(feature = "std")]
+mod fork;
 mod mirror;
+mod realloc;
 
 /// Where a thread finds its cache: a slot it takes with `std`, this CPU's
 /// slot with `cpu-caches`.
@@ -98,11 +101,15 @@ pub(crate) use bin::Spill;
 pub(crate) use bin::clear_tag;
 use bin::{Bin, MEDIUM_BINS, MEDIUM_SHIFT, medium_bin, medium_ceil, medium_floor};
 #[cfg(feature = "std")]
+pub(crate) use fork::{fork_child, fork_parent, fork_prepare};
+#[cfg(feature = "std")]
 pub use home::THREADS;
 #[cfg(not(feature = "std"))]
 pub use home::{CPUS, CpuHome, set_cpu_home};
 use mirror::cached_in;
 pub(crate) use mirror::{ArenaMirror, cached_anywhere};
+#[cfg_attr(feature = "debug", allow(unused_imports))]
+pub(crate) use realloc::{Realloc, realloc};
 
 /// Most blocks a thread keeps per size class.
 pub const DEPTH: u16 = 32;
@@ -816,95 +823,6 @@ pub(crate) unsafe fn stock(
     .unwrap_or(0)
 }
 
-/// What [`realloc`] did.
-pub(crate) enum Realloc {
-    /// The block is in a cache (this thread's or, by its tag, another's):
-    /// freed already. Nothing was done.
-    Cached,
-    /// The block holds the new size as it is.
-    InPlace,
-    /// The contents moved to this block of the cache; the old block went
-    /// into the cache, or, if `free_old`, must be freed through the lock.
-    Moved { new: NonNull<u8>, free_old: bool },
-    /// A block of +2 moving to another class whose bin is empty: the
-    /// caller allocates a block for `new` (refilling the bin), copies, and
-    /// frees the old one. Nothing was done.
-    Refill { new: Layout },
-    /// The lock is needed.
-    Locked,
-}
-
-/// A realloc of block `ptr` (allocated with `old`) of the heap of `link` to
-/// `new_size` bytes, without the lock where it can be done so: one entry
-/// into this thread's cache. Between blocks of +2: in place within the
-/// block's class (if the new size uses more than half of it), else into a
-/// block of the cache. A block that is cached is refused, whatever its
-/// layer (a use after free the heap must refuse, as it refuses a block it
-/// has freed).
-///
-/// # Safety
-///
-/// As `GlobalAlloc::realloc`; `mirror` is the heap's.
-#[inline]
-pub(crate) unsafe fn realloc(
-    link: &Link,
-    mirror: &ArenaMirror,
-    ptr: NonNull<u8>,
-    old: Layout,
-    new_size: usize,
-) -> Realloc {
-    let r = home::with(|cache| {
-        cache.enter(link, Realloc::Locked, |bins, owner| {
-            let ptr = crate::source::reach(ptr);
-            if !owner.is_small(old) {
-                // SAFETY: forwarded contract.
-                let cached = unsafe { bins.holds_medium(mirror, owner, ptr, old) };
-                return if cached { Realloc::Cached } else { Realloc::Locked };
-            }
-            if !owner.owns(mirror, ptr) {
-                return Realloc::Locked;
-            }
-            // SAFETY: in an arena of the owner (just checked): its pool
-            // header is there to read.
-            let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
-                return Realloc::Locked;
-            };
-            // SAFETY: the caller's block, of the class's size.
-            if unsafe { bins.small[class].holds(ptr) } {
-                return Realloc::Cached;
-            }
-            let size = class_size(class, owner.class_shift);
-            let Ok(new) = Layout::from_size_align(new_size, old.align()) else { return Realloc::Locked };
-            // A layout larger than the block goes to the lock, which refuses it.
-            if !owner.is_small(new) || old.size() > size {
-                return Realloc::Locked;
-            }
-            if new_size <= size && new_size > size / 2 {
-                crate::sync::stat!(bins.reallocs.in_place += 1);
-                return Realloc::InPlace;
-            }
-            let Some(block) = bins.small[size_class(new_size, old.align(), owner.class_shift)].pop() else {
-                return Realloc::Refill { new };
-            };
-            // SAFETY: both blocks are live, distinct and at least this
-            // long; the old one is ours to keep afterwards (not cached:
-            // checked above), of its class's size.
-            unsafe {
-                ptr::copy_nonoverlapping(ptr.as_ptr(), block.as_ptr(), old.size().min(new_size));
-                let free_old = bins.small[class].push(ptr, DEPTH).is_err();
-                crate::sync::stat!(bins.reallocs.moved += 1);
-                Realloc::Moved { new: block, free_old }
-            }
-        })
-    })
-    .unwrap_or(Realloc::Locked);
-    match r {
-        // In another thread's cache (or none serves this heap here).
-        Realloc::Locked if cached_anywhere(mirror, ptr, old) => Realloc::Cached,
-        r => r,
-    }
-}
-
 /// Why [`put`] did not keep a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Declined {
@@ -997,85 +915,6 @@ pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) 
     unsafe {
         registry.each_cache_of(id, mine, |bins, owner| bins.drain(owner, free));
     }
-}
-
-/// Before `fork()` (`pthread_atfork`'s *prepare*, with the lock of every
-/// heap that has caches held): takes the registry's lock and every other
-/// thread's cache, waiting for a thread in the middle of using its own, so
-/// that the child inherits no cache half-changed. Ended by [`fork_parent`]
-/// or [`fork_child`].
-#[cfg(feature = "std")]
-pub(crate) fn fork_prepare() {
-    let mine = home::with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
-    let registry = REGISTRY.lock();
-    let mut c = registry.caches;
-    while !c.is_null() {
-        // SAFETY: a cache on the list, live while it is (registry lock).
-        let cache = unsafe { &*c };
-        while c != mine
-            && cache.state.compare_exchange(IDLE, DRAINING, Ordering::Acquire, Ordering::Relaxed).is_err()
-        {
-            home::keep_waiting(&mut 0);
-        }
-        c = cache.next.get();
-    }
-    // Held until the fork is over.
-    core::mem::forget(registry);
-}
-
-/// After `fork()`, in the parent: gives back what [`fork_prepare`] took.
-///
-/// # Safety
-///
-/// After a [`fork_prepare`] by this thread, once.
-#[cfg(feature = "std")]
-pub(crate) unsafe fn fork_parent() {
-    // SAFETY: this thread holds the lock since `fork_prepare`.
-    let registry = unsafe { &*REGISTRY.as_mut_ptr() };
-    let mine = home::with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
-    let mut c = registry.caches;
-    while !c.is_null() {
-        // SAFETY: as in `fork_prepare`.
-        let cache = unsafe { &*c };
-        if c != mine {
-            cache.state.store(IDLE, Ordering::Release);
-        }
-        c = cache.next.get();
-    }
-    // SAFETY: the guard was forgotten in `fork_prepare`, by this thread.
-    unsafe { REGISTRY.force_unlock() };
-}
-
-/// After `fork()`, in the child, where only this thread lives on: the
-/// caches of the others are retired as if their threads had exited —
-/// their blocks go back to their heaps (freed at the heaps' next lock),
-/// they leave the registry, and their slots go back for the child's
-/// threads to take.
-///
-/// # Safety
-///
-/// As [`fork_parent`], in the child.
-#[cfg(feature = "std")]
-pub(crate) unsafe fn fork_child() {
-    // SAFETY: as in `fork_parent` (the child inherited the lock held).
-    let registry = unsafe { &mut *REGISTRY.as_mut_ptr() };
-    let mine = home::with(|c| c as *const ThreadCache).unwrap_or(ptr::null());
-    let mut c = registry.caches;
-    while !c.is_null() {
-        // SAFETY: as in `fork_prepare`; taken in state DRAINING there, so
-        // its bins are ours.
-        let cache = unsafe { &*c };
-        let next = cache.next.get();
-        if c != mine {
-            cache.exit_locked(registry);
-            // SAFETY: off the list, its bins given back, and its thread is
-            // not in this process.
-            unsafe { home::release(cache) };
-        }
-        c = next;
-    }
-    // SAFETY: as in `fork_parent`.
-    unsafe { REGISTRY.force_unlock() };
 }
 
 /// The blocks exiting threads gave back to the heap of `link`, linked
