@@ -451,8 +451,10 @@ impl Tlsf {
     #[inline]
     fn head_mut(&mut self, bin: usize) -> &mut *mut u8 {
         debug_assert!(bin < BINS);
-        // SAFETY: list indices come from `bin_of`, `bin_ceil` and the
-        // bitmap, all below BINS.
+        // SAFETY: list indices come from `bin_of` and `bin_ceil`
+        // (clamped), `chunk_bin` of a chunk in a span (shorter than the
+        // address space: `add_span`), the bitmap, and a first chunk's tag
+        // (written from one of these), all below BINS.
         unsafe { self.heads.get_unchecked_mut(bin) }
     }
 
