@@ -85,8 +85,10 @@ mod tests {
 
     #[test]
     fn is_multiple_agrees_with_the_remainder() {
+        // (Fewer under Miri, where the full sweep takes over ten minutes.)
+        let top = if cfg!(miri) { 2_000 } else { 70_000 };
         for d in (8..=1024u32).step_by(8) {
-            for x in (0..70_000u32)
+            for x in (0..top)
                 .chain((0..200).map(|i| u32::MAX - i))
                 .chain((1..64).map(|i| d.wrapping_mul(i * 1021)))
             {
