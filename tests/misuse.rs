@@ -661,3 +661,78 @@ fn a_pointer_into_a_live_small_block_is_refused_by_free_realloc_and_usable_size(
         heap.dealloc(p, l);
     }
 }
+
+/// A pointer 16 bytes into a freed layer 0 block lands on the freed chunk's
+/// back link, which holds its list's tag while the chunk heads its list
+/// (as it does right after the free): read as a chunk header, the tag must
+/// say "not in use". Found by the hostile pass on a tag that set the in-use
+/// bit, where the free of such a pointer took the caller's old data for a
+/// chunk and corrupted the free lists.
+#[test]
+fn a_pointer_sixteen_bytes_into_a_freed_block_is_refused() {
+    use std::ptr::NonNull;
+    use strata::PageSource;
+    use strata::object::Geometry;
+    use strata::segment::Config;
+
+    let region = common::Region::new(17 << 20);
+    let window = region.source().window().1;
+    let tlsf = Config { first_fit: false, ..Config::for_window(window) };
+    let mut tlsf_heap =
+        strata::Heap::with_geometry(region.source(), Geometry::for_region(window), tlsf).unwrap();
+    let sizes = || (520..=8192).step_by(8).chain([16 << 10, 65_000, 200_000]);
+    let guard = layout(600, 16);
+    for fill in [0x02u8, 0xAA, 0xFF] {
+        for size in sizes() {
+            let l = layout(size, 16);
+            // In use on both sides, so that the freed block stands alone at
+            // the head of its list.
+            let before = tlsf_heap.allocate(guard).unwrap();
+            let a = tlsf_heap.allocate(l).unwrap();
+            let after = tlsf_heap.allocate(guard).unwrap();
+            // SAFETY: `a` is a live block of `size` bytes; then it is freed
+            // once, and every call on `inner` below must be refused.
+            unsafe {
+                a.as_ptr().write_bytes(fill, size);
+                tlsf_heap.deallocate(a, l).unwrap();
+                let inner = NonNull::new_unchecked(a.as_ptr().add(16));
+                assert!(tlsf_heap.usable_size(inner).is_err(), "{size} B, fill {fill:#x}: usable_size");
+                assert!(
+                    tlsf_heap.deallocate_unsized(inner).is_err(),
+                    "{size} B, fill {fill:#x}: unsized free"
+                );
+                assert!(tlsf_heap.deallocate(inner, layout(size - 16, 16)).is_err(), "{size} B: sized free");
+                assert!(
+                    tlsf_heap.reallocate(inner, layout(size - 16, 16), size * 2).is_err(),
+                    "{size} B: realloc"
+                );
+            }
+            tlsf_heap.check_invariants();
+            // SAFETY: the two live guards.
+            unsafe {
+                tlsf_heap.deallocate(before, guard).unwrap();
+                tlsf_heap.deallocate(after, guard).unwrap();
+            }
+        }
+    }
+    tlsf_heap.check_invariants();
+
+    // The same through `LockedHeap`'s C-style calls (what strata-malloc's
+    // `free` makes), on a heap where TLSF serves by default.
+    let locked = heap(17 << 20);
+    for size in sizes().step_by(7) {
+        let l = layout(size, 16);
+        // SAFETY: as above: live blocks, `a` freed once, `inner` refused.
+        unsafe {
+            let before = locked.alloc(guard);
+            let a = locked.alloc(l);
+            let after = locked.alloc(guard);
+            a.write_bytes(0xFF, size);
+            locked.dealloc_unsized(a);
+            common::assert_unsized_calls_refused(locked, a.add(16));
+            locked.dealloc(before, guard);
+            locked.dealloc(after, guard);
+        }
+    }
+    locked.with(|h| h.check_invariants());
+}

@@ -270,11 +270,21 @@ unsafe fn set_foot(c: *mut u8, size: usize) {
     unsafe { c.add(size).cast::<usize>().write(size) }
 }
 
-/// The back link of a list's first chunk: the list's index, tagged in the
-/// low bit, which no chunk's address has set (chunks are [`GRANULE`]-aligned).
+/// The bit that marks a list head's back link ([`head_tag`]): clear in
+/// every chunk's address (chunks are [`GRANULE`]-aligned), and not
+/// [`IN_USE`]. The back link lies where a header would for a pointer 16
+/// bytes into the freed block (`c + 3·WORD`): read as one, a tag says "not
+/// in use", so a free of that pointer is refused, as it was when the word
+/// held null.
+const HEAD_TAG: usize = PREV_IN_USE;
+const HEAD_TAG_SHIFT: u32 = HEAD_TAG.trailing_zeros() + 1;
+const _: () = assert!(HEAD_TAG < GRANULE && HEAD_TAG & IN_USE == 0);
+
+/// The back link of a list's first chunk: the list's index, marked with
+/// [`HEAD_TAG`].
 #[inline(always)]
 fn head_tag(bin: usize) -> *mut u8 {
-    ptr::without_provenance_mut((bin << 1) | 1)
+    ptr::without_provenance_mut((bin << HEAD_TAG_SHIFT) | HEAD_TAG)
 }
 
 /// The free-list links of free chunk `c`: `(next, prev)` slots (`prev`
@@ -419,10 +429,13 @@ impl Tlsf {
         unsafe {
             let (n, p) = links(c);
             let (next, prev) = (n.read(), p.read());
-            if prev.addr() & 1 != 0 {
+            if prev.addr() & HEAD_TAG != 0 {
                 // The list's first chunk: its back link is its list's tag
-                // (no need to compute the list from the size).
-                let bin = prev.addr() >> 1;
+                // (no need to compute the list from the size). A link that
+                // a stray write changed stops here rather than writing past
+                // the lists.
+                let bin = prev.addr() >> HEAD_TAG_SHIFT;
+                assert!(bin < BINS, "a free list's back link is corrupt");
                 *self.head_mut(bin) = next;
                 if next.is_null() {
                     self.unmark(bin);
