@@ -736,3 +736,30 @@ fn a_pointer_sixteen_bytes_into_a_freed_block_is_refused() {
     }
     locked.with(|h| h.check_invariants());
 }
+
+/// C's `free` of a pointer whose preceding word, in the caller's own data,
+/// reads as an in-use header of size 0: the quick free without a layout must
+/// refuse it as the full path does (it took the header after the chunk to
+/// be the chunk's own, and freed a chunk of size 0 through links the caller
+/// wrote). Found by the hostile pass.
+#[test]
+fn a_free_without_a_layout_refuses_a_header_of_size_zero() {
+    let heap = heap(17 << 20);
+    let l = layout(8192, 16);
+    for word in [3usize, 7] {
+        // SAFETY: `a` and `guard` are live blocks; `a + 32` is no block,
+        // and every call on it must be refused without touching anything.
+        unsafe {
+            let a = heap.alloc(l);
+            let guard = heap.alloc(l);
+            a.write_bytes(0x5A, 8192);
+            a.add(24).cast::<usize>().write(word);
+            common::assert_unsized_calls_refused(heap, a.add(32));
+            heap.with(|h| h.check_invariants());
+            assert!((32..8192).all(|i| *a.add(i) == 0x5A), "the live block was written");
+            heap.dealloc(a, l);
+            heap.dealloc(guard, l);
+        }
+    }
+    heap.with(|h| h.check_invariants());
+}

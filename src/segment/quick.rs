@@ -57,8 +57,10 @@ impl SegmentAllocator {
         // (at or after the first chunk's).
         let (chunk, _) = unsafe { Tlsf::in_use_chunk(ptr) }.ok()?;
         // The chunk ends by the sentinel (`chunk <= len - off`), so the
-        // header after it lies in the span.
-        if chunk > len - off || chunk >= discard_from {
+        // header after it lies in the span; and it is no shorter than a
+        // chunk can be (a header of size 0 would make the header after it
+        // its own), as the full path checks.
+        if chunk < MIN_CHUNK || chunk > len - off || chunk >= discard_from {
             return None;
         }
         // SAFETY: as just checked.
