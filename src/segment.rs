@@ -177,10 +177,9 @@ pub struct SegmentAllocator {
     /// Pointer provenance for the whole window's span, and its length, while
     /// it is held.
     window_span: Option<(NonNull<u8>, usize)>,
-    /// While TLSF serves the window's span whole, its payload addresses,
-    /// `(first, len)`: from the first chunk's payload to the sentinel's
-    /// header; else `(0, 0)`. The quick calls' one test of a pointer
-    /// (`segment/quick.rs`).
+    /// While TLSF serves the window's span whole, that span, `(start,
+    /// len)`; else `(0, 0)`. Where the quick calls look for a block
+    /// (`segment/quick.rs`, through `window_chunk`).
     quick_window: (usize, usize),
     /// A wholly free span kept against thrashing (page-mapping sources).
     spare: Option<NonNull<u8>>,
@@ -337,9 +336,7 @@ impl SegmentAllocator {
     fn set_window_span(&mut self, span: Option<(NonNull<u8>, usize)>) {
         self.window_span = span;
         self.quick_window = match span {
-            Some((start, len)) if self.engine() == Engine::Tlsf => {
-                (start.as_ptr() as usize + SPAN_OVERHEAD, len - SPAN_OVERHEAD)
-            }
+            Some((start, len)) if self.engine() == Engine::Tlsf => (start.as_ptr() as usize, len),
             _ => (0, 0),
         };
     }

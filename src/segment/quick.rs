@@ -20,7 +20,8 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use super::SegmentAllocator;
-use super::tlsf::{self, GRANULE, MIN_CHUNK, Tlsf};
+use super::tlsf::{self, GRANULE, MIN_CHUNK};
+use super::window::window_chunk;
 use crate::source::reach;
 
 // (The debug hooks take the full path on every call.)
@@ -46,25 +47,10 @@ impl SegmentAllocator {
     /// refuses.
     #[inline(always)]
     pub(crate) fn quick_chunk(&self, ptr: NonNull<u8>, discard_from: usize) -> Option<usize> {
-        // The window's payload addresses: past the first chunk's two words.
-        let (first, len) = self.quick_window;
-        let addr = ptr.as_ptr() as usize;
-        let off = addr.wrapping_sub(first);
-        if off >= len || !addr.is_multiple_of(GRANULE) {
-            return None;
-        }
-        // SAFETY: `ptr` is aligned, and its chunk's header lies in the span
-        // (at or after the first chunk's).
-        let (chunk, _) = unsafe { Tlsf::in_use_chunk(ptr) }.ok()?;
-        // The chunk ends by the sentinel (`chunk <= len - off`), so the
-        // header after it lies in the span; and it is no shorter than a
-        // chunk can be (a header of size 0 would make the header after it
-        // its own), as the full path checks.
-        if chunk < MIN_CHUNK || chunk > len - off || chunk >= discard_from {
-            return None;
-        }
-        // SAFETY: as just checked.
-        unsafe { Tlsf::next_head(ptr, chunk) }.0.then_some(chunk)
+        // SAFETY: `quick_window` is the span of the committed window TLSF
+        // holds, or empty, in which case no pointer lies in it and nothing
+        // is read.
+        unsafe { window_chunk(self.quick_window, ptr) }.filter(|&chunk| chunk < discard_from)
     }
 
     /// [`quick_chunk`](Self::quick_chunk) of a block whose chunk is also a

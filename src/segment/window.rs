@@ -1,5 +1,6 @@
-//! A block of the committed window checked without the lock: what the
-//! thread caches use to file a freed medium block.
+//! A block of the committed window checked from its header words alone:
+//! what the thread caches use, without the lock, to file a freed medium
+//! block, and layer 0's quick calls use under it (`segment/quick.rs`).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -81,7 +82,7 @@ pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layo
 /// # Safety
 ///
 /// As [`window_block`].
-#[cfg(feature = "caches")]
+#[inline(always)]
 pub(crate) unsafe fn window_chunk(window: (usize, usize), ptr: NonNull<u8>) -> Option<usize> {
     let (start, len) = window;
     let addr = ptr.as_ptr() as usize;
