@@ -149,18 +149,12 @@ impl<S: PageSource> Heap<S> {
                 self.note_small_in_layer_0(new_layout, true);
             }
             if in_place {
-                stat!(self.stats.realloc_in_place += 1);
-                if let Some((slot, streak)) = growth {
-                    self.growing[slot] = (ptr.as_ptr() as usize, streak);
-                }
+                self.realloc_done(ptr, growth, true);
                 return Ok(reach(ptr));
             }
             moved
         };
-        if let Some((slot, streak)) = growth {
-            self.growing[slot] = (moved.as_ptr() as usize, streak);
-        }
-        stat!(self.stats.realloc_moved += 1);
+        self.realloc_done(moved, growth, false);
         Ok(moved)
     }
 
@@ -241,10 +235,7 @@ impl<S: PageSource> Heap<S> {
         } else {
             // SAFETY: a block of layer 0 just checked by `quick_block`.
             if unsafe { self.segment.resize_quick(ptr, new_size) } {
-                stat!(self.stats.realloc_in_place += 1);
-                if let Some((slot, streak)) = growth {
-                    self.growing[slot] = (ptr.as_ptr() as usize, streak);
-                }
+                self.realloc_done(ptr, growth, true);
                 return Some(ptr);
             }
             // SAFETY: as above, `keep` at most both sizes.
@@ -256,10 +247,7 @@ impl<S: PageSource> Heap<S> {
                 }
             }
         };
-        if let Some((slot, streak)) = growth {
-            self.growing[slot] = (moved.as_ptr() as usize, streak);
-        }
-        stat!(self.stats.realloc_moved += 1);
+        self.realloc_done(moved, growth, false);
         Some(moved)
     }
 
@@ -313,6 +301,19 @@ impl<S: PageSource> Heap<S> {
             self.segment.free_quick_block(ptr);
         }
         Some(q)
+    }
+
+    /// Counts a realloc that kept its block in place (in layer 0) or moved
+    /// it to `at`, and keeps `at` in the slot of its doubling streak, if it
+    /// is on one ([`doubling_streak`](Self::doubling_streak)): the same
+    /// bookkeeping on the full path and the quick one.
+    #[inline(always)]
+    #[cfg_attr(not(feature = "stats"), allow(unused_variables))]
+    fn realloc_done(&mut self, at: NonNull<u8>, growth: Option<(usize, u32)>, in_place: bool) {
+        stat!(if in_place { self.stats.realloc_in_place += 1 } else { self.stats.realloc_moved += 1 });
+        if let Some((slot, streak)) = growth {
+            self.growing[slot] = (at.as_ptr() as usize, streak);
+        }
     }
 
     /// The slot in the table of growing blocks for a doubling realloc of
