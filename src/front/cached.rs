@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use super::hooks::{Guard, Hooks, Lock, no_unwind, realloc_own_layout};
 use super::quick::{
     alloc_locked, alloc_quick, alloc_quick_layer_0, beyond_small, block_or_null, free_locked, free_quick,
-    free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked, realloc_quick,
+    free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked, realloc_quick, realloc_small_quick,
     realloc_unsized_quick,
 };
 use super::quick::{free_unsized_locked, usable_layout_locked};
@@ -133,9 +133,9 @@ impl Hooks for Cached {
         layout: Layout,
         new_size: usize,
     ) -> *mut u8 {
-        if self.quick_allowed() && new_size > SMALL_REQUEST_THRESHOLD {
+        if self.quick_allowed() {
             // SAFETY: forwarded contract.
-            return unsafe { self.realloc_beyond_small(heap, p, layout, new_size) };
+            return unsafe { self.realloc_quick_first(heap, p, layout, new_size) };
         }
         // SAFETY: forwarded contract.
         unsafe { self.realloc_rest(heap, p, layout, new_size) }
@@ -358,24 +358,32 @@ impl Cached {
         }
     }
 
-    /// A realloc to a size past the small sizes while the quick paths
-    /// serve: layer 0's quick calls, else [`realloc_rest`](Self::realloc_rest)
-    /// (out of line, in a frame of its own).
+    /// A realloc while the quick paths serve: the quick call for its new
+    /// size — layer 0's past the small sizes, layer +2's within them —
+    /// else [`realloc_rest`](Self::realloc_rest) (out of line, in a frame
+    /// of its own).
     ///
     /// # Safety
     ///
     /// As [`Hooks::realloc`].
     #[inline(never)]
-    unsafe fn realloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+    unsafe fn realloc_quick_first<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,
         p: NonNull<u8>,
         layout: Layout,
         new_size: usize,
     ) -> *mut u8 {
-        // SAFETY: forwarded contract; the quick path left the block as it
-        // was if it declined.
-        match no_unwind(|| unsafe { realloc_quick(heap, p, layout, new_size, || self.quick_allowed()) }) {
+        // SAFETY: forwarded contract; a quick call left the block as it was
+        // if it declined.
+        let quick = no_unwind(|| unsafe {
+            if new_size > SMALL_REQUEST_THRESHOLD {
+                realloc_quick(heap, p, layout, new_size, || self.quick_allowed())
+            } else {
+                realloc_small_quick(heap, p, layout, new_size)
+            }
+        });
+        match quick {
             Some(q) => q.as_ptr(),
             // SAFETY: as above.
             None => unsafe { self.realloc_rest(heap, p, layout, new_size) },

@@ -313,7 +313,11 @@ impl<S: PageSource> Heap<S> {
             || (self.object.needs_arena()
                 && self.segment.holds_less_than(TIGHT_ARENAS * self.object.geometry().arena_size()));
         // SAFETY: as in `allocate`.
-        let result = match cold.then(|| unsafe { self.segment.allocate(in_layer_0, &mut self.source) }) {
+        let result = match cold.then(|| match self.segment.allocate_quick(in_layer_0) {
+            Some(p) => Ok(p),
+            // SAFETY: as in `allocate`.
+            None => unsafe { self.segment.allocate(in_layer_0, &mut self.source) },
+        }) {
             Some(Ok(p)) => {
                 stat!(self.stats.cold_blocks += 1);
                 Ok(p)
@@ -350,6 +354,33 @@ impl<S: PageSource> Heap<S> {
             self.small_in_layer_0 += 1;
         }
         result
+    }
+
+    /// [`allocate`](Self::allocate) of a request at most
+    /// [`SMALL_REQUEST_THRESHOLD`](crate::object::SMALL_REQUEST_THRESHOLD)
+    /// bytes that layer +2's pools did not serve, when layer 0 serves it in
+    /// O(1): a request above the geometry's threshold, or one of a cold
+    /// class ([`allocate_small`](Self::allocate_small)'s first test). The
+    /// same block and bookkeeping as the full path, or `None`, having
+    /// changed nothing, where it would do more (a new pool, a span from the
+    /// source, the out-of-memory resorts).
+    #[cold]
+    #[inline(never)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub(super) fn allocate_in_layer_0_quick(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        if !self.is_small(layout) {
+            return self.segment.allocate_quick(self.layer_0_layout(layout));
+        }
+        let class = self.class_of(layout);
+        let demand = self.cold_demand[class];
+        if demand >= self.cold_limit || self.object.pools_in_use(layout.size(), layout.align()) != 0 {
+            return None;
+        }
+        let p = self.segment.allocate_quick(self.layer_0_layout(layout))?;
+        self.cold_demand[class] = demand + 1;
+        stat!(self.stats.cold_blocks += 1);
+        self.small_in_layer_0 += 1;
+        Some(p)
     }
 
     /// The size class of a small `layout`.
@@ -414,7 +445,7 @@ impl<S: PageSource> Heap<S> {
     /// is its whole class granules ([`layer_0_usable`]), which then still
     /// holds the size asked for.
     #[inline]
-    fn layer_0_layout(&self, layout: Layout) -> Layout {
+    pub(super) fn layer_0_layout(&self, layout: Layout) -> Layout {
         // Sizes 1..=threshold (one comparison for the others).
         if layout.size().wrapping_sub(1) >= self.object.threshold() {
             layout
@@ -458,8 +489,16 @@ impl<S: PageSource> Heap<S> {
             }
             return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
         }
-        // SAFETY: forwarded contract; layer 0 refuses what it does not own.
-        let result = unsafe { self.segment.deallocate(ptr, self.layer_0_layout(layout), &mut self.source) };
+        let (l0, discard_from) = (self.layer_0_layout(layout), self.source.discard_from());
+        // SAFETY: forwarded contract. Layer 0's quick call frees what its
+        // full call would, and declines all else untouched, which the full
+        // call then frees or refuses (it refuses what it does not own).
+        let result = if unsafe { self.segment.deallocate_quick(ptr, l0, discard_from) } {
+            Ok(())
+        } else {
+            // SAFETY: as above.
+            unsafe { self.segment.deallocate(ptr, l0, &mut self.source) }
+        };
         if result.is_ok() {
             self.note_small_in_layer_0(layout, false);
         }

@@ -44,13 +44,22 @@ pub(super) const fn may_be_small(layout: Layout) -> bool {
     layout.size().wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && layout.align() <= ALIGNMENT
 }
 
-/// Whether `layout` is larger than a small request in every geometry: what
-/// layer 0 serves as given. The quick paths try layer 0's quick calls for
-/// these (`segment/quick.rs`), out of line from the small request's path
-/// (which then keeps its few registers).
+/// Whether `layout` is no small request in any geometry: larger than
+/// [`SMALL_REQUEST_THRESHOLD`], or aligned past [`ALIGNMENT`] (and not of
+/// size 0): what layer 0 serves in every geometry. The quick paths try
+/// layer 0's quick calls for these (`segment/quick.rs`), out of line from
+/// the small request's path (which then keeps its few registers).
 #[inline(always)]
 pub(super) const fn beyond_small(layout: Layout) -> bool {
-    layout.size() > SMALL_REQUEST_THRESHOLD
+    !may_be_small(layout) && layout.size() != 0
+}
+
+/// The layout layer 0 serves a request [`beyond_small`] with: its own, or
+/// for a size of the small requests, rounded as [`Heap::allocate`](super::Heap::allocate)
+/// rounds it.
+#[inline(always)]
+fn layer_0_layout<S: PageSource>(heap: &super::Heap<S>, layout: Layout) -> Layout {
+    if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { heap.layer_0_layout(layout) }
 }
 
 /// The common allocation of a request [`beyond_small`]: from layer 0's
@@ -60,7 +69,9 @@ pub(super) fn alloc_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     layout: Layout,
 ) -> Option<NonNull<u8>> {
-    heap.try_lock()?.segment.allocate_quick(layout)
+    let mut heap = heap.try_lock()?;
+    let layout = layer_0_layout(&heap, layout);
+    heap.segment.allocate_quick(layout)
 }
 
 /// The common free of a block whose layout is [`beyond_small`]: a block of
@@ -84,6 +95,7 @@ pub(super) unsafe fn free_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
         return false;
     }
     let discard_from = heap.source.discard_from();
+    let layout = layer_0_layout(&heap, layout);
     // A pointer into an arena is no block of layer 0 (the full path
     // refuses it); others are layer 0's to check.
     // SAFETY: forwarded contract.
@@ -153,6 +165,28 @@ pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
     let mut heap = heap.try_lock()?;
     // SAFETY: forwarded contract.
     allowed().then(|| unsafe { heap.reallocate_quick(ptr, layout, new_size) }).flatten()
+}
+
+/// The common realloc of a block of layer +2 to a size its pools serve:
+/// in place, or to a block of the new class's head pool, if the lock is
+/// free ([`Heap::reallocate_small_quick`](super::Heap::reallocate_small_quick)).
+/// `None`: nothing was done.
+///
+/// # Safety
+///
+/// As [`Heap::reallocate`](super::Heap::reallocate).
+#[inline(always)]
+pub(super) unsafe fn realloc_small_quick<S: PageSource, L: lock_api::RawMutex>(
+    heap: &Lock<S, L>,
+    ptr: NonNull<u8>,
+    layout: Layout,
+    new_size: usize,
+) -> Option<NonNull<u8>> {
+    if new_size > SMALL_REQUEST_THRESHOLD {
+        return None;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { heap.try_lock()?.reallocate_small_quick(ptr, layout, new_size) }
 }
 
 /// [`realloc_quick`] without a layout (C's `realloc`), if the lock is free
@@ -346,7 +380,7 @@ impl Hooks for Quick {
         layout: Layout,
         _: Domain,
     ) -> *mut u8 {
-        if !may_be_small(layout) && beyond_small(layout) {
+        if beyond_small(layout) {
             return self.alloc_beyond_small(layout, heap);
         }
         match no_unwind(|| alloc_quick(heap, layout)) {
@@ -363,7 +397,7 @@ impl Hooks for Quick {
         layout: Layout,
         _: Domain,
     ) {
-        if !may_be_small(layout) && beyond_small(layout) {
+        if beyond_small(layout) {
             // SAFETY: forwarded contract.
             return unsafe { self.dealloc_beyond_small(p, layout, heap) };
         }
@@ -384,7 +418,12 @@ impl Hooks for Quick {
         // SAFETY: forwarded contract; the quick path left the block as it
         // was if it declined.
         no_unwind(|| unsafe {
-            match realloc_quick(heap, p, layout, new_size, || true) {
+            let quick = if new_size > SMALL_REQUEST_THRESHOLD {
+                realloc_quick(heap, p, layout, new_size, || true)
+            } else {
+                realloc_small_quick(heap, p, layout, new_size)
+            };
+            match quick {
                 Some(q) => q.as_ptr(),
                 None => realloc_locked(self, heap, p, layout, new_size),
             }

@@ -12,7 +12,7 @@
 //! differently, and nothing the full call refuses gets through. They
 //! decline whatever needs more than a list lookup or the block's own
 //! headers: a span from the source, the exhaustive search before a
-//! failure, an alignment above [`GRANULE`], pages to discard, the
+//! failure, pages to discard, the
 //! first-fit engines, the spans of a page-mapping source, and every
 //! refusal (the full call then says why).
 
@@ -32,8 +32,11 @@ impl SegmentAllocator {
     #[inline(always)]
     pub(crate) fn allocate_quick(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         // `large` is 0 unless TLSF serves (see `allocate`).
-        if !tlsf::ON || layout.size() >= self.large || layout.align() > GRANULE {
+        if !tlsf::ON || layout.size() >= self.large {
             return None;
+        }
+        if layout.align() > GRANULE {
+            return self.tlsf.allocate_aligned_quick(layout.size(), layout.align());
         }
         self.tlsf.allocate_quick(layout.size())
     }

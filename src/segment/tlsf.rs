@@ -571,23 +571,43 @@ impl Tlsf {
     #[cold]
     #[inline(never)]
     fn allocate_aligned(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
-        let (c, have) = self.take_aligned_fit(need, align)?;
+        let (c, have) = self.take_aligned_fit::<true>(need, align)?;
         let lead = lead_for(c, have, need, align).expect("the chunk was chosen to fit");
         // SAFETY: `c` is a free, unlinked chunk of `have` bytes that holds
         // `lead + need` bytes.
         Some(unsafe { self.carve(c, have, lead, need) })
     }
 
+    /// [`allocate`](Self::allocate) for a request aligned past
+    /// [`GRANULE`], when a list lookup serves it: the same chunk, or `None`
+    /// (nothing changed) where `allocate` would search the lists
+    /// exhaustively. O(1): the front's quick path.
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub fn allocate_aligned_quick(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let need = chunk_size(size)?;
+        let (c, have) = self.take_aligned_fit::<false>(need, align)?;
+        let lead = lead_for(c, have, need, align).expect("the chunk was chosen to fit");
+        // SAFETY: as in `allocate_aligned`.
+        Some(unsafe { self.carve(c, have, lead, need) })
+    }
+
     /// Finds and unlinks a free chunk that holds `need` bytes with a
-    /// payload aligned to `align`.
-    fn take_aligned_fit(&mut self, need: usize, align: usize) -> Option<(*mut u8, usize)> {
+    /// payload aligned to `align`: from the first list whose chunks all
+    /// hold one, else (if `EXHAUSTIVE`) first fit in `need`'s own list and
+    /// up.
+    fn take_aligned_fit<const EXHAUSTIVE: bool>(
+        &mut self,
+        need: usize,
+        align: usize,
+    ) -> Option<(*mut u8, usize)> {
         // A chunk of `need + align + MIN_CHUNK` bytes holds an aligned
         // payload with a leading free chunk (or none) before it.
         let worst = need.checked_add(align)?.checked_add(MIN_CHUNK)?;
         match self.first_nonempty(bin_ceil(worst)).filter(|&b| b < BINS - 1) {
             // SAFETY: `bin` is a non-empty list.
             Some(bin) => Some(unsafe { self.pop(bin) }),
-            None => self.take_first_fit(bin_of(need), need, align),
+            None if EXHAUSTIVE => self.take_first_fit(bin_of(need), need, align),
+            None => None,
         }
     }
 
@@ -598,7 +618,7 @@ impl Tlsf {
     pub fn allocate_high(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
         let align = align.max(GRANULE);
-        let (c, have) = self.take_aligned_fit(need, align)?;
+        let (c, have) = self.take_aligned_fit::<true>(need, align)?;
         let low = if align == GRANULE { 0 } else { lead_for(c, have, need, align)? };
         // The highest aligned payload whose chunk ends inside `c`; a lead
         // too short to stand as a free chunk falls back to the lowest.

@@ -177,10 +177,7 @@ impl<S: PageSource> Heap<S> {
         new_size: usize,
     ) -> Option<NonNull<u8>> {
         let align = layout.align();
-        if new_size <= SMALL_REQUEST_THRESHOLD
-            || align > ALIGNMENT
-            || new_size > isize::MAX as usize - (align - 1)
-        {
+        if new_size <= SMALL_REQUEST_THRESHOLD || new_size > isize::MAX as usize - (align - 1) {
             return None;
         }
         // SAFETY: `align` and `new_size` passed the overflow check above.
@@ -188,17 +185,8 @@ impl<S: PageSource> Heap<S> {
         let ptr = reach(ptr);
         let in_object = self.object.owns(ptr.as_ptr());
         if in_object {
-            // As `reallocate` checks a +2 block. It cannot stay: its class
-            // is below `new_size`.
-            // SAFETY: a pointer into an arena of ours, checked to be a
-            // block of its pool before `may_free` asks more.
-            // (A layout larger than the block is refused there too.)
-            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) }
-                // SAFETY: a live +2 block, just checked.
-                || layout.size() > unsafe { self.object.block_size(ptr) }
-            {
-                return None;
-            }
+            // It cannot stay: its class is below `new_size`.
+            self.live_object_block(ptr, layout)?;
         } else if layout.size() <= SMALL_REQUEST_THRESHOLD {
             // (Layer 0 sees a small layout rounded to its class.)
             return None;
@@ -251,6 +239,81 @@ impl<S: PageSource> Heap<S> {
         Some(moved)
     }
 
+    /// [`reallocate`](Self::reallocate) of a block of layer +2 to a size
+    /// its pools serve (at most [`SMALL_REQUEST_THRESHOLD`] bytes): in
+    /// place, or moved to a block of the new class's head pool, or of layer
+    /// 0 for a cold class. The same result, or `None`, having changed
+    /// nothing, where the full path would do more (a new pool, a span from
+    /// the source) — and for every refusal.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate`](Self::reallocate).
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    pub(in crate::front) unsafe fn reallocate_small_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let align = layout.align();
+        // (`is_small` bounds the size and the alignment: no overflow.)
+        let new_layout = Layout::from_size_align(new_size, align).ok()?;
+        let ptr = reach(ptr);
+        if !self.is_small(new_layout) || !self.object.owns(ptr.as_ptr()) {
+            return None;
+        }
+        let block = self.live_object_block(ptr, layout)?;
+        // As `reallocate`: the streak first, then the block stays if it can.
+        let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
+        let next = self.growing_next;
+        let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
+        if new_size <= block && (new_size > block / 2 || block <= ALIGNMENT) {
+            stat!(self.stats.realloc_in_place += 1);
+            return Some(ptr);
+        }
+        // (A small block is never promoted: `allocate_moving` allocates,
+        // from the class's head pool, else from layer 0 for a cold class.)
+        let Some(q) = self
+            .object
+            .allocate_from_pools(new_size, align)
+            .or_else(|| self.allocate_in_layer_0_quick(new_layout))
+        else {
+            self.growing_next = next;
+            return None;
+        };
+        // SAFETY: both blocks are live, distinct, and at least `keep` bytes
+        // long; the old one is a live +2 block (checked), freed once: by
+        // the common case if it serves, else in full.
+        unsafe {
+            move_data(ptr, q, layout.size().min(new_size));
+            if !self.object.deallocate_quick(ptr) {
+                let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+                let freed = self.object.deallocate(ptr, &mut pages);
+                debug_assert!(freed, "a live +2 block was refused");
+            }
+        }
+        self.realloc_done(q, growth, false);
+        Some(q)
+    }
+
+    /// The size of the block of layer +2 at `ptr` (a pointer into one of
+    /// its arenas) if [`reallocate`](Self::reallocate) takes it with
+    /// `layout`: a block in use, at least `layout.size()` bytes long;
+    /// `None` for what it refuses.
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    fn live_object_block(&self, ptr: NonNull<u8>, layout: Layout) -> Option<usize> {
+        // SAFETY: a pointer into an arena of ours (the caller's promise),
+        // checked to be a block of its pool before `may_free` asks more;
+        // then a live +2 block.
+        unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) }
+            // SAFETY: as above.
+            .then(|| unsafe { self.object.block_size(ptr) })
+            .filter(|&block| layout.size() <= block)
+    }
+
     /// [`reallocate_unsized`](Self::reallocate_unsized) through
     /// [`reallocate_quick`](Self::reallocate_quick), with the layout
     /// [`usable_layout`](Self::usable_layout) gives the block; `None`,
@@ -289,8 +352,12 @@ impl<S: PageSource> Heap<S> {
         new_layout: Layout,
         keep: usize,
     ) -> Option<NonNull<u8>> {
-        // SAFETY: the caller's promise.
-        if let Some(q) = unsafe { self.segment.grow_backward_quick(ptr, new_layout.size(), keep) } {
+        // (A block aligned past ALIGNMENT does not grow backward: see
+        // `SegmentAllocator::grow_backward`.)
+        if new_layout.align() <= ALIGNMENT
+            // SAFETY: the caller's promise.
+            && let Some(q) = unsafe { self.segment.grow_backward_quick(ptr, new_layout.size(), keep) }
+        {
             return Some(q);
         }
         let q = self.segment.allocate_quick(new_layout)?;
