@@ -28,7 +28,7 @@
 //!   carved lazily, blocks are touched only when first handed out).
 //! - A pool that fills leaves `used[c]`; one that empties goes on its arena's
 //!   free-pool list and keeps its class, so reuse for the same class skips
-//!   initialisation.
+//!   initialisation — unless it is kept (below).
 //! - `usable_arenas` holds the arenas with free pools, sorted by free-pool
 //!   count, most used first, so allocation comes from the fullest arenas and
 //!   nearly empty ones drain. `nfp2lasta[n]` points at the last arena with `n`
@@ -41,6 +41,20 @@
 //! - Ownership: one bit per arena-sized slot of the page source's window says
 //!   whether an arena lives there, so `ObjectAllocator::owns` is O(1) and
 //!   reads no memory that might not be mapped.
+//!
+//! **Kept pools.** A class whose few blocks come and go (one object freed
+//! and made again, as a loop does) would empty its only pool on every free
+//! and take a pool again on the next allocation, both on the slow path. So
+//! a pool whose last block is freed, while it is its class's only pool on
+//! `used[c]`, stays with its class (`kept[c]`, empty) when that changes no
+//! placement: its arena has another pool in use (kept pools never hold an
+//! arena back from draining) and, freed, it would make its arena the first
+//! of `usable_arenas`, where the class's next pool would come from anyway.
+//! The class's next allocation takes it back in O(1) if that still holds;
+//! else it goes back to its arena first. Kept pools go back to their arena
+//! when its last pool in use empties, when no arena has a free pool for a
+//! new one, and on `trim`. mimalloc keeps the only page of a size class the
+//! same way (`_mi_page_retire`).
 //!
 //! **Size classes.** CPython rounds every request to 16 bytes (since 3.8,
 //! bpo-27987) because C's `malloc` cannot know which requests need
@@ -224,6 +238,8 @@ struct Arena {
     nfreepools: u32,
     /// Pools in the arena.
     ntotalpools: u32,
+    /// Pools of the arena kept empty for their class (see `kept`).
+    nkept: u32,
 }
 
 const POOL_HEADER: usize = size_of::<Pool>().next_multiple_of(ALIGNMENT);
@@ -268,6 +284,9 @@ impl core::error::Error for AllocateError {
 #[doc(hidden)]
 pub struct ObjectAllocator {
     used: [*mut Pool; CLASS_TABLE],
+    /// Per class, the pool kept empty when its last block was freed, or
+    /// null: see *Kept pools* in the module docs.
+    kept: [*mut Pool; CLASS_TABLE],
     usable_arenas: *mut Arena,
     nfp2lasta: [*mut Arena; NFP_TABLE],
     pool_mask: usize,
@@ -277,7 +296,7 @@ pub struct ObjectAllocator {
     window_slots: usize,
     arena_map: [u64; ARENA_MAP_WORDS],
     counters: ArenaCounters,
-    /// Pools holding at least one block, per class.
+    /// Pools holding at least one block, or kept, per class.
     class_pools: [u32; CLASS_TABLE],
     /// The key free blocks are tagged with ([`KEY`]), made with the first
     /// arena (before any block exists); unused where tags cannot be read
@@ -320,6 +339,7 @@ impl ObjectAllocator {
     /// [`set_window`](Self::set_window).
     pub(crate) const UNSET: Self = Self {
         used: [ptr::null_mut(); CLASS_TABLE],
+        kept: [ptr::null_mut(); CLASS_TABLE],
         usable_arenas: ptr::null_mut(),
         nfp2lasta: [ptr::null_mut(); NFP_TABLE],
         pool_mask: 0,
@@ -444,10 +464,60 @@ impl ObjectAllocator {
         debug_assert!(size <= self.geometry.threshold && align <= ALIGNMENT);
         // (Masked as in `owns`: a small request's class is in the table.)
         let class = size_class(size, align, self.geometry.class_shift) & CLASS_MASK;
-        let pool = self.used[class];
+        let mut pool = self.used[class];
+        if pool.is_null() {
+            pool = self.kept[class];
+            // A kept pool serves where a new pool would come from its arena
+            // (else `allocate_new_pool` gives it back first).
+            // SAFETY: the arena of a live pool is live.
+            if pool.is_null() || !unsafe { self.first_once_freed(self.arena_of(pool)) } {
+                return None;
+            }
+            // SAFETY: a kept pool is a live, empty pool of class `class`.
+            unsafe { self.take_kept(pool, class) };
+        }
         // SAFETY: pools on `used[class]` are live pools of class `class`
         // with a free or carvable block.
-        (!pool.is_null()).then(|| unsafe { self.pop(pool, class) })
+        Some(unsafe { self.pop(pool, class) })
+    }
+
+    /// Puts `class`'s kept pool, `pool`, back on `used[class]` (empty
+    /// then, which is not: the caller pops a block from it).
+    ///
+    /// # Safety
+    ///
+    /// `pool` must be `kept[class]`, non-null.
+    #[inline(always)]
+    unsafe fn take_kept(&mut self, pool: *mut Pool, class: usize) {
+        self.kept[class] = ptr::null_mut();
+        // SAFETY: the arena of a live pool is live; a kept pool was the
+        // only one on `used[class]`, and is still linked to none.
+        unsafe { (*self.arena_of(pool)).nkept -= 1 };
+        self.used[class] = pool;
+    }
+
+    /// Whether arena `ao`, given back one more free pool, would be the
+    /// first of `usable_arenas` (where new pools come from): wholly
+    /// allocated (off the list; then first, with one free pool), or first
+    /// already and not tied with the next.
+    ///
+    /// # Safety
+    ///
+    /// `ao` must be a live arena.
+    #[inline(always)]
+    unsafe fn first_once_freed(&self, ao: *mut Arena) -> bool {
+        // SAFETY: the caller's promise; arenas on the list are live.
+        unsafe {
+            let a = &*ao;
+            a.nfreepools == 0
+                || (ao == self.usable_arenas && (a.next.is_null() || (*a.next).nfreepools > a.nfreepools))
+        }
+    }
+
+    /// The header of the arena `pool` lies in.
+    #[inline(always)]
+    fn arena_of(&self, pool: *mut Pool) -> *mut Arena {
+        pool.cast::<u8>().map_addr(|a| (a & self.arena_mask) + POOL_HEADER).cast::<Arena>()
     }
 
     /// The slow path of [`allocate`](Self::allocate): a block from a new pool
@@ -464,12 +534,15 @@ impl ObjectAllocator {
         align: usize,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
-        let class = size_class(size, align, self.geometry.class_shift);
-        match NonNull::new(self.used[class]) {
-            // SAFETY: as in `allocate_from_pools`.
-            Some(pool) => Ok(unsafe { self.pop(pool.as_ptr(), class) }),
-            None => self.allocate_from_new_pool(class, source),
+        if let Some(p) = self.allocate_from_pools(size, align) {
+            return Ok(p);
         }
+        let class = size_class(size, align, self.geometry.class_shift);
+        if !self.kept[class].is_null() {
+            // Kept where a new pool would not come from: it goes back.
+            self.release_kept_pool(class, source);
+        }
+        self.allocate_from_new_pool(class, source)
     }
 
     /// Whether a new pool needs a new arena (no arena has a free pool).
@@ -532,6 +605,11 @@ impl ObjectAllocator {
         class: usize,
         source: &mut impl PageSource,
     ) -> Result<NonNull<u8>, AllocateError> {
+        if self.usable_arenas.is_null() {
+            // Every arena's pools are in use or kept: the kept ones serve
+            // before a new arena is taken.
+            self.release_kept(None, source);
+        }
         if self.usable_arenas.is_null() {
             let arena = self.new_arena(source)?;
             self.usable_arenas = arena;
@@ -749,6 +827,7 @@ impl ObjectAllocator {
                 pool_address: base.as_ptr(),
                 nfreepools: pools,
                 ntotalpools: pools,
+                nkept: 0,
             })
         };
         let c = &mut self.counters;

@@ -189,6 +189,59 @@ fn allocation_prefers_the_fullest_arena_and_empty_arenas_drain() {
     obj.check_invariants();
 }
 
+#[test]
+fn a_class_whose_last_block_goes_keeps_its_pool_while_its_arena_is_in_use() {
+    // 16 KiB arenas of four 4 KiB pools.
+    let g = Geometry { arena_shift: 14, pool_shift: 12, class_shift: 4, threshold: 512 };
+    let region = Region::new(1 << 20);
+    let mut src = region.source();
+    let mut obj = ObjectAllocator::new(g, src.window()).unwrap();
+    let pool_of = |p: NonNull<u8>| p.as_ptr() as usize >> 12;
+    // SAFETY (every call below): `src` is this layer's one page source, and
+    // each block is freed once, while live.
+    let alloc = |obj: &mut ObjectAllocator, src: &mut _, size| unsafe { obj.allocate(size, 8, src) }.unwrap();
+    let anchor = alloc(&mut obj, &mut src, 64);
+    let (b1, b2) = (alloc(&mut obj, &mut src, 512), alloc(&mut obj, &mut src, 512));
+    unsafe {
+        assert!(obj.deallocate(b1, &mut src));
+        assert!(obj.deallocate(b2, &mut src));
+    }
+    // The 512-byte class is empty, but keeps its pool (the arena holds the
+    // anchor): its next block comes from that pool's free list (the last
+    // block freed), not from a pool laid out again (its first block).
+    assert_eq!(obj.pools_in_use(512, 8), 1, "the emptied pool was not kept");
+    obj.check_invariants();
+    let c = alloc(&mut obj, &mut src, 512);
+    assert_eq!((pool_of(c), c), (pool_of(b1), b2), "the kept pool did not serve");
+    unsafe { assert!(obj.deallocate(c, &mut src)) };
+    // `trim` gives kept pools back.
+    assert_eq!(unsafe { obj.trim(&mut src) }, 0, "the arena is in use");
+    assert_eq!(obj.pools_in_use(512, 8), 0, "trim left the kept pool");
+    obj.check_invariants();
+    // Four classes fill the arena's four pools, then one empties and is
+    // kept: a fifth class takes the kept pool rather than a new arena.
+    let others: Vec<_> = [128, 256, 384].iter().map(|&size| alloc(&mut obj, &mut src, size)).collect();
+    assert!(others.iter().all(|&p| p.as_ptr() as usize >> 14 == anchor.as_ptr() as usize >> 14));
+    unsafe { assert!(obj.deallocate(others[2], &mut src)) };
+    assert_eq!(obj.pools_in_use(384, 8), 1);
+    let fifth = alloc(&mut obj, &mut src, 448);
+    assert_eq!(pool_of(fifth), pool_of(others[2]), "a new arena was taken while a pool was kept");
+    assert_eq!((obj.counters().current, obj.pools_in_use(384, 8)), (1, 0));
+    obj.check_invariants();
+    // The arena's last pools in use empty: kept pools go with them, and the
+    // arena drains (kept as the spare, then trimmed).
+    for p in [others[0], others[1], fifth, anchor] {
+        unsafe { assert!(obj.deallocate(p, &mut src)) };
+        obj.check_invariants();
+    }
+    assert!((1..=NUM_CLASSES_CHECKED).all(|c| obj.pools_in_use(c * 16, 8) == 0), "a pool stayed kept");
+    assert_eq!(unsafe { obj.trim(&mut src) }, 1, "the arena did not drain");
+    assert_eq!(src.bytes_out(), 0);
+}
+
+/// The classes of 16-byte granules up to 512 bytes.
+const NUM_CLASSES_CHECKED: usize = 32;
+
 // ---- layer 0 ----
 
 #[test]

@@ -1,10 +1,13 @@
 //! The free path of layer +2: checks that refuse a block not in use, the
-//! pool and arena state changes of a free, and trimming spare arenas.
+//! pool and arena state changes of a free (and the pools kept for their
+//! class), and trimming spare arenas.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::Relaxed;
 
-use super::{Arena, ObjectAllocator, POOL_HEADER, Pool, TAGS, UNUSED_CLASS, frozen_word, is_multiple};
+use super::{
+    Arena, CLASS_MASK, ObjectAllocator, POOL_HEADER, Pool, TAGS, UNUSED_CLASS, frozen_word, is_multiple,
+};
 use crate::source::{PageSource, reach};
 
 impl ObjectAllocator {
@@ -193,7 +196,8 @@ impl ObjectAllocator {
         // not full, so on `used[class]` already; no tag: not freed already.
         // (Whether `ptr` starts a block is left to the caller's contract
         // here — a sized free of a pointer into a live block breaks it —
-        // and checked by every other free: see `is_block_start`.)
+        // and checked by every other free: see `is_block_start`.) A pool's
+        // last block goes the full way, which may keep the pool.
         if p.ref_count <= 1
             || last.is_null()
             || last == block
@@ -213,11 +217,89 @@ impl ObjectAllocator {
         true
     }
 
+    /// Keeps `pool`, whose last block is being freed, for its class (see
+    /// *Kept pools* in the module docs) when that changes no placement: it
+    /// is its class's only pool on its `used` list, the class keeps no pool
+    /// yet, its arena has another pool in use, and freed it would make its
+    /// arena the first of `usable_arenas` — where the class's next pool
+    /// would come from. It leaves `used[class]` for `kept[class]`. Returns
+    /// whether it did.
+    ///
+    /// # Safety
+    ///
+    /// `pool` must be a live pool on its class's `used` list.
+    #[inline]
+    unsafe fn keep(&mut self, pool: *mut Pool) -> bool {
+        let ao = self.arena_of(pool);
+        // SAFETY: the caller's promise: a live pool.
+        let (alone, class) = unsafe {
+            let p = &(*pool).h;
+            (p.prev.is_null() && p.next.is_null(), (*pool).class.load(Relaxed) as usize & CLASS_MASK)
+        };
+        // SAFETY: the arena of a live pool is live.
+        let (in_use, first) = unsafe {
+            let a = &*ao;
+            (a.nfreepools + a.nkept + 2 <= a.ntotalpools, self.first_once_freed(ao))
+        };
+        if !(alone && in_use && first && self.kept[class].is_null()) {
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { (*ao).nkept += 1 };
+        // The only pool of `used[class]`: the list empties.
+        self.used[class] = ptr::null_mut();
+        self.kept[class] = pool;
+        true
+    }
+
+    /// Gives back every pool kept for its class (to its arena, which goes
+    /// back too if that leaves it wholly free), or, with `only_in`, those
+    /// of that arena. Returns how many.
+    pub(super) fn release_kept(
+        &mut self,
+        only_in: Option<*mut Arena>,
+        source: &mut impl PageSource,
+    ) -> usize {
+        let mut released = 0;
+        for class in 0..self.kept.len() {
+            let pool = self.kept[class];
+            if !pool.is_null() && only_in.is_none_or(|ao| ao == self.arena_of(pool)) {
+                self.release_kept_pool(class, source);
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Gives back `class`'s kept pool (to its arena, which goes back too
+    /// if that leaves it wholly free).
+    ///
+    /// # Panics
+    ///
+    /// If the class keeps no pool.
+    pub(super) fn release_kept_pool(&mut self, class: usize, source: &mut impl PageSource) {
+        let pool = self.kept[class];
+        assert!(!pool.is_null(), "no pool kept for class {class}");
+        self.kept[class] = ptr::null_mut();
+        self.class_pools[class] -= 1;
+        // SAFETY: a kept pool is live and empty, on no list, and its arena
+        // is live.
+        unsafe {
+            (*self.arena_of(pool)).nkept -= 1;
+            (*pool).class.store(UNUSED_CLASS, Relaxed);
+            self.insert_to_freepool(pool, source);
+        }
+    }
+
     /// A pool was full (`was_full`) or has just become empty.
     #[cold]
     unsafe fn pool_changed_state(&mut self, pool: *mut Pool, was_full: bool, source: &mut impl PageSource) {
         // SAFETY: the caller passes a live pool.
         let class = unsafe { (*pool).class.load(Relaxed) } as usize;
+        // SAFETY: an empty pool that was not full is on its `used` list.
+        if !was_full && unsafe { (*pool).h.ref_count == 0 && self.keep(pool) } {
+            return;
+        }
         // SAFETY: as above; the head only, which no thread reads unlocked.
         let p = unsafe { &mut (*pool).h };
         if p.ref_count != 0 {
@@ -250,6 +332,14 @@ impl ObjectAllocator {
         // not in use and leaves the free to the checks under the lock.
         // SAFETY: as above.
         unsafe { (*pool).class.store(UNUSED_CLASS, Relaxed) };
+        let ao = self.arena_of(pool);
+        // SAFETY: the arena of a live pool is live.
+        let a = unsafe { &*ao };
+        if a.nkept != 0 && a.nfreepools + a.nkept + 1 == a.ntotalpools {
+            // The arena's last pool in use: the pools it keeps go first, so
+            // that this one leaves it wholly free.
+            self.release_kept(Some(ao), source);
+        }
         // SAFETY: the pool is live and empty.
         unsafe { self.insert_to_freepool(pool, source) };
     }
@@ -315,15 +405,18 @@ impl ObjectAllocator {
         unsafe { source.deallocate_pages(NonNull::new_unchecked(base), size) };
     }
 
-    /// Gives back the spare: a wholly free arena kept against thrashing.
-    /// Returns how many arenas went back.
+    /// Gives back the spare — a wholly free arena kept against thrashing —
+    /// and every pool kept for its class (with the arenas that leaves
+    /// wholly free). Returns how many arenas went back.
     ///
     /// # Safety
     ///
     /// `source` must be the page source this allocator has taken every arena
     /// from: the same one on every call since [`new`](Self::new).
     pub unsafe fn trim(&mut self, source: &mut impl PageSource) -> usize {
-        let mut freed = 0;
+        let before = self.counters.reclaimed;
+        self.release_kept(None, source);
+        let mut freed = self.counters.reclaimed - before;
         let mut ao = self.usable_arenas;
         while !ao.is_null() {
             // SAFETY: arenas on the list are live.

@@ -234,7 +234,21 @@ impl ObjectAllocator {
                 class_pools[p.class.load(Relaxed) as usize] += 1;
             }
         });
-        assert_eq!(class_pools[..CLASS_TABLE], self.class_pools, "pools in use per class");
+        // Kept pools: empty, of their class, counted with their class's
+        // pools and in their arena's `nkept`.
+        for (class, &pool) in self.kept.iter().enumerate() {
+            if pool.is_null() {
+                continue;
+            }
+            assert!(self.owns(pool as *const u8), "kept pool outside every arena");
+            // SAFETY: checked to lie in a live arena.
+            let p = unsafe { &*pool };
+            assert_eq!(p.class.load(Relaxed) as usize, class, "pool kept for the wrong class");
+            assert_eq!(p.ref_count, 0, "kept pool with a block in use");
+            assert!(!p.freeblock.is_null(), "kept pool with no free block");
+            class_pools[class] += 1;
+        }
+        assert_eq!(class_pools[..CLASS_TABLE], self.class_pools, "pools in use or kept, per class");
         assert_eq!(in_used, partial, "pools on used lists vs pools in use with a free block");
         // `usable_arenas`: sorted by free pools, `nfp2lasta` marks each run's end.
         let mut prev: *mut Arena = ptr::null_mut();
@@ -287,6 +301,11 @@ impl ObjectAllocator {
                 pool = p.next;
             }
             assert_eq!(free + uncarved, a.nfreepools as usize, "arena free-pool count");
+            let kept =
+                self.kept.iter().filter(|&&k| !k.is_null() && k.addr() & self.arena_mask == base).count();
+            assert_eq!(kept, a.nkept as usize, "arena kept-pool count");
+            let pools = a.ntotalpools as usize;
+            assert!(kept == 0 || kept + free + uncarved < pools, "an arena of kept pools only");
         }
         assert_eq!(live, self.counters.current, "arena count and bitmap disagree");
         let usage = self.usage();
