@@ -188,8 +188,9 @@ pub(crate) const fn class_size(class: usize, class_shift: u32) -> usize {
 #[repr(C)]
 struct Pool {
     h: PoolHead,
-    /// Size class, or `UNUSED_CLASS` for a pool with no block in use.
-    /// Written only under the lock, while the pool has no block in use.
+    /// Size class, or `UNUSED_CLASS` for a pool with no block in use (a
+    /// free or kept pool). Written only under the lock, while the pool has
+    /// no block in use.
     class: AtomicU32,
 }
 
@@ -491,8 +492,12 @@ impl ObjectAllocator {
     unsafe fn take_kept(&mut self, pool: *mut Pool, class: usize) {
         self.kept[class] = ptr::null_mut();
         // SAFETY: the arena of a live pool is live; a kept pool was the
-        // only one on `used[class]`, and is still linked to none.
-        unsafe { (*self.arena_of(pool)).nkept -= 1 };
+        // only one on `used[class]`, and is still linked to none. Its class
+        // is written back while none of its blocks is in use.
+        unsafe {
+            (*self.arena_of(pool)).nkept -= 1;
+            (*pool).class.store(class as u32, Relaxed);
+        }
         self.used[class] = pool;
     }
 

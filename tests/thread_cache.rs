@@ -112,6 +112,44 @@ fn a_thread_reuses_its_freed_blocks_and_gives_them_back_on_trim() {
 }
 
 #[test]
+fn a_second_free_into_a_pool_kept_for_its_class_is_refused() {
+    let heap = heap();
+    let (anchor, eight) = (Layout::from_size_align(48, 8).unwrap(), Layout::from_size_align(8, 8).unwrap());
+    // SAFETY: blocks of this heap with their layouts; the block freed
+    // twice is the misuse under test, which the heap must refuse.
+    unsafe {
+        let keep_arena = heap.alloc(anchor);
+        // Another thread takes the 8-byte class's blocks, frees its one
+        // and exits: its cache gives them back, and the next lock holder
+        // frees them, which empties the class's pool. The anchor keeps the
+        // arena in use, so the pool is kept for its class (empty).
+        let x = thread::spawn(move || {
+            let x = heap.alloc(eight);
+            heap.dealloc(x, eight);
+            x as usize
+        })
+        .join()
+        .unwrap() as *mut u8;
+        heap.with(|h| h.check_invariants());
+        // (In use: the anchor, and the blocks its miss stocked this
+        // thread's cache with.)
+        assert_eq!(in_use(heap), 1 + REFILL, "the exiting thread's blocks did not come back");
+        // An 8-byte block has no tag: the cache must not take the block
+        // freed again by its class alone (a kept pool's header has none).
+        let refused = heap.stats().front.refused_frees;
+        heap.dealloc(x, eight);
+        assert_eq!(heap.stats().front.refused_frees, refused + 1, "a block freed twice was taken");
+        let (p, q) = (heap.alloc(eight), heap.alloc(eight));
+        assert_ne!(p, q, "one block handed out twice");
+        heap.dealloc(p, eight);
+        heap.dealloc(q, eight);
+        heap.dealloc(keep_arena, anchor);
+    }
+    heap.trim();
+    heap.with(|h| h.check_invariants());
+}
+
+#[test]
 fn a_block_shrunk_in_place_never_serves_a_16_aligned_request_misaligned() {
     let heap = heap();
     let (big, small, aligned) = (

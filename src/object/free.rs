@@ -244,8 +244,14 @@ impl ObjectAllocator {
         if !(alone && in_use && first && self.kept[class].is_null()) {
             return false;
         }
-        // SAFETY: as above.
-        unsafe { (*ao).nkept += 1 };
+        // SAFETY: as above. Kept, the pool has no class in its header (as
+        // a free pool has none): a thread cache that reads the class of a
+        // block freed twice leaves the free to the checks under the lock,
+        // which refuse it (no block of the pool is in use).
+        unsafe {
+            (*ao).nkept += 1;
+            (*pool).class.store(UNUSED_CLASS, Relaxed);
+        }
         // The only pool of `used[class]`: the list empties.
         self.used[class] = ptr::null_mut();
         self.kept[class] = pool;

@@ -234,8 +234,9 @@ impl ObjectAllocator {
                 class_pools[p.class.load(Relaxed) as usize] += 1;
             }
         });
-        // Kept pools: empty, of their class, counted with their class's
-        // pools and in their arena's `nkept`.
+        // Kept pools: empty, of their class's block size (with no class in
+        // their header), counted with their class's pools and in their
+        // arena's `nkept`.
         for (class, &pool) in self.kept.iter().enumerate() {
             if pool.is_null() {
                 continue;
@@ -243,7 +244,12 @@ impl ObjectAllocator {
             assert!(self.owns(pool as *const u8), "kept pool outside every arena");
             // SAFETY: checked to lie in a live arena.
             let p = unsafe { &*pool };
-            assert_eq!(p.class.load(Relaxed) as usize, class, "pool kept for the wrong class");
+            assert_eq!(p.class.load(Relaxed), UNUSED_CLASS, "kept pool with a class in its header");
+            assert_eq!(
+                p.block_size as usize,
+                class_size(class, self.geometry.class_shift),
+                "kept pool's blocks"
+            );
             assert_eq!(p.ref_count, 0, "kept pool with a block in use");
             assert!(!p.freeblock.is_null(), "kept pool with no free block");
             class_pools[class] += 1;

@@ -160,8 +160,8 @@ impl<S: PageSource> Heap<S> {
 
     /// [`reallocate`](Self::reallocate) to a size layer 0 serves as given
     /// (above every geometry's threshold), through layer 0's quick calls
-    /// (`segment/quick.rs`), of a block of layer +2 or of a block of layer 0
-    /// whose size is above the thresholds too: the same result, or `None`,
+    /// (`segment/quick.rs`), of a block of layer +2 or of layer 0: the same
+    /// result, or `None`,
     /// having changed nothing, where they decline — and for a block on the
     /// streak of doublings that promotes it, and every refusal.
     ///
@@ -187,11 +187,11 @@ impl<S: PageSource> Heap<S> {
         if in_object {
             // It cannot stay: its class is below `new_size`.
             self.live_object_block(ptr, layout)?;
-        } else if layout.size() <= SMALL_REQUEST_THRESHOLD {
-            // (Layer 0 sees a small layout rounded to its class.)
-            return None;
         } else {
-            self.segment.quick_block(ptr, layout, self.source.discard_from())?;
+            // (Layer 0 sees a small layout rounded to its class.)
+            let old =
+                if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { self.layer_0_layout(layout) };
+            self.segment.quick_block(ptr, old, self.source.discard_from())?;
         }
         // The doubling streak, as `reallocate` keeps it; a block on the
         // streak that promotes it was found in the table (which then did
@@ -222,18 +222,28 @@ impl<S: PageSource> Heap<S> {
             q
         } else {
             // SAFETY: a block of layer 0 just checked by `quick_block`.
-            if unsafe { self.segment.resize_quick(ptr, new_size) } {
+            let resized = unsafe { self.segment.resize_quick(ptr, new_size) };
+            let moved = if resized {
+                ptr
+            } else {
+                // SAFETY: as above, `keep` at most both sizes.
+                match unsafe { self.move_quick(ptr, new_layout, keep) } {
+                    Some(q) => q,
+                    None => {
+                        self.growing_next = next;
+                        return None;
+                    }
+                }
+            };
+            // A small block of layer 0 goes (counted as `reallocate` does).
+            if layout.size() <= SMALL_REQUEST_THRESHOLD {
+                self.note_small_in_layer_0(layout, false);
+            }
+            if resized {
                 self.realloc_done(ptr, growth, true);
                 return Some(ptr);
             }
-            // SAFETY: as above, `keep` at most both sizes.
-            match unsafe { self.move_quick(ptr, new_layout, keep) } {
-                Some(q) => q,
-                None => {
-                    self.growing_next = next;
-                    return None;
-                }
-            }
+            moved
         };
         self.realloc_done(moved, growth, false);
         Some(moved)
