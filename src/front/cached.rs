@@ -16,7 +16,7 @@ use super::hooks::{Guard, Hooks, Lock, no_unwind, realloc_own_layout};
 use super::quick::{
     alloc_locked, alloc_quick, alloc_quick_layer_0, beyond_small, block_or_null, free_locked, free_quick,
     free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked, realloc_quick, realloc_small_quick,
-    realloc_unsized_quick,
+    realloc_unsized_quick, small_aligned,
 };
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::thread_cache::Spill;
@@ -96,7 +96,9 @@ impl Hooks for Cached {
                     return p.as_ptr();
                 }
             } else if beyond_small(layout) {
-                return self.alloc_beyond_small(layout, domain, heap);
+                return self.alloc_beyond_small::<false, _, _>(layout, domain, heap);
+            } else if small_aligned(layout) {
+                return self.alloc_beyond_small::<true, _, _>(layout, domain, heap);
             }
         }
         self.alloc_rest(layout, domain, heap)
@@ -118,7 +120,10 @@ impl Hooks for Cached {
                 }
             } else if beyond_small(layout) {
                 // SAFETY: forwarded contract.
-                return unsafe { self.dealloc_beyond_small(p, layout, domain, heap) };
+                return unsafe { self.dealloc_beyond_small::<false, _, _>(p, layout, domain, heap) };
+            } else if small_aligned(layout) {
+                // SAFETY: forwarded contract.
+                return unsafe { self.dealloc_beyond_small::<true, _, _>(p, layout, domain, heap) };
             }
         }
         // SAFETY: as above; the quick path left the block as it was.
@@ -320,17 +325,18 @@ impl Cached {
         })
     }
 
-    /// An allocation [`beyond_small`] while the quick paths serve: layer
-    /// 0's quick call, else [`alloc_rest`](Self::alloc_rest) (out of line,
-    /// so that the small request's path keeps its few registers).
+    /// An allocation [`beyond_small`] (or, `ALIGNED`, [`small_aligned`])
+    /// while the quick paths serve: layer 0's quick call, else
+    /// [`alloc_rest`](Self::alloc_rest) (out of line, so that the small
+    /// request's path keeps its few registers).
     #[inline(never)]
-    fn alloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+    fn alloc_beyond_small<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
         &self,
         layout: Layout,
         domain: Domain,
         heap: &Lock<S, L>,
     ) -> *mut u8 {
-        match no_unwind(|| alloc_quick_layer_0(heap, layout)) {
+        match no_unwind(|| alloc_quick_layer_0::<ALIGNED, _, _>(heap, layout)) {
             Some(p) => p.as_ptr(),
             None => self.alloc_rest(layout, domain, heap),
         }
@@ -343,7 +349,7 @@ impl Cached {
     ///
     /// As [`Hooks::dealloc`].
     #[inline(never)]
-    unsafe fn dealloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+    unsafe fn dealloc_beyond_small<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
         &self,
         p: NonNull<u8>,
         layout: Layout,
@@ -352,7 +358,9 @@ impl Cached {
     ) {
         // SAFETY: forwarded contract; the quick call left the block as it
         // was if it declined.
-        if !no_unwind(|| unsafe { free_quick_layer_0(heap, p, layout, || self.quick_allowed()) }) {
+        if !no_unwind(|| unsafe {
+            free_quick_layer_0::<ALIGNED, _, _>(heap, p, layout, || self.quick_allowed())
+        }) {
             // SAFETY: as above.
             unsafe { self.dealloc_rest(p, layout, domain, heap) }
         }

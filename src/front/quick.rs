@@ -15,7 +15,10 @@
 //! frame of its own (`segment/quick.rs`): an allocation from TLSF's lists
 //! in O(1), the free of a block of a committed window that its header and
 //! its neighbour's say is in use and of that size, a realloc in place,
-//! backward or to a new block, all with the checks of the full path. They
+//! backward or to a new block, all with the checks of the full path.
+//! Small sizes aligned past 16 (layer 0's too) take the same calls in a
+//! frame of their own; larger ones aligned past 16 take the full path (the
+//! aligned lookup made the common call's frame larger than it saved). They
 //! make the full path's choices or decline untouched, and a declined call
 //! takes the lock again on the full path: a few instructions, against the
 //! full path's frame on every call. The frees and reallocs among them take
@@ -44,37 +47,42 @@ pub(super) const fn may_be_small(layout: Layout) -> bool {
     layout.size().wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && layout.align() <= ALIGNMENT
 }
 
-/// Whether `layout` is no small request in any geometry: larger than
-/// [`SMALL_REQUEST_THRESHOLD`], or aligned past [`ALIGNMENT`] (and not of
-/// size 0): what layer 0 serves in every geometry. The quick paths try
-/// layer 0's quick calls for these (`segment/quick.rs`), out of line from
-/// the small request's path (which then keeps its few registers).
+/// Whether `layout` is larger than a small request in every geometry: what
+/// layer 0 serves as given. The quick paths try layer 0's quick calls for
+/// these (`segment/quick.rs`), out of line from the small request's path
+/// (which then keeps its few registers).
 #[inline(always)]
 pub(super) const fn beyond_small(layout: Layout) -> bool {
-    !may_be_small(layout) && layout.size() != 0
+    layout.size() > SMALL_REQUEST_THRESHOLD
 }
 
-/// The layout layer 0 serves a request [`beyond_small`] with: its own, or
-/// for a size of the small requests, rounded as [`Heap::allocate`](super::Heap::allocate)
-/// rounds it.
+/// Whether `layout` is a small size aligned past [`ALIGNMENT`] (not 0):
+/// layer 0's in every geometry, under the layout [`Heap::allocate`](super::Heap::allocate)
+/// rounds it to. The quick paths try layer 0's quick calls for these in a
+/// frame of their own (`ALIGNED`), apart from the requests [`beyond_small`].
 #[inline(always)]
-fn layer_0_layout<S: PageSource>(heap: &super::Heap<S>, layout: Layout) -> Layout {
-    if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { heap.layer_0_layout(layout) }
+pub(super) const fn small_aligned(layout: Layout) -> bool {
+    layout.align() > ALIGNMENT && layout.size().wrapping_sub(1) < SMALL_REQUEST_THRESHOLD
 }
 
-/// The common allocation of a request [`beyond_small`]: from layer 0's
-/// lists in O(1), if the lock is free. `None`: nothing was done.
+/// The common allocation of a request [`beyond_small`] (or, `ALIGNED`, one
+/// [`small_aligned`]): from layer 0's lists in O(1), if the lock is free.
+/// `None`: nothing was done.
 #[inline(always)]
-pub(super) fn alloc_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
+pub(super) fn alloc_quick_layer_0<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     layout: Layout,
 ) -> Option<NonNull<u8>> {
     let mut heap = heap.try_lock()?;
-    let layout = layer_0_layout(&heap, layout);
+    if ALIGNED {
+        let layout = heap.layer_0_layout(layout);
+        return heap.segment.allocate_quick_aligned(layout);
+    }
     heap.segment.allocate_quick(layout)
 }
 
-/// The common free of a block whose layout is [`beyond_small`]: a block of
+/// The common free of a block whose layout is [`beyond_small`] (or,
+/// `ALIGNED`, [`small_aligned`]): a block of
 /// layer 0's committed window, checked as the full path checks it, if the
 /// lock is free. `false`: nothing was done.
 ///
@@ -84,7 +92,7 @@ pub(super) fn alloc_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
 ///
 /// As [`Heap::deallocate`](super::Heap::deallocate).
 #[inline(always)]
-pub(super) unsafe fn free_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
+pub(super) unsafe fn free_quick_layer_0<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
     layout: Layout,
@@ -95,7 +103,7 @@ pub(super) unsafe fn free_quick_layer_0<S: PageSource, L: lock_api::RawMutex>(
         return false;
     }
     let discard_from = heap.source.discard_from();
-    let layout = layer_0_layout(&heap, layout);
+    let layout = if ALIGNED { heap.layer_0_layout(layout) } else { layout };
     // A pointer into an arena is no block of layer 0 (the full path
     // refuses it); others are layer 0's to check.
     // SAFETY: forwarded contract.
@@ -381,7 +389,9 @@ impl Hooks for Quick {
         _: Domain,
     ) -> *mut u8 {
         if beyond_small(layout) {
-            return self.alloc_beyond_small(layout, heap);
+            return self.alloc_beyond_small::<false, _, _>(layout, heap);
+        } else if small_aligned(layout) {
+            return self.alloc_beyond_small::<true, _, _>(layout, heap);
         }
         match no_unwind(|| alloc_quick(heap, layout)) {
             Some(p) => p.as_ptr(),
@@ -399,7 +409,10 @@ impl Hooks for Quick {
     ) {
         if beyond_small(layout) {
             // SAFETY: forwarded contract.
-            return unsafe { self.dealloc_beyond_small(p, layout, heap) };
+            return unsafe { self.dealloc_beyond_small::<false, _, _>(p, layout, heap) };
+        } else if small_aligned(layout) {
+            // SAFETY: forwarded contract.
+            return unsafe { self.dealloc_beyond_small::<true, _, _>(p, layout, heap) };
         }
         // SAFETY: forwarded contract.
         if !no_unwind(|| unsafe { free_quick(heap, p, layout) }) {
@@ -479,12 +492,12 @@ impl Quick {
     /// An allocation [`beyond_small`]: layer 0's quick call, else the
     /// lock.
     #[inline(never)]
-    fn alloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+    fn alloc_beyond_small<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
         &self,
         layout: Layout,
         heap: &Lock<S, L>,
     ) -> *mut u8 {
-        match no_unwind(|| alloc_quick_layer_0(heap, layout)) {
+        match no_unwind(|| alloc_quick_layer_0::<ALIGNED, _, _>(heap, layout)) {
             Some(p) => p.as_ptr(),
             None => self.alloc_rest(layout, heap),
         }
@@ -496,7 +509,7 @@ impl Quick {
     ///
     /// As [`Heap::deallocate`](super::Heap::deallocate).
     #[inline(never)]
-    unsafe fn dealloc_beyond_small<S: PageSource, L: lock_api::RawMutex>(
+    unsafe fn dealloc_beyond_small<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
         &self,
         p: NonNull<u8>,
         layout: Layout,
@@ -504,7 +517,7 @@ impl Quick {
     ) {
         // SAFETY: forwarded contract; the quick call left the block as it
         // was if it declined.
-        if !no_unwind(|| unsafe { free_quick_layer_0(heap, p, layout, || true) }) {
+        if !no_unwind(|| unsafe { free_quick_layer_0::<ALIGNED, _, _>(heap, p, layout, || true) }) {
             // SAFETY: as above.
             unsafe { self.dealloc_rest(p, layout, heap) }
         }

@@ -12,9 +12,9 @@
 //! differently, and nothing the full call refuses gets through. They
 //! decline whatever needs more than a list lookup or the block's own
 //! headers: a span from the source, the exhaustive search before a
-//! failure, pages to discard, the
-//! first-fit engines, the spans of a page-mapping source, and every
-//! refusal (the full call then says why).
+//! failure, an alignment above [`GRANULE`] (but for a realloc's new block),
+//! pages to discard, the first-fit engines, the spans of a page-mapping
+//! source, and every refusal (the full call then says why).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -29,9 +29,21 @@ use crate::source::reach;
 impl SegmentAllocator {
     /// [`allocate`](Self::allocate) when TLSF's lists serve `layout` in
     /// O(1): the same block, or `None`, having changed nothing.
+    /// (Aligned to at most [`GRANULE`]: the common allocation's frame stays
+    /// small; [`allocate_quick_aligned`](Self::allocate_quick_aligned)
+    /// serves any alignment.)
     #[inline(always)]
     pub(crate) fn allocate_quick(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         // `large` is 0 unless TLSF serves (see `allocate`).
+        if !tlsf::ON || layout.size() >= self.large || layout.align() > GRANULE {
+            return None;
+        }
+        self.tlsf.allocate_quick(layout.size())
+    }
+
+    /// [`allocate_quick`](Self::allocate_quick) at any alignment.
+    #[inline(always)]
+    pub(crate) fn allocate_quick_aligned(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         if !tlsf::ON || layout.size() >= self.large {
             return None;
         }

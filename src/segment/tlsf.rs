@@ -315,7 +315,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// `c` must be a free chunk on the list of its size.
-    #[inline]
+    #[inline(always)]
     unsafe fn unlink(&mut self, c: *mut u8, size: usize) {
         // SAFETY: `c` is on a list, so its links and its neighbours' are valid.
         unsafe {

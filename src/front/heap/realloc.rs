@@ -204,7 +204,7 @@ impl<S: PageSource> Heap<S> {
         }
         let keep = layout.size().min(new_size);
         let moved = if in_object {
-            let Some(q) = self.segment.allocate_quick(new_layout) else {
+            let Some(q) = self.segment.allocate_quick_aligned(new_layout) else {
                 self.growing_next = next;
                 return None;
             };
@@ -370,7 +370,7 @@ impl<S: PageSource> Heap<S> {
         {
             return Some(q);
         }
-        let q = self.segment.allocate_quick(new_layout)?;
+        let q = self.segment.allocate_quick_aligned(new_layout)?;
         // SAFETY: both blocks are live, distinct, and at least `keep` bytes
         // long; the old one was checked and is freed once.
         unsafe {
