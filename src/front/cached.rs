@@ -15,13 +15,12 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use super::hooks::{Guard, Hooks, Lock, no_unwind, realloc_own_layout};
 use super::quick::{
     alloc_locked, alloc_quick, alloc_quick_layer_0, beyond_small, block_or_null, free_locked, free_quick,
-    free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked, realloc_quick, realloc_small_quick,
+    free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked, realloc_quick,
     realloc_unsized_quick, small_aligned,
 };
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::thread_cache::Spill;
 use super::{AllocateError, Domain, Heap, HeapStats, thread_cache};
-use crate::object::SMALL_REQUEST_THRESHOLD;
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
 
@@ -366,10 +365,9 @@ impl Cached {
         }
     }
 
-    /// A realloc while the quick paths serve: the quick call for its new
-    /// size — layer 0's past the small sizes, layer +2's within them —
-    /// else [`realloc_rest`](Self::realloc_rest) (out of line, in a frame
-    /// of its own).
+    /// A realloc while the quick paths serve: the quick calls for its new
+    /// size ([`realloc_quick`]), else [`realloc_rest`](Self::realloc_rest)
+    /// (out of line, in a frame of its own).
     ///
     /// # Safety
     ///
@@ -384,14 +382,7 @@ impl Cached {
     ) -> *mut u8 {
         // SAFETY: forwarded contract; a quick call left the block as it was
         // if it declined.
-        let quick = no_unwind(|| unsafe {
-            if new_size > SMALL_REQUEST_THRESHOLD {
-                realloc_quick(heap, p, layout, new_size, || self.quick_allowed())
-            } else {
-                realloc_small_quick(heap, p, layout, new_size)
-            }
-        });
-        match quick {
+        match no_unwind(|| unsafe { realloc_quick(heap, p, layout, new_size, || self.quick_allowed()) }) {
             Some(q) => q.as_ptr(),
             // SAFETY: as above.
             None => unsafe { self.realloc_rest(heap, p, layout, new_size) },

@@ -302,22 +302,16 @@ impl<S: PageSource> Heap<S> {
     /// out-of-memory resorts (see the module docs).
     #[cold]
     fn allocate_small(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocateError> {
-        let class = self.class_of(layout);
         let in_layer_0 = self.layer_0_layout(layout);
-        let demand = self.cold_demand[class];
-        let cold = demand < self.cold_limit && self.object.pools_in_use(layout.size(), layout.align()) == 0;
-        if cold {
+        let cold_class = self.cold_class(layout);
+        if let Some((class, demand)) = cold_class {
             self.cold_demand[class] = demand + 1;
         }
-        let cold = cold
+        let cold = cold_class.is_some()
             || (self.object.needs_arena()
                 && self.segment.holds_less_than(TIGHT_ARENAS * self.object.geometry().arena_size()));
         // SAFETY: as in `allocate`.
-        let result = match cold.then(|| match self.segment.allocate_quick(in_layer_0) {
-            Some(p) => Ok(p),
-            // SAFETY: as in `allocate`.
-            None => unsafe { self.segment.allocate(in_layer_0, &mut self.source) },
-        }) {
+        let result = match cold.then(|| unsafe { self.segment.allocate(in_layer_0, &mut self.source) }) {
             Some(Ok(p)) => {
                 stat!(self.stats.cold_blocks += 1);
                 Ok(p)
@@ -371,16 +365,22 @@ impl<S: PageSource> Heap<S> {
         if !self.is_small(layout) {
             return self.segment.allocate_quick(self.layer_0_layout(layout));
         }
-        let class = self.class_of(layout);
-        let demand = self.cold_demand[class];
-        if demand >= self.cold_limit || self.object.pools_in_use(layout.size(), layout.align()) != 0 {
-            return None;
-        }
+        let (class, demand) = self.cold_class(layout)?;
         let p = self.segment.allocate_quick(self.layer_0_layout(layout))?;
         self.cold_demand[class] = demand + 1;
         stat!(self.stats.cold_blocks += 1);
         self.small_in_layer_0 += 1;
         Some(p)
+    }
+
+    /// The class of small `layout` and the requests of it served so far,
+    /// if it is cold: it has no pool, and fewer requests than the cold
+    /// limit ([`allocate_small`](Self::allocate_small)).
+    fn cold_class(&self, layout: Layout) -> Option<(usize, u32)> {
+        let class = self.class_of(layout);
+        let demand = self.cold_demand[class];
+        (demand < self.cold_limit && self.object.pools_in_use(layout.size(), layout.align()) == 0)
+            .then_some((class, demand))
     }
 
     /// The size class of a small `layout`.
@@ -489,16 +489,8 @@ impl<S: PageSource> Heap<S> {
             }
             return Err(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize });
         }
-        let (l0, discard_from) = (self.layer_0_layout(layout), self.source.discard_from());
-        // SAFETY: forwarded contract. Layer 0's quick call frees what its
-        // full call would, and declines all else untouched, which the full
-        // call then frees or refuses (it refuses what it does not own).
-        let result = if unsafe { self.segment.deallocate_quick(ptr, l0, discard_from) } {
-            Ok(())
-        } else {
-            // SAFETY: as above.
-            unsafe { self.segment.deallocate(ptr, l0, &mut self.source) }
-        };
+        // SAFETY: forwarded contract; layer 0 refuses what it does not own.
+        let result = unsafe { self.segment.deallocate(ptr, self.layer_0_layout(layout), &mut self.source) };
         if result.is_ok() {
             self.note_small_in_layer_0(layout, false);
         }

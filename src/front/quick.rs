@@ -149,10 +149,11 @@ pub(super) unsafe fn free_quick<S: PageSource, L: lock_api::RawMutex>(
     heap.object.owns(ptr.as_ptr()) && unsafe { heap.object.deallocate_quick(ptr) }
 }
 
-/// The common realloc: a block resized to a size layer 0 serves as given,
-/// through layer 0's quick calls, if the lock is free
-/// ([`Heap::reallocate_quick`](super::Heap::reallocate_quick)). `None`:
-/// nothing was done.
+/// The common realloc, if the lock is free: to a size layer 0 serves as
+/// given, through layer 0's quick calls ([`Heap::reallocate_quick`](super::Heap::reallocate_quick)),
+/// or of a +2 block to a small size, through layer +2's
+/// ([`Heap::reallocate_small_quick`](super::Heap::reallocate_small_quick)).
+/// `None`: nothing was done.
 ///
 /// `allowed` is asked with the lock held (see the module docs).
 ///
@@ -167,34 +168,18 @@ pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
     new_size: usize,
     allowed: impl Fn() -> bool,
 ) -> Option<NonNull<u8>> {
-    if new_size <= SMALL_REQUEST_THRESHOLD {
-        return None;
-    }
     let mut heap = heap.try_lock()?;
-    // SAFETY: forwarded contract.
-    allowed().then(|| unsafe { heap.reallocate_quick(ptr, layout, new_size) }).flatten()
-}
-
-/// The common realloc of a block of layer +2 to a size its pools serve:
-/// in place, or to a block of the new class's head pool, if the lock is
-/// free ([`Heap::reallocate_small_quick`](super::Heap::reallocate_small_quick)).
-/// `None`: nothing was done.
-///
-/// # Safety
-///
-/// As [`Heap::reallocate`](super::Heap::reallocate).
-#[inline(always)]
-pub(super) unsafe fn realloc_small_quick<S: PageSource, L: lock_api::RawMutex>(
-    heap: &Lock<S, L>,
-    ptr: NonNull<u8>,
-    layout: Layout,
-    new_size: usize,
-) -> Option<NonNull<u8>> {
-    if new_size > SMALL_REQUEST_THRESHOLD {
+    if !allowed() {
         return None;
     }
     // SAFETY: forwarded contract.
-    unsafe { heap.try_lock()?.reallocate_small_quick(ptr, layout, new_size) }
+    unsafe {
+        if new_size > SMALL_REQUEST_THRESHOLD {
+            heap.reallocate_quick(ptr, layout, new_size)
+        } else {
+            heap.reallocate_small_quick(ptr, layout, new_size)
+        }
+    }
 }
 
 /// [`realloc_quick`] without a layout (C's `realloc`), if the lock is free
@@ -431,12 +416,7 @@ impl Hooks for Quick {
         // SAFETY: forwarded contract; the quick path left the block as it
         // was if it declined.
         no_unwind(|| unsafe {
-            let quick = if new_size > SMALL_REQUEST_THRESHOLD {
-                realloc_quick(heap, p, layout, new_size, || true)
-            } else {
-                realloc_small_quick(heap, p, layout, new_size)
-            };
-            match quick {
+            match realloc_quick(heap, p, layout, new_size, || true) {
                 Some(q) => q.as_ptr(),
                 None => realloc_locked(self, heap, p, layout, new_size),
             }

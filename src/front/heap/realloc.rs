@@ -209,16 +209,8 @@ impl<S: PageSource> Heap<S> {
                 return None;
             };
             // SAFETY: both blocks are live, distinct, and at least `keep`
-            // bytes long; the old one is a live +2 block (checked), freed
-            // once: by the common case if it serves, else in full.
-            unsafe {
-                move_data(ptr, q, keep);
-                if !self.object.deallocate_quick(ptr) {
-                    let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
-                    let freed = self.object.deallocate(ptr, &mut pages);
-                    debug_assert!(freed, "a live +2 block was refused");
-                }
-            }
+            // bytes long; the old one is a live +2 block (checked).
+            unsafe { self.move_object_block(ptr, q, keep) };
             q
         } else {
             // SAFETY: a block of layer 0 just checked by `quick_block`.
@@ -293,19 +285,33 @@ impl<S: PageSource> Heap<S> {
             self.growing_next = next;
             return None;
         };
-        // SAFETY: both blocks are live, distinct, and at least `keep` bytes
-        // long; the old one is a live +2 block (checked), freed once: by
-        // the common case if it serves, else in full.
+        // SAFETY: both blocks are live, distinct, and at least as long as
+        // the bytes kept; the old one is a live +2 block (checked).
+        unsafe { self.move_object_block(ptr, q, layout.size().min(new_size)) };
+        self.realloc_done(q, growth, false);
+        Some(q)
+    }
+
+    /// Copies the first `keep` bytes of +2 block `ptr` to `q` and frees it:
+    /// by the common case if it serves, else in full.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live +2 block, checked as `reallocate` checks one,
+    /// and `q` a live block distinct from it; both at least `keep` bytes
+    /// long. `ptr` is not used afterwards.
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    unsafe fn move_object_block(&mut self, ptr: NonNull<u8>, q: NonNull<u8>, keep: usize) {
+        // SAFETY: the caller's promise; the old block is freed once.
         unsafe {
-            move_data(ptr, q, layout.size().min(new_size));
+            move_data(ptr, q, keep);
             if !self.object.deallocate_quick(ptr) {
                 let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
                 let freed = self.object.deallocate(ptr, &mut pages);
                 debug_assert!(freed, "a live +2 block was refused");
             }
         }
-        self.realloc_done(q, growth, false);
-        Some(q)
     }
 
     /// The size of the block of layer +2 at `ptr` (a pointer into one of
