@@ -94,6 +94,7 @@ use span_map::SpanMap;
 #[cfg(feature = "caches")]
 pub(crate) use span_map::{SpanSlots, span_len_at};
 pub use window::MEDIUM_MAX;
+pub(crate) use window::payloads;
 #[cfg(feature = "caches")]
 pub(crate) use window::window_chunk;
 pub(crate) use window::{WindowBlock, slack, window_block};
@@ -177,9 +178,9 @@ pub struct SegmentAllocator {
     /// Pointer provenance for the whole window's span, and its length, while
     /// it is held.
     window_span: Option<(NonNull<u8>, usize)>,
-    /// While TLSF serves the window's span whole, that span, `(start,
-    /// len)`; else `(0, 0)`. Where the quick calls look for a block
-    /// (`segment/quick.rs`, through `window_chunk`).
+    /// While TLSF serves the window's span whole, the payloads of that
+    /// span (`window::payloads`); else `(0, 0)`. Where the quick calls look
+    /// for a block (`segment/quick.rs`).
     quick_window: (usize, usize),
     /// A wholly free span kept against thrashing (page-mapping sources).
     spare: Option<NonNull<u8>>,
@@ -336,7 +337,7 @@ impl SegmentAllocator {
     fn set_window_span(&mut self, span: Option<(NonNull<u8>, usize)>) {
         self.window_span = span;
         self.quick_window = match span {
-            Some((start, len)) if self.engine() == Engine::Tlsf => (start.as_ptr() as usize, len),
+            Some((start, len)) if self.engine() == Engine::Tlsf => payloads((start.as_ptr() as usize, len)),
             _ => (0, 0),
         };
     }

@@ -763,3 +763,49 @@ fn a_free_without_a_layout_refuses_a_header_of_size_zero() {
     }
     heap.with(|h| h.check_invariants());
 }
+
+/// Frees, reallocs and `usable_size` of pointers at the edges of layer 0's
+/// window — its first bytes, before a payload can start, and its end — are
+/// refused and counted, and the heap's blocks stay as they were: the quick
+/// calls place a pointer in the window with one comparison against the
+/// span of its payloads.
+#[test]
+#[cfg(not(feature = "debug"))]
+fn pointers_at_the_edges_of_the_window_are_refused() {
+    use strata::PageSource;
+
+    let heap = heap(32 << 20);
+    let l = layout(3000, 8);
+    // SAFETY: a live block, written and read whole.
+    let keep = unsafe { heap.alloc(l) };
+    assert!(!keep.is_null());
+    // SAFETY: as above.
+    unsafe { keep.write_bytes(0x5A, 3000) };
+    let (start, len) = heap.with(|h| h.source().window());
+    assert!(len > 0);
+    let edges = [start, start + 8, start + 15, start + len - 8, start + len - 16, start + len];
+    for (i, &addr) in edges.iter().enumerate() {
+        let p = addr as *mut u8;
+        let refused = heap.stats().front.refused_frees;
+        // SAFETY: pointers no layer hands out: each call must refuse them
+        // without touching a block.
+        unsafe {
+            heap.dealloc(p, l);
+            assert_eq!(
+                heap.stats().front.refused_frees,
+                refused + 1,
+                "free of window start + {:#x}",
+                addr - start
+            );
+            assert!(heap.realloc(p, l, 6000).is_null(), "realloc of window start + {:#x}", addr - start);
+        }
+        assert_eq!(heap.stats().front.refused_frees, refused + 2, "edge {i}");
+        assert!(heap.with(|h| h.usable_size(std::ptr::NonNull::new(p).unwrap())).is_err(), "edge {i}");
+    }
+    // SAFETY: the live block, unchanged, freed once.
+    unsafe {
+        assert!(std::slice::from_raw_parts(keep, 3000).iter().all(|&b| b == 0x5A));
+        heap.dealloc(keep, l);
+    }
+    heap.with(|h| h.check_invariants());
+}

@@ -758,7 +758,7 @@ pub(crate) unsafe fn usable_layout(
                 // SAFETY: the window is layer 0's committed span while
                 // it holds it, and it holds it while any of its blocks
                 // is live (see `medium_chunk`).
-                let chunk = unsafe { segment::window_chunk(window, ptr) }?;
+                let chunk = unsafe { segment::window_chunk(segment::payloads(window), ptr) }?;
                 super::layer_0_usable(chunk - segment::CHUNK_WORD, owner.threshold, owner.class_shift)
             };
             Some(super::usable_layout(size))

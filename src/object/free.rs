@@ -187,6 +187,32 @@ impl ObjectAllocator {
     /// As [`deallocate`](Self::deallocate).
     #[inline(always)]
     pub unsafe fn deallocate_quick(&mut self, ptr: NonNull<u8>) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { self.deallocate_quick_of::<true>(ptr) }
+    }
+
+    /// [`deallocate_quick`](Self::deallocate_quick) of a block that
+    /// [`may_free`](Self::may_free) has just accepted (a realloc that
+    /// moves it): the checks it made are not made again.
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate`](Self::deallocate), and `may_free(ptr)` must hold.
+    #[inline(always)]
+    pub unsafe fn deallocate_quick_live(&mut self, ptr: NonNull<u8>) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { self.deallocate_quick_of::<false>(ptr) }
+    }
+
+    /// [`deallocate_quick`](Self::deallocate_quick), checking whether the
+    /// block is in use only if `CHECK` (else the caller has).
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate_quick_live`](Self::deallocate_quick_live) unless
+    /// `CHECK`, else as [`deallocate`](Self::deallocate).
+    #[inline(always)]
+    unsafe fn deallocate_quick_of<const CHECK: bool>(&mut self, ptr: NonNull<u8>) -> bool {
         let block = reach(ptr).as_ptr();
         let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a live block lies in an initialised pool of a live arena.
@@ -200,9 +226,10 @@ impl ObjectAllocator {
         // last block goes the full way, which may keep the pool.
         if p.ref_count <= 1
             || last.is_null()
-            || last == block
-            // SAFETY: a block of this pool, of its block size.
-            || unsafe { self.is_free_tagged(block, p.block_size) }
+            || CHECK
+                && (last == block
+                    // SAFETY: a block of this pool, of its block size.
+                    || unsafe { self.is_free_tagged(block, p.block_size) })
         {
             return false;
         }

@@ -20,8 +20,8 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use super::SegmentAllocator;
-use super::tlsf::{self, GRANULE, MIN_CHUNK};
-use super::window::window_chunk;
+use super::tlsf::{self, GRANULE};
+use super::window::{payload_fit, window_chunk};
 use crate::source::reach;
 
 // (The debug hooks take the full path on every call.)
@@ -62,9 +62,9 @@ impl SegmentAllocator {
     /// refuses.
     #[inline(always)]
     pub(crate) fn quick_chunk(&self, ptr: NonNull<u8>, discard_from: usize) -> Option<usize> {
-        // SAFETY: `quick_window` is the span of the committed window TLSF
-        // holds, or empty, in which case no pointer lies in it and nothing
-        // is read.
+        // SAFETY: `quick_window` holds the payloads of the committed
+        // window's span TLSF holds, or none, in which case no pointer lies
+        // in it and nothing is read.
         unsafe { window_chunk(self.quick_window, ptr) }.filter(|&chunk| chunk < discard_from)
     }
 
@@ -74,8 +74,9 @@ impl SegmentAllocator {
     /// served) take the full path.
     #[inline(always)]
     pub(crate) fn quick_block(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<usize> {
-        let chunk = self.quick_chunk(ptr, discard_from)?;
-        (chunk.wrapping_sub(tlsf::layout_chunk(layout)) < MIN_CHUNK).then_some(chunk)
+        // SAFETY: as in `quick_chunk`.
+        unsafe { payload_fit(self.quick_window, ptr, tlsf::layout_chunk(layout)) }
+            .filter(|&chunk| chunk < discard_from)
     }
 
     /// [`deallocate`](Self::deallocate) of a block [`quick_block`](Self::quick_block)

@@ -75,25 +75,71 @@ pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layo
     WindowBlock::Fits(chunk)
 }
 
-/// The chunk of the TLSF block in use at `ptr`, in the committed window's
-/// span `window`, found without a layout: [`window_block`]'s checks but
-/// the fit. `None` if `ptr` is no block in use there.
+/// The chunk of the TLSF block in use at `ptr`, among the payloads of a
+/// committed window's span (its [`payloads`]), found without a layout:
+/// [`window_block`]'s checks but the fit. `None` if `ptr` is no block in
+/// use there.
 ///
 /// # Safety
 ///
 /// As [`window_block`].
 #[inline(always)]
-pub(crate) unsafe fn window_chunk(window: (usize, usize), ptr: NonNull<u8>) -> Option<usize> {
-    let (start, len) = window;
+pub(crate) unsafe fn window_chunk(payloads: (usize, usize), ptr: NonNull<u8>) -> Option<usize> {
+    // SAFETY: forwarded contract.
+    unsafe { chunk_where(payloads, ptr, |chunk| chunk >= MIN_CHUNK) }
+}
+
+/// The payloads a window's span can hold, `(start, len)`: the addresses
+/// `[start + 2·WORD, start + len)` (a payload follows its chunk's two
+/// words), or `(0, 0)` for no window. The quick calls keep their window
+/// in this form: one comparison then places a pointer in it.
+#[inline]
+pub(crate) const fn payloads(window: (usize, usize)) -> (usize, usize) {
+    match window {
+        (start, len) if len > 2 * WORD => (start + 2 * WORD, len - 2 * WORD),
+        _ => (0, 0),
+    }
+}
+
+/// [`window_chunk`] of a block whose chunk is also a tight fit for `need`
+/// (a [`chunk_size`](tlsf::chunk_size), at least [`MIN_CHUNK`]): what TLSF
+/// hands out for it, at most a rest too small to split off. `payloads` is
+/// the window's [`payloads`].
+///
+/// # Safety
+///
+/// As [`window_block`].
+#[inline(always)]
+pub(crate) unsafe fn payload_fit(payloads: (usize, usize), ptr: NonNull<u8>, need: usize) -> Option<usize> {
+    debug_assert!(need >= MIN_CHUNK);
+    // (A tight fit is at least `need`, so at least MIN_CHUNK.)
+    // SAFETY: forwarded contract.
+    unsafe { chunk_where(payloads, ptr, |chunk| chunk.wrapping_sub(need) < MIN_CHUNK) }
+}
+
+/// The chunk of the TLSF block in use at `ptr`, among `payloads` (a
+/// window's [`payloads`]), if its size passes `fits` (which must refuse
+/// sizes below [`MIN_CHUNK`]); `None` for anything else.
+///
+/// # Safety
+///
+/// As [`window_block`].
+#[inline(always)]
+unsafe fn chunk_where(
+    payloads: (usize, usize),
+    ptr: NonNull<u8>,
+    fits: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let (start, len) = payloads;
     let addr = ptr.as_ptr() as usize;
     let off = addr.wrapping_sub(start);
-    if off >= len || off < 2 * WORD || !addr.is_multiple_of(GRANULE) {
+    if off >= len || !addr.is_multiple_of(GRANULE) {
         return None;
     }
     // SAFETY: `ptr` is aligned and its header word lies in the span.
     let (chunk, _) = unsafe { Tlsf::in_use_chunk(ptr) }.ok()?;
     // The next chunk's header, at `addr + chunk - WORD`, lies in the span.
-    if chunk < MIN_CHUNK || chunk > len - off {
+    if !fits(chunk) || chunk > len - off {
         return None;
     }
     // SAFETY: as just checked.

@@ -297,16 +297,17 @@ impl<S: PageSource> Heap<S> {
     ///
     /// # Safety
     ///
-    /// `ptr` must be a live +2 block, checked as `reallocate` checks one,
-    /// and `q` a live block distinct from it; both at least `keep` bytes
-    /// long. `ptr` is not used afterwards.
+    /// `ptr` must be a live +2 block that [`live_object_block`](Self::live_object_block)
+    /// accepted, and `q` a live block of another pool or layer; both at
+    /// least `keep` bytes long. `ptr` is not used afterwards.
     #[inline(always)]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     unsafe fn move_object_block(&mut self, ptr: NonNull<u8>, q: NonNull<u8>, keep: usize) {
-        // SAFETY: the caller's promise; the old block is freed once.
+        // SAFETY: the caller's promise (`may_free` still holds: taking `q`
+        // changed another pool); the old block is freed once.
         unsafe {
             move_data(ptr, q, keep);
-            if !self.object.deallocate_quick(ptr) {
+            if !self.object.deallocate_quick_live(ptr) {
                 let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
                 let freed = self.object.deallocate(ptr, &mut pages);
                 debug_assert!(freed, "a live +2 block was refused");
