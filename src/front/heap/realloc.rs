@@ -402,7 +402,7 @@ impl<S: PageSource> Heap<S> {
 
     /// The slot in the table of growing blocks for a doubling realloc of
     /// `ptr`, and how many doublings in a row it has had with this one.
-    #[inline]
+    #[inline(always)]
     fn doubling_streak(&mut self, ptr: NonNull<u8>) -> (usize, u32) {
         match self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize) {
             Some(i) => (i, self.growing[i].1 + 1),
