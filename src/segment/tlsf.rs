@@ -680,7 +680,7 @@ impl Tlsf {
     /// `c` must be a chunk of a live span whose header holds its flags, on
     /// no list, followed after `have >= need` bytes by a chunk whose
     /// prev-in-use flag is clear.
-    #[inline]
+    #[inline(always)]
     unsafe fn use_chunk(&mut self, c: *mut u8, have: usize, need: usize) -> NonNull<u8> {
         // SAFETY: the caller's promise; the rest (if split) and the next
         // chunk lie inside the span.
