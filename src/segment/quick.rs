@@ -130,6 +130,33 @@ impl SegmentAllocator {
         unsafe { self.tlsf.resize(ptr, new_size) }
     }
 
+    /// [`resize_in_place`](Self::resize_in_place) of a block
+    /// [`quick_block`](Self::quick_block) accepts (with `layout`) to
+    /// `new_size` bytes that its chunk holds: the tail given back. `false`,
+    /// having changed nothing, for anything else (a growth among them).
+    ///
+    /// # Safety
+    ///
+    /// As [`deallocate`](Self::deallocate), the block kept.
+    #[inline(always)]
+    pub(crate) unsafe fn shrink_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+        discard_from: usize,
+    ) -> bool {
+        let ptr = reach(ptr);
+        let Some(chunk) = self.quick_block(ptr, layout, discard_from) else { return false };
+        if tlsf::chunk_size(new_size).is_none_or(|need| need > chunk) {
+            return false;
+        }
+        // SAFETY: a block in use just checked; the new size fits its chunk,
+        // so the resize only gives a tail back (shorter than the chunk,
+        // below `discard_from`: no page to discard).
+        unsafe { self.resize_quick(ptr, new_size) }
+    }
+
     /// [`grow_backward`](Self::grow_backward) of a block
     /// [`quick_block`](Self::quick_block) accepted, allocated aligned to at
     /// most [`GRANULE`].

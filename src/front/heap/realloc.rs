@@ -263,8 +263,12 @@ impl<S: PageSource> Heap<S> {
         // (`is_small` bounds the size and the alignment: no overflow.)
         let new_layout = Layout::from_size_align(new_size, align).ok()?;
         let ptr = reach(ptr);
-        if !self.is_small(new_layout) || !self.object.owns(ptr.as_ptr()) {
+        if !self.is_small(new_layout) {
             return None;
+        }
+        if !self.object.owns(ptr.as_ptr()) {
+            // SAFETY: forwarded contract.
+            return unsafe { self.shrink_in_layer_0_quick(ptr, layout, new_layout) };
         }
         let block = self.live_object_block(ptr, layout)?;
         // As `reallocate`: the streak first, then the block stays if it can.
@@ -290,6 +294,39 @@ impl<S: PageSource> Heap<S> {
         unsafe { self.move_object_block(ptr, q, layout.size().min(new_size)) };
         self.realloc_done(q, growth, false);
         Some(q)
+    }
+
+    /// [`reallocate`](Self::reallocate) of a block of layer 0 to a small
+    /// size (`new_layout`) that its chunk holds: shrunk in place, where it
+    /// stays under the new size's layout in layer 0 (the tail given back),
+    /// counted as the full path counts it. `None`, having changed nothing,
+    /// for anything else: a growth, a block layer 0's quick calls do not
+    /// take, every refusal.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate`](Self::reallocate), `ptr` reached through the
+    /// window's provenance (`reach`) and owned by no arena.
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    unsafe fn shrink_in_layer_0_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_layout: Layout,
+    ) -> Option<NonNull<u8>> {
+        // (Layer 0 sees a small layout rounded to its class.)
+        let old = if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { self.layer_0_layout(layout) };
+        let new = self.layer_0_layout(new_layout);
+        // A shrink, so no doubling and no streak.
+        // SAFETY: forwarded contract.
+        if !unsafe { self.segment.shrink_quick(ptr, old, new.size(), self.source.discard_from()) } {
+            return None;
+        }
+        self.note_small_in_layer_0(layout, false);
+        self.note_small_in_layer_0(new_layout, true);
+        self.realloc_done(ptr, None, true);
+        Some(ptr)
     }
 
     /// Copies the first `keep` bytes of +2 block `ptr` to `q` and frees it:
