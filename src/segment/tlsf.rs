@@ -271,7 +271,7 @@ impl Tlsf {
     }
 
     /// The first non-empty list at or above `bin`.
-    #[inline]
+    #[inline(always)]
     fn first_nonempty(&self, bin: usize) -> Option<usize> {
         debug_assert!(bin < BINS);
         let w = bin / BITS;
@@ -294,7 +294,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// `c` must be a free chunk of a live span, on no list.
-    #[inline]
+    #[inline(always)]
     unsafe fn insert(&mut self, c: *mut u8, size: usize) {
         let bin = chunk_bin(size);
         let next = *self.head_mut(bin);
