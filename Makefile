@@ -23,7 +23,7 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 	$(CARGO) test --features debug --test debug --test global_alloc --test cache --test unsized
 	$(CARGO) test --lib --no-default-features --features tlsf,pools
 	$(CARGO) test --no-default-features --test firmware_build --test footprint
-	$(CARGO) test --features std --test thread_cache --test global_alloc --test misuse --test unsized
+	$(CARGO) test --features std --test thread_cache --test thread_cache_misuse --test thread_cache_model --test global_alloc --test misuse --test unsized
 	$(CARGO) test --features os --test os_source
 	$(CARGO) test --features os --doc
 
@@ -95,7 +95,7 @@ miri: ## Unit, layer, typed-cache and thread-cache tests under Miri (nightly; no
 	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	rustup component add --toolchain nightly miri rust-src
 	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --lib --test layers --test cache --test quick_paths
-	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --features std --test thread_cache
+	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --features std --test thread_cache --test thread_cache_misuse
 
 # Each target runs FUZZ_SECONDS (default 30 min); both at once on two cores.
 FUZZ_SECONDS ?= 1800

@@ -5,6 +5,9 @@ use std::alloc::{Layout, alloc, alloc_zeroed, dealloc};
 
 use strata::RegionSource;
 
+#[cfg(feature = "std")]
+pub mod caches;
+
 /// An ordinary-memory region for a page source (page-aligned, freed on
 /// drop). Not zeroed: large regions come from the OS untouched, so a test
 /// pays only for the pages it uses. Zeroed under Miri: the tests that free
