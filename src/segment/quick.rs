@@ -110,10 +110,9 @@ impl SegmentAllocator {
     /// (`reach`), not used after this call.
     #[inline(always)]
     pub(crate) unsafe fn free_quick_block(&mut self, ptr: NonNull<u8>) {
-        // SAFETY: the caller's promise.
-        let span = unsafe { self.tlsf.free(ptr) };
         debug_assert!(self.whole, "the quick window is a committed source's, held whole");
-        let _ = span;
+        // SAFETY: the caller's promise.
+        unsafe { self.tlsf.free_held(ptr) };
     }
 
     /// [`resize_in_place`](Self::resize_in_place) of a block

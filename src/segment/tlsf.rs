@@ -303,10 +303,15 @@ impl Tlsf {
             let (n, p) = links(c);
             n.write(next);
             p.write(head_tag(bin));
-            self.back_link(next).write(c);
+            if next.is_null() {
+                // The list was empty: it is marked now (a list that had a
+                // chunk is marked already).
+                self.mark(bin);
+            } else {
+                links(next).1.write(c);
+            }
         }
         *self.head_mut(bin) = c;
-        self.mark(bin);
         self.free_bytes += size;
     }
 
@@ -797,6 +802,36 @@ impl Tlsf {
     /// `payload` must be a block in use of this engine.
     #[inline(always)]
     pub unsafe fn free(&mut self, payload: NonNull<u8>) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promise.
+        let (c, size, flags) = unsafe { self.free_merged(payload) };
+        // SAFETY: the chunk after the merged free chunk (or the sentinel)
+        // lies in its span.
+        let whole = flags & FIRST != 0 && unsafe { size_of_head(head(c.add(size))) } == 0;
+        // SAFETY: `c` is a chunk, not null.
+        whole.then(|| unsafe { NonNull::new_unchecked(c) })
+    }
+
+    /// [`free`](Self::free) of a block of a span held whole for good (the
+    /// committed window), which never goes back: whether it is now wholly
+    /// free is not asked.
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free).
+    #[inline(always)]
+    pub unsafe fn free_held(&mut self, payload: NonNull<u8>) {
+        // SAFETY: the caller's promise.
+        unsafe { self.free_merged(payload) };
+    }
+
+    /// The work of [`free`](Self::free): the merged free chunk, filed on
+    /// its list, as `(chunk, size, flags)`.
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free).
+    #[inline(always)]
+    unsafe fn free_merged(&mut self, payload: NonNull<u8>) -> (*mut u8, usize, usize) {
         // SAFETY: the caller's promise: `c` is a chunk in use, its
         // neighbours are chunks of the same span (or its sentinel), and a
         // free neighbour's footer and links are valid.
@@ -834,8 +869,7 @@ impl Tlsf {
             set_head(c, size | flags);
             set_foot(c, size);
             self.insert(c, size);
-            let whole = flags & FIRST != 0 && size_of_head(head(c.add(size))) == 0;
-            whole.then(|| NonNull::new_unchecked(c))
+            (c, size, flags)
         }
     }
 
