@@ -217,7 +217,7 @@ impl ObjectAllocator {
         let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();
         // SAFETY: a live block lies in an initialised pool of a live arena.
         let p = unsafe { &mut (*pool).h };
-        let last = p.freeblock;
+        let (last, block_size) = (p.freeblock, p.block_size);
         // `ref_count > 1`: in use before, and still after; `last` non-null:
         // not full, so on `used[class]` already; no tag: not freed already.
         // (Whether `ptr` starts a block is left to the caller's contract
@@ -229,15 +229,16 @@ impl ObjectAllocator {
             || CHECK
                 && (last == block
                     // SAFETY: a block of this pool, of its block size.
-                    || unsafe { self.is_free_tagged(block, p.block_size) })
+                    || unsafe { self.is_free_tagged(block, block_size) })
         {
             return false;
         }
-        // SAFETY: the block is ours again; its first word becomes the link,
-        // its second its tag.
+        // SAFETY: the block is ours again; its second word becomes its tag
+        // (written first, so that the header and the key need not be read
+        // again after a store to the block), its first the link.
         unsafe {
+            self.set_free_tag(block, block_size, true);
             *block.cast::<*mut u8>() = last;
-            self.set_free_tag(block, p.block_size, true);
         }
         p.freeblock = block;
         p.ref_count -= 1;
