@@ -20,7 +20,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use super::SegmentAllocator;
-use super::tlsf::{self, GRANULE};
+use super::tlsf::{self, GRANULE, Heads};
 use super::window::{payload_fit, window_chunk};
 use crate::source::reach;
 
@@ -74,9 +74,16 @@ impl SegmentAllocator {
     /// served) take the full path.
     #[inline(always)]
     pub(crate) fn quick_block(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<usize> {
+        self.quick_heads(ptr, layout, discard_from).map(Heads::chunk)
+    }
+
+    /// [`quick_block`](Self::quick_block), with the block's [`Heads`] as
+    /// read.
+    #[inline(always)]
+    fn quick_heads(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<Heads> {
         // SAFETY: as in `quick_chunk`.
         unsafe { payload_fit(self.quick_window, ptr, tlsf::layout_chunk(layout)) }
-            .filter(|&chunk| chunk < discard_from)
+            .filter(|heads| heads.chunk() < discard_from)
     }
 
     /// [`deallocate`](Self::deallocate) of a block [`quick_block`](Self::quick_block)
@@ -93,11 +100,11 @@ impl SegmentAllocator {
         discard_from: usize,
     ) -> bool {
         let ptr = reach(ptr);
-        if self.quick_block(ptr, layout, discard_from).is_none() {
-            return false;
-        }
-        // SAFETY: checked to be a block in use of the engine.
-        unsafe { self.free_quick_block(ptr) };
+        let Some(heads) = self.quick_heads(ptr, layout, discard_from) else { return false };
+        debug_assert!(self.whole, "the quick window is a committed source's, held whole");
+        // SAFETY: checked to be a block in use of the engine, its heads
+        // read under the lock held since.
+        unsafe { self.tlsf.free_held_with(ptr, heads) };
         true
     }
 

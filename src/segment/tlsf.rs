@@ -113,6 +113,29 @@ pub const fn layout_chunk(layout: core::alloc::Layout) -> usize {
     if s < MIN_CHUNK { MIN_CHUNK } else { s }
 }
 
+/// The header word of a block in use and that of the chunk after it, as
+/// a check read them ([`Tlsf::in_use_head`], [`Tlsf::heads`]): a free made
+/// under the same lock takes them rather than reading them again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Heads {
+    head: usize,
+    next: usize,
+}
+
+impl Heads {
+    /// The block's chunk size.
+    #[inline(always)]
+    pub(crate) const fn chunk(self) -> usize {
+        size_of_head(self.head)
+    }
+
+    /// The chunk size a header word gives.
+    #[inline(always)]
+    pub(crate) const fn chunk_of(head_word: usize) -> usize {
+        size_of_head(head_word)
+    }
+}
+
 /// Why a block handed back to the engine was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkError {
@@ -772,6 +795,34 @@ impl Tlsf {
         (h & PREV_IN_USE != 0, size_of_head(h) == 0)
     }
 
+    /// The header word of block `payload` if it says "in use" (the first
+    /// half of [`Heads`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`in_use_chunk`](Self::in_use_chunk).
+    #[inline(always)]
+    pub(crate) unsafe fn in_use_head(payload: NonNull<u8>) -> Option<usize> {
+        // SAFETY: the caller's promise.
+        let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
+        (h & IN_USE != 0).then_some(h)
+    }
+
+    /// [`Heads`] of block `payload` whose header word is `head` (from
+    /// [`in_use_head`](Self::in_use_head)), if the header after it says its
+    /// predecessor is in use.
+    ///
+    /// # Safety
+    ///
+    /// As [`next_head`](Self::next_head), `chunk` being `head`'s size.
+    #[inline(always)]
+    pub(crate) unsafe fn heads(payload: NonNull<u8>, head_word: usize) -> Option<Heads> {
+        let c = payload.as_ptr().wrapping_sub(2 * WORD);
+        // SAFETY: the caller's promise.
+        let next = unsafe { head(c.add(size_of_head(head_word))) };
+        (next & PREV_IN_USE != 0).then_some(Heads { head: head_word, next })
+    }
+
     /// Allocates `size` bytes from the span at `start`, which must be one
     /// free chunk: the block takes the whole span (a large block's span of
     /// its own, given back when the block is freed).
@@ -832,12 +883,41 @@ impl Tlsf {
     /// As [`free`](Self::free).
     #[inline(always)]
     unsafe fn free_merged(&mut self, payload: NonNull<u8>) -> (*mut u8, usize, usize) {
+        // SAFETY: the caller's promise: the block's header and the next
+        // chunk's lie in its span.
+        unsafe {
+            let c = payload.as_ptr().sub(2 * WORD);
+            let h = head(c);
+            self.merge_free(c, Heads { head: h, next: head(c.add(size_of_head(h))) })
+        }
+    }
+
+    /// [`free_held`](Self::free_held) of a block whose [`Heads`] a check
+    /// just read (under the heap's lock, so that they still hold).
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free), with `heads` the block's.
+    #[inline(always)]
+    pub(crate) unsafe fn free_held_with(&mut self, payload: NonNull<u8>, heads: Heads) {
+        // SAFETY: the caller's promise.
+        unsafe { self.merge_free(payload.as_ptr().sub(2 * WORD), heads) };
+    }
+
+    /// The work of [`free`](Self::free) on chunk `c`, whose header words
+    /// and the next chunk's are `heads`.
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free), with `heads` chunk `c`'s.
+    #[inline(always)]
+    unsafe fn merge_free(&mut self, c: *mut u8, heads: Heads) -> (*mut u8, usize, usize) {
+        let Heads { head: h, next: nh } = heads;
         // SAFETY: the caller's promise: `c` is a chunk in use, its
         // neighbours are chunks of the same span (or its sentinel), and a
         // free neighbour's footer and links are valid.
         unsafe {
-            let mut c = payload.as_ptr().sub(2 * WORD);
-            let h = head(c);
+            let mut c = c;
             // Clear the in-use bit where it stands even if the chunk merges
             // into its predecessor, so that a second free of this block is
             // refused while its memory has not been reused.
@@ -850,7 +930,6 @@ impl Tlsf {
             let mut size = size_of_head(h);
             let mut flags = h & (PREV_IN_USE | FIRST);
             let n = c.add(size);
-            let nh = head(n);
             if nh & IN_USE == 0 {
                 let nsize = size_of_head(nh);
                 self.unlink(n, nsize);

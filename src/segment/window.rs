@@ -5,7 +5,7 @@
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
-use super::tlsf::{self, GRANULE, MIN_CHUNK, Tlsf, WORD};
+use super::tlsf::{self, GRANULE, Heads, MIN_CHUNK, Tlsf, WORD};
 
 /// Requests of up to this many bytes may be served a chunk up to a quarter
 /// larger than they need, and freed with their own layout: the spacing of
@@ -86,7 +86,7 @@ pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layo
 #[inline(always)]
 pub(crate) unsafe fn window_chunk(payloads: (usize, usize), ptr: NonNull<u8>) -> Option<usize> {
     // SAFETY: forwarded contract.
-    unsafe { chunk_where(payloads, ptr, |chunk| chunk >= MIN_CHUNK) }
+    unsafe { chunk_where(payloads, ptr, |chunk| chunk >= MIN_CHUNK) }.map(Heads::chunk)
 }
 
 /// The payloads a window's span can hold, `(start, len)`: the addresses
@@ -104,22 +104,22 @@ pub(crate) const fn payloads(window: (usize, usize)) -> (usize, usize) {
 /// [`window_chunk`] of a block whose chunk is also a tight fit for `need`
 /// (a [`chunk_size`](tlsf::chunk_size), at least [`MIN_CHUNK`]): what TLSF
 /// hands out for it, at most a rest too small to split off. `payloads` is
-/// the window's [`payloads`].
+/// the window's [`payloads`]. The block's [`Heads`], as read.
 ///
 /// # Safety
 ///
 /// As [`window_block`].
 #[inline(always)]
-pub(crate) unsafe fn payload_fit(payloads: (usize, usize), ptr: NonNull<u8>, need: usize) -> Option<usize> {
+pub(crate) unsafe fn payload_fit(payloads: (usize, usize), ptr: NonNull<u8>, need: usize) -> Option<Heads> {
     debug_assert!(need >= MIN_CHUNK);
     // (A tight fit is at least `need`, so at least MIN_CHUNK.)
     // SAFETY: forwarded contract.
     unsafe { chunk_where(payloads, ptr, |chunk| chunk.wrapping_sub(need) < MIN_CHUNK) }
 }
 
-/// The chunk of the TLSF block in use at `ptr`, among `payloads` (a
-/// window's [`payloads`]), if its size passes `fits` (which must refuse
-/// sizes below [`MIN_CHUNK`]); `None` for anything else.
+/// The [`Heads`] of the TLSF block in use at `ptr`, among `payloads` (a
+/// window's [`payloads`]), if its chunk size passes `fits` (which must
+/// refuse sizes below [`MIN_CHUNK`]); `None` for anything else.
 ///
 /// # Safety
 ///
@@ -129,7 +129,7 @@ unsafe fn chunk_where(
     payloads: (usize, usize),
     ptr: NonNull<u8>,
     fits: impl Fn(usize) -> bool,
-) -> Option<usize> {
+) -> Option<Heads> {
     let (start, len) = payloads;
     let addr = ptr.as_ptr() as usize;
     let off = addr.wrapping_sub(start);
@@ -137,11 +137,12 @@ unsafe fn chunk_where(
         return None;
     }
     // SAFETY: `ptr` is aligned and its header word lies in the span.
-    let (chunk, _) = unsafe { Tlsf::in_use_chunk(ptr) }.ok()?;
+    let head = unsafe { Tlsf::in_use_head(ptr) }?;
+    let chunk = Heads::chunk_of(head);
     // The next chunk's header, at `addr + chunk - WORD`, lies in the span.
     if !fits(chunk) || chunk > len - off {
         return None;
     }
     // SAFETY: as just checked.
-    unsafe { Tlsf::next_head(ptr, chunk) }.0.then_some(chunk)
+    unsafe { Tlsf::heads(ptr, head) }
 }
