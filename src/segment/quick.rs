@@ -70,23 +70,16 @@ impl SegmentAllocator {
 
     /// [`quick_chunk`](Self::quick_chunk) of a block whose chunk is also a
     /// tight fit for `layout` (what TLSF hands out: at most a rest too
-    /// small to split off); looser fits (blocks that a thread cache
-    /// served) take the full path.
+    /// small to split off), with the block's [`Heads`] as read; looser
+    /// fits (blocks that a thread cache served) take the full path.
     #[inline(always)]
-    pub(crate) fn quick_block(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<usize> {
-        self.quick_heads(ptr, layout, discard_from).map(Heads::chunk)
-    }
-
-    /// [`quick_block`](Self::quick_block), with the block's [`Heads`] as
-    /// read.
-    #[inline(always)]
-    fn quick_heads(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<Heads> {
+    pub(crate) fn quick_heads(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<Heads> {
         // SAFETY: as in `quick_chunk`.
         unsafe { payload_fit(self.quick_window, ptr, tlsf::layout_chunk(layout)) }
             .filter(|heads| heads.chunk() < discard_from)
     }
 
-    /// [`deallocate`](Self::deallocate) of a block [`quick_block`](Self::quick_block)
+    /// [`deallocate`](Self::deallocate) of a block [`quick_heads`](Self::quick_heads)
     /// accepts: `true` once freed, or `false`, having changed nothing.
     ///
     /// # Safety
@@ -108,7 +101,8 @@ impl SegmentAllocator {
         true
     }
 
-    /// Frees a block [`quick_block`](Self::quick_block) accepted. The
+    /// Frees a block [`quick_chunk`](Self::quick_chunk) or
+    /// [`quick_heads`](Self::quick_heads) accepted. The
     /// window is held whole, so no span goes back.
     ///
     /// # Safety
@@ -123,21 +117,23 @@ impl SegmentAllocator {
     }
 
     /// [`resize_in_place`](Self::resize_in_place) of a block
-    /// [`quick_block`](Self::quick_block) accepted: whether it now serves
-    /// `new_size` bytes (on `false` nothing changed).
+    /// [`quick_heads`](Self::quick_heads) accepted, with the `heads` it
+    /// read: whether it now serves `new_size` bytes (on `false` nothing
+    /// changed).
     ///
     /// # Safety
     ///
-    /// As for [`free_quick_block`](Self::free_quick_block), the block kept.
+    /// As for [`free_quick_block`](Self::free_quick_block), the block kept
+    /// and the heap's lock held since the check.
     #[inline(always)]
-    pub(crate) unsafe fn resize_quick(&mut self, ptr: NonNull<u8>, new_size: usize) -> bool {
+    pub(crate) unsafe fn resize_quick(&mut self, ptr: NonNull<u8>, new_size: usize, heads: Heads) -> bool {
         // SAFETY: the caller's promise. (A tail given back is shorter than
         // the chunk, which is below `discard_from`: no page to discard.)
-        unsafe { self.tlsf.resize(ptr, new_size) }
+        unsafe { self.tlsf.resize_with(ptr, new_size, heads) }
     }
 
     /// [`resize_in_place`](Self::resize_in_place) of a block
-    /// [`quick_block`](Self::quick_block) accepts (with `layout`) to
+    /// [`quick_heads`](Self::quick_heads) accepts (with `layout`) to
     /// `new_size` bytes that its chunk holds: the tail given back. `false`,
     /// having changed nothing, for anything else (a growth among them).
     ///
@@ -153,18 +149,17 @@ impl SegmentAllocator {
         discard_from: usize,
     ) -> bool {
         let ptr = reach(ptr);
-        let Some(chunk) = self.quick_block(ptr, layout, discard_from) else { return false };
-        if tlsf::chunk_size(new_size).is_none_or(|need| need > chunk) {
+        let Some(heads) = self.quick_heads(ptr, layout, discard_from) else { return false };
+        if tlsf::chunk_size(new_size).is_none_or(|need| need > heads.chunk()) {
             return false;
         }
         // SAFETY: a block in use just checked; the new size fits its chunk,
-        // so the resize only gives a tail back (shorter than the chunk,
-        // below `discard_from`: no page to discard).
-        unsafe { self.resize_quick(ptr, new_size) }
+        // so the resize only gives a tail back.
+        unsafe { self.resize_quick(ptr, new_size, heads) }
     }
 
     /// [`grow_backward`](Self::grow_backward) of a block
-    /// [`quick_block`](Self::quick_block) accepted, allocated aligned to at
+    /// [`quick_heads`](Self::quick_heads) accepted, allocated aligned to at
     /// most [`GRANULE`].
     ///
     /// # Safety

@@ -962,15 +962,31 @@ impl Tlsf {
     /// `payload` must be a block in use of this engine.
     #[inline(always)]
     pub unsafe fn resize(&mut self, payload: NonNull<u8>, size: usize) -> bool {
+        // SAFETY: the caller's promise: the block's header and the next
+        // chunk's lie in its span.
+        unsafe {
+            let h = head(payload.as_ptr().sub(2 * WORD));
+            let next = head(payload.as_ptr().sub(2 * WORD).add(size_of_head(h)));
+            self.resize_with(payload, size, Heads { head: h, next })
+        }
+    }
+
+    /// [`resize`](Self::resize) of a block whose [`Heads`] a check just
+    /// read (under the heap's lock, so that they still hold).
+    ///
+    /// # Safety
+    ///
+    /// As [`resize`](Self::resize), with `heads` the block's.
+    #[inline(always)]
+    pub(crate) unsafe fn resize_with(&mut self, payload: NonNull<u8>, size: usize, heads: Heads) -> bool {
         let Some(need) = chunk_size(size) else { return false };
+        let Heads { head: h, next: nh } = heads;
         // SAFETY: the caller's promise: `c` is a chunk in use and the chunk
         // after it belongs to the same span.
         unsafe {
             let c = payload.as_ptr().sub(2 * WORD);
-            let h = head(c);
             let have = size_of_head(h);
             let n = c.add(have);
-            let nh = head(n);
             let next_free = nh & IN_USE == 0;
             let nsize = if next_free { size_of_head(nh) } else { 0 };
             if need == have || (need < have && !next_free && have - need < MIN_CHUNK) {

@@ -183,16 +183,18 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: `align` and `new_size` passed the overflow check above.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
         let ptr = reach(ptr);
-        let in_object = self.object.owns(ptr.as_ptr());
-        if in_object {
+        // A block of layer 0's header words, as its check read them; none
+        // for a +2 block.
+        let heads = if self.object.owns(ptr.as_ptr()) {
             // It cannot stay: its class is below `new_size`.
             self.live_object_block(ptr, layout)?;
+            None
         } else {
             // (Layer 0 sees a small layout rounded to its class.)
             let old =
                 if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { self.layer_0_layout(layout) };
-            self.segment.quick_block(ptr, old, self.source.discard_from())?;
-        }
+            Some(self.segment.quick_heads(ptr, old, self.source.discard_from())?)
+        };
         // The doubling streak, as `reallocate` keeps it; a block on the
         // streak that promotes it was found in the table (which then did
         // not change) and goes the full way.
@@ -203,18 +205,10 @@ impl<S: PageSource> Heap<S> {
             return None;
         }
         let keep = layout.size().min(new_size);
-        let moved = if in_object {
-            let Some(q) = self.segment.allocate_quick_aligned(new_layout) else {
-                self.growing_next = next;
-                return None;
-            };
-            // SAFETY: both blocks are live, distinct, and at least `keep`
-            // bytes long; the old one is a live +2 block (checked).
-            unsafe { self.move_object_block(ptr, q, keep) };
-            q
-        } else {
-            // SAFETY: a block of layer 0 just checked by `quick_block`.
-            let resized = unsafe { self.segment.resize_quick(ptr, new_size) };
+        let moved = if let Some(heads) = heads {
+            // SAFETY: a block of layer 0 just checked by `quick_heads`,
+            // under the lock held since.
+            let resized = unsafe { self.segment.resize_quick(ptr, new_size, heads) };
             let moved = if resized {
                 ptr
             } else {
@@ -236,6 +230,15 @@ impl<S: PageSource> Heap<S> {
                 return Some(ptr);
             }
             moved
+        } else {
+            let Some(q) = self.segment.allocate_quick_aligned(new_layout) else {
+                self.growing_next = next;
+                return None;
+            };
+            // SAFETY: both blocks are live, distinct, and at least `keep`
+            // bytes long; the old one is a live +2 block (checked).
+            unsafe { self.move_object_block(ptr, q, keep) };
+            q
         };
         self.realloc_done(moved, growth, false);
         Some(moved)
@@ -396,7 +399,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// # Safety
     ///
-    /// `ptr` must be a block that layer 0's `quick_block` accepted, with
+    /// `ptr` must be a block that layer 0's `quick_heads` accepted, with
     /// `keep` at most its size and `new_layout.size()`.
     #[inline(always)]
     #[cfg_attr(feature = "debug", allow(dead_code))]
