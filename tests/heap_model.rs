@@ -186,9 +186,17 @@ fn realloc<S: PageSource>(
         Ok(ptr) => {
             let old = m.live.swap_remove(i);
             m.remove(&old);
-            // Without a layout the block keeps malloc's alignment only.
-            let align = if sized { old.layout.align() } else { old.layout.align().min(8) };
-            let layout = Layout::from_size_align(size, align).unwrap();
+            // Without a layout, the block answers to the layout the heap
+            // gives it (C's `realloc` may serve more than asked: a small
+            // size rounded up to `malloc`'s alignment).
+            let layout = if sized {
+                Layout::from_size_align(size, old.layout.align()).unwrap()
+            } else {
+                let usable = heap.usable_layout(ptr).expect("the block a realloc returned");
+                assert!(usable.size() >= size, "{usable:?} is short of {size}");
+                assert!((ptr.as_ptr() as usize).is_multiple_of(16), "not aligned as malloc's: {ptr:p}");
+                usable
+            };
             let mut b = m.insert(heap, region, ptr, layout);
             b.seed = old.seed;
             // The kept prefix must have survived the move: the old size

@@ -583,6 +583,7 @@ pub(super) struct Checked;
 
 impl Hooks for Checked {
     const NEW: Self = Checked;
+    const RECORDS_LAYOUTS: bool = true;
 
     fn lock<'a, S: PageSource, L: lock_api::RawMutex>(&self, heap: &'a Lock<S, L>) -> Guard<'a, S, L> {
         heap.lock()

@@ -540,10 +540,10 @@ impl<S: PageSource> Heap<S> {
     /// resizes it ([`reallocate`](Self::reallocate)) as the original would.
     /// Its alignment is the largest power of two that divides its size, at
     /// most 16 (so 8 for many blocks, whose addresses are 16-aligned all the
-    /// same); a realloc without a layout gives its result the alignment
-    /// `malloc` promises, 16, except in the 8-byte classes of small heaps. A
-    /// block allocated with more keeps its address but not that alignment
-    /// across a realloc that moves.
+    /// same); a realloc without a layout ([`reallocate_unsized`](Self::reallocate_unsized))
+    /// gives its result the alignment `malloc` promises, 16, all the same.
+    /// A block allocated with more keeps its address but not that
+    /// alignment across a realloc that moves.
     ///
     /// O(1), from what the layers keep anyway — layer +2's pool header,
     /// layer 0's chunk header — with the refusals of a free: a pointer no

@@ -17,6 +17,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use super::{AllocateError, Domain, Heap, HeapStats};
+use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
 use crate::source::PageSource;
 
 /// The heap's lock, as the hooks are handed it.
@@ -42,6 +43,12 @@ pub(super) type Selected = super::quick::Quick;
 pub(super) trait Hooks: Sized {
     /// The hooks' state in a heap just made.
     const NEW: Self;
+
+    /// Whether [`realloc_layout`](Self::realloc_layout) gives the layout a
+    /// block was allocated with (the debug hooks record it), rather than
+    /// the layout of what it can hold: then a realloc without a layout
+    /// asks for exactly the new size (see [`realloc_own_layout`]).
+    const RECORDS_LAYOUTS: bool = false;
 
     /// Takes the heap's lock (with thread caches, first frees what exiting
     /// threads gave back).
@@ -235,13 +242,50 @@ pub(super) unsafe fn realloc_own_layout<H: Hooks, S: PageSource, L: lock_api::Ra
     new_size: usize,
 ) -> *mut u8 {
     // SAFETY: forwarded contract.
-    match unsafe { hooks.realloc_layout(heap, p) } {
-        // SAFETY: forwarded contract; the layout is the block's own.
-        Some(layout) => unsafe { hooks.realloc(heap, p, layout, new_size) },
-        None => {
-            hooks.refuse(heap);
-            core::ptr::null_mut()
-        }
+    let Some(layout) = (unsafe { hooks.realloc_layout(heap, p) }) else {
+        hooks.refuse(heap);
+        return core::ptr::null_mut();
+    };
+    // C's `realloc` answers with `malloc`'s alignment. A block whose usable
+    // size gives it less (8: a size of 8 mod 16) asks for a multiple of 16
+    // bytes, which every class serves 16-aligned (its blocks lie a multiple
+    // of 16 apart from a 16-aligned start), as layer 0 serves every size.
+    // (A recorded layout is `malloc`'s own, aligned to 16, for a block of
+    // C's: its size is kept exact.)
+    let asked = if H::RECORDS_LAYOUTS { new_size } else { malloc_size(layout, new_size) };
+    // SAFETY: forwarded contract; the layout is the block's own.
+    let q = unsafe { hooks.realloc(heap, p, layout, asked) };
+    if q.is_null() || q.addr().is_multiple_of(ALIGNMENT) {
+        return q;
+    }
+    // A block of a larger class lent near exhaustion may still be
+    // 8-aligned: moved once more, to a block of `malloc`'s alignment.
+    let moved = Layout::from_size_align(asked, layout.align()).expect("the realloc served this layout");
+    let Ok(aligned) = Layout::from_size_align(asked, ALIGNMENT) else { return q };
+    let r = hooks.alloc(heap, aligned, Domain::HEAP);
+    if r.is_null() {
+        // Out of memory: the block served as it is rather than lost.
+        return q;
+    }
+    // SAFETY: both blocks are live, distinct and `asked` bytes long; `q`
+    // is the realloc's block, freed once with its layout.
+    unsafe {
+        core::ptr::copy_nonoverlapping(q, r, asked);
+        hooks.dealloc(heap, NonNull::new_unchecked(q), moved, Domain::HEAP);
+    }
+    r
+}
+
+/// The size a realloc without a layout asks for: `new_size`, rounded up to
+/// a multiple of [`ALIGNMENT`] if it is small (layer 0 aligns every larger
+/// block to 16) and the block's own `layout` is aligned to less (see
+/// [`realloc_own_layout`]).
+#[inline]
+pub(super) fn malloc_size(layout: Layout, new_size: usize) -> usize {
+    if layout.align() < ALIGNMENT && new_size <= SMALL_REQUEST_THRESHOLD {
+        new_size.next_multiple_of(ALIGNMENT)
+    } else {
+        new_size
     }
 }
 

@@ -15,6 +15,8 @@ impl<S: PageSource> Heap<S> {
     /// Resizes a block without its layout (C's `realloc`), as
     /// [`reallocate`](Self::reallocate) with its
     /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
+    /// The result is aligned to 16, as C's `malloc` promises: a block whose
+    /// usable layout is aligned to less asks for a multiple of 16 bytes.
     ///
     /// # Safety
     ///
@@ -26,8 +28,26 @@ impl<S: PageSource> Heap<S> {
         new_size: usize,
     ) -> Result<NonNull<u8>, AllocateError> {
         let layout = self.usable_layout(ptr).map_err(AllocateError::Refused)?;
+        // (C's alignment, as `LockedHeap::realloc_unsized` gives it.)
+        let asked = super::super::hooks::malloc_size(layout, new_size);
         // SAFETY: forwarded contract; the layout is the block's own.
-        unsafe { self.reallocate(ptr, layout, new_size) }
+        let q = unsafe { self.reallocate(ptr, layout, asked) }?;
+        if q.as_ptr().addr().is_multiple_of(ALIGNMENT) {
+            return Ok(q);
+        }
+        // A block of a larger class lent near exhaustion: moved once more.
+        let (moved, aligned) =
+            (Layout::from_size_align(asked, layout.align()), Layout::from_size_align(asked, ALIGNMENT));
+        let (Ok(moved), Ok(aligned)) = (moved, aligned) else { return Ok(q) };
+        let Ok(r) = self.allocate(aligned) else { return Ok(q) };
+        // SAFETY: both blocks are live, distinct and `asked` bytes long; `q`
+        // is the realloc's block, freed once with its layout.
+        unsafe {
+            ptr::copy_nonoverlapping(q.as_ptr(), r.as_ptr(), asked);
+            let freed = self.deallocate(q, moved);
+            debug_assert!(freed.is_ok(), "the realloc's own block was refused");
+        }
+        Ok(r)
     }
 
     /// Resizes a block to `new_size` bytes (same alignment), in place when it
