@@ -435,3 +435,93 @@ fn every_realloc_without_a_layout_is_16_aligned() {
     }
     heap.with(|h| h.check_invariants());
 }
+
+/// Near exhaustion too: when the only free small blocks are of classes 8
+/// bytes off a multiple of 16 (each 8-aligned), a realloc without a layout
+/// of a block of layer 0 (40 usable bytes) to 200 bytes fails or gets a
+/// 16-aligned block, never one of those. (Found by the second hostile
+/// pass: layer +2's last resort lent a block of the next class up, 216
+/// bytes, 8-aligned.)
+#[cfg(not(feature = "debug"))]
+#[test]
+fn a_realloc_without_a_layout_near_exhaustion_stays_16_aligned() {
+    let heap = locked_heap(17 << 20);
+    heap.with(|h| h.set_cold_limit(0));
+    let l = |size, align| Layout::from_size_align(size, align).unwrap();
+    // SAFETY: live blocks of this heap, each freed once with its layout.
+    unsafe {
+        let p = heap.realloc_unsized(heap.alloc(l(2630, 16)), 39);
+        let tail = heap.alloc(l(2500, 16));
+        p.copy_from(b"thirty-nine bytes the realloc must keep".as_ptr(), 39);
+        // An 8-aligned block of every class 8 bytes off a multiple of 16.
+        let (mut odd, mut spare) = (Vec::new(), Vec::new());
+        for c in (24..=504).step_by(16) {
+            for _ in 0..4 {
+                let q = heap.alloc(l(c, 8));
+                if q.is_null() {
+                    break;
+                }
+                if (q as usize) % 16 == 8 && !odd.iter().any(|&(_, k)| k == c) {
+                    odd.push((q, c));
+                } else {
+                    spare.push((q, c));
+                }
+            }
+        }
+        assert!(odd.len() > 20, "few 8-aligned blocks: {}", odd.len());
+        // The heap filled, large to small, until every size fails.
+        let mut fill = Vec::new();
+        let mut size = 1 << 20;
+        while size >= 16 {
+            loop {
+                let q = heap.alloc(l(size, 16));
+                if q.is_null() {
+                    break;
+                }
+                fill.push((q, size));
+            }
+            size = if size > 4096 {
+                size / 2
+            } else if size > 512 {
+                size - 256
+            } else {
+                size - 16
+            };
+        }
+        for &(q, c) in &odd {
+            heap.dealloc(q, l(c, 8));
+        }
+        let q = heap.realloc_unsized(p, 200);
+        let p = if q.is_null() {
+            p
+        } else {
+            assert!((q as usize).is_multiple_of(16), "realloc to 200 = {q:p}");
+            q
+        };
+        assert_eq!(std::slice::from_raw_parts(p, 39), b"thirty-nine bytes the realloc must keep");
+        cleanup(heap, p, tail, spare, fill);
+    }
+
+    /// Frees what the test holds; the heap gives everything back.
+    unsafe fn cleanup(
+        heap: &LockedHeap,
+        p: *mut u8,
+        tail: *mut u8,
+        spare: Vec<(*mut u8, usize)>,
+        fill: Vec<(*mut u8, usize)>,
+    ) {
+        let l = |size, align| Layout::from_size_align(size, align).unwrap();
+        // SAFETY: the caller's live blocks, each freed once.
+        unsafe {
+            heap.dealloc_unsized(p);
+            heap.dealloc(tail, l(2500, 16));
+            for (q, c) in spare {
+                heap.dealloc(q, l(c, 8));
+            }
+            for (q, s) in fill {
+                heap.dealloc(q, l(s, 16));
+            }
+        }
+        heap.with(|h| h.check_invariants());
+    }
+}
