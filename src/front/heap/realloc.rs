@@ -17,6 +17,8 @@ impl<S: PageSource> Heap<S> {
     /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
     /// The result is aligned to 16, as C's `malloc` promises: a block whose
     /// usable layout is aligned to less asks for a multiple of 16 bytes.
+    /// (A block that Rust code allocated aligned to less and that stays in
+    /// place moves to a 16-aligned block, unless none can be had.)
     ///
     /// # Safety
     ///
