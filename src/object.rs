@@ -788,12 +788,8 @@ impl ObjectAllocator {
     pub fn borrow(&mut self, size: usize, align: usize, max_block: usize) -> Option<NonNull<u8>> {
         debug_assert!(size <= self.geometry.threshold && align <= ALIGNMENT);
         let class = size_class(size, align, self.geometry.class_shift);
-        // With 8-byte classes, the odd ones are the 16-byte multiples, whose
-        // blocks are all 16-aligned: a request of such a class (every one
-        // aligned to 16) borrows from such classes only, so that a size of
-        // 16 bytes' multiple is always served 16-aligned (C's `realloc`
-        // relies on it: `front::hooks::malloc_size`).
-        let step = if self.geometry.class_shift == 3 && class % 2 == 1 { 2 } else { 1 };
+        // With 8-byte classes, the odd ones are the 16-byte multiples.
+        let step = if self.geometry.class_shift == 3 && align == ALIGNMENT { 2 } else { 1 };
         // The largest class whose blocks are at most `max_block` bytes.
         let last = (max_block.min(self.geometry.threshold) >> self.geometry.class_shift).saturating_sub(1);
         let larger = (class + step..=last).step_by(step);

@@ -16,9 +16,12 @@ impl<S: PageSource> Heap<S> {
     /// [`reallocate`](Self::reallocate) with its
     /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
     /// The result is aligned to 16, as C's `malloc` promises: a block whose
-    /// usable layout is aligned to less asks for a multiple of 16 bytes.
-    /// (A block that Rust code allocated aligned to less and that stays in
-    /// place moves to a 16-aligned block, unless none can be had.)
+    /// usable layout is aligned to less asks for a multiple of 16 bytes,
+    /// and a result still aligned to less moves to a 16-aligned block —
+    /// unless none can be had: near exhaustion, layer +2's last resort may
+    /// lend a block of a class 8 bytes off a multiple of 16 (only a block
+    /// allocated aligned to 8 puts one there: no C caller does), which is
+    /// then kept rather than lost.
     ///
     /// # Safety
     ///
