@@ -837,3 +837,71 @@ fn pools_over_first_fit_take_whole_arenas_and_never_a_layer_0_block() {
         heap.check_invariants();
     }
 }
+
+/// A buffer on its third doubling in a row — the one that moves it to the
+/// largest free chunk — when no block of the new size can be had: it grows
+/// in place where its free neighbour makes room, and where nothing does,
+/// the realloc fails with the block as it was, every usable byte kept. The
+/// promotion once shrank the block to its layout before looking for a new
+/// one: a growth in place was refused, and the bytes past the layout that
+/// the block's usable size gave (a span of its own) were lost — found by
+/// the heap model over a page-mapping source.
+#[test]
+fn a_promotion_that_finds_no_block_grows_in_place_or_changes_nothing() {
+    // Room after the block, none elsewhere: it grows in place.
+    let region = Region::new(4 << 20);
+    let mut heap = Heap::new(region.source());
+    let mut l = layout(1000, 8);
+    let p = heap.allocate(l).unwrap();
+    let neighbour = heap.allocate(layout(9000, 8)).unwrap();
+    let mut fill = Vec::new();
+    let mut size = 1 << 20;
+    while size >= 1024 {
+        while let Ok(q) = heap.allocate(layout(size, 8)) {
+            fill.push((q, size));
+        }
+        size /= 2;
+    }
+    // SAFETY: live blocks, each call with the block's current layout.
+    unsafe {
+        heap.deallocate(neighbour, layout(9000, 8)).unwrap();
+        p.as_ptr().write_bytes(0x5a, 1000);
+        for _ in 0..strata::front::PROMOTING_STREAK {
+            let q = heap.reallocate(p, l, l.size() * 2).expect("room after the block");
+            assert_eq!(q, p, "a growth to {} moved", l.size() * 2);
+            l = layout(l.size() * 2, 8);
+        }
+        assert!(std::slice::from_raw_parts(p.as_ptr(), 1000).iter().all(|&b| b == 0x5a));
+        heap.deallocate(p, l).unwrap();
+        for (q, size) in fill {
+            heap.deallocate(q, layout(size, 8)).unwrap();
+        }
+    }
+    heap.check_invariants();
+
+    // No room anywhere: the third doubling fails, the block untouched.
+    let region = Region::new(32 << 20);
+    let mut heap = Heap::new(region.mapped());
+    let ballast = heap.allocate(layout(20 << 20, 8)).unwrap();
+    let mut l = layout((1 << 20) + 100, 8);
+    let mut p = heap.allocate(l).unwrap();
+    // SAFETY: as above.
+    unsafe {
+        for _ in 1..strata::front::PROMOTING_STREAK {
+            p = heap.reallocate(p, l, l.size() * 2).expect("room for the first doublings");
+            l = layout(l.size() * 2, 8);
+        }
+        let usable = heap.usable_size(p).unwrap();
+        assert!(usable >= l.size() + 64, "the block's span gives {usable} bytes for {}", l.size());
+        let pattern = |i: usize| (i % 251) as u8;
+        for i in 0..usable {
+            p.as_ptr().add(i).write(pattern(i));
+        }
+        assert!(heap.reallocate(p, l, l.size() * 2).is_err(), "no room for the third doubling");
+        assert_eq!(heap.usable_size(p), Ok(usable), "the block changed");
+        assert!((0..usable).all(|i| p.as_ptr().add(i).read() == pattern(i)), "usable bytes lost");
+        heap.deallocate(p, l).unwrap();
+        heap.deallocate(ballast, layout(20 << 20, 8)).unwrap();
+    }
+    heap.check_invariants();
+}

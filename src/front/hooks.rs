@@ -253,27 +253,45 @@ pub(super) unsafe fn realloc_own_layout<H: Hooks, S: PageSource, L: lock_api::Ra
     // (A recorded layout is `malloc`'s own, aligned to 16, for a block of
     // C's: its size is kept exact.)
     let asked = if H::RECORDS_LAYOUTS { new_size } else { malloc_size(layout, new_size) };
-    // SAFETY: forwarded contract; the layout is the block's own.
-    let q = unsafe { hooks.realloc(heap, p, layout, asked) };
-    if q.is_null() || q.addr().is_multiple_of(ALIGNMENT) {
-        return q;
+    if !may_land_8_aligned(layout, asked) {
+        // SAFETY: forwarded contract; the layout is the block's own.
+        return unsafe { hooks.realloc(heap, p, layout, asked) };
     }
-    // A block of a larger class lent near exhaustion may still be
-    // 8-aligned: moved once more, to a block of `malloc`'s alignment.
-    let moved = Layout::from_size_align(asked, layout.align()).expect("the realloc served this layout");
-    let Ok(aligned) = Layout::from_size_align(asked, ALIGNMENT) else { return q };
+    // The block may stay where it is, 8-aligned, or move to a block of a
+    // larger class lent near exhaustion, 8-aligned too: a 16-aligned block
+    // is secured first, for the result to move to then. Without one the
+    // realloc fails (null, the block untouched), as C's may when memory
+    // runs out.
+    let aligned = Layout::from_size_align(asked, ALIGNMENT).expect("a small size");
     let r = hooks.alloc(heap, aligned, Domain::HEAP);
     if r.is_null() {
-        // Out of memory: the block served as it is rather than lost.
-        return q;
+        return r;
     }
-    // SAFETY: both blocks are live, distinct and `asked` bytes long; `q`
-    // is the realloc's block, freed once with its layout.
+    // SAFETY: forwarded contract; the layout is the block's own.
+    let q = unsafe { hooks.realloc(heap, p, layout, asked) };
+    // SAFETY: `r` was just allocated with `aligned`, and is freed once,
+    // either here or as `q`'s new place (`q`, live and `asked` bytes long
+    // under the realloc's layout, is freed once after the copy).
     unsafe {
+        if q.is_null() || q.addr().is_multiple_of(ALIGNMENT) {
+            hooks.dealloc(heap, NonNull::new_unchecked(r), aligned, Domain::HEAP);
+            return q;
+        }
         core::ptr::copy_nonoverlapping(q, r, asked);
+        let moved = Layout::from_size_align_unchecked(asked, layout.align());
         hooks.dealloc(heap, NonNull::new_unchecked(q), moved, Domain::HEAP);
     }
     r
+}
+
+/// Whether a realloc without a layout of a block whose own layout is
+/// `layout` to `asked` bytes may be served 8-aligned: a small size (layer
+/// 0 aligns every larger block to 16) for a block aligned to less than 16
+/// (which may stay where it is, or move to a block lent near exhaustion
+/// that is aligned as the block's own layout asks).
+#[inline]
+pub(super) fn may_land_8_aligned(layout: Layout, asked: usize) -> bool {
+    layout.align() < ALIGNMENT && asked <= SMALL_REQUEST_THRESHOLD
 }
 
 /// The size a realloc without a layout asks for: `new_size`, rounded up to

@@ -295,6 +295,19 @@ impl SegmentAllocator {
         }
     }
 
+    /// Checks the block at `ptr` (allocated with `layout`) as
+    /// [`resize_in_place`](Self::resize_in_place) does, changing nothing:
+    /// the reason it is refused, if it is.
+    pub fn check_in_use(&self, ptr: NonNull<u8>, layout: Layout) -> Result<(), DeallocateError> {
+        let ptr = reach(ptr);
+        match self.engine() {
+            Engine::Tlsf => self.check_block(ptr, layout).map(drop),
+            Engine::Tree => self.tree_block(ptr, layout).map(drop),
+            Engine::FirstFit if self.owns_addr(ptr.as_ptr() as usize) => Ok(()),
+            _ => Err(DeallocateError::NotOwned { ptr: ptr.as_ptr() as usize }),
+        }
+    }
+
     /// Resizes the block at `ptr` (allocated with `layout`) in place to
     /// `new_size` bytes, same alignment: the tail goes back when it shrinks,
     /// the free chunk after it is taken when it grows. Returns whether the

@@ -6,7 +6,7 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
 use super::{ArenaPages, Heap};
-use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK};
+use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK, hooks};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
@@ -17,11 +17,10 @@ impl<S: PageSource> Heap<S> {
     /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
     /// The result is aligned to 16, as C's `malloc` promises: a block whose
     /// usable layout is aligned to less asks for a multiple of 16 bytes,
-    /// and a result still aligned to less moves to a 16-aligned block —
-    /// unless none can be had: near exhaustion, layer +2's last resort may
-    /// lend a block of a class 8 bytes off a multiple of 16 (only a block
-    /// allocated aligned to 8 puts one there: no C caller does), which is
-    /// then kept rather than lost.
+    /// and, when the new size is small, a 16-aligned block is secured
+    /// first, for the block to move to should it stay (or be lent, near
+    /// exhaustion) 8-aligned. Without one the realloc fails, the block
+    /// untouched.
     ///
     /// # Safety
     ///
@@ -34,22 +33,28 @@ impl<S: PageSource> Heap<S> {
     ) -> Result<NonNull<u8>, AllocateError> {
         let layout = self.usable_layout(ptr).map_err(AllocateError::Refused)?;
         // (C's alignment, as `LockedHeap::realloc_unsized` gives it.)
-        let asked = super::super::hooks::malloc_size(layout, new_size);
-        // SAFETY: forwarded contract; the layout is the block's own.
-        let q = unsafe { self.reallocate(ptr, layout, asked) }?;
-        if q.as_ptr().addr().is_multiple_of(ALIGNMENT) {
-            return Ok(q);
+        let asked = hooks::malloc_size(layout, new_size);
+        if !hooks::may_land_8_aligned(layout, asked) {
+            // SAFETY: forwarded contract; the layout is the block's own.
+            return unsafe { self.reallocate(ptr, layout, asked) };
         }
-        // A block of a larger class lent near exhaustion: moved once more.
-        let (moved, aligned) =
-            (Layout::from_size_align(asked, layout.align()), Layout::from_size_align(asked, ALIGNMENT));
-        let (Ok(moved), Ok(aligned)) = (moved, aligned) else { return Ok(q) };
-        let Ok(r) = self.allocate(aligned) else { return Ok(q) };
-        // SAFETY: both blocks are live, distinct and `asked` bytes long; `q`
-        // is the realloc's block, freed once with its layout.
+        let aligned = Layout::from_size_align(asked, ALIGNMENT).expect("a small size");
+        let r = self.allocate(aligned)?;
+        // SAFETY: forwarded contract; the layout is the block's own. `r`
+        // was just allocated with `aligned` and is freed once, here or as
+        // the new place of `q` (live and `asked` bytes long under the
+        // realloc's layout, freed once after the copy).
         unsafe {
+            let q = match self.reallocate(ptr, layout, asked) {
+                Ok(q) if !q.as_ptr().addr().is_multiple_of(ALIGNMENT) => q,
+                result => {
+                    let freed = self.deallocate(r, aligned);
+                    debug_assert!(freed.is_ok(), "a block just allocated was refused");
+                    return result;
+                }
+            };
             ptr::copy_nonoverlapping(q.as_ptr(), r.as_ptr(), asked);
-            let freed = self.deallocate(q, moved);
+            let freed = self.deallocate(q, Layout::from_size_align_unchecked(asked, layout.align()));
             debug_assert!(freed.is_ok(), "the realloc's own block was refused");
         }
         Ok(r)
@@ -134,25 +139,47 @@ impl<S: PageSource> Heap<S> {
             // where it is, it would grow in place until its neighbour
             // stops it, and then be copied at its largest).
             let promote = !new_small && matches!(growth, Some((_, streak)) if streak == PROMOTING_STREAK);
-            let target = if promote { old.size() } else { new.size() };
+            // Where a promoted block found no block to move to (memory runs
+            // out), why: it grows where it is if it can, or fails so.
+            let mut unpromoted = None;
+            if promote {
+                // Checked only, not resized: it stays as it was (every usable
+                // byte) unless it moves.
+                self.segment.check_in_use(ptr, old).map_err(AllocateError::Refused)?;
+                match self.allocate_moving(new_layout, growth) {
+                    Ok(q) => {
+                        // SAFETY: both blocks are live, distinct, and at
+                        // least `keep` bytes long; the old one was checked
+                        // above and is freed once.
+                        unsafe {
+                            move_data(ptr, q, keep);
+                            self.segment.deallocate_checked(ptr, old, &mut self.source);
+                        }
+                        if old_small {
+                            self.note_small_in_layer_0(layout, false);
+                        }
+                        self.realloc_done(q, growth, false);
+                        return Ok(q);
+                    }
+                    Err(e) => unpromoted = Some(e),
+                }
+            }
             // SAFETY: forwarded contract; layer 0 refuses what is not its
-            // block in use (a promoted block is only checked: same size).
-            let in_place = unsafe { self.segment.resize_in_place(ptr, old, target, &mut self.source) }
-                .map_err(AllocateError::Refused)?
-                && !promote;
+            // block in use.
+            let in_place = unsafe { self.segment.resize_in_place(ptr, old, new.size(), &mut self.source) }
+                .map_err(AllocateError::Refused)?;
             let backward = if in_place {
                 Some(ptr)
-            } else if promote {
-                None
             } else {
                 // SAFETY: a layer 0 block, checked just above; `keep` fits
                 // both sizes.
                 unsafe { self.segment.grow_backward(ptr, old, new.size(), keep) }
             };
             let kept = backward.is_some();
-            let moved = match backward {
-                Some(q) => q,
-                None => {
+            let moved = match (backward, unpromoted) {
+                (Some(q), _) => q,
+                (None, Some(e)) => return Err(e),
+                (None, None) => {
                     let q = self.allocate_moving(new_layout, growth)?;
                     // SAFETY: both blocks are live, distinct, and at least
                     // `keep` bytes long; the old one was checked above and
