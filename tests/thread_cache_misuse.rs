@@ -124,6 +124,44 @@ fn the_caches_refuse_a_pointer_into_a_block_and_know_a_cached_block_is_free() {
     }
 }
 
+/// Over a page-mapping source too, where layer 0's memory is spans rather
+/// than one window: a small block in a cache (this thread's, or another
+/// live thread's) has no usable size. (The caches once looked for a
+/// cached block's tag in layer 0's memory only: found by the fourth
+/// hostile pass.)
+#[test]
+fn over_a_page_mapping_source_a_cached_block_has_no_usable_size() {
+    let region: &'static common::Region = Box::leak(Box::new(common::Region::new(64 << 20)));
+    let heap: &'static LockedHeap<common::Mapped> =
+        Box::leak(Box::new(LockedHeap::new(region.mapped(), (region.ptr() as usize, region.len()))));
+    heap.set_thread_caches(true);
+    // (Every class served by its pools from the first request.)
+    heap.with(|h| h.set_cold_limit(0));
+    for (size, align) in [(40, 8), (200, 16), (1000, 8)] {
+        let l = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: blocks of this heap, each freed once with its layout; the
+        // size queries after the frees ask about cached blocks.
+        unsafe {
+            let q = heap.alloc(l);
+            assert!(heap.usable_size(q) >= Some(size));
+            heap.dealloc(q, l);
+            assert_eq!(heap.usable_size(q), None, "{l:?}: a block in this thread's cache");
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let q = heap.alloc(l) as usize;
+            let other = thread::spawn(move || {
+                heap.dealloc(q as *mut u8, l);
+                rx.recv().unwrap();
+            });
+            while heap.usable_size(q as *mut u8).is_some() && !other.is_finished() {
+                thread::yield_now();
+            }
+            assert_eq!(heap.usable_size(q as *mut u8), None, "{l:?}: a block in another thread's cache");
+            tx.send(()).unwrap();
+            other.join().unwrap();
+        }
+    }
+}
+
 /// A second free made on another thread while the block's first free is
 /// on its way from a cache to the heap (a full bin giving its older half
 /// back) is refused, whenever it comes: the block keeps its tag until the

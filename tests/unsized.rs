@@ -538,24 +538,7 @@ fn near_exhaustion_stays_16_aligned(mut heap: impl CCalls) {
         }
         assert!(odd.len() > 20, "few 8-aligned blocks: {}", odd.len());
         // The heap filled, large to small, until every size fails.
-        let mut fill = Vec::new();
-        let mut size = 1 << 20;
-        while size >= 16 {
-            loop {
-                let q = heap.alloc(l(size, 16));
-                if q.is_null() {
-                    break;
-                }
-                fill.push((q, size));
-            }
-            size = if size > 4096 {
-                size / 2
-            } else if size > 512 {
-                size - 256
-            } else {
-                size - 16
-            };
-        }
+        let fill = exhaust(&mut heap);
         for &(q, c) in &odd {
             heap.dealloc(q, l(c, 8));
         }
@@ -572,8 +555,8 @@ fn near_exhaustion_stays_16_aligned(mut heap: impl CCalls) {
         for (q, c) in spare {
             heap.dealloc(q, l(c, 8));
         }
-        for (q, s) in fill {
-            heap.dealloc(q, l(s, 16));
+        for (q, layout) in fill {
+            heap.dealloc(q, layout);
         }
     }
     heap.check();
@@ -609,4 +592,96 @@ fn an_8_aligned_block_reallocated_without_a_layout_moves_to_16() {
         }
     }
     heap.with(|h| h.check_invariants());
+}
+
+/// Allocates from `heap` until every size fails, large to small.
+#[cfg(not(feature = "debug"))]
+fn exhaust(heap: &mut impl CCalls) -> Vec<(*mut u8, Layout)> {
+    let mut fill = Vec::new();
+    let mut size = 1 << 20;
+    while size >= 16 {
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        loop {
+            // SAFETY: an allocation.
+            let q = unsafe { heap.alloc(layout) };
+            if q.is_null() {
+                break;
+            }
+            fill.push((q, layout));
+        }
+        size = if size > 4096 {
+            size / 2
+        } else if size > 512 {
+            size - 256
+        } else {
+            size - 8
+        };
+    }
+    fill
+}
+
+/// C's realloc of a block of layer 0 (its usable layout aligned to 8, as
+/// most are) to a small size on an exhausted heap: it shrinks in place, as
+/// a realloc with its layout does, through `Heap` and `LockedHeap`; and a
+/// small block of layer 0 grows into the only free memory, right after it.
+/// (A realloc without a layout once took a 16-aligned block first for
+/// every such block, and failed when none was left, or took the room the
+/// block would have grown into: found by the fourth hostile pass.)
+#[cfg(not(feature = "debug"))]
+#[test]
+fn a_realloc_without_a_layout_on_an_exhausted_heap_stays_in_place() {
+    let region = Region::new(32 << 20);
+    let mut heap = Heap::new(region.source());
+    let p = heap.allocate(Layout::from_size_align(1000, 16).unwrap()).unwrap();
+    let usable = heap.usable_layout(p).unwrap();
+    assert!(usable.align() < 16, "{usable:?}");
+    // SAFETY: live blocks of this heap, each freed once.
+    unsafe {
+        p.as_ptr().write_bytes(0x3c, 100);
+        let fill = exhaust(&mut heap);
+        let q = heap.reallocate_unsized(p, 100).expect("a shrink on an exhausted heap");
+        assert_eq!(q, p, "moved");
+        assert!((0..100).all(|i| *q.as_ptr().add(i) == 0x3c));
+        heap.deallocate_unsized(q).unwrap();
+        for (q, l) in fill {
+            CCalls::dealloc(&mut heap, q, l);
+        }
+    }
+    heap.check_invariants();
+
+    let mut locked = locked_heap(32 << 20);
+    // SAFETY: as above.
+    unsafe {
+        let p = locked.realloc_unsized(std::ptr::null_mut(), 1000);
+        let fill = exhaust(&mut locked);
+        let q = locked.realloc_unsized(p, 100);
+        assert_eq!(q, p, "a shrink on an exhausted heap failed or moved");
+        locked.dealloc_unsized(q);
+        for (q, l) in fill {
+            CCalls::dealloc(&mut locked, q, l);
+        }
+    }
+    locked.check();
+
+    // A small block of layer 0 (a cold class), the only free memory right
+    // after it.
+    let region = Region::new(32 << 20);
+    let mut heap = Heap::new(region.source());
+    heap.set_cold_limit(1000);
+    let p = heap.allocate(Layout::from_size_align(400, 16).unwrap()).unwrap();
+    let _blocker = heap.allocate(Layout::from_size_align(4096, 16).unwrap()).unwrap();
+    // SAFETY: as above.
+    unsafe {
+        let p = heap.reallocate_unsized(p, 39).unwrap();
+        assert_eq!(heap.owner(p.as_ptr()), Some(strata::Layer::Segment));
+        p.as_ptr().write_bytes(0x3c, 39);
+        let mut fill = exhaust(&mut heap);
+        fill.sort_by_key(|&(q, _)| q as usize);
+        let after = fill.iter().position(|&(q, _)| q > p.as_ptr()).unwrap();
+        let (q, l) = fill.remove(after);
+        CCalls::dealloc(&mut heap, q, l);
+        let q = heap.reallocate_unsized(p, 200).expect("room right after the block");
+        assert_eq!(q, p, "moved");
+        assert!((0..39).all(|i| *q.as_ptr().add(i) == 0x3c));
+    }
 }

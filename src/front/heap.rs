@@ -669,6 +669,21 @@ impl<S: PageSource> Heap<S> {
     }
 }
 
+/// The layout a realloc that moves asks of its new block, for the new
+/// size `layout` has: aligned as `layout` is, or as the size itself is, up
+/// to 16, if that is more. It names the same size class; the difference is
+/// near exhaustion, where layer +2 may lend a block of a larger class
+/// (`ObjectAllocator::borrow`): a size of 16 bytes' multiple is then lent
+/// a 16-aligned block, never one of a class 8 bytes off, so that a block
+/// moved by C's `realloc` (which asks for such sizes) keeps `malloc`'s
+/// alignment.
+#[inline]
+pub(crate) fn moving_layout(layout: Layout) -> Layout {
+    let size = layout.size();
+    let align = layout.align().max((size & size.wrapping_neg()).min(ALIGNMENT));
+    Layout::from_size_align(size, align).unwrap_or(layout)
+}
+
 /// What a caller may use of a layer 0 block whose payload is `size` bytes,
 /// under a heap whose layer +2 serves up to `threshold` bytes in classes of
 /// `1 << class_shift`. A small block there was allocated under its class's

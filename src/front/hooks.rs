@@ -253,15 +253,14 @@ pub(super) unsafe fn realloc_own_layout<H: Hooks, S: PageSource, L: lock_api::Ra
     // (A recorded layout is `malloc`'s own, aligned to 16, for a block of
     // C's: its size is kept exact.)
     let asked = if H::RECORDS_LAYOUTS { new_size } else { malloc_size(layout, new_size) };
-    if !may_land_8_aligned(layout, asked) {
+    if !may_stay_8_aligned(p, asked) {
         // SAFETY: forwarded contract; the layout is the block's own.
         return unsafe { hooks.realloc(heap, p, layout, asked) };
     }
-    // The block may stay where it is, 8-aligned, or move to a block of a
-    // larger class lent near exhaustion, 8-aligned too: a 16-aligned block
-    // is secured first, for the result to move to then. Without one the
-    // realloc fails (null, the block untouched), as C's may when memory
-    // runs out.
+    // An 8-aligned block (of Rust's) may stay where it is: a 16-aligned
+    // block is secured first, for the result to move to then. Without one
+    // the realloc fails (null, the block untouched), as C's may when
+    // memory runs out.
     let aligned = Layout::from_size_align(asked, ALIGNMENT).expect("a small size");
     let r = hooks.alloc(heap, aligned, Domain::HEAP);
     if r.is_null() {
@@ -284,14 +283,17 @@ pub(super) unsafe fn realloc_own_layout<H: Hooks, S: PageSource, L: lock_api::Ra
     r
 }
 
-/// Whether a realloc without a layout of a block whose own layout is
-/// `layout` to `asked` bytes may be served 8-aligned: a small size (layer
-/// 0 aligns every larger block to 16) for a block aligned to less than 16
-/// (which may stay where it is, or move to a block lent near exhaustion
-/// that is aligned as the block's own layout asks).
+/// Whether a realloc without a layout of block `p` to `asked` bytes may
+/// be served 8-aligned: `p` is (a block of Rust's, allocated aligned to 8)
+/// and may stay where it is, the size being small (layer 0 aligns every
+/// larger block to 16). A block that moves is 16-aligned: its size is a
+/// multiple of 16 ([`malloc_size`]), which every class serves 16-aligned,
+/// and which a realloc's new block asks alignment 16 for
+/// ([`moving_layout`](super::heap::moving_layout)), so that a block lent
+/// near exhaustion is too.
 #[inline]
-pub(super) fn may_land_8_aligned(layout: Layout, asked: usize) -> bool {
-    layout.align() < ALIGNMENT && asked <= SMALL_REQUEST_THRESHOLD
+pub(super) fn may_stay_8_aligned(p: NonNull<u8>, asked: usize) -> bool {
+    !p.addr().get().is_multiple_of(ALIGNMENT) && asked <= SMALL_REQUEST_THRESHOLD
 }
 
 /// The size a realloc without a layout asks for: `new_size`, rounded up to

@@ -725,8 +725,9 @@ pub(crate) fn take(link: &Link, layout: Layout) -> Option<NonNull<u8>> {
 /// and without the heap's lock, as [`Heap::usable_layout`] finds it: a
 /// block in an arena of +2 by its pool's class, a block of layer 0's
 /// committed window by its chunk header (header words are read
-/// atomically). `None` where that takes the lock (another block, or this
-/// thread's cache serving no heap yet); `geometry` as for [`put`].
+/// atomically). `None` where that takes the lock (another block, a +2
+/// block a cache holds, or this thread's cache serving no heap yet);
+/// `geometry` as for [`put`].
 ///
 /// [`Heap::usable_layout`]: super::Heap::usable_layout
 ///
@@ -749,7 +750,16 @@ pub(crate) unsafe fn usable_layout(
             let size = if owner.owns(mirror, ptr) {
                 // SAFETY: in an arena of the owner; the caller's live
                 // block, so its pool is in use.
-                class_size(unsafe { block_class(ptr, owner.blocks()) }?, owner.class_shift)
+                let size = class_size(unsafe { block_class(ptr, owner.blocks()) }?, owner.class_shift);
+                // A block a cache holds (any thread's) carries its tag: left
+                // to the lock, which refuses it as a free of it is refused.
+                // SAFETY: a block of at least two words of an arena held
+                // while the caller's block is live.
+                let word = || unsafe { crate::object::frozen_word(ptr.as_ptr().cast::<usize>().add(1)) };
+                if TAGS && size >= 2 * size_of::<usize>() && word() == crate::object::free_tag(ptr) {
+                    return None;
+                }
+                size
             } else {
                 let window = mirror.window();
                 if window.1 == 0 {

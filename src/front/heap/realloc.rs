@@ -5,7 +5,7 @@
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
-use super::{ArenaPages, Heap};
+use super::{ArenaPages, Heap, moving_layout};
 use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK, hooks};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
 use crate::source::{PageSource, reach};
@@ -17,10 +17,10 @@ impl<S: PageSource> Heap<S> {
     /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
     /// The result is aligned to 16, as C's `malloc` promises: a block whose
     /// usable layout is aligned to less asks for a multiple of 16 bytes,
-    /// and, when the new size is small, a 16-aligned block is secured
-    /// first, for the block to move to should it stay (or be lent, near
-    /// exhaustion) 8-aligned. Without one the realloc fails, the block
-    /// untouched.
+    /// which a block it moves to is aligned to, near exhaustion too; and
+    /// for an 8-aligned block (of Rust's) to a small size, a 16-aligned
+    /// block is secured first, for it to move to should it stay where it
+    /// is. Without one that realloc fails, the block untouched.
     ///
     /// # Safety
     ///
@@ -34,7 +34,7 @@ impl<S: PageSource> Heap<S> {
         let layout = self.usable_layout(ptr).map_err(AllocateError::Refused)?;
         // (C's alignment, as `LockedHeap::realloc_unsized` gives it.)
         let asked = hooks::malloc_size(layout, new_size);
-        if !hooks::may_land_8_aligned(layout, asked) {
+        if !hooks::may_stay_8_aligned(ptr, asked) {
             // SAFETY: forwarded contract; the layout is the block's own.
             return unsafe { self.reallocate(ptr, layout, asked) };
         }
@@ -508,13 +508,15 @@ impl<S: PageSource> Heap<S> {
 
     /// The new block of a realloc that moves: at the start of layer 0's
     /// largest free chunk for a block on its [`PROMOTING_STREAK`]th
-    /// doubling in a row, else an ordinary allocation.
+    /// doubling in a row, else an ordinary allocation, aligned as
+    /// [`moving_layout`] says.
     #[inline]
     fn allocate_moving(
         &mut self,
         layout: Layout,
         growth: Option<(usize, u32)>,
     ) -> Result<NonNull<u8>, AllocateError> {
+        let layout = moving_layout(layout);
         match growth {
             // Small blocks are never promoted: they belong to their size
             // class (in layer +2, or in layer 0 under the class's layout,

@@ -66,6 +66,8 @@ pub(crate) unsafe fn realloc(
             }
             let size = class_size(class, owner.class_shift);
             let Ok(new) = Layout::from_size_align(new_size, old.align()) else { return Realloc::Locked };
+            // (Aligned, for the heap, as a realloc's new block is.)
+            let new = crate::front::heap::moving_layout(new);
             // A layout larger than the block goes to the lock, which refuses it.
             if !owner.is_small(new) || old.size() > size {
                 return Realloc::Locked;
