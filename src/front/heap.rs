@@ -670,18 +670,23 @@ impl<S: PageSource> Heap<S> {
 }
 
 /// The layout a realloc that moves asks of its new block, for the new
-/// size `layout` has: aligned as `layout` is, or as the size itself is, up
-/// to 16, if that is more. It names the same size class; the difference is
-/// near exhaustion, where layer +2 may lend a block of a larger class
-/// (`ObjectAllocator::borrow`): a size of 16 bytes' multiple is then lent
-/// a 16-aligned block, never one of a class 8 bytes off, so that a block
-/// moved by C's `realloc` (which asks for such sizes) keeps `malloc`'s
-/// alignment.
+/// size `layout` has: `layout` itself, but aligned to 16 where it is
+/// aligned to 8 and its size is a multiple of 16 — what C's realloc
+/// passes (a block's usable layout, its size rounded by `malloc_size`).
+/// That names the same size class; the difference is near exhaustion,
+/// where layer +2 may lend a block of a larger class
+/// (`ObjectAllocator::borrow`): such a realloc is then lent only a
+/// 16-aligned block, never one of a class 8 bytes off, so that a block
+/// moved by C's `realloc` keeps `malloc`'s alignment. (A layout of
+/// Rust's of that shape is lent as C's is; one aligned to less than 8 is
+/// lent what an allocation of it would be.)
 #[inline]
 pub(crate) fn moving_layout(layout: Layout) -> Layout {
-    let size = layout.size();
-    let align = layout.align().max((size & size.wrapping_neg()).min(ALIGNMENT));
-    Layout::from_size_align(size, align).unwrap_or(layout)
+    if layout.align() == 8 && layout.size().is_multiple_of(ALIGNMENT) {
+        Layout::from_size_align(layout.size(), ALIGNMENT).unwrap_or(layout)
+    } else {
+        layout
+    }
 }
 
 /// What a caller may use of a layer 0 block whose payload is `size` bytes,
