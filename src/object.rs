@@ -100,9 +100,9 @@ use blocks::is_multiple;
 use geometry::MAX_ARENA_SHIFT;
 pub use geometry::{Geometry, GeometryError};
 pub use stats::{ArenaCounters, ArenaUsage, ClassStats};
-#[cfg_attr(not(feature = "caches"), allow(unused_imports))]
-pub(crate) use tag::free_tag;
 pub(crate) use tag::{KEY, TAGS, frozen_word, make_key};
+#[cfg_attr(not(feature = "caches"), allow(unused_imports))]
+pub(crate) use tag::{carries_free_tag, free_tag};
 
 /// Largest alignment served by this layer; requests aligned above it go to layer 0.
 pub const ALIGNMENT: usize = 16;

@@ -755,8 +755,7 @@ pub(crate) unsafe fn usable_layout(
                 // to the lock, which refuses it as a free of it is refused.
                 // SAFETY: a block of at least two words of an arena held
                 // while the caller's block is live.
-                let word = || unsafe { crate::object::frozen_word(ptr.as_ptr().cast::<usize>().add(1)) };
-                if TAGS && size >= 2 * size_of::<usize>() && word() == crate::object::free_tag(ptr) {
+                if TAGS && size >= 2 * size_of::<usize>() && unsafe { crate::object::carries_free_tag(ptr) } {
                     return None;
                 }
                 size

@@ -86,3 +86,16 @@ pub(crate) unsafe fn frozen_word(_: *const usize) -> usize {
 pub(crate) fn free_tag(block: NonNull<u8>) -> usize {
     KEY.load(Relaxed) ^ block.as_ptr() as usize
 }
+
+/// Whether `block` holds its [`free_tag`] in its second word: a free block
+/// some cache holds (or, for the word's owner, data that reads as one).
+///
+/// # Safety
+///
+/// `block` must be valid for reading two words, and aligned to one.
+#[cfg_attr(not(feature = "caches"), allow(dead_code))]
+#[inline(always)]
+pub(crate) unsafe fn carries_free_tag(block: NonNull<u8>) -> bool {
+    // SAFETY: the caller's promise.
+    unsafe { frozen_word(block.as_ptr().cast::<usize>().add(1)) == free_tag(block) }
+}

@@ -5,7 +5,7 @@
 use core::ptr::{self, NonNull};
 
 use crate::object::free_tag as tag;
-use crate::object::{TAGS, frozen_word};
+use crate::object::{TAGS, carries_free_tag};
 use crate::segment::{self, MEDIUM_MAX, chunk_size};
 
 use super::{Declined, MEDIUM_SIZE_WORD};
@@ -84,12 +84,12 @@ unsafe fn untag(block: NonNull<u8>) {
 #[inline]
 pub(crate) unsafe fn clear_tag(block: NonNull<u8>, size: usize) {
     if TAGS && size >= 2 * size_of::<usize>() {
-        let word = crate::source::reach(block).as_ptr().cast::<usize>().wrapping_add(1);
+        let block = crate::source::reach(block);
         // SAFETY: the caller's promise: the word is the heap's memory,
         // written only under the lock, which is held.
         unsafe {
-            if frozen_word(word) == tag(block) {
-                word.write(0);
+            if carries_free_tag(block) {
+                block.as_ptr().cast::<usize>().add(1).write(0);
             }
         }
     }
@@ -144,7 +144,7 @@ impl Bin {
     pub(super) unsafe fn holds(&self, block: NonNull<u8>) -> bool {
         if self.tagged {
             // SAFETY: the caller's promise: the block has a second word.
-            return unsafe { frozen_word(block.as_ptr().cast::<usize>().add(1)) } == tag(block);
+            return unsafe { carries_free_tag(block) };
         }
         let mut c = self.head;
         while !c.is_null() {

@@ -7,8 +7,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::object::free_tag as tag;
-use crate::object::{ARENA_SLOTS, KEY, TAGS, frozen_word};
+use crate::object::{ARENA_SLOTS, KEY, TAGS, carries_free_tag};
 use crate::segment;
 
 /// A copy of layer +2's arena bitmap that threads read without the heap's
@@ -190,5 +189,5 @@ pub(crate) fn cached_in(window: (usize, usize), ptr: NonNull<u8>, layout: Layout
     }
     // SAFETY: a word-aligned pair of words inside layer 0's memory as last
     // recorded, which stays readable while the heap holds it.
-    unsafe { frozen_word(crate::source::reach(ptr).as_ptr().cast::<usize>().add(1)) == tag(ptr) }
+    unsafe { carries_free_tag(crate::source::reach(ptr)) }
 }
