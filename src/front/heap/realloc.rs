@@ -139,48 +139,39 @@ impl<S: PageSource> Heap<S> {
             // where it is, it would grow in place until its neighbour
             // stops it, and then be copied at its largest).
             let promote = !new_small && matches!(growth, Some((_, streak)) if streak == PROMOTING_STREAK);
-            // Where a promoted block found no block to move to (memory runs
-            // out), why: it grows where it is if it can, or fails so.
-            let mut unpromoted = None;
-            if promote {
-                // Checked only, not resized: it stays as it was (every usable
-                // byte) unless it moves.
+            // A promoted block is only checked, not resized (it stays as it
+            // was, every usable byte, unless it moves), and the block it
+            // moves to is found first. Where none is (memory runs out), it
+            // grows where it is if it can, or fails so.
+            let promoted = if promote {
                 self.segment.check_in_use(ptr, old).map_err(AllocateError::Refused)?;
-                match self.allocate_moving(new_layout, growth) {
-                    Ok(q) => {
-                        // SAFETY: both blocks are live, distinct, and at
-                        // least `keep` bytes long; the old one was checked
-                        // above and is freed once.
-                        unsafe {
-                            move_data(ptr, q, keep);
-                            self.segment.deallocate_checked(ptr, old, &mut self.source);
-                        }
-                        if old_small {
-                            self.note_small_in_layer_0(layout, false);
-                        }
-                        self.realloc_done(q, growth, false);
-                        return Ok(q);
-                    }
-                    Err(e) => unpromoted = Some(e),
-                }
-            }
+                Some(self.allocate_moving(new_layout, growth))
+            } else {
+                None
+            };
+            let moves = matches!(promoted, Some(Ok(_)));
             // SAFETY: forwarded contract; layer 0 refuses what is not its
             // block in use.
-            let in_place = unsafe { self.segment.resize_in_place(ptr, old, new.size(), &mut self.source) }
-                .map_err(AllocateError::Refused)?;
+            let in_place = !moves
+                && unsafe { self.segment.resize_in_place(ptr, old, new.size(), &mut self.source) }
+                    .map_err(AllocateError::Refused)?;
             let backward = if in_place {
                 Some(ptr)
+            } else if moves {
+                None
             } else {
                 // SAFETY: a layer 0 block, checked just above; `keep` fits
                 // both sizes.
                 unsafe { self.segment.grow_backward(ptr, old, new.size(), keep) }
             };
             let kept = backward.is_some();
-            let moved = match (backward, unpromoted) {
-                (Some(q), _) => q,
-                (None, Some(e)) => return Err(e),
-                (None, None) => {
-                    let q = self.allocate_moving(new_layout, growth)?;
+            let moved = match backward {
+                Some(q) => q,
+                None => {
+                    let q = match promoted {
+                        Some(found) => found?,
+                        None => self.allocate_moving(new_layout, growth)?,
+                    };
                     // SAFETY: both blocks are live, distinct, and at least
                     // `keep` bytes long; the old one was checked above and
                     // is freed once.
@@ -242,9 +233,7 @@ impl<S: PageSource> Heap<S> {
             self.live_object_block(ptr, layout)?;
             None
         } else {
-            // (Layer 0 sees a small layout rounded to its class.)
-            let old =
-                if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { self.layer_0_layout(layout) };
+            let old = self.quick_layer_0_layout(layout);
             Some(self.segment.quick_heads(ptr, old, self.source.discard_from())?)
         };
         // The doubling streak, as `reallocate` keeps it; a block on the
@@ -370,8 +359,7 @@ impl<S: PageSource> Heap<S> {
         layout: Layout,
         new_layout: Layout,
     ) -> Option<NonNull<u8>> {
-        // (Layer 0 sees a small layout rounded to its class.)
-        let old = if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { self.layer_0_layout(layout) };
+        let old = self.quick_layer_0_layout(layout);
         let new = self.layer_0_layout(new_layout);
         // A shrink, so no doubling and no streak.
         // SAFETY: forwarded contract.
@@ -382,6 +370,17 @@ impl<S: PageSource> Heap<S> {
         self.note_small_in_layer_0(new_layout, true);
         self.realloc_done(ptr, None, true);
         Some(ptr)
+    }
+
+    /// The layout layer 0 sees for a block's own `layout` on the quick
+    /// paths: a small one rounded to its class
+    /// ([`layer_0_layout`](Self::layer_0_layout)); a size past every
+    /// geometry's threshold as given, found with one comparison with a
+    /// constant.
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    fn quick_layer_0_layout(&self, layout: Layout) -> Layout {
+        if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { self.layer_0_layout(layout) }
     }
 
     /// Copies the first `keep` bytes of +2 block `ptr` to `q` and frees it:
