@@ -89,6 +89,40 @@ unsafe fn holds(p: *mut u8, len: usize, tag: u64) -> bool {
     unsafe { std::slice::from_raw_parts(p, len) }.iter().all(|&b| b == tag as u8)
 }
 
+/// Reallocates the block at `off` of two heaps (each over its region) to
+/// `new_size` bytes: `quick` through `GlobalAlloc` (or C's `realloc`,
+/// `without` a layout) and `full` through `Heap`'s call. The offsets of the
+/// results.
+///
+/// # Safety
+///
+/// `off` must be a live block of each heap, allocated with `layout`.
+unsafe fn realloc_both(
+    (ra, quick): (&Aligned, &LockedHeap),
+    (rb, full): (&Aligned, &LockedHeap),
+    off: usize,
+    layout: Layout,
+    new_size: usize,
+    without: bool,
+) -> (Option<usize>, Option<usize>) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let b = NonNull::new_unchecked(rb.ptr.add(off));
+        let (a, b) = if without {
+            (
+                quick.realloc_unsized(ra.ptr.add(off), new_size),
+                full.with(|h| h.reallocate_unsized(b, new_size)),
+            )
+        } else {
+            (
+                quick.realloc(ra.ptr.add(off), layout, new_size),
+                full.with(|h| h.reallocate(b, layout, new_size)),
+            )
+        };
+        (ra.offset(a), rb.offset(b.map_or(std::ptr::null_mut(), NonNull::as_ptr)))
+    }
+}
+
 /// Replays one random program on two heaps of `region` bytes: `quick`
 /// through `GlobalAlloc` and the unsized calls of C (its quick paths serve
 /// what they can) and `full` through `Heap`'s calls under its lock (never a
@@ -136,23 +170,8 @@ fn replay(region: usize, seed: u64, steps: usize, unsized_calls: bool) {
             let (off, layout, tag) = live[i];
             let new_size = size(&mut rng);
             let without = unsized_only(layout) || (unsized_calls && rng.below(4) == 0);
-            // SAFETY: live blocks of each heap with their layout (or
-            // without one: C's `realloc`).
-            let (a, b) = unsafe {
-                let b = NonNull::new_unchecked(rb.ptr.add(off));
-                let (a, b) = if without {
-                    (
-                        quick.realloc_unsized(ra.ptr.add(off), new_size),
-                        full.with(|h| h.reallocate_unsized(b, new_size)),
-                    )
-                } else {
-                    (
-                        quick.realloc(ra.ptr.add(off), layout, new_size),
-                        full.with(|h| h.reallocate(b, layout, new_size)),
-                    )
-                };
-                (ra.offset(a), rb.offset(b.map_or(std::ptr::null_mut(), NonNull::as_ptr)))
-            };
+            // SAFETY: live blocks of each heap with their layout.
+            let (a, b) = unsafe { realloc_both((&ra, &quick), (&rb, &full), off, layout, new_size, without) };
             assert_eq!(a, b, "step {step}: realloc of {layout:?} to {new_size} placed differently");
             failures += usize::from(b.is_none());
             if let Some(new) = a {
@@ -214,6 +233,94 @@ fn first_fit_heaps_take_the_full_path_alike() {
 #[test]
 fn an_exhausted_heap_fails_alike() {
     replay(17 << 20, 11, if cfg!(miri) { 40 } else { 20_000 }, true);
+}
+
+/// Buffers doubling from 8 bytes to 1 MiB (a `Vec` growing), three at a
+/// time among other blocks, with and without their layout: on the
+/// doubling that promotes such a buffer the quick path leaves it to the
+/// full path, and past it it resizes the buffer in place or backward where
+/// the full path would, leaving its moves (to layer 0's largest free
+/// chunk) to it.
+#[test]
+fn growing_buffers_are_placed_as_the_full_path_places_them() {
+    const TOP: usize = if cfg!(miri) { 64 << 10 } else { 1 << 20 };
+    let (ra, rb) = (Aligned::new(64 << 20), Aligned::new(64 << 20));
+    let (quick, full) = (ra.heap(), rb.heap());
+    let mut rng = Rng(5);
+    // (offset, layout, tag): the buffers growing, and other blocks.
+    let mut buffers: Vec<(usize, Layout, u64)> = Vec::new();
+    let mut others: Vec<(usize, Layout, u64)> = Vec::new();
+    let (mut grown, mut backward) = (0, 0);
+    for step in 0..if cfg!(miri) { 300 } else { 6_000 } {
+        let choice = rng.below(8);
+        if buffers.len() < 3 || choice < 3 {
+            if buffers.len() < 3 {
+                let layout = Layout::from_size_align(8, 8).unwrap();
+                // SAFETY: a non-zero size.
+                let a = ra.offset(unsafe { quick.alloc(layout) }).unwrap();
+                let b = rb.offset(full.with(|h| h.allocate(layout)).unwrap().as_ptr());
+                assert_eq!(Some(a), b, "step {step}: a new buffer placed differently");
+                // SAFETY: a fresh block of `layout`.
+                unsafe { fill(ra.ptr.add(a), 8, step as u64) };
+                buffers.push((a, layout, step as u64));
+                continue;
+            }
+            let i = rng.below(buffers.len() as u64) as usize;
+            let (off, layout, tag) = buffers[i];
+            let new_size = layout.size() * 2;
+            let without = unsized_only(layout) || rng.below(4) == 0;
+            // SAFETY: live blocks of each heap with their layout.
+            let (a, b) = unsafe { realloc_both((&ra, &quick), (&rb, &full), off, layout, new_size, without) };
+            let a = a.expect("a buffer's growth failed");
+            assert_eq!(
+                Some(a),
+                b,
+                "step {step}: buffer of {layout:?} grown to {new_size} placed differently"
+            );
+            grown += usize::from(a == off);
+            backward += usize::from(a < off && off - a < new_size);
+            // SAFETY: the block, live at its new offset, `new_size` long.
+            unsafe {
+                assert!(
+                    holds(ra.ptr.add(a), layout.size(), tag),
+                    "step {step}: the buffer lost its contents"
+                );
+                fill(ra.ptr.add(a), new_size, tag);
+            }
+            // (Freed and grown without a layout from then on, as C does.)
+            let layout = Layout::from_size_align(new_size, if without { UNSIZED } else { 8 }).unwrap();
+            buffers[i] = (a, layout, tag);
+            if new_size >= TOP {
+                let (off, ..) = buffers.swap_remove(i);
+                // SAFETY: live blocks of each heap.
+                unsafe {
+                    quick.dealloc_unsized(ra.ptr.add(off));
+                    full.with(|h| h.deallocate_unsized(NonNull::new_unchecked(rb.ptr.add(off)))).unwrap();
+                }
+            }
+        } else if choice < 6 || others.is_empty() {
+            let layout = Layout::from_size_align(size(&mut rng), 16).unwrap();
+            // SAFETY: a non-zero size.
+            let a = ra.offset(unsafe { quick.alloc(layout) }).unwrap();
+            let b = rb.offset(full.with(|h| h.allocate(layout)).unwrap().as_ptr());
+            assert_eq!(Some(a), b, "step {step}: alloc {layout:?} placed differently");
+            others.push((a, layout, step as u64));
+        } else {
+            let (off, layout, _) = others.swap_remove(rng.below(others.len() as u64) as usize);
+            // SAFETY: live blocks of each heap with their layout.
+            unsafe {
+                quick.dealloc(ra.ptr.add(off), layout);
+                full.with(|h| h.deallocate(NonNull::new_unchecked(rb.ptr.add(off)), layout)).unwrap();
+            }
+        }
+    }
+    quick.with(|h| h.check_invariants());
+    full.with(|h| h.check_invariants());
+    assert_eq!(quick.stats(), full.stats(), "the counters differ");
+    // Past their promotion the buffers grew in place and backward both (a
+    // few steps under Miri: in place).
+    let enough = if cfg!(miri) { grown > 0 } else { grown > 100 && backward > 0 };
+    assert!(enough, "in place {grown}, backward {backward}: not the case tested");
 }
 
 /// Every misuse the full path refuses with a layout past the small sizes

@@ -204,9 +204,9 @@ impl<S: PageSource> Heap<S> {
     /// [`reallocate`](Self::reallocate) to a size layer 0 serves as given
     /// (above every geometry's threshold), through layer 0's quick calls
     /// (`segment/quick.rs`), of a block of layer +2 or of layer 0: the same
-    /// result, or `None`,
-    /// having changed nothing, where they decline — and for a block on the
-    /// streak of doublings that promotes it, and every refusal.
+    /// result, or `None`, having changed nothing, where they decline — and
+    /// for the doubling that promotes a block, the move of a block promoted
+    /// already, and every refusal.
     ///
     /// # Safety
     ///
@@ -236,14 +236,18 @@ impl<S: PageSource> Heap<S> {
             let old = self.quick_layer_0_layout(layout);
             Some(self.segment.quick_heads(ptr, old, self.source.discard_from())?)
         };
-        // The doubling streak, as `reallocate` keeps it; a block on the
-        // streak that promotes it was found in the table (which then did
-        // not change) and goes the full way.
+        // The doubling streak, as `reallocate` keeps it. A block on the
+        // streak was found in the table (which then did not change): on the
+        // doubling that promotes it, it goes the full way; past it, it is a
+        // buffer growing on ([`grow_on_quick`](Self::grow_on_quick)).
         let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
         let next = self.growing_next;
         let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
         if matches!(growth, Some((_, streak)) if streak >= PROMOTING_STREAK) {
-            return None;
+            // (Out of line, from the arguments: the common realloc's frame
+            // holds none of it.)
+            // SAFETY: forwarded contract.
+            return unsafe { self.grow_on_quick(ptr, layout, new_size) };
         }
         let keep = layout.size().min(new_size);
         let moved = if let Some(heads) = heads {
@@ -440,6 +444,61 @@ impl<S: PageSource> Heap<S> {
         let layout = self.usable_layout(ptr).ok()?;
         // SAFETY: forwarded contract, with the block's own layout.
         unsafe { self.reallocate_quick(ptr, layout, new_size) }
+    }
+
+    /// [`reallocate_quick`](Self::reallocate_quick) of a block on its
+    /// [`PROMOTING_STREAK`]th doubling in a row or past it. Past it, a block
+    /// of layer 0 is a buffer growing on, whose move
+    /// [`reallocate`](Self::reallocate) makes to the start of layer 0's
+    /// largest free chunk: here it is resized in place or grown backward,
+    /// as `reallocate` would do first. `None`, having changed nothing, for
+    /// the rest: the doubling that promotes a block, a move, a +2 block,
+    /// every refusal.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate`](Self::reallocate).
+    #[cold]
+    #[inline(never)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    unsafe fn grow_on_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        // (Called past `reallocate_quick`'s checks of the sizes: a doubling
+        // to more than SMALL_REQUEST_THRESHOLD bytes.)
+        let ptr = reach(ptr);
+        if self.object.owns(ptr.as_ptr()) {
+            return None;
+        }
+        let old = self.quick_layer_0_layout(layout);
+        let heads = self.segment.quick_heads(ptr, old, self.source.discard_from())?;
+        // The streak, as `doubling_streak` finds it for a block in the
+        // table (and leaves the table).
+        let slot = self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize)?;
+        let streak = self.growing[slot].1 + 1;
+        if streak <= PROMOTING_STREAK {
+            return None;
+        }
+        // SAFETY: a block of layer 0 just checked by `quick_heads`, under
+        // the lock held since.
+        let resized = unsafe { self.segment.resize_quick(ptr, new_size, heads) };
+        let q = if resized {
+            ptr
+        } else if layout.align() <= ALIGNMENT {
+            // (As in `move_quick`; all of the block is kept: it grows.)
+            // SAFETY: as above.
+            unsafe { self.segment.grow_backward_quick(ptr, new_size, layout.size()) }?
+        } else {
+            return None;
+        };
+        if layout.size() <= SMALL_REQUEST_THRESHOLD {
+            self.note_small_in_layer_0(layout, false);
+        }
+        self.realloc_done(q, Some((slot, streak)), resized);
+        Some(q)
     }
 
     /// The end of [`reallocate_quick`](Self::reallocate_quick) for a block
