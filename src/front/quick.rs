@@ -198,9 +198,6 @@ pub(super) unsafe fn realloc_unsized_quick<S: PageSource, L: lock_api::RawMutex>
     new_size: usize,
     allowed: impl Fn() -> bool,
 ) -> Option<NonNull<u8>> {
-    if new_size <= SMALL_REQUEST_THRESHOLD {
-        return None;
-    }
     let mut heap = heap.try_lock()?;
     // SAFETY: forwarded contract.
     allowed().then(|| unsafe { heap.reallocate_unsized_quick(ptr, new_size) }).flatten()

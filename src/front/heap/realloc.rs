@@ -427,9 +427,12 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// [`reallocate_unsized`](Self::reallocate_unsized) through
-    /// [`reallocate_quick`](Self::reallocate_quick), with the layout
-    /// [`usable_layout`](Self::usable_layout) gives the block; `None`,
-    /// having changed nothing, where either declines.
+    /// [`reallocate_quick`](Self::reallocate_quick) or, to a small size,
+    /// [`reallocate_small_quick`](Self::reallocate_small_quick), with the
+    /// layout [`usable_layout`](Self::usable_layout) gives the block and the
+    /// size C's alignment asks; `None`, having changed nothing, where they
+    /// decline, and for an 8-aligned block that may stay where it is (the
+    /// full path secures a 16-aligned block first).
     ///
     /// # Safety
     ///
@@ -442,8 +445,18 @@ impl<S: PageSource> Heap<S> {
         new_size: usize,
     ) -> Option<NonNull<u8>> {
         let layout = self.usable_layout(ptr).ok()?;
+        let asked = hooks::malloc_size(layout, new_size);
+        if hooks::may_stay_8_aligned(ptr, asked) {
+            return None;
+        }
         // SAFETY: forwarded contract, with the block's own layout.
-        unsafe { self.reallocate_quick(ptr, layout, new_size) }
+        unsafe {
+            if asked > SMALL_REQUEST_THRESHOLD {
+                self.reallocate_quick(ptr, layout, asked)
+            } else {
+                self.reallocate_small_quick(ptr, layout, asked)
+            }
+        }
     }
 
     /// [`reallocate_quick`](Self::reallocate_quick) of a block on its
