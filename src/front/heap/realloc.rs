@@ -5,7 +5,7 @@
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
-use super::{ArenaPages, Heap, moving_layout};
+use super::{ArenaPages, Heap, moving_layout, usable_layout};
 use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK, hooks};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
 use crate::source::{PageSource, reach};
@@ -319,6 +319,29 @@ impl<S: PageSource> Heap<S> {
             return unsafe { self.shrink_in_layer_0_quick(ptr, layout, new_layout) };
         }
         let block = self.live_object_block(ptr, layout)?;
+        // SAFETY: forwarded contract; a live +2 block of `block` bytes.
+        unsafe { self.reallocate_object_block_quick(ptr, layout, new_layout, block) }
+    }
+
+    /// [`reallocate_small_quick`](Self::reallocate_small_quick) of a block
+    /// of layer +2 that [`live_object_block`](Self::live_object_block) has
+    /// accepted (`block` bytes long) to small `new_layout` (of its
+    /// alignment).
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate`](Self::reallocate), `ptr` reached through the
+    /// window's provenance (`reach`).
+    #[inline(always)]
+    #[cfg_attr(feature = "debug", allow(dead_code))]
+    unsafe fn reallocate_object_block_quick(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_layout: Layout,
+        block: usize,
+    ) -> Option<NonNull<u8>> {
+        let (new_size, align) = (new_layout.size(), new_layout.align());
         // As `reallocate`: the streak first, then the block stays if it can.
         let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
         let next = self.growing_next;
@@ -444,7 +467,19 @@ impl<S: PageSource> Heap<S> {
         ptr: NonNull<u8>,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
-        let layout = self.usable_layout(ptr).ok()?;
+        let ptr = reach(ptr);
+        // A +2 block is checked once, for its usable layout and for the
+        // realloc to a small size (as `usable_layout` and then
+        // `reallocate_small_quick` would check it).
+        let object_block = if self.object.owns(ptr.as_ptr()) {
+            Some(self.live_object_block(ptr, Layout::new::<u8>())?)
+        } else {
+            None
+        };
+        let layout = match object_block {
+            Some(block) => usable_layout(block),
+            None => self.usable_layout(ptr).ok()?,
+        };
         let asked = hooks::malloc_size(layout, new_size);
         if hooks::may_stay_8_aligned(ptr, asked) {
             return None;
@@ -452,9 +487,18 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: forwarded contract, with the block's own layout.
         unsafe {
             if asked > SMALL_REQUEST_THRESHOLD {
-                self.reallocate_quick(ptr, layout, asked)
-            } else {
-                self.reallocate_small_quick(ptr, layout, asked)
+                return self.reallocate_quick(ptr, layout, asked);
+            }
+            match object_block {
+                Some(block) => {
+                    // (`is_small` bounds the size and the alignment.)
+                    let new_layout = Layout::from_size_align(asked, layout.align()).ok()?;
+                    if !self.is_small(new_layout) {
+                        return None;
+                    }
+                    self.reallocate_object_block_quick(ptr, layout, new_layout, block)
+                }
+                None => self.reallocate_small_quick(ptr, layout, asked),
             }
         }
     }
