@@ -535,7 +535,7 @@ impl<S: PageSource> Heap<S> {
         // The streak, as `doubling_streak` finds it for a block in the
         // table (and leaves the table).
         let slot = self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize)?;
-        let streak = self.growing[slot].1 + 1;
+        let streak = self.growing[slot].1.saturating_add(1);
         if streak <= PROMOTING_STREAK {
             return None;
         }
@@ -608,11 +608,13 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// The slot in the table of growing blocks for a doubling realloc of
-    /// `ptr`, and how many doublings in a row it has had with this one.
+    /// `ptr`, and how many doublings in a row it has had with this one
+    /// (saturating: a block shrunk and doubled where it is, over and over,
+    /// stays on its streak).
     #[inline(always)]
     fn doubling_streak(&mut self, ptr: NonNull<u8>) -> (usize, u32) {
         match self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize) {
-            Some(i) => (i, self.growing[i].1 + 1),
+            Some(i) => (i, self.growing[i].1.saturating_add(1)),
             None => {
                 let next = self.growing_next;
                 self.growing_next = (next + 1) % self.growing.len();
