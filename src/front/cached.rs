@@ -161,6 +161,17 @@ impl Hooks for Cached {
         unsafe { realloc_own_layout(self, heap, p, new_size) }
     }
 
+    unsafe fn realloc_declined<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.realloc_rest(heap, p, layout, new_size) }
+    }
+
     unsafe fn dealloc_unsized<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,

@@ -109,6 +109,24 @@ pub(super) trait Hooks: Sized {
         new_size: usize,
     ) -> *mut u8;
 
+    /// [`realloc`](Self::realloc) once the quick calls have declined it
+    /// (C's `realloc` of a block they did not serve): by default `realloc`
+    /// itself; hooks with quick paths go straight to the full path.
+    ///
+    /// # Safety
+    ///
+    /// As [`realloc`](Self::realloc).
+    unsafe fn realloc_declined<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.realloc(heap, p, layout, new_size) }
+    }
+
     /// A free without a layout (C's `free`).
     ///
     /// # Safety
@@ -228,9 +246,10 @@ pub(super) trait Hooks: Sized {
     }
 }
 
-/// [`Hooks::realloc_unsized`]'s default: `hooks`' realloc of `p` with the
-/// layout [`Hooks::realloc_layout`] gives it, or null, refused and counted,
-/// when it has none.
+/// [`Hooks::realloc_unsized`]'s default, and the rest of the hooks' own
+/// after their quick calls: `hooks`' realloc of `p`
+/// ([`Hooks::realloc_declined`]) with the layout [`Hooks::realloc_layout`]
+/// gives it, or null, refused and counted, when it has none.
 ///
 /// # Safety
 ///
@@ -255,7 +274,7 @@ pub(super) unsafe fn realloc_own_layout<H: Hooks, S: PageSource, L: lock_api::Ra
     let asked = if H::RECORDS_LAYOUTS { new_size } else { malloc_size(layout, new_size) };
     if !may_stay_8_aligned(p, asked) {
         // SAFETY: forwarded contract; the layout is the block's own.
-        return unsafe { hooks.realloc(heap, p, layout, asked) };
+        return unsafe { hooks.realloc_declined(heap, p, layout, asked) };
     }
     // An 8-aligned block (of Rust's) may stay where it is: a 16-aligned
     // block is secured first, for the result to move to then. Without one
@@ -267,7 +286,7 @@ pub(super) unsafe fn realloc_own_layout<H: Hooks, S: PageSource, L: lock_api::Ra
         return r;
     }
     // SAFETY: forwarded contract; the layout is the block's own.
-    let q = unsafe { hooks.realloc(heap, p, layout, asked) };
+    let q = unsafe { hooks.realloc_declined(heap, p, layout, asked) };
     // SAFETY: `r` was just allocated with `aligned`, and is freed once,
     // either here or as `q`'s new place (`q`, live and `asked` bytes long
     // under the realloc's layout, is freed once after the copy).

@@ -420,6 +420,17 @@ impl Hooks for Quick {
         })
     }
 
+    unsafe fn realloc_declined<S: PageSource, L: lock_api::RawMutex>(
+        &self,
+        heap: &Lock<S, L>,
+        p: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        no_unwind(|| unsafe { realloc_locked(self, heap, p, layout, new_size) })
+    }
+
     unsafe fn realloc_unsized<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,
