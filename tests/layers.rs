@@ -888,6 +888,32 @@ fn pools_over_first_fit_take_whole_arenas_and_never_a_layer_0_block() {
     }
 }
 
+/// A small size aligned past 16 lives in layer 0 under its class's
+/// granules (16 bytes in CPython's geometry). Promoted on its third
+/// doubling in a row (to a size of 8 mod 16), it kept that rounding: its
+/// usable size holds what was asked, and its own layout frees it (the
+/// hostile pass on 7442469 found it given an unrounded chunk, 8 bytes short
+/// of its class and refused with its layout).
+#[test]
+fn a_promoted_small_size_aligned_past_16_keeps_its_class_granules() {
+    let region = Region::new(32 << 20);
+    let config = Config::for_window(region.len());
+    let mut heap = Heap::with_geometry(region.source(), Geometry::CPYTHON, config).unwrap();
+    let mut promoted = 0;
+    for new in (24..=600).step_by(8) {
+        let p = heap.allocate(layout(16, 32)).unwrap();
+        // SAFETY: a live block with its layout, then its new one.
+        unsafe {
+            let q = heap.reallocate(p, layout(16, 32), new).unwrap();
+            promoted += usize::from(q != p);
+            assert!(heap.usable_size(q).unwrap() >= new, "realloc to {new}: usable size short");
+            heap.deallocate(q, layout(new, 32)).unwrap_or_else(|e| panic!("realloc to {new}: {e:?}"));
+        }
+    }
+    assert!(promoted > 0, "no block moved: not the case tested");
+    heap.check_invariants();
+}
+
 /// A buffer on its third doubling in a row — the one that moves it to the
 /// largest free chunk — when no block of the new size can be had: it grows
 /// in place where its free neighbour makes room, and where nothing does,

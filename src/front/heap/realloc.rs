@@ -637,8 +637,11 @@ impl<S: PageSource> Heap<S> {
         match growth {
             // Small blocks are never promoted: they belong to their size
             // class (in layer +2, or in layer 0 under the class's layout,
-            // which every later free and resize of theirs assumes).
+            // which every later free and resize of theirs assumes). A small
+            // size aligned past 16 is promoted in layer 0 under the layout
+            // it has there, rounded to its class's granules as well.
             Some((_, streak)) if streak >= PROMOTING_STREAK && !self.is_small(layout) => {
+                let layout = self.layer_0_layout(layout);
                 // SAFETY: as in `allocate`.
                 unsafe { self.segment.allocate_growable(layout, &mut self.source) }
                     .map_err(AllocateError::Segment)
