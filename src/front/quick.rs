@@ -177,7 +177,7 @@ pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
         if new_size > SMALL_REQUEST_THRESHOLD {
             heap.reallocate_quick(ptr, layout, new_size)
         } else {
-            heap.reallocate_small_quick(ptr, layout, new_size)
+            heap.reallocate_small_quick(ptr, layout, new_size, None)
         }
     }
 }

@@ -296,6 +296,10 @@ impl<S: PageSource> Heap<S> {
     /// nothing, where the full path would do more (a new pool, a span from
     /// the source) — and for every refusal.
     ///
+    /// `checked`: the size of the block if it is one of layer +2 that
+    /// [`live_object_block`](Self::live_object_block) has accepted already
+    /// (with any layout it fits); `None` to check it here.
+    ///
     /// # Safety
     ///
     /// As [`reallocate`](Self::reallocate).
@@ -306,6 +310,7 @@ impl<S: PageSource> Heap<S> {
         ptr: NonNull<u8>,
         layout: Layout,
         new_size: usize,
+        checked: Option<usize>,
     ) -> Option<NonNull<u8>> {
         let align = layout.align();
         // (`is_small` bounds the size and the alignment: no overflow.)
@@ -314,34 +319,14 @@ impl<S: PageSource> Heap<S> {
         if !self.is_small(new_layout) {
             return None;
         }
-        if !self.object.owns(ptr.as_ptr()) {
-            // SAFETY: forwarded contract.
-            return unsafe { self.shrink_in_layer_0_quick(ptr, layout, new_layout) };
-        }
-        let block = self.live_object_block(ptr, layout)?;
-        // SAFETY: forwarded contract; a live +2 block of `block` bytes.
-        unsafe { self.reallocate_object_block_quick(ptr, layout, new_layout, block) }
-    }
-
-    /// [`reallocate_small_quick`](Self::reallocate_small_quick) of a block
-    /// of layer +2 that [`live_object_block`](Self::live_object_block) has
-    /// accepted (`block` bytes long) to small `new_layout` (of its
-    /// alignment).
-    ///
-    /// # Safety
-    ///
-    /// As [`reallocate`](Self::reallocate), `ptr` reached through the
-    /// window's provenance (`reach`).
-    #[inline(always)]
-    #[cfg_attr(feature = "debug", allow(dead_code))]
-    unsafe fn reallocate_object_block_quick(
-        &mut self,
-        ptr: NonNull<u8>,
-        layout: Layout,
-        new_layout: Layout,
-        block: usize,
-    ) -> Option<NonNull<u8>> {
-        let (new_size, align) = (new_layout.size(), new_layout.align());
+        let block = match checked {
+            Some(block) => block,
+            None if !self.object.owns(ptr.as_ptr()) => {
+                // SAFETY: forwarded contract.
+                return unsafe { self.shrink_in_layer_0_quick(ptr, layout, new_layout) };
+            }
+            None => self.live_object_block(ptr, layout)?,
+        };
         // As `reallocate`: the streak first, then the block stays if it can.
         let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
         let next = self.growing_next;
@@ -487,18 +472,9 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: forwarded contract, with the block's own layout.
         unsafe {
             if asked > SMALL_REQUEST_THRESHOLD {
-                return self.reallocate_quick(ptr, layout, asked);
-            }
-            match object_block {
-                Some(block) => {
-                    // (`is_small` bounds the size and the alignment.)
-                    let new_layout = Layout::from_size_align(asked, layout.align()).ok()?;
-                    if !self.is_small(new_layout) {
-                        return None;
-                    }
-                    self.reallocate_object_block_quick(ptr, layout, new_layout, block)
-                }
-                None => self.reallocate_small_quick(ptr, layout, asked),
+                self.reallocate_quick(ptr, layout, asked)
+            } else {
+                self.reallocate_small_quick(ptr, layout, asked, object_block)
             }
         }
     }
@@ -532,10 +508,8 @@ impl<S: PageSource> Heap<S> {
         }
         let old = self.quick_layer_0_layout(layout);
         let heads = self.segment.quick_heads(ptr, old, self.source.discard_from())?;
-        // The streak, as `doubling_streak` finds it for a block in the
-        // table (and leaves the table).
-        let slot = self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize)?;
-        let streak = self.growing[slot].1.saturating_add(1);
+        // (The table is left as it is.)
+        let (slot, streak) = self.streak_in_table(ptr)?;
         if streak <= PROMOTING_STREAK {
             return None;
         }
@@ -613,14 +587,22 @@ impl<S: PageSource> Heap<S> {
     /// stays on its streak).
     #[inline(always)]
     fn doubling_streak(&mut self, ptr: NonNull<u8>) -> (usize, u32) {
-        match self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize) {
-            Some(i) => (i, self.growing[i].1.saturating_add(1)),
+        match self.streak_in_table(ptr) {
+            Some(found) => found,
             None => {
                 let next = self.growing_next;
                 self.growing_next = (next + 1) % self.growing.len();
                 (next, 1)
             }
         }
+    }
+
+    /// [`doubling_streak`](Self::doubling_streak) for a block in the table
+    /// of growing blocks: its slot and its streak with this doubling.
+    #[inline(always)]
+    fn streak_in_table(&self, ptr: NonNull<u8>) -> Option<(usize, u32)> {
+        let slot = self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize)?;
+        Some((slot, self.growing[slot].1.saturating_add(1)))
     }
 
     /// The new block of a realloc that moves: at the start of layer 0's
