@@ -100,7 +100,7 @@ use blocks::is_multiple;
 use geometry::MAX_ARENA_SHIFT;
 pub use geometry::{Geometry, GeometryError};
 pub use stats::{ArenaCounters, ArenaUsage, ClassStats};
-pub(crate) use tag::{KEY, TAGS, frozen_word, make_key};
+pub(crate) use tag::{KEY, TAGS, frozen_word, holds_tag, make_key};
 #[cfg_attr(not(feature = "caches"), allow(unused_imports))]
 pub(crate) use tag::{carries_free_tag, free_tag};
 

@@ -590,7 +590,7 @@ impl ThreadCache {
         unsafe {
             let bins = &mut *self.bins.get();
             for (class, bin) in bins.small.iter_mut().enumerate() {
-                bin.tagged = TAGS && class_size(class, geometry.class_shift) >= 2 * size_of::<usize>();
+                bin.tagged = crate::object::holds_tag(class_size(class, geometry.class_shift));
             }
             for bin in &mut bins.medium {
                 bin.tagged = TAGS;
@@ -755,7 +755,7 @@ pub(crate) unsafe fn usable_layout(
                 // to the lock, which refuses it as a free of it is refused.
                 // SAFETY: a block of at least two words of an arena held
                 // while the caller's block is live.
-                if TAGS && size >= 2 * size_of::<usize>() && unsafe { crate::object::carries_free_tag(ptr) } {
+                if crate::object::holds_tag(size) && unsafe { crate::object::carries_free_tag(ptr) } {
                     return None;
                 }
                 size

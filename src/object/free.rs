@@ -6,7 +6,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::Relaxed;
 
 use super::{
-    Arena, CLASS_MASK, ObjectAllocator, POOL_HEADER, Pool, TAGS, UNUSED_CLASS, frozen_word, is_multiple,
+    Arena, CLASS_MASK, ObjectAllocator, POOL_HEADER, Pool, UNUSED_CLASS, frozen_word, holds_tag, is_multiple,
 };
 use crate::source::{PageSource, reach};
 
@@ -96,7 +96,7 @@ impl ObjectAllocator {
     #[inline(always)]
     pub(super) unsafe fn is_free_tagged(&self, block: *mut u8, block_size: u32) -> bool {
         // (No block exists before the first arena, which makes the key.)
-        TAGS && block_size as usize >= 2 * size_of::<usize>()
+        holds_tag(block_size as usize)
             // SAFETY: the caller's promise: the block has a second word.
             && unsafe { frozen_word(block.cast::<usize>().add(1)) } == self.key ^ block as usize
     }
@@ -110,7 +110,7 @@ impl ObjectAllocator {
     /// `block_size` bytes, that is ours to write.
     #[inline(always)]
     pub(super) unsafe fn set_free_tag(&self, block: *mut u8, block_size: u32, free: bool) {
-        if TAGS && block_size as usize >= 2 * size_of::<usize>() {
+        if holds_tag(block_size as usize) {
             let tag = if free { self.key ^ block as usize } else { 0 };
             // SAFETY: the caller's promise; the block has a second word.
             unsafe { block.cast::<usize>().add(1).write(tag) };

@@ -38,6 +38,14 @@ pub(crate) fn make_key() {
 pub(crate) const TAGS: bool =
     cfg!(all(not(miri), target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")));
 
+/// Whether a free block of `size` bytes holds a tag: tags are on
+/// ([`TAGS`]) and the block has a second word for it (blocks of one word,
+/// the 8-byte class, have none).
+#[inline(always)]
+pub(crate) const fn holds_tag(size: usize) -> bool {
+    TAGS && size >= 2 * size_of::<usize>()
+}
+
 /// The word at `p` as whatever bits it holds, initialised or not: a cached
 /// block's tag, or (in a block that is not cached) the caller's data, which
 /// may be uninitialised or padding. A plain read of uninitialised memory as

@@ -5,7 +5,7 @@
 use core::ptr::{self, NonNull};
 
 use crate::object::free_tag as tag;
-use crate::object::{TAGS, carries_free_tag};
+use crate::object::{carries_free_tag, holds_tag};
 use crate::segment::{self, MEDIUM_MAX, chunk_size};
 
 use super::{Declined, MEDIUM_SIZE_WORD};
@@ -83,7 +83,7 @@ unsafe fn untag(block: NonNull<u8>) {
 /// held, in memory the heap still holds.
 #[inline]
 pub(crate) unsafe fn clear_tag(block: NonNull<u8>, size: usize) {
-    if TAGS && size >= 2 * size_of::<usize>() {
+    if holds_tag(size) {
         let block = crate::source::reach(block);
         // SAFETY: the caller's promise: the word is the heap's memory,
         // written only under the lock, which is held.
