@@ -14,9 +14,9 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::hooks::{Guard, Hooks, Lock, no_unwind, realloc_own_layout};
 use super::quick::{
-    alloc_locked, alloc_quick, alloc_quick_layer_0, beyond_small, block_or_null, free_locked, free_quick,
-    free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked, realloc_quick,
-    realloc_unsized_quick, small_aligned,
+    aligned_past_granule, alloc_locked, alloc_quick, alloc_quick_layer_0, beyond_small, block_or_null,
+    free_locked, free_quick, free_quick_layer_0, free_quick_unsized, may_be_small, realloc_locked,
+    realloc_quick, realloc_unsized_quick, small_aligned,
 };
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::thread_cache::Spill;
@@ -95,6 +95,9 @@ impl Hooks for Cached {
                     return p.as_ptr();
                 }
             } else if beyond_small(layout) {
+                if aligned_past_granule(layout) {
+                    return self.alloc_beyond_small::<true, _, _>(layout, domain, heap);
+                }
                 return self.alloc_beyond_small::<false, _, _>(layout, domain, heap);
             } else if small_aligned(layout) {
                 return self.alloc_beyond_small::<true, _, _>(layout, domain, heap);
@@ -335,7 +338,7 @@ impl Cached {
         })
     }
 
-    /// An allocation [`beyond_small`] (or, `ALIGNED`, [`small_aligned`])
+    /// An allocation [`beyond_small`] (or, `ALIGNED`, one aligned past 16)
     /// while the quick paths serve: layer 0's quick call, else
     /// [`alloc_rest`](Self::alloc_rest) (out of line, so that the small
     /// request's path keeps its few registers).

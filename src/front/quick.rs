@@ -16,9 +16,9 @@
 //! in O(1), the free of a block of a committed window that its header and
 //! its neighbour's say is in use and of that size, a realloc in place,
 //! backward or to a new block, all with the checks of the full path.
-//! Small sizes aligned past 16 (layer 0's too) take the same calls in a
-//! frame of their own; larger ones aligned past 16 take the full path (the
-//! aligned lookup made the common call's frame larger than it saved). They
+//! Requests aligned past 16 (layer 0's at every size) take the same calls
+//! in a frame of their own, whose allocation looks for an aligned fit (in
+//! the common call's frame, that lookup made it larger than it saved). They
 //! make the full path's choices or decline untouched, and a declined call
 //! takes the lock again on the full path: a few instructions, against the
 //! full path's frame on every call. The frees and reallocs among them take
@@ -36,7 +36,7 @@ use super::Domain;
 use super::hooks::{Guard, no_unwind, realloc_own_layout};
 use super::hooks::{Hooks, Lock};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
-use crate::segment::CHUNK_WORD;
+use crate::segment::{CHUNK_GRANULE, CHUNK_WORD};
 use crate::source::{PageSource, reach};
 
 /// Whether `layout` could be small in any geometry: at most
@@ -56,6 +56,14 @@ pub(super) const fn beyond_small(layout: Layout) -> bool {
     layout.size() > SMALL_REQUEST_THRESHOLD
 }
 
+/// Whether an allocation [`beyond_small`] is aligned past layer 0's
+/// granule: it takes layer 0's aligned quick call, in the frame of the
+/// requests [`small_aligned`].
+#[inline(always)]
+pub(super) const fn aligned_past_granule(layout: Layout) -> bool {
+    layout.align() > CHUNK_GRANULE
+}
+
 /// Whether `layout` is a small size aligned past [`ALIGNMENT`] (not 0):
 /// layer 0's in every geometry, under the layout [`Heap::allocate`](super::Heap::allocate)
 /// rounds it to. The quick paths try layer 0's quick calls for these in a
@@ -66,7 +74,8 @@ pub(super) const fn small_aligned(layout: Layout) -> bool {
 }
 
 /// The common allocation of a request [`beyond_small`] (or, `ALIGNED`, one
-/// [`small_aligned`]): from layer 0's lists in O(1), if the lock is free.
+/// [`small_aligned`] or [`aligned_past_granule`]): from layer 0's lists in
+/// O(1), if the lock is free.
 /// `None`: nothing was done.
 #[inline(always)]
 pub(super) fn alloc_quick_layer_0<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
@@ -371,6 +380,9 @@ impl Hooks for Quick {
         _: Domain,
     ) -> *mut u8 {
         if beyond_small(layout) {
+            if aligned_past_granule(layout) {
+                return self.alloc_beyond_small::<true, _, _>(layout, heap);
+            }
             return self.alloc_beyond_small::<false, _, _>(layout, heap);
         } else if small_aligned(layout) {
             return self.alloc_beyond_small::<true, _, _>(layout, heap);

@@ -12,9 +12,11 @@
 //! differently, and nothing the full call refuses gets through. They
 //! decline whatever needs more than a list lookup or the block's own
 //! headers: a span from the source, the exhaustive search before a
-//! failure, an alignment above [`GRANULE`] (but for a realloc's new block),
-//! pages to discard, the first-fit engines, the spans of a page-mapping
-//! source, and every refusal (the full call then says why).
+//! failure, an alignment above [`GRANULE`] in
+//! [`allocate_quick`](SegmentAllocator::allocate_quick) (the front calls
+//! [`allocate_quick_aligned`](SegmentAllocator::allocate_quick_aligned)
+//! for those), pages to discard, the first-fit engines, the spans of a
+//! page-mapping source, and every refusal (the full call then says why).
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
