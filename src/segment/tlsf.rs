@@ -63,6 +63,9 @@ pub const WORD: usize = size_of::<usize>();
 /// Chunk granularity and payload alignment: two words.
 pub const GRANULE: usize = 2 * WORD;
 const GRANULE_SHIFT: u32 = GRANULE.trailing_zeros();
+/// How many chunks of the request's own list are looked at for a fit before
+/// a chunk of a larger list is split.
+const FLOOR_LOOKS: usize = 4;
 /// Blocks of up to this many bytes grow into the free chunk before them.
 const MAX_SHIFT: usize = 4096;
 /// Smallest chunk: a free chunk needs its header, two links and a footer.
@@ -510,6 +513,26 @@ impl Tlsf {
     #[inline(always)]
     fn take_fit<const EXHAUSTIVE: bool>(&mut self, need: usize) -> Option<(*mut u8, usize)> {
         let ceil = bin_ceil(need);
+        let floor = bin_of(need);
+        if floor != ceil && !self.head_mut(floor).is_null() {
+            // A chunk just big enough may sit in the request's own list:
+            // look at its first few before splitting a larger one.
+            let mut c = *self.head_mut(floor);
+            for _ in 0..FLOOR_LOOKS {
+                if c.is_null() {
+                    break;
+                }
+                // SAFETY: chunks on lists are free chunks of live spans.
+                let have = unsafe { size_of_head(head(c)) };
+                if have >= need {
+                    // SAFETY: `c` is on its list.
+                    unsafe { self.unlink(c, have) };
+                    return Some((c, have));
+                }
+                // SAFETY: as above.
+                c = unsafe { links(c).0.read() };
+            }
+        }
         if let Some(bin) = self.first_nonempty(ceil)
             && bin < BINS - 1
         {
@@ -519,7 +542,7 @@ impl Tlsf {
         if !EXHAUSTIVE {
             return None;
         }
-        self.take_first_fit(bin_of(need), need, 0)
+        self.take_first_fit(floor, need, 0)
     }
 
     /// Takes the head of non-empty list `bin` off it: `(chunk, size)`.
