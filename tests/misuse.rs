@@ -812,3 +812,46 @@ fn pointers_at_the_edges_of_the_window_are_refused() {
     }
     heap.with(|h| h.check_invariants());
 }
+
+/// A layer 0 block freed or reallocated with an alignment its address does
+/// not have (the README's misuse table: harmless): its header says what it
+/// is, so the block itself is freed or resized at its own address, nothing
+/// else changes, and the heap stays sound.
+#[test]
+fn a_layer_0_block_given_an_alignment_it_lacks_is_served_as_itself() {
+    let heap = heap(32 << 20);
+    let (asked, claimed) = (layout(1000, 64), layout(1000, 128));
+    let before = heap.stats().segments.allocated_bytes;
+    // SAFETY: blocks of `asked`, each freed once; the misaligned claim is
+    // the misuse under test.
+    unsafe {
+        // Blocks until one lies off a 128-byte boundary.
+        let mut kept = Vec::new();
+        let p = loop {
+            let p = heap.alloc(asked);
+            assert!(!p.is_null() && (p as usize).is_multiple_of(64));
+            if !(p as usize).is_multiple_of(128) {
+                break p;
+            }
+            kept.push(p);
+        };
+        let q = heap.alloc(asked);
+        // Reallocated with the claim: in place or moved, the contents kept.
+        q.write_bytes(0x5a, 1000);
+        let r = heap.realloc(q, claimed, 1200);
+        assert!(!r.is_null());
+        assert!((0..1000).all(|i| *r.add(i) == 0x5a), "contents lost");
+        heap.dealloc(r, layout(1200, 64));
+        // Freed with the claim: the block goes, the report agrees.
+        assert!(heap.usable_size(p).is_some_and(|u| u >= 1000));
+        heap.dealloc(p, claimed);
+        assert_eq!(heap.usable_size(p), None, "the block was not freed");
+        for k in kept {
+            heap.dealloc(k, asked);
+        }
+    }
+    let after = heap.stats();
+    assert_eq!(after.front.refused_frees, 0);
+    assert_eq!(after.segments.allocated_bytes, before, "a block leaked");
+    heap.with(|h| h.check_invariants());
+}
