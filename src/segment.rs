@@ -133,10 +133,11 @@ pub struct SegmentStats {
     /// Bytes in blocks in use (chunk sizes, headers included; arenas lent to
     /// layer +2 included).
     pub allocated_bytes: usize,
-    /// Bytes in free chunks.
+    /// Bytes in free chunks (TLSF: deferred ones among them, which wait
+    /// unmerged for reuse).
     pub free_bytes: usize,
-    /// Free chunks (0 for `linked_list_allocator`'s first fit, which does
-    /// not count them).
+    /// Free chunks, deferred ones among them (0 for
+    /// `linked_list_allocator`'s first fit, which does not count them).
     pub free_chunks: usize,
     /// The most bytes one more block aligned to at most 8 could get (TLSF:
     /// the largest free chunk less its header word; first fit: the largest
@@ -286,6 +287,11 @@ impl SegmentAllocator {
             (false, true) => Engine::Tlsf,
         };
         self.whole = S::COMMITTED;
+        if self.engine == Engine::Tlsf && self.whole {
+            // Spans held for good: no free needs to see one fall wholly
+            // free, so frees may defer.
+            self.tlsf.defer_frees();
+        }
         if self.whole && self.take_window(source) {
             self.large = if self.engine() == Engine::Tlsf { usize::MAX } else { 0 };
             return;
@@ -632,6 +638,7 @@ impl SegmentAllocator {
                 _ => 0,
             },
             Engine::Tlsf => {
+                self.tlsf.flush_deferred();
                 let released = match self.window_span {
                     // SAFETY: the window's span is a live span of the engine.
                     Some((start, _)) if unsafe { self.tlsf.span_is_free(start) } => {
@@ -708,6 +715,7 @@ impl SegmentAllocator {
             return;
         }
         let (mut spans, mut bytes, mut free_bytes, mut free_chunks, mut wholly_free) = (0, 0, 0, 0, 0);
+        let (mut deferred_bytes, mut deferred_chunks) = (0, 0);
         let mut last_end = 0;
         let window = self.window_span.map(|(s, _)| s);
         let mapped = self.map.span_starts().map(|a| NonNull::new(core::ptr::with_exposed_provenance_mut(a)));
@@ -735,13 +743,21 @@ impl SegmentAllocator {
             bytes += len;
             free_bytes += counts.free_bytes;
             free_chunks += counts.free_chunks;
+            deferred_bytes += counts.deferred_bytes;
+            deferred_chunks += counts.deferred_chunks;
         }
+        let (_, deferred) = self.tlsf.check_deferred(|c| self.owns_addr(c as usize));
         assert_eq!((spans, bytes), (self.spans, self.span_bytes), "span counters");
         let listed = self.tlsf.check_lists(|c| self.owns_addr(c as usize));
         assert_eq!(
-            (free_bytes, free_chunks),
-            (self.tlsf.free_bytes(), listed),
-            "free chunks in the spans vs on the lists"
+            (free_bytes, free_chunks, deferred_bytes, deferred_chunks),
+            (
+                self.tlsf.free_bytes() - self.tlsf.deferred_bytes(),
+                listed,
+                self.tlsf.deferred_bytes(),
+                deferred
+            ),
+            "free and deferred chunks in the spans vs on the lists"
         );
         if !self.whole {
             assert!(wholly_free <= 1, "{wholly_free} wholly free spans kept");

@@ -412,11 +412,13 @@ fn the_old_pointer_of_a_block_grown_backward_is_refused() {
         // misuse being the point (refused before anything is read past
         // the heap's own headers).
         unsafe {
+            // (`a` is too long for a deferred list: its free merges at once,
+            // and leaves the free chunk the block grows back into.)
             let (a, b, n, c) =
-                (heap.alloc(l(4000)), heap.alloc(l(600)), heap.alloc(l(600)), heap.alloc(l(4000)));
+                (heap.alloc(l(20000)), heap.alloc(l(600)), heap.alloc(l(600)), heap.alloc(l(4000)));
             assert!(!a.is_null() && !b.is_null() && !n.is_null() && !c.is_null());
             std::ptr::write_bytes(b, 0x5a, 600);
-            heap.dealloc(a, l(4000));
+            heap.dealloc(a, l(20000));
             heap.dealloc(n, l(600));
             let grown = if quick {
                 heap.realloc(b, l(600), 1300)

@@ -189,7 +189,7 @@ impl SegmentAllocator {
                 unsafe { discard_inside(ptr, tlsf::chunk_size(layout.size()).unwrap_or(0), source) };
             }
             // SAFETY: the caller's promise: a checked block in use.
-            if let Some(span) = unsafe { self.tlsf.free(ptr) } {
+            if let Some(span) = unsafe { self.tlsf.free_now(ptr) } {
                 self.span_freed(span, source);
             }
         } else {

@@ -70,10 +70,10 @@ impl SegmentAllocator {
         unsafe { window_chunk(self.quick_window, ptr) }.filter(|&chunk| chunk < discard_from)
     }
 
-    /// [`quick_chunk`](Self::quick_chunk) of a block whose chunk is also a
-    /// tight fit for `layout` (what TLSF hands out: at most a rest too
-    /// small to split off), with the block's [`Heads`] as read; looser
-    /// fits (blocks that a thread cache served) take the full path.
+    /// [`quick_chunk`](Self::quick_chunk) of a block whose chunk also fits
+    /// `layout` within its [`slack`](super::window::slack) (as
+    /// [`deallocate`](Self::deallocate) checks it), with the block's
+    /// [`Heads`] as read.
     #[inline(always)]
     pub(crate) fn quick_heads(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<Heads> {
         // SAFETY: as in `quick_chunk`.
@@ -116,6 +116,20 @@ impl SegmentAllocator {
         debug_assert!(self.whole, "the quick window is a committed source's, held whole");
         // SAFETY: the caller's promise.
         unsafe { self.tlsf.free_held(ptr) };
+    }
+
+    /// [`free_quick_block`](Self::free_quick_block) of the old block of a
+    /// realloc that moved: merged at once, as
+    /// [`deallocate_checked`](Self::deallocate_checked) frees it.
+    ///
+    /// # Safety
+    ///
+    /// As [`free_quick_block`](Self::free_quick_block).
+    #[inline(always)]
+    pub(crate) unsafe fn free_moved_block(&mut self, ptr: NonNull<u8>) {
+        debug_assert!(self.whole, "the quick window is a committed source's, held whole");
+        // SAFETY: the caller's promise.
+        unsafe { self.tlsf.free_held_now(ptr) };
     }
 
     /// [`resize_in_place`](Self::resize_in_place) of a block

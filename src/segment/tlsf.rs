@@ -21,7 +21,8 @@
 //!
 //! A *chunk* starts at a [`GRANULE`]-aligned address `c` and is a multiple
 //! of [`GRANULE`] long. Its header word at `c + WORD` holds its size and
-//! three flags: in use, previous chunk in use, first chunk of its span. Its
+//! up to four flags: in use, previous chunk in use, first chunk of its
+//! span, deferred (freed but kept whole: `deferred.rs`). Its
 //! payload starts at `c + 2·WORD` (so payloads are [`GRANULE`]-aligned) and
 //! runs to the header of the next chunk — the word at `c + size`, the next
 //! chunk's *prev-size* word, belongs to this chunk while it is in use and
@@ -39,13 +40,19 @@
 //! makes the capacity guarantee exact, at the price of a walk on the way to
 //! exhaustion only.
 //!
+//! A free may *defer* instead: a chunk of up to [`DEFER_MAX`] bytes waits
+//! unmerged on a short list of its size for the next request of that size
+//! (`deferred.rs`), and every such chunk merges before a request fails.
+//!
 //! **Invariants** ([`Tlsf::check_span`]): chunks tile each span exactly;
 //! no two free chunks are adjacent; a chunk's "previous in use" flag matches
 //! its predecessor; a free chunk's footer equals its size and it is on the
 //! list of its size; the bitmap bit of a list is set exactly when the list
 //! is non-empty; a chunk in use is shorter than [`MIN_CHUNK`] plus what its
 //! request needs ([`chunk_size`]) unless it fills a span of its own, which
-//! is how layer 0 tells a free with the wrong layout.
+//! is how layer 0 tells a free with the wrong layout (a chunk served whole
+//! from a deferred list, up to a quarter longer: the fit check's
+//! [`slack`](super::window::slack) allows it).
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
@@ -53,6 +60,8 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 mod bins;
 mod check;
+mod deferred;
+pub use deferred::MAX as DEFER_MAX;
 mod free;
 
 pub use bins::BINS;
@@ -79,7 +88,21 @@ pub const MIN_SPAN: usize = SPAN_OVERHEAD + MIN_CHUNK;
 const IN_USE: usize = 1;
 const PREV_IN_USE: usize = 2;
 const FIRST: usize = 4;
-const FLAGS: usize = IN_USE | PREV_IN_USE | FIRST;
+/// Set, with [`IN_USE`], on a freed chunk kept on a deferred list
+/// (`deferred.rs`): in use to its neighbours, which do not merge with it,
+/// and no block to a free or a realloc, which refuse it. The fourth flag
+/// bit: none where chunks are multiples of 8 bytes (32-bit targets), which
+/// then defer no free.
+const DEFERRED: usize = if GRANULE > 8 { 8 } else { 0 };
+const FLAGS: usize = IN_USE | PREV_IN_USE | FIRST | DEFERRED;
+
+/// Whether header word `h` marks a deferred chunk.
+#[inline(always)]
+// (DEFERRED is 0 on 32-bit targets, where no chunk is deferred.)
+#[allow(clippy::bad_bit_mask)]
+const fn is_deferred(h: usize) -> bool {
+    h & DEFERRED != 0
+}
 const _: () = assert!(FLAGS < GRANULE);
 
 const BITS: usize = usize::BITS as usize;
@@ -90,6 +113,7 @@ pub const ON: bool = cfg!(feature = "tlsf");
 /// Lists and bitmap words as stored: none when the engine is not built.
 const STORED_BINS: usize = if ON { BINS } else { 0 };
 const STORED_WORDS: usize = if ON { WORDS } else { 0 };
+const STORED_DEFERRED: usize = if ON { deferred::LISTS } else { 0 };
 const _: () = assert!(WORDS < BITS, "the summary word covers every bitmap word, with a bit to spare");
 
 /// The chunk size that serves a request of `size` bytes: its header word
@@ -231,6 +255,15 @@ pub struct Tlsf {
     /// Where a list's last chunk's successor's back link would be: a slot
     /// written and never read (see [`back_link`](Self::back_link)).
     sink: *mut u8,
+    /// Recently freed chunks kept whole, by list (`deferred.rs`).
+    deferred: [*mut u8; STORED_DEFERRED],
+    /// How many chunks each deferred list holds.
+    deferred_len: [u8; STORED_DEFERRED],
+    /// Bytes in deferred chunks (headers included).
+    deferred_bytes: usize,
+    /// Largest chunk that a free defers: 0 (none) until
+    /// [`defer_frees`](Self::defer_frees).
+    defer_max: usize,
 }
 
 impl Tlsf {
@@ -242,17 +275,22 @@ impl Tlsf {
             summary: 0,
             free_bytes: 0,
             sink: ptr::null_mut(),
+            deferred: [ptr::null_mut(); STORED_DEFERRED],
+            deferred_len: [0; STORED_DEFERRED],
+            deferred_bytes: 0,
+            defer_max: 0,
         }
     }
 
-    /// Bytes in free chunks (headers included).
+    /// Bytes in free chunks (headers included), deferred ones among them.
     pub fn free_bytes(&self) -> usize {
-        self.free_bytes
+        self.free_bytes + self.deferred_bytes
     }
 
-    /// Number of free chunks (a walk of every list).
+    /// Number of free chunks, deferred ones among them (a walk of every
+    /// list).
     pub fn free_chunks(&self) -> usize {
-        let mut n = 0;
+        let mut n = self.deferred_chunks();
         for &head in &self.heads {
             let mut c = head;
             while !c.is_null() {
@@ -487,7 +525,10 @@ impl Tlsf {
     pub fn allocate(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
         if align <= GRANULE {
-            let (c, have) = self.take_fit::<true>(need)?;
+            if let Some(p) = self.take_deferred(need) {
+                return Some(p);
+            }
+            let (c, have) = self.take_fit_or_flush(need)?;
             // SAFETY: `c` is a free chunk of `have >= need` bytes, just unlinked.
             return Some(unsafe { self.use_chunk(c, have, need) });
         }
@@ -502,6 +543,9 @@ impl Tlsf {
     #[cfg_attr(feature = "debug", allow(dead_code))]
     pub fn allocate_quick(&mut self, size: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
+        if let Some(p) = self.take_deferred(need) {
+            return Some(p);
+        }
         let (c, have) = self.take_fit::<false>(need)?;
         // SAFETY: `c` is a free chunk of `have >= need` bytes, just unlinked.
         Some(unsafe { self.use_chunk(c, have, need) })
@@ -543,6 +587,21 @@ impl Tlsf {
             return None;
         }
         self.take_first_fit(floor, need, 0)
+    }
+
+    /// [`take_fit`](Self::take_fit), exhaustive, with the deferred chunks
+    /// given back first if a list lookup finds nothing: a request fails
+    /// only when no chunk could hold it with every free chunk merged.
+    #[inline(always)]
+    fn take_fit_or_flush(&mut self, need: usize) -> Option<(*mut u8, usize)> {
+        if self.deferred_bytes == 0 {
+            return self.take_fit::<true>(need);
+        }
+        if let Some(fit) = self.take_fit::<false>(need) {
+            return Some(fit);
+        }
+        self.flush_deferred();
+        self.take_fit::<true>(need)
     }
 
     /// Takes the head of non-empty list `bin` off it: `(chunk, size)`.
@@ -600,7 +659,7 @@ impl Tlsf {
     #[cold]
     #[inline(never)]
     fn allocate_aligned(&mut self, need: usize, align: usize) -> Option<NonNull<u8>> {
-        let (c, have) = self.take_aligned_fit::<true>(need, align)?;
+        let (c, have) = self.take_aligned_fit_or_flush(need, align)?;
         let lead = lead_for(c, have, need, align).expect("the chunk was chosen to fit");
         // SAFETY: `c` is a free, unlinked chunk of `have` bytes that holds
         // `lead + need` bytes.
@@ -640,6 +699,18 @@ impl Tlsf {
         }
     }
 
+    /// [`take_aligned_fit`](Self::take_aligned_fit), exhaustive, with the
+    /// deferred chunks given back first if a list lookup finds nothing.
+    fn take_aligned_fit_or_flush(&mut self, need: usize, align: usize) -> Option<(*mut u8, usize)> {
+        if self.deferred_bytes != 0 {
+            if let Some(fit) = self.take_aligned_fit::<false>(need, align) {
+                return Some(fit);
+            }
+            self.flush_deferred();
+        }
+        self.take_aligned_fit::<true>(need, align)
+    }
+
     /// Allocates `size` bytes aligned to `align` as high in the chosen free
     /// chunk as it fits, leaving the space below it as one free chunk: for
     /// long-lived blocks (layer +2's arenas), kept away from the low end,
@@ -647,7 +718,7 @@ impl Tlsf {
     pub fn allocate_high(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
         let align = align.max(GRANULE);
-        let (c, have) = self.take_aligned_fit::<true>(need, align)?;
+        let (c, have) = self.take_aligned_fit_or_flush(need, align)?;
         let low = if align == GRANULE { 0 } else { lead_for(c, have, need, align)? };
         // The highest aligned payload whose chunk ends inside `c`; a lead
         // too short to stand as a free chunk falls back to the lowest.
@@ -736,6 +807,7 @@ impl Tlsf {
     /// place. `None` if that chunk cannot hold it.
     pub fn allocate_largest(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
+        self.flush_deferred();
         let w = self.summary.checked_ilog2()? as usize;
         let bin = w * BITS + self.bitmap[w].ilog2() as usize;
         // The largest chunk of the highest list.
@@ -773,7 +845,7 @@ impl Tlsf {
     pub unsafe fn in_use_chunk(payload: NonNull<u8>) -> Result<(usize, bool), ChunkError> {
         // SAFETY: the caller's promise.
         let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
-        if h & IN_USE == 0 {
+        if h & (IN_USE | DEFERRED) != IN_USE {
             return Err(ChunkError::NotInUse);
         }
         Ok((size_of_head(h), h & FIRST != 0))
@@ -806,7 +878,7 @@ impl Tlsf {
     pub(crate) unsafe fn in_use_head(payload: NonNull<u8>) -> Option<usize> {
         // SAFETY: the caller's promise.
         let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
-        (h & IN_USE != 0).then_some(h)
+        (h & (IN_USE | DEFERRED) == IN_USE).then_some(h)
     }
 
     /// [`Heads`] of block `payload` whose header word is `head` (from

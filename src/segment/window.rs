@@ -14,13 +14,22 @@ pub const MEDIUM_MAX: usize = 4096;
 
 /// How much larger than `need` (a [`chunk_size`]) a block's chunk may be
 /// and still fit the layout it is freed with: less than the smallest chunk
-/// (a rest too small to split off), or, up to [`MEDIUM_MAX`], a quarter of
-/// the need (a thread cache serves a request from a bin of chunks up to two
-/// eighth-of-a-power-of-two steps larger).
+/// (a rest too small to split off), or, up to 16 KiB, a quarter of the
+/// need: a thread cache serves a request of up to [`MEDIUM_MAX`] bytes
+/// from a bin of chunks up to two eighth-of-a-power-of-two steps larger,
+/// and TLSF a request of up to [`DEFER_MAX`](tlsf::DEFER_MAX) from a
+/// deferred list of chunks up to two of its list steps larger.
 #[inline(always)]
 pub(crate) const fn slack(need: usize) -> usize {
-    if need <= MEDIUM_MAX + GRANULE && need / 4 > MIN_CHUNK { need / 4 } else { MIN_CHUNK }
+    if need <= LOOSE_MAX && need / 4 > MIN_CHUNK { need / 4 } else { MIN_CHUNK }
 }
+
+/// Largest chunk need given a quarter of [`slack`]: what the thread caches'
+/// medium bins and TLSF's deferred lists serve.
+const LOOSE_MAX: usize = {
+    let medium = MEDIUM_MAX + GRANULE;
+    if medium > tlsf::DEFER_MAX { medium } else { tlsf::DEFER_MAX }
+};
 
 /// What [`window_block`] found at a pointer.
 pub(crate) enum WindowBlock {
@@ -28,7 +37,7 @@ pub(crate) enum WindowBlock {
     Fits(usize),
     /// Not in the window at all.
     Outside,
-    /// A chunk in use that is no tight fit for the layout: a whole span's
+    /// A chunk in use that does not fit the layout: a whole span's
     /// block, a size mismatch, or (if not `in_span`) no block at all.
     Loose { chunk: usize, first: bool, in_span: bool },
     /// Not a block in use.
@@ -101,10 +110,10 @@ pub(crate) const fn payloads(window: (usize, usize)) -> (usize, usize) {
     }
 }
 
-/// [`window_chunk`] of a block whose chunk is also a tight fit for `need`
-/// (a [`chunk_size`](tlsf::chunk_size), at least [`MIN_CHUNK`]): what TLSF
-/// hands out for it, at most a rest too small to split off. `payloads` is
-/// the window's [`payloads`]. The block's [`Heads`], as read.
+/// [`window_chunk`] of a block whose chunk also fits `need` (a
+/// [`chunk_size`](tlsf::chunk_size), at least [`MIN_CHUNK`]) within its
+/// [`slack`]: what TLSF and the thread caches hand out for it. `payloads`
+/// is the window's [`payloads`]. The block's [`Heads`], as read.
 ///
 /// # Safety
 ///
@@ -112,9 +121,9 @@ pub(crate) const fn payloads(window: (usize, usize)) -> (usize, usize) {
 #[inline(always)]
 pub(crate) unsafe fn payload_fit(payloads: (usize, usize), ptr: NonNull<u8>, need: usize) -> Option<Heads> {
     debug_assert!(need >= MIN_CHUNK);
-    // (A tight fit is at least `need`, so at least MIN_CHUNK.)
+    // (A fit is at least `need`, so at least MIN_CHUNK.)
     // SAFETY: forwarded contract.
-    unsafe { chunk_where(payloads, ptr, |chunk| chunk.wrapping_sub(need) < MIN_CHUNK) }
+    unsafe { chunk_where(payloads, ptr, |chunk| chunk.wrapping_sub(need) < slack(need)) }
 }
 
 /// The [`Heads`] of the TLSF block in use at `ptr`, among `payloads` (a

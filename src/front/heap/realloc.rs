@@ -563,7 +563,7 @@ impl<S: PageSource> Heap<S> {
         // long; the old one was checked and is freed once.
         unsafe {
             move_data(ptr, q, keep);
-            self.segment.free_quick_block(ptr);
+            self.segment.free_moved_block(ptr);
         }
         Some(q)
     }

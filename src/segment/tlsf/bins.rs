@@ -100,7 +100,7 @@ pub(super) const fn bin_ceil(size: usize) -> usize {
 
 /// The smallest chunk size filed in list `bin`.
 #[inline]
-const fn bin_floor(bin: usize) -> usize {
+pub(super) const fn bin_floor(bin: usize) -> usize {
     if bin < LINEAR {
         return bin << GRANULE_SHIFT;
     }

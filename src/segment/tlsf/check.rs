@@ -6,7 +6,7 @@ use core::ptr::NonNull;
 
 use super::{
     BINS, BITS, FIRST, GRANULE, IN_USE, MIN_CHUNK, PREV_IN_USE, Tlsf, WORD, WORDS, bin_of, head, head_tag,
-    links, size_of_head,
+    is_deferred, links, size_of_head,
 };
 
 impl Tlsf {
@@ -38,7 +38,11 @@ impl Tlsf {
             }
             assert!(size >= MIN_CHUNK && size.is_multiple_of(GRANULE), "chunk {c:p}: bad size {size}");
             assert!(c as usize + size + 2 * WORD <= end, "chunk {c:p} runs past its span");
-            if h & IN_USE != 0 {
+            if is_deferred(h) {
+                assert!(h & IN_USE != 0, "chunk {c:p}: deferred but not in use");
+                counts.deferred_bytes += size;
+                counts.deferred_chunks += 1;
+            } else if h & IN_USE != 0 {
                 counts.used_bytes += size;
                 counts.used_blocks += 1;
             } else {
@@ -118,4 +122,8 @@ pub struct SpanCounts {
     pub free_bytes: usize,
     /// Free chunks.
     pub free_chunks: usize,
+    /// Bytes of deferred chunks (freed, kept whole: `deferred.rs`).
+    pub deferred_bytes: usize,
+    /// Deferred chunks.
+    pub deferred_chunks: usize,
 }

@@ -5,8 +5,8 @@
 use core::ptr::{self, NonNull};
 
 use super::{
-    FIRST, Heads, IN_USE, MAX_SHIFT, MIN_CHUNK, PREV_IN_USE, Tlsf, WORD, chunk_size, head, set_foot,
-    set_head, size_of_head,
+    DEFERRED, FIRST, Heads, IN_USE, MAX_SHIFT, MIN_CHUNK, PREV_IN_USE, Tlsf, WORD, chunk_size, head,
+    is_deferred, set_foot, set_head, size_of_head,
 };
 
 impl Tlsf {
@@ -18,6 +18,25 @@ impl Tlsf {
     /// `payload` must be a block in use of this engine.
     #[inline(always)]
     pub unsafe fn free(&mut self, payload: NonNull<u8>) -> Option<NonNull<u8>> {
+        // SAFETY: the caller's promise.
+        unsafe {
+            if self.defer(payload) {
+                return None;
+            }
+            self.free_now(payload)
+        }
+    }
+
+    /// [`free`](Self::free) that merges the block at once, deferring
+    /// nothing: for the old block of a realloc that moved, whose room its
+    /// neighbours may grow into (a buffer that grew seldom comes back at
+    /// its old size).
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free).
+    #[inline(always)]
+    pub unsafe fn free_now(&mut self, payload: NonNull<u8>) -> Option<NonNull<u8>> {
         // SAFETY: the caller's promise.
         let (c, size, flags) = unsafe { self.free_merged(payload) };
         // SAFETY: the chunk after the merged free chunk (or the sentinel)
@@ -36,6 +55,22 @@ impl Tlsf {
     /// As [`free`](Self::free).
     #[inline(always)]
     pub unsafe fn free_held(&mut self, payload: NonNull<u8>) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            if !self.defer(payload) {
+                self.free_merged(payload);
+            }
+        }
+    }
+
+    /// [`free_held`](Self::free_held) that merges at once, as
+    /// [`free_now`](Self::free_now).
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free).
+    #[inline(always)]
+    pub unsafe fn free_held_now(&mut self, payload: NonNull<u8>) {
         // SAFETY: the caller's promise.
         unsafe { self.free_merged(payload) };
     }
@@ -66,7 +101,11 @@ impl Tlsf {
     #[inline(always)]
     pub(crate) unsafe fn free_held_with(&mut self, payload: NonNull<u8>, heads: Heads) {
         // SAFETY: the caller's promise.
-        unsafe { self.merge_free(payload.as_ptr().sub(2 * WORD), heads) };
+        unsafe {
+            if !self.defer_with(payload, heads.head) {
+                self.merge_free(payload.as_ptr().sub(2 * WORD), heads);
+            }
+        }
     }
 
     /// The work of [`free`](Self::free) on chunk `c`, whose header words
@@ -76,7 +115,7 @@ impl Tlsf {
     ///
     /// As [`free`](Self::free), with `heads` chunk `c`'s.
     #[inline(always)]
-    unsafe fn merge_free(&mut self, c: *mut u8, heads: Heads) -> (*mut u8, usize, usize) {
+    pub(super) unsafe fn merge_free(&mut self, c: *mut u8, heads: Heads) -> (*mut u8, usize, usize) {
         let Heads { head: h, next: nh } = heads;
         // SAFETY: the caller's promise: `c` is a chunk in use, its
         // neighbours are chunks of the same span (or its sentinel), and a
@@ -159,8 +198,9 @@ impl Tlsf {
                 return true;
             }
             if need > have && (!next_free || have + nsize < need) {
-                // No room to grow into.
-                return false;
+                // No room to grow into, unless the next chunk is a deferred
+                // one: then it is freed (merged) for the block to grow into.
+                return is_deferred(nh) && self.grow_into_deferred(c, have, need, nh);
             }
             if next_free {
                 self.unlink(n, nsize);
@@ -170,6 +210,38 @@ impl Tlsf {
                 set_head(n, nh & !PREV_IN_USE);
             }
             self.use_chunk(c, have + nsize, need);
+            true
+        }
+    }
+
+    /// The end of [`resize_with`](Self::resize_with) when the chunk after
+    /// block `c` (`have` bytes, growing to `need`) is deferred, its header
+    /// `nh`: if that chunk and a free one after it make room, it leaves its
+    /// deferred list, merges as a free of it would, and the block grows
+    /// into it. `false`, having changed nothing, if they do not.
+    ///
+    /// # Safety
+    ///
+    /// `c` must be a chunk in use of this engine, followed by a deferred
+    /// chunk whose header is `nh`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn grow_into_deferred(&mut self, c: *mut u8, have: usize, need: usize, nh: usize) -> bool {
+        // SAFETY: the caller's promise: the deferred chunk and the chunk
+        // after it (or the sentinel) lie in the span.
+        unsafe {
+            let n = c.add(have);
+            let nsize = size_of_head(nh);
+            let after = head(n.add(nsize));
+            let beyond = if after & IN_USE == 0 { size_of_head(after) } else { 0 };
+            if have + nsize + beyond < need {
+                return false;
+            }
+            self.undefer(n, nh);
+            self.merge_free(n, Heads { head: nh & !DEFERRED, next: after });
+            let free = size_of_head(head(n));
+            self.unlink(n, free);
+            self.use_chunk(c, have + free, need);
             true
         }
     }
