@@ -807,7 +807,6 @@ impl Tlsf {
     /// place. `None` if that chunk cannot hold it.
     pub fn allocate_largest(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
-        self.flush_deferred();
         let w = self.summary.checked_ilog2()? as usize;
         let bin = w * BITS + self.bitmap[w].ilog2() as usize;
         // The largest chunk of the highest list.
