@@ -113,7 +113,9 @@ pub const ON: bool = cfg!(feature = "tlsf");
 /// Lists and bitmap words as stored: none when the engine is not built.
 const STORED_BINS: usize = if ON { BINS } else { 0 };
 const STORED_WORDS: usize = if ON { WORDS } else { 0 };
-const STORED_DEFERRED: usize = if ON { deferred::LISTS } else { 0 };
+/// Deferred lists as stored: none without the engine or the flag (32-bit
+/// targets).
+const STORED_DEFERRED: usize = if ON && DEFERRED != 0 { deferred::LISTS } else { 0 };
 const _: () = assert!(WORDS < BITS, "the summary word covers every bitmap word, with a bit to spare");
 
 /// The chunk size that serves a request of `size` bytes: its header word

@@ -94,7 +94,7 @@ impl Tlsf {
         }
         let list = chunk_bin(size);
         // SAFETY: `size <= MAX`, so `list < LISTS`, which is STORED_DEFERRED
-        // once `defer_max` is not 0 (the engine is built).
+        // once `defer_max` is not 0 (the engine and the flag are built).
         let len = unsafe { *self.deferred_len.get_unchecked(list) };
         if len >= DEPTH {
             return false;
