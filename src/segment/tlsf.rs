@@ -261,11 +261,9 @@ pub struct Tlsf {
     deferred: [*mut u8; STORED_DEFERRED],
     /// How many chunks each deferred list holds.
     deferred_len: [u8; STORED_DEFERRED],
-    /// Bytes in deferred chunks (headers included).
-    deferred_bytes: usize,
-    /// Largest chunk that a free defers: 0 (none) until
-    /// [`defer_frees`](Self::defer_frees).
-    defer_max: usize,
+    /// Bytes deferred and the largest chunk a free defers, where frees can
+    /// defer (none stored on 32-bit targets).
+    defer: [deferred::State; deferred::STORED_STATE],
 }
 
 impl Tlsf {
@@ -279,14 +277,13 @@ impl Tlsf {
             sink: ptr::null_mut(),
             deferred: [ptr::null_mut(); STORED_DEFERRED],
             deferred_len: [0; STORED_DEFERRED],
-            deferred_bytes: 0,
-            defer_max: 0,
+            defer: [deferred::State::NONE; deferred::STORED_STATE],
         }
     }
 
     /// Bytes in free chunks (headers included), deferred ones among them.
     pub fn free_bytes(&self) -> usize {
-        self.free_bytes + self.deferred_bytes
+        self.free_bytes + self.deferred_bytes()
     }
 
     /// Number of free chunks, deferred ones among them (a walk of every
@@ -596,7 +593,7 @@ impl Tlsf {
     /// only when no chunk could hold it with every free chunk merged.
     #[inline(always)]
     fn take_fit_or_flush(&mut self, need: usize) -> Option<(*mut u8, usize)> {
-        if self.deferred_bytes == 0 {
+        if self.deferred_bytes() == 0 {
             return self.take_fit::<true>(need);
         }
         if let Some(fit) = self.take_fit::<false>(need) {
@@ -704,7 +701,7 @@ impl Tlsf {
     /// [`take_aligned_fit`](Self::take_aligned_fit), exhaustive, with the
     /// deferred chunks given back first if a list lookup finds nothing.
     fn take_aligned_fit_or_flush(&mut self, need: usize, align: usize) -> Option<(*mut u8, usize)> {
-        if self.deferred_bytes != 0 {
+        if self.deferred_bytes() != 0 {
             if let Some(fit) = self.take_aligned_fit::<false>(need, align) {
                 return Some(fit);
             }

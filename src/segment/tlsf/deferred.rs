@@ -43,6 +43,24 @@ const DEPTH: u8 = 4;
 /// Deferred lists: one per free list of chunks up to [`MAX`].
 pub(super) const LISTS: usize = chunk_bin(MAX) + 1;
 
+/// Deferral's running state, stored where frees can defer.
+#[derive(Clone, Copy)]
+pub(super) struct State {
+    /// Bytes in deferred chunks (headers included).
+    bytes: usize,
+    /// Largest chunk a free defers: 0 (none) until
+    /// [`defer_frees`](Tlsf::defer_frees).
+    max: usize,
+}
+
+impl State {
+    pub(super) const NONE: Self = Self { bytes: 0, max: 0 };
+}
+
+/// [`State`]s stored: one, or none without the engine or the
+/// [`DEFERRED`] flag (32-bit targets), whose heaps then keep their size.
+pub(super) const STORED_STATE: usize = if ON && DEFERRED != 0 { 1 } else { 0 };
+
 // A request of up to MAX bytes is served from the list above its own, and
 // every chunk there exceeds it by less than its slack (so the free's fit
 // check passes); that list is a deferred one.
@@ -64,8 +82,23 @@ impl Tlsf {
     /// (Not on targets whose chunks have no room for the [`DEFERRED`]
     /// flag: 32-bit ones.)
     pub fn defer_frees(&mut self) {
-        if ON && DEFERRED != 0 {
-            self.defer_max = MAX;
+        if let Some(state) = self.defer.first_mut() {
+            state.max = MAX;
+        }
+    }
+
+    /// The largest chunk a free defers (0: none).
+    #[inline(always)]
+    fn defer_max(&self) -> usize {
+        self.defer.first().map_or(0, |state| state.max)
+    }
+
+    /// Adds `delta` (wrapping: a negative one as its two's complement) to
+    /// the bytes deferred; only where frees defer.
+    #[inline(always)]
+    fn add_deferred_bytes(&mut self, delta: usize) {
+        if let Some(state) = self.defer.first_mut() {
+            state.bytes = state.bytes.wrapping_add(delta);
         }
     }
 
@@ -89,12 +122,12 @@ impl Tlsf {
     #[inline(always)]
     pub(super) unsafe fn defer_with(&mut self, payload: NonNull<u8>, h: usize) -> bool {
         let size = size_of_head(h);
-        if size > self.defer_max {
+        if size > self.defer_max() {
             return false;
         }
         let list = chunk_bin(size);
         // SAFETY: `size <= MAX`, so `list < LISTS`, which is STORED_DEFERRED
-        // once `defer_max` is not 0 (the engine and the flag are built).
+        // once the largest deferred chunk is not 0 (the engine and the flag are built).
         let len = unsafe { *self.deferred_len.get_unchecked(list) };
         if len >= DEPTH {
             return false;
@@ -114,7 +147,7 @@ impl Tlsf {
             *first = c;
             *self.deferred_len.get_unchecked_mut(list) = len + 1;
         }
-        self.deferred_bytes += size;
+        self.add_deferred_bytes(size);
         true
     }
 
@@ -125,12 +158,12 @@ impl Tlsf {
     /// neither serves.
     #[inline(always)]
     pub(super) fn take_deferred(&mut self, need: usize) -> Option<NonNull<u8>> {
-        if need > self.defer_max {
+        if need > self.defer_max() {
             return None;
         }
         let own = bin_of(need);
         // SAFETY: `need <= MAX`, so both lists are below LISTS (checked
-        // above), which is STORED_DEFERRED once `defer_max` is not 0; a
+        // above), which is STORED_DEFERRED once the largest deferred chunk is not 0; a
         // chunk on a deferred list is one of a live span.
         let list = unsafe {
             let c = *self.deferred.get_unchecked(own);
@@ -149,7 +182,7 @@ impl Tlsf {
             *self.deferred_len.get_unchecked_mut(list) -= 1;
             let h = head(c);
             set_head(c, h & !DEFERRED);
-            self.deferred_bytes -= size_of_head(h);
+            self.add_deferred_bytes(size_of_head(h).wrapping_neg());
             Some(NonNull::new_unchecked(c.add(2 * WORD)))
         }
     }
@@ -179,7 +212,7 @@ impl Tlsf {
             set_head(c, h & !DEFERRED);
         }
         self.deferred_len[list] -= 1;
-        self.deferred_bytes -= size;
+        self.add_deferred_bytes(size.wrapping_neg());
     }
 
     /// Gives every deferred chunk back: freed and merged as a free of it
@@ -187,7 +220,7 @@ impl Tlsf {
     #[cold]
     #[inline(never)]
     pub fn flush_deferred(&mut self) {
-        if self.deferred_bytes == 0 {
+        if self.deferred_bytes() == 0 {
             return;
         }
         for list in 0..self.deferred.len() {
@@ -208,7 +241,9 @@ impl Tlsf {
                 }
             }
         }
-        self.deferred_bytes = 0;
+        if let Some(state) = self.defer.first_mut() {
+            state.bytes = 0;
+        }
     }
 
     /// How many chunks the deferred lists hold.
@@ -218,7 +253,7 @@ impl Tlsf {
 
     /// Bytes in deferred chunks.
     pub(crate) fn deferred_bytes(&self) -> usize {
-        self.deferred_bytes
+        self.defer.first().map_or(0, |state| state.bytes)
     }
 
     /// Checks the deferred lists: every chunk marked deferred and in use,
@@ -243,7 +278,7 @@ impl Tlsf {
             assert_eq!(len, usize::from(self.deferred_len[list]), "deferred list {list}: its count");
             chunks += len;
         }
-        assert_eq!(bytes, self.deferred_bytes, "deferred bytes");
+        assert_eq!(bytes, self.deferred_bytes(), "deferred bytes");
         (bytes, chunks)
     }
 }
