@@ -94,7 +94,7 @@ bench-kernel: deps ## In-kernel benchmark: full stack vs linked_list_allocator o
 miri: ## Unit, layer, typed-cache and thread-cache tests under Miri (nightly; not part of `make test`: ~20 min)
 	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	rustup component add --toolchain nightly miri rust-src
-	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --lib --test layers --test cache --test quick_paths
+	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --lib --test layers --test deferred_frees --test cache --test quick_paths
 	MIRIFLAGS="-Zmiri-ignore-leaks" $(CARGO) +nightly miri test --features std --test thread_cache --test thread_cache_misuse
 
 # Each target runs FUZZ_SECONDS (default 30 min); both at once on two cores.

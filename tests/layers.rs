@@ -270,55 +270,6 @@ fn a_committed_source_is_taken_whole_and_lends_layer_2_its_arenas() {
     assert_eq!(src.bytes_out(), 0, "trim gives the window back");
 }
 
-/// Deferred frees (TLSF's deferred lists, on a committed source): a block
-/// freed and asked for again at its size comes back at its address; while
-/// it waits, a second free or a realloc of it is refused as a double free;
-/// it counts as free; and before a request fails, every waiting chunk
-/// merges, so that the whole window can still be had in one block.
-#[test]
-fn deferred_frees_come_back_are_refused_twice_and_merge_before_a_failure() {
-    let region = Region::new(16 << 20);
-    let mut src = region.source();
-    let window = src.window();
-    let mut seg = SegmentAllocator::new(Config::for_window(window.1), window).unwrap();
-    let l = layout(3000, 8);
-    // SAFETY (all below): `src` is this layer's one page source; blocks
-    // are freed once with their layout, but for the refused second frees.
-    unsafe {
-        let blocks: Vec<_> = (0..64).map(|_| seg.allocate(l, &mut src).unwrap()).collect();
-        let in_use = seg.stats().allocated_bytes;
-        seg.deallocate(blocks[10], l, &mut src).unwrap();
-        assert!(seg.stats().allocated_bytes < in_use, "a deferred chunk counts as free");
-        let twice = Err(DeallocateError::NotAllocated { ptr: blocks[10].as_ptr() as usize });
-        assert_eq!(seg.deallocate(blocks[10], l, &mut src), twice, "double free of a deferred chunk");
-        assert!(seg.resize_in_place(blocks[10], l, 2000, &mut src).is_err(), "resize of a deferred chunk");
-        seg.check_invariants();
-        let again = seg.allocate(l, &mut src).unwrap();
-        assert_eq!(again, blocks[10], "the block freed is the one asked for again");
-        // Every other block freed: each waits on a deferred list or
-        // merges, and none is next to another free chunk but through them.
-        for (i, &p) in blocks.iter().enumerate() {
-            if i % 2 == 1 {
-                seg.deallocate(p, l, &mut src).unwrap();
-            }
-        }
-        seg.check_invariants();
-        for (i, &p) in blocks.iter().enumerate() {
-            if i % 2 == 0 {
-                seg.deallocate(p, l, &mut src).unwrap();
-            }
-        }
-        assert!(seg.stats().free_chunks > 1, "no chunk waits on a deferred list: not the case tested");
-        // The whole window, less at most 64 bytes, in one block: only once
-        // the waiting chunks merge.
-        let all = seg.allocate(layout(window.1 - 64, 8), &mut src).unwrap();
-        seg.check_invariants();
-        seg.deallocate(all, layout(window.1 - 64, 8), &mut src).unwrap();
-        assert_eq!(seg.trim(&mut src), 1);
-        assert_eq!(src.bytes_out(), 0, "trim gives the window back");
-    }
-}
-
 #[test]
 fn spans_of_a_page_mapping_source_go_back_but_one() {
     let region = Region::new(16 << 20);

@@ -61,11 +61,11 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 mod bins;
 mod check;
 mod deferred;
-pub use deferred::MAX as DEFER_MAX;
 mod free;
 
 pub use bins::BINS;
 use bins::{bin_ceil, bin_of, chunk_bin, fits_address_space};
+pub use deferred::MAX as DEFER_MAX;
 
 /// One machine word.
 pub const WORD: usize = size_of::<usize>();
@@ -102,6 +102,12 @@ const FLAGS: usize = IN_USE | PREV_IN_USE | FIRST | DEFERRED;
 #[allow(clippy::bad_bit_mask)]
 const fn is_deferred(h: usize) -> bool {
     h & DEFERRED != 0
+}
+
+/// Whether header word `h` marks a block: in use, and not deferred.
+#[inline(always)]
+const fn is_block(h: usize) -> bool {
+    h & IN_USE != 0 && !is_deferred(h)
 }
 const _: () = assert!(FLAGS < GRANULE);
 
@@ -843,7 +849,7 @@ impl Tlsf {
     pub unsafe fn in_use_chunk(payload: NonNull<u8>) -> Result<(usize, bool), ChunkError> {
         // SAFETY: the caller's promise.
         let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
-        if h & (IN_USE | DEFERRED) != IN_USE {
+        if !is_block(h) {
             return Err(ChunkError::NotInUse);
         }
         Ok((size_of_head(h), h & FIRST != 0))
@@ -876,7 +882,7 @@ impl Tlsf {
     pub(crate) unsafe fn in_use_head(payload: NonNull<u8>) -> Option<usize> {
         // SAFETY: the caller's promise.
         let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
-        (h & (IN_USE | DEFERRED) == IN_USE).then_some(h)
+        is_block(h).then_some(h)
     }
 
     /// [`Heads`] of block `payload` whose header word is `head` (from

@@ -20,10 +20,11 @@
 //!   does so before it gives memory back.
 //! - **Refusals.** A deferred chunk is no block: a free or realloc of it
 //!   is refused as a double free ([`Tlsf::in_use_chunk`]).
-//! - **The fit check.** A chunk is taken from the list above the request's
-//!   ([`bin_ceil`]), so it holds the request and exceeds it by less than
-//!   the request's [`slack`]: a free with the request's layout passes the
-//!   same check as a block split to size.
+//! - **The fit check.** A chunk is taken from the request's own list if
+//!   it holds the request, else from the list above ([`bin_ceil`]), all of
+//!   whose chunks do; either way it exceeds the request by less than the
+//!   request's [`slack`]: a free with the request's layout passes the same
+//!   check as a block split to size.
 //! - **Counts.** Deferred chunks count as free in [`Tlsf::free_bytes`]
 //!   and [`Tlsf::free_chunks`].
 //!
@@ -33,7 +34,9 @@
 use core::ptr::{self, NonNull};
 
 use super::bins::{bin_ceil, bin_floor, bin_of, chunk_bin};
-use super::{DEFERRED, GRANULE, Heads, IN_USE, MIN_CHUNK, ON, Tlsf, WORD, head, set_head, size_of_head};
+use super::{
+    DEFERRED, GRANULE, Heads, IN_USE, MIN_CHUNK, ON, Tlsf, WORD, head, is_deferred, set_head, size_of_head,
+};
 use crate::segment::window::slack;
 
 /// Largest chunk a free defers (16 KiB).
@@ -76,6 +79,18 @@ const _: () = {
     }
 };
 
+/// The link of deferred chunk `c` to the next on its list: its first
+/// payload word.
+///
+/// # Safety
+///
+/// `c` must be a chunk of a live span at least [`MIN_CHUNK`] long.
+#[inline(always)]
+unsafe fn link(c: *mut u8) -> *mut *mut u8 {
+    // SAFETY: the caller's promise: the payload holds a word.
+    unsafe { c.add(2 * WORD).cast() }
+}
+
 impl Tlsf {
     /// Lets frees defer chunks from now on: for an engine whose spans are
     /// held for good (a free need not find a span wholly free).
@@ -93,12 +108,19 @@ impl Tlsf {
         self.defer.first().map_or(0, |state| state.max)
     }
 
-    /// Adds `delta` (wrapping: a negative one as its two's complement) to
-    /// the bytes deferred; only where frees defer.
+    /// Counts `size` bytes more deferred (only where frees defer).
     #[inline(always)]
-    fn add_deferred_bytes(&mut self, delta: usize) {
+    fn count_deferred(&mut self, size: usize) {
         if let Some(state) = self.defer.first_mut() {
-            state.bytes = state.bytes.wrapping_add(delta);
+            state.bytes += size;
+        }
+    }
+
+    /// Counts `size` bytes fewer deferred (only where frees defer).
+    #[inline(always)]
+    fn count_undeferred(&mut self, size: usize) {
+        if let Some(state) = self.defer.first_mut() {
+            state.bytes -= size;
         }
     }
 
@@ -127,7 +149,7 @@ impl Tlsf {
         }
         let list = chunk_bin(size);
         // SAFETY: `size <= MAX`, so `list < LISTS`, which is STORED_DEFERRED
-        // once the largest deferred chunk is not 0 (the engine and the flag are built).
+        // once frees defer (the engine and the flag are built).
         let len = unsafe { *self.deferred_len.get_unchecked(list) };
         if len >= DEPTH {
             return false;
@@ -143,11 +165,11 @@ impl Tlsf {
             #[cfg(feature = "caches")]
             core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
             let first = self.deferred.get_unchecked_mut(list);
-            payload.as_ptr().cast::<*mut u8>().write(*first);
+            link(c).write(*first);
             *first = c;
             *self.deferred_len.get_unchecked_mut(list) = len + 1;
         }
-        self.add_deferred_bytes(size);
+        self.count_deferred(size);
         true
     }
 
@@ -163,8 +185,8 @@ impl Tlsf {
         }
         let own = bin_of(need);
         // SAFETY: `need <= MAX`, so both lists are below LISTS (checked
-        // above), which is STORED_DEFERRED once the largest deferred chunk is not 0; a
-        // chunk on a deferred list is one of a live span.
+        // above), which is STORED_DEFERRED once frees defer; a chunk on a
+        // deferred list is one of a live span.
         let list = unsafe {
             let c = *self.deferred.get_unchecked(own);
             if !c.is_null() && size_of_head(head(c)) >= need { own } else { bin_ceil(need) }
@@ -178,11 +200,11 @@ impl Tlsf {
         // SAFETY: `c` is a deferred chunk: in use, its first payload word
         // the list's next; `list` is in bounds, as above.
         unsafe {
-            *first = c.add(2 * WORD).cast::<*mut u8>().read();
+            *first = link(c).read();
             *self.deferred_len.get_unchecked_mut(list) -= 1;
             let h = head(c);
             set_head(c, h & !DEFERRED);
-            self.add_deferred_bytes(size_of_head(h).wrapping_neg());
+            self.count_undeferred(size_of_head(h));
             Some(NonNull::new_unchecked(c.add(2 * WORD)))
         }
     }
@@ -201,18 +223,18 @@ impl Tlsf {
         // SAFETY: a deferred chunk is on the list of its size, at most
         // DEPTH deep; links are their chunks' first payload words.
         unsafe {
-            let mut link: *mut *mut u8 = &raw mut self.deferred[list];
+            let mut slot: *mut *mut u8 = &raw mut self.deferred[list];
             let mut steps = 0;
-            while *link != c {
-                assert!(!(*link).is_null() && steps < DEPTH, "a chunk marked deferred is not on its list");
-                link = (*link).add(2 * WORD).cast();
+            while *slot != c {
+                assert!(!(*slot).is_null() && steps < DEPTH, "a chunk marked deferred is not on its list");
+                slot = link(*slot);
                 steps += 1;
             }
-            *link = c.add(2 * WORD).cast::<*mut u8>().read();
+            *slot = link(c).read();
             set_head(c, h & !DEFERRED);
         }
         self.deferred_len[list] -= 1;
-        self.add_deferred_bytes(size.wrapping_neg());
+        self.count_undeferred(size);
     }
 
     /// Gives every deferred chunk back: freed and merged as a free of it
@@ -232,7 +254,7 @@ impl Tlsf {
                 // "previous in use" flag and wrote its footer) is what a
                 // merge reads, so the headers are read now.
                 unsafe {
-                    let next = c.add(2 * WORD).cast::<*mut u8>().read();
+                    let next = link(c).read();
                     let h = head(c) & !DEFERRED;
                     set_head(c, h);
                     let nh = head(c.add(size_of_head(h)));
@@ -241,9 +263,8 @@ impl Tlsf {
                 }
             }
         }
-        if let Some(state) = self.defer.first_mut() {
-            state.bytes = 0;
-        }
+        let bytes = self.deferred_bytes();
+        self.count_undeferred(bytes);
     }
 
     /// How many chunks the deferred lists hold.
@@ -267,13 +288,13 @@ impl Tlsf {
                 assert!(in_span(c), "deferred list {list} holds {c:p}, outside every span");
                 // SAFETY: a chunk of a live span (just checked).
                 let h = unsafe { head(c) };
-                assert_eq!(h & (IN_USE | DEFERRED), IN_USE | DEFERRED, "chunk {c:p}: not marked deferred");
+                assert!(h & IN_USE != 0 && is_deferred(h), "chunk {c:p}: not marked deferred");
                 assert_eq!(chunk_bin(size_of_head(h)), list, "chunk {c:p} on the wrong deferred list");
                 bytes += size_of_head(h);
                 len += 1;
                 assert!(len <= usize::from(DEPTH), "deferred list {list} longer than {DEPTH} (a cycle?)");
                 // SAFETY: as above; its first payload word is the link.
-                c = unsafe { c.add(2 * WORD).cast::<*mut u8>().read() };
+                c = unsafe { link(c).read() };
             }
             assert_eq!(len, usize::from(self.deferred_len[list]), "deferred list {list}: its count");
             chunks += len;
