@@ -35,10 +35,11 @@ test-kernel: ## Kernel test suites in QEMU on 4 CPUs, one boot per suite; the bo
 	STRATA_SMP=1 $(CARGO) ktest --test boot --test smp
 	$(CARGO) ktest --no-default-features --test heap --test smp
 
-test-firmware: ## The firmware on qemu-system-arm: Cortex-M4F (mps2-an386) plain and in debug mode, Cortex-M0 (micro:bit, 16 KiB RAM) at opt-level z; fails if any check fails
+test-firmware: ## The firmware on qemu-system-arm: Cortex-M4F (mps2-an386) plain and in debug mode, Cortex-M0 (micro:bit, 16 KiB RAM) at opt-level z, then the footprint targets (make firmware-size); fails if any check fails
 	$(CARGO) fwrun
 	$(CARGO) fwrun --features debug
 	$(CARGO) run -p strata-firmware --bin strata-firmware --profile fw-z --target $(FIRMWARE_V6_TARGET)
+	@bash scripts/firmware-size.sh
 
 check: deps fmt clippy build doc ## fmt, clippy and builds for every target
 
@@ -107,7 +108,7 @@ fuzz: ## Coverage-guided fuzzing of Heap and LockedHeap against a shadow model (
 		$(CARGO) +nightly fuzz run -a locked_heap -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096; \
 		s=$$?; wait $$! && exit $$s )
 
-firmware-size: ## Footprint of a minimal firmware (M0, M4F): .text, heap static, init's stack at each opt-level; strata vs linked_list_allocator and embedded-alloc
+firmware-size: ## Footprint of a minimal firmware (M0, M4F): .text, heap static, init's stack and the whole run's at each opt-level; strata vs linked_list_allocator and embedded-alloc
 	@bash scripts/firmware-size.sh
 
 clean: ## Remove build output

@@ -488,7 +488,7 @@ impl ObjectAllocator {
     /// # Safety
     ///
     /// `pool` must be `kept[class]`, non-null.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn take_kept(&mut self, pool: *mut Pool, class: usize) {
         self.kept[class] = ptr::null_mut();
         // SAFETY: the arena of a live pool is live; a kept pool was the
@@ -509,7 +509,7 @@ impl ObjectAllocator {
     /// # Safety
     ///
     /// `ao` must be a live arena.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn first_once_freed(&self, ao: *mut Arena) -> bool {
         // SAFETY: the caller's promise; arenas on the list are live.
         unsafe {
@@ -520,7 +520,7 @@ impl ObjectAllocator {
     }
 
     /// The header of the arena `pool` lies in.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn arena_of(&self, pool: *mut Pool) -> *mut Arena {
         pool.cast::<u8>().map_addr(|a| (a & self.arena_mask) + POOL_HEADER).cast::<Arena>()
     }

@@ -260,7 +260,7 @@ impl SegmentAllocator {
 
     /// The engine serving the spans; never TLSF in a build without it, so
     /// that its code is left out.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn engine(&self) -> Engine {
         match self.engine {
             Engine::Tlsf | Engine::Tree if !tlsf::ON => Engine::Unset,

@@ -78,7 +78,7 @@ impl core::error::Error for PagesError {}
 /// not the rest of a size class), while layer 0 reads the header before a
 /// block and the chunk after it, layer +2 the pool header at the start of
 /// its pool, and a cached block serves later requests of its whole class.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) fn reach(ptr: NonNull<u8>) -> NonNull<u8> {
     // SAFETY: `ptr` is not null, so neither is its address.
     unsafe { NonNull::new_unchecked(core::ptr::with_exposed_provenance_mut(ptr.as_ptr().addr())) }

@@ -28,7 +28,7 @@ pub(crate) struct Padded<T>(pub(crate) T);
 
 impl<T> core::ops::Deref for Padded<T> {
     type Target = T;
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn deref(&self) -> &T {
         &self.0
     }

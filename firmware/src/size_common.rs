@@ -4,7 +4,9 @@
 //
 // It paints the stack, initialises the heap and prints how many bytes of
 // stack `init_heap` used (`init stack: N`), then pushes 100 numbers into a
-// `Vec` and exits with success if their sum is right.
+// `Vec` (an allocation and its reallocs), frees it, prints the most stack
+// the whole run took (`run stack: N`), and exits with success if the sum
+// is right and the stack never reached its end.
 use core::mem::MaybeUninit;
 
 use cortex_m_rt::entry;
@@ -30,7 +32,9 @@ fn main() -> ! {
     }
     let sum: u32 = v.iter().sum();
     drop(v);
+    let run_stack = top - stack::low_water();
     stack::print(b"init stack: ", init_stack);
+    stack::print(b"run stack: ", run_stack);
     let ok = sum == 4950 && !stack::overrun();
     debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
     loop {

@@ -62,7 +62,7 @@ impl Hooks for Cached {
     /// the first time it is found held by another thread, the caches come
     /// on. Once they have been on, the blocks exiting threads gave back are
     /// freed first, so that whoever holds the lock sees them free.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn lock<'a, S: PageSource, L: lock_api::RawMutex>(&self, heap: &'a Lock<S, L>) -> Guard<'a, S, L> {
         if self.state.load(Ordering::Relaxed) == CACHES_AUTO {
             // No cache has held a block yet: none to free.
@@ -75,14 +75,14 @@ impl Hooks for Cached {
 
     /// With the caches on, first brings the copy of layer +2's arena bitmap
     /// that threads read without the lock up to date.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn settle<S: PageSource, L: lock_api::RawMutex>(&self, heap: Guard<'_, S, L>) {
         if self.on() {
             self.sync_mirror(&heap, false);
         }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn alloc<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,
@@ -106,7 +106,7 @@ impl Hooks for Cached {
         self.alloc_rest(layout, domain, heap)
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn dealloc<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,
@@ -132,7 +132,7 @@ impl Hooks for Cached {
         unsafe { self.dealloc_rest(p, layout, domain, heap) }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn realloc<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,
@@ -302,7 +302,7 @@ impl Cached {
     }
 
     /// Whether threads cache this heap's blocks now.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn on(&self) -> bool {
         self.state.load(Ordering::Acquire) == CACHES_ON
     }
@@ -311,7 +311,7 @@ impl Cached {
     /// for a second thread. (Once they have been on, blocks that exiting
     /// threads gave back wait for the full lock to free them; while on, the
     /// caches serve first.)
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn quick_allowed(&self) -> bool {
         self.state.load(Ordering::Relaxed) == CACHES_AUTO
     }
@@ -560,7 +560,7 @@ impl Cached {
     /// Brings the lock-free copies of the heap's state up to date (with the
     /// lock held): the arena bitmap if its counters moved (or, `always`,
     /// whatever they say) and layer 0's window.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn sync_mirror<S: PageSource>(&self, heap: &Heap<S>, always: bool) {
         let c = heap.object.counters();
         let counters = (c.allocated_total, c.reclaimed);
@@ -574,7 +574,7 @@ impl Cached {
     }
 
     /// Frees, with the lock held, the blocks that exiting threads gave back.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn free_returned<S: PageSource>(&self, heap: &mut Heap<S>) -> bool {
         let block = thread_cache::take_returned(&self.link);
         if !block.is_null() {

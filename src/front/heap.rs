@@ -233,7 +233,7 @@ impl<S: PageSource> Heap<S> {
     /// window, a layer +2 geometry and layer 0 tunables (both valid), in
     /// place. (Inlined even at opt-level 0: `init`'s stack on a
     /// microcontroller is one frame less.)
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     const fn set_layers(&mut self, window: (usize, usize), geometry: Geometry, config: Config) {
         self.object.set_window(geometry, window);
         self.segment.set_window(config, window);
@@ -274,7 +274,7 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// Allocates a block for `layout`.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocateError> {
         if self.is_small(layout) {
             if let Some(p) = self.object.allocate_from_pools(layout.size(), layout.align()) {
@@ -478,7 +478,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// If any layer owns `ptr`, it must be a live block allocated by this
     /// heap with `layout`. Pointers that no layer owns are refused safely.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), DeallocateError> {
         if self.object.owns(ptr.as_ptr()) {
             let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };

@@ -333,7 +333,7 @@ pub(super) fn malloc_size(layout: Layout, new_size: usize) -> usize {
 /// `GlobalAlloc`'s contract): for instance `linked_list_allocator`'s own
 /// check of a double free on a first-fit heap. Free on the normal path; with
 /// `panic = "abort"` (the kernel, firmware) the guard never runs.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
     /// Dropped only while a panic unwinds through the entry point: its own
     /// panic is a panic during unwinding, which aborts.

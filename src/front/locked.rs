@@ -358,7 +358,7 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     }
 
     /// Takes the lock, as the hooks take it.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn lock(&self) -> Guard<'_, S, L> {
         self.hooks.lock(&self.heap)
     }

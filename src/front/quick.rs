@@ -42,7 +42,7 @@ use crate::source::{PageSource, reach};
 /// Whether `layout` could be small in any geometry: at most
 /// [`SMALL_REQUEST_THRESHOLD`] bytes, aligned to at most [`ALIGNMENT`]. The
 /// small quick paths try the lock only for these.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) const fn may_be_small(layout: Layout) -> bool {
     layout.size().wrapping_sub(1) < SMALL_REQUEST_THRESHOLD && layout.align() <= ALIGNMENT
 }
@@ -51,7 +51,7 @@ pub(super) const fn may_be_small(layout: Layout) -> bool {
 /// layer 0 serves as given. The quick paths try layer 0's quick calls for
 /// these (`segment/quick.rs`), out of line from the small request's path
 /// (which then keeps its few registers).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) const fn beyond_small(layout: Layout) -> bool {
     layout.size() > SMALL_REQUEST_THRESHOLD
 }
@@ -59,7 +59,7 @@ pub(super) const fn beyond_small(layout: Layout) -> bool {
 /// Whether an allocation [`beyond_small`] is aligned past layer 0's
 /// granule: it takes layer 0's aligned quick call, in the frame of the
 /// requests [`small_aligned`].
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) const fn aligned_past_granule(layout: Layout) -> bool {
     layout.align() > CHUNK_GRANULE
 }
@@ -68,7 +68,7 @@ pub(super) const fn aligned_past_granule(layout: Layout) -> bool {
 /// layer 0's in every geometry, under the layout [`Heap::allocate`](super::Heap::allocate)
 /// rounds it to. The quick paths try layer 0's quick calls for these in a
 /// frame of their own (`ALIGNED`), apart from the requests [`beyond_small`].
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) const fn small_aligned(layout: Layout) -> bool {
     layout.align() > ALIGNMENT && layout.size().wrapping_sub(1) < SMALL_REQUEST_THRESHOLD
 }
@@ -77,7 +77,7 @@ pub(super) const fn small_aligned(layout: Layout) -> bool {
 /// [`small_aligned`] or [`aligned_past_granule`]): from layer 0's lists in
 /// O(1), if the lock is free.
 /// `None`: nothing was done.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn alloc_quick_layer_0<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     layout: Layout,
@@ -100,7 +100,7 @@ pub(super) fn alloc_quick_layer_0<const ALIGNED: bool, S: PageSource, L: lock_ap
 /// # Safety
 ///
 /// As [`Heap::deallocate`](super::Heap::deallocate).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) unsafe fn free_quick_layer_0<const ALIGNED: bool, S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
@@ -121,7 +121,7 @@ pub(super) unsafe fn free_quick_layer_0<const ALIGNED: bool, S: PageSource, L: l
 
 /// The common allocation: a small request served from the head pool of its
 /// class, if the lock is free. `None`: nothing was done.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn alloc_quick<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     layout: Layout,
@@ -142,7 +142,7 @@ pub(super) fn alloc_quick<S: PageSource, L: lock_api::RawMutex>(
 /// # Safety
 ///
 /// As [`Heap::deallocate`](super::Heap::deallocate).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) unsafe fn free_quick<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
@@ -169,7 +169,7 @@ pub(super) unsafe fn free_quick<S: PageSource, L: lock_api::RawMutex>(
 /// # Safety
 ///
 /// As [`Heap::reallocate`](super::Heap::reallocate).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
@@ -200,7 +200,7 @@ pub(super) unsafe fn realloc_quick<S: PageSource, L: lock_api::RawMutex>(
 /// # Safety
 ///
 /// As [`Heap::reallocate_unsized`](super::Heap::reallocate_unsized).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) unsafe fn realloc_unsized_quick<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
@@ -223,7 +223,7 @@ pub(super) unsafe fn realloc_unsized_quick<S: PageSource, L: lock_api::RawMutex>
 /// # Safety
 ///
 /// As [`Heap::deallocate_unsized`](super::Heap::deallocate_unsized).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) unsafe fn free_quick_unsized<S: PageSource, L: lock_api::RawMutex>(
     heap: &Lock<S, L>,
     ptr: NonNull<u8>,
@@ -252,7 +252,7 @@ pub(super) unsafe fn free_quick_unsized<S: PageSource, L: lock_api::RawMutex>(
 
 /// The block of an allocation's `result`, or null, counted: a failure goes
 /// to [`Hooks::failed`], which may take blocks back and try `again`.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn block_or_null<H: Hooks, S: PageSource>(
     hooks: &H,
     heap: &mut super::Heap<S>,
@@ -266,7 +266,7 @@ pub(super) fn block_or_null<H: Hooks, S: PageSource>(
 }
 
 /// Allocates through `hooks`' lock.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn alloc_locked<H: Hooks, S: PageSource, L: lock_api::RawMutex>(
     hooks: &H,
     heap: &Lock<S, L>,
@@ -284,7 +284,7 @@ pub(super) fn alloc_locked<H: Hooks, S: PageSource, L: lock_api::RawMutex>(
 /// # Safety
 ///
 /// As [`Heap::deallocate`](super::Heap::deallocate).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) unsafe fn free_locked<H: Hooks, S: PageSource, L: lock_api::RawMutex>(
     hooks: &H,
     heap: &Lock<S, L>,
@@ -322,7 +322,7 @@ pub(super) unsafe fn free_unsized_locked<H: Hooks, S: PageSource, L: lock_api::R
 /// # Safety
 ///
 /// As [`Heap::reallocate`](super::Heap::reallocate).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) unsafe fn realloc_locked<H: Hooks, S: PageSource, L: lock_api::RawMutex>(
     hooks: &H,
     heap: &Lock<S, L>,
@@ -362,17 +362,17 @@ pub(super) struct Quick;
 impl Hooks for Quick {
     const NEW: Self = Quick;
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn lock<'a, S: PageSource, L: lock_api::RawMutex>(&self, heap: &'a Lock<S, L>) -> Guard<'a, S, L> {
         heap.lock()
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn settle<S: PageSource, L: lock_api::RawMutex>(&self, heap: Guard<'_, S, L>) {
         drop(heap);
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn alloc<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,
@@ -393,7 +393,7 @@ impl Hooks for Quick {
         }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn dealloc<S: PageSource, L: lock_api::RawMutex>(
         &self,
         heap: &Lock<S, L>,

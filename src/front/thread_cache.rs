@@ -535,7 +535,7 @@ impl ThreadCache {
 
     /// Runs `f` on the bins if they belong to the heap of `link` and no
     /// other thread is draining them; `default` otherwise.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn enter<R>(&self, link: &Link, default: R, f: impl FnOnce(&mut Bins, &Owner) -> R) -> R {
         if self.state.compare_exchange(IDLE, OWNER, Ordering::Acquire, Ordering::Relaxed).is_err() {
             return default;
@@ -552,7 +552,7 @@ impl ThreadCache {
     /// Whether this cache serves a heap, attaching it to the heap of `link`
     /// if it serves none (with the heap's `geometry`; a heap with no memory
     /// yet has none to cache by).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn attached(&self, link: &Link, geometry: impl FnOnce() -> Option<Geometry>) -> bool {
         self.owner_id.load(Ordering::Relaxed) != 0 || geometry().is_some_and(|g| self.attach(link, g))
     }
@@ -929,7 +929,7 @@ pub(crate) fn drain_all(link: &Link, free: &mut dyn FnMut(NonNull<u8>, Layout)) 
 /// The blocks exiting threads gave back to the heap of `link`, linked
 /// through their first word (null if none). For the heap, with its lock
 /// held.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) fn take_returned(link: &Link) -> *mut u8 {
     let Some(stack) = link.entry().and_then(|entry| RETURNED.get(entry)) else { return ptr::null_mut() };
     if stack.load(Ordering::Relaxed).is_null() {

@@ -11,7 +11,7 @@ use super::{ARENA_HEADER, Geometry, NUM_CLASSES, POOL_HEADER, Pool, class_size};
 /// `d = m·2^k`, `m` odd, `x` is a multiple exactly when `x·m⁻¹ mod 2^32`
 /// rotated right by `k` is at most `⌊(2^32 − 1) / d⌋` (Lemire, Kaser and
 /// Kurz's test), from a table made at compile time.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) const fn is_multiple(d: u32, x: u32) -> bool {
     let (inverse, k, limit) = BLOCK_DIVISORS[(d as usize / 8).wrapping_sub(1) & 127];
     x.wrapping_mul(inverse).rotate_right(k) <= limit
@@ -61,7 +61,7 @@ pub(crate) const fn odd_inverse(d: u32) -> u32 {
 /// pool with a block in use (so its class is not being written), and carry
 /// the provenance of the arena's pages.
 #[cfg_attr(not(feature = "caches"), allow(dead_code))]
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) unsafe fn block_class(ptr: NonNull<u8>, g: Geometry) -> Option<usize> {
     let addr = ptr.as_ptr() as usize;
     let pool = addr & !((1usize << g.pool_shift) - 1);

@@ -64,7 +64,7 @@ impl ObjectAllocator {
     /// # Safety
     ///
     /// `ptr` must be a live block of an arena of ours.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn release(&mut self, ptr: NonNull<u8>, source: &mut impl PageSource) {
         let block = reach(ptr).as_ptr();
         let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();
@@ -93,7 +93,7 @@ impl ObjectAllocator {
     ///
     /// `block` must be a block of an arena of ours, word-aligned, of
     /// `block_size` bytes.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) unsafe fn is_free_tagged(&self, block: *mut u8, block_size: u32) -> bool {
         // (No block exists before the first arena, which makes the key.)
         holds_tag(block_size as usize)
@@ -108,7 +108,7 @@ impl ObjectAllocator {
     ///
     /// `block` must be a block of an arena of ours, word-aligned, of
     /// `block_size` bytes, that is ours to write.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) unsafe fn set_free_tag(&self, block: *mut u8, block_size: u32, free: bool) {
         if holds_tag(block_size as usize) {
             let tag = if free { self.key ^ block as usize } else { 0 };
@@ -128,7 +128,7 @@ impl ObjectAllocator {
     /// # Safety
     ///
     /// `ptr` must lie in an arena of this allocator (see [`owns`](Self::owns)).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn is_block_start(&self, ptr: NonNull<u8>) -> bool {
         let addr = ptr.as_ptr() as usize;
         let pool = addr & self.pool_mask;
@@ -185,7 +185,7 @@ impl ObjectAllocator {
     /// # Safety
     ///
     /// As [`deallocate`](Self::deallocate).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn deallocate_quick(&mut self, ptr: NonNull<u8>) -> bool {
         // SAFETY: forwarded contract.
         unsafe { self.deallocate_quick_of::<true>(ptr) }
@@ -198,7 +198,7 @@ impl ObjectAllocator {
     /// # Safety
     ///
     /// As [`deallocate`](Self::deallocate), and `may_free(ptr)` must hold.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn deallocate_quick_live(&mut self, ptr: NonNull<u8>) -> bool {
         // SAFETY: forwarded contract.
         unsafe { self.deallocate_quick_of::<false>(ptr) }
@@ -211,7 +211,7 @@ impl ObjectAllocator {
     ///
     /// As [`deallocate_quick_live`](Self::deallocate_quick_live) unless
     /// `CHECK`, else as [`deallocate`](Self::deallocate).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn deallocate_quick_of<const CHECK: bool>(&mut self, ptr: NonNull<u8>) -> bool {
         let block = reach(ptr).as_ptr();
         let pool = block.map_addr(|a| a & self.pool_mask).cast::<Pool>();

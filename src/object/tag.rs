@@ -41,7 +41,7 @@ pub(crate) const TAGS: bool =
 /// Whether a free block of `size` bytes holds a tag: tags are on
 /// ([`TAGS`]) and the block has a second word for it (blocks of one word,
 /// the 8-byte class, have none).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) const fn holds_tag(size: usize) -> bool {
     TAGS && size >= 2 * size_of::<usize>()
 }
@@ -56,7 +56,7 @@ pub(crate) const fn holds_tag(size: usize) -> bool {
 ///
 /// `p` must be valid for reading a word and aligned to one.
 #[cfg(all(not(miri), target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) unsafe fn frozen_word(p: *const usize) -> usize {
     let v: usize;
     // SAFETY: the caller's promise; the load only reads.
@@ -83,14 +83,14 @@ pub(crate) unsafe fn frozen_word(p: *const usize) -> usize {
     target_pointer_width = "64",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) unsafe fn frozen_word(_: *const usize) -> usize {
     0
 }
 
 /// The tag a free block holds in its second word (see [`KEY`]).
 #[cfg_attr(not(feature = "caches"), allow(dead_code))]
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) fn free_tag(block: NonNull<u8>) -> usize {
     KEY.load(Relaxed) ^ block.as_ptr() as usize
 }
@@ -102,7 +102,7 @@ pub(crate) fn free_tag(block: NonNull<u8>) -> usize {
 ///
 /// `block` must be valid for reading two words, and aligned to one.
 #[cfg_attr(not(feature = "caches"), allow(dead_code))]
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) unsafe fn carries_free_tag(block: NonNull<u8>) -> bool {
     // SAFETY: the caller's promise.
     unsafe { frozen_word(block.as_ptr().cast::<usize>().add(1)) == free_tag(block) }

@@ -229,12 +229,12 @@ impl FitTree {
 
     // ---- nodes -------------------------------------------------------
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn at(&self, o: u32) -> *mut u8 {
         self.base.wrapping_add((o as usize) << UNIT_SHIFT)
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn get(&self, o: u32) -> Node {
         debug_assert!(o < self.units);
         // SAFETY: `o` is a node: a free block of the window at least
@@ -242,14 +242,14 @@ impl FitTree {
         unsafe { self.at(o).cast::<Node>().read() }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn put(&mut self, o: u32, node: Node) {
         debug_assert!(o < self.units);
         // SAFETY: as in `get`: `o` is (or is becoming) a free block's node.
         unsafe { self.at(o).cast::<Node>().write(node) }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn sliver(&self, o: u32) -> Sliver {
         debug_assert!(o < self.units);
         // SAFETY: `o` is a sliver: a free unit of the window, UNIT-aligned,
@@ -257,7 +257,7 @@ impl FitTree {
         unsafe { self.at(o).cast::<Sliver>().read() }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn put_sliver(&mut self, o: u32, sliver: Sliver) {
         debug_assert!(o < self.units);
         // SAFETY: as in `sliver`.
@@ -265,23 +265,23 @@ impl FitTree {
     }
 
     /// The root of the free blocks' tree.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn root(&self) -> u32 {
         self.root ^ NIL
     }
 
     /// The root of the slivers' tree.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn sliver_root(&self) -> u32 {
         self.slivers ^ NIL
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn size(&self, o: u32) -> u32 {
         self.get(o).size
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn max_of(&self, t: u32) -> u32 {
         if t == NIL { 0 } else { self.get(t).meta & NIL }
     }

@@ -15,7 +15,7 @@ impl SegmentAllocator {
     /// when its chunk is what `layout` needs, plus less than [`slack`] (a
     /// rest too small to split off, or a thread cache's spacing), or when it
     /// fills a span of its own.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn check_block(&self, ptr: NonNull<u8>, layout: Layout) -> Result<usize, DeallocateError> {
         let Some((start, len)) = self.window_span else { return self.check_block_in_spans(ptr, layout) };
         // SAFETY: the window's span is live while it is held.
@@ -142,7 +142,7 @@ impl SegmentAllocator {
     /// (while their memory has not been reused) and layouts that do not fit.
     /// `source` must be the page source of every call (see
     /// [`allocate`](Self::allocate)).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn deallocate(
         &mut self,
         ptr: NonNull<u8>,
@@ -318,7 +318,7 @@ impl SegmentAllocator {
     /// # Safety
     ///
     /// As [`deallocate`](Self::deallocate).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn resize_in_place(
         &mut self,
         ptr: NonNull<u8>,
@@ -367,7 +367,7 @@ impl SegmentAllocator {
     /// `ptr` must be a block of this allocator with `layout`, checked by a
     /// [`resize_in_place`](Self::resize_in_place) that returned `Ok`, and
     /// `keep` at most `layout.size()` and `new_size`.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn grow_backward(
         &mut self,
         ptr: NonNull<u8>,

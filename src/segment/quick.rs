@@ -34,7 +34,7 @@ impl SegmentAllocator {
     /// (Aligned to at most [`GRANULE`]: the common allocation's frame stays
     /// small; [`allocate_quick_aligned`](Self::allocate_quick_aligned)
     /// serves any alignment.)
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) fn allocate_quick(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         // `large` is 0 unless TLSF serves (see `allocate`).
         if !tlsf::ON || layout.size() >= self.large || layout.align() > GRANULE {
@@ -44,7 +44,7 @@ impl SegmentAllocator {
     }
 
     /// [`allocate_quick`](Self::allocate_quick) at any alignment.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) fn allocate_quick_aligned(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         if !tlsf::ON || layout.size() >= self.large {
             return None;
@@ -62,8 +62,12 @@ impl SegmentAllocator {
     /// [`discard_from`](crate::PageSource::discard_from)), whose free
     /// discards pages — which the full path then checks and serves or
     /// refuses.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) fn quick_chunk(&self, ptr: NonNull<u8>, discard_from: usize) -> Option<usize> {
+        // Without TLSF there is no quick window: the code below is left out.
+        if !tlsf::ON {
+            return None;
+        }
         // SAFETY: `quick_window` holds the payloads of the committed
         // window's span TLSF holds, or none, in which case no pointer lies
         // in it and nothing is read.
@@ -74,8 +78,11 @@ impl SegmentAllocator {
     /// `layout` within its [`slack`](super::window::slack) (as
     /// [`deallocate`](Self::deallocate) checks it), with the block's
     /// [`Heads`] as read.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) fn quick_heads(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<Heads> {
+        if !tlsf::ON {
+            return None;
+        }
         // SAFETY: as in `quick_chunk`.
         unsafe { payload_fit(self.quick_window, ptr, tlsf::layout_chunk(layout)) }
             .filter(|heads| heads.chunk() < discard_from)
@@ -87,7 +94,7 @@ impl SegmentAllocator {
     /// # Safety
     ///
     /// As [`deallocate`](Self::deallocate).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn deallocate_quick(
         &mut self,
         ptr: NonNull<u8>,
@@ -111,7 +118,7 @@ impl SegmentAllocator {
     ///
     /// `ptr` must be such a block, reached through the window's provenance
     /// (`reach`), not used after this call.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn free_quick_block(&mut self, ptr: NonNull<u8>) {
         debug_assert!(self.whole, "the quick window is a committed source's, held whole");
         // SAFETY: the caller's promise.
@@ -125,7 +132,7 @@ impl SegmentAllocator {
     /// # Safety
     ///
     /// As [`free_quick_block`](Self::free_quick_block).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn free_moved_block(&mut self, ptr: NonNull<u8>) {
         debug_assert!(self.whole, "the quick window is a committed source's, held whole");
         // SAFETY: the caller's promise.
@@ -141,7 +148,7 @@ impl SegmentAllocator {
     ///
     /// As for [`free_quick_block`](Self::free_quick_block), the block kept
     /// and the heap's lock held since the check.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn resize_quick(&mut self, ptr: NonNull<u8>, new_size: usize, heads: Heads) -> bool {
         // SAFETY: the caller's promise. (A tail given back is shorter than
         // the chunk, which is below `discard_from`: no page to discard.)
@@ -156,7 +163,7 @@ impl SegmentAllocator {
     /// # Safety
     ///
     /// As [`deallocate`](Self::deallocate), the block kept.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn shrink_quick(
         &mut self,
         ptr: NonNull<u8>,
@@ -182,13 +189,16 @@ impl SegmentAllocator {
     ///
     /// As for [`resize_quick`](Self::resize_quick), with `keep` at most
     /// the block's size and `new_size`.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn grow_backward_quick(
         &mut self,
         ptr: NonNull<u8>,
         new_size: usize,
         keep: usize,
     ) -> Option<NonNull<u8>> {
+        if !tlsf::ON {
+            return None;
+        }
         // SAFETY: the caller's promise.
         unsafe { self.tlsf.grow_backward(ptr, new_size, keep) }
     }

@@ -36,7 +36,7 @@ impl SpanMap {
     /// Covers `window` with the slots, changing no bit (written field by
     /// field: the bitmaps are never a temporary on the stack; inlined even
     /// at opt-level 0, for `init`'s stack on a microcontroller).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) const fn set_window(&mut self, window: (usize, usize)) {
         let (lo, len) = window;
         self.lo = lo;

@@ -97,7 +97,7 @@ const DEFERRED: usize = if GRANULE > 8 { 8 } else { 0 };
 const FLAGS: usize = IN_USE | PREV_IN_USE | FIRST | DEFERRED;
 
 /// Whether header word `h` marks a deferred chunk.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 // (DEFERRED is 0 on 32-bit targets, where no chunk is deferred.)
 #[allow(clippy::bad_bit_mask)]
 const fn is_deferred(h: usize) -> bool {
@@ -105,7 +105,7 @@ const fn is_deferred(h: usize) -> bool {
 }
 
 /// Whether header word `h` marks a block: in use, and not deferred.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 const fn is_block(h: usize) -> bool {
     h & IN_USE != 0 && !is_deferred(h)
 }
@@ -140,7 +140,7 @@ pub const fn chunk_size(size: usize) -> Option<usize> {
 
 /// [`chunk_size`] of a request that a [`Layout`](core::alloc::Layout)
 /// holds, whose size (at most `isize::MAX`) cannot overflow it.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub const fn layout_chunk(layout: core::alloc::Layout) -> usize {
     let s = (layout.size() + WORD + GRANULE - 1) & !(GRANULE - 1);
     if s < MIN_CHUNK { MIN_CHUNK } else { s }
@@ -157,13 +157,13 @@ pub(crate) struct Heads {
 
 impl Heads {
     /// The block's chunk size.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) const fn chunk(self) -> usize {
         size_of_head(self.head)
     }
 
     /// The chunk size a header word gives.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) const fn chunk_of(head_word: usize) -> usize {
         size_of_head(head_word)
     }
@@ -230,7 +230,7 @@ const _: () = assert!(HEAD_TAG < GRANULE && HEAD_TAG & IN_USE == 0);
 
 /// The back link of a list's first chunk: the list's index, marked with
 /// [`HEAD_TAG`].
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 fn head_tag(bin: usize) -> *mut u8 {
     ptr::without_provenance_mut((bin << HEAD_TAG_SHIFT) | HEAD_TAG)
 }
@@ -338,7 +338,7 @@ impl Tlsf {
     }
 
     /// The first non-empty list at or above `bin`.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn first_nonempty(&self, bin: usize) -> Option<usize> {
         debug_assert!(bin < BINS);
         let w = bin / BITS;
@@ -361,7 +361,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// `c` must be a free chunk of a live span, on no list.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn insert(&mut self, c: *mut u8, size: usize) {
         let bin = chunk_bin(size);
         let next = *self.head_mut(bin);
@@ -387,7 +387,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// `c` must be a free chunk on the list of its size.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn unlink(&mut self, c: *mut u8, size: usize) {
         // SAFETY: `c` is on a list, so its links and its neighbours' are valid.
         unsafe {
@@ -415,7 +415,7 @@ impl Tlsf {
     /// The back link of list successor `next`, or, when `next` is null (a
     /// list's end), [`sink`](Self::sink): a store through it needs no
     /// branch on whether a list goes on, which is as good as random.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn back_link(&mut self, next: *mut u8) -> *mut *mut u8 {
         let sink: *mut *mut u8 = &raw mut self.sink;
         // (Offset with wrapping arithmetic: `next` may be null.)
@@ -526,7 +526,7 @@ impl Tlsf {
     }
 
     /// Allocates `size` bytes aligned to `align` (a power of two).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub fn allocate(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
         if align <= GRANULE {
@@ -544,7 +544,7 @@ impl Tlsf {
     /// [`GRANULE`], when a list lookup serves it: the same chunk, or `None`
     /// (nothing changed) where `allocate` would search the lists
     /// exhaustively. O(1): the front's quick path.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     pub fn allocate_quick(&mut self, size: usize) -> Option<NonNull<u8>> {
         let need = chunk_size(size)?;
@@ -559,7 +559,7 @@ impl Tlsf {
     /// Finds and unlinks a free chunk of at least `need` bytes: from the
     /// first list whose chunks all fit, else (if `EXHAUSTIVE`) first fit in
     /// `need`'s own list and up.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn take_fit<const EXHAUSTIVE: bool>(&mut self, need: usize) -> Option<(*mut u8, usize)> {
         let ceil = bin_ceil(need);
         let floor = bin_of(need);
@@ -597,7 +597,7 @@ impl Tlsf {
     /// [`take_fit`](Self::take_fit), exhaustive, with the deferred chunks
     /// given back first if a list lookup finds nothing: a request fails
     /// only when no chunk could hold it with every free chunk merged.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn take_fit_or_flush(&mut self, need: usize) -> Option<(*mut u8, usize)> {
         if self.deferred_bytes() == 0 {
             return self.take_fit::<true>(need);
@@ -614,7 +614,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// List `bin` must be non-empty.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn pop(&mut self, bin: usize) -> (*mut u8, usize) {
         let c = *self.head_mut(bin);
         // SAFETY: list heads are free chunks of live spans, as are their
@@ -785,7 +785,7 @@ impl Tlsf {
     /// `c` must be a chunk of a live span whose header holds its flags, on
     /// no list, followed after `have >= need` bytes by a chunk whose
     /// prev-in-use flag is clear.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn use_chunk(&mut self, c: *mut u8, have: usize, need: usize) -> NonNull<u8> {
         // SAFETY: the caller's promise; the rest (if split) and the next
         // chunk lie inside the span.
@@ -845,7 +845,7 @@ impl Tlsf {
     ///
     /// `payload` must be [`GRANULE`]-aligned with its header word in a live
     /// span.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn in_use_chunk(payload: NonNull<u8>) -> Result<(usize, bool), ChunkError> {
         // SAFETY: the caller's promise.
         let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
@@ -864,7 +864,7 @@ impl Tlsf {
     ///
     /// `payload`'s chunk must be `chunk` bytes long in a live span, and the
     /// header after it must lie in that span.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn next_head(payload: NonNull<u8>, chunk: usize) -> (bool, bool) {
         let c = payload.as_ptr().wrapping_sub(2 * WORD);
         // SAFETY: the caller's promise.
@@ -878,7 +878,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`in_use_chunk`](Self::in_use_chunk).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn in_use_head(payload: NonNull<u8>) -> Option<usize> {
         // SAFETY: the caller's promise.
         let h = unsafe { head(payload.as_ptr().wrapping_sub(2 * WORD)) };
@@ -892,7 +892,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`next_head`](Self::next_head), `chunk` being `head`'s size.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn heads(payload: NonNull<u8>, head_word: usize) -> Option<Heads> {
         let c = payload.as_ptr().wrapping_sub(2 * WORD);
         // SAFETY: the caller's promise.

@@ -19,7 +19,7 @@ pub const MEDIUM_MAX: usize = 4096;
 /// from a bin of chunks up to two eighth-of-a-power-of-two steps larger,
 /// and TLSF a request of up to [`DEFER_MAX`](tlsf::DEFER_MAX) from a
 /// deferred list of chunks up to two of its list steps larger.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) const fn slack(need: usize) -> usize {
     if need <= LOOSE_MAX && need / 4 > MIN_CHUNK { need / 4 } else { MIN_CHUNK }
 }
@@ -54,7 +54,7 @@ pub(crate) enum WindowBlock {
 ///
 /// `window` must be the span of a committed window, readable for as long
 /// as the call runs.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layout: Layout) -> WindowBlock {
     let (start, len) = window;
     let addr = ptr.as_ptr() as usize;
@@ -92,7 +92,7 @@ pub(crate) unsafe fn window_block(window: (usize, usize), ptr: NonNull<u8>, layo
 /// # Safety
 ///
 /// As [`window_block`].
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) unsafe fn window_chunk(payloads: (usize, usize), ptr: NonNull<u8>) -> Option<usize> {
     // SAFETY: forwarded contract.
     unsafe { chunk_where(payloads, ptr, |chunk| chunk >= MIN_CHUNK) }.map(Heads::chunk)
@@ -118,7 +118,7 @@ pub(crate) const fn payloads(window: (usize, usize)) -> (usize, usize) {
 /// # Safety
 ///
 /// As [`window_block`].
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(crate) unsafe fn payload_fit(payloads: (usize, usize), ptr: NonNull<u8>, need: usize) -> Option<Heads> {
     debug_assert!(need >= MIN_CHUNK);
     // (A fit is at least `need`, so at least MIN_CHUNK.)
@@ -133,7 +133,7 @@ pub(crate) unsafe fn payload_fit(payloads: (usize, usize), ptr: NonNull<u8>, nee
 /// # Safety
 ///
 /// As [`window_block`].
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 unsafe fn chunk_where(
     payloads: (usize, usize),
     ptr: NonNull<u8>,

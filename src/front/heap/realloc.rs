@@ -71,7 +71,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// If any layer owns `ptr`, it must be a live block allocated by this
     /// heap with `layout`.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn reallocate(
         &mut self,
         ptr: NonNull<u8>,
@@ -85,7 +85,6 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: `align` is a layout's alignment, and the size was just
         // checked not to overflow `isize` once rounded up to it.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
-        let keep = layout.size().min(new_size);
         // A block doubling past GROWING_THRESHOLD for the third time in a
         // row, in place or not, is a buffer being grown (a `Vec`): when it
         // has to move, it moves to the start of layer 0's largest free
@@ -95,108 +94,147 @@ impl<S: PageSource> Heap<S> {
         // mappings, 3 at the second doubling, none at the third.)
         let doubling = new_size >= GROWING_THRESHOLD && new_size / 2 >= layout.size();
         let growth = if doubling { Some(self.doubling_streak(ptr)) } else { None };
-        let moved = if self.object.owns(ptr.as_ptr()) {
-            // A block its pool has taken back (freed already), or a pointer
-            // into a block: refused, as a free of it is.
-            // SAFETY: a pointer into an arena of ours, checked to be a
-            // block of its pool before `may_free` asks more.
-            if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
-                return Err(AllocateError::Refused(DeallocateError::NotAllocated {
-                    ptr: ptr.as_ptr() as usize,
-                }));
-            }
-            // SAFETY: a live +2 block (caller contract).
-            let block = unsafe { self.object.block_size(ptr) };
-            // A layout larger than the block is not the block's: refused, as
-            // layer 0 refuses one (the move would copy past the block).
-            if layout.size() > block {
-                return Err(AllocateError::Refused(DeallocateError::SizeMismatch {
-                    ptr: ptr.as_ptr() as usize,
-                    block,
-                    given: layout.size(),
-                }));
-            }
-            if new_size <= block && (new_size > block / 2 || block <= ALIGNMENT) {
-                stat!(self.stats.realloc_in_place += 1);
-                return Ok(reach(ptr));
-            }
-            let new = self.allocate_moving(new_layout, growth)?;
-            let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
-            // SAFETY: both blocks are live, distinct, and at least `keep`
-            // bytes long; the old one is a live +2 block, freed once.
-            unsafe {
-                move_data(ptr, new, keep);
-                let freed = self.object.deallocate(ptr, &mut pages);
-                debug_assert!(freed, "a live +2 block was refused");
-            }
-            new
+        // Two functions, not one: unoptimised (a firmware's dev profile),
+        // each keeps a frame of its own and a call takes only the one it
+        // goes through; optimised, both are inlined here as before.
+        if self.object.owns(ptr.as_ptr()) {
+            // SAFETY: forwarded contract; an arena of ours holds `ptr`.
+            unsafe { self.reallocate_object_block(ptr, layout, new_layout, growth) }
         } else {
-            let (old_small, new_small) = (self.is_small(layout), self.is_small(new_layout));
-            let (old, new) = (self.layer_0_layout(layout), self.layer_0_layout(new_layout));
-            // The third doubling in a row of a buffer being grown: it moves
-            // now, while small, to the start of layer 0's largest free
-            // chunk, where the doublings to come happen in place (left
-            // where it is, it would grow in place until its neighbour
-            // stops it, and then be copied at its largest).
-            let promote = !new_small && matches!(growth, Some((_, streak)) if streak == PROMOTING_STREAK);
-            // A promoted block is only checked, not resized (it stays as it
-            // was, every usable byte, unless it moves), and the block it
-            // moves to is found first. Where none is (memory runs out), it
-            // grows where it is if it can, or fails so.
-            let promoted = if promote {
-                self.segment.check_in_use(ptr, old).map_err(AllocateError::Refused)?;
-                Some(self.allocate_moving(new_layout, growth))
-            } else {
-                None
-            };
-            let moves = matches!(promoted, Some(Ok(_)));
-            // SAFETY: forwarded contract; layer 0 refuses what is not its
-            // block in use.
-            let in_place = !moves
-                && unsafe { self.segment.resize_in_place(ptr, old, new.size(), &mut self.source) }
-                    .map_err(AllocateError::Refused)?;
-            let backward = if in_place {
-                Some(ptr)
-            } else if moves {
-                None
-            } else {
-                // SAFETY: a layer 0 block, checked just above; `keep` fits
-                // both sizes.
-                unsafe { self.segment.grow_backward(ptr, old, new.size(), keep) }
-            };
-            let kept = backward.is_some();
-            let moved = match backward {
-                Some(q) => q,
-                None => {
-                    let q = match promoted {
-                        Some(found) => found?,
-                        None => self.allocate_moving(new_layout, growth)?,
-                    };
-                    // SAFETY: both blocks are live, distinct, and at least
-                    // `keep` bytes long; the old one was checked above and
-                    // is freed once.
-                    unsafe {
-                        move_data(ptr, q, keep);
-                        self.segment.deallocate_checked(ptr, old, &mut self.source);
-                    }
-                    q
-                }
-            };
-            // Counted in layer 0: the old block goes; a block kept there
-            // (resized or grown backward) comes back under its new size
-            // (`allocate` counts the blocks it places itself).
-            if old_small {
-                self.note_small_in_layer_0(layout, false);
-            }
-            if kept && new_small {
-                self.note_small_in_layer_0(new_layout, true);
-            }
-            if in_place {
-                self.realloc_done(ptr, growth, true);
-                return Ok(reach(ptr));
-            }
-            moved
+            // SAFETY: forwarded contract.
+            unsafe { self.reallocate_layer_0_block(ptr, layout, new_layout, growth) }
+        }
+    }
+
+    /// [`reallocate`](Self::reallocate) of a pointer into an arena of
+    /// layer +2, `growth` being its doubling streak if the call doubles it.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate`](Self::reallocate); `ptr` lies in an arena of ours.
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
+    unsafe fn reallocate_object_block(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_layout: Layout,
+        growth: Option<(usize, u32)>,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        let (new_size, keep) = (new_layout.size(), layout.size().min(new_layout.size()));
+        // A block its pool has taken back (freed already), or a pointer
+        // into a block: refused, as a free of it is.
+        // SAFETY: a pointer into an arena of ours, checked to be a
+        // block of its pool before `may_free` asks more.
+        if !unsafe { self.object.is_block_start(ptr) && self.object.may_free(ptr) } {
+            return Err(AllocateError::Refused(DeallocateError::NotAllocated { ptr: ptr.as_ptr() as usize }));
+        }
+        // SAFETY: a live +2 block (caller contract).
+        let block = unsafe { self.object.block_size(ptr) };
+        // A layout larger than the block is not the block's: refused, as
+        // layer 0 refuses one (the move would copy past the block).
+        if layout.size() > block {
+            return Err(AllocateError::Refused(DeallocateError::SizeMismatch {
+                ptr: ptr.as_ptr() as usize,
+                block,
+                given: layout.size(),
+            }));
+        }
+        if new_size <= block && (new_size > block / 2 || block <= ALIGNMENT) {
+            stat!(self.stats.realloc_in_place += 1);
+            return Ok(reach(ptr));
+        }
+        let new = self.allocate_moving(new_layout, growth)?;
+        let mut pages = ArenaPages { segment: &mut self.segment, source: &mut self.source };
+        // SAFETY: both blocks are live, distinct, and at least `keep`
+        // bytes long; the old one is a live +2 block, freed once.
+        unsafe {
+            move_data(ptr, new, keep);
+            let freed = self.object.deallocate(ptr, &mut pages);
+            debug_assert!(freed, "a live +2 block was refused");
+        }
+        self.realloc_done(new, growth, false);
+        Ok(new)
+    }
+
+    /// [`reallocate`](Self::reallocate) of a pointer no arena holds: a
+    /// block of layer 0, which refuses what is not its block in use.
+    ///
+    /// # Safety
+    ///
+    /// As [`reallocate`](Self::reallocate).
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
+    unsafe fn reallocate_layer_0_block(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_layout: Layout,
+        growth: Option<(usize, u32)>,
+    ) -> Result<NonNull<u8>, AllocateError> {
+        let keep = layout.size().min(new_layout.size());
+        let (old_small, new_small) = (self.is_small(layout), self.is_small(new_layout));
+        let (old, new) = (self.layer_0_layout(layout), self.layer_0_layout(new_layout));
+        // The third doubling in a row of a buffer being grown: it moves
+        // now, while small, to the start of layer 0's largest free
+        // chunk, where the doublings to come happen in place (left
+        // where it is, it would grow in place until its neighbour
+        // stops it, and then be copied at its largest).
+        let promote = !new_small && matches!(growth, Some((_, streak)) if streak == PROMOTING_STREAK);
+        // A promoted block is only checked, not resized (it stays as it
+        // was, every usable byte, unless it moves), and the block it
+        // moves to is found first. Where none is (memory runs out), it
+        // grows where it is if it can, or fails so.
+        let promoted = if promote {
+            self.segment.check_in_use(ptr, old).map_err(AllocateError::Refused)?;
+            Some(self.allocate_moving(new_layout, growth))
+        } else {
+            None
         };
+        let moves = matches!(promoted, Some(Ok(_)));
+        // SAFETY: forwarded contract; layer 0 refuses what is not its
+        // block in use.
+        let in_place = !moves
+            && unsafe { self.segment.resize_in_place(ptr, old, new.size(), &mut self.source) }
+                .map_err(AllocateError::Refused)?;
+        let backward = if in_place {
+            Some(ptr)
+        } else if moves {
+            None
+        } else {
+            // SAFETY: a layer 0 block, checked just above; `keep` fits
+            // both sizes.
+            unsafe { self.segment.grow_backward(ptr, old, new.size(), keep) }
+        };
+        let kept = backward.is_some();
+        let moved = match backward {
+            Some(q) => q,
+            None => {
+                let q = match promoted {
+                    Some(found) => found?,
+                    None => self.allocate_moving(new_layout, growth)?,
+                };
+                // SAFETY: both blocks are live, distinct, and at least
+                // `keep` bytes long; the old one was checked above and
+                // is freed once.
+                unsafe {
+                    move_data(ptr, q, keep);
+                    self.segment.deallocate_checked(ptr, old, &mut self.source);
+                }
+                q
+            }
+        };
+        // Counted in layer 0: the old block goes; a block kept there
+        // (resized or grown backward) comes back under its new size
+        // (`allocate` counts the blocks it places itself).
+        if old_small {
+            self.note_small_in_layer_0(layout, false);
+        }
+        if kept && new_small {
+            self.note_small_in_layer_0(new_layout, true);
+        }
+        if in_place {
+            self.realloc_done(ptr, growth, true);
+            return Ok(reach(ptr));
+        }
         self.realloc_done(moved, growth, false);
         Ok(moved)
     }
@@ -211,7 +249,7 @@ impl<S: PageSource> Heap<S> {
     /// # Safety
     ///
     /// As [`reallocate`](Self::reallocate).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     pub(in crate::front) unsafe fn reallocate_quick(
         &mut self,
@@ -303,7 +341,7 @@ impl<S: PageSource> Heap<S> {
     /// # Safety
     ///
     /// As [`reallocate`](Self::reallocate).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     pub(in crate::front) unsafe fn reallocate_small_quick(
         &mut self,
@@ -363,7 +401,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// As [`reallocate`](Self::reallocate), `ptr` reached through the
     /// window's provenance (`reach`) and owned by no arena.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     unsafe fn shrink_in_layer_0_quick(
         &mut self,
@@ -389,7 +427,7 @@ impl<S: PageSource> Heap<S> {
     /// ([`layer_0_layout`](Self::layer_0_layout)); a size past every
     /// geometry's threshold as given, found with one comparison with a
     /// constant.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     fn quick_layer_0_layout(&self, layout: Layout) -> Layout {
         if layout.size() > SMALL_REQUEST_THRESHOLD { layout } else { self.layer_0_layout(layout) }
@@ -403,7 +441,7 @@ impl<S: PageSource> Heap<S> {
     /// `ptr` must be a live +2 block that [`live_object_block`](Self::live_object_block)
     /// accepted, and `q` a live block of another pool or layer; both at
     /// least `keep` bytes long. `ptr` is not used afterwards.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     unsafe fn move_object_block(&mut self, ptr: NonNull<u8>, q: NonNull<u8>, keep: usize) {
         // SAFETY: the caller's promise (`may_free` still holds: taking `q`
@@ -422,7 +460,7 @@ impl<S: PageSource> Heap<S> {
     /// its arenas) if [`reallocate`](Self::reallocate) takes it with
     /// `layout`: a block in use, at least `layout.size()` bytes long;
     /// `None` for what it refuses.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     fn live_object_block(&self, ptr: NonNull<u8>, layout: Layout) -> Option<usize> {
         // SAFETY: a pointer into an arena of ours (the caller's promise),
@@ -445,7 +483,7 @@ impl<S: PageSource> Heap<S> {
     /// # Safety
     ///
     /// As [`reallocate_unsized`](Self::reallocate_unsized).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     pub(in crate::front) unsafe fn reallocate_unsized_quick(
         &mut self,
@@ -542,7 +580,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// `ptr` must be a block that layer 0's `quick_heads` accepted, with
     /// `keep` at most its size and `new_layout.size()`.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(feature = "debug", allow(dead_code))]
     unsafe fn move_quick(
         &mut self,
@@ -572,7 +610,7 @@ impl<S: PageSource> Heap<S> {
     /// it to `at`, and keeps `at` in the slot of its doubling streak, if it
     /// is on one ([`doubling_streak`](Self::doubling_streak)): the same
     /// bookkeeping on the full path and the quick one.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     #[cfg_attr(not(feature = "stats"), allow(unused_variables))]
     fn realloc_done(&mut self, at: NonNull<u8>, growth: Option<(usize, u32)>, in_place: bool) {
         stat!(if in_place { self.stats.realloc_in_place += 1 } else { self.stats.realloc_moved += 1 });
@@ -585,7 +623,7 @@ impl<S: PageSource> Heap<S> {
     /// `ptr`, and how many doublings in a row it has had with this one
     /// (saturating: a block shrunk and doubled where it is, over and over,
     /// stays on its streak).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn doubling_streak(&mut self, ptr: NonNull<u8>) -> (usize, u32) {
         match self.streak_in_table(ptr) {
             Some(found) => found,
@@ -599,7 +637,7 @@ impl<S: PageSource> Heap<S> {
 
     /// [`doubling_streak`](Self::doubling_streak) for a block in the table
     /// of growing blocks: its slot and its streak with this doubling.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn streak_in_table(&self, ptr: NonNull<u8>) -> Option<(usize, u32)> {
         let slot = self.growing.iter().position(|g| g.0 == ptr.as_ptr() as usize)?;
         Some((slot, self.growing[slot].1.saturating_add(1)))

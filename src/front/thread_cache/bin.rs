@@ -67,7 +67,7 @@ pub(super) struct Bin {
 /// # Safety
 ///
 /// `block` must be a block of at least two words that is ours.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 unsafe fn untag(block: NonNull<u8>) {
     // SAFETY: the caller's promise.
     unsafe { block.as_ptr().cast::<usize>().add(1).write(0) };

@@ -52,7 +52,7 @@ static CACHES: Caches = Caches([const { ThreadCache::new() }; CPUS]);
 
 /// Runs `f` on this CPU's cache; `Err` before the kernel has said how
 /// to find it, or on a CPU past [`CPUS`].
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
     // SAFETY: null, or a `&'static CpuHome` stored by `set_cpu_home`.
     let home = unsafe { HOME.load(Ordering::Acquire).as_ref() }.ok_or(())?;
@@ -61,7 +61,7 @@ pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
 }
 
 /// [`with`]: a CPU's cache is always there.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn with_taking<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
     with(f)
 }

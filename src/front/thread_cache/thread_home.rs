@@ -66,7 +66,7 @@ std::thread_local! {
 
 /// Runs `f` on this thread's cache; `Err` if the thread has none (it has
 /// not attached to a heap yet, is going, or found no slot free).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
     let p = MINE.try_with(Cell::get).map_err(|_| ())?;
     if p.addr() > GONE {
@@ -80,7 +80,7 @@ pub(super) fn with<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
 /// [`with`], taking a slot for this thread first if it has none: for the
 /// calls that attach a cache to a heap, made without the heap's lock
 /// (taking a slot may allocate, which takes that lock).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) fn with_taking<R>(f: impl FnOnce(&ThreadCache) -> R) -> Result<R, ()> {
     if MINE.try_with(Cell::get).map_err(|_| ())?.addr() == NONE {
         return take().map(f).ok_or(());

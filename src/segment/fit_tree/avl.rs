@@ -10,27 +10,27 @@
 use super::{FitTree, NIL, Node, OFFSET_BITS, PATH, Sliver};
 
 impl FitTree {
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn root_of<const S: bool>(&self) -> u32 {
         if S { self.sliver_root() } else { self.root() }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn set_root<const S: bool>(&mut self, t: u32) {
         if S { self.slivers = t ^ NIL } else { self.root = t ^ NIL }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) fn left<const S: bool>(&self, t: u32) -> u32 {
         if S { self.sliver(t).left & NIL } else { self.get(t).left }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) fn right<const S: bool>(&self, t: u32) -> u32 {
         if S { self.sliver(t).right } else { self.get(t).right }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn height<const S: bool>(&self, t: u32) -> u32 {
         match t {
             NIL => 0,
@@ -39,7 +39,7 @@ impl FitTree {
         }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) fn set_left<const S: bool>(&mut self, t: u32, l: u32) {
         if S {
             let n = self.sliver(t);
@@ -50,7 +50,7 @@ impl FitTree {
         }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) fn set_right<const S: bool>(&mut self, t: u32, r: u32) {
         if S {
             let n = self.sliver(t);
@@ -63,7 +63,7 @@ impl FitTree {
 
     /// Recomputes node `t`'s height (and, for a free block, its `max`)
     /// from its children.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) fn pull<const S: bool>(&mut self, t: u32) {
         if S {
             let n = self.sliver(t);
@@ -152,7 +152,7 @@ impl FitTree {
 
     /// What [`pull`](Self::pull) computes of node `t`: its height, and for
     /// a free block its `max`.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn meta<const S: bool>(&self, t: u32) -> u32 {
         if S { self.sliver(t).left >> OFFSET_BITS } else { self.get(t).meta }
     }

@@ -28,14 +28,14 @@ const BASE: usize = (LINEAR_SHIFT as usize + 1) * SL - LINEAR;
 const _: () = assert!(LINEAR == 2 * SL);
 
 /// `log2(units)`, raised to `SL_SHIFT`: the level of `units` granules.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 const fn level(units: usize) -> usize {
     // (The operand has bit SL_SHIFT set.)
     log2(units | SL)
 }
 
 /// `log2(x)` for `x > 0` (rounded down).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 const fn log2(x: usize) -> usize {
     debug_assert!(x > 0);
     // SAFETY: the caller's promise, `x > 0`.
@@ -45,7 +45,7 @@ const fn log2(x: usize) -> usize {
 /// The free list of a chunk of `size` bytes (a multiple of [`GRANULE`])
 /// that lies in a span: shorter than `2^ADDRESS_BITS`, which no list index
 /// exceeds (requests, of any size, take [`bin_of`]).
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) const fn chunk_bin(size: usize) -> usize {
     let units = size >> GRANULE_SHIFT;
     let fl = level(units);
@@ -56,14 +56,14 @@ pub(super) const fn chunk_bin(size: usize) -> usize {
 
 /// Whether `size` is shorter than `2^ADDRESS_BITS` (on 32-bit targets,
 /// every size is): whether [`chunk_bin`] takes it.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) const fn fits_address_space(size: usize) -> bool {
     ADDRESS_BITS == usize::BITS || size >> (ADDRESS_BITS % usize::BITS) == 0
 }
 
 /// The list of `units` granules for `units >= LINEAR`, clamped to the
 /// last: for requests, of any size.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 const fn level_bin(units: usize) -> usize {
     // (`units >= LINEAR > 0`.)
     let fl = log2(units);
@@ -74,7 +74,7 @@ const fn level_bin(units: usize) -> usize {
 /// The list of a request's chunk size `size`, clamped to the last. (A
 /// request's size is the same from call to call more often than a freed
 /// chunk's: a branch serves it better than [`chunk_bin`]'s formula.)
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) const fn bin_of(size: usize) -> usize {
     let units = size >> GRANULE_SHIFT;
     if units < LINEAR { units } else { level_bin(units) }
@@ -83,7 +83,7 @@ pub(super) const fn bin_of(size: usize) -> usize {
 /// The first list all of whose chunks hold `size` bytes (TLSF's
 /// mapping search: `size` rounded up to the next list boundary). Lists at
 /// or above it can be taken from without looking at sizes, but the last.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 pub(super) const fn bin_ceil(size: usize) -> usize {
     let units = size >> GRANULE_SHIFT;
     if units < LINEAR {

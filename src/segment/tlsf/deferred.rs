@@ -85,7 +85,7 @@ const _: () = {
 /// # Safety
 ///
 /// `c` must be a chunk of a live span at least [`MIN_CHUNK`] long.
-#[inline(always)]
+#[cfg_attr(not(strata_unoptimized), inline(always))]
 unsafe fn link(c: *mut u8) -> *mut *mut u8 {
     // SAFETY: the caller's promise: the payload holds a word.
     unsafe { c.add(2 * WORD).cast() }
@@ -103,13 +103,13 @@ impl Tlsf {
     }
 
     /// The largest chunk a free defers (0: none).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn defer_max(&self) -> usize {
         self.defer.first().map_or(0, |state| state.max)
     }
 
     /// Counts `size` bytes more deferred (only where frees defer).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn count_deferred(&mut self, size: usize) {
         if let Some(state) = self.defer.first_mut() {
             state.bytes += size;
@@ -117,7 +117,7 @@ impl Tlsf {
     }
 
     /// Counts `size` bytes fewer deferred (only where frees defer).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     fn count_undeferred(&mut self, size: usize) {
         if let Some(state) = self.defer.first_mut() {
             state.bytes -= size;
@@ -130,7 +130,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// `payload` must be a block in use of this engine.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) unsafe fn defer(&mut self, payload: NonNull<u8>) -> bool {
         // SAFETY: the caller's promise.
         unsafe { self.defer_with(payload, head(payload.as_ptr().sub(2 * WORD))) }
@@ -141,7 +141,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`defer`](Self::defer), `h` being the block's header word.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) unsafe fn defer_with(&mut self, payload: NonNull<u8>, h: usize) -> bool {
         let size = size_of_head(h);
         if size > self.defer_max() {
@@ -178,7 +178,7 @@ impl Tlsf {
     /// own list if it is long enough (a block freed and asked for again at
     /// its size), else of the list above, whose chunks all are. `None` if
     /// neither serves.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) fn take_deferred(&mut self, need: usize) -> Option<NonNull<u8>> {
         if need > self.defer_max() {
             return None;

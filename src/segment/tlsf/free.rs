@@ -16,7 +16,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// `payload` must be a block in use of this engine.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn free(&mut self, payload: NonNull<u8>) -> Option<NonNull<u8>> {
         // SAFETY: the caller's promise.
         unsafe {
@@ -35,7 +35,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`free`](Self::free).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn free_now(&mut self, payload: NonNull<u8>) -> Option<NonNull<u8>> {
         // SAFETY: the caller's promise.
         let (c, size, flags) = unsafe { self.free_merged(payload) };
@@ -53,7 +53,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`free`](Self::free).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn free_held(&mut self, payload: NonNull<u8>) {
         // SAFETY: the caller's promise.
         unsafe {
@@ -69,7 +69,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`free`](Self::free).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn free_held_now(&mut self, payload: NonNull<u8>) {
         // SAFETY: the caller's promise.
         unsafe { self.free_merged(payload) };
@@ -81,7 +81,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`free`](Self::free).
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     unsafe fn free_merged(&mut self, payload: NonNull<u8>) -> (*mut u8, usize, usize) {
         // SAFETY: the caller's promise: the block's header and the next
         // chunk's lie in its span.
@@ -98,7 +98,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`free`](Self::free), with `heads` the block's.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn free_held_with(&mut self, payload: NonNull<u8>, heads: Heads) {
         // SAFETY: the caller's promise.
         unsafe {
@@ -114,7 +114,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`free`](Self::free), with `heads` chunk `c`'s.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(super) unsafe fn merge_free(&mut self, c: *mut u8, heads: Heads) -> (*mut u8, usize, usize) {
         let Heads { head: h, next: nh } = heads;
         // SAFETY: the caller's promise: `c` is a chunk in use, its
@@ -164,7 +164,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// `payload` must be a block in use of this engine.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn resize(&mut self, payload: NonNull<u8>, size: usize) -> bool {
         // SAFETY: the caller's promise: the block's header and the next
         // chunk's lie in its span.
@@ -181,7 +181,7 @@ impl Tlsf {
     /// # Safety
     ///
     /// As [`resize`](Self::resize), with `heads` the block's.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) unsafe fn resize_with(&mut self, payload: NonNull<u8>, size: usize, heads: Heads) -> bool {
         let Some(need) = chunk_size(size) else { return false };
         let Heads { head: h, next: nh } = heads;
@@ -257,7 +257,7 @@ impl Tlsf {
     ///
     /// `payload` must be a block in use of this engine, aligned to what its
     /// owner needs at most [`GRANULE`], with `keep` at most its usable size.
-    #[inline(always)]
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn grow_backward(
         &mut self,
         payload: NonNull<u8>,
