@@ -78,19 +78,16 @@ for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
     check ".text ${text[size-strata]} ≤ 2 × ${text[size-embedded-alloc-tlsf]}" \
         "(( ${text[size-strata]} <= 2 * ${text[size-embedded-alloc-tlsf]} ))"
     check "heap static $sbytes B ≤ $tbytes B, in .bss" "(( sbytes <= tbytes )) && [[ $ssec == .bss ]]"
-    worst=0 worst_run=0
+    worst=0 worst_run=0 failed_runs=0
     for p in "${profiles[@]}"; do
-        for v in "${stack[size-strata,$p]}" "${run[size-strata,$p]}"; do [[ $v == failed ]] && worst=failed; done
-        [[ $worst == failed ]] && break
+        # A failed run has no stack figures (both read "failed").
+        if [[ ${run[size-strata,$p]} == failed ]]; then failed_runs=$((failed_runs + 1)); continue; fi
         (( stack[size-strata,$p] > worst )) && worst=${stack[size-strata,$p]}
         (( run[size-strata,$p] > worst_run )) && worst_run=${run[size-strata,$p]}
     done
-    if [[ $worst == failed ]]; then
-        check "every run of strata's firmware passes" false
-    else
-        check "init stack $worst B < 256 B at every level" "(( worst < 256 ))"
-        check "run stack $worst_run B ≤ 4096 B at every level" "(( worst_run <= 4096 ))"
-    fi
+    check "every run of strata's firmware passes" "(( failed_runs == 0 ))"
+    check "init stack $worst B < 256 B at every level" "(( worst < 256 ))"
+    check "run stack $worst_run B ≤ 4096 B at every level" "(( worst_run <= 4096 ))"
     unset text stat stack run
 done
 exit $fail

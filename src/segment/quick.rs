@@ -64,10 +64,6 @@ impl SegmentAllocator {
     /// refuses.
     #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) fn quick_chunk(&self, ptr: NonNull<u8>, discard_from: usize) -> Option<usize> {
-        // Without TLSF there is no quick window: the code below is left out.
-        if !tlsf::ON {
-            return None;
-        }
         // SAFETY: `quick_window` holds the payloads of the committed
         // window's span TLSF holds, or none, in which case no pointer lies
         // in it and nothing is read.
@@ -80,9 +76,6 @@ impl SegmentAllocator {
     /// [`Heads`] as read.
     #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub(crate) fn quick_heads(&self, ptr: NonNull<u8>, layout: Layout, discard_from: usize) -> Option<Heads> {
-        if !tlsf::ON {
-            return None;
-        }
         // SAFETY: as in `quick_chunk`.
         unsafe { payload_fit(self.quick_window, ptr, tlsf::layout_chunk(layout)) }
             .filter(|heads| heads.chunk() < discard_from)
@@ -196,9 +189,6 @@ impl SegmentAllocator {
         new_size: usize,
         keep: usize,
     ) -> Option<NonNull<u8>> {
-        if !tlsf::ON {
-            return None;
-        }
         // SAFETY: the caller's promise.
         unsafe { self.tlsf.grow_backward(ptr, new_size, keep) }
     }

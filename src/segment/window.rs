@@ -139,6 +139,11 @@ unsafe fn chunk_where(
     ptr: NonNull<u8>,
     fits: impl Fn(usize) -> bool,
 ) -> Option<Heads> {
+    // Without TLSF no window holds a block: the checks below, and the
+    // quick paths behind them, are left out of the build.
+    if !tlsf::ON {
+        return None;
+    }
     let (start, len) = payloads;
     let addr = ptr.as_ptr() as usize;
     let off = addr.wrapping_sub(start);
