@@ -4,9 +4,11 @@
 use core::ffi::c_int;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use strata::LockedHeap;
-use strata::source::OsSource;
+use strata::object::Geometry;
+use strata::segment::Config;
+use strata::source::{OsSource, PageSource};
 use strata::sync::FutexLock;
+use strata::{Heap, LockedHeap};
 
 /// The process's heap: no window until the first call. Its lock is a
 /// futex mutex: C programs' threads outnumber cores and meet at the lock.
@@ -36,7 +38,17 @@ fn set_up() {
     match STATE.compare_exchange(UNSET, SETTING, Ordering::Acquire, Ordering::Acquire) {
         Ok(_) => {
             if let Ok(source) = OsSource::reserve_default() {
-                HEAP.init_with(source);
+                // TLSF at every size, as in firmware: a window under 16 MiB
+                // (a small `ulimit -v`) would otherwise get layer 0's first
+                // fit, which keeps no block sizes, and C's `free` and
+                // `realloc` give none.
+                let window = source.window().1;
+                let config = Config { first_fit: false, ..Config::for_window(window) };
+                // (Every window validates; a heap without one fails every
+                // request with `ENOMEM`.)
+                if let Ok(heap) = Heap::with_geometry(source, Geometry::for_region(window), config) {
+                    HEAP.init_heap(heap);
+                }
             }
             STATE.store(READY, Ordering::Release);
             // SAFETY: plain functions of this library, which lives as long

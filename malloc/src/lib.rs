@@ -8,7 +8,9 @@
 //! [`strata::LockedHeap`] whose page source is a window of the address
 //! space (`strata::source::OsSource`): the heap grows from the OS with no
 //! size chosen up front, and freed blocks of a megabyte or more give their
-//! pages back.
+//! pages back. Layer 0 is TLSF whatever the window's size (strata would
+//! serve a window under 16 MiB, as a small `ulimit -v` leaves, by first
+//! fit, which keeps no block sizes for `free` to find).
 //!
 //! **No header per block.** `free(p)` and `malloc_usable_size(p)` find the
 //! block's size in O(1) from what strata keeps anyway (layer +2's pool

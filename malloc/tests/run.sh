@@ -4,6 +4,8 @@
 #      8 threads with cross-thread frees, fork while threads allocate,
 #      refused frees), preloaded over glibc's malloc and linked statically;
 #      malloc/tests/exit.c, threads whose first free comes during their exit;
+#      malloc/tests/small_window.c, under a `ulimit -v` that leaves the heap
+#      a window under 16 MiB;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
 #      strata: a set of its own stdlib test modules (regrtest, two workers),
 #      and sqlite3 with a million-row transaction (its results checked);
@@ -26,6 +28,12 @@ timeout 300 target/malloc-api-static
 echo "strata-malloc: exit.c, first frees from pthread_key destructors, preloaded"
 cc "${cflags[@]}" -o target/malloc-exit malloc/tests/exit.c
 LD_PRELOAD="$so" timeout 60 target/malloc-exit
+# Under a small `ulimit -v` the heap's window is under 16 MiB: sizes must
+# still be found for C's free and realloc, and the heap must serve again
+# once emptied.
+echo "strata-malloc: small_window.c, under ulimit -v 60000, preloaded"
+cc "${cflags[@]}" -o target/malloc-small-window malloc/tests/small_window.c -ldl
+(ulimit -v 60000 && LD_PRELOAD="$so" timeout 120 target/malloc-small-window)
 
 # The interpreter must really be on strata (the preload took) ...
 LD_PRELOAD="$so" python3 -c 'import ctypes; ctypes.CDLL(None).strata_malloc_refused' \
