@@ -141,7 +141,11 @@ pub struct SegmentStats {
     pub free_chunks: usize,
     /// The most bytes one more block aligned to at most 8 could get (TLSF:
     /// the largest free chunk less its header word; first fit: the largest
-    /// free block; 0 for `linked_list_allocator`, which does not tell).
+    /// free block; 0 for `linked_list_allocator`, which does not tell), as
+    /// the free chunks stand: TLSF keeps a few freed chunks of up to
+    /// 16 KiB whole for reuse, apart from their free neighbours, until a
+    /// request that the lists cannot serve (or a `trim`) merges them, so
+    /// after frees a request may get more than this says.
     pub largest_free: usize,
     /// Spans given back to the page source so far.
     pub spans_released: usize,

@@ -143,6 +143,8 @@ fn a_double_free_is_caught_and_not_done() {
         assert_eq!(v[0].requested_size, Some(48));
         assert_eq!(v[0].first, [debug::DEAD; 8]);
         assert!(v[0].to_string().contains("double free"));
+        let front = heap.stats().front;
+        assert_eq!((front.debug_violations, front.refused_frees), (1, 1), "reported and counted as refused");
         // Had the second free gone through, the block would be on the free
         // list twice and the next two allocations would share it.
         let a = heap.alloc(layout);
@@ -200,6 +202,8 @@ fn foreign_pointers_and_wrong_sizes_are_caught_without_reading_outside() {
         heap.dealloc(p, layout);
     }
     assert!(caught().is_empty());
+    // Each refusal is counted as the default build counts it.
+    assert_eq!(heap.stats().front.refused_frees, 3);
 }
 
 #[test]

@@ -70,18 +70,95 @@ fn set_up() {
     }
 }
 
+/// The thread (its `pthread_self`) between the heap's `fork` handlers,
+/// which holds the heap; 0 outside them.
+static FORKER: AtomicUsize = AtomicUsize::new(0);
+
+fn this_thread() -> usize {
+    // SAFETY: a plain query.
+    unsafe { libc::pthread_self() as usize }
+}
+
 extern "C" fn fork_prepare() {
     heap().fork_prepare();
+    FORKER.store(this_thread(), Ordering::Relaxed);
 }
 
 extern "C" fn fork_parent() {
+    FORKER.store(0, Ordering::Relaxed);
     // SAFETY: after `fork_prepare`, on the forking thread.
     unsafe { heap().fork_parent() };
 }
 
 extern "C" fn fork_child() {
+    FORKER.store(0, Ordering::Relaxed);
     // SAFETY: as above, in the child.
     unsafe { heap().fork_child() };
+}
+
+/// Whether this thread holds the heap for `fork()`: it runs a
+/// `pthread_atfork` handler registered before the heap's own (which the
+/// heap registers at the process's first call), between the heap's
+/// *prepare* and its *parent* or *child*. Its calls then go to the heap it
+/// holds ([`held`]) instead of waiting for its own lock. One relaxed load
+/// on every call outside a fork.
+#[inline(always)]
+pub(crate) fn holds_for_fork() -> bool {
+    let forker = FORKER.load(Ordering::Relaxed);
+    forker != 0 && forker == this_thread()
+}
+
+/// The C calls of a thread that [holds the heap for `fork()`](holds_for_fork):
+/// the heap's own calls, as its locked path makes them, without the lock
+/// and the thread caches.
+pub(crate) mod held {
+    use core::alloc::Layout;
+    use core::ffi::c_void;
+    use core::ptr::{self, NonNull};
+
+    use super::heap;
+
+    /// A block for `layout`, zeroed if `zeroed`, or null.
+    pub(crate) fn alloc(layout: Layout, zeroed: bool) -> *mut c_void {
+        // SAFETY: the caller checked that this thread holds the heap.
+        let r = unsafe {
+            heap().with_held_for_fork(|h| if zeroed { h.allocate_zeroed(layout) } else { h.allocate(layout) })
+        };
+        r.map_or(ptr::null_mut(), |p| p.as_ptr().cast())
+    }
+
+    /// C's `free` (a refused pointer is left alone).
+    ///
+    /// # Safety
+    ///
+    /// As [`crate::free`], on a thread that holds the heap.
+    pub(crate) unsafe fn free(p: NonNull<c_void>) {
+        // SAFETY: the caller's promises.
+        let _ = unsafe { heap().with_held_for_fork(|h| h.deallocate_unsized(p.cast())) };
+    }
+
+    /// C's `realloc` for a non-zero size: the new block, or null.
+    ///
+    /// # Safety
+    ///
+    /// As [`crate::realloc`], on a thread that holds the heap.
+    pub(crate) unsafe fn realloc(p: NonNull<c_void>, size: usize) -> *mut c_void {
+        // SAFETY: the caller's promises.
+        let r = unsafe { heap().with_held_for_fork(|h| h.reallocate_unsized(p.cast(), size)) };
+        r.map_or(ptr::null_mut(), |q| q.as_ptr().cast())
+    }
+
+    /// [`crate::strata_malloc_refused`].
+    pub(crate) fn refused() -> usize {
+        // SAFETY: the caller checked that this thread holds the heap.
+        unsafe { heap().with_held_for_fork(|h| h.stats().front.refused_frees) }
+    }
+
+    /// C's `malloc_usable_size` of a non-null pointer.
+    pub(crate) fn usable_size(p: NonNull<c_void>) -> usize {
+        // SAFETY: the caller checked that this thread holds the heap.
+        unsafe { heap().with_held_for_fork(|h| h.usable_size(p.cast())) }.unwrap_or(0)
+    }
 }
 
 /// Writes the heap's report to standard error (no allocation at exit).

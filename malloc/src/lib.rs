@@ -31,7 +31,9 @@
 //! meet at the heap (strata's default with `std`); a thread's exit gives its
 //! cache back. `fork()` is safe from any thread: `pthread_atfork` handlers
 //! hold the heap and every cache across it, and the child takes back the
-//! blocks of the threads it did not inherit.
+//! blocks of the threads it did not inherit. A program's own handlers that
+//! run inside that window (those registered before strata's, at the first
+//! call) may allocate: the forking thread's calls go to the heap it holds.
 //!
 //! **No allocation of its own.** The heap is a `static`, its window an
 //! `mmap`; nothing here calls Rust's `alloc`. A thread's first use of its
@@ -51,7 +53,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::{c_int, c_void};
-use core::ptr;
+use core::ptr::{self, NonNull};
 
 #[cfg(unix)]
 mod host;
@@ -90,6 +92,10 @@ fn allocate_quietly(size: usize, align: usize) -> *mut c_void {
     let Ok(layout) = Layout::from_size_align(size.max(1), align.max(MIN_ALIGN)) else {
         return ptr::null_mut();
     };
+    #[cfg(unix)]
+    if host::holds_for_fork() {
+        return host::held::alloc(layout, false);
+    }
     // SAFETY: a layout of non-zero size.
     unsafe { heap().alloc(layout) }.cast()
 }
@@ -107,11 +113,15 @@ pub extern "C" fn malloc(size: usize) -> *mut c_void {
 /// `p` is null or a block of this `malloc`, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
-    if !p.is_null() {
-        // SAFETY: the caller's promise; a pointer strata does not own is
-        // refused.
-        unsafe { heap().dealloc_unsized(p.cast()) };
+    let Some(p) = NonNull::new(p) else { return };
+    #[cfg(unix)]
+    if host::holds_for_fork() {
+        // SAFETY: forwarded contract.
+        return unsafe { host::held::free(p) };
     }
+    // SAFETY: the caller's promise; a pointer strata does not own is
+    // refused.
+    unsafe { heap().dealloc_unsized(p.as_ptr().cast()) };
 }
 
 /// C's `cfree`, an old name for `free`.
@@ -137,6 +147,14 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
         set_errno(ENOMEM);
         return ptr::null_mut();
     };
+    #[cfg(unix)]
+    let p = if host::holds_for_fork() {
+        host::held::alloc(layout, true).cast()
+    } else {
+        // SAFETY: a layout of non-zero size.
+        unsafe { heap().alloc_zeroed(layout) }
+    };
+    #[cfg(not(unix))]
     // SAFETY: a layout of non-zero size.
     let p = unsafe { heap().alloc_zeroed(layout) };
     if p.is_null() {
@@ -163,12 +181,21 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         unsafe { free(p) };
         return ptr::null_mut();
     }
+    #[cfg(unix)]
+    let q = if host::holds_for_fork() {
+        // SAFETY: forwarded contract; `p` is not null.
+        unsafe { host::held::realloc(NonNull::new_unchecked(p), size) }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { heap().realloc_unsized(p.cast(), size) }.cast()
+    };
+    #[cfg(not(unix))]
     // SAFETY: forwarded contract.
-    let q = unsafe { heap().realloc_unsized(p.cast(), size) };
+    let q = unsafe { heap().realloc_unsized(p.cast(), size) }.cast::<c_void>();
     if q.is_null() {
         set_errno(ENOMEM);
     }
-    q.cast()
+    q
 }
 
 /// C's `reallocarray`: `realloc(p, n * size)`, refusing (null with
@@ -263,6 +290,10 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 /// `p` is null or a block of this `malloc`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    #[cfg(unix)]
+    if host::holds_for_fork() {
+        return NonNull::new(p).map_or(0, host::held::usable_size);
+    }
     // SAFETY: forwarded contract.
     unsafe { heap().usable_size(p.cast()) }.unwrap_or(0)
 }
@@ -273,6 +304,11 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 /// 1 if the heap had free memory to give back, 0 if not; `pad` is ignored.
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    // (Not while this thread holds the heap for `fork()`.)
+    #[cfg(unix)]
+    if host::holds_for_fork() {
+        return 0;
+    }
     let heap = heap();
     let (arenas, spans) = heap.trim();
     let free = heap.stats().segments.free_bytes;
@@ -283,5 +319,9 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
 /// not own, double frees it caught — instead of corrupting the heap.
 #[unsafe(no_mangle)]
 pub extern "C" fn strata_malloc_refused() -> usize {
+    #[cfg(unix)]
+    if host::holds_for_fork() {
+        return host::held::refused();
+    }
     heap().stats().front.refused_frees
 }

@@ -4,6 +4,9 @@
 #      8 threads with cross-thread frees, fork while threads allocate,
 #      refused frees), preloaded over glibc's malloc and linked statically;
 #      malloc/tests/exit.c, threads whose first free comes during their exit;
+#      malloc/tests/atfork.c, pthread_atfork handlers that allocate,
+#      registered before strata's own, while threads churn and the main
+#      thread forks (preloaded and linked);
 #      malloc/tests/small_window.c, under a `ulimit -v` that leaves the heap
 #      a window under 16 MiB;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
@@ -28,6 +31,11 @@ timeout 300 target/malloc-api-static
 echo "strata-malloc: exit.c, first frees from pthread_key destructors, preloaded"
 cc "${cflags[@]}" -o target/malloc-exit malloc/tests/exit.c
 LD_PRELOAD="$so" timeout 60 target/malloc-exit
+echo "strata-malloc: atfork.c, pthread_atfork handlers that allocate, registered first; preloaded, then linked"
+cc "${cflags[@]}" -o target/malloc-atfork malloc/tests/atfork.c -ldl
+LD_PRELOAD="$so" timeout 300 target/malloc-atfork
+cc "${cflags[@]}" -rdynamic -o target/malloc-atfork-static malloc/tests/atfork.c "$lib" -ldl -lm
+timeout 300 target/malloc-atfork-static
 # Under a small `ulimit -v` the heap's window is under 16 MiB: sizes must
 # still be found for C's free and realloc, and the heap must serve again
 # once emptied.

@@ -349,7 +349,9 @@ impl<S: PageSource> Heap<S> {
                 Ok(())
             }
             Some(v) => {
+                // Reported, and refused as the default build refuses.
                 self.stats.debug_violations += 1;
+                self.stats.refused_frees += 1;
                 self.debug.pending = Some(v);
                 Ok(())
             }
@@ -375,6 +377,7 @@ impl<S: PageSource> Heap<S> {
             .map_err(|_| AllocateError::InvalidLayout { size: new_size, align: layout.align() })?;
         if let Some(v) = self.check(ptr, layout, domain) {
             self.stats.debug_violations += 1;
+            self.stats.refused_frees += 1;
             self.debug.pending = Some(v);
             return Err(AllocateError::Misuse { ptr: ptr.as_ptr() as usize });
         }

@@ -222,6 +222,30 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         FORKING.store(false, Ordering::Release);
     }
 
+    /// Runs `f` on the heap that this thread holds for `fork()`: between
+    /// [`fork_prepare`](Self::fork_prepare) and
+    /// [`fork_parent`](Self::fork_parent) or
+    /// [`fork_child`](Self::fork_child), on the thread that called
+    /// `fork_prepare`. For the allocations of the `pthread_atfork`
+    /// handlers that run in that window (those registered before the
+    /// heap's own run after its *prepare* and before its *parent* and
+    /// *child*): through the locked calls they would wait for the lock
+    /// their own thread holds. `f` takes the heap as the locked path does,
+    /// without the thread caches.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the heap for `fork()` (as above): no other
+    /// thread can reach it until the fork is over.
+    #[cfg(feature = "std")]
+    pub unsafe fn with_held_for_fork<R>(&self, f: impl FnOnce(&mut Heap<S>) -> R) -> R {
+        debug_assert!(self.heap.is_locked() && FORKING.load(Ordering::Relaxed));
+        // SAFETY: the caller's promise: `fork_prepare` took the lock on this
+        // thread (and forgot its guard), and it is held until the fork is
+        // over, so this thread alone reaches the heap.
+        f(unsafe { &mut *self.heap.data_ptr() })
+    }
+
     /// Runs `f` with the heap locked.
     pub fn with<R>(&self, f: impl FnOnce(&mut Heap<S>) -> R) -> R {
         let mut heap = self.lock();
@@ -295,7 +319,9 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// bytes: the new block, or null (the old one unchanged) when memory
     /// runs out, when `new_size` is 0 or overflows a layout, or when the
     /// block is refused as [`dealloc_unsized`](Self::dealloc_unsized)
-    /// refuses it. Null `ptr` is an allocation, as in C.
+    /// refuses it. Null `ptr` is an allocation, as in C. The new block is
+    /// C's: aligned to 16, its size possibly rounded up; free it without a
+    /// layout too, as a layout of `new_size` bytes may not fit it.
     ///
     /// # Safety
     ///
@@ -343,8 +369,12 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         self.hooks.settle(heap);
     }
 
-    /// Whether threads cache this heap's blocks now (see
-    /// [`set_thread_caches`](Self::set_thread_caches)).
+    /// Whether the thread caches are on for this heap now (see
+    /// [`set_thread_caches`](Self::set_thread_caches)). On a heap that
+    /// layer 0 serves by first fit (a committed region under 16 MiB) they
+    /// hold no block even when on: such a heap has no layer +2 pools, and
+    /// its layer 0 keeps no block headers for the caches' O(1) checks, so
+    /// every call there takes the lock.
     #[cfg(feature = "caches")]
     pub fn thread_caches_on(&self) -> bool {
         self.hooks.thread_caches_on()

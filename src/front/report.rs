@@ -11,7 +11,9 @@ use crate::segment;
 pub struct FrontStats {
     /// Allocations that failed (null returned by `GlobalAlloc`).
     pub failed_allocations: usize,
-    /// Frees refused because no layer owns the pointer.
+    /// Frees and reallocs refused, nothing changed: a pointer no layer
+    /// owns, a double free or a size the checks catch (with `debug`, every
+    /// violation a free or realloc reports).
     pub refused_frees: usize,
     /// Small requests served by layer 0 because layer +2 had no arena (nor a
     /// close fit to borrow).

@@ -20,7 +20,10 @@ impl<S: PageSource> Heap<S> {
     /// which a block it moves to is aligned to, near exhaustion too; and
     /// for an 8-aligned block (of Rust's) to a small size, a 16-aligned
     /// block is secured first, for it to move to should it stay where it
-    /// is. Without one that realloc fails, the block untouched.
+    /// is. Without one that realloc fails, the block untouched. Free the
+    /// result without a layout too ([`deallocate_unsized`](Self::deallocate_unsized)),
+    /// or with its [`usable_layout`](Self::usable_layout): a layout of
+    /// `new_size` bytes may not fit the rounded block.
     ///
     /// # Safety
     ///
