@@ -78,6 +78,7 @@ build: ## Build the library for host, kernel and firmware targets, and the kerne
 
 doc: ## API docs (the README is the crate docs), warnings denied
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features debug,std,os
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p strata-malloc
 
 bench: ## Benchmarks against the peers (release build): speed, fill sweep, worst case per call, threads, feature cost, strata-malloc vs glibc
 	$(CARGO) build --release -p strata-bench --bins

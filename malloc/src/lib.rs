@@ -42,7 +42,7 @@
 //!
 //! **In C firmware** (built for a bare-metal target such as
 //! `thumbv7em-none-eabihf`, as a static library that replaces picolibc's
-//! `malloc`): the heap is the region the program gives [`strata_init`]
+//! `malloc`): the heap is the region the program gives `strata_init`
 //! before its first allocation, behind a critical section (single core:
 //! `malloc` from an interrupt handler is safe), served by TLSF at every size
 //! so that `free` finds every block's size; `errno` is picolibc's.
