@@ -31,9 +31,12 @@
 //! meet at the heap (strata's default with `std`); a thread's exit gives its
 //! cache back. `fork()` is safe from any thread: `pthread_atfork` handlers
 //! hold the heap and every cache across it, and the child takes back the
-//! blocks of the threads it did not inherit. A program's own handlers that
-//! run inside that window (those registered before strata's, at the first
-//! call) may allocate: the forking thread's calls go to the heap it holds.
+//! blocks of the threads it did not inherit. strata registers them as the
+//! library loads, before the program's constructors run, so that the
+//! program's own handlers run outside that window (as around glibc's
+//! locking inside `fork()`); handlers registered earlier still, by linked
+//! libraries' constructors, may allocate in it: the forking thread's calls
+//! go to the heap it holds, its frees wait for the end of the fork.
 //!
 //! **No allocation of its own.** The heap is a `static`, its window an
 //! `mmap`; nothing here calls Rust's `alloc`. A thread's first use of its
@@ -116,8 +119,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     let Some(p) = NonNull::new(p) else { return };
     #[cfg(unix)]
     if host::holds_for_fork() {
-        // SAFETY: forwarded contract.
-        return unsafe { host::held::free(p) };
+        return host::held::free(p);
     }
     // SAFETY: the caller's promise; a pointer strata does not own is
     // refused.

@@ -5,8 +5,9 @@
 #      refused frees), preloaded over glibc's malloc and linked statically;
 #      malloc/tests/exit.c, threads whose first free comes during their exit;
 #      malloc/tests/atfork.c, pthread_atfork handlers that allocate,
-#      registered before strata's own, while threads churn and the main
-#      thread forks (preloaded and linked);
+#      registered before and after strata's own, a library's mutex held
+#      across fork while threads allocate under it, concurrent forks
+#      (preloaded and linked);
 #      malloc/tests/small_window.c, under a `ulimit -v` that leaves the heap
 #      a window under 16 MiB;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
@@ -31,7 +32,7 @@ timeout 300 target/malloc-api-static
 echo "strata-malloc: exit.c, first frees from pthread_key destructors, preloaded"
 cc "${cflags[@]}" -o target/malloc-exit malloc/tests/exit.c
 LD_PRELOAD="$so" timeout 60 target/malloc-exit
-echo "strata-malloc: atfork.c, pthread_atfork handlers that allocate, registered first; preloaded, then linked"
+echo "strata-malloc: atfork.c, fork and pthread_atfork handlers that allocate; preloaded, then linked"
 cc "${cflags[@]}" -o target/malloc-atfork malloc/tests/atfork.c -ldl
 LD_PRELOAD="$so" timeout 300 target/malloc-atfork
 cc "${cflags[@]}" -rdynamic -o target/malloc-atfork-static malloc/tests/atfork.c "$lib" -ldl -lm

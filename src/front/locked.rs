@@ -174,7 +174,8 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// [`fork_child`](Self::fork_child) as the others): takes the heap's
     /// lock and, with thread caches, every thread's cache, so that the
     /// child inherits neither half-changed. The lock is held until the fork
-    /// is over.
+    /// is over. Threads that fork at once take turns: a second thread's
+    /// `fork_prepare` waits for the lock until the first fork is over.
     ///
     /// # Panics
     ///
@@ -183,8 +184,8 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// library's `malloc`).
     #[cfg(feature = "std")]
     pub fn fork_prepare(&self) {
-        assert!(!FORKING.swap(true, Ordering::Acquire), "strata: fork hooks of two heaps");
         core::mem::forget(self.heap.lock());
+        assert!(!FORKING.swap(true, Ordering::Acquire), "strata: fork hooks of two heaps");
         self.hooks.fork_prepare();
     }
 
@@ -197,12 +198,13 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     #[cfg(feature = "std")]
     pub unsafe fn fork_parent(&self) {
         // SAFETY: the caller's promise: after `fork_prepare`, which holds
-        // the lock.
+        // the lock. (The next fork's `fork_prepare` takes the lock, then
+        // finds `FORKING` clear.)
         unsafe {
             self.hooks.fork_parent();
+            FORKING.store(false, Ordering::Release);
             self.heap.force_unlock();
         }
-        FORKING.store(false, Ordering::Release);
     }
 
     /// After `fork()`, in the child, where only the forking thread lives
@@ -217,9 +219,9 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
         // SAFETY: the caller's promise: after `fork_prepare`, in the child.
         unsafe {
             self.hooks.fork_child();
+            FORKING.store(false, Ordering::Release);
             self.heap.force_unlock();
         }
-        FORKING.store(false, Ordering::Release);
     }
 
     /// Runs `f` on the heap that this thread holds for `fork()`: between
@@ -231,7 +233,10 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// heap's own run after its *prepare* and before its *parent* and
     /// *child*): through the locked calls they would wait for the lock
     /// their own thread holds. `f` takes the heap as the locked path does,
-    /// without the thread caches.
+    /// without the thread caches and without the debug hooks: a free is
+    /// best left for after the fork (strata's C library keeps a list), as
+    /// only the hooks can tell a block a thread has cached, which the heap
+    /// sees in use.
     ///
     /// # Safety
     ///
