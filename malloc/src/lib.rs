@@ -95,12 +95,20 @@ fn allocate_quietly(size: usize, align: usize) -> *mut c_void {
     let Ok(layout) = Layout::from_size_align(size.max(1), align.max(MIN_ALIGN)) else {
         return ptr::null_mut();
     };
+    allocate_layout(layout, false)
+}
+
+/// A block for `layout` (of non-zero size), zeroed if `zeroed`, or null
+/// (`errno` untouched): from the heap this thread holds if it runs a fork
+/// handler inside the heap's fork window, else through the heap's calls.
+#[inline(always)]
+fn allocate_layout(layout: Layout, zeroed: bool) -> *mut c_void {
     #[cfg(unix)]
     if host::holds_for_fork() {
-        return host::held::alloc(layout, false);
+        return host::held::alloc(layout, zeroed);
     }
-    // SAFETY: a layout of non-zero size.
-    unsafe { heap().alloc(layout) }.cast()
+    // SAFETY: a layout of non-zero size (the caller's promise).
+    unsafe { if zeroed { heap().alloc_zeroed(layout) } else { heap().alloc(layout) } }.cast()
 }
 
 /// C's `malloc`.
@@ -149,20 +157,11 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
         set_errno(ENOMEM);
         return ptr::null_mut();
     };
-    #[cfg(unix)]
-    let p = if host::holds_for_fork() {
-        host::held::alloc(layout, true).cast()
-    } else {
-        // SAFETY: a layout of non-zero size.
-        unsafe { heap().alloc_zeroed(layout) }
-    };
-    #[cfg(not(unix))]
-    // SAFETY: a layout of non-zero size.
-    let p = unsafe { heap().alloc_zeroed(layout) };
+    let p = allocate_layout(layout, true);
     if p.is_null() {
         set_errno(ENOMEM);
     }
-    p.cast()
+    p
 }
 
 /// C's `realloc`, as glibc's: `realloc(NULL, n)` is `malloc(n)`,
@@ -183,21 +182,30 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         unsafe { free(p) };
         return ptr::null_mut();
     }
-    #[cfg(unix)]
-    let q = if host::holds_for_fork() {
-        // SAFETY: forwarded contract; `p` is not null.
-        unsafe { host::held::realloc(NonNull::new_unchecked(p), size) }
-    } else {
-        // SAFETY: forwarded contract.
-        unsafe { heap().realloc_unsized(p.cast(), size) }.cast()
-    };
-    #[cfg(not(unix))]
-    // SAFETY: forwarded contract.
-    let q = unsafe { heap().realloc_unsized(p.cast(), size) }.cast::<c_void>();
+    // SAFETY: forwarded contract; `p` is not null.
+    let q = unsafe { resize(NonNull::new_unchecked(p), size) };
     if q.is_null() {
         set_errno(ENOMEM);
     }
     q
+}
+
+/// [`realloc`] of a block to a non-zero size, without touching `errno`:
+/// in the heap's fork window on the heap this thread holds, else through
+/// the heap's calls.
+///
+/// # Safety
+///
+/// As [`realloc`].
+#[inline(always)]
+unsafe fn resize(p: NonNull<c_void>, size: usize) -> *mut c_void {
+    #[cfg(unix)]
+    if host::holds_for_fork() {
+        // SAFETY: forwarded contract.
+        return unsafe { host::held::realloc(p, size) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { heap().realloc_unsized(p.as_ptr().cast(), size) }.cast()
 }
 
 /// C's `reallocarray`: `realloc(p, n * size)`, refusing (null with
