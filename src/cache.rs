@@ -248,23 +248,30 @@ impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> Drop for ObjectCa
     }
 }
 
-// SAFETY: blocks are `BLOCK`-sized and aligned, so they satisfy every layout
-// that `fits`; other layouts are served by the heap's own `GlobalAlloc`
-// contract. A block is only reused after `deallocate` gave it back.
+// SAFETY: blocks are `BLOCK`-sized and aligned, so they satisfy every
+// non-zero layout that `fits`; other non-zero layouts are served by the
+// heap's own `GlobalAlloc` contract, and zero-sized ones by a dangling
+// pointer that `deallocate` ignores. A block is only reused after
+// `deallocate` gave it back.
 unsafe impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> allocator_api2::alloc::Allocator
     for &ObjectCache<'_, T, A, N, L>
 {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
-        let (p, len) = if ObjectCache::<T, A, N, L>::fits(layout) {
-            let block = ObjectCache::allocate(*self).map_err(|_| allocator_api2::alloc::AllocError)?;
-            (block.cast::<u8>(), ObjectCache::<T, A, N, L>::BLOCK.size())
-        } else if layout.size() == 0 {
+        // Zero-sized requests first: collections free zero-sized layouts
+        // they never allocated (a `Box` of a zero-sized value, an empty
+        // boxed slice), with their own dangling pointers, and shrink to
+        // zero by allocating the new layout and forgetting it. Neither may
+        // reach the free list.
+        let (p, len) = if layout.size() == 0 {
             // A dangling, aligned pointer serves zero-sized requests.
             (
                 NonNull::new(core::ptr::without_provenance_mut(layout.align()))
                     .expect("alignment is non-zero"),
                 0,
             )
+        } else if ObjectCache::<T, A, N, L>::fits(layout) {
+            let block = ObjectCache::allocate(*self).map_err(|_| allocator_api2::alloc::AllocError)?;
+            (block.cast::<u8>(), ObjectCache::<T, A, N, L>::BLOCK.size())
         } else {
             // SAFETY: the layout has a non-zero size.
             let p = unsafe { self.heap.alloc(layout) };
@@ -274,10 +281,12 @@ unsafe impl<T, A: DomainAlloc, const N: usize, L: lock_api::RawMutex> allocator_
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if ObjectCache::<T, A, N, L>::fits(layout) {
+        if layout.size() == 0 {
+            // A dangling pointer from `allocate`, or the caller's own.
+        } else if ObjectCache::<T, A, N, L>::fits(layout) {
             // SAFETY: a fitting layout was served by `ObjectCache::allocate`.
             unsafe { ObjectCache::deallocate(*self, ptr.cast()) };
-        } else if layout.size() != 0 {
+        } else {
             // SAFETY: served by `self.heap.alloc(layout)`.
             unsafe { self.heap.dealloc(ptr.as_ptr(), layout) };
         }

@@ -105,3 +105,40 @@ fn zero_sized_and_tiny_types_get_link_sized_blocks() {
     let bytes = ObjectCache::<u8, LockedHeap>::BLOCK;
     assert!(bytes.size() >= std::mem::size_of::<usize>());
 }
+
+/// Collections free zero-sized layouts they never allocated, with their own
+/// dangling pointers (`allocator_api2`'s `Box` of a zero-sized value, an
+/// empty boxed slice), and shrink to zero by allocating the new layout and
+/// forgetting it: none of it may reach the free list or take a block.
+#[test]
+fn zero_sized_layouts_through_allocator_api2_take_no_block() {
+    use allocator_api2::boxed::Box as ABox;
+    use allocator_api2::vec::Vec as AVec;
+    #[repr(align(8))]
+    struct Aligned8;
+    let heap = heap();
+    let cache: ObjectCache<'_, [u64; 4], LockedHeap, 4> = ObjectCache::new(heap);
+    drop(ABox::new_in((), &cache));
+    drop(ABox::new_in(Aligned8, &cache));
+    drop(AVec::<u8, _>::new_in(&cache).into_boxed_slice());
+    assert_eq!(cache.stats().cached, 0, "a dangling pointer went on the free list");
+    assert_eq!(heap.stats().front.refused_frees, 0, "a dangling pointer went to the heap");
+    // A real block then comes from the heap, not from a dangling address.
+    let b = cache.boxed([7; 4]).unwrap();
+    assert_eq!(*b, [7; 4]);
+    drop(b);
+    cache.clear();
+    let before = blocks_in_use(heap);
+    let taken = |s: strata::cache::CacheStats| s.hits + s.misses;
+    let taken_before = taken(cache.stats());
+    for _ in 0..1000 {
+        let mut v: AVec<u8, _> = AVec::new_in(&cache);
+        v.push(1);
+        v.clear();
+        v.shrink_to_fit();
+        assert_eq!(v.capacity(), 0);
+    }
+    cache.clear();
+    assert_eq!(blocks_in_use(heap), before, "shrinking to zero lost blocks");
+    assert_eq!(taken(cache.stats()) - taken_before, 1000, "one block per round, for its one byte");
+}
