@@ -291,12 +291,14 @@ impl SegmentAllocator {
             (false, true) => Engine::Tlsf,
         };
         self.whole = S::COMMITTED;
-        if self.engine == Engine::Tlsf && self.whole {
-            // Spans held for good: no free needs to see one fall wholly
-            // free, so frees may defer.
-            self.tlsf.defer_frees();
-        }
         if self.whole && self.take_window(source) {
+            if self.engine == Engine::Tlsf {
+                // The window held for good: no free needs to see a span
+                // fall wholly free, so frees may defer. (Not before the
+                // window is taken: where it cannot be, spans go back, and
+                // a deferred free would never see its span empty.)
+                self.tlsf.defer_frees();
+            }
             self.large = if self.engine() == Engine::Tlsf { usize::MAX } else { 0 };
             return;
         }

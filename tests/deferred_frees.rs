@@ -62,3 +62,37 @@ fn deferred_frees_come_back_are_refused_twice_and_merge_before_a_failure() {
         assert_eq!(src.bytes_out(), 0, "trim gives the window back");
     }
 }
+
+/// A committed source that lent out a piece before the heap took it cannot
+/// be taken whole: layer 0 then holds it by spans, which go back when they
+/// fall wholly free. Frees must not defer there (a deferred chunk would
+/// keep its span from ever looking empty): after a churn freed whole, the
+/// invariants hold, `trim` gives back all but the piece, and the rest can
+/// be had in one block.
+#[test]
+fn a_source_that_lent_a_piece_first_gets_every_span_back() {
+    const SIZE: usize = 32 << 20;
+    let region = Region::new(SIZE);
+    let mut src = region.source();
+    let piece = src.allocate_pages(16, 16).unwrap();
+    let mut heap = strata::Heap::new(src);
+    let mut blocks = Vec::new();
+    for i in 0..3000usize {
+        let l = layout(1 + (i * 37) % 3000 + if i % 50 == 0 { 200_000 } else { 0 }, 8);
+        blocks.push((heap.allocate(l).unwrap(), l));
+    }
+    for (p, l) in blocks {
+        // SAFETY: a live block of this heap, freed once with its layout.
+        unsafe { heap.deallocate(p, l) }.unwrap();
+    }
+    heap.check_invariants();
+    heap.trim();
+    heap.check_invariants();
+    assert_eq!(heap.stats().segments.spans, 0, "wholly free spans kept after trim");
+    assert_eq!(heap.source().bytes_out(), 16, "only the lent piece stays out");
+    let big = layout(30 << 20, 8);
+    let p = heap.allocate(big).expect("30 MiB of a 32 MiB source less 16 bytes");
+    // SAFETY: as above.
+    unsafe { heap.deallocate(p, big) }.unwrap();
+    let _ = piece;
+}
