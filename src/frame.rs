@@ -12,7 +12,8 @@
 //! **Costs:** allocation and free are O(`MAX_ORDER`): a split walks down at
 //! most ten orders, a free merges up at most ten times, and each step is an
 //! O(1) unlink from a doubly linked free list. Nothing walks memory after
-//! construction, which is O(frames) once.
+//! construction, which is O(frames) once, plus the frames each reserved
+//! range or unusable entry covers (ranges that overlap are marked again).
 //!
 //! ```text
 //!  order 10 ┌───────────────────────────────┐ 4 MiB block

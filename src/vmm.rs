@@ -303,17 +303,34 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
     /// CPUs' TLBs on several CPUs). `no_execute` says whether `EFER.NXE` is on, so that pages
     /// without [`PageFlags::EXECUTABLE`] may be marked no-execute.
     ///
+    /// # Panics
+    ///
+    /// If `heap` crosses the hole of non-canonical addresses between the
+    /// lower and the upper half: no region could be placed across it.
+    ///
     /// # Safety
     ///
     /// Nothing else may map, unmap or use any page of `heap` while the VMM
     /// lives, and `mapper` must give exclusive access to valid page tables
-    /// whose frames are reachable at its physical-memory offset.
+    /// whose frames are reachable at its physical-memory offset. No page
+    /// table may exist yet whose entries all lie in `heap` (a level-3 table
+    /// installed ahead of time, to be shared between address spaces, say):
+    /// the VMM gives back to `frames` every table under `heap` that its
+    /// unmaps leave empty, and it would give that one back too.
     pub unsafe fn new(
         mapper: OffsetPageTable<'pt>,
         heap: PageRange,
         flush: fn(VirtAddr),
         no_execute: bool,
     ) -> Self {
+        // The lower half ends at 2^47, the upper half starts at -2^47.
+        const LOWER_END: u64 = 1 << 47;
+        assert!(
+            heap.is_empty()
+                || (heap.start.start_address().as_u64() < LOWER_END)
+                    == (heap.end.start_address().as_u64().wrapping_sub(PAGE_SIZE) < LOWER_END),
+            "strata::vmm: the heap range {heap:?} crosses the non-canonical hole"
+        );
         let empty = Region { start: heap.start, pages: 0 };
         Self { mapper, heap, flush, no_execute, regions: [empty; N], len: 0, stats: VmmStats::default() }
     }

@@ -707,3 +707,17 @@ proptest! {
         run_vmm_program(&ops);
     }
 }
+
+/// A heap range across the non-canonical hole is refused when the VMM is
+/// made, with a message that says so, not later inside `reserve`.
+#[test]
+#[should_panic(expected = "crosses the non-canonical hole")]
+fn a_heap_range_across_the_non_canonical_hole_is_refused() {
+    let mut table = PageTable::new();
+    // SAFETY: the table is never walked: the VMM refuses its range first.
+    let mapper = unsafe { OffsetPageTable::new(&mut table, VirtAddr::new(0)) };
+    let start = Page::containing_address(VirtAddr::new(0x7fff_fff0_0000));
+    let end = Page::containing_address(VirtAddr::new(0xffff_8000_0010_0000));
+    // SAFETY: as above.
+    let _ = unsafe { Vmm::<4>::new(mapper, Page::range(start, end), no_flush, true) };
+}
