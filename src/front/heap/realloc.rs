@@ -8,6 +8,7 @@ use core::ptr::{self, NonNull};
 use super::{ArenaPages, Heap, moving_layout, usable_layout};
 use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK, hooks};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
+use crate::segment::CHUNK_GRANULE;
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
 
@@ -15,7 +16,9 @@ impl<S: PageSource> Heap<S> {
     /// Resizes a block without its layout (C's `realloc`), as
     /// [`reallocate`](Self::reallocate) with its
     /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
-    /// The result is aligned to 16, as C's `malloc` promises: a block whose
+    /// The result is aligned to 16, as C's `malloc` promises on 64-bit
+    /// targets (on 32-bit ones to 8, two words: layer 0's granule, and
+    /// `max_align_t` on 32-bit Arm): a block whose
     /// usable layout is aligned to less asks for a multiple of 16 bytes,
     /// which a block it moves to is aligned to, near exhaustion too; and
     /// for an 8-aligned block (of Rust's) to a small size, a 16-aligned
@@ -559,7 +562,7 @@ impl<S: PageSource> Heap<S> {
         let resized = unsafe { self.segment.resize_quick(ptr, new_size, heads) };
         let q = if resized {
             ptr
-        } else if layout.align() <= ALIGNMENT {
+        } else if layout.align() <= CHUNK_GRANULE {
             // (As in `move_quick`; all of the block is kept: it grows.)
             // SAFETY: as above.
             unsafe { self.segment.grow_backward_quick(ptr, new_size, layout.size()) }?
@@ -591,9 +594,11 @@ impl<S: PageSource> Heap<S> {
         new_layout: Layout,
         keep: usize,
     ) -> Option<NonNull<u8>> {
-        // (A block aligned past ALIGNMENT does not grow backward: see
-        // `SegmentAllocator::grow_backward`.)
-        if new_layout.align() <= ALIGNMENT
+        // (A block aligned past a chunk's granule does not grow backward:
+        // the chunk before it starts on the granule only. See
+        // `SegmentAllocator::grow_backward`. On 64-bit targets the granule
+        // is 16, on 32-bit ones 8.)
+        if new_layout.align() <= CHUNK_GRANULE
             // SAFETY: the caller's promise.
             && let Some(q) = unsafe { self.segment.grow_backward_quick(ptr, new_layout.size(), keep) }
         {
