@@ -315,8 +315,9 @@ impl<'pt, const N: usize> Vmm<'pt, N> {
     /// whose frames are reachable at its physical-memory offset. No page
     /// table may exist yet whose entries all lie in `heap` (a level-3 table
     /// installed ahead of time, to be shared between address spaces, say):
-    /// the VMM gives back to `frames` every table under `heap` that its
-    /// unmaps leave empty, and it would give that one back too.
+    /// the VMM gives back to the frame allocator its calls are given every
+    /// table under `heap` that its unmaps leave empty, and it would give
+    /// that one back too.
     pub unsafe fn new(
         mapper: OffsetPageTable<'pt>,
         heap: PageRange,
