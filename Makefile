@@ -26,7 +26,7 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 	$(CARGO) test --features std --test thread_cache --test thread_cache_misuse --test thread_cache_model --test global_alloc --test misuse --test unsized
 	$(CARGO) test --features os --test os_source
 	$(CARGO) test --features os --doc
-	$(CARGO) test --target i686-unknown-linux-gnu --test alignment
+	$(CARGO) test --target i686-unknown-linux-gnu --test alignment --test word_size
 
 test-malloc: ## strata-malloc under C programs (preloaded and linked), CPython's own tests (PYTHONMALLOC=malloc), C firmware on QEMU
 	bash malloc/tests/run.sh

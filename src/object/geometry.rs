@@ -157,6 +157,8 @@ impl Geometry {
         if self.arena_shift < self.pool_shift + 2
             || self.arena_shift > self.pool_shift + MAX_POOLS_PER_ARENA.trailing_zeros()
             || self.arena_shift < min_arena
+            // (A 32-bit target cannot hold an arena of 4 GiB or more.)
+            || self.arena_shift >= usize::BITS
         {
             return Err(GeometryError::ArenaSize(self.arena_shift));
         }
@@ -176,7 +178,8 @@ pub enum GeometryError {
     /// headers and two blocks of the threshold's size.
     PoolSize(u32),
     /// An arena of `1 << arena_shift` bytes holds fewer than 4 or more than
-    /// [`MAX_POOLS_PER_ARENA`] pools, or is not whole pages.
+    /// [`MAX_POOLS_PER_ARENA`] pools, is not whole pages, or is larger
+    /// than the address space can hold (4 GiB or more on a 32-bit target).
     ArenaSize(u32),
 }
 
