@@ -175,8 +175,10 @@ impl SegmentAllocator {
     }
 
     /// [`grow_backward`](Self::grow_backward) of a block
-    /// [`quick_heads`](Self::quick_heads) accepted, allocated aligned to at
-    /// most [`GRANULE`].
+    /// [`quick_heads`](Self::quick_heads) accepted, aligned to `align`:
+    /// `None` for a block aligned past [`GRANULE`] (16 bytes on 64-bit
+    /// targets, 8 on 32-bit ones), which the chunk before it, starting on
+    /// a granule only, would leave misaligned.
     ///
     /// # Safety
     ///
@@ -186,9 +188,13 @@ impl SegmentAllocator {
     pub(crate) unsafe fn grow_backward_quick(
         &mut self,
         ptr: NonNull<u8>,
+        align: usize,
         new_size: usize,
         keep: usize,
     ) -> Option<NonNull<u8>> {
+        if align > GRANULE {
+            return None;
+        }
         // SAFETY: the caller's promise.
         unsafe { self.tlsf.grow_backward(ptr, new_size, keep) }
     }

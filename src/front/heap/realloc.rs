@@ -8,7 +8,6 @@ use core::ptr::{self, NonNull};
 use super::{ArenaPages, Heap, moving_layout, usable_layout};
 use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK, hooks};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
-use crate::segment::CHUNK_GRANULE;
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
 
@@ -562,12 +561,10 @@ impl<S: PageSource> Heap<S> {
         let resized = unsafe { self.segment.resize_quick(ptr, new_size, heads) };
         let q = if resized {
             ptr
-        } else if layout.align() <= CHUNK_GRANULE {
+        } else {
             // (As in `move_quick`; all of the block is kept: it grows.)
             // SAFETY: as above.
-            unsafe { self.segment.grow_backward_quick(ptr, new_size, layout.size()) }?
-        } else {
-            return None;
+            unsafe { self.segment.grow_backward_quick(ptr, layout.align(), new_size, layout.size()) }?
         };
         if layout.size() <= SMALL_REQUEST_THRESHOLD {
             self.note_small_in_layer_0(layout, false);
@@ -594,14 +591,10 @@ impl<S: PageSource> Heap<S> {
         new_layout: Layout,
         keep: usize,
     ) -> Option<NonNull<u8>> {
-        // (A block aligned past a chunk's granule does not grow backward:
-        // the chunk before it starts on the granule only. See
-        // `SegmentAllocator::grow_backward`. On 64-bit targets the granule
-        // is 16, on 32-bit ones 8.)
-        if new_layout.align() <= CHUNK_GRANULE
-            // SAFETY: the caller's promise.
-            && let Some(q) = unsafe { self.segment.grow_backward_quick(ptr, new_layout.size(), keep) }
-        {
+        // SAFETY: the caller's promise.
+        let backward =
+            unsafe { self.segment.grow_backward_quick(ptr, new_layout.align(), new_layout.size(), keep) };
+        if let Some(q) = backward {
             return Some(q);
         }
         let q = self.segment.allocate_quick_aligned(new_layout)?;
