@@ -10,8 +10,9 @@ use core::ptr::NonNull;
 use super::{PAGE_SIZE, PageSource, PagesError, RegionSource};
 
 /// The window [`OsSource::reserve_default`] asks for first: 64 GiB of
-/// address space, of which only the pages the heap touches cost memory.
-pub const DEFAULT_WINDOW: usize = 64 << 30;
+/// address space, of which only the pages the heap touches cost memory;
+/// 1 GiB on 32-bit targets, a quarter of their address space at most.
+pub const DEFAULT_WINDOW: usize = if usize::BITS >= 64 { (64u64 << 30) as usize } else { 1 << 30 };
 
 /// The smallest window [`OsSource::reserve_default`] settles for, halving
 /// from [`DEFAULT_WINDOW`] when the OS refuses (a limit on address space,
