@@ -81,11 +81,12 @@ use core::ptr::NonNull;
 
 use crate::source::{PAGE_SIZE, PageSource, PagesError};
 use fit_tree::FitTree;
+pub(crate) use tlsf::GRANULE as CHUNK_GRANULE;
+#[cfg(any(feature = "caches", not(feature = "debug")))]
+pub(crate) use tlsf::WORD as CHUNK_WORD;
 #[cfg(feature = "caches")]
 pub(crate) use tlsf::chunk_size;
 use tlsf::{GRANULE, MIN_CHUNK, MIN_SPAN, SPAN_OVERHEAD, Tlsf, WORD};
-#[cfg(any(feature = "caches", not(feature = "debug")))]
-pub(crate) use tlsf::{GRANULE as CHUNK_GRANULE, WORD as CHUNK_WORD};
 
 pub use config::{Config, ConfigError};
 pub use error::{AllocateError, DeallocateError};

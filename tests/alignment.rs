@@ -87,12 +87,14 @@ fn allocations_and_reallocs_keep_their_alignment() {
     assert_eq!(heap.stats().front.refused_frees, 0);
 }
 
-/// C's `malloc` and `realloc` (`realloc_unsized`): aligned to 16 on
-/// 64-bit targets, to 8 (two words, `max_align_t` on 32-bit Arm) on
-/// 32-bit ones, as `LockedHeap::realloc_unsized` promises.
+/// C's `malloc` and `realloc` (`realloc_unsized`): aligned to 16, as
+/// `LockedHeap::realloc_unsized` promises, on 32-bit targets too (fails on
+/// i686 when a block moves, or grows backward, to a chunk 8 past a
+/// multiple of 16: 1 575 of 70 000 reallocs of a C program, through
+/// `strata-malloc`).
 #[test]
 fn reallocs_without_a_layout_are_aligned_as_documented() {
-    let c_align = 2 * size_of::<usize>();
+    let c_align = 16;
     let heap = locked_heap(32 << 20);
     let mut rng = Rng(0xa11);
     let mut live: Vec<(*mut u8, usize)> = Vec::new();

@@ -194,7 +194,15 @@ fn realloc<S: PageSource>(
             } else {
                 let usable = heap.usable_layout(ptr).expect("the block a realloc returned");
                 assert!(usable.size() >= size, "{usable:?} is short of {size}");
-                assert!((ptr.as_ptr() as usize).is_multiple_of(16), "not aligned as malloc's: {ptr:p}");
+                // (16, as `malloc`'s blocks are; on 32-bit targets a block
+                // of Rust's aligned to 8 may stay so past 512 bytes.)
+                let c_align =
+                    if usize::BITS >= 64 || old.ptr.as_ptr().addr().is_multiple_of(16) || size <= 512 {
+                        16
+                    } else {
+                        8
+                    };
+                assert!((ptr.as_ptr() as usize).is_multiple_of(c_align), "not aligned as malloc's: {ptr:p}");
                 usable
             };
             let mut b = m.insert(heap, region, ptr, layout);

@@ -374,7 +374,8 @@ fn small_blocks_of_layer_0_resized_and_freed_without_a_layout_are_all_uncounted(
 }
 
 /// C's `realloc` returns a block aligned to 16, as `malloc` does, whatever
-/// the old block's usable size: a block of layer 0 shrunk to 40 usable
+/// the old block's usable size (on 32-bit targets too, whose layer 0
+/// aligns its chunks to 8 only): a block of layer 0 shrunk to 40 usable
 /// bytes (8 mod 16) and then moved to a small size once landed in a class
 /// 8 bytes apart, half of whose blocks are 8-aligned (found by the hostile
 /// pass: 936 of 2 000 such reallocs through `strata-malloc`). Then a C-like

@@ -65,8 +65,12 @@ static void basics(void) {
     /* Exhaustion is null with ENOMEM, never a crash. */
     errno = 0;
     CHECK(malloc(SIZE_MAX) == NULL && errno == ENOMEM, "malloc(SIZE_MAX), errno %d", errno);
+#if SIZE_MAX > 0xffffffffu
     errno = 0;
     CHECK(malloc((size_t)1 << 47) == NULL && errno == ENOMEM, "malloc(2^47), errno %d", errno);
+#endif
+    errno = 0;
+    CHECK(malloc(SIZE_MAX / 2) == NULL && errno == ENOMEM, "malloc(SIZE_MAX / 2), errno %d", errno);
 
     /* calloc: zeroed, even on reused memory; overflow checked. */
     for (int round = 0; round < 2; round++) {
@@ -123,6 +127,39 @@ static void reallocs(void) {
         free(tails[i]);
     }
 
+    /* And in a random program of small, medium and large sizes: on 32-bit
+     * targets, whose heap aligns its chunks to 8 only, reallocs that moved
+     * or grew backward were 8-aligned (1 575 of 70 000 in this program). */
+    {
+        enum { SLOTS = 1000 };
+        static unsigned char *live[SLOTS];
+        static size_t len[SLOTS];
+        uint64_t s = 0x5eed;
+        for (int step = 0; step < 200000; step++) {
+            int k = (int)(rng(&s) % SLOTS);
+            size_t n = rng(&s) % 8 == 0 ? 1 + rng(&s) % 70000 : 1 + rng(&s) % 600;
+            if (!live[k]) {
+                live[k] = malloc(n);
+                CHECK(live[k] && ((uintptr_t)live[k] & 15) == 0, "malloc(%zu) = %p", n, (void *)live[k]);
+            } else if (rng(&s) % 2) {
+                unsigned char *q = realloc(live[k], n);
+                CHECK(q && ((uintptr_t)q & 15) == 0, "realloc(%p, %zu) = %p", (void *)live[k], n, (void *)q);
+                size_t keep = len[k] < n ? len[k] : n;
+                CHECK(q && all(q, keep, (unsigned char)k), "realloc to %zu lost the first %zu bytes", n, keep);
+                if (!q) return;
+                live[k] = q;
+            } else {
+                free(live[k]);
+                live[k] = NULL;
+                continue;
+            }
+            if (!live[k]) return;
+            memset(live[k], (unsigned char)k, n);
+            len[k] = n;
+        }
+        for (int k = 0; k < SLOTS; k++) free(live[k]);
+    }
+
     /* A failed realloc leaves the block as it was. */
     p = malloc(64);
     memset(p, 9, 64);
@@ -153,7 +190,8 @@ static void aligned(void) {
     }
     void *p = (void *)1;
     CHECK(posix_memalign(&p, 24, 100) == EINVAL && p == (void *)1, "posix_memalign(24) must be EINVAL");
-    CHECK(posix_memalign(&p, 4, 100) == EINVAL, "posix_memalign(4) must be EINVAL");
+    CHECK(posix_memalign(&p, sizeof(void *) / 2, 100) == EINVAL && p == (void *)1,
+          "posix_memalign(sizeof(void *) / 2) must be EINVAL");
     errno = 0;
     CHECK(posix_memalign(&p, 64, SIZE_MAX - 100) == ENOMEM && p == (void *)1 && errno == 0,
           "posix_memalign out of memory: ENOMEM returned, errno unchanged, *out untouched");
@@ -181,7 +219,9 @@ static void refusals(void) {
     free(p);
     free(p);                                        /* a double free */
     CHECK(refused() == before + 2, "a double free was not refused: %zu refusals, %zu before", refused(), before);
-    /* free(a); free(b); free(a): a double free deep in a free list. */
+    /* free(a); free(b); free(a): a double free deep in a free list (seen
+     * by the tags free blocks carry on 64-bit x86_64 and aarch64 only). */
+#if defined(__x86_64__) || defined(__aarch64__)
     for (int i = 0; i < 300; i++) free(malloc(64));
     char *a = malloc(64), *b = malloc(64), *c = malloc(64);
     memset(c, 0xC3, 64);
@@ -199,6 +239,7 @@ static void refusals(void) {
     CHECK(all((unsigned char *)c, 64, 0xC3), "a live block was overwritten");
     for (int i = 0; i < 32; i++) free(fresh[i]);
     free(c);
+#endif
     errno = 0;
     CHECK(realloc(&local, 10) == NULL && errno == ENOMEM, "realloc of a foreign pointer");
     /* The heap still works. */

@@ -101,6 +101,31 @@ int main(void) {
     p = realloc(p, 40);
     CHECK(p && all(p, 40, 3), "realloc shrink");
     free(p);
+    /* Every block is 16-aligned, reallocs too: moved or grown backward,
+     * they were 8-aligned on 32-bit targets. */
+    {
+        /* (At most 36 KiB live: no request fails in the 96 KiB heap.) */
+        enum { SLOTS = 24 };
+        unsigned char *live[SLOTS] = {0};
+        uint32_t s = 12345;
+        for (int step = 0; step < 20000; step++) {
+            rng(&s);
+            int k = (int)((s >> 8) % SLOTS);
+            size_t n = 1 + (s >> 16) % ((s & 3) == 0 ? 1500 : 300);
+            if (live[k] == NULL) {
+                live[k] = malloc(n);
+                CHECK(live[k] && ((uintptr_t)live[k] & 15) == 0, "malloc(%u) misaligned", (unsigned)n);
+            } else if (s & 4) {
+                unsigned char *q = realloc(live[k], n);
+                CHECK(q && ((uintptr_t)q & 15) == 0, "realloc to %u misaligned", (unsigned)n);
+                if (q) live[k] = q;
+            } else {
+                free(live[k]);
+                live[k] = NULL;
+            }
+        }
+        for (int k = 0; k < SLOTS; k++) free(live[k]);
+    }
     void *a = NULL;
     CHECK(posix_memalign(&a, 256, 1000) == 0 && ((uintptr_t)a & 255) == 0, "posix_memalign");
     free(a);

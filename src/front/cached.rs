@@ -21,6 +21,7 @@ use super::quick::{
 use super::quick::{free_unsized_locked, usable_layout_locked};
 use super::thread_cache::Spill;
 use super::{AllocateError, Domain, Heap, HeapStats, thread_cache};
+use crate::object::TAGS;
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
 
@@ -217,7 +218,15 @@ impl Hooks for Cached {
             thread_cache::usable_layout(&self.link, &self.arena_mirror, p, || self.cache_geometry(heap))
         };
         let layout = lock_free.or_else(|| usable_layout_locked(self, heap, p))?;
-        (!thread_cache::cached_anywhere(&self.arena_mirror, p, layout)).then_some(layout)
+        let cached = if TAGS {
+            thread_cache::cached_anywhere(&self.arena_mirror, p, layout)
+        } else {
+            // Without tags, only this thread's bins are known: walked, as
+            // a second free walks them.
+            // SAFETY: forwarded contract.
+            unsafe { thread_cache::held_here(&self.link, &self.arena_mirror, p, layout) }
+        };
+        (!cached).then_some(layout)
     }
 
     /// Takes back what the caches hold for this heap and, if anything came

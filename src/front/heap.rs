@@ -538,9 +538,11 @@ impl<S: PageSource> Heap<S> {
     /// its size is the bytes the caller may use, at least the size asked
     /// for, and the layout frees it ([`deallocate`](Self::deallocate)) and
     /// resizes it ([`reallocate`](Self::reallocate)) as the original would.
-    /// Its alignment is the largest power of two that divides its size, at
-    /// most 16 (so 8 for many blocks, whose addresses are 16-aligned all the
-    /// same); a realloc without a layout ([`reallocate_unsized`](Self::reallocate_unsized))
+    /// Its alignment is the largest power of two that divides both its size
+    /// and its address, at most 16 and at least 8 (so 8 for many blocks,
+    /// whose addresses are 16-aligned all the same; the address lowers it
+    /// only on 32-bit targets, where layer 0 aligns its blocks to 8); a
+    /// realloc without a layout ([`reallocate_unsized`](Self::reallocate_unsized))
     /// gives its result the alignment `malloc` promises, 16, all the same.
     /// A block allocated with more keeps its address but not that
     /// alignment across a realloc that moves.
@@ -566,7 +568,7 @@ impl<S: PageSource> Heap<S> {
             let g = self.object.geometry();
             layer_0_usable(self.segment.block_size(ptr)?, g.threshold, g.class_shift)
         };
-        Ok(usable_layout(size))
+        Ok(usable_layout(ptr, size))
     }
 
     /// The bytes the caller may use of block `ptr` (C's
@@ -701,11 +703,20 @@ pub(crate) fn layer_0_usable(size: usize, threshold: usize, class_shift: u32) ->
     if size <= threshold { size & !((1 << class_shift) - 1) } else { size }
 }
 
-/// The layout of a block of `size` usable bytes (a multiple of 8, not 0)
-/// found without its own: aligned to the largest power of two dividing the
-/// size, up to 16 (a +2 block of an 8-byte class is 8-aligned).
+/// The layout of block `ptr` of `size` usable bytes (not 0) found without
+/// its own: aligned to the largest power of two dividing both the size and
+/// the address, up to 16 (a +2 block of an 8-byte class is 8-aligned; on
+/// 32-bit targets, so is a block of layer 0 at 8 past a multiple of 16,
+/// whatever its size), so that the block meets the layout it answers to —
+/// and to 8 at least where the address is (on 32-bit targets a block of
+/// layer 0 holds 4 bytes past a multiple of 8: aligned to 8 all the same,
+/// and moved by C's `realloc` to a 16-aligned block, as
+/// [`moving_layout`] asks for a layout aligned to 8).
 #[inline]
-pub(crate) fn usable_layout(size: usize) -> Layout {
-    let align = (size & size.wrapping_neg()).min(ALIGNMENT);
+pub(crate) fn usable_layout(ptr: NonNull<u8>, size: usize) -> Layout {
+    let addr = ptr.addr().get();
+    let both = size | addr;
+    let floor = (addr & addr.wrapping_neg()).min(8);
+    let align = (both & both.wrapping_neg()).min(ALIGNMENT).max(floor);
     Layout::from_size_align(size, align).expect("a block's size fits isize")
 }

@@ -18,6 +18,7 @@ use core::ptr::NonNull;
 
 use super::{AllocateError, Domain, Heap, HeapStats};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
+use crate::segment::CHUNK_GRANULE;
 use crate::source::PageSource;
 
 /// The heap's lock, as the hooks are handed it.
@@ -316,13 +317,16 @@ pub(super) fn may_stay_8_aligned(p: NonNull<u8>, asked: usize) -> bool {
 }
 
 /// The size a realloc without a layout asks for: `new_size`, rounded up to
-/// a multiple of [`ALIGNMENT`] if it is small (layer 0 aligns every larger
-/// block to 16) and the block's own `layout` is aligned to less (see
-/// [`realloc_own_layout`]).
+/// a multiple of [`ALIGNMENT`] if the block's own `layout` is aligned to
+/// less (see [`realloc_own_layout`]) and the size is small — or, on 32-bit
+/// targets, whose layer 0 aligns its blocks to 8 only, whatever the size,
+/// so that a realloc's new block is asked for 16-aligned
+/// ([`moving_layout`](super::heap::moving_layout)) wherever it lands.
 #[inline]
 pub(super) fn malloc_size(layout: Layout, new_size: usize) -> usize {
-    if layout.align() < ALIGNMENT && new_size <= SMALL_REQUEST_THRESHOLD {
-        new_size.next_multiple_of(ALIGNMENT)
+    if layout.align() < ALIGNMENT && (new_size <= SMALL_REQUEST_THRESHOLD || CHUNK_GRANULE < ALIGNMENT) {
+        // (A size that overflows so is refused as it is.)
+        new_size.checked_next_multiple_of(ALIGNMENT).unwrap_or(new_size)
     } else {
         new_size
     }

@@ -325,10 +325,11 @@ impl<S: PageSource, L: lock_api::RawMutex> LockedHeap<S, L> {
     /// runs out, when `new_size` is 0 or overflows a layout, or when the
     /// block is refused as [`dealloc_unsized`](Self::dealloc_unsized)
     /// refuses it. Null `ptr` is an allocation, as in C. The new block is
-    /// C's: aligned to 16 (on 32-bit targets to 8, two words: layer 0's
-    /// granule, and `max_align_t` on 32-bit Arm), its size possibly rounded
-    /// up; free it without a layout too, as a layout of `new_size` bytes
-    /// may not fit it.
+    /// C's: aligned to 16 (on 32-bit targets, whose layer 0 aligns its
+    /// blocks to 8 only, when `ptr` is, as `malloc`'s blocks are, or the new
+    /// size is at most 512 bytes), its size possibly rounded up; free it
+    /// without a layout too, as a layout of `new_size` bytes may not fit
+    /// it.
     ///
     /// # Safety
     ///

@@ -770,11 +770,44 @@ pub(crate) unsafe fn usable_layout(
                 let chunk = unsafe { segment::window_chunk(segment::payloads(window), ptr) }?;
                 super::layer_0_usable(chunk - segment::CHUNK_WORD, owner.threshold, owner.class_shift)
             };
-            Some(super::usable_layout(size))
+            Some(super::usable_layout(ptr, size))
         })
     })
     .ok()
     .flatten()
+}
+
+/// Whether this thread's cache holds block `ptr` of the heap of `link`,
+/// freed with `layout`: found in its bin, as a second free of it made on
+/// this thread finds it ([`put`]). What targets without tags ([`TAGS`])
+/// ask before they call a block in use; with tags, [`cached_anywhere`]
+/// finds any thread's cached block in O(1).
+///
+/// # Safety
+///
+/// If the heap owns `ptr`, it must be a live block of it, or one this
+/// thread's cache holds; `mirror` is the heap's.
+pub(crate) unsafe fn held_here(link: &Link, mirror: &ArenaMirror, ptr: NonNull<u8>, layout: Layout) -> bool {
+    home::with_taking(|cache| {
+        cache.enter(link, false, |bins, owner| {
+            let ptr = crate::source::reach(ptr);
+            if !owner.is_small(layout) {
+                // SAFETY: forwarded contract.
+                return unsafe { bins.holds_medium(mirror, owner, ptr, layout) };
+            }
+            if !owner.owns(mirror, ptr) {
+                return false;
+            }
+            // SAFETY: in an arena of the owner (just checked), live or
+            // cached, so its pool is in use.
+            match unsafe { block_class(ptr, owner.blocks()) } {
+                // SAFETY: a block of the class's size.
+                Some(class) => unsafe { bins.small[class].holds(ptr) },
+                None => false,
+            }
+        })
+    })
+    .unwrap_or(false)
 }
 
 /// How many blocks beyond the one requested a miss in a small bin brings

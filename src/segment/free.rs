@@ -381,7 +381,7 @@ impl SegmentAllocator {
             // SAFETY: the caller's promise: a checked block in use.
             return unsafe { self.tree.grow_backward(block, new_size, keep) };
         }
-        if self.engine() != Engine::Tlsf || layout.align() > GRANULE {
+        if self.engine() != Engine::Tlsf || layout.align() > tlsf::BACKWARD_ALIGN {
             return None;
         }
         // SAFETY: the caller's promise: a checked block in use.

@@ -176,9 +176,9 @@ impl SegmentAllocator {
 
     /// [`grow_backward`](Self::grow_backward) of a block
     /// [`quick_heads`](Self::quick_heads) accepted, aligned to `align`:
-    /// `None` for a block aligned past [`GRANULE`] (16 bytes on 64-bit
-    /// targets, 8 on 32-bit ones), which the chunk before it, starting on
-    /// a granule only, would leave misaligned.
+    /// `None` for a block aligned past [`BACKWARD_ALIGN`](tlsf::BACKWARD_ALIGN)
+    /// (16 bytes), which the chunk before it, starting on a granule only,
+    /// would leave misaligned.
     ///
     /// # Safety
     ///
@@ -192,7 +192,7 @@ impl SegmentAllocator {
         new_size: usize,
         keep: usize,
     ) -> Option<NonNull<u8>> {
-        if align > GRANULE {
+        if align > tlsf::BACKWARD_ALIGN {
             return None;
         }
         // SAFETY: the caller's promise.

@@ -72,6 +72,11 @@ pub const WORD: usize = size_of::<usize>();
 /// Chunk granularity and payload alignment: two words.
 pub const GRANULE: usize = 2 * WORD;
 const GRANULE_SHIFT: u32 = GRANULE.trailing_zeros();
+/// The alignment a block keeps when it grows backward
+/// ([`Tlsf::grow_backward`]): 16, which C's blocks have, on 32-bit targets
+/// too (whose chunks are 8-aligned: there a block grows backward by
+/// multiples of 16 bytes only).
+pub const BACKWARD_ALIGN: usize = if GRANULE > 16 { GRANULE } else { 16 };
 /// How many chunks of the request's own list are looked at for a fit before
 /// a chunk of a larger list is split.
 const FLOOR_LOOKS: usize = 4;

@@ -8,6 +8,7 @@ use core::ptr::{self, NonNull};
 use super::{ArenaPages, Heap, moving_layout, usable_layout};
 use crate::front::{AllocateError, DeallocateError, GROWING_THRESHOLD, PROMOTING_STREAK, hooks};
 use crate::object::{ALIGNMENT, SMALL_REQUEST_THRESHOLD};
+use crate::segment::CHUNK_GRANULE;
 use crate::source::{PageSource, reach};
 use crate::sync::stat;
 
@@ -15,14 +16,15 @@ impl<S: PageSource> Heap<S> {
     /// Resizes a block without its layout (C's `realloc`), as
     /// [`reallocate`](Self::reallocate) with its
     /// [`usable_layout`](Self::usable_layout), refusing what that refuses.
-    /// The result is aligned to 16, as C's `malloc` promises on 64-bit
-    /// targets (on 32-bit ones to 8, two words: layer 0's granule, and
-    /// `max_align_t` on 32-bit Arm): a block whose
+    /// The result is aligned to 16, as C's `malloc` promises: a block whose
     /// usable layout is aligned to less asks for a multiple of 16 bytes,
     /// which a block it moves to is aligned to, near exhaustion too; and
     /// for an 8-aligned block (of Rust's) to a small size, a 16-aligned
     /// block is secured first, for it to move to should it stay where it
-    /// is. Without one that realloc fails, the block untouched. Free the
+    /// is. (On 32-bit targets, whose layer 0 aligns its blocks to 8 only,
+    /// every size asked is a multiple of 16, a block that moves asks 16,
+    /// and one that grows backward keeps its address modulo 16: an
+    /// 8-aligned block there may stay so past 512 bytes.) Without one that realloc fails, the block untouched. Free the
     /// result without a layout too ([`deallocate_unsized`](Self::deallocate_unsized)),
     /// or with its [`usable_layout`](Self::usable_layout): a layout of
     /// `new_size` bytes may not fit the rounded block.
@@ -319,7 +321,7 @@ impl<S: PageSource> Heap<S> {
             }
             moved
         } else {
-            let Some(q) = self.segment.allocate_quick_aligned(new_layout) else {
+            let Some(q) = self.segment.allocate_quick_aligned(quick_moving_layout(new_layout)) else {
                 self.growing_next = next;
                 return None;
             };
@@ -380,10 +382,11 @@ impl<S: PageSource> Heap<S> {
         }
         // (A small block is never promoted: `allocate_moving` allocates,
         // from the class's head pool, else from layer 0 for a cold class.)
+        let moving = quick_moving_layout(new_layout);
         let Some(q) = self
             .object
-            .allocate_from_pools(new_size, align)
-            .or_else(|| self.allocate_in_layer_0_quick(new_layout))
+            .allocate_from_pools(new_size, moving.align())
+            .or_else(|| self.allocate_in_layer_0_quick(moving))
         else {
             self.growing_next = next;
             return None;
@@ -505,7 +508,7 @@ impl<S: PageSource> Heap<S> {
             None
         };
         let layout = match object_block {
-            Some(block) => usable_layout(block),
+            Some(block) => usable_layout(ptr, block),
             None => self.usable_layout(ptr).ok()?,
         };
         let asked = hooks::malloc_size(layout, new_size);
@@ -597,7 +600,7 @@ impl<S: PageSource> Heap<S> {
         if let Some(q) = backward {
             return Some(q);
         }
-        let q = self.segment.allocate_quick_aligned(new_layout)?;
+        let q = self.segment.allocate_quick_aligned(quick_moving_layout(new_layout))?;
         // SAFETY: both blocks are live, distinct, and at least `keep` bytes
         // long; the old one was checked and is freed once.
         unsafe {
@@ -670,6 +673,19 @@ impl<S: PageSource> Heap<S> {
             _ => self.allocate(layout),
         }
     }
+}
+
+/// The layout the quick paths ask a realloc's new block for: the
+/// [`moving_layout`] the full path asks (`allocate_moving`) where that
+/// changes where the block lands — on 32-bit targets, whose layer 0 aligns
+/// its blocks to 8 only (its granule), so that a block moved to a size of a
+/// multiple of 16 is 16-aligned there too, as on the full path. Elsewhere
+/// layer 0 and the pools place a block aligned to 8 where they place one
+/// aligned to 16, and `layout` is kept (no instruction added).
+#[cfg_attr(not(strata_unoptimized), inline(always))]
+#[cfg_attr(feature = "debug", allow(dead_code))]
+fn quick_moving_layout(layout: Layout) -> Layout {
+    if CHUNK_GRANULE < ALIGNMENT { moving_layout(layout) } else { layout }
 }
 
 /// Copies `len` bytes of a block that moves by realloc from `src` to `dst`.

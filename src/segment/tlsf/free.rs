@@ -5,8 +5,8 @@
 use core::ptr::{self, NonNull};
 
 use super::{
-    DEFERRED, FIRST, Heads, IN_USE, MAX_SHIFT, MIN_CHUNK, PREV_IN_USE, Tlsf, WORD, chunk_size, head,
-    is_deferred, set_foot, set_head, size_of_head,
+    BACKWARD_ALIGN, DEFERRED, FIRST, GRANULE, Heads, IN_USE, MAX_SHIFT, MIN_CHUNK, PREV_IN_USE, Tlsf, WORD,
+    chunk_size, head, is_deferred, set_foot, set_head, size_of_head,
 };
 
 impl Tlsf {
@@ -256,7 +256,8 @@ impl Tlsf {
     /// # Safety
     ///
     /// `payload` must be a block in use of this engine, aligned to what its
-    /// owner needs at most [`GRANULE`], with `keep` at most its usable size.
+    /// owner needs at most [`BACKWARD_ALIGN`], with `keep` at most its
+    /// usable size.
     #[cfg_attr(not(strata_unoptimized), inline(always))]
     pub unsafe fn grow_backward(
         &mut self,
@@ -307,8 +308,12 @@ impl Tlsf {
             let nsize = if nh & IN_USE == 0 { size_of_head(nh) } else { 0 };
             let total = psize + have + nsize;
             // Moving much data down is slow (*Measured choices* in
-            // `docs/DESIGN.md`): only small blocks grow backward.
-            if total < need || keep > MAX_SHIFT {
+            // `docs/DESIGN.md`): only small blocks grow backward. And on
+            // 32-bit targets, whose chunks start 8 bytes apart, only by a
+            // multiple of 16 bytes: a block keeps its address modulo
+            // BACKWARD_ALIGN, so that one aligned to 16 (as C's `realloc`
+            // promises a block of `malloc`'s) stays so.
+            if total < need || keep > MAX_SHIFT || (GRANULE < BACKWARD_ALIGN && psize % BACKWARD_ALIGN != 0) {
                 return None;
             }
             self.unlink(p, psize);
