@@ -18,7 +18,7 @@ run: deps ## Boot the kernel in QEMU: boot report of every layer, then exit
 test: deps test-host test-malloc test-kernel test-firmware ## Every test: host tests, the C malloc, the kernel suites in QEMU, the firmware in QEMU
 	@echo "make test: all suites passed"
 
-test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing ones in debug mode
+test-host: ## Host tests (plain `cargo test` at the root), the heap-facing ones in debug mode, then the suites as 32-bit x86 programs
 	$(CARGO) test
 	$(CARGO) test --features debug --test debug --test global_alloc --test cache --test unsized
 	$(CARGO) test --lib --no-default-features --features tlsf,pools
@@ -26,7 +26,9 @@ test-host: ## Host tests (plain `cargo test` at the root), then the heap-facing 
 	$(CARGO) test --features std --test thread_cache --test thread_cache_misuse --test thread_cache_model --test global_alloc --test misuse --test unsized
 	$(CARGO) test --features os --test os_source
 	$(CARGO) test --features os --doc
-	$(CARGO) test --target i686-unknown-linux-gnu --test alignment --test word_size
+	$(CARGO) test --target i686-unknown-linux-gnu
+	$(CARGO) test --target i686-unknown-linux-gnu --features std --test thread_cache --test thread_cache_misuse --test thread_cache_model --test misuse --test unsized
+	$(CARGO) test --target i686-unknown-linux-gnu --features os --test os_source
 
 test-malloc: ## strata-malloc under C programs (preloaded and linked), CPython's own tests (PYTHONMALLOC=malloc), C firmware on QEMU
 	bash malloc/tests/run.sh
@@ -52,6 +54,7 @@ clippy: ## clippy on the host, kernel and firmware targets, warnings denied
 	$(CARGO) clippy --all-targets --features debug -- -D warnings
 	$(CARGO) clippy --lib --tests --no-default-features -- -D warnings
 	$(CARGO) clippy --all-targets --features std -- -D warnings
+	$(CARGO) clippy --all-targets --features std,os --target i686-unknown-linux-gnu -- -D warnings
 	$(CARGO) clippy -p strata-boot --target $(KERNEL_TARGET) --bins --tests -- -D warnings
 	$(CARGO) clippy -p strata-boot --no-default-features --target $(KERNEL_TARGET) --bins --tests -- -D warnings
 	$(CARGO) clippy --lib --no-default-features --features cpu-caches --target $(KERNEL_TARGET) -- -D warnings

@@ -86,15 +86,18 @@ fn large_blocks_churn<S: PageSource>(mut heap: Heap<S>) {
     assert_eq!(heap.stats().segments.spans, 0, "every span back after trim");
 }
 
+/// A larger reservation still: 16 GiB (1 GiB on 32-bit targets).
+const HUGE: usize = if usize::BITS >= 64 { (16u64 << 30) as usize } else { 1 << 30 };
+
 #[test]
 fn large_blocks_churn_on_a_4_gib_region() {
-    let region = Region::new(4 << 30);
+    let region = Region::new(common::LARGE);
     large_blocks_churn(Heap::new(region.source()));
 }
 
 #[test]
 fn large_blocks_churn_over_a_page_mapping_source() {
-    let region = Region::new(4 << 30);
+    let region = Region::new(common::LARGE);
     large_blocks_churn(Heap::new(region.mapped()));
 }
 
@@ -115,13 +118,13 @@ fn alternating_sizes<S: PageSource>(mut heap: Heap<S>, until: usize) {
 
 #[test]
 fn alternating_sizes_on_a_4_gib_region() {
-    let region = Region::new(4 << 30);
+    let region = Region::new(common::LARGE);
     alternating_sizes(Heap::new(region.source()), 256 << 20);
 }
 
 #[test]
 fn alternating_sizes_over_a_page_mapping_source() {
-    let region = Region::new(4 << 30);
+    let region = Region::new(common::LARGE);
     alternating_sizes(Heap::new(region.mapped()), 256 << 20);
 }
 
@@ -169,7 +172,7 @@ fn a_fresh_heap_hands_out_its_whole_window_less_64_bytes() {
 /// null.
 #[test]
 fn a_heavy_tailed_program_never_fails_on_a_large_region() {
-    let region = Region::new(16 << 30);
+    let region = Region::new(HUGE);
     let mut heap = Heap::new(region.source());
     let mut rng = Rng(0x7a11);
     let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();

@@ -975,7 +975,9 @@ fn a_promotion_that_finds_no_block_grows_in_place_or_changes_nothing() {
             l = layout(l.size() * 2, 8);
         }
         let usable = heap.usable_size(p).unwrap();
-        assert!(usable >= l.size() + 64, "the block's span gives {usable} bytes for {}", l.size());
+        // (Bytes past the layout, which must be kept too: 4 on 32-bit
+        // targets, whose chunks are split finer, a span's rest on 64-bit.)
+        assert!(usable > l.size(), "the block's span gives {usable} bytes for {}", l.size());
         let pattern = |i: usize| (i % 251) as u8;
         for i in 0..usable {
             p.as_ptr().add(i).write(pattern(i));

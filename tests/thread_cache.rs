@@ -410,7 +410,7 @@ fn memory_of_an_arena_given_back_by_trim_is_never_cached_as_pool_blocks() {
 fn medium_blocks_are_reused_without_the_lock_and_go_back_when_the_thread_exits() {
     let heap = heap();
     let l1000 = Layout::from_size_align(1000, 8).unwrap();
-    let l900 = Layout::from_size_align(900, 16).unwrap();
+    let l900 = Layout::from_size_align(900, common::CHUNK_ALIGN).unwrap();
     // One block to take the window: layer 0's bytes in use from here on.
     // SAFETY: blocks of this heap with their layouts, each freed once
     // (the second free below is the refusal under test).
@@ -434,7 +434,7 @@ fn medium_blocks_are_reused_without_the_lock_and_go_back_when_the_thread_exits()
         // without layer 0 allocating anything.
         let p = heap.alloc(l900);
         assert_eq!(p, blocks[19]);
-        assert!((p as usize).is_multiple_of(16));
+        assert!((p as usize).is_multiple_of(l900.align()));
         assert_eq!(heap.stats().segments.allocated_bytes, cached);
         p.write_bytes(7, 900);
         heap.dealloc(p, l900);
@@ -468,10 +468,11 @@ fn medium_blocks_are_reused_without_the_lock_and_go_back_when_the_thread_exits()
 /// block is refused; trim takes every block back and every span goes back
 /// to the source.
 /// Windows of 64 MiB and of 4 GiB (the kernel's, whose map slots are as
-/// large as its spans, or larger when the window is not aligned).
+/// large as its spans, or larger when the window is not aligned; 1 GiB on
+/// 32-bit targets).
 #[test]
 fn medium_blocks_over_a_page_mapping_source_are_cached_and_spill_in_halves() {
-    for window in [64 << 20, 4 << 30] {
+    for window in [64 << 20, common::LARGE] {
         thread::spawn(move || medium_blocks_over_a_page_mapping_source(window)).join().unwrap();
     }
 }
@@ -624,7 +625,7 @@ fn a_new_heap_where_a_dropped_one_was_never_gets_its_cached_blocks() {
 fn blocks_cached_by_a_live_thread_come_back_before_an_allocation_fails_and_on_trim() {
     // Layer 0 alone (2 MiB: no +2 arenas), so that filling it is quick.
     let heap = cached_heap(2 << 20);
-    let l = Layout::from_size_align(3000, 16).unwrap();
+    let l = Layout::from_size_align(3000, common::CHUNK_ALIGN).unwrap();
     let (go, wait) = channel::<()>();
     let (done, inbox) = channel::<Vec<Block>>();
     let worker = thread::spawn(move || {

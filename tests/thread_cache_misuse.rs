@@ -9,7 +9,9 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::thread;
 
 use strata::LockedHeap;
-use strata::front::thread_cache::{DEPTH, MEDIUM_DEPTH, REFILL};
+#[cfg(all(target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
+use strata::front::thread_cache::MEDIUM_DEPTH;
+use strata::front::thread_cache::{DEPTH, REFILL};
 
 mod common;
 
@@ -57,7 +59,10 @@ fn a_second_free_into_a_pool_kept_for_its_class_is_refused() {
 /// spilled) and then reallocated into a class whose bin is empty must be
 /// refused, as the locked path refuses it, not moved and cached while it
 /// is still on its pool's free list (it would be handed out twice).
+/// (Tags, which find the block on its pool's free list, are on 64-bit
+/// x86_64 and aarch64 only.)
 #[test]
+#[cfg(all(target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn a_realloc_of_a_block_the_heap_has_freed_is_refused_on_the_refill_path() {
     // Each on a thread of its own, whose cache serves its heap. (A realloc
     // that stays within the class is done in place without the lock, and
@@ -67,6 +72,7 @@ fn a_realloc_of_a_block_the_heap_has_freed_is_refused_on_the_refill_path() {
     }
 }
 
+#[cfg(all(target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn refused_realloc_of_a_freed_block(size: usize, new: usize) {
     let heap = heap();
     let layout = Layout::from_size_align(size, 8).unwrap();
@@ -129,7 +135,10 @@ fn the_caches_refuse_a_pointer_into_a_block_and_know_a_cached_block_is_free() {
 /// live thread's) has no usable size. (The caches once looked for a
 /// cached block's tag in layer 0's memory only: found by the fourth
 /// hostile pass.)
+/// (Tags, which find a block in another thread's cache, are on 64-bit
+/// x86_64 and aarch64 only.)
 #[test]
+#[cfg(all(target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn over_a_page_mapping_source_a_cached_block_has_no_usable_size() {
     let region: &'static common::Region = Box::leak(Box::new(common::Region::new(64 << 20)));
     let heap: &'static LockedHeap<common::Mapped> =
@@ -167,7 +176,9 @@ fn over_a_page_mapping_source_a_cached_block_has_no_usable_size() {
 /// back) is refused, whenever it comes: the block keeps its tag until the
 /// heap has marked it free. (Before, a window between the two let such a
 /// free through, and the block was then handed out twice.)
+/// (Tags are on 64-bit x86_64 and aarch64 only.)
 #[test]
+#[cfg(all(target_pointer_width = "64", any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn a_double_free_racing_with_a_spill_is_refused() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
     for size in [1000, 64] {

@@ -8,6 +8,14 @@ use strata::RegionSource;
 #[cfg(feature = "std")]
 pub mod caches;
 
+/// Layer 0's chunk granule, two words: the largest alignment its blocks
+/// have by themselves, and the thread caches' medium bins serve.
+pub const CHUNK_ALIGN: usize = 2 * size_of::<usize>();
+
+/// A region far larger than a test's blocks: 4 GiB, and 1 GiB on 32-bit
+/// targets, whose address space has no room for more.
+pub const LARGE: usize = if usize::BITS >= 64 { (4u64 << 30) as usize } else { 1 << 30 };
+
 /// An ordinary-memory region for a page source (page-aligned, freed on
 /// drop). Not zeroed: large regions come from the OS untouched, so a test
 /// pays only for the pages it uses. Zeroed under Miri: the tests that free
