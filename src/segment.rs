@@ -314,10 +314,14 @@ impl SegmentAllocator {
         self.large = self.config.large_threshold;
     }
 
-    /// Takes the whole window of a committed source as one span.
+    /// Takes the whole window of a committed source as one span — up to
+    /// `isize::MAX` bytes, the most one object may span in Rust (2 GiB on
+    /// 32-bit targets, where a larger window's rest stays unused: taken
+    /// as spans of its own, it would leave about half of the window in
+    /// the gaps between them).
     fn take_window(&mut self, source: &mut impl PageSource) -> bool {
         let granule = source.granularity().max(GRANULE);
-        let len = self.map.len & !(granule - 1);
+        let len = self.map.len.min(isize::MAX as usize) & !(granule - 1);
         let min = if self.engine() == Engine::Tree { fit_tree::MIN_BLOCK } else { MIN_SPAN };
         if len < min || !self.map.lo.is_multiple_of(granule) {
             return false;

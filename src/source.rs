@@ -205,7 +205,8 @@ impl RegionSource {
     }
 
     /// A source over `[start, start + size)`, trimmed inwards to 16-byte
-    /// boundaries.
+    /// boundaries. (A heap over it uses at most `isize::MAX` bytes of it,
+    /// the most one Rust object spans: on 32-bit targets, 2 GiB.)
     ///
     /// # Safety
     ///

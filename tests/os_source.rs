@@ -98,6 +98,39 @@ fn a_window_the_os_refuses_is_a_typed_error() {
     assert!(default.mapping().1 >= strata::source::os::MIN_WINDOW);
 }
 
+/// On 32-bit targets a window of 2 GiB is used whole but its last granule
+/// (a span covers at most `isize::MAX` bytes): layer 0 once fell back to
+/// spans aligned to their slots there, and about half the window went to
+/// the gaps between them (1 029 blocks of 1 MiB; found by a hostile pass).
+/// Run in a child process of this test binary, whose address space the
+/// other tests do not share.
+#[test]
+#[cfg(target_pointer_width = "32")]
+fn a_window_of_2_gib_on_a_32_bit_target_serves_nearly_all_of_it() {
+    const NAME: &str = "a_window_of_2_gib_on_a_32_bit_target_serves_nearly_all_of_it";
+    if std::env::var_os("STRATA_2GIB_CHILD").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1"])
+            .env("STRATA_2GIB_CHILD", "1")
+            .output()
+            .expect("the test binary runs again");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("1 passed"), "child: {text}");
+        return;
+    }
+    let heap = os_heap(1 << 31);
+    let l = Layout::from_size_align(1 << 20, 16).unwrap();
+    // SAFETY: a valid layout; every block is freed once below.
+    let blocks: Vec<*mut u8> =
+        std::iter::from_fn(|| Some(unsafe { heap.alloc(l) }).filter(|p| !p.is_null())).collect();
+    assert!(blocks.len() >= 2040, "{} blocks of 1 MiB in a 2 GiB window", blocks.len());
+    for p in blocks {
+        // SAFETY: live blocks of this heap with their layout.
+        unsafe { heap.dealloc(p, l) };
+    }
+    heap.with(|h| h.check_invariants());
+}
+
 /// Under a limit on address space the window is a quarter of the limit in
 /// whole MiB — not the power of two below it, nor a 64 MiB floor that a
 /// small limit refuses (every allocation of a `ulimit -v 40000` program

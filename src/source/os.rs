@@ -93,7 +93,9 @@ impl OsSource {
         Self { region: RegionSource::empty(), mapping: (0, 0), discard_from: DEFAULT_DISCARD_FROM }
     }
 
-    /// Reserves a window of `len` bytes (rounded up to pages).
+    /// Reserves a window of `len` bytes (rounded up to pages). A heap over
+    /// it uses at most `isize::MAX` bytes of it (2 GiB on 32-bit targets),
+    /// as over a [`RegionSource`].
     pub fn reserve(len: usize) -> Result<Self, ReserveError> {
         let len = len.checked_next_multiple_of(PAGE_SIZE).ok_or(ReserveError { len, errno: libc::ENOMEM })?;
         // SAFETY: a fresh anonymous private mapping at an address the OS

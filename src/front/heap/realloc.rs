@@ -21,13 +21,18 @@ impl<S: PageSource> Heap<S> {
     /// which a block it moves to is aligned to, near exhaustion too; and
     /// for an 8-aligned block (of Rust's) to a small size, a 16-aligned
     /// block is secured first, for it to move to should it stay where it
-    /// is. (On 32-bit targets, whose layer 0 aligns its blocks to 8 only,
-    /// every size asked is a multiple of 16, a block that moves asks 16,
-    /// and one that grows backward keeps its address modulo 16: an
-    /// 8-aligned block there may stay so past 512 bytes.) Without one that realloc fails, the block untouched. Free the
-    /// result without a layout too ([`deallocate_unsized`](Self::deallocate_unsized)),
-    /// or with its [`usable_layout`](Self::usable_layout): a layout of
-    /// `new_size` bytes may not fit the rounded block.
+    /// is. Without one that realloc fails, the block untouched. (On 32-bit
+    /// targets, whose layer 0 aligns its blocks to 8 only, every size asked
+    /// is a multiple of 16, a block that moves asks 16, and one that grows
+    /// backward keeps its address modulo 16: an 8-aligned block there may
+    /// stay so past 512 bytes.) Free the result without a layout too
+    /// ([`deallocate_unsized`](Self::deallocate_unsized)), or with its
+    /// [`usable_layout`](Self::usable_layout): a layout of `new_size` bytes
+    /// may not fit the rounded block. A `new_size` of 0 is served a block
+    /// of the smallest size: the block shrinks to it in place or moves to
+    /// one. (C's `realloc(p, 0)` frees the block instead; for 0
+    /// [`LockedHeap::realloc_unsized`](crate::LockedHeap::realloc_unsized)
+    /// returns null, the block untouched, and leaves that to its caller.)
     ///
     /// # Safety
     ///
