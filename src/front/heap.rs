@@ -704,14 +704,13 @@ pub(crate) fn layer_0_usable(size: usize, threshold: usize, class_shift: u32) ->
 }
 
 /// The layout of block `ptr` of `size` usable bytes (not 0) found without
-/// its own: aligned to the largest power of two dividing both the size and
-/// the address, up to 16 (a +2 block of an 8-byte class is 8-aligned; on
-/// 32-bit targets, so is a block of layer 0 at 8 past a multiple of 16,
-/// whatever its size), so that the block meets the layout it answers to —
-/// and to 8 at least where the address is (on 32-bit targets a block of
-/// layer 0 holds 4 bytes past a multiple of 8: aligned to 8 all the same,
-/// and moved by C's `realloc` to a 16-aligned block, as
-/// [`moving_layout`] asks for a layout aligned to 8).
+/// its own, one the block meets: aligned to the largest power of two that
+/// divides both the size and the address, at most 16, and at least 8 where
+/// the address is (a +2 block of an 8-byte class is 8-aligned; on 32-bit
+/// targets a block of layer 0 may lie 8 past a multiple of 16, and hold 4
+/// bytes past a multiple of 8: aligned to 8 all the same, so that C's
+/// `realloc` moves it to a 16-aligned block, as [`moving_layout`] asks
+/// for a layout aligned to 8).
 #[inline]
 pub(crate) fn usable_layout(ptr: NonNull<u8>, size: usize) -> Layout {
     let addr = ptr.addr().get();
