@@ -9,7 +9,7 @@
 #      across fork while threads allocate under it, concurrent forks
 #      (preloaded and linked);
 #      malloc/tests/small_window.c, under a `ulimit -v` that leaves the heap
-#      a window under 16 MiB; api.c again as a 32-bit x86 program;
+#      a window under 16 MiB; then the four again as 32-bit x86 programs;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
 #      strata: a set of its own stdlib test modules (regrtest, two workers),
 #      and sqlite3 with a million-row transaction (its results checked);
@@ -44,15 +44,20 @@ echo "strata-malloc: small_window.c, under ulimit -v 60000, preloaded"
 cc "${cflags[@]}" -o target/malloc-small-window malloc/tests/small_window.c -ldl
 (ulimit -v 60000 && LD_PRELOAD="$so" timeout 120 target/malloc-small-window)
 
-# The same API as a 32-bit x86 program (i686), whose heap aligns its chunks
+# The same programs as 32-bit x86 ones (i686), whose heap aligns its chunks
 # to 8 only: every contract that holds there (the double free deep in a free
 # list is seen by tags, on 64-bit targets only). The preload is ignored, with
-# a message, by the 64-bit programs it runs.
-echo "strata-malloc: api.c as a 32-bit program (i686), preloaded"
+# a message, by the 64-bit programs they run.
+echo "strata-malloc: api.c, exit.c, atfork.c and small_window.c as 32-bit programs (i686), preloaded"
 cargo build --release -p strata-malloc --target i686-unknown-linux-gnu
-cc -m32 "${cflags[@]}" -o target/malloc-api-i686 malloc/tests/api.c -ldl
-LD_PRELOAD="$PWD/target/i686-unknown-linux-gnu/release/libstrata_malloc.so" timeout 300 target/malloc-api-i686 \
-    2> >(grep -v 'wrong ELF class' >&2)
+so32="$PWD/target/i686-unknown-linux-gnu/release/libstrata_malloc.so"
+for t in api exit atfork small_window; do
+    cc -m32 "${cflags[@]}" -o "target/malloc-$t-i686" "malloc/tests/$t.c" -ldl
+done
+LD_PRELOAD="$so32" timeout 300 target/malloc-api-i686 2> >(grep -v 'wrong ELF class' >&2)
+LD_PRELOAD="$so32" timeout 60 target/malloc-exit-i686
+LD_PRELOAD="$so32" timeout 300 target/malloc-atfork-i686 2> >(grep -v 'wrong ELF class' >&2)
+(ulimit -v 60000 && LD_PRELOAD="$so32" timeout 120 target/malloc-small_window-i686)
 
 # The interpreter must really be on strata (the preload took) ...
 LD_PRELOAD="$so" python3 -c 'import ctypes; ctypes.CDLL(None).strata_malloc_refused' \
