@@ -30,8 +30,8 @@ command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
 # strata-malloc's tests: a C compiler, and CPython with its own test suite.
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
-# tests/alignment.rs and tests/word_size.rs also run as 32-bit x86
-# programs (i686), linked by `cc -m32`.
+# The host tests and strata-malloc's C tests also run as 32-bit x86
+# programs (i686), linked and compiled by `cc -m32`.
 printf 'int main(void) { return 0; }\n' | cc -m32 -x c - -o /dev/null 2>/dev/null || missing+=(gcc-multilib)
 # tests/footprint.rs reads the test binary's symbols with nm.
 command -v nm >/dev/null || missing+=(binutils)

@@ -107,15 +107,11 @@ fn a_window_the_os_refuses_is_a_typed_error() {
 #[test]
 #[cfg(target_pointer_width = "32")]
 fn a_window_of_2_gib_on_a_32_bit_target_serves_nearly_all_of_it() {
-    const NAME: &str = "a_window_of_2_gib_on_a_32_bit_target_serves_nearly_all_of_it";
     if std::env::var_os("STRATA_2GIB_CHILD").is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--test-threads=1"])
-            .env("STRATA_2GIB_CHILD", "1")
-            .output()
-            .expect("the test binary runs again");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("1 passed"), "child: {text}");
+        child_passed(child_test(
+            "a_window_of_2_gib_on_a_32_bit_target_serves_nearly_all_of_it",
+            "STRATA_2GIB_CHILD",
+        ));
         return;
     }
     let heap = os_heap(1 << 31);
@@ -144,9 +140,8 @@ fn a_window_under_an_address_space_limit_is_a_quarter_of_it() {
         assert_eq!(window, (LIMIT as usize / 4) & !((1 << 20) - 1), "window under a {LIMIT}-byte limit");
         return;
     }
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-    child.args(["--exact", "a_window_under_an_address_space_limit_is_a_quarter_of_it", "--test-threads=1"]);
-    child.env("STRATA_RLIMIT_CHILD", "1");
+    let mut child =
+        child_test("a_window_under_an_address_space_limit_is_a_quarter_of_it", "STRATA_RLIMIT_CHILD");
     // SAFETY: `setrlimit` is async-signal-safe, as code between `fork` and
     // `exec` must be.
     unsafe {
@@ -159,7 +154,22 @@ fn a_window_under_an_address_space_limit_is_a_quarter_of_it() {
             }
         });
     }
+    child_passed(child);
+}
+
+/// This test binary again, to run only test `name`, with `env` set: the
+/// test's body then runs in the child, in an address space of its own.
+fn child_test(name: &str, env: &str) -> std::process::Command {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args(["--exact", name, "--test-threads=1"]).env(env, "1");
+    child
+}
+
+/// Runs `child` (a [`child_test`]) and checks that it ran its test and
+/// the test passed.
+fn child_passed(mut child: std::process::Command) {
     let out = child.output().expect("the test binary runs again");
-    assert!(out.status.success(), "child: {}", String::from_utf8_lossy(&out.stdout));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the child ran the test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child: {text}");
+    assert!(text.contains("1 passed"), "the child ran the test: {text}");
 }
