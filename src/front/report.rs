@@ -24,6 +24,16 @@ pub struct FrontStats {
     /// feature).
     pub cold_blocks: usize,
     /// Small blocks layer 0 holds now (cold classes and fallbacks).
+    ///
+    /// Exact while blocks are freed and resized with their layouts. A free
+    /// or realloc without one (C's `free` and `realloc`,
+    /// [`Heap::deallocate_unsized`](crate::Heap::deallocate_unsized)) knows
+    /// only the block's usable size, and counts the block as small when
+    /// that size is: a block of the largest small class, which layer 0's
+    /// header rounds past the threshold (520 usable bytes for 497–512
+    /// asked, on 64-bit targets), or one placed with a few spare bytes,
+    /// stays counted after it goes; a small block aligned past 16, never counted, takes
+    /// another's count when it goes (the count stops at 0).
     pub small_in_layer_0: usize,
     /// Reallocations done in place (an event counter: 0 without the `stats`
     /// feature).
