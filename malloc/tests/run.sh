@@ -40,9 +40,9 @@ timeout 300 target/malloc-atfork-static
 # Under a small `ulimit -v` the heap's window is under 16 MiB: sizes must
 # still be found for C's free and realloc, and the heap must serve again
 # once emptied.
-echo "strata-malloc: small_window.c, under ulimit -v 60000, preloaded"
+echo "strata-malloc: small_window.c, under ulimit -v 32000, preloaded"
 cc "${cflags[@]}" -o target/malloc-small-window malloc/tests/small_window.c -ldl
-(ulimit -v 60000 && LD_PRELOAD="$so" timeout 120 target/malloc-small-window)
+(ulimit -v 32000 && LD_PRELOAD="$so" timeout 120 target/malloc-small-window)
 
 # The same programs as 32-bit x86 ones (i686), whose heap aligns its chunks
 # to 8 only: every contract that holds there (the double free deep in a free
@@ -57,7 +57,7 @@ done
 LD_PRELOAD="$so32" timeout 300 target/malloc-api-i686 2> >(grep -v 'wrong ELF class' >&2)
 LD_PRELOAD="$so32" timeout 60 target/malloc-exit-i686
 LD_PRELOAD="$so32" timeout 300 target/malloc-atfork-i686 2> >(grep -v 'wrong ELF class' >&2)
-(ulimit -v 60000 && LD_PRELOAD="$so32" timeout 120 target/malloc-small_window-i686)
+(ulimit -v 32000 && LD_PRELOAD="$so32" timeout 120 target/malloc-small_window-i686)
 
 # The interpreter must really be on strata (the preload took) ...
 LD_PRELOAD="$so" python3 -c 'import ctypes; ctypes.CDLL(None).strata_malloc_refused' \

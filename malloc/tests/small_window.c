@@ -1,6 +1,6 @@
-/* strata-malloc with a small window: run under `ulimit -v 60000` (about 58
- * MiB of address space), where the heap's window (a quarter of the limit)
- * is under 16 MiB. C's free and realloc give no size, so the heap must find
+/* strata-malloc with a small window: run under `ulimit -v 32000` (about 31
+ * MiB of address space), where the heap's window (half of what the limit
+ * leaves once the program is loaded) is under 16 MiB. C's free and realloc give no size, so the heap must find
  * every block's size there too: frees are taken, not refused; realloc keeps
  * the contents; a malloc/free loop never runs out; and after the heap is
  * exhausted and every block freed, it serves as much again. */

@@ -120,11 +120,17 @@ impl OsSource {
     }
 
     /// Reserves [`DEFAULT_WINDOW`], or, where the OS refuses, the largest
-    /// half of it down to [`MIN_WINDOW`] that it grants. Under a limit on
-    /// address space (`ulimit -v`, `RLIMIT_AS`), a quarter of the limit (in
-    /// whole MiB, at least [`MIN_WINDOW`]) first: the window counts against
-    /// the limit whole, and the program's threads and mappings need the
-    /// rest.
+    /// half of it down to [`MIN_WINDOW`] that it grants.
+    ///
+    /// Under a limit on address space (`ulimit -v`, `RLIMIT_AS`) the window
+    /// counts against the limit whole, and the program's thread stacks,
+    /// the libraries it loads later and its own mappings need room too
+    /// (glibc shares the limit between them as they come; a window is
+    /// taken once). So the window asked first is half of what the limit
+    /// leaves when this is called (the limit less the address space
+    /// already mapped, read from `/proc/self/statm`; a quarter of the
+    /// limit where that cannot be read), in whole MiB, at least
+    /// [`MIN_WINDOW`].
     pub fn reserve_default() -> Result<Self, ReserveError> {
         let mut len = DEFAULT_WINDOW;
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -132,8 +138,12 @@ impl OsSource {
         if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
             && limit.rlim_cur != libc::RLIM_INFINITY
         {
-            let quarter = usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX) & !(MIN_WINDOW - 1);
-            len = quarter.clamp(MIN_WINDOW, DEFAULT_WINDOW);
+            let limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+            let share = match mapped_bytes() {
+                Some(mapped) => limit.saturating_sub(mapped) / 2,
+                None => limit / 4,
+            };
+            len = (share & !(MIN_WINDOW - 1)).clamp(MIN_WINDOW, DEFAULT_WINDOW);
         }
         loop {
             match Self::reserve(len) {
@@ -155,6 +165,28 @@ impl OsSource {
     pub fn mapping(&self) -> (usize, usize) {
         self.mapping
     }
+}
+
+/// The address space this process has mapped, in bytes (the first field
+/// of `/proc/self/statm`, in pages), read without allocating: this runs
+/// before a C program's `malloc` is ready.
+fn mapped_bytes() -> Option<usize> {
+    let mut buf = [0u8; 64];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: reads at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: our descriptor, closed once.
+    unsafe { libc::close(fd) };
+    let text = buf.get(..usize::try_from(n).ok()?)?;
+    let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    let pages: usize = core::str::from_utf8(&text[..digits]).ok()?.parse().ok()?;
+    // SAFETY: a plain query.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    pages.checked_mul(page)
 }
 
 fn errno() -> i32 {
