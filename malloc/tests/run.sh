@@ -9,7 +9,8 @@
 #      across fork while threads allocate under it, concurrent forks
 #      (preloaded and linked);
 #      malloc/tests/small_window.c, under a `ulimit -v` that leaves the heap
-#      a window under 16 MiB; then the four again as 32-bit x86 programs;
+#      a window under 16 MiB; perl's 2-million-key hash under a 1 GB one; then the
+#      four C programs again as 32-bit x86 programs;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
 #      strata: a set of its own stdlib test modules (regrtest, two workers),
 #      and sqlite3 with a million-row transaction (its results checked);
@@ -43,6 +44,13 @@ timeout 300 target/malloc-atfork-static
 echo "strata-malloc: small_window.c, under ulimit -v 32000, preloaded"
 cc "${cflags[@]}" -o target/malloc-small-window malloc/tests/small_window.c -ldl
 (ulimit -v 32000 && LD_PRELOAD="$so" timeout 120 target/malloc-small-window)
+# Under a larger limit a real program must get about what it gets under
+# glibc: perl's hash of 2 million keys (400 MB under glibc) in 1 GB of
+# address space (a window of a quarter of the limit stopped it at 250 MB).
+echo "strata-malloc: perl, a hash of 2 million keys under ulimit -v 1000000"
+(ulimit -v 1000000 && LD_PRELOAD="$so" timeout 120 perl -e \
+    'my %h; $h{"key$_"} = $_ for 1..2_000_000; my $s = 0; $s += $_ for values %h;
+     $s == 2_000_001_000_000 or die "sum $s\n"')
 
 # The same programs as 32-bit x86 ones (i686), whose heap aligns its chunks
 # to 8 only: every contract that holds there (the double free deep in a free
