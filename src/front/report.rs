@@ -32,8 +32,8 @@ pub struct FrontStats {
     /// that size is: a block of the largest small class, which layer 0's
     /// header rounds past the threshold (520 usable bytes for 497–512
     /// asked, on 64-bit targets), or one placed with a few spare bytes,
-    /// stays counted after it goes; a small block aligned past 16, never counted, takes
-    /// another's count when it goes (the count stops at 0).
+    /// stays counted after it goes; a small block aligned past 16, never
+    /// counted, takes another's count when it goes (the count stops at 0).
     pub small_in_layer_0: usize,
     /// Reallocations done in place (an event counter: 0 without the `stats`
     /// feature).
