@@ -385,6 +385,33 @@ impl Bins {
         self.reallocs = Reallocs::default();
     }
 
+    /// The class of `ptr`, if it is a block of an arena of `owner` (else
+    /// `None`), and whether this cache's bin of that class holds it: the
+    /// lookup a free, a realloc and [`held_here`] make of a small block.
+    ///
+    /// # Safety
+    ///
+    /// If `ptr` lies in an arena of `owner`, it is a live block there or
+    /// one this cache holds (so its pool is in use).
+    #[cfg_attr(not(strata_unoptimized), inline(always))]
+    unsafe fn small_class_held(
+        &self,
+        mirror: &ArenaMirror,
+        owner: &Owner,
+        ptr: NonNull<u8>,
+    ) -> Option<(usize, bool)> {
+        if !owner.owns(mirror, ptr) {
+            return None;
+        }
+        // Filed by what the block is (its pool's class), never by the
+        // layout it is freed with (see `put`).
+        // SAFETY: in an arena of the owner (just checked), live or cached,
+        // so its pool is in use.
+        let class = unsafe { block_class(ptr, owner.blocks()) }?;
+        // SAFETY: a block of the class's size.
+        Some((class, unsafe { self.small[class].holds(ptr) }))
+    }
+
     /// Whether `ptr`, a block of layer 0 freed with `layout`, is cached.
     ///
     /// # Safety
@@ -791,19 +818,13 @@ pub(crate) unsafe fn held_here(link: &Link, mirror: &ArenaMirror, ptr: NonNull<u
     home::with_taking(|cache| {
         cache.enter(link, false, |bins, owner| {
             let ptr = crate::source::reach(ptr);
-            if !owner.is_small(layout) {
-                // SAFETY: forwarded contract.
-                return unsafe { bins.holds_medium(mirror, owner, ptr, layout) };
-            }
-            if !owner.owns(mirror, ptr) {
-                return false;
-            }
-            // SAFETY: in an arena of the owner (just checked), live or
-            // cached, so its pool is in use.
-            match unsafe { block_class(ptr, owner.blocks()) } {
-                // SAFETY: a block of the class's size.
-                Some(class) => unsafe { bins.small[class].holds(ptr) },
-                None => false,
+            // SAFETY: forwarded contract.
+            unsafe {
+                if owner.is_small(layout) {
+                    bins.small_class_held(mirror, owner, ptr).is_some_and(|(_, held)| held)
+                } else {
+                    bins.holds_medium(mirror, owner, ptr, layout)
+                }
             }
         })
     })
@@ -906,28 +927,22 @@ pub(crate) unsafe fn put(
                 // SAFETY: forwarded contract.
                 return unsafe { bins.put_medium(owner, mirror, ptr, layout) };
             }
-            if !owner.owns(mirror, ptr) {
-                return Err(Declined::Pass);
-            }
             // Filed by what the block is (its pool's class), never by
             // the layout it is freed with: every block of a bin then
             // holds every request of the bin's class, blocks of
             // 16-multiple classes are 16-aligned, and a second free with
             // another layout finds the block in the same bin.
-            // SAFETY: in an arena of the owner (just checked); the
-            // caller's live block, so its pool is in use.
-            let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
+            // SAFETY: the caller's live block.
+            let Some((class, held)) = (unsafe { bins.small_class_held(mirror, owner, ptr) }) else {
                 return Err(Declined::Pass);
             };
-            let bin = &mut bins.small[class];
             // A block cached already: freed twice.
-            // SAFETY: the caller's block, of the class's size.
-            if unsafe { bin.holds(ptr) } {
+            if held {
                 return Err(Declined::DoubleFree);
             }
             // SAFETY: the block is ours again, in an arena of +2, and at
             // least 8 bytes long and aligned (every class is).
-            Ok(unsafe { bin.keep(ptr, DEPTH) })
+            Ok(unsafe { bins.small[class].keep(ptr, DEPTH) })
         })
     })
     .unwrap_or(Err(Declined::Pass));

@@ -5,7 +5,7 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
 use super::{ArenaMirror, DEPTH, Link, cached_anywhere, home};
-use crate::object::{block_class, class_size, size_class};
+use crate::object::{class_size, size_class};
 
 /// What [`realloc`] did.
 pub(crate) enum Realloc {
@@ -52,16 +52,11 @@ pub(crate) unsafe fn realloc(
                 let cached = unsafe { bins.holds_medium(mirror, owner, ptr, old) };
                 return if cached { Realloc::Cached } else { Realloc::Locked };
             }
-            if !owner.owns(mirror, ptr) {
-                return Realloc::Locked;
-            }
-            // SAFETY: in an arena of the owner (just checked): its pool
-            // header is there to read.
-            let Some(class) = (unsafe { block_class(ptr, owner.blocks()) }) else {
+            // SAFETY: the caller's live block.
+            let Some((class, held)) = (unsafe { bins.small_class_held(mirror, owner, ptr) }) else {
                 return Realloc::Locked;
             };
-            // SAFETY: the caller's block, of the class's size.
-            if unsafe { bins.small[class].holds(ptr) } {
+            if held {
                 return Realloc::Cached;
             }
             let size = class_size(class, owner.class_shift);
