@@ -9,8 +9,8 @@
 #      across fork while threads allocate under it, concurrent forks
 #      (preloaded and linked);
 #      malloc/tests/small_window.c, under a `ulimit -v` that leaves the heap
-#      a window under 16 MiB; perl's 2-million-key hash under a 1 GB one; then the
-#      four C programs again as 32-bit x86 programs;
+#      a window under 16 MiB; perl's 2-million-key hash under a 1 GB limit;
+#      then the four C programs again as 32-bit x86 programs;
 #   2. CPython with every object through malloc (PYTHONMALLOC=malloc) on
 #      strata: a set of its own stdlib test modules (regrtest, two workers),
 #      and sqlite3 with a million-row transaction (its results checked);
